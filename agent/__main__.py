@@ -1,0 +1,5 @@
+import sys
+
+from proscribe.agent.cli import main
+
+sys.exit(main())

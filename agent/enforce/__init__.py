@@ -1,0 +1,1 @@
+"""proscribe.agent.enforce"""

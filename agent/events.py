@@ -1,0 +1,105 @@
+"""The event wire schema (owned by the agent; the collector validates against the same limits).
+
+An event is a JSON object. Its ``id`` (uuid4) is generated once, at detection, before the event is
+committed to the spool, and is the idempotency key end to end::
+
+    {"id": "uuid4", "time": "2025-01-28T09:14:03.120Z", "kind": "process|dns|file|tamper|health",
+     "rule": "deepseek-web", "policy": {"id": "…", "serial": 7, "sha256": "…"},
+     "action": "reported|would_block|killed|denied|sinkholed|exempted", "severity": "high",
+     "host": {"agent_id": "…", "hostname": "…", "os": "linux"},
+     "process": {"pid": 4242, "ppid": 1, "name": "…", "exe": "…", "cmdline": ["…"],
+                 "user": "alice", "sha256": "…"},
+     "dns": {"qname": "chat.deepseek.com", "qtype": "A", "resolver": "127.0.0.53"},
+     "file": {"path": "…"}, "detail": "free text", "count": 1}
+
+``would_block`` is what monitor mode reports where enforce mode would have acted. ``count`` is the
+number of occurrences folded into this event by de-duplication (1 when absent).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+KINDS: Final = ("process", "dns", "file", "tamper", "health")
+EVENT_ACTIONS: Final = (
+    "reported",
+    "would_block",
+    "killed",
+    "denied",
+    "sinkholed",
+    "exempted",
+    "failed",
+)
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+
+# Limits shared by the agent (it truncates) and the collector (it rejects with 422).
+MAX_EVENTS_PER_BATCH: Final = 500
+MAX_BATCH_BYTES: Final = 1024 * 1024
+MAX_STRING: Final = 4096  # any single string field
+MAX_CMDLINE_ITEMS: Final = 256
+MAX_DETAIL: Final = 8192
+
+Event = dict[str, Any]
+
+
+def utc_now_iso(now: datetime | None = None) -> str:
+    """RFC 3339 UTC timestamp with milliseconds and a ``Z`` suffix."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an event timestamp (``…Z`` or with an offset) into an aware datetime."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a zone: {value!r}")
+    return moment.astimezone(UTC)
+
+
+def clip(text: str, limit: int = MAX_STRING) -> str:
+    """Truncate a string the agent is about to send so the collector will accept it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def new_event(
+    kind: str,
+    *,
+    rule: str | None,
+    action: str,
+    severity: str = "high",
+    policy: dict[str, Any] | None = None,
+    host: dict[str, Any] | None = None,
+    process: dict[str, Any] | None = None,
+    dns: dict[str, Any] | None = None,
+    file: dict[str, Any] | None = None,
+    detail: str = "",
+    now: datetime | None = None,
+    event_id: str | None = None,
+) -> Event:
+    """Build an event with a fresh id; optional sections are omitted when ``None``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    if action not in EVENT_ACTIONS:
+        raise ValueError(f"unknown event action {action!r}")
+    event: Event = {
+        "id": event_id or str(uuid.uuid4()),
+        "time": utc_now_iso(now),
+        "kind": kind,
+        "rule": rule,
+        "action": action,
+        "severity": severity,
+    }
+    for key, value in (
+        ("policy", policy),
+        ("host", host),
+        ("process", process),
+        ("dns", dns),
+        ("file", file),
+    ):
+        if value is not None:
+            event[key] = value
+    if detail:
+        event["detail"] = clip(detail, MAX_DETAIL)
+    return event

@@ -1,0 +1,1 @@
+"""Wire protocol between agent and collector: request signing (shared by both sides)."""

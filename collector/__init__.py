@@ -1,0 +1,1 @@
+"""Proscribe collector: FastAPI service, storage, dashboard (the ``collector`` extra)."""

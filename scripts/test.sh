@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with the test extras and run lint, types and the whole test suite.
+# This is the README's second command; .ci/run calls it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[collector,test]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+if [ "$(id -u)" = 0 ] && [ "${CI:-}" = true ]; then export PROSCRIBE_REQUIRE_ALL=1; fi
+exec .venv/bin/python -m pytest -q "$@"

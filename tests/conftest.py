@@ -1,0 +1,57 @@
+"""Shared test configuration.
+
+Markers (see pyproject.toml): ``root``, ``linux``, ``postgres``, ``browser``, ``netns``,
+``slow``. A test carrying one of them is skipped, with the reason, when the machine cannot run
+it; CI runs as root with the services up, so there they run for real. Set
+``PROSCRIBE_REQUIRE_ALL=1`` (CI does) to turn those skips into failures, so a broken
+environment cannot pass CI by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _postgres_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _why_not(marker: str) -> str | None:
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if marker == "root" and not is_root:
+        return "needs root"
+    if marker == "linux" and not sys.platform.startswith("linux"):
+        return "needs Linux"
+    if marker == "netns" and (not is_root or shutil.which("ip") is None):
+        return "needs root and iproute2 for network namespaces"
+    if marker == "postgres" and not _postgres_up():
+        return "PostgreSQL is not reachable at 127.0.0.1:5432"
+    if marker == "browser" and shutil.which("chromium") is None:
+        return "Debian's chromium is not installed (apt-get install chromium)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    strict = os.environ.get("PROSCRIBE_REQUIRE_ALL") == "1"
+    for marker in ("root", "linux", "netns", "postgres", "browser"):
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = _why_not(marker)
+        if reason is None:
+            continue
+        if strict:
+            pytest.fail(f"PROSCRIBE_REQUIRE_ALL=1 but the environment lacks it: {reason}")
+        pytest.skip(reason)
