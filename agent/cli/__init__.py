@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
         except ModuleNotFoundError as err:
+            if err.name == f"{__name__}.{module_name}":
+                continue  # subcommand not built yet
             # A subcommand whose optional dependencies are missing (e.g. the collector extra)
             # still appears, and says what to install when used.
             missing = err.name or "a dependency"
