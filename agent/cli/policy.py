@@ -27,4 +27,9 @@ def register(sub: Any) -> None:
                 raise
             continue  # verb group not built yet
         module.register(verbs)
-    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
