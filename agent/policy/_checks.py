@@ -197,7 +197,9 @@ class Table:
     def choice(self, key: str, allowed: tuple[str, ...]) -> str | None:
         value = self.text(key)
         if value is not None and value not in allowed:
-            self.issue(key, f"{key} {value!r} is not one of {', '.join(allowed)}", f"use {allowed[0]!r}")
+            self.issue(
+                key, f"{key} {value!r} is not one of {', '.join(allowed)}", f"use {allowed[0]!r}"
+            )
             return None
         return value
 
