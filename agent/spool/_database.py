@@ -1,0 +1,116 @@
+"""Opening the spool's SQLite file: pragmas, schema, and replacing a corrupt file."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from proscribe.agent.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+# Result codes that mean "this file is damaged", as opposed to busy, locked or unreadable
+# (those must never cost a healthy spool its contents).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+class _Corrupt(Exception):
+    """The file opened but is not a sound spool database."""
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id         TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    rule_key   TEXT NOT NULL,
+    fold_key   TEXT,
+    state      TEXT NOT NULL DEFAULT 'pending',
+    count      INTEGER NOT NULL DEFAULT 1,
+    size       INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    created    REAL NOT NULL,
+    state_time REAL,
+    error      TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);
+CREATE INDEX IF NOT EXISTS events_fold ON events(fold_key, state);
+CREATE INDEX IF NOT EXISTS events_rule ON events(rule_key, state, seq);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a commit is exactly
+    # where we say it is. check_same_thread=False: one connection guarded by the Spool's lock.
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        # WAL + FULL: a committed transaction survives power loss, not only a process crash
+        # (NORMAL in WAL mode may lose the last transactions on power loss).
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise sqlite3.OperationalError(f"journal_mode=WAL refused (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        check = conn.execute("PRAGMA integrity_check").fetchall()
+        if [row[0] for row in check] != ["ok"]:
+            raise _Corrupt(f"integrity_check: {check[:3]!r}")
+        conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _move_aside(path: Path, now: float) -> Path:
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    path.rename(target)
+    # The WAL and shared-memory files belong to the corrupt database; keep them beside it.
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
+
+
+def open_database(path: Path, now: float | None = None) -> tuple[sqlite3.Connection, Path | None]:
+    """Open (or create) the spool; a corrupt file is moved aside and replaced.
+
+    Returns the connection and, when a corrupt file was replaced, where it was moved.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpoolError(f"{path.parent}: cannot create the spool directory ({err})") from err
+    try:
+        return _connect(path), None
+    except _Corrupt as err:
+        reason = str(err)
+    except sqlite3.DatabaseError as err:
+        code = getattr(err, "sqlite_errorcode", None)
+        if code not in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or not path.exists():
+            raise SpoolError(f"{path}: cannot open the spool ({err}); check permissions") from err
+        reason = str(err)
+    try:
+        moved = _move_aside(path, time.time() if now is None else now)
+    except OSError as err:
+        raise SpoolError(f"{path}: corrupt spool cannot be moved aside ({err})") from err
+    log.error(
+        "spool %s is corrupt (%s); moved it to %s and started a fresh one", path, reason, moved
+    )
+    try:
+        return _connect(path), moved
+    except sqlite3.Error as err:
+        raise SpoolError(f"{path}: cannot create a fresh spool ({err})") from err

@@ -1,0 +1,456 @@
+"""The durable spool: every event is committed here before anything else happens to it.
+
+See the package docstring for the guarantees and the eviction order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from proscribe.agent.errors import SpoolError
+from proscribe.agent.events import MAX_BATCH_BYTES, Event
+
+from ._database import open_database
+from ._records import (
+    DEAD,
+    HEALTH_KINDS,
+    PENDING,
+    SENT,
+    SpooledEvent,
+    SpoolStats,
+    fold_key,
+    rule_key,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+_COLUMNS = "id, body, size, state, count, created, error"
+
+
+def _row(row: tuple[Any, ...]) -> SpooledEvent:
+    event_id, body, size, state, count, created, error = row
+    event: Event = json.loads(body)
+    if count > 1 or "count" in event:
+        event["count"] = count
+    return SpooledEvent(event_id, event, size, state, count, created, error)
+
+
+class Spool:
+    """A bounded, durable, thread-safe queue of events in one SQLite file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_events: int = 100_000,
+        max_bytes: int = 50 * MiB,
+        history_limit: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("spool caps must be positive")
+        self.path = Path(path)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.history_limit = history_limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        conn, moved = open_database(self.path, clock())
+        self._conn: sqlite3.Connection | None = conn
+        self.corrupt_moved_to = moved
+        # Ids handed to the reporter and not yet acknowledged: never folded or evicted under it.
+        self._in_flight: set[str] = set()
+        # Set when a row arrives whose fold key already has a pending row; folding is only
+        # worth a scan when this is set.
+        self._foldable = False
+        rows, used = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events").fetchone()
+        self._rows: int = int(rows)
+        self._bytes: int = int(used)
+        self._seq: int = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        if moved is not None:
+            self._bump_counter_now("corrupt_replaced", 1)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolError(f"{self.path}: the spool is closed")
+        return self._conn
+
+    def _bump(self, db: sqlite3.Connection, name: str, n: float = 1) -> None:
+        db.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def _bump_counter_now(self, name: str, n: float) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        self._bump(db, name, n)
+        db.execute("COMMIT")
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        rows, size = self._rows, self._bytes
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rows, self._bytes = rows, size
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    def _delete(self, db: sqlite3.Connection, ids: list[str]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            freed = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            ).fetchone()
+            db.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)  # noqa: S608
+            self._rows -= freed[0]
+            self._bytes -= freed[1]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(self, event: Event) -> bool:
+        """Commit ``event`` durably; True once it is on disk (or was already there).
+
+        False only when it cannot be stored: larger than a batch may be, the spool is full of
+        rows that must be kept, or the disk refused the write. Every False is counted in
+        ``stats().dropped``. Never raises for a storage problem: a sensor thread calls this.
+        """
+        event_id = event.get("id")
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError("an event needs a string 'id' before it is spooled")
+        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        size = len(body.encode("utf-8"))
+        kind = str(event.get("kind"))
+        fkey = fold_key(event)
+        count = event.get("count", 1)
+        count = count if isinstance(count, int) and count > 0 else 1
+
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
+                return True  # same id twice: already stored, nothing to do
+            if size > min(self.max_bytes, MAX_BATCH_BYTES):
+                self._bump(db, "dropped:too_large")
+                return False
+            if not self._make_room(db, size):
+                self._bump(db, "dropped:full")
+                return False
+            if fkey is not None and not self._foldable:
+                self._foldable = bool(
+                    db.execute(
+                        "SELECT 1 FROM events WHERE fold_key = ? AND state = ? LIMIT 1",
+                        (fkey, PENDING),
+                    ).fetchone()
+                )
+            self._seq += 1
+            db.execute(
+                "INSERT INTO events(id, seq, kind, rule_key, fold_key, state, count, size, body,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event_id,
+                    self._seq,
+                    kind,
+                    rule_key(event),
+                    fkey,
+                    PENDING,
+                    count,
+                    size,
+                    body,
+                    self._clock(),
+                ),
+            )
+            self._rows += 1
+            self._bytes += size
+            return True
+
+        with self._lock:
+            try:
+                return bool(self._transaction(work))
+            except sqlite3.Error as err:
+                log.error("spool %s: could not store event %s: %s", self.path, event_id, err)
+                try:
+                    self._bump_counter_now("dropped:write_error", 1)
+                except sqlite3.Error:
+                    pass
+                return False
+
+    def _fits(self, size: int) -> bool:
+        return self._rows + 1 <= self.max_events and self._bytes + size <= self.max_bytes
+
+    def _make_room(self, db: sqlite3.Connection, size: int) -> bool:
+        """Evict in the stated order until one more row of ``size`` bytes fits."""
+        if self._fits(size):
+            return True
+        # 0. Delivered history and dead letters: they will never be sent again.
+        self._evict_oldest(db, size, "state != ?", (PENDING,), None)
+        if self._fits(size):
+            return True
+        # 1. Agent health rows.
+        marks = ",".join("?" * len(HEALTH_KINDS))
+        self._evict_oldest(
+            db, size, f"state = ? AND kind IN ({marks})", (PENDING, *HEALTH_KINDS), "evicted_health"
+        )
+        if self._fits(size):
+            return True
+        # 2. Repeats folded into the count of the oldest row of their kind.
+        if self._foldable:
+            self._fold_repeats(db)
+            if self._fits(size):
+                return True
+        # 3. Oldest violations, except the first pending one of each rule.
+        self._evict_oldest(
+            db,
+            size,
+            "state = ? AND seq > (SELECT MIN(f.seq) FROM events f"
+            " WHERE f.rule_key = events.rule_key AND f.state = events.state)",
+            (PENDING,),
+            "evicted_oldest",
+        )
+        return self._fits(size)
+
+    def _evict_oldest(
+        self,
+        db: sqlite3.Connection,
+        size: int,
+        where: str,
+        params: tuple[Any, ...],
+        reason: str | None,
+    ) -> None:
+        while not self._fits(size):
+            need_rows = max(0, self._rows + 1 - self.max_events)
+            batch = max(need_rows, 16) + len(self._in_flight)
+            candidates = db.execute(
+                f"SELECT id, size FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+                (*params, batch),
+            ).fetchall()
+            victims: list[str] = []
+            rows, used = self._rows, self._bytes
+            for event_id, row_size in candidates:
+                if event_id in self._in_flight:
+                    continue
+                if rows + 1 <= self.max_events and used + size <= self.max_bytes:
+                    break
+                victims.append(event_id)
+                rows -= 1
+                used -= row_size
+            if not victims:
+                return
+            self._delete(db, victims)
+            if reason is not None:
+                self._bump(db, f"dropped:{reason}", len(victims))
+
+    def _fold_repeats(self, db: sqlite3.Connection) -> None:
+        groups = db.execute(
+            "SELECT fold_key FROM events WHERE state = ? AND fold_key IS NOT NULL"
+            " GROUP BY fold_key HAVING COUNT(*) > 1",
+            (PENDING,),
+        ).fetchall()
+        folded = 0
+        for (key,) in groups:
+            members = db.execute(
+                "SELECT id, count FROM events WHERE fold_key = ? AND state = ? ORDER BY seq",
+                (key, PENDING),
+            ).fetchall()
+            free = [(i, c) for i, c in members if i not in self._in_flight]
+            if len(free) < 2:
+                continue
+            keeper, rest = free[0][0], free[1:]
+            db.execute(
+                "UPDATE events SET count = count + ? WHERE id = ?",
+                (sum(c for _, c in rest), keeper),
+            )
+            self._delete(db, [i for i, _ in rest])
+            folded += len(rest)
+        if folded:
+            self._bump(db, "dropped:folded", folded)
+            log.warning("spool full: folded %d repeated events into counts", folded)
+        self._foldable = False
+
+    def bump_count(self, event_id: str, n: int = 1) -> bool:
+        """Fold ``n`` repeats into a pending event; False if it is sent, in flight or gone.
+
+        On False the caller spools a new event instead (the repeat is not lost).
+        """
+        if n < 1:
+            raise ValueError("n must be positive")
+        with self._lock:
+            if event_id in self._in_flight:
+                return False
+
+            def work(db: sqlite3.Connection) -> bool:
+                cur = db.execute(
+                    "UPDATE events SET count = count + ? WHERE id = ? AND state = ?",
+                    (n, event_id, PENDING),
+                )
+                return cur.rowcount == 1
+
+            return bool(self._locked_write(work))
+
+    def _locked_write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return self._transaction(work)
+        except sqlite3.Error as err:
+            raise SpoolError(f"{self.path}: spool write failed ({err})") from err
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def pending(self, limit: int = 500, max_bytes: int = MAX_BATCH_BYTES) -> list[SpooledEvent]:
+        """The oldest unacknowledged events, at most ``limit`` rows and ``max_bytes`` of JSON.
+
+        A single row larger than ``max_bytes`` is still returned alone, so that the reporter
+        can have it refused and dead-letter it rather than stall behind it.
+        """
+        with self._lock:
+            try:
+                cur = self._db().execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE state = ? ORDER BY seq LIMIT ?",  # noqa: S608
+                    (PENDING, max(0, limit)),
+                )
+                out: list[SpooledEvent] = []
+                total = 0
+                for raw in cur:
+                    item = _row(raw)
+                    if out and total + item.size > max_bytes:
+                        break
+                    out.append(item)
+                    total += item.size
+            except sqlite3.Error as err:
+                raise SpoolError(f"{self.path}: spool read failed ({err})") from err
+            self._in_flight.update(item.id for item in out)
+            return out
+
+    def ack(self, ids: Iterable[str]) -> int:
+        """Mark events delivered (stored or duplicate at the collector); returns rows changed."""
+        return self._settle(list(ids), SENT, None, "sent")
+
+    def dead_letter(self, ids: Iterable[str], reason: str) -> int:
+        """Take events out of delivery for good (the collector refused them), keeping the why."""
+        return self._settle(list(ids), DEAD, reason[:500], "dead_lettered")
+
+    def _settle(self, ids: list[str], state: str, error: str | None, counter: str) -> int:
+        if not ids:
+            return 0
+        now = self._clock()
+
+        def work(db: sqlite3.Connection) -> int:
+            changed = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                changed += db.execute(
+                    f"UPDATE events SET state = ?, state_time = ?, error = ?"  # noqa: S608
+                    f" WHERE state = ? AND id IN ({marks})",
+                    (state, now, error, PENDING, *chunk),
+                ).rowcount
+            if changed:
+                self._bump(db, counter, changed)
+                if state == SENT:
+                    db.execute(
+                        "INSERT INTO counters(name, value) VALUES ('last_ack_time', ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                        (now,),
+                    )
+            self._trim_history(db, state)
+            return changed
+
+        with self._lock:
+            result = int(self._locked_write(work))
+            self._in_flight.difference_update(ids)
+            return result
+
+    def _trim_history(self, db: sqlite3.Connection, state: str) -> None:
+        excess = db.execute(
+            "SELECT id FROM events WHERE state = ? ORDER BY seq DESC LIMIT -1 OFFSET ?",
+            (state, self.history_limit),
+        ).fetchall()
+        if excess:
+            self._delete(db, [r[0] for r in excess])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def recent(self, limit: int = 50, include_sent: bool = True) -> list[SpooledEvent]:
+        """Newest first: pending rows, and (by default) the kept history of sent/dead rows."""
+        where = "" if include_sent else "WHERE state = 'pending'"
+        with self._lock:
+            try:
+                rows = (
+                    self._db()
+                    .execute(
+                        f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                        (max(0, limit),),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as err:
+                raise SpoolError(f"{self.path}: spool read failed ({err})") from err
+        return [_row(r) for r in rows]
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            try:
+                db = self._db()
+                depth, pending_bytes = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE state = ?",
+                    (PENDING,),
+                ).fetchone()
+                counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            except sqlite3.Error as err:
+                raise SpoolError(f"{self.path}: spool read failed ({err})") from err
+            rows, used = self._rows, self._bytes
+        dropped = {
+            name.removeprefix("dropped:"): int(value)
+            for name, value in sorted(counters.items())
+            if name.startswith("dropped:")
+        }
+        last_ack = counters.get("last_ack_time")
+        return SpoolStats(
+            depth=depth,
+            bytes=pending_bytes,
+            dropped=dropped,
+            sent=int(counters.get("sent", 0)),
+            dead_lettered=int(counters.get("dead_lettered", 0)),
+            last_ack_time=float(last_ack) if last_ack is not None else None,
+            stored_rows=rows,
+            stored_bytes=used,
+            max_events=self.max_events,
+            max_bytes=self.max_bytes,
+            corrupt_moved_to=str(self.corrupt_moved_to) if self.corrupt_moved_to else None,
+            corrupt_replaced=int(counters.get("corrupt_replaced", 0)),
+        )
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
