@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from proscribe.agent.spool import Spool
 
 # The child appends forever and prints each id only after append() returned True.

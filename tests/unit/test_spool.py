@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool, SpooledEvent, SpoolStats
 
