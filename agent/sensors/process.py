@@ -1,0 +1,261 @@
+"""The process sensor: notices every program start and hands its facts to a checker.
+
+Backends, chosen once at :meth:`ProcessSensor.start`:
+
+* ``netlink`` (Linux, root): the kernel's process connector reports every exec (and comm change)
+  as it happens. A reader thread only parses and queues; a checker thread enriches from /proc
+  and calls the handler. A periodic sweep catches what started before the agent, and an
+  immediate sweep follows every socket overflow (events the kernel dropped).
+* ``poll``: psutil / procfs scans at ``poll_interval``; detection within one interval.
+* ``auto``: netlink when running as root on Linux, else poll. When netlink was *asked for* and
+  cannot be opened, the sensor falls back to polling and says so loudly (ERROR log, state);
+  under ``auto`` the fallback is quiet (INFO).
+
+The queue between the backends and the checker is bounded: :meth:`submit` returns False when it
+is full and the drop is counted by reason; a sweep later re-offers anything still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.policy.matchers.process import ProcessFacts
+from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
+from proscribe.agent.sensors.enrich import Enricher
+
+__all__ = ["ProcessSensor", "Sighting"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[ProcessFacts, "Sighting"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One report that a process started (or renamed itself) and needs checking."""
+
+    pid: int
+    source: str  # "exec" | "comm" | "sweep" | "poll"
+    observed: float  # time.monotonic() when the sensor learned of it
+
+
+class ProcessSensor:
+    def __init__(
+        self,
+        choice: str,
+        handler: Handler,
+        *,
+        procfs: Path = Path("/proc"),
+        poll_interval: float = 1.0,
+        sweep_interval: float = 30.0,
+        queue_size: int = 4096,
+        want_sha256: Callable[[], bool] = lambda: False,
+        is_root: bool | None = None,
+        platform: str = sys.platform,
+    ) -> None:
+        self.choice = choice
+        self.handler = handler
+        self.poll_interval = poll_interval
+        self.sweep_interval = sweep_interval
+        self.want_sha256 = want_sha256
+        self.linux = platform.startswith("linux")
+        self.is_root = (os.geteuid() == 0) if is_root is None else is_root
+        self.enricher: Enricher | None = Enricher(procfs) if self.linux else None
+        self.scanner = ProcessScanner.for_platform(self.enricher)
+        self.queue: queue.Queue[Sighting] = queue.Queue(maxsize=queue_size)
+        self.drops: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self.errors = 0
+        self.backend = "off"
+        self.state = "stopped"
+        self.detail = ""
+        self._stop = threading.Event()
+        self._sweep_now = threading.Event()
+        self._full_sweep = False
+        self._threads: list[threading.Thread] = []
+        self._connector: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.choice == "off":
+            self.backend, self.state = "off", "off"
+            return
+        self.backend = "poll"
+        if self.choice in ("auto", "netlink"):
+            reason = self._open_netlink()
+            if reason is None:
+                self.backend = "netlink"
+            elif self.choice == "netlink":
+                log.error(
+                    "process sensor: netlink was requested but is unavailable (%s); "
+                    "falling back to polling every %.1fs",
+                    reason,
+                    self.poll_interval,
+                )
+                self.detail = f"netlink unavailable: {reason}; polling instead"
+            else:
+                log.info("process sensor: netlink not used (%s); polling", reason)
+                self.detail = f"polling ({reason})"
+        self._stop.clear()
+        self._full_sweep = True
+        self._sweep_now.set()  # the first sweep finds what started before the agent
+        self._spawn(self._check_loop, "proscribe-process-check")
+        self._spawn(self._sweep_loop, "proscribe-process-sweep")
+        if self.backend == "netlink":
+            self._spawn(self._netlink_loop, "proscribe-process-netlink")
+        self.state = "running"
+        log.info("process sensor running (%s)", self.backend)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._sweep_now.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
+        if self.state == "running":
+            self.state = "stopped"
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _open_netlink(self) -> str | None:
+        """None when subscribed, else why not."""
+        if not self.linux:
+            return f"not Linux ({sys.platform})"
+        if not self.is_root:
+            return "not running as root"
+        from proscribe.agent.sensors._netlink_linux import ProcConnector
+
+        connector = ProcConnector()
+        try:
+            connector.open()
+        except OSError as err:
+            return f"process connector: {err.strerror or err}"
+        self._connector = connector
+        return None
+
+    # -- queue -----------------------------------------------------------------------------
+    def submit(self, sighting: Sighting) -> bool:
+        """Queue a sighting for the checker; False (and a counted drop) when the queue is full."""
+        try:
+            self.queue.put_nowait(sighting)
+        except queue.Full:
+            self.drops["queue_full"] += 1
+            return False
+        return True
+
+    def request_sweep(self, *, full: bool = False) -> None:
+        """Sweep soon; ``full`` re-checks every running process (e.g. after a policy change)."""
+        if full:
+            self._full_sweep = True
+        self._sweep_now.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "backend": self.backend,
+            "detail": self.detail,
+            "queue_depth": self.queue.qsize(),
+            "seen": dict(self.counts),
+            "drops": dict(self.drops),
+            "errors": self.errors,
+            "hashed": self.enricher.hashes.hashed if self.enricher else 0,
+        }
+
+    # -- threads ---------------------------------------------------------------------------
+    def _netlink_loop(self) -> None:
+        from proscribe.agent.sensors._netlink_linux import PROC_EVENT_COMM, PROC_EVENT_EXEC
+
+        connector = self._connector
+        own = os.getpid()
+        while not self._stop.is_set():
+            try:
+                events, overflow = connector.read(0.5)
+            except OSError as err:
+                if self._stop.is_set():
+                    return
+                self.errors += 1
+                log.error("process connector read failed: %s; polling instead", err)
+                self.backend, self.detail = "poll", f"netlink failed: {err}; polling"
+                return
+            except Exception:
+                self.errors += 1
+                log.exception("process connector loop error (continuing)")
+                continue
+            if overflow:
+                # the kernel dropped events: count it and look at /proc at once
+                self.drops["overflow"] += 1
+                self.request_sweep()
+            now = time.monotonic()
+            for event in events:
+                if event.what == PROC_EVENT_EXEC:
+                    source = "exec"
+                elif event.what == PROC_EVENT_COMM and event.pid == event.tgid:
+                    source = "comm"
+                else:
+                    continue
+                if event.tgid == own:
+                    continue
+                self.submit(Sighting(event.tgid, source, now))
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            interval = self.poll_interval if self.backend == "poll" else self.sweep_interval
+            self._sweep_now.wait(interval)
+            self._sweep_now.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if self._full_sweep:
+                    self._full_sweep = False
+                    self.scanner.forget_all()
+                source = "poll" if self.backend == "poll" else "sweep"
+                now = time.monotonic()
+                for pid, _start in self.scanner.new_processes():
+                    if pid == os.getpid():
+                        continue
+                    self.submit(Sighting(pid, source, now))
+            except Exception:
+                self.errors += 1
+                log.exception("process sweep error (continuing)")
+
+    def _check_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sighting = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._check(sighting)
+            except Exception:
+                self.errors += 1
+                log.exception("process check failed for pid %s (continuing)", sighting.pid)
+
+    def _check(self, sighting: Sighting) -> None:
+        want = self.want_sha256()
+        if self.enricher is not None:
+            facts = self.enricher.facts(sighting.pid, with_sha256=want)
+        else:
+            facts = psutil_facts(sighting.pid, with_sha256=want)
+        if facts is None:
+            self.counts["vanished"] += 1
+            return
+        self.counts[sighting.source] += 1
+        self.scanner.mark(facts.pid, facts.start_time)
+        self.handler(facts, sighting)
