@@ -40,6 +40,7 @@ __all__ = [
     "Envelope",
     "Signature",
     "VerifyResult",
+    "distinct_keys",
     "pae",
     "parse_envelope",
     "sign_payload",
