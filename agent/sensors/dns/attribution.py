@@ -1,0 +1,290 @@
+"""Which process sent a DNS query: source port -> socket inode -> pid, from procfs.
+
+``/proc/net/{udp,udp6,tcp,tcp6}`` map a local address and port to a socket inode (and uid);
+``/proc/<pid>/fd/*`` links name the inode (``socket:[12345]``). The inode -> (pid, fd) map is
+cached and each hit re-validated with one ``readlink`` (a pid can exit and be reused); a miss
+rescans ``/proc`` newest pid first, because the sender of a fresh query is usually a young
+process (``dig``, ``curl``), and stops at the first match.
+
+Queries forwarded by a local stub resolver (systemd-resolved at 127.0.0.53, dnsmasq, unbound,
+named, or this agent's own proxy) are marked ``forwarded`` and not attributed to the stub: the
+application's own query to the stub is the one that carries the process.
+
+The procfs root is a parameter; the tables are those of the caller's network namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import pwd
+import sys
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proscribe.agent.sensors.dns.observation import ProcessRef
+
+if TYPE_CHECKING:
+    from proscribe.agent.sensors.dns._sockdiag_linux import SockDiag
+
+log = logging.getLogger(__name__)
+
+STUB_RESOLVER_NAMES = frozenset(
+    {"systemd-resolve", "systemd-resolved", "dnsmasq", "unbound", "named"}
+)
+REASON_NO_SOCKET = "socket closed before lookup (no local socket has that address and port)"
+REASON_NO_OWNER = "socket owner not found (process exited or lives in another pid namespace)"
+REASON_FORWARDED = "forwarded by a local stub resolver; the application's query carries the process"
+_MAX_CACHE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """The outcome of one lookup: a process, or ``None`` and the reason."""
+
+    process: ProcessRef | None
+    reason: str | None = None
+    forwarded: bool = False
+
+
+def _hex_address(ip: str) -> tuple[str, str]:
+    """An address as it appears in /proc/net/udp and in /proc/net/udp6 (v4-mapped there)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        v4 = addr.packed[::-1].hex().upper()
+        mapped = ipaddress.IPv6Address(f"::ffff:{ip}").packed
+    else:
+        v4 = ""
+        mapped = addr.packed
+    words = [mapped[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4)]
+    return v4, "".join(words)
+
+
+_WILDCARDS = {"00000000", "0" * 32}
+
+
+class SocketTable:
+    """Finds the inode and uid of a local socket from /proc/net."""
+
+    def __init__(self, procfs: Path = Path("/proc")) -> None:
+        self._net = procfs / "net"
+
+    def find(
+        self, transport: str, local_ip: str, local_port: int, remote: tuple[str, int] | None = None
+    ) -> tuple[int, int] | None:
+        """``(inode, uid)`` of the socket bound to ``local_ip:local_port`` (TCP: and ``remote``)."""
+        v4, v6 = _hex_address(local_ip)
+        port = f":{local_port:04X}"
+        want_remote: tuple[str, str] | None = None
+        if remote is not None and transport == "tcp":
+            rv4, rv6 = _hex_address(remote[0])
+            rport = f":{remote[1]:04X}"
+            want_remote = (rv4 + rport, rv6 + rport)
+        tables = (f"{transport}", f"{transport}6") if v4 else (f"{transport}6",)
+        for table in tables:
+            address = (v4 if table == transport else v6) + port
+            found = self._scan(table, address, port, want_remote)
+            if found is not None:
+                return found
+        return None
+
+    def _scan(
+        self, table: str, address: str, port: str, want_remote: tuple[str, str] | None
+    ) -> tuple[int, int] | None:
+        try:
+            data = (self._net / table).read_bytes().decode("ascii", "replace")
+        except OSError:
+            return None
+        wildcard: tuple[int, int] | None = None
+        for line in data.splitlines()[1:]:
+            if port not in line:
+                continue
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            local, remote = fields[1], fields[2]
+            if not local.endswith(port):
+                continue
+            if want_remote is not None and remote not in want_remote:
+                continue
+            hit = (int(fields[9]), int(fields[7]))
+            if hit[0] == 0:
+                continue  # TIME_WAIT and friends have no inode
+            if local == address:
+                return hit
+            if local.split(":")[0] in _WILDCARDS and wildcard is None:
+                wildcard = hit
+        return wildcard
+
+
+class ProcessAttributor:
+    """Turns a client address into a process reference (or a reason), with short-lived caches."""
+
+    def __init__(
+        self,
+        procfs: Path = Path("/proc"),
+        *,
+        stub_names: Collection[str] = STUB_RESOLVER_NAMES,
+        forwarder_pids: Collection[int] = (),
+        clock: Callable[[], float] = time.monotonic,
+        process_ttl: float = 2.0,
+        use_sock_diag: bool | None = None,
+    ) -> None:
+        self._procfs = procfs
+        self._proc = str(procfs)  # string joins: pathlib costs microseconds per lookup
+        self._sockets = SocketTable(procfs)
+        # sock_diag answers for this process's own namespaces, so only with the real /proc.
+        if use_sock_diag is None:
+            use_sock_diag = procfs == Path("/proc")
+        self._diag = _open_sock_diag() if use_sock_diag else None
+        self._stub_names = frozenset(stub_names)
+        self._forwarder_pids = set(forwarder_pids)
+        self._clock = clock
+        self._process_ttl = process_ttl
+        self._owners: dict[int, tuple[int, str]] = {}  # inode -> (pid, fd)
+        self._processes: dict[int, tuple[float, ProcessRef]] = {}
+        self.scans = 0
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+    def add_forwarder_pid(self, pid: int) -> None:
+        """A process whose outgoing queries are forwards (e.g. this agent's proxy)."""
+        self._forwarder_pids.add(pid)
+
+    def attribute(
+        self, transport: str, client: tuple[str, int], server: tuple[str, int] | None = None
+    ) -> Attribution:
+        """Who owns the client's socket, looked up while that socket is still open."""
+        try:
+            found = None
+            if self._diag is not None and server is not None:
+                try:
+                    found = self._diag.lookup(transport, client, server)
+                except OSError:
+                    log.debug("sock_diag lookup failed; using /proc/net", exc_info=True)
+            if found is None:
+                found = self._sockets.find(transport, client[0], client[1], server)
+        except ValueError:
+            return Attribution(None, f"not an IP address: {client[0]!r}")
+        if found is None:
+            return Attribution(None, REASON_NO_SOCKET)
+        inode, uid = found
+        pid = self._owner(inode)
+        if pid is None:
+            return Attribution(None, REASON_NO_OWNER)
+        process = self.describe(pid, uid)
+        if process is None:
+            return Attribution(None, REASON_NO_OWNER)
+        if pid in self._forwarder_pids or process.get("name") in self._stub_names:
+            return Attribution(None, REASON_FORWARDED, forwarded=True)
+        return Attribution(process)
+
+    # -- inode -> pid ---------------------------------------------------------------------------
+
+    def _owner(self, inode: int) -> int | None:
+        cached = self._owners.get(inode)
+        target = f"socket:[{inode}]"
+        if cached is not None:
+            pid, fd = cached
+            try:
+                if os.readlink(f"{self._proc}/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                pass
+            del self._owners[inode]
+        return self._scan_for(target)
+
+    def _scan_for(self, target: str) -> int | None:
+        self.scans += 1
+        if len(self._owners) > _MAX_CACHE:
+            self._owners.clear()
+        try:
+            pids = sorted((int(p) for p in os.listdir(self._procfs) if p.isdigit()), reverse=True)
+        except OSError:
+            return None
+        for pid in pids:
+            fd_dir = f"{self._proc}/{pid}/fd"
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            found = False
+            for fd in fds:
+                try:
+                    link = os.readlink(f"{fd_dir}/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    self._owners[int(link[8:-1])] = (pid, fd)
+                    found = found or link == target
+            if found:
+                return pid
+        return None
+
+    # -- pid -> process reference ---------------------------------------------------------------
+
+    def describe(self, pid: int, uid: int | None = None) -> ProcessRef | None:
+        """``{pid, ppid, name, exe, cmdline, user}`` for a live pid, cached for ``process_ttl``."""
+        now = self._clock()
+        cached = self._processes.get(pid)
+        if cached is not None and now - cached[0] < self._process_ttl:
+            return cached[1]
+        base = self._procfs / str(pid)
+        try:
+            name = (base / "comm").read_text(errors="replace").strip()
+            raw = (base / "cmdline").read_bytes()
+            status = (base / "status").read_text(errors="replace")
+        except OSError:
+            return None
+        try:
+            exe = os.readlink(base / "exe")
+        except OSError:
+            exe = ""
+        ppid: int | None = None
+        for line in status.splitlines():
+            if line.startswith("PPid:"):
+                ppid = int(line.split()[1])
+            elif line.startswith("Uid:") and uid is None:
+                uid = int(line.split()[1])
+        cmdline = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        process: ProcessRef = {
+            "pid": pid,
+            "ppid": ppid,
+            "name": name,
+            "exe": exe,
+            "cmdline": cmdline,
+            "user": _user_name(uid),
+            "uid": uid,
+        }
+        if len(self._processes) > 4096:
+            self._processes.clear()
+        self._processes[pid] = (now, process)
+        return process
+
+
+def _open_sock_diag() -> SockDiag | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        from proscribe.agent.sensors.dns._sockdiag_linux import SockDiag as _SockDiag
+
+        return _SockDiag()
+    except OSError:
+        log.info("NETLINK_SOCK_DIAG unavailable; attribution reads /proc/net", exc_info=True)
+        return None
+
+
+def _user_name(uid: int | None) -> str:
+    if uid is None:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

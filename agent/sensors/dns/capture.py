@@ -1,0 +1,241 @@
+"""Passive DNS capture: every port-53 packet on every interface, parsed off the resolution path.
+
+A reader thread receives from the filtered packet socket, parses headers and DNS, attributes
+the query to its process (while the sender's socket is most likely still open) and hands the
+observation to a bounded queue; a consumer thread delivers it to ``on_observation``. Nothing
+waits on this sensor, so it adds no latency to resolution. Malformed packets are counted and
+skipped; a full queue drops (counted) rather than block the reader; an exception in the
+consumer callback is logged and counted, and the sensor keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
+from proscribe.agent.sensors.dns.headers import MalformedPacket, parse_packet
+from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
+from proscribe.agent.sensors.dns.observation import DnsObservation
+
+log = logging.getLogger(__name__)
+
+ObservationSink = Callable[[DnsObservation], None]
+SocketFactory = Callable[[], socket.socket]
+_STOP = object()
+_OUTGOING = 4
+_RECENT_QUERIES = 4096
+
+
+def _default_socket() -> socket.socket:
+    from proscribe.agent.sensors.dns._packet_linux import open_dns_socket
+
+    return open_dns_socket()
+
+
+class DnsCapture:
+    """The capture sensor. ``attribute_if`` limits the procfs lookups to observations that need
+    them (the daemon passes "some name matches a rule"); by default every one is attributed."""
+
+    def __init__(
+        self,
+        on_observation: ObservationSink,
+        *,
+        attributor: ProcessAttributor | None = None,
+        attribute_if: Callable[[DnsObservation], bool] | None = None,
+        queue_size: int = 10_000,
+        socket_factory: SocketFactory = _default_socket,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sink = on_observation
+        self._attributor = attributor
+        self._attribute_if = attribute_if
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._socket_factory = socket_factory
+        self._clock = clock
+        self._sock: socket.socket | None = None
+        # (transport, client, msg id) -> the query's attribution, reused for its response,
+        # whose client socket may already be closed by the time it is read.
+        self._recent: dict[tuple[str, tuple[str, int], int], Attribution] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            (
+                "seen",
+                "parsed",
+                "queries",
+                "responses",
+                "malformed",
+                "not_dns",
+                "tcp_partial",
+                "outgoing_lo_skipped",
+                "dropped_queue",
+                "dropped_kernel",
+                "attributed",
+                "unattributed",
+                "forwarded",
+                "callback_errors",
+            ),
+            0,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the packet socket (``OSError`` if not permitted) and start both threads."""
+        self._sock = self._socket_factory()
+        self._sock.settimeout(0.2)
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._read_loop, name="dns-capture", daemon=True),
+            threading.Thread(target=self._deliver_loop, name="dns-deliver", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            if thread.name == "dns-deliver":
+                try:
+                    self._queue.put(_STOP, timeout=timeout)
+                except queue.Full:
+                    pass
+            thread.join(timeout)
+        self._threads = []
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start; ``dropped_kernel`` is what the socket buffer lost."""
+        if self._sock is not None and hasattr(socket, "AF_PACKET"):
+            try:
+                from proscribe.agent.sensors.dns._packet_linux import read_kernel_stats
+
+                _packets, drops = read_kernel_stats(self._sock)
+                self._count("dropped_kernel", drops)
+            except OSError:
+                pass
+        with self._lock:
+            return dict(self._counts, queue_depth=self._queue.qsize())
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    # -- reader -----------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        buffer = bytearray(65536)
+        view = memoryview(buffer)
+        while not self._stopping.is_set():
+            try:
+                size, address = sock.recvfrom_into(buffer)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.warning("DNS capture socket failed; reopening", exc_info=True)
+                time.sleep(0.5)
+                continue
+            try:
+                self.handle_packet(bytes(view[:size]), address)
+            except Exception:  # a bug here must not stop the sensor
+                log.exception("DNS capture: unexpected error on one packet")
+                self._count("malformed")
+
+    def handle_packet(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """Process one packet as returned by ``recvfrom`` on the packet socket."""
+        ifname, ethertype, pkttype = address[0], address[1], address[2]
+        self._count("seen")
+        if pkttype == _OUTGOING and ifname == "lo":
+            self._count("outgoing_lo_skipped")  # the BPF filter normally drops these already
+            return
+        try:
+            segment = parse_packet(data, ethertype)
+        except MalformedPacket:
+            self._count("malformed")
+            return
+        if segment is None:
+            self._count("not_dns")
+            return
+        if segment.partial:
+            self._count("tcp_partial")
+        now = self._clock()
+        for payload in segment.messages:
+            try:
+                facts = parse_message(payload)
+            except MalformedDnsMessage:
+                self._count("malformed")
+                continue
+            self._count("parsed")
+            self._count("responses" if facts.is_response else "queries")
+            observation = DnsObservation.from_facts(
+                facts,
+                src=segment.src,
+                dst=segment.dst,
+                transport=segment.transport,
+                time=now,
+                interface=ifname,
+            )
+            observation = self._attribute(observation)
+            try:
+                self._queue.put_nowait(observation)
+            except queue.Full:
+                self._count("dropped_queue")
+
+    def _attribute(self, observation: DnsObservation) -> DnsObservation:
+        if self._attributor is None:
+            return replace(observation, attribution_reason="attribution disabled")
+        if self._attribute_if is not None and not self._attribute_if(observation):
+            return replace(observation, attribution_reason="not looked up: no rule matched")
+        is_query = observation.direction == "query"
+        key = (observation.transport, observation.client, observation.msg_id)
+        found = None if is_query else self._recent.pop(key, None)
+        if found is None:
+            server = (
+                (observation.dst_ip, observation.dst_port)
+                if is_query
+                else (observation.src_ip, observation.src_port)
+            )
+            found = self._attributor.attribute(observation.transport, observation.client, server)
+            if is_query:
+                if len(self._recent) >= _RECENT_QUERIES:
+                    self._recent.clear()
+                self._recent[key] = found
+        if found.forwarded:
+            self._count("forwarded")
+        elif found.process is None:
+            self._count("unattributed")
+        else:
+            self._count("attributed")
+        return replace(
+            observation,
+            process=found.process,
+            attribution_reason=found.reason,
+            forwarded=found.forwarded,
+        )
+
+    # -- consumer ---------------------------------------------------------------------------
+
+    def _deliver_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._sink(item)
+            except Exception:
+                log.exception("DNS observation callback failed")
+                self._count("callback_errors")

@@ -1,0 +1,82 @@
+"""``DnsObservation``: one DNS message seen by a sensor, with its process when known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proscribe.agent.sensors.dns.message import DnsMessageFacts
+
+ProcessRef = dict[str, Any]  # {pid, exe, name, user, cmdline}; the event schema's "process" shape
+
+
+@dataclass(frozen=True, slots=True)
+class DnsObservation:
+    """A query or response, who sent it, and the names to check against the domain rules.
+
+    ``names_to_check`` is the question name followed by every CNAME target of the answer chain.
+    ``process`` is ``None`` when the sender could not be found (``attribution_reason`` says why)
+    or when the sender is a local stub resolver forwarding someone else's query
+    (``forwarded`` is then true; the application's own query to the stub carries the process).
+    """
+
+    qname: str
+    qtype: str
+    direction: str  # "query" | "response"
+    names_to_check: tuple[str, ...]
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    transport: str  # "udp" | "tcp"
+    resolver: str  # the server's address: dst of a query, src of a response
+    time: float  # time.time() when seen
+    rcode: str = "NOERROR"
+    msg_id: int = 0
+    cname_targets: tuple[str, ...] = ()
+    process: ProcessRef | None = None
+    attribution_reason: str | None = None
+    forwarded: bool = False
+    interface: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_facts(
+        cls,
+        facts: DnsMessageFacts,
+        *,
+        src: tuple[str, int],
+        dst: tuple[str, int],
+        transport: str,
+        time: float,
+        interface: str | None = None,
+    ) -> DnsObservation:
+        direction = "response" if facts.is_response else "query"
+        return cls(
+            qname=facts.qname,
+            qtype=facts.qtype,
+            direction=direction,
+            names_to_check=facts.names_to_check,
+            src_ip=src[0],
+            src_port=src[1],
+            dst_ip=dst[0],
+            dst_port=dst[1],
+            transport=transport,
+            resolver=src[0] if facts.is_response else dst[0],
+            time=time,
+            rcode=facts.rcode,
+            msg_id=facts.msg_id,
+            cname_targets=facts.cname_targets,
+            interface=interface,
+        )
+
+    @property
+    def client(self) -> tuple[str, int]:
+        """The asking side's address: the source of a query, the destination of a response."""
+        if self.direction == "query":
+            return (self.src_ip, self.src_port)
+        return (self.dst_ip, self.dst_port)
+
+    def dns_section(self) -> dict[str, Any]:
+        """The event schema's ``dns`` object."""
+        return {"qname": self.qname, "qtype": self.qtype, "resolver": self.resolver}
