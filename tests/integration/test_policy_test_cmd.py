@@ -1,0 +1,137 @@
+"""``proscribe policy test``: a real denied process and a real file under a temp HOME are found."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POLICY = """
+[meta]
+schema = 1
+id     = "policy-test-cmd"
+serial = 1
+issued = 2025-01-24T00:00:00Z
+title  = "integration test"
+
+[[process]]
+id     = "{process_rule}"
+names  = ["{process_name}"]
+action = "block"
+
+[[file]]
+id    = "weights"
+globs = ["~/.cache/huggingface/hub/models--{file_marker}--*"]
+"""
+
+
+def write_policy(path: Path, process_name: str, file_marker: str) -> Path:
+    path.write_text(
+        POLICY.format(
+            process_rule="denied-binary", process_name=process_name, file_marker=file_marker
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_cmd(policy: Path, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "proscribe.agent", "policy", "test", str(policy), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def denied_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    binary = tmp_path / "bin" / "deepseek-test"
+    binary.parent.mkdir()
+    shutil.copy("/bin/sleep", binary)
+    proc = subprocess.Popen([str(binary), "60"])
+    try:
+        comm = Path(f"/proc/{proc.pid}/comm")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # wait until exec has replaced the forked child
+            if comm.exists() and comm.read_text().strip() == "deepseek-test":
+                break
+            time.sleep(0.01)
+        yield proc
+    finally:
+        proc.kill()  # by pid: only the process this test started
+        proc.wait(timeout=5)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface" / "hub" / "models--deepseek-ai--DeepSeek-R1").mkdir(
+        parents=True
+    )
+    return home
+
+
+@pytest.mark.linux
+def test_reports_running_process_and_file(
+    tmp_path: Path, denied_process: subprocess.Popen[bytes], home: Path
+) -> None:
+    policy = write_policy(tmp_path / "p.toml", "deepseek-test", "deepseek-ai")
+    result = run_cmd(policy, home, "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    procs = [f for f in report["findings"] if f["kind"] == "process"]
+    assert any(f"pid {denied_process.pid} " in f["subject"] for f in procs), procs
+    ours = next(f for f in procs if f"pid {denied_process.pid} " in f["subject"])
+    assert ours["rule_id"] == "denied-binary"
+    assert ours["explanation"] == (
+        "rule denied-binary: name glob 'deepseek-test' matched comm 'deepseek-test'"
+    )
+    files = [f for f in report["findings"] if f["kind"] == "file"]
+    assert [f["subject"] for f in files] == [
+        str(home / ".cache/huggingface/hub/models--deepseek-ai--DeepSeek-R1")
+    ]
+    assert report["violations"] >= 2
+
+    text = run_cmd(policy, home)
+    assert text.returncode == 1
+    assert f"would kill: process pid {denied_process.pid} 'deepseek-test'" in text.stdout
+    assert "would report: file " in text.stdout
+    assert "models--deepseek-ai--DeepSeek-R1: rule weights: file glob" in text.stdout
+
+
+@pytest.mark.linux
+def test_exit_zero_when_nothing_matches(
+    tmp_path: Path, denied_process: subprocess.Popen[bytes], home: Path
+) -> None:
+    unique = f"no-such-program-{uuid.uuid4().hex[:8]}"
+    policy = write_policy(tmp_path / "p.toml", unique, unique)
+    result = run_cmd(policy, home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 would violate" in result.stdout
+
+
+def test_bad_file_is_one_line_exit_2(tmp_path: Path, home: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[meta]\nschema = 1\nid = "x"\nbogus = [\n', encoding="utf-8")
+    result = run_cmd(bad, home)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(bad) in lines[0]
+    assert "Traceback" not in result.stderr
+    missing = run_cmd(tmp_path / "missing.toml", home)
+    assert missing.returncode == 2
+    assert "missing.toml" in missing.stderr
