@@ -161,6 +161,8 @@ class PolicyStore:
         remove_stale_temp_files(self._dir)
         remove_stale_temp_files(self._policy_dir)
         self._state = load_state(self._state_path)
+        if self._state is None:
+            self._state = self._recover_state()
         self._current = self._load_current()
         self._persisted_time = self._state.max_time_seen if self._state else None
 
@@ -176,6 +178,37 @@ class PolicyStore:
 
     def _paths(self, sha256: str) -> tuple[Path, Path]:
         return self._policy_dir / f"{sha256}.toml", self._policy_dir / f"{sha256}.toml.sig"
+
+    def _recover_state(self) -> PolicyState | None:
+        """Rebuild the anti-rollback record from kept policies when state.json is gone.
+
+        Without this, deleting or corrupting state.json would reopen the door to rollback.
+        """
+        best: Policy | None = None
+        for toml_path in sorted(self._policy_dir.glob("*.toml")):
+            try:
+                data = read_capped(toml_path)
+                sig = read_capped(Path(f"{toml_path}.sig"))
+                policy = verify_policy_bytes(data, sig, self._trust, str(toml_path))
+            except ProscribeError as err:
+                log.warning("%s: ignored while recovering policy state: %s", toml_path, err)
+                continue
+            if best is None or policy.meta.serial > best.meta.serial:
+                best = policy
+        if best is None:
+            return None
+        state = PolicyState(
+            policy_id=best.meta.id,
+            serial=best.meta.serial,
+            sha256=best.sha256,
+            max_time_seen=best.meta.issued,
+            issued=best.meta.issued,
+            expires=best.meta.expires,
+            origin="recovered",
+        )
+        log.warning("policy state rebuilt from %s serial %s", best.meta.id, best.meta.serial)
+        save_state(self._state_path, state)
+        return state
 
     def _load_current(self) -> Policy | None:
         if self._state is None:
