@@ -14,29 +14,32 @@ dependency, the same syntax admins know) and bound the work instead, in three wa
    conditionals (they defeat the analysis below and are never needed for a denylist); no repeat
    of something that itself repeats or alternates (``(a+)+``, ``(a*)*b``, ``(a|aa)+``): that
    is what makes backtracking exponential.
-3. **The remaining polynomial degree is capped.** With the shapes above, backtracking explores
-   at most one choice per repeat, so the work of a search is bounded by the number of start
-   positions (``n``) times the product, over the repeats that can backtrack, of how many
-   lengths each may take (``n + 1`` for an open-ended one, ``max + 1`` for ``{m,max}``). We
-   require that product to stay under ``16 * (n + 1)``: one open-ended repeat (``.*``, ``\\S+``)
-   plus small bounded ones, i.e. worst case about ``16 * n**2`` steps for ``n = 2048``.
+3. **The remaining polynomial degree is capped.** With the shapes above, a piece of the
+   pattern can end in a bounded number of places from a given position (its *paths*: 1 for a
+   character, ``n + 1`` for an open-ended repeat, ``max + 1`` for ``{m,max}``, the sum over
+   alternatives), and trying them all costs its *work*. In a sequence, every path of what came
+   before re-runs what follows: ``work += paths * next_work``; ``paths *= next_paths``. We
+   require ``work <= 40 * (n + 1)``: in effect one open-ended repeat that can backtrack
+   (``.*``, ``\\S+``), followed by small bounded ones; ``a.*b.*c`` or ``.*\\s+x`` (9 s on 2048
+   spaces in plain ``re``) are refused.
 
-   A repeat does *not* count when it cannot backtrack usefully: it is possessive (``\\s++``),
-   or its body is one character class and the next thing the pattern needs is a literal
-   character that class cannot match (``\\s+run``, ``\\d+\\.``): any shorter match would leave
-   a class character where the literal must be, so only the longest match can succeed, and the
-   run it scans is disjoint from the runs of other such repeats.
+   A repeat has one path when it cannot usefully backtrack: it is possessive (``\\s++``), or
+   its body is one character class and every character the pattern may need next is a literal
+   that class cannot match (``\\s+run``, ``\\d+\\.``): any shorter match would leave a class
+   character where the literal must be, so only the longest match can succeed.
 
-The result: the time of one search is bounded by a small multiple of ``n**2`` simple steps
-whatever the input; ``tests/unit/test_regex_safety.py`` measures every pattern in the shipped
-packs and a set of realistic ones against adversarial inputs of full length.
+The result: a search costs at most ``n`` start positions times ``work``, at most ``40 * n**2``
+simple steps (1.7e8 for ``n = 2048``: seconds, not hours, in the model's worst case) whatever
+the input, and far less in practice because the model counts every start and every alternative
+as if all of them matched. ``tests/unit/test_regex_safety.py`` measures every pattern in the
+shipped packs and a set of realistic ones against adversarial inputs of full length.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from re import _compiler as sre_compile  # type: ignore[attr-defined]
 from re import _constants as sre  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -45,7 +48,7 @@ from typing import Any
 MAX_PATTERN_CHARS = 512
 MAX_CMDLINE_MATCH_CHARS = 2048
 MAX_REPEATS = 16  # repeats of any kind in one pattern
-_COST_BUDGET = 16 * (MAX_CMDLINE_MATCH_CHARS + 1)
+_WORK_BUDGET = 40 * (MAX_CMDLINE_MATCH_CHARS + 1)
 
 _SINGLE_CHAR_OPS = frozenset({sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN})
 _REPEAT_OPS = frozenset({sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT})
@@ -77,12 +80,12 @@ def compile_cmdline_regex(pattern: str) -> re.Pattern[str]:
     except (RecursionError, OverflowError) as err:
         raise ValueError("regular expression is nested too deeply") from err
     checker = _ShapeCheck(parsed.state)
-    cost = checker.sequence(list(parsed.data), parsed.state.flags, top=True)
+    _paths, work = checker.sequence(list(parsed.data), parsed.state.flags, [])
     if checker.repeats > MAX_REPEATS:
         raise ValueError(
             f"pattern has {checker.repeats} repeats, the limit is {MAX_REPEATS}; simplify it"
         )
-    if cost > _COST_BUDGET:
+    if work > _WORK_BUDGET:
         raise ValueError(
             "pattern could take too long on a long command line: it has more than one "
             "open-ended repeat (.*, \\S+, …) that can backtrack; keep one, and make the "
@@ -111,38 +114,57 @@ def cmdline_window(argv: Sequence[str]) -> str:
     return text[:half] + " " + text[-(MAX_CMDLINE_MATCH_CHARS - 1 - half) :]
 
 
+_Continuation = list[tuple[list[_Item], int]]  # what follows, innermost first, with its flags
+_UNKNOWN: _Continuation = [([(None, None)], 0)]  # inside a repeat body: assume anything follows
+
+
 class _ShapeCheck:
-    """Walks an ``sre`` parse tree, rejects unsafe constructs and estimates the cost factor."""
+    """Walks an ``sre`` parse tree, rejects unsafe constructs and bounds the backtracking work.
+
+    For each piece we compute ``(paths, work)``: how many different ways (end positions) it can
+    match from one position, and how many steps trying all of them costs. In a sequence every
+    path of the part so far re-runs the next part: ``work += paths * next_work`` and
+    ``paths *= next_paths``. The total of a search is at most ``n`` starts times ``work``.
+    """
 
     def __init__(self, state: Any) -> None:
         self.state = state
         self.repeats = 0
 
-    def sequence(self, items: list[_Item], flags: int, *, top: bool = False) -> int:
-        cost = 1
-        for index, (op, av) in enumerate(items):
-            if op in (sre.GROUPREF, sre.GROUPREF_IGNORE, sre.GROUPREF_LOC_IGNORE):
-                raise ValueError("backreferences (\\1, (?P=name)) are not allowed")
-            if op is sre.GROUPREF_EXISTS:
-                raise ValueError("conditional groups (?(1)…|…) are not allowed")
-            if op in (sre.ASSERT, sre.ASSERT_NOT):
-                raise ValueError(
-                    "lookahead and lookbehind ((?=…), (?!…), (?<=…), (?<!…)) are not allowed"
-                )
-            if op is sre.SUBPATTERN:
-                _group, add, remove, sub = av
-                cost *= self.sequence(list(sub.data), (flags | add) & ~remove)
-            elif op is sre.ATOMIC_GROUP:
-                cost *= self.sequence(list(av.data), flags)
-            elif op is sre.BRANCH:
-                cost *= max(self.sequence(list(b.data), flags) for b in av[1])
-            elif op in _REPEAT_OPS:
-                cost *= self.repeat(op, av, items[index + 1 :], flags, at_end=top)
-            if cost > _COST_BUDGET:
-                return cost
-        return cost
+    def sequence(self, items: list[_Item], flags: int, after: _Continuation) -> tuple[int, int]:
+        paths, work = 1, 0
+        for index, item in enumerate(items):
+            rest: _Continuation = [(items[index + 1 :], flags), *after]
+            item_paths, item_work = self.item(item, flags, rest)
+            work += paths * item_work
+            paths *= item_paths
+            if work > _WORK_BUDGET:
+                break  # already over; keep the numbers small
+        return paths, work
 
-    def repeat(self, op: Any, av: Any, rest: list[_Item], flags: int, *, at_end: bool) -> int:
+    def item(self, item: _Item, flags: int, after: _Continuation) -> tuple[int, int]:
+        op, av = item
+        if op in (sre.GROUPREF, sre.GROUPREF_IGNORE, sre.GROUPREF_LOC_IGNORE):
+            raise ValueError("backreferences (\\1, (?P=name)) are not allowed")
+        if op is sre.GROUPREF_EXISTS:
+            raise ValueError("conditional groups (?(1)…|…) are not allowed")
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            raise ValueError(
+                "lookahead and lookbehind ((?=…), (?!…), (?<=…), (?<!…)) are not allowed"
+            )
+        if op is sre.SUBPATTERN:
+            _group, add, remove, sub = av
+            return self.sequence(list(sub.data), (flags | add) & ~remove, after)
+        if op is sre.ATOMIC_GROUP:
+            return 1, self.sequence(list(av.data), flags, after)[1]
+        if op is sre.BRANCH:
+            results = [self.sequence(list(b.data), flags, after) for b in av[1]]
+            return sum(p for p, _ in results), sum(w for _, w in results)
+        if op in _REPEAT_OPS:
+            return self.repeat(op, av, flags, after)
+        return 1, 1  # one character, an anchor or a word boundary
+
+    def repeat(self, op: Any, av: Any, flags: int, after: _Continuation) -> tuple[int, int]:
         _low, high, body = av
         self.repeats += 1
         body_items = list(body.data)
@@ -156,28 +178,38 @@ class _ShapeCheck:
                 "a repeated group contains alternatives, e.g. (a|ab)+: this can take "
                 "exponential time; use a character class [ab] or list whole patterns"
             )
-        inner = self.sequence(body_items, flags)
-        if op is sre.POSSESSIVE_REPEAT:
-            return inner  # never gives back what it took
-        if self._cannot_backtrack(body_items, rest, flags, at_end=at_end):
-            return 1
-        lengths = MAX_CMDLINE_MATCH_CHARS + 1 if high is sre.MAXREPEAT else high + 1
-        return lengths * inner
+        # A body that runs at most once is followed by the rest of the pattern; one that may
+        # run again could be followed by itself: assume anything.
+        inner_paths, inner_work = self.sequence(body_items, flags, after if high <= 1 else _UNKNOWN)
+        times = (
+            MAX_CMDLINE_MATCH_CHARS if high is sre.MAXREPEAT else min(high, MAX_CMDLINE_MATCH_CHARS)
+        )
+        work = times * inner_work
+        if op is sre.POSSESSIVE_REPEAT or self._only_longest(body_items, flags, after):
+            return 1, work
+        if high <= 1:
+            return 1 + inner_paths, inner_work
+        return (times + 1) * inner_paths, work
 
-    def _cannot_backtrack(
-        self, body: list[_Item], rest: list[_Item], flags: int, *, at_end: bool
-    ) -> bool:
-        """True when only the longest match of the repeat can lead to success."""
+    def _only_longest(self, body: list[_Item], flags: int, after: _Continuation) -> bool:
+        """True when only the longest match of the repeat can lead to success.
+
+        That holds when the body is one character class and every character the pattern may
+        need next is a literal the class cannot match: a shorter match would leave a class
+        character exactly where that literal must be.
+        """
         if len(body) != 1 or body[0][0] not in _SINGLE_CHAR_OPS:
             return False
-        follow = _first_required(rest)
-        if follow is None:
-            # Nothing after it at the top level: the first (longest) try succeeds.
-            return at_end and not rest
-        if follow[0] is not sre.LITERAL:
+        follow = _follow_set(after)
+        if not follow:
             return False
         body_re = self._compile_item(body[0], flags)
-        return not any(body_re.fullmatch(ch) for ch in _literal_variants(follow[1], flags))
+        for (op, av), follow_flags in follow:
+            if op is not sre.LITERAL:
+                return False
+            if any(body_re.fullmatch(ch) for ch in _literal_variants(av, follow_flags)):
+                return False
+        return True
 
     def _compile_item(self, item: _Item, flags: int) -> re.Pattern[str]:
         sub = sre_parse.SubPattern(self.state, [item])
@@ -185,15 +217,40 @@ class _ShapeCheck:
         return compiled
 
 
-def _first_required(rest: list[_Item]) -> _Item | None:
-    """The first single-character item the pattern must match after a repeat, if obvious."""
-    for op, av in rest:
-        if op in _SINGLE_CHAR_OPS:
-            return (op, av)
-        if op is sre.SUBPATTERN and av[3].data:
-            return _first_required(list(av[3].data))
-        return None  # a repeat, branch, anchor or empty group: not obvious, assume the worst
-    return None
+def _follow_set(after: _Continuation) -> list[tuple[_Item, int]] | None:
+    """The single-character items that may be consumed next, or None when not obvious
+    (the pattern may end there, or the next piece is an anchor other than a word boundary)."""
+    for depth, (items, flags) in enumerate(after):
+        for index, (op, av) in enumerate(items):
+            rest: _Continuation = [(items[index + 1 :], flags), *after[depth + 1 :]]
+            if op is None:
+                return None  # inside a repeat body
+            if op in _SINGLE_CHAR_OPS:
+                return [((op, av), flags)]
+            if op is sre.AT and av in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
+                continue  # zero width: the next consumed character is still what follows
+            if op is sre.SUBPATTERN:
+                _group, add, remove, sub = av
+                return _follow_set([(list(sub.data), (flags | add) & ~remove), *rest])
+            if op is sre.BRANCH:
+                return _union(_follow_set([(list(b.data), flags), *rest]) for b in av[1])
+            if op in _REPEAT_OPS:
+                low, _high, body = av
+                first = _follow_set([(list(body.data), flags), *rest])
+                return first if low > 0 else _union([first, _follow_set(rest)])
+            return None
+    return None  # the pattern can end here
+
+
+def _union(
+    sets: Iterable[list[tuple[_Item, int]] | None],
+) -> list[tuple[_Item, int]] | None:
+    found: list[tuple[_Item, int]] = []
+    for each in sets:
+        if each is None:
+            return None
+        found.extend(each)
+    return found
 
 
 @functools.lru_cache(maxsize=512)
