@@ -1,0 +1,42 @@
+"""DNS sensors: passive capture (Linux) and an enforcing resolver proxy (everywhere).
+
+Public surface; everything else in this package is an implementation detail.
+"""
+
+from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
+from proscribe.agent.sensors.dns.capture import DnsCapture
+from proscribe.agent.sensors.dns.dedupe import DnsDeduper
+from proscribe.agent.sensors.dns.message import DnsMessageFacts, MalformedDnsMessage, parse_message
+from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, ProcessRef, Verdict
+from proscribe.agent.sensors.dns.proxy import CANARY, DnsProxy, blocked_response
+from proscribe.agent.sensors.dns.sensor import (
+    DnsSensor,
+    DnsSensorUnavailable,
+    DnsSettings,
+    build_dns_sensor,
+    parse_host_port,
+    system_upstreams,
+)
+
+__all__ = [
+    "CANARY",
+    "Attribution",
+    "Decide",
+    "DnsCapture",
+    "DnsDeduper",
+    "DnsMessageFacts",
+    "DnsObservation",
+    "DnsProxy",
+    "DnsSensor",
+    "DnsSensorUnavailable",
+    "DnsSettings",
+    "MalformedDnsMessage",
+    "ProcessAttributor",
+    "ProcessRef",
+    "Verdict",
+    "blocked_response",
+    "build_dns_sensor",
+    "parse_host_port",
+    "parse_message",
+    "system_upstreams",
+]

@@ -2,7 +2,7 @@
 
 A reader thread receives from the filtered packet socket, parses headers and DNS, attributes
 the query to its process (while the sender's socket is most likely still open) and hands the
-observation to a bounded queue; a consumer thread delivers it to ``on_observation``. Nothing
+observation to :class:`ObservationDelivery`, whose thread calls ``on_observation``. Nothing
 waits on this sensor, so it adds no latency to resolution. Malformed packets are counted and
 skipped; a full queue drops (counted) rather than block the reader; an exception in the
 consumer callback is logged and counted, and the sensor keeps going.
@@ -11,24 +11,22 @@ consumer callback is logged and counted, and the sensor keeps going.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
+from proscribe.agent.sensors.dns.delivery import ObservationDelivery, ObservationSink
 from proscribe.agent.sensors.dns.headers import MalformedPacket, parse_packet
 from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
 from proscribe.agent.sensors.dns.observation import DnsObservation
 
 log = logging.getLogger(__name__)
 
-ObservationSink = Callable[[DnsObservation], None]
 SocketFactory = Callable[[], socket.socket]
-_STOP = object()
 _OUTGOING = 4
 _RECENT_QUERIES = 4096
 
@@ -52,11 +50,12 @@ class DnsCapture:
         queue_size: int = 10_000,
         socket_factory: SocketFactory = _default_socket,
         clock: Callable[[], float] = time.time,
+        interfaces: Collection[str] = (),
     ) -> None:
-        self._sink = on_observation
+        self._interfaces = frozenset(interfaces)  # empty: every interface
         self._attributor = attributor
         self._attribute_if = attribute_if
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._delivery = ObservationDelivery(on_observation, queue_size, name="dns-capture")
         self._socket_factory = socket_factory
         self._clock = clock
         self._sock: socket.socket | None = None
@@ -64,7 +63,7 @@ class DnsCapture:
         # whose client socket may already be closed by the time it is read.
         self._recent: dict[tuple[str, tuple[str, int], int], Attribution] = {}
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             (
@@ -74,6 +73,7 @@ class DnsCapture:
                 "responses",
                 "malformed",
                 "not_dns",
+                "other_interface",
                 "tcp_partial",
                 "outgoing_lo_skipped",
                 "dropped_queue",
@@ -93,23 +93,16 @@ class DnsCapture:
         self._sock = self._socket_factory()
         self._sock.settimeout(0.2)
         self._stopping.clear()
-        self._threads = [
-            threading.Thread(target=self._read_loop, name="dns-capture", daemon=True),
-            threading.Thread(target=self._deliver_loop, name="dns-deliver", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._delivery.start()
+        self._thread = threading.Thread(target=self._read_loop, name="dns-capture", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping.set()
-        for thread in self._threads:
-            if thread.name == "dns-deliver":
-                try:
-                    self._queue.put(_STOP, timeout=timeout)
-                except queue.Full:
-                    pass
-            thread.join(timeout)
-        self._threads = []
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._delivery.stop(timeout)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -125,7 +118,11 @@ class DnsCapture:
             except OSError:
                 pass
         with self._lock:
-            return dict(self._counts, queue_depth=self._queue.qsize())
+            counts = dict(self._counts)
+        counts["dropped_queue"] = self._delivery.dropped
+        counts["callback_errors"] = self._delivery.callback_errors
+        counts["queue_depth"] = self._delivery.depth()
+        return counts
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -159,6 +156,9 @@ class DnsCapture:
         """Process one packet as returned by ``recvfrom`` on the packet socket."""
         ifname, ethertype, pkttype = address[0], address[1], address[2]
         self._count("seen")
+        if self._interfaces and ifname not in self._interfaces:
+            self._count("other_interface")
+            return
         if pkttype == _OUTGOING and ifname == "lo":
             self._count("outgoing_lo_skipped")  # the BPF filter normally drops these already
             return
@@ -189,11 +189,7 @@ class DnsCapture:
                 time=now,
                 interface=ifname,
             )
-            observation = self._attribute(observation)
-            try:
-                self._queue.put_nowait(observation)
-            except queue.Full:
-                self._count("dropped_queue")
+            self._delivery.submit(self._attribute(observation))
 
     def _attribute(self, observation: DnsObservation) -> DnsObservation:
         if self._attributor is None:
@@ -226,16 +222,3 @@ class DnsCapture:
             attribution_reason=found.reason,
             forwarded=found.forwarded,
         )
-
-    # -- consumer ---------------------------------------------------------------------------
-
-    def _deliver_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            try:
-                self._sink(item)
-            except Exception:
-                log.exception("DNS observation callback failed")
-                self._count("callback_errors")

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from proscribe.agent.sensors.dns.message import DnsMessageFacts
 
 ProcessRef = dict[str, Any]  # {pid, exe, name, user, cmdline}; the event schema's "process" shape
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision about one name for one process: block it, and/or report it.
+
+    ``decide(name, process)`` returns ``None`` when no rule matches the name. Called with
+    ``process=None`` it must not return ``None`` for a name some rule matches (exemptions only
+    ever relax a verdict), which lets the proxy forward unmatched names before attributing.
+    """
+
+    block: bool
+    rule_id: str | None = None
+    report: bool = True
+    exempted_by: str | None = None
+
+
+Decide = Callable[[str, "ProcessRef | None"], Verdict | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +57,12 @@ class DnsObservation:
     attribution_reason: str | None = None
     forwarded: bool = False
     interface: str | None = None
+    # Set by the proxy, which decides inline: the verdict, the name it was about (the qname or
+    # a CNAME target) and what was done: "sinkholed", "would_block" (monitor), "reported",
+    # "exempted"; ``None`` when no rule matched or the sensor does not decide (capture).
+    verdict: Verdict | None = None
+    matched_name: str | None = None
+    action: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

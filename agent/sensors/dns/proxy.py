@@ -1,0 +1,548 @@
+"""The enforcing resolver: a forwarding DNS proxy that sinkholes denied names.
+
+One asyncio loop in its own thread serves UDP and TCP on the listen address. For each query:
+
+1. parse it (malformed: FORMERR if there is a header to answer, else dropped; counted);
+2. ``use-application-dns.net`` (Firefox's DoH canary) gets NXDOMAIN at once;
+3. ``decide(qname, None)``: no rule matches -> forward at once and attribute the client while
+   the upstream answers; a rule matches -> attribute first (the exemption may depend on the
+   user), then ``decide(qname, process)``;
+4. blocked (enforce mode) -> NXDOMAIN with a 60 s negative TTL (SOA) and, when the client speaks
+   EDNS, Extended DNS Error 15 "Blocked" naming the rule; otherwise forwarded over UDP with
+   transaction-id remapping, TCP retry when the answer is truncated, next upstream on timeout;
+5. every CNAME target in the answer is decided too (CNAME cloaking) before the answer is relayed.
+
+Either way the client is attributed before it gets its reply, so its socket is still open.
+Each query yields one :class:`DnsObservation` handed to ``on_observation`` off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from proscribe.agent.errors import ConfigError
+from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
+from proscribe.agent.sensors.dns.delivery import ObservationDelivery, ObservationSink
+from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
+from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, Verdict
+
+log = logging.getLogger(__name__)
+
+CANARY = "use-application-dns.net"
+BLOCKED_TTL = 60
+_SOA = "proscribe.invalid. hostmaster.proscribe.invalid. 1 3600 600 86400 {ttl}"
+_SWEEP_SECONDS = 0.25
+
+
+@dataclass(slots=True)
+class _Pending:
+    client: tuple[str, int]
+    client_id: int
+    query: bytes
+    observation: DnsObservation
+    attribution: Attribution | None
+    started: float
+    upstream_index: int
+
+
+def blocked_response(query: bytes, rule_id: str | None, ttl: int = BLOCKED_TTL) -> bytes:
+    """NXDOMAIN for ``query`` with a negative-TTL SOA and, under EDNS, EDE 15 naming the rule."""
+    request = dns.message.from_wire(query, ignore_trailing=True)
+    response = dns.message.make_response(request)
+    response.set_rcode(dns.rcode.NXDOMAIN)
+    response.flags |= dns.flags.RA
+    qname = request.question[0].name
+    response.authority.append(
+        dns.rrset.from_text(qname, ttl, dns.rdataclass.IN, dns.rdatatype.SOA, _SOA.format(ttl=ttl))
+    )
+    if rule_id is not None and request.edns >= 0:
+        text = f"blocked by policy rule {rule_id}"
+        response.use_edns(
+            0,
+            payload=max(request.payload, 512),
+            options=[dns.edns.EDEOption(dns.edns.EDECode.BLOCKED, text)],
+        )
+    return response.to_wire()
+
+
+def _header_only_error(query: bytes, rcode: int) -> bytes | None:
+    """A bare reply (same id, no sections) for a query dnspython cannot even read."""
+    if len(query) < 12:
+        return None
+    msg_id, flags = struct.unpack_from("!HH", query)
+    if flags & 0x8000:
+        return None  # never answer a response: no reflection loops
+    return struct.pack("!HHHHHH", msg_id, 0x8000 | (flags & 0x7900) | 0x0080 | rcode, 0, 0, 0, 0)
+
+
+class DnsProxy:
+    """Forwarding, enforcing resolver. ``start()`` binds (``ConfigError`` if it cannot)."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        upstreams: Sequence[tuple[str, int]],
+        decide: Decide,
+        on_observation: ObservationSink,
+        *,
+        attributor: ProcessAttributor | None = None,
+        mode: str = "enforce",
+        timeout: float = 2.0,
+        blocked_ttl: int = BLOCKED_TTL,
+        clock: Callable[[], float] = time.time,
+        queue_size: int = 10_000,
+    ) -> None:
+        if mode not in ("enforce", "monitor"):
+            raise ValueError(f"mode must be enforce or monitor, not {mode!r}")
+        if not upstreams:
+            raise ConfigError("[dns] upstreams: empty; give at least one resolver address")
+        self._listen = listen
+        self._upstreams = list(upstreams)
+        self._decide = decide
+        self._attributor = attributor
+        self._mode = mode
+        self._timeout = timeout
+        self._blocked_ttl = blocked_ttl
+        self._clock = clock
+        self._delivery = ObservationDelivery(on_observation, queue_size, name="dns-proxy")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._udp_sock: socket.socket | None = None
+        self._tcp_sock: socket.socket | None = None
+        self._client: asyncio.DatagramTransport | None = None
+        self._upstream_transports: list[asyncio.DatagramTransport] = []
+        self._pending: dict[tuple[int, int], _Pending] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "queries",
+                "tcp_queries",
+                "forwarded",
+                "blocked",
+                "would_block",
+                "cname_blocked",
+                "canary",
+                "malformed",
+                "upstream_timeouts",
+                "servfail",
+                "tcp_fallbacks",
+                "attributed",
+                "unattributed",
+                "forwarded_by_stub",
+                "decide_errors",
+                "late_answers",
+            ),
+            0,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the real port when 0 was asked for)."""
+        if self._udp_sock is None:
+            return self._listen
+        host, port = self._udp_sock.getsockname()[:2]
+        return (host, port)
+
+    def start(self) -> None:
+        self._bind()
+        self._delivery.start()
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="dns-proxy", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(5.0):
+            raise RuntimeError("DNS proxy loop did not start")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(timeout)
+        self._thread = None
+        self._delivery.stop(timeout)
+        for sock in (self._udp_sock, self._tcp_sock):
+            if sock is not None:
+                sock.close()
+
+    def stats(self) -> dict[str, int]:
+        counts = dict(self._counts)
+        counts["pending"] = len(self._pending)
+        counts["dropped_queue"] = self._delivery.dropped
+        counts["callback_errors"] = self._delivery.callback_errors
+        return counts
+
+    def _bind(self) -> None:
+        host, port = self._listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            port = udp.getsockname()[1]  # TCP on the same port when 0 was asked for
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, port))
+            tcp.listen(128)
+        except OSError as err:
+            udp.close()
+            tcp.close()
+            raise ConfigError(
+                f"[dns] proxy_listen {host}:{port}: {err.strerror}; choose a free address "
+                "or stop the resolver already listening there (port 53 needs root)"
+            ) from err
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        self._udp_sock, self._tcp_sock = udp, tcp
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._open_endpoints())
+            loop.call_later(_SWEEP_SECONDS, self._sweep)
+            ready.set()
+            loop.run_forever()
+        except Exception:
+            log.exception("DNS proxy loop failed")
+        finally:
+            for transport in [self._client, *self._upstream_transports]:
+                if transport is not None:
+                    transport.close()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+
+    async def _open_endpoints(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._client, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientProtocol(self), sock=self._udp_sock
+        )
+        for index, upstream in enumerate(self._upstreams):
+            transport, _ = await loop.create_datagram_endpoint(
+                functools.partial(_UpstreamProtocol, self, index), remote_addr=upstream
+            )
+            self._upstream_transports.append(transport)
+        await asyncio.start_server(self._serve_tcp, sock=self._tcp_sock)
+
+    # -- decisions and attribution ----------------------------------------------------------
+
+    def _verdict(self, name: str, attribution: Attribution | None) -> Verdict | None:
+        try:
+            return self._decide(name, attribution.process if attribution else None)
+        except Exception:
+            log.exception("DNS decide callback failed for %s; allowing", name)
+            self._counts["decide_errors"] += 1
+            return None
+
+    def _attribute(self, transport: str, client: tuple[str, int]) -> Attribution:
+        if self._attributor is None:
+            return Attribution(None, "attribution disabled")
+        found = self._attributor.attribute(transport, client, self.address)
+        if found.forwarded:
+            self._counts["forwarded_by_stub"] += 1
+        elif found.process is None:
+            self._counts["unattributed"] += 1
+        else:
+            self._counts["attributed"] += 1
+        return found
+
+    def _action(self, verdict: Verdict) -> str:
+        if verdict.block:
+            return "sinkholed" if self._mode == "enforce" else "would_block"
+        return "exempted" if verdict.exempted_by else "reported"
+
+    def _emit(
+        self,
+        observation: DnsObservation,
+        attribution: Attribution | None,
+        verdict: Verdict | None,
+        matched: str | None,
+    ) -> None:
+        if attribution is not None:
+            observation = replace(
+                observation,
+                process=attribution.process,
+                attribution_reason=attribution.reason,
+                forwarded=attribution.forwarded,
+            )
+        if verdict is not None:
+            observation = replace(
+                observation, verdict=verdict, matched_name=matched, action=self._action(verdict)
+            )
+        self._delivery.submit(observation)
+
+    def _first_query_step(
+        self, data: bytes, client: tuple[str, int], transport: str
+    ) -> tuple[bytes | None, DnsObservation | None, Attribution | None]:
+        """Common start for UDP and TCP: ``(reply now, observation, attribution)``.
+
+        A reply means the query is answered here (error, canary, block); otherwise the caller
+        forwards it, with the observation to complete when the answer comes back.
+        """
+        self._counts["queries"] += 1
+        try:
+            facts = parse_message(data)
+        except MalformedDnsMessage:
+            self._counts["malformed"] += 1
+            return _header_only_error(data, dns.rcode.FORMERR), None, None
+        if facts.is_response:
+            self._counts["malformed"] += 1
+            return None, None, None
+        observation = DnsObservation.from_facts(
+            facts, src=client, dst=self.address, transport=transport, time=self._clock()
+        )
+        if facts.qname == CANARY:
+            self._counts["canary"] += 1
+            return self._reply_blocked(data, None), None, None
+        attribution: Attribution | None = None
+        verdict = self._verdict(facts.qname, None)
+        if verdict is not None:
+            attribution = self._attribute(transport, client)
+            verdict = self._verdict(facts.qname, attribution)
+        if verdict is not None and verdict.block:
+            self._counts["would_block" if self._mode == "monitor" else "blocked"] += 1
+            if self._mode == "enforce":
+                self._emit(observation, attribution, verdict, facts.qname)
+                return self._reply_blocked(data, verdict.rule_id), None, None
+        if verdict is not None:
+            observation = replace(
+                observation, verdict=verdict, matched_name=facts.qname, action=self._action(verdict)
+            )
+        return None, observation, attribution
+
+    def _reply_blocked(self, query: bytes, rule_id: str | None) -> bytes | None:
+        try:
+            return blocked_response(query, rule_id, self._blocked_ttl)
+        except Exception:  # dnspython refused what our parser accepted: answer from the header
+            self._counts["malformed"] += 1
+            return _header_only_error(query, dns.rcode.NXDOMAIN)
+
+    def _check_answer(
+        self,
+        query: bytes,
+        answer: bytes,
+        observation: DnsObservation,
+        attribution: Attribution | None,
+        transport: str,
+    ) -> bytes:
+        """Decide the answer's CNAME targets; emit the observation; return what to send."""
+        if attribution is None:
+            attribution = self._attribute(transport, observation.client)
+        try:
+            facts = parse_message(answer)
+        except MalformedDnsMessage:
+            self._counts["servfail"] += 1
+            self._emit(observation, attribution, observation.verdict, observation.matched_name)
+            return _header_only_error(query, dns.rcode.SERVFAIL) or b""
+        observation = replace(
+            observation,
+            names_to_check=facts.names_to_check,
+            cname_targets=facts.cname_targets,
+            rcode=facts.rcode,
+        )
+        for target in facts.cname_targets:
+            verdict = self._verdict(target, None)
+            if verdict is not None:
+                verdict = self._verdict(target, attribution)
+            if verdict is None:
+                continue
+            if verdict.block:
+                self._counts["would_block" if self._mode == "monitor" else "cname_blocked"] += 1
+                self._emit(observation, attribution, verdict, target)
+                if self._mode == "enforce":
+                    return self._reply_blocked(query, verdict.rule_id) or b""
+                return answer
+            if observation.verdict is None:
+                observation = replace(observation, verdict=verdict, matched_name=target)
+        self._emit(observation, attribution, observation.verdict, observation.matched_name)
+        return answer
+
+    # -- UDP ----------------------------------------------------------------------------------
+
+    def on_client_datagram(self, data: bytes, client: tuple[str, int]) -> None:
+        client = (client[0], client[1])
+        reply, observation, attribution = self._first_query_step(data, client, "udp")
+        if reply is not None and self._client is not None:
+            self._client.sendto(reply, client)
+        if observation is None:
+            return
+        pending = _Pending(client, observation.msg_id, data, observation, None, time.monotonic(), 0)
+        self._send_upstream(pending)
+        self._counts["forwarded"] += 1
+        if attribution is None:
+            attribution = self._attribute("udp", client)  # while the upstream works
+        pending.attribution = attribution
+
+    def _send_upstream(self, pending: _Pending) -> None:
+        index = pending.upstream_index
+        while True:
+            new_id = random.getrandbits(16)
+            if (index, new_id) not in self._pending:
+                break
+        self._pending[(index, new_id)] = pending
+        self._upstream_transports[index].sendto(struct.pack("!H", new_id) + pending.query[2:])
+
+    def on_upstream_datagram(self, index: int, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        key = (index, struct.unpack_from("!H", data)[0])
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            self._counts["late_answers"] += 1
+            return
+        answer = struct.pack("!H", pending.client_id) + data[2:]
+        if struct.unpack_from("!H", data, 2)[0] & 0x0200:  # TC: ask again over TCP
+            self._counts["tcp_fallbacks"] += 1
+            task = asyncio.ensure_future(self._tcp_fallback(pending, answer))
+            self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._relay(pending, answer)
+
+    def _relay(self, pending: _Pending, answer: bytes) -> None:
+        reply = self._check_answer(
+            pending.query, answer, pending.observation, pending.attribution, "udp"
+        )
+        if reply and self._client is not None:
+            self._client.sendto(reply, pending.client)
+
+    async def _tcp_fallback(self, pending: _Pending, truncated: bytes) -> None:
+        upstream = self._upstreams[pending.upstream_index]
+        try:
+            full = await self._tcp_exchange(upstream, pending.query)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            full = truncated
+        if len(full) > _client_udp_limit(pending.query):
+            full = truncated  # too big for the client over UDP: it retries over TCP to us
+        self._relay(pending, full)
+
+    async def _tcp_exchange(self, upstream: tuple[str, int], query: bytes) -> bytes:
+        async def exchange() -> bytes:
+            reader, writer = await asyncio.open_connection(upstream[0], upstream[1])
+            try:
+                writer.write(struct.pack("!H", len(query)) + query)
+                await writer.drain()
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                return await reader.readexactly(size)
+            finally:
+                writer.close()
+
+        return await asyncio.wait_for(exchange(), self._timeout)
+
+    def _sweep(self) -> None:
+        """Retry timed-out queries on the next upstream; SERVFAIL when none is left."""
+        assert self._loop is not None
+        self._loop.call_later(_SWEEP_SECONDS, self._sweep)
+        deadline = time.monotonic() - self._timeout
+        expired = [key for key, p in self._pending.items() if p.started < deadline]
+        for key in expired:
+            pending = self._pending.pop(key)
+            self._counts["upstream_timeouts"] += 1
+            if pending.upstream_index + 1 < len(self._upstreams):
+                pending.upstream_index += 1
+                pending.started = time.monotonic()
+                self._send_upstream(pending)
+                continue
+            self._counts["servfail"] += 1
+            self._emit(pending.observation, pending.attribution, None, None)
+            reply = _header_only_error(pending.query, dns.rcode.SERVFAIL)
+            if reply and self._client is not None:
+                self._client.sendto(reply, pending.client)
+
+    # -- TCP ----------------------------------------------------------------------------------
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = (peer[0], peer[1])
+        try:
+            while True:
+                try:
+                    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))[0]
+                    data = await asyncio.wait_for(reader.readexactly(size), 10)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self._counts["tcp_queries"] += 1
+                reply = await self._answer_tcp(data, client)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except Exception:
+            log.exception("DNS proxy TCP client %s failed", client)
+        finally:
+            writer.close()
+
+    async def _answer_tcp(self, data: bytes, client: tuple[str, int]) -> bytes | None:
+        reply, observation, attribution = self._first_query_step(data, client, "tcp")
+        if observation is None:
+            return reply
+        if attribution is None:
+            attribution = self._attribute("tcp", client)
+        self._counts["forwarded"] += 1
+        for upstream in self._upstreams:
+            try:
+                answer = await self._tcp_exchange(upstream, data)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                self._counts["upstream_timeouts"] += 1
+                continue
+            return self._check_answer(data, answer, observation, attribution, "tcp")
+        self._counts["servfail"] += 1
+        self._emit(observation, attribution, observation.verdict, observation.matched_name)
+        return _header_only_error(data, dns.rcode.SERVFAIL)
+
+
+def _client_udp_limit(query: bytes) -> int:
+    try:
+        request = dns.message.from_wire(query, ignore_trailing=True)
+    except Exception:
+        return 512
+    return max(512, request.payload) if request.edns >= 0 else 512
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DnsProxy) -> None:
+        self._proxy = proxy
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._proxy.on_client_datagram(data, addr)
+        except Exception:  # one bad query must not stop the resolver
+            log.exception("DNS proxy: unexpected error on a query from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS proxy client socket error: %s", exc)
+
+
+class _UpstreamProtocol(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DnsProxy, index: int) -> None:
+        self._proxy = proxy
+        self._index = index
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._proxy.on_upstream_datagram(self._index, data)
+        except Exception:
+            log.exception("DNS proxy: unexpected error on an upstream answer")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS proxy upstream %d error: %s", self._index, exc)

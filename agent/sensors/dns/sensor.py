@@ -1,0 +1,179 @@
+"""``build_dns_sensor``: the one entry point the daemon uses, for either DNS mode.
+
+``capture`` (Linux, root) watches port 53 passively and leaves the decisions to the caller;
+``proxy`` (any platform) answers queries itself, calling ``decide`` inline. Both deliver
+:class:`DnsObservation` objects to ``on_observation`` on their own delivery thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from proscribe.agent.errors import ConfigError
+from proscribe.agent.sensors.dns.attribution import ProcessAttributor
+from proscribe.agent.sensors.dns.capture import DnsCapture
+from proscribe.agent.sensors.dns.delivery import ObservationSink
+from proscribe.agent.sensors.dns.observation import Decide, DnsObservation
+from proscribe.agent.sensors.dns.proxy import DnsProxy
+
+log = logging.getLogger(__name__)
+
+
+class DnsSensorUnavailable(ConfigError):
+    """The chosen DNS mode cannot run here (not Linux, not root, port taken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """What the sensors need; ``from_config`` reads the agent's ``[dns]`` section."""
+
+    proxy_listen: tuple[str, int] = ("127.0.0.1", 53)
+    upstreams: tuple[tuple[str, int], ...] = ()
+    interfaces: tuple[str, ...] = ()
+    enforce: bool = True  # False: monitor mode (the proxy reports "would block", forwards)
+    procfs: Path = Path("/proc")
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, dns_section: Any, *, enforce: bool = True) -> DnsSettings:
+        """From an object with ``proxy_listen``, ``upstreams`` and ``interfaces`` (strings)."""
+        return cls(
+            proxy_listen=parse_host_port(dns_section.proxy_listen, "dns.proxy_listen"),
+            upstreams=tuple(parse_host_port(u, "dns.upstreams") for u in dns_section.upstreams),
+            interfaces=tuple(dns_section.interfaces),
+            enforce=enforce,
+        )
+
+
+def parse_host_port(text: str, key: str, default_port: int = 53) -> tuple[str, int]:
+    """``"127.0.0.1:53"``, ``"[::1]:5353"``, ``"9.9.9.9"`` -> ``(host, port)``."""
+    value = text.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, str(default_port)  # a bare IPv4 name or an IPv6 address
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{key}: {text!r} is not HOST:PORT; write e.g. "127.0.0.1:53"')
+    return host, int(port)
+
+
+def system_upstreams(
+    resolv_conf: Path, exclude: tuple[str, int] | None = None
+) -> tuple[tuple[str, int], ...]:
+    """The ``nameserver`` lines of resolv.conf, minus the proxy itself."""
+    try:
+        text = resolv_conf.read_text(errors="replace")
+    except OSError:
+        return ()
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            address = (parts[1].split("%")[0], 53)
+            if address != exclude:
+                found.append(address)
+    return tuple(found)
+
+
+class DnsSensor(Protocol):
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 2.0) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+def build_dns_sensor(
+    mode: str,
+    settings: DnsSettings,
+    on_observation: ObservationSink,
+    decide: Decide,
+    *,
+    attribute_if: Callable[[DnsObservation], bool] | None = None,
+    attributor: ProcessAttributor | None = None,
+) -> DnsSensor:
+    """A started-on-demand sensor for ``mode`` ("capture" or "proxy").
+
+    Raises :class:`DnsSensorUnavailable` (one line, with the fix) when the mode cannot run
+    here; the caller decides whether that is fatal (asked for) or a quiet downgrade (auto).
+    """
+    if attributor is None:
+        attributor = ProcessAttributor(settings.procfs)
+    if mode == "capture":
+        if not sys.platform.startswith("linux"):
+            raise DnsSensorUnavailable(
+                '[sensors] dns = "capture" needs Linux; use dns = "proxy" on this platform'
+            )
+        if attribute_if is None:
+            # Attribute what some rule matches: decide(name, None) is non-None exactly then.
+            def attribute_if(observation: DnsObservation) -> bool:
+                return any(decide(n, None) is not None for n in observation.names_to_check)
+
+        return _StartChecked(
+            DnsCapture(
+                on_observation,
+                attributor=attributor,
+                attribute_if=attribute_if,
+                interfaces=settings.interfaces,
+            ),
+            "capture",
+        )
+    if mode == "proxy":
+        upstreams: Sequence[tuple[str, int]] = settings.upstreams or system_upstreams(
+            settings.resolv_conf, exclude=settings.proxy_listen
+        )
+        if not upstreams:
+            raise DnsSensorUnavailable(
+                f"[dns] upstreams: none given and no usable nameserver in {settings.resolv_conf}; "
+                'list the real resolvers, e.g. upstreams = ["9.9.9.9:53"]'
+            )
+        import os
+
+        attributor.add_forwarder_pid(os.getpid())
+        return DnsProxy(
+            settings.proxy_listen,
+            upstreams,
+            decide,
+            on_observation,
+            attributor=attributor,
+            mode="enforce" if settings.enforce else "monitor",
+        )
+    raise DnsSensorUnavailable(f'[sensors] dns = {mode!r}: use "capture", "proxy" or "off"')
+
+
+class _StartChecked:
+    """Translates the packet socket's ``OSError`` at start into one clear line."""
+
+    def __init__(self, inner: DnsCapture, mode: str) -> None:
+        self._inner = inner
+        self._mode = mode
+
+    def start(self) -> None:
+        try:
+            self._inner.start()
+        except PermissionError as err:
+            raise DnsSensorUnavailable(
+                f'[sensors] dns = "{self._mode}": opening a packet socket needs root or '
+                f'CAP_NET_RAW ({err.strerror}); run the agent as root or use dns = "proxy"'
+            ) from err
+        except OSError as err:
+            raise DnsSensorUnavailable(
+                f'[sensors] dns = "{self._mode}": cannot open a packet socket ({err.strerror})'
+            ) from err
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._inner.stop(timeout)
+
+    def stats(self) -> dict[str, int]:
+        return self._inner.stats()
+
+    @property
+    def capture(self) -> DnsCapture:
+        return self._inner
