@@ -120,7 +120,7 @@ class AgentConfig:
 
     @property
     def spool_path(self) -> Path:
-        return self.agent.state_dir / "spool.sqlite"
+        return self.agent.state_dir / "spool.db"
 
     @property
     def status_path(self) -> Path:

@@ -1,0 +1,422 @@
+"""The agent daemon's composition root: :func:`build` wires the real collaborators.
+
+::
+
+    config ─► PolicyStore ─► PolicySource (file + .sig, watchdog, last good) ─► CompiledPolicy
+      ProcessSensor (netlink | poll) ─► ProcessGuard ─► Spool (commit) ─► Killer, Notifier
+      DnsSensor (optional, lazy import) ─┘                └─► Reporter (optional)
+    status.json ◄─ Daemon (every agent.status_interval seconds)
+
+Everything is constructed here and passed in; the parts take their collaborators as arguments
+so tests can build them around temp directories. :meth:`Daemon.run` blocks until
+:meth:`Daemon.stop` (SIGTERM/SIGINT when run from the main thread).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from proscribe.agent import __version__
+from proscribe.agent.config import AgentConfig
+from proscribe.agent.dedupe import Deduper
+from proscribe.agent.enforce.kill import Killer
+from proscribe.agent.enforce.notify import Notifier
+from proscribe.agent.errors import ConfigError, ProscribeError, SpoolError
+from proscribe.agent.events import new_event
+from proscribe.agent.policy.bundle import Offer, PolicyStore, TrustConfig
+from proscribe.agent.policy.matchers.compiled import CompiledPolicy
+from proscribe.agent.policy_source import PolicySource
+from proscribe.agent.process_guard import ProcessGuard
+from proscribe.agent.sensors.process import ProcessSensor
+from proscribe.agent.spool import Spool
+from proscribe.agent.status_file import write_status
+
+__all__ = ["Daemon", "build", "load_trust"]
+
+log = logging.getLogger(__name__)
+
+
+def load_trust(config: AgentConfig) -> TrustConfig:
+    """The trusted keys and threshold from the config, as the policy store needs them."""
+    if not config.policy.trusted_keys:
+        raise ConfigError(
+            f"{config.source}: policy.trusted_keys is empty (fix: add the line from your "
+            'signing key\'s NAME.pub, e.g. trusted_keys = ["ed25519:…"])'
+        )
+    try:
+        return TrustConfig.from_strings(
+            config.policy.trusted_keys, config.policy.threshold, f"{config.source}: policy"
+        )
+    except ProscribeError as err:
+        raise ConfigError(f"{config.source}: policy.trusted_keys: {err}") from err
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        spool: Spool,
+        policy: PolicySource,
+        sensor: ProcessSensor,
+        guard: ProcessGuard,
+        hostname: str,
+        reporter: Any = None,
+        dns: Any = None,
+        dns_state: str = "off",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.policy = policy
+        self.sensor = sensor
+        self.guard = guard
+        self.hostname = hostname
+        self.reporter = reporter
+        self.dns = dns
+        self.dns_state = dns_state
+        self.clock = clock
+        self.started_at = clock()
+        self.errors = 0
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+
+    # -- events ------------------------------------------------------------------------------
+    def host_info(self) -> dict[str, Any]:
+        agent_id = ""
+        if self.reporter is not None:
+            try:
+                agent_id = str(self.reporter.status().get("agent_id") or "")
+            except Exception:
+                log.debug("reporter status unavailable", exc_info=True)
+        return {"agent_id": agent_id, "hostname": self.hostname, "os": _os_name()}
+
+    def record_tamper(self, offer: Offer) -> None:
+        """A rejected policy: a ``tamper`` event, committed; enforcement goes on unchanged."""
+        compiled = self.policy.compiled
+        event = new_event(
+            "tamper",
+            rule=None,
+            action="reported",
+            severity="critical",
+            policy=self.guard.policy_section(compiled) if compiled is not None else None,
+            host=self.host_info(),
+            detail=f"policy rejected ({offer.kind}): {offer.reason}",
+        )
+        try:
+            if not self.spool.append(event):
+                log.error("tamper event could not be spooled")
+        except Exception:
+            log.exception("tamper event could not be spooled")
+        self.notify_reporter()
+
+    def notify_reporter(self) -> None:
+        if self.reporter is not None:
+            try:
+                self.reporter.notify()
+            except Exception:
+                log.debug("reporter.notify failed", exc_info=True)
+
+    def on_policy_change(self, compiled: CompiledPolicy) -> None:
+        meta = compiled.policy.meta
+        log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
+        self.sensor.request_sweep(full=True)  # judge every running process by the new rules
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat payload the reporter sends (see the collector API)."""
+        policy = self.policy.status()
+        spool = self.spool.stats()
+        return {
+            "agent_version": __version__,
+            "hostname": self.hostname,
+            "os": _os_name(),
+            "mode": self.config.agent.mode,
+            "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
+            "sensors": {"process": self.sensor.state, "dns": self.dns_state},
+            "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
+            "time": datetime.now(UTC).isoformat(),
+        }
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        process = self.sensor.stats()
+        dns: dict[str, Any] = {"state": self.dns_state}
+        if self.dns is not None:
+            try:
+                dns.update(self.dns.stats())
+            except Exception:
+                log.debug("dns stats unavailable", exc_info=True)
+        reporter: dict[str, Any] | None = None
+        if self.reporter is not None:
+            try:
+                reporter = dict(self.reporter.status())
+            except Exception:
+                log.debug("reporter status unavailable", exc_info=True)
+        spool = self.spool.stats().to_dict()
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "written_at": self.clock(),
+            "started_at": self.started_at,
+            "status_interval": self.config.agent.status_interval,
+            "mode": self.config.agent.mode,
+            "hostname": self.hostname,
+            "config": str(self.config.source),
+            "sensors": {"process": process, "dns": dns},
+            "policy": self.policy.status(),
+            "spool": spool,
+            "drops": {
+                "process_sensor": dict(process["drops"]),
+                "spool": dict(spool["dropped"]),
+            },
+            "enforcement": dict(self.guard.counts),
+            "reporter": reporter,
+            "last_upload": (reporter or {}).get("last_upload"),
+            "errors": self.errors + self.sensor.errors + self.policy.errors,
+        }
+
+    def write_status(self) -> None:
+        try:
+            write_status(self.config.status_path, self.status())
+        except Exception:
+            self.errors += 1
+            log.exception("could not write %s (continuing)", self.config.status_path)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.policy.start()
+        self.sensor.start()
+        if self.dns is not None:
+            try:
+                self.dns.start()
+                self.dns_state = "running"
+            except Exception as err:
+                self.dns_state = f"failed: {err}"
+                log.error("DNS sensor could not start: %s", err)
+        if self.reporter is not None:
+            try:
+                self.reporter.start()
+            except Exception:
+                log.exception("reporter could not start; events stay in the spool")
+                self.reporter = None
+        self.write_status()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; installs SIGTERM/SIGINT handlers when on the main thread."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        log.info("proscribe agent %s running in %s mode", __version__, self.config.agent.mode)
+        try:
+            while not self._stop.wait(self.config.agent.status_interval):
+                self.write_status()
+        finally:
+            self.shutdown()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signum)
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name, part in (("reporter", self.reporter), ("dns", self.dns)):
+            if part is not None:
+                try:
+                    part.stop(2.0)
+                except Exception:
+                    log.exception("%s did not stop cleanly", name)
+        self.sensor.stop()
+        self.policy.stop()
+        self.write_status()
+        self.spool.close()
+        log.info("proscribe agent stopped")
+
+
+def _os_name() -> str:
+    platform: str = sys.platform  # a plain str, so mypy does not prune the other branches
+    for prefix, name in (("linux", "linux"), ("darwin", "macos"), ("win", "windows")):
+        if platform.startswith(prefix):
+            return name
+    return platform
+
+
+def build(
+    config: AgentConfig,
+    *,
+    procfs: Path = Path("/proc"),
+    with_reporter: bool = True,
+    with_dns: bool = True,
+) -> Daemon:
+    """Build the daemon from the config: every real collaborator, nothing started yet."""
+    trust = load_trust(config)
+    state_dir = config.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise ConfigError(
+            f"{config.source}: agent.state_dir {state_dir} cannot be created: {err.strerror} "
+            "(fix: create it or choose a writable directory)"
+        ) from err
+    try:
+        spool = Spool(
+            config.spool_path, max_events=config.spool.max_events, max_bytes=config.spool.max_bytes
+        )
+    except SpoolError:
+        raise
+    except OSError as err:
+        raise SpoolError(f"{config.spool_path}: cannot open the spool: {err}") from err
+    hostname = config.agent.hostname or socket.gethostname()
+
+    holder: dict[str, Daemon] = {}
+
+    def on_tamper(offer: Offer) -> None:
+        daemon = holder.get("daemon")
+        if daemon is not None:
+            daemon.record_tamper(offer)
+        else:
+            pending_tamper.append(offer)
+
+    def on_change(compiled: CompiledPolicy) -> None:
+        daemon = holder.get("daemon")
+        if daemon is not None:
+            daemon.on_policy_change(compiled)
+
+    pending_tamper: list[Offer] = []
+    store = PolicyStore(state_dir, trust)
+    policy = PolicySource(
+        store,
+        config.policy.file,
+        on_tamper=on_tamper,
+        on_change=on_change,
+        recheck_interval=config.policy.recheck_interval,
+    )
+    policy.load_file()
+
+    def want_sha256() -> bool:
+        compiled = policy.compiled
+        return compiled is not None and compiled.needs_sha256
+
+    def handle(facts: Any, sighting: Any) -> None:
+        guard.handle(facts, sighting)
+
+    sensor = ProcessSensor(
+        config.sensors.process,
+        handle,
+        procfs=procfs,
+        poll_interval=config.sensors.poll_interval,
+        sweep_interval=config.sensors.sweep_interval,
+        queue_size=config.sensors.queue_size,
+        want_sha256=want_sha256,
+    )
+    if sensor.enricher is None:  # not Linux: the killer still needs a start-time reader
+        from proscribe.agent.sensors.enrich import Enricher
+
+        enricher = Enricher(procfs)
+    else:
+        enricher = sensor.enricher
+    deduper = Deduper(config.dedupe.window, time.monotonic)
+
+    def host_info() -> dict[str, Any]:
+        daemon = holder.get("daemon")
+        if daemon is None:
+            return {"agent_id": "", "hostname": hostname, "os": _os_name()}
+        return daemon.host_info()
+
+    def on_violation() -> None:
+        daemon = holder.get("daemon")
+        if daemon is not None:
+            daemon.notify_reporter()
+
+    guard = ProcessGuard(
+        policy=policy,
+        spool=spool,
+        killer=Killer(enricher),
+        notifier=Notifier(config.enforce.notify),
+        deduper=deduper,
+        mode=config.agent.mode,
+        hostname=hostname,
+        host_info=host_info,
+        kill_children=config.enforce.kill_children,
+        on_violation=on_violation,
+    )
+    daemon = Daemon(
+        config, spool=spool, policy=policy, sensor=sensor, guard=guard, hostname=hostname
+    )
+    holder["daemon"] = daemon
+    for offer in pending_tamper:
+        daemon.record_tamper(offer)
+    if with_reporter and config.collector is not None:
+        daemon.reporter = _build_reporter(config, daemon)
+    if with_dns and config.sensors.dns != "off":
+        daemon.dns, daemon.dns_state = _build_dns(config, daemon)
+    return daemon
+
+
+def _build_reporter(config: AgentConfig, daemon: Daemon) -> Any:
+    """The reporter, if the reporter package provides a builder; else events stay spooled."""
+    try:
+        module = importlib.import_module("proscribe.agent.reporter")
+    except ImportError as err:
+        log.warning("reporter not available (%s); events stay in the spool", err)
+        return None
+    factory = getattr(module, "build_reporter", None)
+    if factory is None:
+        log.warning("reporter not available in this build; events stay in the spool")
+        return None
+    try:
+        return factory(
+            config,
+            spool=daemon.spool,
+            heartbeat_source=daemon.heartbeat,
+            on_policy=lambda data, sig: daemon.policy.offer(data, sig, "collector"),
+        )
+    except ProscribeError:
+        raise
+    except Exception:
+        log.exception("reporter could not be built; events stay in the spool")
+        return None
+
+
+def _build_dns(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
+    """The DNS sensor, imported lazily; absent or failing, the agent runs without it."""
+    try:
+        module = importlib.import_module("proscribe.agent.sensors.dns")
+    except ImportError as err:
+        log.warning("DNS sensor not available (%s)", err)
+        return None, "unavailable"
+    factory = getattr(module, "build_dns_sensor", None)
+    if factory is None:
+        log.warning("DNS sensor not available in this build")
+        return None, "unavailable"
+    try:
+        sensor = factory(
+            config,
+            spool=daemon.spool,
+            policy=daemon.policy,
+            host_info=daemon.host_info,
+            on_violation=daemon.notify_reporter,
+        )
+    except ProscribeError:
+        raise
+    except Exception as err:
+        log.exception("DNS sensor could not be built")
+        return None, f"failed: {err}"
+    return sensor, "starting"

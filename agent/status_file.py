@@ -1,0 +1,58 @@
+"""``state_dir/status.json``: what the running daemon last said about itself.
+
+Written atomically (temp file, fsync, rename) every few seconds by the daemon and read by
+``proscribe agent status``, which must work whether or not the daemon runs: a status whose
+writer pid is gone, or which is older than three write intervals, is shown as not running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["daemon_alive", "read_status", "write_status"]
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(status, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def daemon_alive(status: dict[str, Any], now: float | None = None) -> bool:
+    """The writer is still running and wrote recently."""
+    pid = status.get("pid")
+    written = status.get("written_at")
+    interval = status.get("status_interval", 5.0)
+    if not isinstance(pid, int) or not isinstance(written, int | float):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    moment = time.time() if now is None else now
+    return moment - written <= 3 * float(interval) + 1
