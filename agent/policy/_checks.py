@@ -347,14 +347,14 @@ class RuleBuilder:
     def file(self, t: Table) -> FileRule | None:
         t.unknown_keys((*_RULE_COMMON, "globs"))
         explicit_action = t.raw.get("action")
-        rule_id, action, severity, message, directives, description = self._common(t)
+        rule_id, _action, severity, message, directives, description = self._common(t)
         globs = _globs(t, "globs", path=True, ignore_case=False, required=True)
         if not globs and "globs" in t.raw and not _has_any(t, "file"):
             t.issue("globs", "rule has no globs", "list at least one path glob")
-        if action == "block":
-            where = "action" if explicit_action is not None else None
+        if explicit_action == "block":
+            # A "block" default does not make file rules invalid: they simply report.
             t.issue(
-                where,
+                "action",
                 "file rules report only; blocking files is not built",
                 'set action = "report" on this file rule',
             )
@@ -422,5 +422,5 @@ _CRITERIA = {
 
 
 def _has_any(t: Table, kind: str) -> bool:
-    """True when some criterion is present but was rejected (its own issue already says so)."""
-    return any(isinstance(t.raw.get(key), list) and len(t.raw[key]) > 0 for key in _CRITERIA[kind])
+    """True when some criterion was given but rejected (its own issue already says so)."""
+    return any(key in t.raw and t.raw[key] != [] for key in _CRITERIA[kind])
