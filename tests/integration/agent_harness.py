@@ -26,12 +26,15 @@ PROSCRIBE = [sys.executable, "-m", "proscribe.agent"]
 
 
 def policy_text(
+    token: str,
     serial: int = 1,
     *,
     extra: str = "",
     expires: str = "2099-01-01T00:00:00Z",
     action: str = "block",
 ) -> str:
+    """A policy whose rules only match names carrying ``token``, so a test's agent can never
+    touch a process some other test on this machine started."""
     return f"""
 [meta]
 schema  = 1
@@ -47,13 +50,13 @@ severity = "high"
 
 [[process]]
 id      = "deepseek-desktop"
-names   = ["deepseek*"]
+names   = ["dsk{token}*"]
 action  = "{action}"
 message = "DeepSeek is prohibited on this device."
 
 [[process]]
 id      = "ollama-deepseek"
-cmdline = ['(?i)\\b(ollama|llama-server)\\b.*\\bdeepseek']
+cmdline = ['(?i)\\bollama\\b.*\\bdeepseek-r1-{token}\\b']
 action  = "{action}"
 {extra}
 """
@@ -141,12 +144,12 @@ def spool_events(state_dir: Path) -> list[dict[str, Any]]:
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute("SELECT event FROM events ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT body, count, state FROM events ORDER BY seq").fetchall()
     except sqlite3.OperationalError:
         return []
     finally:
         conn.close()
-    return [json.loads(r[0]) for r in rows]
+    return [dict(json.loads(body), _count=count, _state=state) for body, count, state in rows]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
