@@ -1,0 +1,107 @@
+"""Attribution over a fake procfs tree (the procfs root is a parameter)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from proscribe.agent.sensors.dns.attribution import (
+    REASON_FORWARDED,
+    REASON_NO_OWNER,
+    REASON_NO_SOCKET,
+    ProcessAttributor,
+    SocketTable,
+)
+
+UDP_HEADER = (
+    "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout"
+    " inode ref pointer drops\n"
+)
+
+
+def _line(local: str, remote: str, uid: int, inode: int) -> str:
+    queues = "07 00000000:00000000 00:00000000 00000000"
+    return f"  1: {local} {remote} {queues} {uid:5d} 0 {inode} 2 0 0\n"
+
+
+def make_procfs(tmp_path: Path) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "udp").write_text(
+        UDP_HEADER
+        + _line("0100007F:9C40", "00000000:0000", 1000, 111)  # 127.0.0.1:40000
+        + _line("00000000:9C41", "00000000:0000", 1000, 222)  # 0.0.0.0:40001
+        + _line("3500007F:0035", "00000000:0000", 998, 333)  # 127.0.0.53:53 (resolved)
+        + _line("0100007F:9C42", "00000000:0000", 998, 444)  # resolved's forwarded query
+        + _line("0100007F:9C43", "00000000:0000", 0, 555)  # owner gone
+    )
+    (proc / "net" / "udp6").write_text(
+        UDP_HEADER + _line("00000000000000000000000001000000:9C44", "0" * 32 + ":0000", 0, 666)
+    )
+    (proc / "net" / "tcp").write_text(UDP_HEADER)
+    (proc / "net" / "tcp6").write_text(UDP_HEADER)
+    processes = {
+        4242: ("curl", ["curl", "https://chat.deepseek.com/"], 1000, [111, 222, 666]),
+        77: ("systemd-resolve", ["/lib/systemd/systemd-resolved"], 998, [333, 444]),
+    }
+    for pid, (comm, argv, uid, inodes) in processes.items():
+        base = proc / str(pid)
+        (base / "fd").mkdir(parents=True)
+        (base / "comm").write_text(comm + "\n")
+        (base / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        (base / "status").write_text(f"Name:\t{comm}\nPPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        os.symlink(f"/usr/bin/{comm}", base / "exe")
+        for fd, inode in enumerate(inodes, start=3):
+            os.symlink(f"socket:[{inode}]", base / "fd" / str(fd))
+        os.symlink("/dev/null", base / "fd" / "0")
+    return proc
+
+
+def test_socket_table_exact_and_wildcard(tmp_path: Path) -> None:
+    table = SocketTable(make_procfs(tmp_path))
+    assert table.find("udp", "127.0.0.1", 40000) == (111, 1000)
+    assert table.find("udp", "127.0.0.1", 40001) == (222, 1000)  # bound to 0.0.0.0
+    assert table.find("udp", "::1", 40004) == (666, 0)
+    assert table.find("udp", "127.0.0.1", 39999) is None
+
+
+def test_query_is_attributed_to_its_process(tmp_path: Path) -> None:
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+    found = attributor.attribute("udp", ("127.0.0.1", 40000), ("127.0.0.53", 53))
+    assert found.process is not None and found.reason is None
+    assert found.process["pid"] == 4242
+    assert found.process["name"] == "curl"
+    assert found.process["exe"] == "/usr/bin/curl"
+    assert found.process["cmdline"] == ["curl", "https://chat.deepseek.com/"]
+    assert found.process["uid"] == 1000
+
+
+def test_inode_cache_is_revalidated_after_the_owner_exits(tmp_path: Path) -> None:
+    proc = make_procfs(tmp_path)
+    attributor = ProcessAttributor(proc, use_sock_diag=False)
+    assert attributor.attribute("udp", ("127.0.0.1", 40001)).process is not None
+    scans = attributor.scans
+    assert attributor.attribute("udp", ("127.0.0.1", 40001)).process is not None
+    assert attributor.scans == scans  # cache hit
+    os.unlink(proc / "4242" / "fd" / "4")  # the socket is closed in its owner
+    found = attributor.attribute("udp", ("127.0.0.1", 40001))
+    assert found.process is None and found.reason == REASON_NO_OWNER
+
+
+def test_stub_resolver_forward_is_not_attributed_to_the_stub(tmp_path: Path) -> None:
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+    found = attributor.attribute("udp", ("127.0.0.1", 40002), ("10.0.0.1", 53))
+    assert found.forwarded and found.process is None and found.reason == REASON_FORWARDED
+
+
+def test_forwarder_pid_is_marked_forwarded(tmp_path: Path) -> None:
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+    attributor.add_forwarder_pid(4242)
+    assert attributor.attribute("udp", ("127.0.0.1", 40000)).forwarded
+
+
+def test_reasons_when_not_found(tmp_path: Path) -> None:
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+    assert attributor.attribute("udp", ("127.0.0.1", 1)).reason == REASON_NO_SOCKET
+    assert attributor.attribute("udp", ("127.0.0.1", 40003)).reason == REASON_NO_OWNER
+    assert attributor.attribute("udp", ("not-an-ip", 1)).process is None
