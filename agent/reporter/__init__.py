@@ -1,1 +1,35 @@
-"""proscribe.agent.reporter"""
+"""The agent's reporter: delivers spooled events to the collector, heartbeats, polls policy.
+
+Public surface::
+
+    build_reporter(spool, url=, ca_file=, enroll_secret_file=, state_dir=, heartbeat_source=,
+                   on_policy=) -> Reporter
+    Reporter(spool, transport, identity, config, clock, *, heartbeat_source, on_policy, rng)
+        .start() .stop(timeout) .notify() .status() .run_once()
+    Transport(url, *, ca_file, timeout)      pinned CA, trust_env off, timeouts, loopback-only http
+    IdentityStore(state_dir, enroll_secret_file, host_facts)
+    parse_retry_after(value, now) / backoff_delay(attempt, rng) / Backoff
+    read_status(path)                        what the daemon's reporter last wrote (agent status)
+
+See ``docs/delivery.md`` for the guarantees.
+"""
+
+from .backoff import Backoff, backoff_delay, parse_retry_after
+from .identity import IdentityStore
+from .reporter import Reporter, ReporterConfig, build_reporter, read_status
+from .transport import Reply, Transport, TransportError, check_collector_url
+
+__all__ = [
+    "Backoff",
+    "IdentityStore",
+    "Reply",
+    "Reporter",
+    "ReporterConfig",
+    "Transport",
+    "TransportError",
+    "backoff_delay",
+    "build_reporter",
+    "check_collector_url",
+    "parse_retry_after",
+    "read_status",
+]

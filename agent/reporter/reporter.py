@@ -1,0 +1,467 @@
+"""The reporter thread: spool → collector, heartbeats, policy polls, enrollment.
+
+One loop, one thread. Each turn it enrolls if needed, sends the oldest pending batch, sends a
+heartbeat when due and polls the policy when due, then sleeps until the next thing is due or
+``notify()`` wakes it (a new violation goes out within a second).
+
+Delivery rules (see docs/delivery.md):
+
+- per-event results: ``stored``/``duplicate`` → ``Spool.ack``; ``rejected`` → ``dead_letter``;
+- 413 → the batch is halved and retried at once (down to one event; one event that still gets
+  413 is dead-lettered);
+- 429/503 → nothing is sent until ``Retry-After`` has passed (parsed and clamped);
+- 401 ``unknown_agent``/``revoked_agent`` → enroll again (the spool is untouched); other 401s
+  (clock skew, replay) → backoff;
+- any other 4xx for a batch → that batch is dead-lettered and the next one goes;
+- 5xx, connection, TLS and timeout errors → exponential backoff with full jitter (cap 15 min),
+  reset on success, and the same rows are sent again.
+
+Rows leave the spool only through ``ack`` or ``dead_letter``. A lost acknowledgement means a
+resend, which the collector answers ``duplicate`` (stored once: the event id is its key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.errors import ConfigError
+from proscribe.agent.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
+from proscribe.agent.spool import Spool, SpooledEvent
+
+from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
+from .identity import IdentityStore
+from .transport import Reply, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/api/v1/events"
+HEARTBEAT_PATH = "/api/v1/heartbeat"
+POLICY_PATH = "/api/v1/policy"
+ENROLL_PATH = "/api/v1/enroll"
+MAX_POLICY_BYTES = 1024 * 1024 + 64 * 1024  # the policy cap plus room for signatures
+
+HeartbeatSource = Callable[[], dict[str, Any]]
+PolicySink = Callable[[bytes, bytes], object]
+
+
+@dataclass(frozen=True)
+class ReporterConfig:
+    """Tunables; the defaults are the product's. Tests shorten the intervals."""
+
+    batch_events: int = MAX_EVENTS_PER_BATCH
+    batch_bytes: int = MAX_BATCH_BYTES
+    heartbeat_interval: float = 60.0
+    heartbeat_jitter: float = 6.0
+    policy_interval: float = 60.0
+    idle_check: float = 5.0  # look at the spool this often even without notify()
+    compress: bool = True
+    backoff_base: float = BACKOFF_BASE_SECONDS
+    backoff_cap: float = BACKOFF_CAP_SECONDS
+    status_file: Path | None = None
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else utc_now_iso(datetime.fromtimestamp(moment, UTC))
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The last status a reporter wrote (for ``agent status`` in another process)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Reporter:
+    """Delivers spooled events to the collector from a background thread."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        transport: Transport,
+        identity: IdentityStore,
+        config: ReporterConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        heartbeat_source: HeartbeatSource | None = None,
+        on_policy: PolicySink | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spool = spool
+        self.transport = transport
+        self.identity = identity
+        self.config = config or ReporterConfig()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._heartbeat_source = heartbeat_source
+        self._on_policy = on_policy
+        self._backoff = Backoff(self._rng, self.config.backoff_base, self.config.backoff_cap)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._batch_limit = self.config.batch_events
+        self._blocked_until = 0.0
+        self._next_heartbeat = 0.0
+        self._next_policy = 0.0
+        self._policy_etag: str | None = None
+        self.last_upload: float | None = None
+        self.last_heartbeat: float | None = None
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+        self.enrollments = 0
+        self._written_status: dict[str, Any] | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="proscribe-reporter", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> None:
+        """A new event is in the spool: send it now (unless backing off)."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "collector": self.transport.url,
+            "enrolled": self.identity.enrolled,
+            "agent_id": self.identity.agent_id,
+            "last_upload": _iso(self.last_upload),
+            "last_heartbeat": _iso(self.last_heartbeat),
+            "last_error": self.last_error,
+            "last_error_time": _iso(self.last_error_time),
+            "next_attempt": _iso(self._blocked_until) if self._blocked_until > now else None,
+            "batch_limit": self._batch_limit,
+            "policy_etag": self._policy_etag,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                wait = self.run_once()
+            except Exception as err:  # the loop must outlive its own bugs
+                log.exception("reporter: unexpected error; backing off")
+                self._fail(f"internal error: {err!r}")
+                wait = max(0.0, self._blocked_until - self._clock())
+            self._write_status()
+            if wait > 0:
+                self._wake.wait(wait)
+
+    def run_once(self) -> float:
+        """One turn of the loop; returns how long to sleep (0 = go again at once)."""
+        now = self._clock()
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if not self.identity.enrolled and not self._enroll():
+            return self._sleep_time()
+        more = self._upload()
+        if self._clock() >= self._blocked_until:
+            now = self._clock()
+            if now >= self._next_heartbeat:
+                self._heartbeat()
+            if now >= self._next_policy and self._clock() >= self._blocked_until:
+                self._poll_policy()
+        if more and self._clock() >= self._blocked_until:
+            return 0.0
+        return self._sleep_time()
+
+    def _sleep_time(self) -> float:
+        now = self._clock()
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        due = [now + self.config.idle_check]
+        if self.identity.enrolled:
+            due += [self._next_heartbeat, self._next_policy]
+        return max(0.0, min(due) - now)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        now = self._clock()
+        self.last_error = message
+        self.last_error_time = now
+        self._blocked_until = self._backoff.failure(now)
+        log.warning(
+            "reporter: %s; next attempt in %.1fs", message, max(0.0, self._blocked_until - now)
+        )
+
+    def _ok(self) -> None:
+        self._backoff.success()
+
+    def _throttled(self, reply: Reply, what: str) -> None:
+        now = self._clock()
+        wait = parse_retry_after(reply.header("Retry-After"), now)
+        self._blocked_until = now + wait
+        self.last_error = f"{what}: collector busy (HTTP {reply.status}); retry after {wait:.0f}s"
+        self.last_error_time = now
+        log.warning("reporter: %s", self.last_error)
+
+    def _common(self, reply: Reply, what: str) -> bool:
+        """Handle answers that mean the same for every signed request; True if handled."""
+        if reply.status in (429, 503):
+            self._throttled(reply, what)
+            return True
+        if reply.status == 401:
+            error = reply.error or "unauthorized"
+            if error in ("unknown_agent", "revoked_agent"):
+                log.warning("reporter: collector says %s; enrolling again", error)
+                self.identity.forget(new_key=error == "revoked_agent")
+            self._fail(f"{what}: collector refused our signature ({error})")
+            return True
+        if reply.status >= 500 or reply.status < 200 or 300 <= reply.status < 400:
+            self._fail(f"{what}: collector answered HTTP {reply.status}")
+            return True
+        return False
+
+    # -- enrollment -------------------------------------------------------------------------
+
+    def _enroll(self) -> bool:
+        try:
+            body = self.identity.enroll_body()
+        except ConfigError as err:
+            self._fail(str(err))
+            return False
+        try:
+            reply = self.transport.post_json(ENROLL_PATH, body)
+        except TransportError as err:
+            self._fail(f"enroll: {err}")
+            return False
+        if reply.status in (429, 503):
+            self._throttled(reply, "enroll")
+            return False
+        agent_id = reply.json().get("agent_id")
+        if reply.status != 200 or not isinstance(agent_id, str) or not 0 < len(agent_id) <= 200:
+            hint = " (fix: check collector.enroll_secret_file)" if reply.status == 401 else ""
+            self._fail(f"enroll refused: HTTP {reply.status} {reply.error or ''}{hint}".strip())
+            return False
+        self.identity.set_agent_id(agent_id)
+        self.enrollments += 1
+        self._ok()
+        now = self._clock()
+        self._next_heartbeat = now
+        self._next_policy = now
+        log.info("reporter: enrolled as %s", agent_id)
+        return True
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _upload(self) -> bool:
+        """Send one batch; True when the loop should go again at once."""
+        batch = self.spool.pending(limit=self._batch_limit, max_bytes=self.config.batch_bytes)
+        if not batch:
+            return False
+        try:
+            reply = self.transport.post_json(
+                EVENTS_PATH,
+                {"events": [item.event for item in batch]},
+                signer=self.identity.sign,
+                compress=self.config.compress,
+            )
+        except TransportError as err:
+            self._fail(f"events: {err}")
+            return False
+        if reply.status == 200:
+            return self._settle(batch, reply)
+        if reply.status == 413:
+            return self._too_large(batch)
+        if self._common(reply, "events"):
+            return False
+        reason = f"HTTP {reply.status}: {reply.error or 'refused'}"
+        self.spool.dead_letter([item.id for item in batch], reason)
+        self.last_error = f"events: batch of {len(batch)} dead-lettered ({reason})"
+        self.last_error_time = self._clock()
+        log.error("reporter: %s", self.last_error)
+        return True
+
+    def _settle(self, batch: list[SpooledEvent], reply: Reply) -> bool:
+        results = reply.json().get("results")
+        sent = {item.id for item in batch}
+        acked: list[str] = []
+        rejected: dict[str, list[str]] = {}
+        for result in results if isinstance(results, list) else []:
+            if not isinstance(result, dict) or result.get("id") not in sent:
+                continue
+            status = result.get("status")
+            if status in ("stored", "duplicate"):
+                acked.append(str(result["id"]))
+            elif status == "rejected":
+                reason = f"rejected: {result.get('error') or 'no reason given'}"
+                rejected.setdefault(reason, []).append(str(result["id"]))
+        self.spool.ack(acked)
+        for reason, ids in rejected.items():
+            self.spool.dead_letter(ids, reason)
+            log.error("reporter: collector rejected %d event(s): %s", len(ids), reason)
+        if not acked and not rejected:
+            self._fail("events: collector answered 200 without results for this batch")
+            return False
+        self._ok()
+        self.last_upload = self._clock()
+        self._batch_limit = min(self.config.batch_events, self._batch_limit * 2)
+        return True
+
+    def _too_large(self, batch: list[SpooledEvent]) -> bool:
+        if len(batch) == 1:
+            self.spool.dead_letter([batch[0].id], "HTTP 413: too large for the collector")
+            log.error(
+                "reporter: event %s is too large for the collector; dead-lettered", batch[0].id
+            )
+            return True
+        self._batch_limit = max(1, len(batch) // 2)
+        log.info("reporter: batch of %d too large; trying %d", len(batch), self._batch_limit)
+        return True
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        now = self._clock()
+        jitter = self._rng.uniform(-self.config.heartbeat_jitter, self.config.heartbeat_jitter)
+        self._next_heartbeat = now + max(1.0, self.config.heartbeat_interval + jitter)
+        payload: dict[str, Any] = {}
+        if self._heartbeat_source is not None:
+            try:
+                payload.update(self._heartbeat_source())
+            except Exception:  # a broken source must not stop heartbeats or uploads
+                log.exception("reporter: heartbeat_source failed; sending a minimal heartbeat")
+        for key in ("hostname", "os", "agent_version"):
+            payload.setdefault(key, self.identity.host_facts.get(key))
+        stats = self.spool.stats()
+        payload["spool"] = {
+            "depth": stats.depth,
+            "bytes": stats.bytes,
+            "dropped": stats.dropped_total,
+        }
+        payload.setdefault("time", utc_now_iso())
+        try:
+            reply = self.transport.post_json(HEARTBEAT_PATH, payload, signer=self.identity.sign)
+        except TransportError as err:
+            self._fail(f"heartbeat: {err}")
+            return
+        if self._common(reply, "heartbeat"):
+            return
+        if reply.status != 200:
+            self.last_error = f"heartbeat: HTTP {reply.status} {reply.error or ''}".strip()
+            self.last_error_time = now
+            log.error("reporter: %s", self.last_error)
+            return
+        self._ok()
+        self.last_heartbeat = now
+        policy = reply.json().get("policy")
+        if isinstance(policy, dict):
+            sha = policy.get("sha256")
+            if isinstance(sha, str) and sha and sha != self._policy_etag:
+                self._next_policy = now  # the collector has a policy we have not seen
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def _poll_policy(self) -> None:
+        now = self._clock()
+        self._next_policy = now + self.config.policy_interval
+        headers = {"If-None-Match": f'"{self._policy_etag}"'} if self._policy_etag else {}
+        try:
+            reply = self.transport.get(POLICY_PATH, signer=self.identity.sign, headers=headers)
+        except TransportError as err:
+            self._fail(f"policy: {err}")
+            return
+        if reply.status in (304, 404):
+            self._ok()
+            return
+        if self._common(reply, "policy"):
+            return
+        if reply.status != 200:
+            self.last_error = f"policy: HTTP {reply.status} {reply.error or ''}".strip()
+            self.last_error_time = now
+            return
+        self._ok()
+        doc = reply.json()
+        try:
+            data = base64.b64decode(str(doc.get("policy", "")), validate=True)
+            sig = base64.b64decode(str(doc.get("signature", "")), validate=True)
+        except (binascii.Error, ValueError):
+            data = sig = b""
+        if not data or not sig or len(data) > MAX_POLICY_BYTES:
+            self.last_error = "policy: collector sent a malformed or oversized policy bundle"
+            self.last_error_time = now
+            log.error("reporter: %s", self.last_error)
+            return
+        etag = (reply.header("ETag") or "").removeprefix("W/").strip('"') or doc.get("sha256")
+        # Remember the ETag whatever the verdict: the agent reports a rejection once, and the
+        # next change on the collector changes the ETag.
+        self._policy_etag = str(etag) if etag else None
+        if self._on_policy is not None:
+            try:
+                self._on_policy(data, sig)
+            except Exception:  # the agent's verifier reports its own verdicts
+                log.exception("reporter: on_policy failed for policy %s", self._policy_etag)
+
+    # -- status file ------------------------------------------------------------------------
+
+    def _write_status(self) -> None:
+        path = self.config.status_file
+        if path is None:
+            return
+        status = self.status()
+        if status == self._written_status:
+            return
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(status, fh)
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("reporter: cannot write %s: %s", path, err)
+            return
+        self._written_status = status
+
+
+def build_reporter(
+    spool: Spool,
+    *,
+    url: str,
+    ca_file: Path | None,
+    enroll_secret_file: Path | None,
+    state_dir: Path,
+    heartbeat_source: HeartbeatSource | None = None,
+    on_policy: PolicySink | None = None,
+    config: ReporterConfig | None = None,
+    host_facts: dict[str, str] | None = None,
+) -> Reporter:
+    """Wire a Reporter from the ``[collector]`` settings (ConfigError names the bad key)."""
+    transport = Transport(url, ca_file=ca_file)
+    identity = IdentityStore(state_dir, enroll_secret_file, host_facts)
+    if config is None:
+        config = ReporterConfig(status_file=Path(state_dir) / "reporter.json")
+    return Reporter(
+        spool,
+        transport,
+        identity,
+        config,
+        heartbeat_source=heartbeat_source,
+        on_policy=on_policy,
+    )
