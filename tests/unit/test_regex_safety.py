@@ -1,0 +1,145 @@
+"""Command-line regexes: unsafe shapes are refused, accepted ones finish fast on hostile input."""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from proscribe.agent.policy.regex_safety import (
+    MAX_CMDLINE_MATCH_CHARS,
+    MAX_PATTERN_CHARS,
+    cmdline_window,
+    compile_cmdline_regex,
+)
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+REALISTIC = [
+    r"(?i)\b(ollama|llama-server|lms)\b.*\bdeepseek",
+    r"(?i)ollama\s+(run|pull|serve)\s+deepseek",
+    r"(?i)\bvllm\b.*deepseek-ai/",
+    r"(?i)python3?\s+-m\s+vllm\b.*deepseek",
+    r"(?i)--model[= ]\S*deepseek",
+    r"(?i)models--deepseek-ai--\w+",
+    r"(?i)\bdsh\b",
+    r"(?i)(kimi|moonshot)-?(k2|v1)",
+    r"\w+\b-",
+    r"(?i)\w+\b-",
+    r"\s+$",
+    r"a.*b.{0,15}c",
+    r"(?i)deepseek-(r1|v3|coder)(:\d+(\.\d+)?b)?",
+    r"(?i)https?://[^/\s]*deepseek\.com",
+    r"(?i)\bhf\s+download\s+deepseek-ai/\S+",
+]
+
+REDOS = {
+    r"(a+)+$": "repeated group contains another repeat",
+    r"(a*)*b": "repeated group contains another repeat",
+    r"(\w+\s?)*$": "repeated group contains another repeat",
+    r"^(([a-z])+.)+[A-Z]([a-z])+$": "repeated group contains another repeat",
+    r"(a|aa)+": "contains alternatives",
+    r"(.*a){12}": "repeated group contains another repeat",
+    r"a.*b.*c": "more than one open-ended repeat",
+    r"\s*.*\s*deepseek": "more than one open-ended repeat",
+    r".*\s+x": "more than one open-ended repeat",  # 9 s on 2048 spaces in plain re
+    r"(?i)ollama.*\s+deepseek": "more than one open-ended repeat",
+    r"(x)\1": "backreferences",
+    r"(?P<a>x)(?P=a)": "backreferences",
+    r"(?=deepseek)\w+": "lookahead and lookbehind",
+    r"(?<!not)deepseek": "lookahead and lookbehind",
+    r"(a)?(?(1)b|c)": "conditional groups",
+    r".*": "match empty text",
+    r"^$": "match empty text",
+    r"deepseek|": "match empty text",
+    r"[unclosed": "not a valid regular expression",
+    "": "empty pattern",
+    "a" * (MAX_PATTERN_CHARS + 1): "the limit is 512",
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(REDOS))
+def test_unsafe_patterns_are_refused_with_a_reason(pattern: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(REDOS[pattern])):
+        compile_cmdline_regex(pattern)
+
+
+def test_possessive_and_guarded_repeats_are_accepted() -> None:
+    # \s+ before a literal it cannot match cannot backtrack; possessive never gives back.
+    compile_cmdline_regex(r"ollama\s+run\s+deepseek.*")
+    compile_cmdline_regex(r"(?i)\bollama\s++run\s++deepseek")
+
+
+def _pack_patterns() -> list[str]:
+    found = []
+    for path in sorted(POLICIES.glob("*.toml")):
+        doc = tomllib.loads(path.read_text("utf-8"))
+        for rule in doc.get("process", []):
+            found.extend(rule.get("cmdline", []))
+    return found
+
+
+def _hostile_inputs(pattern: str) -> list[str]:
+    """Inputs that make backtracking work hard: long runs of the pattern's own pieces."""
+    n = MAX_CMDLINE_MATCH_CHARS
+    words = re.findall(r"[A-Za-z0-9]{2,}", pattern) or ["a"]
+    chars = [*sorted(set("".join(words))), " ", "-", "/", "\t", "é"]
+    inputs = [c * n for c in chars]
+    for word in words:
+        inputs.append((word + " ") * (n // (len(word) + 1) + 1))
+        inputs.append((word[:-1] + " ") * (n // len(word) + 1))
+        inputs.append(word + " " * n)
+        inputs.append(word + "x" * n)
+    joined = " ".join(words)
+    inputs.append((joined + " ") * (n // (len(joined) + 1) + 1))
+    inputs.append((joined[:-1] + "-") * (n // len(joined) + 1))
+    return [cmdline_window([text]) for text in inputs]
+
+
+def test_realistic_pattern_set_compiles() -> None:
+    for pattern in REALISTIC:
+        compile_cmdline_regex(pattern)
+
+
+def test_pack_patterns_exist_and_compile() -> None:
+    patterns = _pack_patterns()
+    assert patterns, "the policy packs should carry command-line rules"
+    for pattern in patterns:
+        compile_cmdline_regex(pattern)
+
+
+@pytest.mark.parametrize("pattern", REALISTIC + _pack_patterns())
+def test_accepted_patterns_are_fast_on_hostile_command_lines(pattern: str) -> None:
+    compiled = compile_cmdline_regex(pattern)
+    worst = 0.0
+    for text in _hostile_inputs(pattern):
+        assert len(text) <= MAX_CMDLINE_MATCH_CHARS
+        start = time.perf_counter()
+        compiled.search(text)
+        worst = max(worst, time.perf_counter() - start)
+    # Typically well under 50 ms; 100 ms leaves room for a loaded CI machine.
+    assert worst < 0.100, f"{pattern!r} took {worst * 1000:.1f} ms"
+
+
+def test_the_bound_is_what_makes_it_safe() -> None:
+    # The same refused shape really is slow in plain `re`: the check is not theoretical.
+    slow = re.compile(r"a.*b.*c")
+    text = "ab" * 150
+    start = time.perf_counter()
+    slow.search(text)
+    small = time.perf_counter() - start
+    start = time.perf_counter()
+    slow.search("ab" * 600)
+    large = time.perf_counter() - start
+    assert large > small * 8  # cubic: 4x the input, ~64x the time
+
+
+def test_cmdline_window_keeps_head_and_tail() -> None:
+    argv = ["ollama", "run", "x" * 10_000, "deepseek-r1"]
+    window = cmdline_window(argv)
+    assert len(window) == MAX_CMDLINE_MATCH_CHARS
+    assert window.startswith("ollama run ")
+    assert window.endswith(" deepseek-r1")
+    assert cmdline_window(["a", "b"]) == "a b"
