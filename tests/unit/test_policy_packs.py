@@ -1,0 +1,192 @@
+"""The shipped policy packs: they lint clean, cite their directives, and deny what they say."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from proscribe.agent.policy.loader import lint_policy, load_policy_file
+from proscribe.agent.policy.matchers.compiled import CompiledPolicy
+from proscribe.agent.policy.matchers.process import ProcessFacts
+from proscribe.agent.policy.model import Policy
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
+DATA = ROOT.parent / "shared" / "data"
+NAVY = POLICIES / "us-navy-deepseek-2025.toml"
+GOV = POLICIES / "government-restricted-ai-2025.toml"
+PACKS = [NAVY, GOV]
+NOW = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)  # inside the packs' validity
+
+
+def compiled(path: Path) -> CompiledPolicy:
+    return CompiledPolicy.compile(load_policy_file(path))
+
+
+@pytest.mark.parametrize("path", PACKS, ids=lambda p: p.name)
+def test_pack_lints_clean(path: Path) -> None:
+    assert lint_policy(path.read_bytes(), str(path)) == []
+
+
+@pytest.mark.parametrize("path", PACKS, ids=lambda p: p.name)
+def test_pack_metadata(path: Path) -> None:
+    policy = load_policy_file(path)
+    assert policy.meta.id == path.stem
+    assert policy.meta.serial == 1
+    assert policy.meta.expires is not None
+    span = policy.meta.expires - policy.meta.issued
+    assert timedelta(days=90) <= span <= timedelta(days=2 * 366)
+    assert policy.exemptions == ()  # exemptions are each organization's own
+    assert not (path.parent / (path.name + ".sig")).exists()  # packs ship unsigned
+
+
+@pytest.mark.parametrize("path", PACKS, ids=lambda p: p.name)
+def test_every_rule_cites_a_directive_and_every_directive_is_cited(path: Path) -> None:
+    policy: Policy = load_policy_file(path)
+    cited = set()
+    for rule in policy.rules():
+        assert rule.directives, f"rule {rule.id} cites no directive"
+        assert rule.message, f"rule {rule.id} has no message for the user"
+        cited.update(rule.directives)
+    assert cited == {r.id for r in policy.meta.references}
+    for ref in policy.meta.references:
+        assert ref.authority and ref.issued and ref.title
+
+
+def test_file_rules_report_only() -> None:
+    for path in PACKS:
+        assert all(r.action == "report" for r in load_policy_file(path).file)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deepseek.com",
+        "chat.deepseek.com",
+        "api.deepseek.com",
+        "platform.deepseek.com",
+        "download.deepseek.com",
+        "CDN.DeepSeek.com.",
+    ],
+)
+def test_navy_pack_blocks_deepseek_names(name: str) -> None:
+    decision = compiled(NAVY).check_domain(name, "host1", "alice", NOW)
+    assert decision is not None
+    assert (decision.rule_id, decision.action) == ("deepseek-web", "block")
+    assert decision.directives == ("us-navy-2025-01-24",)
+
+
+@pytest.mark.parametrize(
+    "name", ["notdeepseek.com", "deepseek.com.evil.example", "deepseek.co", "example.com"]
+)
+def test_navy_pack_leaves_other_names_alone(name: str) -> None:
+    assert compiled(NAVY).check_domain(name, "host1", None, NOW) is None
+
+
+def test_third_party_endpoints_are_reported_exactly() -> None:
+    policy = compiled(NAVY)
+    hit = policy.check_domain("ark.cn-beijing.volces.com", "h", None, NOW)
+    assert hit is not None and hit.action == "report"
+    assert policy.check_domain("other.cn-beijing.volces.com", "h", None, NOW) is None
+    assert policy.check_domain("x.ark.cn-beijing.volces.com", "h", None, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("facts", "rule"),
+    [
+        (
+            ProcessFacts(pid=10, name="DeepSeek Harnes", exe="/opt/x/DeepSeek Harness"),
+            "deepseek-desktop",
+        ),
+        (ProcessFacts(pid=11, name="dsh", exe="/usr/local/bin/dsh"), "deepseek-desktop"),
+        (
+            ProcessFacts(pid=12, name="ollama", cmdline=("ollama", "run", "deepseek-r1:7b")),
+            "deepseek-local-runtime",
+        ),
+        (
+            ProcessFacts(
+                pid=13,
+                name="llama-server",
+                cmdline=("llama-server", "-m", "/m/DeepSeek-R1-Q4.gguf"),
+            ),
+            "deepseek-local-runtime",
+        ),
+    ],
+)
+def test_navy_pack_blocks_deepseek_processes(facts: ProcessFacts, rule: str) -> None:
+    decisions = compiled(NAVY).check_process(facts, "host1", NOW)
+    assert rule in {d.rule_id for d in decisions}
+    assert all(d.action == "block" for d in decisions if d.rule_id == rule)
+
+
+def test_navy_pack_ignores_other_models() -> None:
+    facts = ProcessFacts(pid=14, name="ollama", cmdline=("ollama", "run", "llama3.1:8b"))
+    assert compiled(NAVY).check_process(facts, "host1", NOW) == []
+
+
+def test_navy_pack_reports_model_files() -> None:
+    policy = compiled(NAVY)
+    home = "/home/alice"
+    paths = [
+        f"{home}/.ollama/models/manifests/registry.ollama.ai/library/deepseek-r1/7b",
+        f"{home}/.cache/huggingface/hub/models--deepseek-ai--DeepSeek-V3",
+        f"{home}/.cache/huggingface/hub/models--unsloth--DeepSeek-R1-GGUF",
+        f"{home}/.lmstudio/models/lmstudio-community/DeepSeek-R1-Distill-Qwen-7B-GGUF/m.gguf",
+    ]
+    for path in paths:
+        decision = policy.check_file(path, "host1", "alice", NOW, home=home)
+        assert decision is not None, path
+        assert decision.action == "report"
+    other = f"{home}/.ollama/models/manifests/registry.ollama.ai/library/llama3/8b"
+    assert policy.check_file(other, "host1", "alice", NOW, home=home) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "kimi.com",
+        "www.kimi.com",
+        "kimi.moonshot.cn",
+        "api.moonshot.ai",
+        "qwen.ai",
+        "chat.qwen.ai",
+        "dashscope.aliyuncs.com",
+        "doubao.com",
+        "www.doubao.com",
+        "manus.im",
+        "api.manus.ai",
+        "chat.deepseek.com",
+    ],
+)
+def test_government_pack_blocks_restricted_services(name: str) -> None:
+    decision = compiled(GOV).check_domain(name, "host1", None, NOW)
+    assert decision is not None and decision.action == "block"
+    assert decision.directives
+
+
+@pytest.mark.parametrize(
+    "name", ["aliyuncs.com", "oss-cn-hangzhou.aliyuncs.com", "moonshot.ai", "manus.ai", "qwen.com"]
+)
+def test_government_pack_does_not_overreach(name: str) -> None:
+    assert compiled(GOV).check_domain(name, "host1", None, NOW) is None
+
+
+FAMILIES = ("deepseek", "kimi", "moonshot", "qwen", "doubao", "manus")
+
+
+@pytest.mark.parametrize("listing", ["nullgen-ai-domains.txt", "shadowwhisperer-ai-domains.txt"])
+def test_government_pack_covers_the_shared_ai_lists(listing: str) -> None:
+    path = DATA / listing
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared data lives beside the repository)")
+    policy = compiled(GOV)
+    names = [
+        line.strip()
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    relevant = [n for n in names if any(f in n for f in FAMILIES)]
+    assert relevant, "the shared lists should mention the restricted services"
+    missing = [n for n in relevant if policy.check_domain(n, "h", None, NOW) is None]
+    assert missing == []
