@@ -8,6 +8,7 @@ test and killed by pid at the end.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ from agent_harness import (
     wait_for,
     write_config,
 )
+from proscribe.agent.cli import main
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -261,41 +263,25 @@ def test_tampered_policy_is_rejected_and_the_old_one_still_enforced(env: Env, pr
         env.policy.with_name("policy.toml.sig").write_bytes(good_sig)
 
 
-def test_status_reports_sensor_policy_and_spool(env: Env) -> None:
-    config = env.tmp / "agent.toml"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proscribe.agent",
-            "agent",
-            "status",
-            "--json",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    import json
-
-    status = json.loads(out.stdout)
+def test_status_reports_sensor_policy_and_spool(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(env.tmp / "agent.toml")
+    assert main(["agent", "status", "--json", "--config", config]) == 0
+    status = json.loads(capsys.readouterr().out)
     assert status["running"] is True
     assert status["sensors"]["process"]["state"] == "running"
     assert status["policy"]["serial"] == 5
     assert status["policy"]["stale"] is False
     assert status["spool"]["depth"] >= 1
-    human = subprocess.run(
-        [sys.executable, "-m", "proscribe.agent", "agent", "events", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert human.returncode == 0 and "deepseek-desktop" in human.stdout
+    assert main(["agent", "status", "--config", config]) == 0
+    human = capsys.readouterr().out
+    assert "running" in human and "test-ban serial 5" in human
+    assert main(["agent", "events", "--config", config]) == 0
+    assert "deepseek-desktop" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_agent_survives_kill_9_and_the_spooled_event_is_kept(env: Env) -> None:
     assert env.agent is not None
     before = spool_events(env.state)

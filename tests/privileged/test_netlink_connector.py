@@ -1,0 +1,85 @@
+"""The kernel's process connector, for real (root, Linux): exec and comm events arrive, and the
+sensor hands a started process to its handler within milliseconds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from proscribe.agent.policy.matchers.process import ProcessFacts
+from proscribe.agent.sensors.process import ProcessSensor, Sighting
+
+pytestmark = [pytest.mark.root, pytest.mark.linux]
+
+
+def test_connector_reports_exec_and_comm_events() -> None:
+    from proscribe.agent.sensors._netlink_linux import (
+        PROC_EVENT_COMM,
+        PROC_EVENT_EXEC,
+        ProcConnector,
+    )
+
+    connector = ProcConnector()
+    connector.open()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "open('/proc/self/comm','w').write('renamed-x')"]
+        )
+        proc.wait()
+        seen: set[int] = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not {PROC_EVENT_EXEC, PROC_EVENT_COMM} <= seen:
+            events, _overflow = connector.read(0.2)
+            for e in events:
+                if e.tgid == proc.pid:
+                    seen.add(e.what)
+                    if e.what == PROC_EVENT_COMM:
+                        assert e.comm == "renamed-x"
+        assert {PROC_EVENT_EXEC, PROC_EVENT_COMM} <= seen
+    finally:
+        connector.close()
+
+
+def test_sensor_delivers_a_new_process_in_milliseconds() -> None:
+    got: dict[int, tuple[ProcessFacts, Sighting, float]] = {}
+    arrived = threading.Event()
+    target: list[int] = []
+
+    def handler(facts: ProcessFacts, sighting: Sighting) -> None:
+        got.setdefault(facts.pid, (facts, sighting, time.monotonic()))
+        if target and facts.pid == target[0]:
+            arrived.set()
+
+    sensor = ProcessSensor("netlink", handler, sweep_interval=3600)
+    sensor.start()
+    try:
+        assert sensor.backend == "netlink"
+        time.sleep(0.3)  # let the start-up sweep finish
+        before = time.monotonic()
+        proc = subprocess.Popen(["/bin/sleep", "5"])
+        target.append(proc.pid)
+        assert arrived.wait(5)
+        facts, sighting, when = got[proc.pid]
+        assert sighting.source == "exec"
+        assert facts.exe == "/usr/bin/sleep" and facts.cmdline == ("/bin/sleep", "5")
+        assert when - before < 0.5
+    finally:
+        sensor.stop()
+        proc.kill()
+        proc.wait()
+
+
+def test_netlink_requested_without_root_falls_back_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sensor = ProcessSensor("netlink", lambda f, s: None, is_root=False, poll_interval=5)
+    sensor.start()
+    try:
+        assert sensor.backend == "poll"
+        assert "netlink unavailable" in sensor.detail
+        assert any(r.levelname == "ERROR" for r in caplog.records)
+    finally:
+        sensor.stop()

@@ -1,0 +1,72 @@
+"""Enrichment from a fabricated procfs tree, and the exe hash cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from proscribe.agent.sensors.enrich import Enricher, HashCache, parse_stat
+
+STAT = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0"
+
+
+def fake_proc(root: Path, pid: int, *, exe: Path | None, cmdline: bytes, uid: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stat").write_text("cpu 0\nbtime 1700000000\n")
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "stat").write_text(STAT.format(ticks=500))
+    (d / "cmdline").write_bytes(cmdline)
+    (d / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    if exe is not None:
+        os.symlink(exe, d / "exe")
+    return d
+
+
+def test_parse_stat_handles_parentheses_and_spaces_in_comm() -> None:
+    stat = parse_stat(STAT.format(ticks=777))
+    assert stat.comm == "my (odd) name"
+    assert (stat.state, stat.ppid, stat.start_ticks) == ("S", 1, 777)
+    assert not stat.kernel_thread
+    kthread = parse_stat("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")
+    assert kthread.kernel_thread
+
+
+def test_facts_from_procfs(tmp_path: Path) -> None:
+    binary = tmp_path / "deepseek"
+    binary.write_bytes(b"binary-content")
+    fake_proc(tmp_path / "proc", 4242, exe=binary, cmdline=b"deepseek\0--serve\0")
+    enricher = Enricher(tmp_path / "proc")
+    facts = enricher.facts(4242, with_sha256=True)
+    assert facts is not None
+    assert facts.name == "my (odd) name"
+    assert facts.argv0 == "deepseek" and facts.cmdline == ("deepseek", "--serve")
+    assert facts.exe == str(binary)
+    assert facts.user == "root" and facts.uid == 0 and facts.ppid == 1
+    assert facts.sha256 == hashlib.sha256(b"binary-content").hexdigest()
+    assert facts.start_time == 1700000000 + 500 / os.sysconf("SC_CLK_TCK")
+    assert enricher.facts(4242).sha256 is None  # only hashed when the policy needs it
+
+
+def test_a_process_gone_half_way_still_yields_what_was_read(tmp_path: Path) -> None:
+    d = fake_proc(tmp_path / "proc", 7, exe=None, cmdline=b"")
+    (d / "status").unlink()
+    facts = Enricher(tmp_path / "proc").facts(7, with_sha256=True)
+    assert facts is not None
+    assert facts.name == "my (odd) name" and facts.exe == "" and facts.cmdline == ()
+    assert facts.sha256 is None and facts.uid is None
+    assert Enricher(tmp_path / "proc").facts(8) is None  # nothing at all to read
+
+
+def test_hash_cache_hashes_each_file_version_once(tmp_path: Path) -> None:
+    target = tmp_path / "bin"
+    target.write_bytes(b"one")
+    link = tmp_path / "exe"
+    os.symlink(target, link)
+    cache = HashCache(capacity=2)
+    first = cache.digest(link)
+    assert cache.digest(link) == first and cache.hashed == 1
+    target.write_bytes(b"two-longer")  # new size/mtime: a new version
+    assert cache.digest(link) == hashlib.sha256(b"two-longer").hexdigest()
+    assert cache.hashed == 2
