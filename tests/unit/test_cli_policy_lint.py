@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from proscribe.agent.cli import main
 from proscribe.agent.policy.model import MAX_POLICY_BYTES
 
