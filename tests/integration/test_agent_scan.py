@@ -1,0 +1,75 @@
+"""``proscribe scan``: one-shot audit of real processes, exit 1 on a violation."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_harness import Signer, policy_text, write_config
+from proscribe.agent.cli import main
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+
+
+@pytest.fixture
+def denied(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    token = secrets.token_hex(3)
+    binary = tmp_path / f"dsk{token}-scan"
+    shutil.copy2("/bin/sleep", binary)
+    proc = subprocess.Popen([str(binary), "30"])
+    yield token, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_scan_with_an_unverified_policy_file_finds_the_process(
+    tmp_path: Path, denied: tuple[str, subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    token, proc = denied
+    policy = tmp_path / "draft.toml"
+    policy.write_text(policy_text(token))
+    assert main(["scan", "--policy", str(policy), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "unverified" in report["policy"]["source"]
+    assert [v["pid"] for v in report["violations"]] == [proc.pid]
+    assert proc.poll() is None  # scan never kills
+
+
+def test_scan_uses_the_configured_verified_policy(
+    tmp_path: Path, denied: tuple[str, subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    token, proc = denied
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text(token))
+    config = write_config(tmp_path, signer)
+    assert main(["scan", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "(verified)" in out and f"pid {proc.pid}" in out
+    # a tampered file is refused, with one line and a non-zero exit
+    (tmp_path / "policy.toml").write_text(policy_text(token) + "\n# edited\n")
+    assert main(["scan", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "signature" in err and "Traceback" not in err
+
+
+def test_scan_finds_denied_files_and_exits_0_when_clean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = secrets.token_hex(3)
+    weights = tmp_path / f"weights-{token}.gguf"
+    weights.write_bytes(b"x")
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        policy_text(token, extra=f'[[file]]\nid = "weights"\nglobs = ["{tmp_path}/weights-*"]\n')
+    )
+    assert main(["scan", "--policy", str(policy), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [v.get("path") for v in report["violations"]] == [str(weights)]
+    weights.unlink()
+    assert main(["scan", "--policy", str(policy)]) == 0
