@@ -3,8 +3,7 @@
 ``/proc/net/{udp,udp6,tcp,tcp6}`` map a local address and port to a socket inode (and uid);
 ``/proc/<pid>/fd/*`` links name the inode (``socket:[12345]``). The inode -> (pid, fd) map is
 cached and each hit re-validated with one ``readlink`` (a pid can exit and be reused); a miss
-rescans ``/proc`` newest pid first, because the sender of a fresh query is usually a young
-process (``dig``, ``curl``), and stops at the first match.
+rescans ``/proc`` in the order that finds the sender soonest (see ``_scan_for``).
 
 Queries forwarded by a local stub resolver (systemd-resolved at 127.0.0.53, dnsmasq, unbound,
 named, or this agent's own proxy) are marked ``forwarded`` and not attributed to the stub: the
@@ -21,6 +20,7 @@ import os
 import pwd
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ REASON_NO_SOCKET = "socket closed before lookup (no local socket has that addres
 REASON_NO_OWNER = "socket owner not found (process exited or lives in another pid namespace)"
 REASON_FORWARDED = "forwarded by a local stub resolver; the application's query carries the process"
 _MAX_CACHE = 65536
+_RECENT_OWNERS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class ProcessAttributor:
         clock: Callable[[], float] = time.monotonic,
         process_ttl: float = 2.0,
         use_sock_diag: bool | None = None,
+        full_scan_interval: float = 0.25,
     ) -> None:
         self._procfs = procfs
         self._proc = str(procfs)  # string joins: pathlib costs microseconds per lookup
@@ -146,6 +148,12 @@ class ProcessAttributor:
         self._clock = clock
         self._process_ttl = process_ttl
         self._owners: dict[int, tuple[int, str]] = {}  # inode -> (pid, fd)
+        self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
+        self._newest_pid = 0
+        self._last_full_scan = -1e9
+        self._full_scan_interval = full_scan_interval
+        self._user_names: dict[int, str] = {}
+        self.skipped_scans = 0
         self._processes: dict[int, tuple[float, ProcessRef]] = {}
         self.scans = 0
 
@@ -202,31 +210,67 @@ class ProcessAttributor:
         return self._scan_for(target)
 
     def _scan_for(self, target: str) -> int | None:
+        """Find the owner of ``target``, cheapest places first.
+
+        1. the few pids that recently owned query sockets (a stub resolver or a browser opens
+           a fresh socket per query);
+        2. pids newer than any seen before (the sender of a fresh query is usually a young
+           process such as ``dig`` or ``curl``), newest first;
+        3. every pid, at most once per ``full_scan_interval``: a full scan costs milliseconds
+           per hundred processes, and the capture thread must keep up with the traffic.
+        """
         self.scans += 1
         if len(self._owners) > _MAX_CACHE:
             self._owners.clear()
+        for pid in list(self._recent_owners):
+            if self._scan_pid(pid, target):
+                return pid
         try:
-            pids = sorted((int(p) for p in os.listdir(self._procfs) if p.isdigit()), reverse=True)
+            pids = sorted((int(p) for p in os.listdir(self._proc) if p.isdigit()), reverse=True)
         except OSError:
             return None
+        newest_known = self._newest_pid
+        if pids:
+            self._newest_pid = max(self._newest_pid, pids[0])
         for pid in pids:
-            fd_dir = f"{self._proc}/{pid}/fd"
-            try:
-                fds = os.listdir(fd_dir)
-            except OSError:
-                continue
-            found = False
-            for fd in fds:
-                try:
-                    link = os.readlink(f"{fd_dir}/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    self._owners[int(link[8:-1])] = (pid, fd)
-                    found = found or link == target
-            if found:
+            if pid <= newest_known:
+                break
+            if self._scan_pid(pid, target):
+                return pid
+        now = self._clock()
+        if now - self._last_full_scan < self._full_scan_interval:
+            self.skipped_scans += 1
+            return None
+        self._last_full_scan = now
+        for pid in pids:
+            known = pid <= newest_known and pid not in self._recent_owners
+            if known and self._scan_pid(pid, target):
                 return pid
         return None
+
+    def _scan_pid(self, pid: int, target: str) -> bool:
+        """Record every socket ``pid`` holds; true when one of them is ``target``."""
+        fd_dir = f"{self._proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            self._recent_owners.pop(pid, None)
+            return False
+        found = False
+        for fd in fds:
+            try:
+                link = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                self._owners[int(link[8:-1])] = (pid, fd)
+                found = found or link == target
+        if found:
+            self._recent_owners[pid] = None
+            self._recent_owners.move_to_end(pid)
+            while len(self._recent_owners) > _RECENT_OWNERS:
+                self._recent_owners.popitem(last=False)
+        return found
 
     # -- pid -> process reference ---------------------------------------------------------------
 
@@ -260,13 +304,27 @@ class ProcessAttributor:
             "name": name,
             "exe": exe,
             "cmdline": cmdline,
-            "user": _user_name(uid),
+            "user": self._user_name(uid),
             "uid": uid,
         }
         if len(self._processes) > 4096:
             self._processes.clear()
         self._processes[pid] = (now, process)
         return process
+
+    def _user_name(self, uid: int | None) -> str:
+        """The account name (cached: NSS lookups can be slow, e.g. over LDAP)."""
+        if uid is None:
+            return ""
+        name = self._user_names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            if len(self._user_names) < 4096:
+                self._user_names[uid] = name
+        return name
 
 
 def _open_sock_diag() -> SockDiag | None:
@@ -279,12 +337,3 @@ def _open_sock_diag() -> SockDiag | None:
     except OSError:
         log.info("NETLINK_SOCK_DIAG unavailable; attribution reads /proc/net", exc_info=True)
         return None
-
-
-def _user_name(uid: int | None) -> str:
-    if uid is None:
-        return ""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)

@@ -104,8 +104,26 @@ def build_dns_sensor(
     Raises :class:`DnsSensorUnavailable` (one line, with the fix) when the mode cannot run
     here; the caller decides whether that is fatal (asked for) or a quiet downgrade (auto).
     """
+    owned = attributor is None
     if attributor is None:
         attributor = ProcessAttributor(settings.procfs)
+    try:
+        inner = _build(mode, settings, on_observation, decide, attribute_if, attributor)
+    except BaseException:
+        if owned:
+            attributor.close()
+        raise
+    return _ManagedSensor(inner, mode, attributor if owned else None)
+
+
+def _build(
+    mode: str,
+    settings: DnsSettings,
+    on_observation: ObservationSink,
+    decide: Decide,
+    attribute_if: Callable[[DnsObservation], bool] | None,
+    attributor: ProcessAttributor,
+) -> DnsCapture | DnsProxy:
     if mode == "capture":
         if not sys.platform.startswith("linux"):
             raise DnsSensorUnavailable(
@@ -116,14 +134,11 @@ def build_dns_sensor(
             def attribute_if(observation: DnsObservation) -> bool:
                 return any(decide(n, None) is not None for n in observation.names_to_check)
 
-        return _StartChecked(
-            DnsCapture(
-                on_observation,
-                attributor=attributor,
-                attribute_if=attribute_if,
-                interfaces=settings.interfaces,
-            ),
-            "capture",
+        return DnsCapture(
+            on_observation,
+            attributor=attributor,
+            attribute_if=attribute_if,
+            interfaces=settings.interfaces,
         )
     if mode == "proxy":
         upstreams: Sequence[tuple[str, int]] = settings.upstreams or system_upstreams(
@@ -148,32 +163,33 @@ def build_dns_sensor(
     raise DnsSensorUnavailable(f'[sensors] dns = {mode!r}: use "capture", "proxy" or "off"')
 
 
-class _StartChecked:
-    """Translates the packet socket's ``OSError`` at start into one clear line."""
+class _ManagedSensor:
+    """Translates a start failure into one clear line; closes the attributor it owns."""
 
-    def __init__(self, inner: DnsCapture, mode: str) -> None:
-        self._inner = inner
-        self._mode = mode
+    def __init__(
+        self, inner: DnsCapture | DnsProxy, mode: str, attributor: ProcessAttributor | None
+    ) -> None:
+        self.inner = inner
+        self.mode = mode
+        self._attributor = attributor
 
     def start(self) -> None:
         try:
-            self._inner.start()
+            self.inner.start()
         except PermissionError as err:
             raise DnsSensorUnavailable(
-                f'[sensors] dns = "{self._mode}": opening a packet socket needs root or '
+                f'[sensors] dns = "{self.mode}": opening a packet socket needs root or '
                 f'CAP_NET_RAW ({err.strerror}); run the agent as root or use dns = "proxy"'
             ) from err
         except OSError as err:
             raise DnsSensorUnavailable(
-                f'[sensors] dns = "{self._mode}": cannot open a packet socket ({err.strerror})'
+                f'[sensors] dns = "{self.mode}": cannot start ({err.strerror})'
             ) from err
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._inner.stop(timeout)
+        self.inner.stop(timeout)
+        if self._attributor is not None:
+            self._attributor.close()
 
     def stats(self) -> dict[str, int]:
-        return self._inner.stats()
-
-    @property
-    def capture(self) -> DnsCapture:
-        return self._inner
+        return self.inner.stats()
