@@ -179,7 +179,11 @@ class Table:
                     f"add a zone, e.g. Z: {key} = {value.isoformat()}Z",
                 )
                 return None
-            return value.astimezone(UTC)
+            try:
+                return value.astimezone(UTC)
+            except OverflowError:
+                self.issue(key, f"{key} {value.isoformat()} is out of range", "use a real date")
+                return None
         if isinstance(value, date):
             self.issue(
                 key,

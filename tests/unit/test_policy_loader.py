@@ -160,6 +160,12 @@ def test_unknown_meta_key_and_reference_key() -> None:
         ("issued  = 2025-01-24T00:00:00Z", "issued  = 2025-01-24", 5, "without a time and zone"),
         ("issued  = 2025-01-24T00:00:00Z", 'issued  = "2025-01-24"', 5, "date-time with a zone"),
         ("expires = 2025-03-01T00:00:00Z", "expires = 2025-01-01T00:00:00Z", 6, "not after"),
+        (
+            "issued  = 2025-01-24T00:00:00Z",
+            "issued  = 0001-01-01T00:00:00+01:00",
+            5,
+            "out of range",
+        ),
         ('id      = "test-policy"', 'id      = "has space"', 3, "not a valid id"),
         ('title   = "Test policy"', 'title   = ""', 7, "'title' is empty"),
     ],
