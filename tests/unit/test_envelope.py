@@ -281,3 +281,12 @@ def test_errors_are_project_errors() -> None:
     assert issubclass(SignatureError, ProscribeError)
     sig = Signature(keyid="0" * 64, sig=b"\x00" * 64)
     assert Envelope(POLICY_PAYLOAD_TYPE, (sig,)).to_bytes().endswith(b"\n")
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_trusted_public_key_not_32_bytes_is_rejected(size: int) -> None:
+    from proscribe.agent.errors import KeyFileError
+    from proscribe.agent.policy.keys import parse_public_key
+
+    with pytest.raises(KeyFileError, match=f"public key is {size} bytes"):
+        parse_public_key("ed25519:" + base64.b64encode(b"\x07" * size).decode())
