@@ -94,6 +94,20 @@ def test_most_specific_listing_first_and_every_rule_reported() -> None:
     assert len(m) == 3  # one key per distinct name
 
 
+def test_parents_of_listed_names_are_not_listed() -> None:
+    m = matcher("chat.deepseek.com", "=a.b.example.org")
+    assert len(m) == 2  # the stored parents ("deepseek.com", "com", ...) are not entries
+    for q in ("deepseek.com", "com", "b.example.org", "example.org", "x.deepseek.com"):
+        assert m.match(q) is None, q
+        assert not m.contains(q)
+        assert list(m.match_all(q)) == []
+    assert m.match("x.chat.deepseek.com") is not None
+    deep = ".".join(["l"] * 120) + ".chat.deepseek.com"
+    hit = m.match(deep)
+    assert hit is not None
+    assert hit.matched_name == "chat.deepseek.com"
+
+
 def test_same_name_exact_and_wide_in_one_rule() -> None:
     m = matcher("=x.example", "x.example")
     assert [h.exact for h in m.match_all("x.example")] == [True, False]

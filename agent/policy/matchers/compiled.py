@@ -110,13 +110,16 @@ class CompiledPolicy:
         another rule that is not exempted is preferred, so one exemption cannot open a name that a
         second rule still denies.
         """
-        first: Decision | None = None
+        best = self._domains.match(qname)  # the common case: one listing, not exempted
+        if best is None:
+            return None
+        first = self._decide(self.policy.domain[best.rule_index], "dns", best, host, user, now)
+        if first.exempted_by is None:
+            return first
         for m in self._domains.match_all(qname):
             decision = self._decide(self.policy.domain[m.rule_index], "dns", m, host, user, now)
             if decision.exempted_by is None:
                 return decision
-            if first is None:
-                first = decision
         return first
 
     def check_file(
