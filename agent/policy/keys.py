@@ -163,7 +163,8 @@ def parse_public_key(text_or_path: str) -> Ed25519PublicKey:
     """An ``ed25519:BASE64`` string, or the path of a ``.pub`` file holding one."""
     text = str(text_or_path).strip()
     if text.startswith(PUBLIC_KEY_PREFIX):
-        return _decode_public(text, text)
+        token = text.split()[0]  # a pasted .pub line may carry its comment
+        return _decode_public(token, token)
     path = Path(text)
     data = _read_key_file(path, "public key file")
     if b"PRIVATE KEY" in data:

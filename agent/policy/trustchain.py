@@ -19,6 +19,8 @@ Versions cannot be skipped, so a chain is walked one link at a time from the roo
 
 from __future__ import annotations
 
+import logging
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,14 +36,18 @@ from proscribe.agent.policy.envelope import (
     verify_envelope,
 )
 from proscribe.agent.policy.keys import key_id, parse_public_key, public_key_string
+from proscribe.agent.policy.state import atomic_write_bytes
 
 __all__ = [
     "MAX_TRUST_BYTES",
     "TrustConfig",
+    "TrustStore",
     "load_trust_chain",
     "parse_trust",
     "rotate",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_TRUST_BYTES = 64 * 1024
 _MAX_KEYS = 64
@@ -194,3 +200,62 @@ def _read(path: Path) -> bytes:
     if len(data) > MAX_TRUST_BYTES:
         raise TrustError(f"{path}: larger than {MAX_TRUST_BYTES // 1024} KiB")
     return data
+
+
+_VERSION_FILE = re.compile(r"(\d{1,9})\.toml")
+
+
+class TrustStore:
+    """Trust versions accepted after the root, kept as ``DIR/<version>.toml`` (+ ``.sig``).
+
+    On start the kept files are walked from the config's root, one version at a time, exactly as
+    when they first arrived; a kept file that no longer verifies (e.g. the root in the config was
+    replaced) ends the walk there. New versions come in through :meth:`offer`.
+    """
+
+    def __init__(self, directory: Path, root: TrustConfig) -> None:
+        self._dir = Path(directory)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._root = root
+        self._current = root
+        versions = sorted(
+            int(m.group(1))
+            for p in self._dir.iterdir()
+            if (m := _VERSION_FILE.fullmatch(p.name)) is not None
+        )
+        for version in versions:
+            if version <= self._current.version:
+                continue
+            path = self._dir / f"{version}.toml"
+            try:
+                self._current = rotate(
+                    self._current, _read(path), _read(Path(f"{path}.sig")), str(path)
+                )
+            except TrustError as err:
+                log.warning(
+                    "kept trust file not applied, staying at version %s: %s",
+                    self._current.version,
+                    err,
+                )
+                break
+
+    def current(self) -> TrustConfig:
+        return self._current
+
+    def expired(self, now: datetime) -> bool:
+        return self._current.expires is not None and self._current.expires <= now
+
+    def offer(self, data: bytes, sig: bytes, source: str = "<trust>") -> TrustConfig:
+        """Accept the next version (raise :class:`TrustError` if it is not) and keep it."""
+        new = rotate(self._current, data, sig, source)
+        path = self._dir / f"{new.version}.toml"
+        atomic_write_bytes(path, data, 0o644)
+        atomic_write_bytes(Path(f"{path}.sig"), sig, 0o644)
+        log.info(
+            "trust rotated to version %s (%s keys, threshold %s)",
+            new.version,
+            len(new.keys),
+            new.threshold,
+        )
+        self._current = new
+        return new

@@ -154,12 +154,19 @@ def test_public_key_file_with_comment_and_blank_lines(tmp_path: Path) -> None:
         ("ed25519:" + base64.b64encode(b"\x01" * 31).decode(), "31 bytes"),
         ("ed25519:" + base64.b64encode(b"\x01" * 33).decode(), "33 bytes"),
         ("ed25519:", "0 bytes"),
-        ("ed25519:AAAA AAAA", "not valid base64"),
+        ("ed25519:AAAA AAAA", "is 3 bytes"),
     ],
 )
 def test_bad_public_key_strings(text: str, match: str) -> None:
     with pytest.raises(KeyFileError, match=match):
         parse_public_key(text)
+
+
+def test_pasted_public_line_with_comment(tmp_path: Path) -> None:
+    _, pub = generate_keypair(tmp_path / "z")
+    line = pub.read_text().strip()
+    assert " " in line  # keygen writes a comment after the key
+    assert public_key_string(parse_public_key(line)) == line.split()[0]
 
 
 def test_public_key_file_with_wrong_prefix(tmp_path: Path) -> None:

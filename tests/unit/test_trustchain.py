@@ -18,6 +18,7 @@ from proscribe.agent.policy.envelope import (
 from proscribe.agent.policy.keys import public_key_string
 from proscribe.agent.policy.trustchain import (
     TrustConfig,
+    TrustStore,
     load_trust_chain,
     parse_trust,
     rotate,
@@ -192,3 +193,42 @@ def test_missing_trust_files(tmp_path: Path) -> None:
     (tmp_path / "x.toml").write_bytes(trust_toml(2, 1, k1))
     with pytest.raises(TrustError, match=r"x\.toml\.sig: not found"):
         load_trust_chain(root_of(k1, 1), [tmp_path / "x.toml"])
+
+
+def test_trust_store_keeps_accepted_versions_across_restart(tmp_path: Path) -> None:
+    k1, k2, k3 = new_keys(1), new_keys(2), new_keys(1)
+    root = root_of(k1, 1)
+    store = TrustStore(tmp_path / "trust", root)
+    assert store.current() is root
+    t2 = trust_toml(2, 2, k2)
+    t3 = trust_toml(3, 1, k3, "expires = 2026-01-01T00:00:00Z\n")
+    with pytest.raises(TrustError, match="cannot follow"):
+        store.offer(t3, sign(t3, k1 + k3))  # skipping version 2
+    assert store.current() is root
+    assert store.offer(t2, sign(t2, k1 + k2)).version == 2
+    assert store.offer(t3, sign(t3, k2 + k3)).version == 3
+    assert sorted(p.name for p in (tmp_path / "trust").iterdir()) == [
+        "2.toml",
+        "2.toml.sig",
+        "3.toml",
+        "3.toml.sig",
+    ]
+    again = TrustStore(tmp_path / "trust", root)
+    assert again.current().version == 3
+    assert again.current().key_strings() == tuple(public_key_string(k.public_key()) for k in k3)
+    assert not again.expired(datetime(2025, 6, 1, tzinfo=UTC))
+    assert again.expired(datetime(2026, 6, 1, tzinfo=UTC))
+
+
+def test_trust_store_stops_at_a_kept_file_that_no_longer_verifies(tmp_path: Path) -> None:
+    k1, k2 = new_keys(1), new_keys(1)
+    store = TrustStore(tmp_path / "trust", root_of(k1, 1))
+    t2 = trust_toml(2, 1, k2)
+    store.offer(t2, sign(t2, k1 + k2))
+    # tampered on disk
+    (tmp_path / "trust" / "2.toml").write_bytes(t2 + b"# edited\n")
+    assert TrustStore(tmp_path / "trust", root_of(k1, 1)).current().version == 1
+    # a different root in the config does not inherit the old chain
+    (tmp_path / "trust" / "2.toml").write_bytes(t2)
+    other_root = root_of(new_keys(1), 1)
+    assert TrustStore(tmp_path / "trust", other_root).current() is other_root
