@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -410,9 +411,19 @@ def _globs(
     good = []
     for pattern in t.strings(key, required=required, empty_ok=empty_ok):
         try:
-            compile_glob(pattern, path=path, ignore_case=ignore_case)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compile_glob(pattern, path=path, ignore_case=ignore_case)
         except ValueError as err:
             t.issue(key, f"bad glob: {err}", "see policies/README.md, globs")
+            continue
+        if caught:
+            # Python's `re` reserves "&&", "||", "~~" and "--" inside [...] for set operations.
+            t.issue(
+                key,
+                f"bad glob: {pattern!r}: a doubled '&', '|', '~' or '-' in [...] is ambiguous",
+                "write the character once",
+            )
             continue
         good.append(pattern)
     return good

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from re import _compiler as sre_compile  # type: ignore[attr-defined]
 from re import _constants as sre  # type: ignore[attr-defined]
@@ -77,14 +78,27 @@ def compile_cmdline_regex(pattern: str) -> re.Pattern[str]:
     if "\x00" in pattern:
         raise ValueError("pattern contains a NUL character")
     try:
-        compiled = re.compile(pattern)
-        parsed = sre_parse.parse(pattern, 0)
+        with warnings.catch_warnings(record=True) as caught:
+            # `re` warns about syntax whose meaning will change ("[--]", "[[a]"): refuse it
+            # rather than print a warning from the agent or enforce a pattern that may change.
+            warnings.simplefilter("always")
+            compiled = re.compile(pattern)
+            parsed = sre_parse.parse(pattern, 0)
+        if caught:
+            raise ValueError(
+                f"ambiguous regular expression: {caught[0].message}; escape the character"
+            )
     except re.error as err:
         raise ValueError(f"not a valid regular expression: {err}") from err
-    except (RecursionError, OverflowError) as err:
+    except OverflowError as err:
+        raise ValueError("a repeat count is too large") from err
+    except RecursionError as err:
         raise ValueError("regular expression is nested too deeply") from err
     checker = _ShapeCheck(parsed.state)
-    _paths, work = checker.sequence(list(parsed.data), parsed.state.flags, [])
+    try:
+        _paths, work = checker.sequence(list(parsed.data), parsed.state.flags, [])
+    except RecursionError as err:
+        raise ValueError("regular expression is nested too deeply") from err
     if checker.repeats > MAX_REPEATS:
         raise ValueError(
             f"pattern has {checker.repeats} repeats, the limit is {MAX_REPEATS}; simplify it"

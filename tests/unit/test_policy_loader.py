@@ -246,6 +246,11 @@ def test_bad_glob_in_names_paths_and_files() -> None:
     ]
 
 
+def test_glob_class_that_python_reserves_for_set_operations() -> None:
+    issue = only(with_rule('[[file]]\nid = "f"\nglobs = ["/x/[a&&b]"]\n'))
+    assert issue.line == 18 and "ambiguous" in issue.message
+
+
 def test_bad_and_unsafe_regexes() -> None:
     text = with_rule("[[process]]\nid = \"p\"\ncmdline = ['(unclosed', '(a+)+$', 'ok-deepseek']\n")
     issues = lint(text)

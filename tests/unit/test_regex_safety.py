@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from proscribe.agent.policy.regex_safety import (
     MAX_CMDLINE_MATCH_CHARS,
     MAX_PATTERN_CHARS,
@@ -143,3 +145,38 @@ def test_cmdline_window_keeps_head_and_tail() -> None:
     assert window.startswith("ollama run ")
     assert window.endswith(" deepseek-r1")
     assert cmdline_window(["a", "b"]) == "a b"
+
+
+PATTERN_ALPHABET = list("ab.*+?{}()[]|\\^$-,0123456789dsSwW:<=!P#i&~")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(PATTERN_ALPHABET), max_size=60))
+def test_random_patterns_raise_only_value_error(pattern: str) -> None:
+    try:
+        compiled = compile_cmdline_regex(pattern)
+    except ValueError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    start = time.perf_counter()
+    for text in ("a" * MAX_CMDLINE_MATCH_CHARS, "ab" * (MAX_CMDLINE_MATCH_CHARS // 2)):
+        compiled.search(text)
+    assert time.perf_counter() - start < 0.2, pattern
+
+
+@pytest.mark.parametrize(
+    ("pattern", "needle"),
+    [
+        ("(" * 200 + "a" + ")" * 200, ""),
+        ("a{99999999999999}", "repeat count is too large"),
+        ("[z-a]", "bad character range"),
+        ("[[a]", "ambiguous regular expression: Possible nested set"),
+        ("x[a&&b]", "ambiguous regular expression: Possible set intersection"),
+    ],
+)
+def test_odd_patterns(pattern: str, needle: str) -> None:
+    if not needle:
+        compile_cmdline_regex(pattern)  # deep but harmless nesting is fine
+        return
+    with pytest.raises(ValueError, match=needle):
+        compile_cmdline_regex(pattern)
