@@ -104,6 +104,45 @@ def _parse_event(data: bytes, body: int, size: int) -> ProcEvent | None:
     return None
 
 
+# Classic BPF run by the kernel on each message before it is queued: keep only exec and comm
+# events, so the fork and exit events (most of the traffic) never wake the agent nor fill the
+# socket buffer. BPF_ABS loads are big-endian, the event code is host order: compare with the
+# byte-swapped code.
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+_SO_ATTACH_FILTER = 26
+_WHAT_OFFSET = _HEADERS  # proc_event.what
+
+
+def _wire_code(what: int) -> int:
+    return int.from_bytes(struct.pack("=I", what), "big")
+
+
+def filter_program() -> list[tuple[int, int, int, int]]:
+    return [
+        (_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET),
+        (_BPF_JEQ_K, 2, 0, _wire_code(PROC_EVENT_EXEC)),
+        (_BPF_JEQ_K, 1, 0, _wire_code(PROC_EVENT_COMM)),
+        (_BPF_RET_K, 0, 0, 0),  # drop
+        (_BPF_RET_K, 0, 0, 0xFFFF),  # keep (whole message)
+    ]
+
+
+def _attach_filter(sock: socket.socket) -> None:
+    """Best effort: without the filter every event is delivered and parsed in Python."""
+    import ctypes
+
+    program = filter_program()
+    raw = b"".join(struct.pack("=HBBI", *ins) for ins in program)
+    buffer = ctypes.create_string_buffer(raw, len(raw))
+    fprog = struct.pack("=HxxxxxxQ", len(program), ctypes.addressof(buffer))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        pass
+
+
 def subscription_message(op: int = PROC_CN_MCAST_LISTEN, port: int = 0) -> bytes:
     payload = struct.pack("=I", op)
     cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0)
@@ -125,6 +164,7 @@ class ProcConnector:
                 sock.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)  # SO_RCVBUFFORCE
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            _attach_filter(sock)
             sock.bind((0, CN_IDX_PROC))
             port = sock.getsockname()[0]
             sock.send(subscription_message(PROC_CN_MCAST_LISTEN, port))

@@ -1,0 +1,114 @@
+"""Idle footprint of the real daemon (``proscribe agent run``) with ~500 processes on the host.
+
+Starts 500 ``sleep`` processes, starts the agent (netlink when root, and the polling sensor as
+the peer), lets it settle, then samples its RSS and CPU time over ``--seconds`` (default 60).
+Prints RSS (end and max), CPU% of one core. Everything started here is killed by pid afterwards.
+
+The CLI entry point imports every subcommand (including the collector's SQLAlchemy), so the
+agent is also measured started directly through :func:`proscribe.agent.daemon.build`, to show
+what the daemon itself costs.
+
+    .venv/bin/python bench/idle_footprint.py [--seconds 60] [--processes 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+
+from agent_harness import Signer, policy_text, write_config
+
+DIRECT = (
+    "import logging, sys\n"
+    "from pathlib import Path\n"
+    "from proscribe.agent.config import load_agent_config\n"
+    "from proscribe.agent.daemon import build\n"
+    "logging.basicConfig(level=logging.WARNING)\n"
+    "build(load_agent_config(Path(sys.argv[1]))).run()\n"
+)
+
+
+def measure(config: Path, seconds: float, direct: bool) -> tuple[float, float, float]:
+    argv = (
+        [sys.executable, "-c", DIRECT, str(config)]
+        if direct
+        else [sys.executable, "-m", "proscribe.agent", "agent", "run", "--config", str(config)]
+    )
+    agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = psutil.Process(agent.pid)
+        status = config.parent / "state" / "status.json"
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(5)  # first sweep of the 500 processes, imports settle
+        cpu0 = sum(proc.cpu_times()[:2])
+        t0 = time.monotonic()
+        max_rss = 0
+        while time.monotonic() - t0 < seconds:
+            max_rss = max(max_rss, proc.memory_info().rss)
+            time.sleep(1)
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        elapsed = time.monotonic() - t0
+        rss = proc.memory_info().rss
+        return rss / 2**20, max(max_rss, rss) / 2**20, 100 * cpu / elapsed
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--processes", type=int, default=500)
+    args = parser.parse_args()
+    sleepers = [subprocess.Popen(["/bin/sleep", "3600"]) for _ in range(args.processes)]
+    runs = [("auto (netlink when root)", "auto", False), ("poll every 1 s", "poll", False)]
+    runs.append(("auto, daemon only (no CLI imports)", "auto", True))
+    try:
+        print(
+            f"idle agent with {len(psutil.pids())} processes on the host, "
+            f"{args.seconds:.0f} s per run"
+        )
+        for label, sensor, direct in runs:
+            tmp = Path(tempfile.mkdtemp(prefix="proscribe-idle-"))
+            try:
+                signer = Signer()
+                signer.write(tmp / "policy.toml", policy_text(secrets.token_hex(3)))
+                config = write_config(tmp, signer, process=sensor)
+                text = config.read_text().replace("poll_interval = 0.2", "poll_interval = 1.0")
+                text = text.replace("status_interval = 0.5", "status_interval = 5")
+                config.write_text(text.replace("sweep_interval = 5", "sweep_interval = 30"))
+                rss, max_rss, cpu = measure(config, args.seconds, direct)
+                print(
+                    f"  {label:<36} RSS {rss:6.1f} MiB (max {max_rss:6.1f})   "
+                    f"CPU {cpu:5.2f}% of one core"
+                )
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        for s in sleepers:
+            s.kill()
+        for s in sleepers:
+            s.wait()
+    print("targets: <= 40 MiB RSS, <= 0.5% of a core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
