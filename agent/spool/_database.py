@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq        INTEGER NOT NULL,
     kind       TEXT NOT NULL,
     rule_key   TEXT NOT NULL,
-    fold_key   TEXT,
+    fold_key   INTEGER,
     state      TEXT NOT NULL DEFAULT 'pending',
     count      INTEGER NOT NULL DEFAULT 1,
     size       INTEGER NOT NULL,
@@ -58,6 +58,8 @@ def _connect(path: Path) -> sqlite3.Connection:
         if mode is None or str(mode[0]).lower() != "wal":
             raise sqlite3.OperationalError(f"journal_mode=WAL refused (got {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint the WAL is truncated to this, so the file set stays near the cap.
+        conn.execute("PRAGMA journal_size_limit=8388608")
         conn.execute("PRAGMA foreign_keys=OFF")
         check = conn.execute("PRAGMA integrity_check").fetchall()
         if [row[0] for row in check] != ["ok"]:

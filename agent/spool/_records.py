@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,7 @@ def _section(event: Event, name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def fold_key(event: Event) -> str | None:
+def fold_key(event: Event) -> int | None:
     """Identity under which repeats fold into one row's ``count``; None = never folded.
 
     Same kind, rule and action, and the same thing seen: for a process its executable (or name),
@@ -102,7 +103,12 @@ def fold_key(event: Event) -> str | None:
         seen = [_section(event, "file").get("path")]
     else:
         seen = [event.get("detail")]
-    return json.dumps([kind, event.get("rule"), event.get("action"), *seen], default=str)
+    text = json.dumps([kind, event.get("rule"), event.get("action"), *seen], default=str)
+    # A signed 64-bit digest keeps the index small; a collision merely folds two unrelated
+    # repeats' counts (only ever when the spool is full), it never loses a first violation.
+    return int.from_bytes(
+        hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True
+    )
 
 
 def rule_key(event: Event) -> str:

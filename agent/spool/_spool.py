@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,6 +43,34 @@ def _row(row: tuple[Any, ...]) -> SpooledEvent:
     if count > 1 or "count" in event:
         event["count"] = count
     return SpooledEvent(event_id, event, size, state, count, created, error)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    id: str
+    body: str
+    size: int
+    kind: str
+    rule_key: str
+    fold_key: int | None
+    count: int
+
+
+def _prepare(event: Event) -> _Prepared:
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise ValueError("an event needs a string 'id' before it is spooled")
+    body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    count = event.get("count", 1)
+    return _Prepared(
+        id=event_id,
+        body=body,
+        size=len(body.encode("utf-8")),
+        kind=str(event.get("kind")),
+        rule_key=rule_key(event),
+        fold_key=fold_key(event),
+        count=count if isinstance(count, int) and count > 0 else 1,
+    )
 
 
 class Spool:
@@ -134,63 +163,64 @@ class Spool:
         rows that must be kept, or the disk refused the write. Every False is counted in
         ``stats().dropped``. Never raises for a storage problem: a sensor thread calls this.
         """
-        event_id = event.get("id")
-        if not isinstance(event_id, str) or not event_id:
-            raise ValueError("an event needs a string 'id' before it is spooled")
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        size = len(body.encode("utf-8"))
-        kind = str(event.get("kind"))
-        fkey = fold_key(event)
-        count = event.get("count", 1)
-        count = count if isinstance(count, int) and count > 0 else 1
+        return self.append_many([event])[0]
 
-        def work(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
-                return True  # same id twice: already stored, nothing to do
-            if size > min(self.max_bytes, MAX_BATCH_BYTES):
-                self._bump(db, "dropped:too_large")
-                return False
-            if not self._make_room(db, size):
-                self._bump(db, "dropped:full")
-                return False
-            if fkey is not None and not self._foldable:
-                self._foldable = bool(
-                    db.execute(
-                        "SELECT 1 FROM events WHERE fold_key = ? AND state = ? LIMIT 1",
-                        (fkey, PENDING),
-                    ).fetchone()
-                )
-            self._seq += 1
-            db.execute(
-                "INSERT INTO events(id, seq, kind, rule_key, fold_key, state, count, size, body,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    self._seq,
-                    kind,
-                    rule_key(event),
-                    fkey,
-                    PENDING,
-                    count,
-                    size,
-                    body,
-                    self._clock(),
-                ),
-            )
-            self._rows += 1
-            self._bytes += size
-            return True
+    def append_many(self, events: list[Event]) -> list[bool]:
+        """Commit several events in ONE transaction (one fsync): for bursts. Same rules."""
+        rows = [_prepare(event) for event in events]
+        if not rows:
+            return []
+
+        def work(db: sqlite3.Connection) -> list[bool]:
+            return [self._insert(db, row) for row in rows]
 
         with self._lock:
             try:
-                return bool(self._transaction(work))
+                return list(self._transaction(work))
             except sqlite3.Error as err:
-                log.error("spool %s: could not store event %s: %s", self.path, event_id, err)
+                log.error("spool %s: could not store %d event(s): %s", self.path, len(rows), err)
                 try:
-                    self._bump_counter_now("dropped:write_error", 1)
+                    self._bump_counter_now("dropped:write_error", len(rows))
                 except sqlite3.Error:
                     pass
-                return False
+                return [False] * len(rows)
+
+    def _insert(self, db: sqlite3.Connection, row: _Prepared) -> bool:
+        if db.execute("SELECT 1 FROM events WHERE id = ?", (row.id,)).fetchone():
+            return True  # same id twice: already stored, nothing to do
+        if row.size > min(self.max_bytes, MAX_BATCH_BYTES):
+            self._bump(db, "dropped:too_large")
+            return False
+        if not self._make_room(db, row.size):
+            self._bump(db, "dropped:full")
+            return False
+        if row.fold_key is not None and not self._foldable:
+            self._foldable = bool(
+                db.execute(
+                    "SELECT 1 FROM events WHERE fold_key = ? AND state = ? LIMIT 1",
+                    (row.fold_key, PENDING),
+                ).fetchone()
+            )
+        self._seq += 1
+        db.execute(
+            "INSERT INTO events(id, seq, kind, rule_key, fold_key, state, count, size, body,"
+            " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                self._seq,
+                row.kind,
+                row.rule_key,
+                row.fold_key,
+                PENDING,
+                row.count,
+                row.size,
+                row.body,
+                self._clock(),
+            ),
+        )
+        self._rows += 1
+        self._bytes += row.size
+        return True
 
     def _fits(self, size: int) -> bool:
         return self._rows + 1 <= self.max_events and self._bytes + size <= self.max_bytes

@@ -341,3 +341,21 @@ def test_concurrent_appends_from_threads(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "spool.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_append_many_is_one_commit_with_the_same_rules(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db", max_events=3)
+    a, b = violation(rule="a"), violation(rule="b")
+    assert s.append_many([a, b, dict(a), violation(rule="c"), violation(rule="d")]) == [
+        True,
+        True,
+        True,  # same id again within the burst: no-op
+        True,
+        False,  # three firsts of their rules fill the spool
+    ]
+    assert s.stats().depth == 3
+    assert s.stats().dropped == {"full": 1}
+    assert s.append_many([]) == []
+    with pytest.raises(ValueError):
+        s.append_many([{"kind": "process"}])
+    s.close()
