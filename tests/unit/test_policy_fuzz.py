@@ -164,3 +164,48 @@ def test_every_key_with_every_tricky_value(value: str, pick: int) -> None:
 
 def test_seed_is_valid() -> None:
     assert lint_policy(SEED, "seed") == []
+
+
+LIST_KEYS = {
+    "[[process]]": ["names", "paths", "cmdline", "sha256", "directives"],
+    "[[domain]]": ["names"],
+    "[[file]]": ["globs"],
+    "[[exemption]]": ["rules", "hosts", "users"],
+}
+
+
+@FUZZ
+@given(
+    st.sampled_from(sorted(LIST_KEYS)),
+    st.data(),
+    st.lists(st.text(max_size=40), min_size=1, max_size=4),
+)
+def test_random_strings_in_every_list_key(
+    table: str, data: st.DataObject, items: list[str]
+) -> None:
+    key = data.draw(st.sampled_from(LIST_KEYS[table]))
+    quoted = ", ".join(_toml_string(item) for item in items)
+    text = "\n".join(
+        [
+            SEED.decode(),
+            "[[domain]]",
+            'id = "fuzz-base"',
+            'names = ["b.example"]',
+            table,
+            'id = "fuzz-target"',
+            f"{key} = [{quoted}]",
+        ]
+    )
+    check(text.encode("utf-8", "surrogatepass"))
+
+
+def _toml_string(text: str) -> str:
+    escaped = []
+    for char in text:
+        if char in '"\\' or ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04x}")
+        elif 0xD800 <= ord(char) <= 0xDFFF:
+            escaped.append("?")  # TOML strings cannot hold lone surrogates
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
