@@ -292,6 +292,24 @@ render_py() {  # the installed environment's python (relocatable), else the one 
 }
 render() { render_py "$COMMON_DIR/render_config.py" "$@"; }
 
+config_args() {  # the render_config.py arguments for this run, in CONFIG_ARGS
+  CONFIG_ARGS=()
+  if [ "$COMPONENT" = agent ]; then
+    CONFIG_ARGS=(agent --platform linux --mode "$MODE" --dns "$DNS" --threshold "$THRESHOLD")
+    [ -n "$COLLECTOR_URL" ] && CONFIG_ARGS+=(--collector-url "$COLLECTOR_URL")
+    [ -n "$CA_FILE" ] && CONFIG_ARGS+=(--ca-file "$CONF_DIR/ca.pem")
+    [ -n "$SECRET_FILE" ] && CONFIG_ARGS+=(--enroll-secret-file "$CONF_DIR/enroll.secret")
+    [ -n "$DNS_LISTEN" ] && CONFIG_ARGS+=(--dns-proxy-listen "$DNS_LISTEN")
+  else
+    CONFIG_ARGS=(collector --platform linux --listen "$LISTEN" --threshold "$THRESHOLD")
+    [ -n "$TLS_CERT" ] && CONFIG_ARGS+=(--tls-cert "$CONF_DIR/collector.crt" --tls-key "$CONF_DIR/collector.key")
+    [ -n "$BEHIND_PROXY" ] && CONFIG_ARGS+=(--behind-proxy)
+    [ -n "$DATABASE_URL" ] && CONFIG_ARGS+=(--database-url "$DATABASE_URL")
+  fi
+  local k
+  for k in ${TRUSTED_KEYS[@]+"${TRUSTED_KEYS[@]}"}; do CONFIG_ARGS+=(--trusted-key "$k"); done
+}
+
 write_config() {
   local target
   target=$(r "$CONFIG")
@@ -299,23 +317,8 @@ write_config() {
     note "kept the existing $CONFIG (pass --force-config to rewrite it from the flags)"
     return
   fi
-  local args=()
-  if [ "$COMPONENT" = agent ]; then
-    args=(agent --platform linux --mode "$MODE" --dns "$DNS" --threshold "$THRESHOLD")
-    [ -n "$COLLECTOR_URL" ] && args+=(--collector-url "$COLLECTOR_URL")
-    [ -n "$CA_FILE" ] && args+=(--ca-file "$CONF_DIR/ca.pem")
-    [ -n "$SECRET_FILE" ] && args+=(--enroll-secret-file "$CONF_DIR/enroll.secret")
-    [ -n "$DNS_LISTEN" ] && args+=(--dns-proxy-listen "$DNS_LISTEN")
-  else
-    args=(collector --platform linux --listen "$LISTEN" --threshold "$THRESHOLD")
-    [ -n "$TLS_CERT" ] && args+=(--tls-cert "$CONF_DIR/collector.crt" --tls-key "$CONF_DIR/collector.key")
-    [ -n "$BEHIND_PROXY" ] && args+=(--behind-proxy)
-    [ -n "$DATABASE_URL" ] && args+=(--database-url "$DATABASE_URL")
-  fi
-  local k
-  for k in ${TRUSTED_KEYS[@]+"${TRUSTED_KEYS[@]}"}; do args+=(--trusted-key "$k"); done
   local tmp="$target.new"
-  render "${args[@]}" -o "$tmp" || { rm -f "$tmp"; die "could not write $CONFIG (see the line above)"; }
+  render "${CONFIG_ARGS[@]}" -o "$tmp" || { rm -f "$tmp"; die "could not write $CONFIG (see the line above)"; }
   if [ -e "$target" ]; then
     cp -p "$target" "$target.bak"
     note "saved the previous $CONFIG as $CONFIG.bak"
@@ -417,6 +420,11 @@ start_service() {
 }
 
 # ---- main ----------------------------------------------------------------------------------
+# Reject bad configuration flags (keys, URL, threshold) before touching anything.
+config_args
+if ! validation=$(render "${CONFIG_ARGS[@]}" 2>&1 >/dev/null); then
+  die "${validation#render_config.py: error: }"
+fi
 if [ "$CONFIGURE_ONLY" = 1 ]; then
   [ -x "$(r "$PREFIX")/bin/proscribe" ] || die "--configure-only: $(r "$PREFIX") holds no installation (fix: run without --configure-only)"
 else

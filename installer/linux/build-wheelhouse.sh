@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Make an offline wheelhouse: the proscribe wheel plus every dependency, for
+# "install.sh --wheelhouse DIR" (or the Ansible role) on networks with no package index.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROG=build-wheelhouse.sh
+usage() {
+  cat <<'EOF'
+Usage: build-wheelhouse.sh -o DIR [--component agent|collector] [--wheel FILE] [--python PY]
+                           [-- PIP-DOWNLOAD-OPTIONS…]
+
+Writes the proscribe wheel (built from this source tree unless --wheel is given) and all of
+its dependencies into DIR. Run it on a machine with index access and the same OS/CPU/Python
+as the targets, or pass pip's target options after "--", e.g.
+  -- --platform manylinux2014_x86_64 --python-version 3.11 --only-binary=:all:
+Then copy DIR to the air-gapped network and run: install.sh --wheelhouse DIR
+  --component collector   include the collector's extra dependencies
+EOF
+}
+die() { echo "$PROG: error: $*" >&2; exit 2; }
+
+OUT="" WHEEL="" PY=python3 EXTRA=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    -o|--output) [ $# -ge 2 ] || die "$1 needs a directory"; OUT=$2; shift ;;
+    --wheel) [ $# -ge 2 ] || die "--wheel needs a file"; WHEEL=$2; shift ;;
+    --python) [ $# -ge 2 ] || die "--python needs a path"; PY=$2; shift ;;
+    --component)
+      [ $# -ge 2 ] || die "--component needs a value"
+      case "$2" in agent) EXTRA="" ;; collector) EXTRA="[collector]" ;; *) die "--component must be agent or collector" ;; esac
+      shift ;;
+    --) shift; break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+[ -n "$OUT" ] || die "-o DIR is required (see --help)"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+if [ -z "$WHEEL" ]; then
+  src=$(cd "$SCRIPT_DIR/../.." && pwd)
+  [ -f "$src/pyproject.toml" ] || die "$src is not a source tree (fix: pass --wheel FILE)"
+  "$PY" -m pip wheel -q --no-deps -w "$OUT" "$src" >&2 || die "building the wheel from $src failed"
+  WHEEL=$(ls -t "$OUT"/proscribe-*.whl | head -n 1)
+else
+  [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"
+  cp -f "$WHEEL" "$OUT/"
+  WHEEL="$OUT/$(basename "$WHEEL")"
+fi
+"$PY" -m pip download -q --disable-pip-version-check -d "$OUT" "$@" "$WHEEL$EXTRA" >&2 \
+  || die "pip download failed (see pip's message above)"
+echo "$OUT"
+ls -1 "$OUT" | sed 's/^/  /'

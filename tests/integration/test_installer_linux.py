@@ -1,0 +1,420 @@
+"""install.sh / uninstall.sh / build-deb.sh, run for real into staging roots.
+
+One wheelhouse (the proscribe wheel built from this tree plus its dependencies, made by
+installer/linux/build-wheelhouse.sh) serves the whole session; installs are offline from it.
+Nothing here touches the host's /opt, /etc or systemd: every path is under a temp root.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from proscribe.agent.config import load_agent_config
+from proscribe.agent.policy.keys import public_key_string
+
+REPO = Path(__file__).resolve().parents[2]
+LINUX = REPO / "installer" / "linux"
+INSTALL = LINUX / "install.sh"
+UNINSTALL = LINUX / "uninstall.sh"
+PREFIX = "opt/proscribe"
+
+
+def build_wheelhouse(base: Path) -> Path:
+    """The session's wheelhouse; built once per pytest base temp dir, shared by modules."""
+    house = base / "installer-wheelhouse"
+    if not (house / ".complete").exists():
+        shutil.rmtree(house, ignore_errors=True)
+        subprocess.run(
+            [str(LINUX / "build-wheelhouse.sh"), "-o", str(house), "--python", sys.executable],
+            check=True,
+            capture_output=True,
+            timeout=240,
+        )
+        (house / ".complete").touch()
+    return house
+
+
+def run(
+    *args: str | Path, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def unit_caps(unit: Path) -> set[str]:
+    for line in unit.read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            return set(line.split("=", 1)[1].split())
+    raise AssertionError(f"{unit}: no CapabilityBoundingSet=")
+
+
+def new_key() -> str:
+    return public_key_string(Ed25519PrivateKey.generate().public_key())
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheelhouse(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    d = tmp_path_factory.mktemp("installer-inputs")
+    secret = d / "enroll.secret"
+    secret.write_text("s3cret-enroll-value\n")
+    pub = d / "signer.pub"
+    key_a = new_key()
+    pub.write_text(key_a + "\n")
+    ca = d / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    policy = d / "policy.toml"
+    policy.write_text('[meta]\nschema = 1\nid = "p"\n')
+    (d / "policy.toml.sig").write_text('{"signatures": []}')
+    return {
+        "secret": secret,
+        "pub": pub,
+        "key_a": key_a,
+        "key_b": new_key(),
+        "ca": ca,
+        "policy": policy,
+    }
+
+
+def install_args(root: Path, house: Path, inputs: dict[str, Path | str], *extra: str) -> list[str]:
+    return [
+        str(INSTALL), "--root", str(root), "--wheelhouse", str(house), "--python", sys.executable,
+        "--collector-url", "http://127.0.0.1:8443",
+        "--ca-file", str(inputs["ca"]),
+        "--enroll-secret-file", str(inputs["secret"]),
+        "--trusted-key", str(inputs["pub"]), "--trusted-key", str(inputs["key_b"]),
+        "--threshold", "2", "--policy", str(inputs["policy"]), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pristine(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, inputs: dict[str, Path | str]
+) -> tuple[Path, str]:
+    """One real install; tests that change it work on a copy."""
+    root = tmp_path_factory.mktemp("pristine") / "root"
+    out = run(*install_args(root, wheelhouse, inputs))
+    return root, out.stdout
+
+
+@pytest.fixture
+def root(pristine: tuple[Path, str], tmp_path: Path) -> Path:
+    # etc/ and var/ are copied; the venv is hard-linked (fast), which is safe because
+    # install.sh and uninstall.sh only ever replace or unlink files under opt/, never edit them.
+    copy = tmp_path / "root"
+    copy.mkdir()
+    for top in ("etc", "var"):
+        shutil.copytree(pristine[0] / top, copy / top, symlinks=True)
+    run("cp", "-al", pristine[0] / "opt", copy / "opt")
+    return copy
+
+
+def test_install_writes_config_secret_and_modes(
+    pristine: tuple[Path, str], inputs: dict[str, Path | str]
+) -> None:
+    root, stdout = pristine
+    etc = root / "etc/proscribe"
+    assert mode_of(etc / "enroll.secret") == 0o600
+    assert (etc / "enroll.secret").read_text() == "s3cret-enroll-value\n"
+    assert mode_of(etc / "agent.toml") == 0o644
+    assert mode_of(etc / "ca.pem") == 0o644
+    assert (etc / "policy.toml.sig").read_text() == '{"signatures": []}'
+    assert mode_of(root / "var/lib/proscribe") == 0o700
+    assert mode_of(root / "etc/systemd/system/proscribe-agent.service") == 0o644
+
+    config = load_agent_config(etc / "agent.toml")
+    assert config.agent.mode == "enforce"
+    assert config.agent.state_dir == Path("/var/lib/proscribe")
+    assert config.policy.file == Path("/etc/proscribe/policy.toml")
+    assert config.policy.trusted_keys == (inputs["key_a"], inputs["key_b"])
+    assert config.policy.threshold == 2
+    assert config.collector is not None
+    assert config.collector.url == "http://127.0.0.1:8443"
+    assert config.collector.ca_file == Path("/etc/proscribe/ca.pem")
+    assert config.collector.enroll_secret_file == Path("/etc/proscribe/enroll.secret")
+    assert config.sensors.dns == "capture"
+    # It says what it did and that systemd was left alone in a staging root.
+    assert "wrote /etc/proscribe/agent.toml" in stdout
+    assert "did not touch systemd" in stdout
+
+
+def test_installed_command_runs_and_venv_points_at_final_path(pristine: tuple[Path, str]) -> None:
+    root = pristine[0]
+    venv = root / PREFIX
+    out = run(venv / "bin/python", venv / "bin/proscribe", "--version")
+    assert out.stdout.strip() == "proscribe 0.1.0"
+    # Relocated: shebangs and pyvenv.cfg name /opt/proscribe, never the staging path.
+    assert (venv / "bin/proscribe").read_text().splitlines()[0] == "#!/opt/proscribe/bin/python"
+    for f in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+        if f.is_file() and not f.is_symlink():
+            assert str(root) not in f.read_text(errors="replace"), f
+    # The runtime environment holds the agent, not the build tools.
+    assert not (venv / "bin/pip").exists()
+    manifest = (venv / ".install-manifest").read_text().splitlines()
+    assert "tree /opt/proscribe" in manifest
+    assert "file /etc/proscribe/enroll.secret" in manifest
+    assert "state /var/lib/proscribe" in manifest
+
+
+@pytest.mark.linux
+def test_unit_is_hardened_and_passes_systemd_analyze_verify(
+    pristine: tuple[Path, str], tmp_path: Path
+) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
+    root = pristine[0]
+    text = (root / "etc/systemd/system/proscribe-agent.service").read_text()
+    directives = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert directives["ExecStart"] == (
+        "/opt/proscribe/bin/proscribe agent run --config /etc/proscribe/agent.toml"
+    )
+    caps = set(directives["CapabilityBoundingSet"].split())
+    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_KILL",
+                    "CAP_NET_RAW"}  # fmt: skip
+    assert directives["AmbientCapabilities"] == directives["CapabilityBoundingSet"]
+    for key, value in {
+        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only",
+        "ReadWritePaths": "/var/lib/proscribe", "PrivateTmp": "yes", "Restart": "on-failure",
+        "Type": "simple",
+    }.items():  # fmt: skip
+        assert directives[key] == value, key
+    assert "WatchdogSec" not in directives  # the daemon sends no sd_notify; see limitations
+
+    # systemd-analyze checks that ExecStart exists: point it at the staged binary.
+    unit = tmp_path / "proscribe-agent.service"
+    unit.write_text(text.replace("/opt/proscribe/bin", f"{root}/opt/proscribe/bin"))
+    out = run("systemd-analyze", "verify", unit, check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "", out.stderr  # warnings (unknown keys) fail the test too
+
+
+def test_reinstall_upgrades_in_place_keeps_state_and_config(
+    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+) -> None:
+    state = root / "var/lib/proscribe"
+    (state / "spool.sqlite").write_bytes(b"spooled events")
+    (state / "agent.key").write_bytes(b"agent private key")
+    config = root / "etc/proscribe/agent.toml"
+    config.write_text(config.read_text() + "# edited by the admin\n")
+    edited = config.read_text()
+    marker = root / PREFIX / "old-version-marker"
+    marker.touch()
+
+    out = run(*install_args(root, wheelhouse, inputs, "--mode", "monitor", "--dns", "proxy"))
+    assert "upgraded the virtual environment" in out.stdout
+    assert "kept the existing /etc/proscribe/agent.toml" in out.stdout
+    assert config.read_text() == edited
+    assert (state / "spool.sqlite").read_bytes() == b"spooled events"
+    assert (state / "agent.key").read_bytes() == b"agent private key"
+    assert not marker.exists()  # the venv was replaced, not patched
+    # The unit follows the config in place (enforce + capture), not the ignored flags.
+    unit = root / "etc/systemd/system/proscribe-agent.service"
+    assert {"CAP_KILL", "CAP_NET_RAW"} <= unit_caps(unit)
+
+    run(*install_args(root, wheelhouse, inputs, "--configure-only", "--force-config",
+                      "--mode", "monitor", "--dns", "proxy"))  # fmt: skip
+    assert load_agent_config(config).agent.mode == "monitor"
+    assert (root / "etc/proscribe/agent.toml.bak").read_text() == edited
+    # monitor never kills; proxy binds :53 instead of capturing.
+    assert unit_caps(unit) == {
+        "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_NET_BIND_SERVICE"
+    }  # fmt: skip
+    assert (state / "agent.key").exists()
+
+
+def test_uninstall_removes_only_what_was_installed(root: Path) -> None:
+    etc = root / "etc/proscribe"
+    mine = etc / "site-notes.txt"
+    mine.write_text("placed by hand; not the installer's")
+    (root / "var/lib/proscribe/spool.sqlite").write_bytes(b"x")
+    script = root / PREFIX / "share/installer/linux/uninstall.sh"  # the shipped copy
+
+    out = run(script, "--root", root)
+    assert not (root / PREFIX).exists()
+    assert not (root / "etc/systemd/system/proscribe-agent.service").exists()
+    for name in ("agent.toml", "enroll.secret", "ca.pem", "policy.toml", "policy.toml.sig"):
+        assert not (etc / name).exists(), name
+    assert mine.read_text() == "placed by hand; not the installer's"
+    assert "kept /etc/proscribe" in out.stdout
+    assert (root / "var/lib/proscribe/spool.sqlite").exists()  # state survives without --purge
+
+
+def test_purge_removes_state_and_empty_dirs(root: Path) -> None:
+    (root / "var/lib/proscribe/agent.key").write_bytes(b"k")
+    run(UNINSTALL, "--root", root, "--purge")
+    assert not (root / "var/lib/proscribe").exists()
+    assert not (root / "etc/proscribe").exists()  # empty once the installer's files went
+    assert not (root / PREFIX).exists()
+
+
+def test_uninstall_ignores_manifest_entries_outside_its_paths(root: Path) -> None:
+    victim = root / "etc/passwd"
+    victim.write_text("root:x:0:0::/root:/bin/sh\n")
+    manifest = root / PREFIX / ".install-manifest"
+    text = manifest.read_text()
+    manifest.unlink()  # hard-linked to the pristine install: write a new inode
+    manifest.write_text(text + "file /etc/passwd\ntree /\nfile /etc/proscribe/../passwd\n")
+    out = run(UNINSTALL, "--root", root)
+    assert victim.exists()
+    assert "skipping manifest entry" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--mode", "block"], "--mode must be enforce or monitor"),
+        (["--trusted-key", "ed25519:AAAA"], "--trusted-key"),
+        (["--trusted-key", "ed25519:AAAA", "--threshold", "0"], "--trusted-key"),
+        (["--collector-url", "ftp://x"], "--collector-url"),
+        (["--policy", "/nonexistent/p.toml"], "--policy"),
+        (["--wheel"], "--wheel needs a value"),
+        (["--frobnicate"], "unknown option '--frobnicate'"),
+    ],
+)
+def test_bad_flags_fail_with_one_line_before_installing(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    out = run(INSTALL, "--root", tmp_path / "root", *flags, check=False)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: error:"), out.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "root" / PREFIX).exists()
+
+
+def test_threshold_above_key_count_is_refused(tmp_path: Path) -> None:
+    out = run(INSTALL, "--root", tmp_path, "--trusted-key", new_key(), "--threshold", "2",
+              check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert "--threshold 2" in out.stderr
+
+
+def test_help_lists_the_flags() -> None:
+    out = run(INSTALL, "--help")
+    for flag in ("--wheelhouse", "--root", "--force-config", "--configure-only", "--component"):
+        assert flag in out.stdout
+    assert "--purge" in run(UNINSTALL, "--help").stdout
+
+
+@pytest.mark.slow
+def test_collector_component_installs_with_its_own_unit_and_config(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = tmp_path_factory.getbasetemp()
+    house = base / "installer-wheelhouse-collector"
+    if not (house / ".complete").exists():
+        run(LINUX / "build-wheelhouse.sh", "-o", house, "--component", "collector",
+            "--wheel", next(build_wheelhouse(base).glob("proscribe-*.whl")),
+            "--python", sys.executable, timeout=240)  # fmt: skip
+        (house / ".complete").touch()
+    root = tmp_path / "root"
+    key = new_key()
+    run(INSTALL, "--root", root, "--component", "collector", "--wheelhouse", house,
+        "--python", sys.executable, "--trusted-key", key)  # fmt: skip
+    venv = root / "opt/proscribe-collector"
+    out = run(venv / "bin/python", "-c", "import proscribe.collector.app, fastapi; print('ok')")
+    assert out.stdout.strip() == "ok"
+    cfg = tomllib.loads((root / "etc/proscribe/collector.toml").read_text())
+    assert cfg["server"]["listen"] == "127.0.0.1:8443"
+    assert cfg["database"]["url"] == "sqlite:////var/lib/proscribe-collector/collector.db"
+    assert cfg["policy"]["trusted_keys"] == [key]
+    # The collector's own loader accepts it.
+    from proscribe.collector.config import load_collector_config
+
+    assert load_collector_config(root / "etc/proscribe/collector.toml").trusted_keys == (key,)
+    unit = (root / "etc/systemd/system/proscribe-collector.service").read_text()
+    assert "User=proscribe\n" in unit and "CapabilityBoundingSet=\n" in unit
+    assert "StateDirectory=proscribe-collector\n" in unit
+    if shutil.which("systemd-analyze"):
+        staged = tmp_path / "proscribe-collector.service"
+        staged.write_text(unit.replace("/opt/proscribe-collector/bin", f"{venv}/bin"))
+        verify = run("systemd-analyze", "verify", staged, check=False, timeout=60)
+        assert verify.returncode == 0, verify.stderr
+    run(UNINSTALL, "--root", root, "--component", "collector", "--purge")
+    assert not venv.exists()
+    assert not (root / "etc/proscribe").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.linux
+def test_deb_contents_scripts_and_scratch_root_install(wheelhouse: Path, tmp_path: Path) -> None:
+    if shutil.which("dpkg-deb") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs dpkg-deb and /usr/bin/python3 (Debian)")
+    wheel = next(wheelhouse.glob("proscribe-*.whl"))
+    out = run(LINUX / "build-deb.sh", "--wheel", wheel, "--wheelhouse", wheelhouse,
+              "-o", tmp_path / "out", timeout=300)  # fmt: skip
+    deb = Path(out.stdout.strip().splitlines()[-1])
+    arch = run("dpkg", "--print-architecture").stdout.strip()
+    assert deb.name == f"proscribe-agent_0.1.0_{arch}.deb"
+
+    info = run("dpkg-deb", "-I", deb).stdout
+    assert "Package: proscribe-agent" in info and "Depends: python3." in info
+    for script in ("postinst", "prerm", "postrm", "conffiles"):
+        assert script in info
+    assert run("dpkg-deb", "-f", deb, "Version").stdout.strip() == "0.1.0"
+    contents = run("dpkg-deb", "-c", deb).stdout
+    assert "./opt/proscribe/bin/proscribe" in contents
+    assert "./etc/proscribe/agent.toml" in contents
+    assert "./opt/proscribe/share/installer/linux/install.sh" in contents
+    assert "enroll.secret" not in contents and ".install-manifest" not in contents
+
+    control = tmp_path / "control"
+    run("dpkg-deb", "-e", deb, control)
+    assert (control / "conffiles").read_text().split() == ["/etc/proscribe/agent.toml"]
+    assert 'install.sh" "$@"' in (control / "postinst").read_text()
+    assert "--configure-only" in (control / "postinst").read_text()
+    assert "systemctl" in (control / "prerm").read_text()
+    assert 'rm -rf "$R/var/lib/proscribe"' in (control / "postrm").read_text()
+
+    # Install into a scratch root: dpkg runs the maintainer scripts with DPKG_ROOT set.
+    scratch = tmp_path / "scratch"
+    for sub in ("info", "updates", "triggers"):
+        (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
+    (scratch / "var/lib/dpkg/status").touch()
+    (scratch / "etc/default").mkdir(parents=True)
+    key = new_key()
+    (scratch / "etc/default/proscribe").write_text(
+        f"COLLECTOR_URL=http://127.0.0.1:9\nTRUSTED_KEYS={key}\nMODE=monitor\n"
+    )
+    dpkg = ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
+    run(*dpkg, "--force-depends", "-i", deb)
+    venv = scratch / "opt/proscribe"
+    assert run(venv / "bin/python", venv / "bin/proscribe", "--version").stdout.startswith(
+        "proscribe 0.1.0"
+    )
+    config = load_agent_config(scratch / "etc/proscribe/agent.toml")  # preseeded by postinst
+    assert config.agent.mode == "monitor" and config.policy.trusted_keys == (key,)
+    unit = scratch / "etc/systemd/system/proscribe-agent.service"
+    assert "CAP_KILL" not in unit_caps(unit)  # monitor mode
+    assert mode_of(scratch / "var/lib/proscribe") == 0o700
+
+    (scratch / "var/lib/proscribe/spool.sqlite").write_bytes(b"x")
+    run(*dpkg, "-r", "proscribe-agent")
+    assert not unit.exists() and not (venv / "bin").exists()
+    assert (scratch / "etc/proscribe/agent.toml").exists()  # remove keeps configuration
+    assert (scratch / "var/lib/proscribe/spool.sqlite").exists()
+    run(*dpkg, "-P", "proscribe-agent")
+    assert not (scratch / "etc/proscribe").exists()
+    assert not (scratch / "var/lib/proscribe").exists()
+    assert not venv.exists()
