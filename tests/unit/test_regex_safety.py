@@ -118,9 +118,12 @@ def test_accepted_patterns_are_fast_on_hostile_command_lines(pattern: str) -> No
     worst = 0.0
     for text in _hostile_inputs(pattern):
         assert len(text) <= MAX_CMDLINE_MATCH_CHARS
-        start = time.perf_counter()
-        compiled.search(text)
-        worst = max(worst, time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(3):  # fastest of 3: the regex's cost, not the scheduler's
+            start = time.perf_counter()
+            compiled.search(text)
+            best = min(best, time.perf_counter() - start)
+        worst = max(worst, best)
     # Typically well under 50 ms; 100 ms leaves room for a loaded CI machine.
     assert worst < 0.100, f"{pattern!r} took {worst * 1000:.1f} ms"
 
