@@ -48,7 +48,7 @@ def pack_patterns() -> list[str]:
 
 def hostile(pattern: str, length: int) -> list[str]:
     words = re.findall(r"[A-Za-z0-9]{2,}", pattern) or ["a"]
-    texts = [c * length for c in sorted(set("".join(words))) + [" ", "a", "-"]]
+    texts = [c * length for c in [*sorted(set("".join(words))), " ", "a", "-"]]
     for word in words:
         texts.append(((word + " ") * length)[:length])
         texts.append(((word[:-1] + " ") * length)[:length])
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"ratio 4x text / window (median): {ratio:.1f}x")
 
     refused: list[float] = []
-    for pattern in REFUSED:
+    for pattern, length in REFUSED.items():
         try:
             compile_cmdline_regex(pattern)
         except ValueError:
@@ -106,7 +106,6 @@ def main() -> None:
         else:  # pragma: no cover - would be a regression of the shape check
             raise SystemExit(f"{pattern!r} should be refused")
         # Plain re on short text: the full window would take minutes (or ages) for these.
-        length = REFUSED[pattern]
         texts = [t[:length] for t in hostile(pattern, n)] + ["a" * (length - 1) + "!"]
         refused.append(worst_ms(re.compile(pattern), texts, repeat=1))
         print(f"  refused {pattern:<42} plain re on {length:>3} chars: {refused[-1]:9.2f} ms")
