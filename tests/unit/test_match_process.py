@@ -177,3 +177,59 @@ def test_prefix_regex_accepts_exactly_the_prefixes_of_matches(glob: str, text: s
         assert prefix.match(text), (glob, text)
     if not prefix.match(text):
         assert not brute
+
+
+# -- property: the prefiltered matcher agrees with trying every pattern of every rule ----------
+
+_name_glob = st.sampled_from(["deepseek*", "dsh", "*seek*", "ollama", "Kimi?", "[dk]*"])
+_path_glob = st.sampled_from(["/opt/deepseek/**", "/usr/bin/*", "/srv/*/run", "**/kimi*"])
+_cmd = st.sampled_from([r"\bdeepseek\b", r"(?i)ollama\s+run", r"--model[= ]\S*r1"])
+_rule = st.builds(
+    lambda i, n, p, c: ProcessRule(id=f"r{i}", names=tuple(n), paths=tuple(p), cmdline=tuple(c)),
+    st.integers(0, 10_000),
+    st.lists(_name_glob, max_size=2),
+    st.lists(_path_glob, max_size=2),
+    st.lists(_cmd, max_size=1),
+)
+_word = st.sampled_from(["deepseek", "dsh", "Kimi2", "ollama", "bash", "run", "--model=r1", "x"])
+_exe = st.sampled_from(
+    ["", "/opt/deepseek/bin/x", "/usr/bin/dsh", "/srv/a/run", "/home/u/kimi-cli", "/bin/sh"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_rule, max_size=5, unique_by=lambda r: r.id),
+    _word,
+    _word,
+    _exe,
+    st.lists(_word, max_size=4),
+)
+def test_agrees_with_trying_every_pattern(
+    rules: list[ProcessRule], comm: str, argv0: str, exe: str, args: list[str]
+) -> None:
+    from proscribe.agent.policy.globs import compile_glob
+    from proscribe.agent.policy.regex_safety import cmdline_window
+
+    f = facts(name=comm, argv0=argv0, exe=exe, cmdline=(argv0, *args))
+    expected = []
+    for rule in rules:
+        values = [v for v in (comm, argv0.rsplit("/", 1)[-1], exe.rsplit("/", 1)[-1]) if v]
+        if (
+            any(
+                compile_glob(g, path=False, ignore_case=True).match(v)
+                for g in rule.names
+                for v in values
+            )
+            or any(
+                exe and compile_glob(g, path=True, ignore_case=False).match(exe) for g in rule.paths
+            )
+            or any(re.search(c, cmdline_window(f.cmdline)) for c in rule.cmdline)
+        ):
+            expected.append(rule.id)
+    found = ProcessMatcher(rules).match(f)
+    assert [m.rule_id for m in found] == expected
+    by_id = {r.id: r for r in rules}
+    for m in found:
+        r = by_id[m.rule_id]
+        assert m.pattern in (*r.names, *r.paths, *r.cmdline)
