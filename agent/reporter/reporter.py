@@ -357,7 +357,7 @@ class Reporter:
             "bytes": stats.bytes,
             "dropped": stats.dropped_total,
         }
-        payload.setdefault("time", utc_now_iso())
+        payload.setdefault("time", _iso(now))
         try:
             reply = self.transport.post_json(HEARTBEAT_PATH, payload, signer=self.identity.sign)
         except TransportError as err:

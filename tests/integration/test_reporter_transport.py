@@ -27,6 +27,8 @@ from proscribe.agent.reporter import (
     ReporterConfig,
     Transport,
     TransportError,
+    build_reporter,
+    read_status,
 )
 from proscribe.agent.spool import Spool
 
@@ -55,8 +57,15 @@ def violation(**kw: Any) -> dict[str, Any]:
 class Agent:
     """A spool, identity and reporter wired as the daemon would, for one test."""
 
-    def __init__(self, tmp: Path, url: str, ca_file: Path | None = None, **config: Any) -> None:
-        self.spool = Spool(tmp / "spool.db")
+    def __init__(
+        self,
+        tmp: Path,
+        url: str,
+        ca_file: Path | None = None,
+        max_events: int = 100_000,
+        **config: Any,
+    ) -> None:
+        self.spool = Spool(tmp / "spool.db", max_events=max_events)
         secret = tmp / "enroll.secret"
         secret.write_text("s3cret\n")
         self.identity = IdentityStore(tmp / "state", secret, HOST)
@@ -145,12 +154,14 @@ def test_heartbeat_carries_spool_figures_and_policy_is_handed_over(
     collector: CollectorDouble, agent_factory: Callable[..., Agent]
 ) -> None:
     collector.policy = (b"[meta]\nschema = 1\n", b'{"signatures": []}')
-    agent = agent_factory(collector.url, policy_interval=0.2)
-    agent.spool.append(new_event("health", rule=None, action="reported"))
+    agent = agent_factory(collector.url, policy_interval=0.2, max_events=2)
+    for detail in ("a", "b", "c"):  # the third evicts the first: one drop
+        agent.spool.append(new_event("health", rule=None, action="reported", detail=detail))
     agent.reporter.start()
     assert wait_for(lambda: len(collector.heartbeats) >= 1)
     beat = collector.heartbeats[0]
     assert beat["mode"] == "enforce" and beat["hostname"] == "ws-01"
+    assert beat["spool"]["dropped"] == 1
     assert set(beat["spool"]) == {"depth", "bytes", "dropped"}
     assert wait_for(lambda: len(agent.policies) == 1)
     assert agent.policies[0] == collector.policy
@@ -315,6 +326,37 @@ def test_bad_enroll_secret_is_reported_and_nothing_is_lost(
     assert "enroll refused: HTTP 401 bad_secret" in (agent.reporter.status()["last_error"] or "")
     assert not agent.identity.enrolled
     assert agent.spool.stats().depth == 2
+
+
+def test_build_reporter_writes_status_for_agent_status(
+    collector: CollectorDouble, tmp_path: Path
+) -> None:
+    secret = tmp_path / "enroll.secret"
+    secret.write_text("s3cret")
+    spool = Spool(tmp_path / "state" / "spool.db")
+    reporter = build_reporter(
+        spool,
+        url=collector.url,
+        ca_file=None,
+        enroll_secret_file=secret,
+        state_dir=tmp_path / "state",
+        host_facts=HOST,
+    )
+    try:
+        event = violation()
+        event_id = event["id"]
+        assert spool.append(event)
+        reporter.start()
+        status_file = tmp_path / "state" / "reporter.json"
+        assert wait_for(lambda: (read_status(status_file) or {}).get("last_upload") is not None)
+        status = read_status(status_file)
+        assert status is not None and status["enrolled"] and status["last_error"] is None
+        assert event_id in collector.events
+        assert (tmp_path / "state" / "agent.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        reporter.stop()
+        reporter.transport.close()
+        spool.close()
 
 
 # -- transport ------------------------------------------------------------------------------
