@@ -420,3 +420,35 @@ def _build_dns(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
         log.exception("DNS sensor could not be built")
         return None, f"failed: {err}"
     return sensor, "starting"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m proscribe.agent.daemon --config FILE``: what ``proscribe agent run`` execs.
+
+    ``agent run`` replaces itself with this entry point (same pid) so the daemon does not carry
+    the modules every other subcommand imported (the collector's among them) for its lifetime.
+    """
+    import argparse
+
+    from proscribe.agent.config import load_agent_config
+
+    parser = argparse.ArgumentParser(prog="proscribe agent run")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        build(load_agent_config(args.config)).run()
+    except ProscribeError as err:
+        print(f"proscribe: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,9 +4,8 @@ Starts 500 ``sleep`` processes, starts the agent (netlink when root, and the pol
 the peer), lets it settle, then samples its RSS and CPU time over ``--seconds`` (default 60).
 Prints RSS (end and max), CPU% of one core. Everything started here is killed by pid afterwards.
 
-The CLI entry point imports every subcommand (including the collector's SQLAlchemy), so the
-agent is also measured started directly through :func:`proscribe.agent.daemon.build`, to show
-what the daemon itself costs.
+The host is not otherwise idle when other work runs on it, so the rate of program starts on
+the host during each run is measured too (process connector, root only) and printed beside it.
 
     .venv/bin/python bench/idle_footprint.py [--seconds 60] [--processes 500]
 """
@@ -20,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +37,39 @@ DIRECT = (
     "logging.basicConfig(level=logging.WARNING)\n"
     "build(load_agent_config(Path(sys.argv[1]))).run()\n"
 )
+
+
+class ExecCounter:
+    """Counts exec events on the host in a thread (root + Linux; else reports n/a)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.t0 = time.monotonic()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        try:
+            from proscribe.agent.sensors._netlink_linux import ProcConnector
+
+            self.connector: object | None = ProcConnector()
+            self.connector.open()  # type: ignore[attr-defined]
+        except (OSError, ImportError):
+            self.connector = None
+            return
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        while not self.done.is_set():
+            events, _ = self.connector.read(0.5)  # type: ignore[union-attr]
+            self.count += sum(1 for e in events if e.what == 2)
+
+    def stop(self) -> str:
+        if self.thread is None:
+            return "n/a"
+        self.done.set()
+        self.thread.join()
+        self.connector.close()  # type: ignore[union-attr]
+        return f"{self.count / (time.monotonic() - self.t0):.1f}"
 
 
 def measure(config: Path, seconds: float, direct: bool) -> tuple[float, float, float]:
@@ -79,7 +112,6 @@ def main() -> int:
     args = parser.parse_args()
     sleepers = [subprocess.Popen(["/bin/sleep", "3600"]) for _ in range(args.processes)]
     runs = [("auto (netlink when root)", "auto", False), ("poll every 1 s", "poll", False)]
-    runs.append(("auto, daemon only (no CLI imports)", "auto", True))
     try:
         print(
             f"idle agent with {len(psutil.pids())} processes on the host, "
@@ -94,10 +126,12 @@ def main() -> int:
                 text = config.read_text().replace("poll_interval = 0.2", "poll_interval = 1.0")
                 text = text.replace("status_interval = 0.5", "status_interval = 5")
                 config.write_text(text.replace("sweep_interval = 5", "sweep_interval = 30"))
+                counter = ExecCounter()
                 rss, max_rss, cpu = measure(config, args.seconds, direct)
+                rate = counter.stop()
                 print(
-                    f"  {label:<36} RSS {rss:6.1f} MiB (max {max_rss:6.1f})   "
-                    f"CPU {cpu:5.2f}% of one core"
+                    f"  {label:<26} RSS {rss:6.1f} MiB (max {max_rss:6.1f})   "
+                    f"CPU {cpu:5.2f}% of one core   host execs/s during run: {rate}"
                 )
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

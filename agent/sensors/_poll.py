@@ -84,12 +84,18 @@ class ProcessScanner:
         alive: dict[int, float] = {}
         fresh: list[tuple[int, float]] = []
         for pid in pids:
+            known = before.get(pid)
+            if known is not None:
+                # Known pid: assume the same process rather than read its stat again (the
+                # scan's main cost). A pid reused between two scans is missed by this scan;
+                # with pid_max in the millions that needs a wrap-around within one interval.
+                alive[pid] = known
+                continue
             start = self._start_time_of(pid)
             if start is None:
                 continue
             alive[pid] = start
-            if before.get(pid) != start:
-                fresh.append((pid, start))
+            fresh.append((pid, start))
         with self._lock:
             self._seen = {
                 pid: start

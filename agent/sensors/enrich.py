@@ -63,11 +63,27 @@ def parse_stat(text: str) -> StatFields:
     )
 
 
+def read_small(path: str, limit: int = 65536) -> bytes:
+    """One procfs file with raw ``os.read`` calls: several times cheaper than ``open()``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(16384, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_stat(pid: int, procfs: Path = Path("/proc")) -> StatFields | None:
     """``None`` when the process is gone or the file is unreadable."""
     try:
-        with open(procfs / str(pid) / "stat", encoding="utf-8", errors="replace") as fh:
-            return parse_stat(fh.read())
+        return parse_stat(read_small(f"{procfs}/{pid}/stat").decode("utf-8", "replace"))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -152,13 +168,13 @@ class Enricher:
 
     def facts(self, pid: int, *, with_sha256: bool = False) -> ProcessFacts | None:
         """Facts about ``pid``; ``None`` only when not even ``stat`` could be read."""
-        base = self.procfs / str(pid)
+        base = f"{self.procfs}/{pid}"
         stat = read_stat(pid, self.procfs)
         if stat is None:
             return None
         cmdline: tuple[str, ...] = ()
         try:
-            raw = (base / "cmdline").read_bytes()
+            raw = read_small(f"{base}/cmdline", 256 * 1024)
             if raw:
                 cmdline = tuple(
                     part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")
@@ -167,19 +183,18 @@ class Enricher:
             pass
         exe = ""
         try:
-            exe = os.readlink(base / "exe")
+            exe = os.readlink(f"{base}/exe")
         except OSError:
             pass
         uid: int | None = None
         try:
-            with open(base / "status", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("Uid:"):
-                        uid = int(line.split()[1])
-                        break
+            status = read_small(f"{base}/status")
+            at = status.find(b"\nUid:")
+            if at >= 0:
+                uid = int(status[at + 5 :].split(None, 1)[0])
         except (OSError, ValueError, IndexError):
             pass
-        sha256 = self.hashes.digest(base / "exe") if with_sha256 and exe else None
+        sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(
             pid=pid,
             ppid=stat.ppid,
