@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from proscribe.agent.policy.loader import load_policy
+import pytest
+from proscribe.agent.policy.loader import load_policy, load_policy_file
 from proscribe.agent.policy.matchers import CompiledPolicy, Decision, ProcessFacts
 
 POLICY = rb"""
@@ -235,3 +237,21 @@ def test_public_api_is_the_curated_list() -> None:
     public = {n for n in vars(matchers) if not n.startswith("_") and n != "annotations"}
     public -= {"compiled", "domain", "exemptions", "files", "process"}  # submodules
     assert public == set(matchers.__all__)
+
+
+PACKS = Path(__file__).resolve().parents[2] / "policies"
+
+
+@pytest.mark.parametrize("pack", sorted(PACKS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_packs_compile_and_deny_deepseek(pack: Path) -> None:
+    policy = CompiledPolicy.compile(load_policy_file(pack))
+    web = policy.check_domain("chat.deepseek.com", "desk-1", "bob", NOW)
+    assert web is not None
+    assert web.exempted_by is None
+    assert policy.check_domain("example.org", "desk-1", "bob", NOW) is None
+    found = policy.check_process(
+        ProcessFacts(pid=5, name="deepseek", exe="/usr/local/bin/deepseek"), "desk-1", NOW
+    )
+    assert found
+    assert all(d.explanation.startswith(f"rule {d.rule_id}: ") for d in found)
+    assert policy.check_process(ProcessFacts(pid=6, name="bash", exe="/bin/bash"), "h", NOW) == []
