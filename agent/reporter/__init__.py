@@ -2,8 +2,9 @@
 
 Public surface::
 
-    build_reporter(spool, url=, ca_file=, enroll_secret_file=, state_dir=, heartbeat_source=,
-                   on_policy=) -> Reporter
+    build_reporter(agent_config, *, spool, heartbeat_source=, on_policy=) -> Reporter  (daemon)
+    reporter_for_url(spool, *, url, ca_file, enroll_secret_file, state_dir, heartbeat_source=,
+                     on_policy=, config=, host_facts=) -> Reporter
     Reporter(spool, transport, identity, config, clock, *, heartbeat_source, on_policy, rng)
         .start() .stop(timeout) .notify() .status() .run_once()
     Transport(url, *, ca_file, timeout)      pinned CA, trust_env off, timeouts, loopback-only http
@@ -16,7 +17,7 @@ See ``docs/delivery.md`` for the guarantees.
 
 from .backoff import Backoff, backoff_delay, parse_retry_after
 from .identity import IdentityStore
-from .reporter import Reporter, ReporterConfig, build_reporter, read_status
+from .reporter import Reporter, ReporterConfig, build_reporter, read_status, reporter_for_url
 from .transport import Reply, Transport, TransportError, check_collector_url
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "check_collector_url",
     "parse_retry_after",
     "read_status",
+    "reporter_for_url",
 ]

@@ -37,12 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from proscribe.agent.config import AgentConfig
 from proscribe.agent.errors import ConfigError
 from proscribe.agent.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
 from proscribe.agent.spool import Spool, SpooledEvent
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
-from .identity import IdentityStore
+from .identity import IdentityStore, default_host_facts
 from .transport import Reply, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -441,6 +442,36 @@ class Reporter:
 
 
 def build_reporter(
+    config: AgentConfig,
+    *,
+    spool: Spool,
+    heartbeat_source: HeartbeatSource | None = None,
+    on_policy: PolicySink | None = None,
+    reporter_config: ReporterConfig | None = None,
+) -> Reporter:
+    """The daemon's entry point: a Reporter for the config's ``[collector]`` section."""
+    if config.collector is None:
+        raise ConfigError(
+            f"{config.source}: [collector] is not set, so there is nowhere to report "
+            "(fix: add [collector] url = … or run without a reporter)"
+        )
+    facts = default_host_facts()
+    if config.agent.hostname:
+        facts["hostname"] = config.agent.hostname
+    return reporter_for_url(
+        spool,
+        url=config.collector.url,
+        ca_file=config.collector.ca_file,
+        enroll_secret_file=config.collector.enroll_secret_file,
+        state_dir=config.state_dir,
+        heartbeat_source=heartbeat_source,
+        on_policy=on_policy,
+        config=reporter_config,
+        host_facts=facts,
+    )
+
+
+def reporter_for_url(
     spool: Spool,
     *,
     url: str,
@@ -452,7 +483,9 @@ def build_reporter(
     config: ReporterConfig | None = None,
     host_facts: dict[str, str] | None = None,
 ) -> Reporter:
-    """Wire a Reporter from the ``[collector]`` settings (ConfigError names the bad key)."""
+    """Wire a Reporter from plain settings (ConfigError names the bad key); easy to point at a
+    test collector. Status goes to ``state_dir/reporter.json`` unless ``config`` says otherwise.
+    """
     transport = Transport(url, ca_file=ca_file)
     identity = IdentityStore(state_dir, enroll_secret_file, host_facts)
     if config is None:

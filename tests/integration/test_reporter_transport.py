@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from proscribe.agent.config import load_agent_config
 from proscribe.agent.errors import ConfigError
 from proscribe.agent.events import new_event
 from proscribe.agent.reporter import (
@@ -29,6 +30,7 @@ from proscribe.agent.reporter import (
     TransportError,
     build_reporter,
     read_status,
+    reporter_for_url,
 )
 from proscribe.agent.spool import Spool
 
@@ -328,13 +330,13 @@ def test_bad_enroll_secret_is_reported_and_nothing_is_lost(
     assert agent.spool.stats().depth == 2
 
 
-def test_build_reporter_writes_status_for_agent_status(
+def test_reporter_for_url_writes_status_for_agent_status(
     collector: CollectorDouble, tmp_path: Path
 ) -> None:
     secret = tmp_path / "enroll.secret"
     secret.write_text("s3cret")
     spool = Spool(tmp_path / "state" / "spool.db")
-    reporter = build_reporter(
+    reporter = reporter_for_url(
         spool,
         url=collector.url,
         ca_file=None,
@@ -353,6 +355,33 @@ def test_build_reporter_writes_status_for_agent_status(
         assert status is not None and status["enrolled"] and status["last_error"] is None
         assert event_id in collector.events
         assert (tmp_path / "state" / "agent.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        reporter.stop()
+        reporter.transport.close()
+        spool.close()
+
+
+def test_build_reporter_from_the_agent_config(collector: CollectorDouble, tmp_path: Path) -> None:
+    (tmp_path / "enroll.secret").write_text("s3cret\n")
+    (tmp_path / "agent.toml").write_text(
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+hostname = "pinned-name"
+
+[collector]
+url = "{collector.url}"
+enroll_secret_file = "{tmp_path / "enroll.secret"}"
+"""
+    )
+    config = load_agent_config(tmp_path / "agent.toml")
+    spool = Spool(config.spool_path)
+    reporter = build_reporter(config, spool=spool, heartbeat_source=lambda: {"mode": "monitor"})
+    try:
+        reporter.start()
+        assert wait_for(lambda: len(collector.heartbeats) == 1)
+        assert collector.heartbeats[0]["hostname"] == "pinned-name"
+        assert reporter.status()["agent_id"] in collector.agents
     finally:
         reporter.stop()
         reporter.transport.close()
