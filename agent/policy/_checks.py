@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_TEXT = 4096
-_MAX_LIST = 10_000
 _RULE_COMMON = ("id", "action", "severity", "message", "directives", "description")
 
 
@@ -223,16 +222,13 @@ class Table:
             return []
         if not value and not empty_ok:
             self.issue(key, f"{key!r} is an empty list", f"list at least one value or drop {key}")
-        if len(value) > _MAX_LIST:
-            self.issue(key, f"{key!r} has more than {_MAX_LIST} entries", "split the rule")
-            return []
-        out: list[str] = []
+        out: dict[str, None] = {}  # ordered set: duplicates dropped, order kept
         for item in value:
             if not item.strip():
                 self.issue(key, f"{key!r} contains an empty string", "remove it")
-            elif item not in out:
-                out.append(item)
-        return out
+            else:
+                out[item] = None
+        return list(out)
 
 
 def _toml_type(value: object) -> str:
@@ -323,7 +319,7 @@ class RuleBuilder:
     def domain(self, t: Table) -> DomainRule | None:
         t.unknown_keys((*_RULE_COMMON, "names"))
         rule_id, action, severity, message, directives, description = self._common(t)
-        normalized: list[str] = []
+        normalized: dict[str, None] = {}  # ordered set
         for name in t.strings("names", required=True):
             exact = name.startswith("=")
             try:
@@ -339,8 +335,7 @@ class RuleBuilder:
                 )
                 continue
             entry = f"={value}" if exact else value
-            if entry not in normalized:
-                normalized.append(entry)
+            normalized[entry] = None
         if not normalized and "names" in t.raw and not _has_any(t, "domain"):
             t.issue("names", "rule has no domain names", "list at least one name")
         if rule_id is None:

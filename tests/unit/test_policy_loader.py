@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -406,3 +407,15 @@ def test_load_policy_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_bytes(b"[meta\n")
     with pytest.raises(PolicyError, match=r"bad\.toml:1: not valid TOML"):
         load_policy_file(tmp_path / "bad.toml")
+
+
+def test_a_full_size_policy_loads_in_linear_time() -> None:
+    # ~1 MiB of domain names: a quadratic duplicate check took ~50 s here.
+    names = "".join(f'"host{i}.zone{i % 97}.example",\n' for i in range(36_000))
+    text = with_rule(f'[[domain]]\nid = "big"\nnames = [\n{names}]\n')
+    data = text.encode()
+    assert len(data) < MAX_POLICY_BYTES
+    start = time.perf_counter()
+    policy = load_policy(data)
+    assert time.perf_counter() - start < 5.0
+    assert len(policy.domain[0].names) == 36_000
