@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_TEXT = 4096
+MAX_CMDLINE_REGEXES = 1000
 _RULE_COMMON = ("id", "action", "severity", "message", "directives", "description")
 
 
@@ -256,7 +257,7 @@ class RuleBuilder:
         self.references = references
         self.rule_ids: set[str] = set()
         self.exemption_ids: set[str] = set()
-        self.pending_exemptions: list[tuple[Table, list[str]]] = []
+        self.regex_count = 0
 
     def _common(self, t: Table) -> tuple[str | None, Action, Severity, str, tuple[str, ...], str]:
         rule_id = t.identifier("id", required=True)
@@ -285,6 +286,16 @@ class RuleBuilder:
         globs_names = _globs(t, "names", path=False, ignore_case=True)
         globs_paths = _globs(t, "paths", path=True, ignore_case=False)
         cmdline = t.strings("cmdline")
+        self.regex_count += len(cmdline)
+        if self.regex_count > MAX_CMDLINE_REGEXES:
+            # Every process start is searched with every pattern: keep that cost bounded.
+            if self.regex_count - len(cmdline) <= MAX_CMDLINE_REGEXES:
+                t.issue(
+                    "cmdline",
+                    f"more than {MAX_CMDLINE_REGEXES} command-line regexes in the policy",
+                    "merge patterns or use names, paths and sha256 instead",
+                )
+            cmdline = []
         for pattern in cmdline:
             try:
                 compile_cmdline_regex(pattern)

@@ -175,12 +175,14 @@ class _PolicyBuilder:
         title = t.text("title", required=True)
         description = t.text("description") or ""
         references: list[Reference] = []
+        seen: set[str] = set()
         for ref_table in t.array("reference"):
             ref = self.reference(ref_table)
             if ref is None:
                 continue
-            if any(r.id == ref.id for r in references):
+            if ref.id in seen:
                 ref_table.issue("id", f"duplicate reference id {ref.id!r}", "give it another id")
+            seen.add(ref.id)
             references.append(ref)
         if None in (schema, policy_id, serial, issued, title):
             return None

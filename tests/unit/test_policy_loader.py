@@ -419,3 +419,10 @@ def test_a_full_size_policy_loads_in_linear_time() -> None:
     policy = load_policy(data)
     assert time.perf_counter() - start < 5.0
     assert len(policy.domain[0].names) == 36_000
+
+
+def test_command_line_regexes_are_capped_per_policy() -> None:
+    body = "".join(f'[[process]]\nid = "p{i}"\ncmdline = ["tool{i}"]\n' for i in range(1001))
+    issue = only(with_rule(body))
+    assert "more than 1000 command-line regexes" in issue.message
+    assert issue.line == 16 + 3 * 1000 + 2
