@@ -14,7 +14,6 @@ so tests can build them around temp directories. :meth:`Daemon.run` blocks until
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -87,6 +86,7 @@ class Daemon:
         self.reporter = reporter
         self.dns = dns
         self.dns_state = dns_state
+        self.dns_guard: Any = None
         self.clock = clock
         self.started_at = clock()
         self.errors = 0
@@ -182,6 +182,7 @@ class Daemon:
                 "spool": dict(spool["dropped"]),
             },
             "enforcement": dict(self.guard.counts),
+            "dns_events": dict(self.dns_guard.counts) if self.dns_guard is not None else {},
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors + self.sensor.errors + self.policy.errors,
@@ -363,7 +364,7 @@ def build(
     holder["daemon"] = daemon
     for offer in pending_tamper:
         daemon.record_tamper(offer)
-    if with_reporter and config.collector is not None:
+    if with_reporter:
         daemon.reporter = _build_reporter(config, daemon)
     if with_dns and config.sensors.dns != "off":
         daemon.dns, daemon.dns_state = _build_dns(config, daemon)
@@ -371,53 +372,55 @@ def build(
 
 
 def _build_reporter(config: AgentConfig, daemon: Daemon) -> Any:
-    """The reporter, if the reporter package provides a builder; else events stay spooled."""
+    """The reporter when ``[collector]`` is configured; unavailable, events stay spooled."""
+    collector = config.collector
+    if collector is None:
+        return None
     try:
-        module = importlib.import_module("proscribe.agent.reporter")
+        from proscribe.agent.reporter import build_reporter
     except ImportError as err:
         log.warning("reporter not available (%s); events stay in the spool", err)
         return None
-    factory = getattr(module, "build_reporter", None)
-    if factory is None:
-        log.warning("reporter not available in this build; events stay in the spool")
-        return None
     try:
-        return factory(
+        return build_reporter(
             config,
             spool=daemon.spool,
             heartbeat_source=daemon.heartbeat,
             on_policy=lambda data, sig: daemon.policy.offer(data, sig, "collector"),
         )
     except ProscribeError:
-        raise
+        raise  # a bad [collector] key: the user must fix the config
     except Exception:
         log.exception("reporter could not be built; events stay in the spool")
         return None
 
 
 def _build_dns(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
-    """The DNS sensor, imported lazily; absent or failing, the agent runs without it."""
+    """The DNS sensor, imported lazily. When it cannot run here the agent goes on without it:
+    process enforcement matters more; the reason is logged at ERROR and shown in status."""
     try:
-        module = importlib.import_module("proscribe.agent.sensors.dns")
+        from proscribe.agent.dns_guard import DnsGuard
+        from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
     except ImportError as err:
-        log.warning("DNS sensor not available (%s)", err)
+        log.error("DNS sensor not available in this build (%s)", err)
         return None, "unavailable"
-    factory = getattr(module, "build_dns_sensor", None)
-    if factory is None:
-        log.warning("DNS sensor not available in this build")
-        return None, "unavailable"
+    mode = config.sensors.dns
+    guard = DnsGuard(
+        policy=daemon.policy,
+        spool=daemon.spool,
+        hostname=daemon.hostname,
+        host_info=daemon.host_info,
+        on_violation=daemon.notify_reporter,
+    )
+    daemon.dns_guard = guard
     try:
-        sensor = factory(
-            config,
-            spool=daemon.spool,
-            policy=daemon.policy,
-            host_info=daemon.host_info,
-            on_violation=daemon.notify_reporter,
-        )
-    except ProscribeError:
-        raise
+        settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
+        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide)
+    except ProscribeError as err:
+        log.error("DNS sensor (%s) not started: %s", mode, err)
+        return None, f"unavailable: {err}"
     except Exception as err:
-        log.exception("DNS sensor could not be built")
+        log.exception("DNS sensor (%s) could not be built", mode)
         return None, f"failed: {err}"
     return sensor, "starting"
 

@@ -1,0 +1,133 @@
+"""Glue between the DNS sensors and the policy/spool: decide on names, record ``dns`` events.
+
+The sensors (``proscribe.agent.sensors.dns``) call :meth:`DnsGuard.decide` (the proxy, inline,
+to sinkhole) and deliver every observation to :meth:`DnsGuard.on_observation` on their own
+thread. Here a matched name becomes a ``dns`` event committed to the spool: with the action the
+proxy took (``sinkholed``, ``would_block``, ``reported``, ``exempted``) or, for passive capture,
+which never blocks, ``reported``/``exempted``. One event per (rule, process, name) within the
+window; repeats fold into its count (``Spool.bump_count``) or, once it was sent, into a new event
+carrying the count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from proscribe.agent.events import new_event
+from proscribe.agent.policy.matchers.compiled import Decision
+from proscribe.agent.policy_source import PolicySource
+from proscribe.agent.process_guard import EventSink
+
+__all__ = ["DnsGuard"]
+
+log = logging.getLogger(__name__)
+
+
+class DnsGuard:
+    def __init__(
+        self,
+        *,
+        policy: PolicySource,
+        spool: EventSink,
+        hostname: str,
+        host_info: Callable[[], dict[str, Any]],
+        on_violation: Callable[[], None] = lambda: None,
+        window: float = 60.0,
+    ) -> None:
+        from proscribe.agent.sensors.dns import DnsDeduper
+
+        self.policy = policy
+        self.spool = spool
+        self.hostname = hostname
+        self.host_info = host_info
+        self.on_violation = on_violation
+        self.deduper = DnsDeduper(window)
+        self.counts: Counter[str] = Counter()
+
+    def _decision(self, name: str, process: dict[str, Any] | None) -> Decision | None:
+        compiled = self.policy.compiled
+        if compiled is None:
+            return None
+        user = (process or {}).get("user") or None
+        return compiled.check_domain(name, self.hostname, user, self.policy.now())
+
+    def decide(self, name: str, process: dict[str, Any] | None) -> Any:
+        """The sensors' ``Decide``: a ``Verdict`` for a name some rule matches, else None."""
+        from proscribe.agent.sensors.dns import Verdict
+
+        decision = self._decision(name, process)
+        if decision is None:
+            return None
+        if decision.exempted_by is not None:
+            return Verdict(False, decision.rule_id, True, decision.exempted_by)
+        return Verdict(decision.action == "block", decision.rule_id, True, None)
+
+    def on_observation(self, observation: Any) -> None:
+        """Record a matched observation; anything else is ignored."""
+        if observation.verdict is not None and observation.action is not None:
+            name = observation.matched_name or observation.qname
+            decision = self._decision(name, observation.process)
+            action = str(observation.action)
+        else:
+            # passive capture: the question in queries, the CNAME chain in responses
+            names = (
+                (observation.qname,)
+                if observation.direction == "query"
+                else tuple(observation.cname_targets)
+            )
+            decision, name = None, ""
+            for candidate in names:
+                decision = self._decision(candidate, observation.process)
+                if decision is not None:
+                    name = candidate
+                    break
+            if decision is None:
+                return
+            action = "exempted" if decision.exempted_by else "reported"
+        if decision is None:
+            return
+        process = observation.process
+        who = (process or {}).get("pid") or (process or {}).get("exe") or observation.client[0]
+        key = (decision.rule_id, action, who, name)
+        first, token = self.deduper.offer(key)
+        if not first and isinstance(token, str):
+            try:
+                if self.spool.bump_count(token, 1):
+                    self.counts["folded"] += 1
+                    return
+            except Exception:
+                log.exception("spool bump_count failed")
+        compiled = self.policy.compiled
+        policy = None
+        if compiled is not None:
+            meta = compiled.policy.meta
+            policy = {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
+        event = new_event(
+            "dns",
+            rule=decision.rule_id,
+            action=action,
+            severity=decision.severity,
+            policy=policy,
+            host=self.host_info(),
+            process=process,
+            dns=observation.dns_section(),
+            detail=decision.explanation
+            + (f" (CNAME target {name})" if name != observation.qname else ""),
+        )
+        if not first:
+            event["count"] = 2
+        try:
+            stored = self.spool.append(event)
+        except Exception:
+            log.exception("spool append failed")
+            stored = False
+        if stored:
+            self.deduper.remember(key, event["id"])
+            self.counts[action] += 1
+            self.on_violation()
+            log.info("dns %s: %s (%s)", action, name, decision.explanation)
+        else:
+            self.counts["unspooled"] += 1
