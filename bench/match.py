@@ -138,6 +138,24 @@ def time_batches(fn: Callable[[str], object], queries: list[str]) -> list[float]
     return out
 
 
+def time_best_of(
+    fn: Callable[[str], object], queries: list[str], overhead: int, repeats: int = 5
+) -> list[int]:
+    """Each query's fastest of ``repeats`` timings: the cost of the query itself, without the
+    preemptions and interrupts a busy machine adds to single measurements."""
+    clock = time.perf_counter_ns
+    out = []
+    for q in queries:
+        best = None
+        for _ in range(repeats):
+            t0 = clock()
+            fn(q)
+            dt = clock() - t0
+            best = dt if best is None or dt < best else best
+        out.append(max(0, (best or 0) - overhead))
+    return out
+
+
 def cpu_batches(fn: Callable[[str], object], queries: list[str]) -> list[float]:
     """Per-lookup CPU time of this thread, per batch: unaffected by waiting for a busy CPU."""
     clock = time.thread_time_ns
@@ -203,6 +221,7 @@ def bench_domains(
     each = time_each(matcher.match, queries, overhead)
     batches = time_batches(matcher.match, queries)
     cpu = cpu_batches(matcher.match, queries)
+    best = time_best_of(matcher.match, queries[:20_000], overhead)
     med, p99 = statistics.median(each), percentile(each, 99)
     print(
         f"DomainMatcher.match  per query: median {fmt_ns(med)}, p99 {fmt_ns(p99)}, "
@@ -215,6 +234,11 @@ def bench_domains(
     print(
         f"DomainMatcher.match  CPU time per batch of {BATCH}: median "
         f"{fmt_ns(statistics.median(cpu))}/lookup, p99 {fmt_ns(percentile(cpu, 99))}/lookup"
+    )
+    print(
+        f"DomainMatcher.match  per query, best of 5 (20,000 queries): median "
+        f"{fmt_ns(statistics.median(best))}, p99 {fmt_ns(percentile(best, 99))}, "
+        f"max {fmt_ns(max(best))}"
     )
     print(
         f"target (p99 <= 5 us, <= 150 MB at 1M): p99 {'ok' if p99 <= 5000 else 'MISSED'}, "
