@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 from proscribe.agent.errors import LintIssue, PolicyError
-from proscribe.agent.policy import _checks
+from proscribe.agent.policy import _rules
 from proscribe.agent.policy._checks import Table
 from proscribe.agent.policy._lines import ROOT, LineIndex
 from proscribe.agent.policy.model import (
@@ -75,6 +75,11 @@ def _load(data: bytes, source: str) -> tuple[Policy | None, list[LintIssue]]:
         message = _TOML_WHERE.sub("", message)
         return None, [
             LintIssue(source, line, f"not valid TOML: {message}", "correct the TOML syntax")
+        ]
+    except RecursionError:
+        # tomllib recurses per nesting level: "a = [[[[…" thousands deep exhausts the stack.
+        return None, [
+            LintIssue(source, None, "not valid TOML: nested too deeply", "flatten the arrays")
         ]
     builder = _PolicyBuilder(source, LineIndex(text))
     policy = builder.build(document)
@@ -144,7 +149,7 @@ class _PolicyBuilder:
         defaults_raw = root.subtable("defaults", required=False)
         defaults = self.defaults(defaults_raw) if defaults_raw is not None else Defaults()
         references = {r.id for r in meta.references} if meta else set()
-        rules = _checks.RuleBuilder(self, defaults, references)
+        rules = _rules.RuleBuilder(self, defaults, references)
         process = tuple(
             r for r in (rules.process(t) for t in root.array("process")) if r is not None
         )

@@ -72,6 +72,7 @@ def check(data: bytes) -> None:
 @example(b"\xef\xbb\xbf")
 @example(b"[meta]\x00")
 @example(b"[[meta.reference]]\n[[meta.reference]]\n")
+@example(b"a = " + b"[" * 3000 + b"]" * 3000)
 def test_random_bytes(data: bytes) -> None:
     check(data)
 

@@ -426,3 +426,9 @@ def test_command_line_regexes_are_capped_per_policy() -> None:
     issue = only(with_rule(body))
     assert "more than 1000 command-line regexes" in issue.message
     assert issue.line == 16 + 3 * 1000 + 2
+
+
+@pytest.mark.parametrize("data", [b"a = " + b"[" * 5000 + b"]" * 5000, b"a = " + b"{b=" * 3000])
+def test_deep_nesting_is_an_issue_not_a_crash(data: bytes) -> None:
+    [issue] = lint_policy(data, "deep.toml")
+    assert issue.message.startswith("not valid TOML")
