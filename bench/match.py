@@ -8,7 +8,11 @@ labels, deep misses of 6-10 labels, and look-alikes such as ``notdeepseek.com``)
 
 * per query: each lookup timed alone with ``perf_counter_ns`` (timer overhead subtracted),
   median and p99 — the figure the target (p99 <= 5 us at 1M) is about;
-* per batch: 100 lookups timed together, median and p99 of the per-lookup mean.
+* per batch: 100 lookups timed together, median and p99 of the per-lookup mean, in wall-clock
+  and in this thread's CPU time;
+* per query, best of 5: each of 20,000 queries timed five times, the fastest kept — the cost of
+  the query itself; on a shared machine the single-shot tail above is mostly time spent waiting
+  for a CPU, which this removes (the load average is printed so the two can be judged).
 
 Beside it, in the same run, two naive peers on a sample of the same queries (they are slow): a
 linear suffix scan over the list (``q == e or q.endswith("." + e)``) and one compiled regex
@@ -241,7 +245,9 @@ def bench_domains(
         f"max {fmt_ns(max(best))}"
     )
     print(
-        f"target (p99 <= 5 us, <= 150 MB at 1M): p99 {'ok' if p99 <= 5000 else 'MISSED'}, "
+        f"target (p99 <= 5 us, <= 150 MB at 1M): wall-clock p99 "
+        f"{'ok' if p99 <= 5000 else 'MISSED'}, best-of-5 p99 "
+        f"{'ok' if percentile(best, 99) <= 5000 else 'MISSED'}, "
         f"memory {'ok' if traced <= 150 * 2**20 else 'MISSED'}"
         + ("" if len(names) >= 1_000_000 else " (scaled: this list is smaller than 1M)")
     )

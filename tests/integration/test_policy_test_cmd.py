@@ -135,3 +135,32 @@ def test_bad_file_is_one_line_exit_2(tmp_path: Path, home: Path) -> None:
     missing = run_cmd(tmp_path / "missing.toml", home)
     assert missing.returncode == 2
     assert "missing.toml" in missing.stderr
+
+
+@pytest.mark.linux
+def test_hostile_process_name_is_shown_escaped(tmp_path: Path, home: Path) -> None:
+    hostile = "dsx-\x1b[2J\u202e"  # clear-screen escape and a right-to-left override
+    binary = tmp_path / hostile
+    shutil.copy("/bin/sleep", binary)
+    proc = subprocess.Popen([str(binary), "60"])
+    try:
+        policy = tmp_path / "p.toml"
+        policy.write_text(
+            '[meta]\nschema = 1\nid = "esc"\nserial = 1\nissued = 2025-01-24T00:00:00Z\n'
+            'title = "t"\n[[process]]\nid = "dsx"\nnames = ["dsx-*"]\n',
+            encoding="utf-8",
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            result = run_cmd(policy, home)
+            if f"pid {proc.pid} " in result.stdout:
+                break
+            time.sleep(0.05)
+        assert result.returncode == 1, result.stdout + result.stderr
+        line = next(ln for ln in result.stdout.splitlines() if f"pid {proc.pid} " in ln)
+        assert "\x1b" not in line
+        assert "\u202e" not in line
+        assert "\\x1b[2J" in line
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
