@@ -221,9 +221,17 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_signal)
         self.start()
         log.info("proscribe agent %s running in %s mode", __version__, self.config.agent.mode)
+        next_status = time.monotonic() + self.config.agent.status_interval
         try:
-            while not self._stop.wait(self.config.agent.status_interval):
-                self.write_status()
+            while not self._stop.wait(0.5):
+                try:
+                    self.guard.flush_repeats()
+                except Exception:
+                    self.errors += 1
+                    log.exception("folding repeats failed (continuing)")
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + self.config.agent.status_interval
+                    self.write_status()
         finally:
             self.shutdown()
 
@@ -246,6 +254,10 @@ class Daemon:
                     log.exception("%s did not stop cleanly", name)
         self.sensor.stop()
         self.policy.stop()
+        try:
+            self.guard.flush_repeats()
+        except Exception:
+            log.exception("folding repeats failed at shutdown")
         self.write_status()
         self.spool.close()
         log.info("proscribe agent stopped")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -70,6 +72,7 @@ class ProcessGuard:
         host_info: Callable[[], dict[str, Any]],
         kill_children: bool = False,
         on_violation: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.spool = spool
@@ -82,7 +85,11 @@ class ProcessGuard:
         self.kill_children = kill_children
         self.on_violation = on_violation
         self.counts: Counter[str] = Counter()
-        self.last_latency: float | None = None
+        self.clock = clock
+        self.flush_interval = 0.5
+        self._last_flush = clock()
+        # event id -> (repeats not yet written, an event to re-send them in, rule key, series)
+        self._repeats: dict[str, tuple[int, Event, str, str]] = {}
         self._lock = threading.Lock()
 
     def policy_section(self, compiled: CompiledPolicy) -> dict[str, Any]:
@@ -123,7 +130,10 @@ class ProcessGuard:
     ) -> Event | None:
         """Spool the event (or fold it into a count); None when it is a duplicate."""
         rule_key = f"{decision.rule_id}/{action}"
-        verdict = self.deduper.judge(rule_key, facts.pid, facts.start_time, facts.exe)
+        # the series a repeat folds into: the executable, or the name when it could not be read
+        # (a zombie or a process exiting while it was read)
+        series = facts.exe or f"comm:{facts.name}"
+        verdict = self.deduper.judge(rule_key, facts.pid, facts.start_time, series)
         if verdict.kind == "duplicate":
             return None
         event = new_event(
@@ -137,13 +147,19 @@ class ProcessGuard:
             detail=f"{decision.explanation} (seen by {sighting.source})",
         )
         if verdict.kind == "repeat" and verdict.event_id is not None:
-            if self._bump(verdict.event_id):
-                self.counts["folded"] += 1
-                return event  # the repeat is counted; the new process is still acted on
-            event["count"] = verdict.count
+            # Counted in memory and folded into the spooled event by flush_repeats(): one
+            # write per series and half-second instead of one fsync per start, so a storm of
+            # repeats cannot starve the checker. The series' first event was committed before
+            # its first action; a repeat is acted on without waiting for its count's commit.
+            with self._lock:
+                n, _, _, _ = self._repeats.get(verdict.event_id, (0, event, rule_key, series))
+                self._repeats[verdict.event_id] = (n + 1, event, rule_key, series)
+            self.counts["folded"] += 1
+            self.flush_repeats(force=False)
+            return event
         stored = self._append(event)
         if stored:
-            self.deduper.recorded(rule_key, facts.exe, event["id"], verdict.count)
+            self.deduper.recorded(rule_key, series, event["id"], verdict.count)
             self.counts[action] += 1
             self.on_violation()
         else:
@@ -156,6 +172,24 @@ class ProcessGuard:
         )
         return event
 
+    def flush_repeats(self, *, force: bool = True) -> None:
+        """Fold counted repeats into their spooled events (a new event if one was sent)."""
+        now = self.clock()
+        with self._lock:
+            if not self._repeats or (not force and now - self._last_flush < self.flush_interval):
+                return
+            pending, self._repeats = self._repeats, {}
+            self._last_flush = now
+        for event_id, (n, template, rule_key, series) in pending.items():
+            if self._bump(event_id, n):
+                continue
+            # the first event was already delivered: these repeats travel in a new one
+            event = dict(template, id=str(uuid.uuid4()), count=n)
+            if self._append(event):
+                self.deduper.recorded(rule_key, series, event["id"], n)
+            else:
+                self.counts["unspooled"] += 1
+
     def _append(self, event: Event) -> bool:
         try:
             return bool(self.spool.append(event))
@@ -163,9 +197,9 @@ class ProcessGuard:
             log.exception("spool append failed")
             return False
 
-    def _bump(self, event_id: str) -> bool:
+    def _bump(self, event_id: str, n: int = 1) -> bool:
         try:
-            return bool(self.spool.bump_count(event_id, 1))
+            return bool(self.spool.bump_count(event_id, n))
         except Exception:
             log.exception("spool bump_count failed")
             return False

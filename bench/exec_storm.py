@@ -37,6 +37,35 @@ from agent_harness import (
 
 REAPED: set[int] = set()
 
+# One spawner: starts RATE copies of BINARY per second for SECONDS, reaps its own children,
+# prints how many it started. Several run side by side: one Python loop tops out at a few
+# hundred spawns per second on a small VM.
+SPAWNER = """
+import os, sys, time
+binary, rate, seconds, life = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+argv, env = [binary, life], dict(os.environ)
+started, t0 = 0, time.monotonic()
+while (now := time.monotonic()) < t0 + seconds:
+    while started < int((now - t0) * rate):
+        os.posix_spawn(binary, argv, env)
+        started += 1
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+    time.sleep(0.001)
+spawning = time.monotonic() - t0
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+print(started, spawning)
+"""
+
 
 def reap() -> None:
     """Collect finished children without blocking (remembering which)."""
@@ -50,20 +79,21 @@ def reap() -> None:
         REAPED.add(pid)
 
 
-def storm(binary: Path, rate: int, seconds: float, life: str) -> tuple[int, float]:
-    started = 0
-    t0 = time.monotonic()
-    end = t0 + seconds
-    env = dict(os.environ)
-    argv = [str(binary), life]
-    while (now := time.monotonic()) < end:
-        due = int((now - t0) * rate)
-        while started < due:
-            os.posix_spawn(str(binary), argv, env)
-            started += 1
-        reap()
-        time.sleep(0.001)
-    elapsed = time.monotonic() - t0
+def storm(binary: Path, rate: int, seconds: float, life: str, workers: int) -> tuple[int, float]:
+    spawners = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPAWNER, str(binary), str(rate / workers), str(seconds), life],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    started, elapsed = 0, 0.0
+    for spawner in spawners:
+        out, _ = spawner.communicate(timeout=seconds + 60)
+        count, took = out.split()
+        started += int(count)
+        elapsed = max(elapsed, float(took))
     return started, elapsed
 
 
@@ -73,6 +103,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--life", default="0.2")
     parser.add_argument("--sensor", default="auto")
+    parser.add_argument("--workers", type=int, default=4, help="parallel spawner processes")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="proscribe-storm-"))
     token = secrets.token_hex(3)
@@ -92,7 +123,7 @@ def main() -> int:
         while not status_path.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(2)
-        started, elapsed = storm(binary, args.rate, args.seconds, args.life)
+        started, elapsed = storm(binary, args.rate, args.seconds, args.life, args.workers)
         # let the reaping and the checker catch up
         settle = time.monotonic() + float(args.life) + 5
         while time.monotonic() < settle:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Sighting:
     pid: int
     source: str  # "exec" | "comm" | "sweep" | "poll"
     observed: float  # time.monotonic() when the sensor learned of it
+    facts: ProcessFacts | None = None  # read at once by the netlink reader (no hash yet)
 
 
 class ProcessSensor:
@@ -212,7 +213,13 @@ class ProcessSensor:
                     continue
                 if event.tgid == own:
                     continue
-                self.submit(Sighting(event.tgid, source, now))
+                # Read /proc now, while the process surely exists: a short-lived program is
+                # often gone by the time the checker would get to it. Hashing waits.
+                facts = self.enricher.facts(event.tgid) if self.enricher else None
+                if facts is None:
+                    self.counts["vanished"] += 1
+                    continue
+                self.submit(Sighting(event.tgid, source, now, facts))
 
     def _sweep_loop(self) -> None:
         while not self._stop.is_set():
@@ -249,13 +256,25 @@ class ProcessSensor:
 
     def _check(self, sighting: Sighting) -> None:
         want = self.want_sha256()
-        if self.enricher is not None:
-            facts = self.enricher.facts(sighting.pid, with_sha256=want)
-        else:
-            facts = psutil_facts(sighting.pid, with_sha256=want)
+        facts = sighting.facts
+        if facts is None:
+            if self.enricher is not None:
+                facts = self.enricher.facts(sighting.pid, with_sha256=want)
+            else:
+                facts = psutil_facts(sighting.pid, with_sha256=want)
+        elif want and facts.sha256 is None and facts.exe and self.enricher is not None:
+            facts = replace(facts, sha256=self._hash(facts))
         if facts is None:
             self.counts["vanished"] += 1
             return
         self.counts[sighting.source] += 1
         self.scanner.mark(facts.pid, facts.start_time)
         self.handler(facts, sighting)
+
+    def _hash(self, facts: ProcessFacts) -> str | None:
+        """The executable's hash, read through /proc/PID/exe while it is still the same process."""
+        assert self.enricher is not None
+        digest = self.enricher.hashes.digest(self.enricher.procfs / str(facts.pid) / "exe")
+        if digest is not None and self.enricher.start_time_of(facts.pid) != facts.start_time:
+            return None  # the pid was reused while hashing: not this process's file
+        return digest

@@ -27,6 +27,7 @@ from agent_harness import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
 
+@pytest.mark.slow
 def test_monitor_mode_reports_would_block_and_kills_nothing(tmp_path: Path) -> None:
     token = secrets.token_hex(3)
     signer = Signer()
