@@ -54,6 +54,10 @@ class CollectorDouble:
         self.script: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = {}
         self.lose_ack_once = False
         self.policy: tuple[bytes, bytes] | None = None
+        # When set: an events batch is stored, then the answer waits for ``release_events``.
+        self.hold_events = False
+        self.events_received = threading.Event()
+        self.release_events = threading.Event()
         self.handled = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -212,4 +216,8 @@ class CollectorDouble:
             if self.lose_ack_once:
                 self.lose_ack_once = False
                 return -1, None, {}
+            hold = self.hold_events
+        if hold:
+            self.events_received.set()
+            self.release_events.wait(30)
         return 200, {"results": results}, {}
