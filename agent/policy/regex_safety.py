@@ -28,9 +28,10 @@ dependency, the same syntax admins know) and bound the work instead, in three wa
    spaces in plain ``re``) are refused.
 
    A repeat has one path when it cannot usefully backtrack: it is possessive (``\\s++``), or
-   its body is one character class and every character the pattern may need next is a literal
-   that class cannot match (``\\s+run``, ``\\d+\\.``): any shorter match would leave a class
-   character where the literal must be, so only the longest match can succeed.
+   its body is one character class and nothing the pattern may need next belongs to that
+   class: a literal (``\\s+run``, ``\\d+\\.``), a small literal class (``[0-9.]*\\s``) or
+   the complement class (``\\s+\\S``). Any shorter match would leave a class character
+   where something else must be, so only the longest match can succeed.
 
 The result: a search costs at most ``n`` start positions times ``work``, at most ``40 * n**2``
 simple steps (4e7 for ``n = 1024``: well under a second in the model's worst case) whatever
@@ -212,22 +213,36 @@ class _ShapeCheck:
     def _only_longest(self, body: list[_Item], flags: int, after: _Continuation) -> bool:
         """True when only the longest match of the repeat can lead to success.
 
-        That holds when the body is one character class and every character the pattern may
-        need next is a literal the class cannot match: a shorter match would leave a class
-        character exactly where that literal must be.
+        That holds when the body is one character class and no character the pattern may need
+        next belongs to that class: a shorter match would leave a class character exactly where
+        something else must be.
         """
         if len(body) != 1 or body[0][0] not in _SINGLE_CHAR_OPS:
             return False
         follow = _follow_set(after)
         if not follow:
             return False
-        body_re = self._compile_item(body[0], flags)
-        for (op, av), follow_flags in follow:
-            if op is not sre.LITERAL:
-                return False
-            if any(body_re.fullmatch(ch) for ch in _literal_variants(av, follow_flags)):
-                return False
-        return True
+        return all(self._disjoint(body[0], flags, item, item_flags) for item, item_flags in follow)
+
+    def _disjoint(self, body: _Item, body_flags: int, follow: _Item, follow_flags: int) -> bool:
+        """Whether no character matches both single-character items (False when unsure)."""
+        same_mode = (body_flags ^ follow_flags) & (re.ASCII | re.LOCALE | re.DOTALL) == 0
+        categories = (_single_category(body), _single_category(follow))
+        if (
+            same_mode
+            and categories[0] is not None
+            and _COMPLEMENTS.get(categories[0]) is (categories[1])
+        ):
+            return True  # \s vs \S, \d vs \D, \w vs \W
+        chars = _finite_chars(follow, follow_flags)
+        if chars is not None:
+            body_re = self._compile_item(body, body_flags)
+            return not any(body_re.fullmatch(ch) for ch in chars)
+        chars = _finite_chars(body, body_flags)
+        if chars is not None:
+            follow_re = self._compile_item(follow, follow_flags)
+            return not any(follow_re.fullmatch(ch) for ch in chars)
+        return False
 
     def _compile_item(self, item: _Item, flags: int) -> re.Pattern[str]:
         sub = sre_parse.SubPattern(self.state, [item])
@@ -269,6 +284,48 @@ def _union(
             return None
         found.extend(each)
     return found
+
+
+_COMPLEMENTS = {
+    sre.CATEGORY_SPACE: sre.CATEGORY_NOT_SPACE,
+    sre.CATEGORY_NOT_SPACE: sre.CATEGORY_SPACE,
+    sre.CATEGORY_DIGIT: sre.CATEGORY_NOT_DIGIT,
+    sre.CATEGORY_NOT_DIGIT: sre.CATEGORY_DIGIT,
+    sre.CATEGORY_WORD: sre.CATEGORY_NOT_WORD,
+    sre.CATEGORY_NOT_WORD: sre.CATEGORY_WORD,
+}
+_MAX_ENUMERATED = 64
+
+
+def _single_category(item: _Item) -> Any:
+    """``\\s``, ``\\S``, ``\\d``, … parse as a class holding one category."""
+    op, av = item
+    if op is sre.IN and len(av) == 1 and av[0][0] is sre.CATEGORY:
+        return av[0][1]
+    return None
+
+
+def _finite_chars(item: _Item, flags: int) -> set[str] | None:
+    """Every character a small literal class matches (case variants included), else None."""
+    op, av = item
+    chars: set[str] = set()
+    if op is sre.LITERAL:
+        chars.add(chr(av))
+    elif op is sre.IN:
+        for member_op, member in av:
+            if member_op is sre.LITERAL:
+                chars.add(chr(member))
+            elif member_op is sre.RANGE and member[1] - member[0] < _MAX_ENUMERATED:
+                chars.update(chr(code) for code in range(member[0], member[1] + 1))
+            else:
+                return None  # negated, a category, or a wide range
+    else:
+        return None
+    if len(chars) > _MAX_ENUMERATED:
+        return None
+    if flags & re.IGNORECASE:
+        chars = {variant for ch in chars for variant in _literal_variants(ord(ch), flags)}
+    return chars
 
 
 @functools.lru_cache(maxsize=512)

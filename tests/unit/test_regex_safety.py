@@ -35,6 +35,10 @@ REALISTIC = [
     r"(?i)deepseek-(r1|v3|coder)(:\d+(\.\d+)?b)?",
     r"(?i)https?://[^/\s]*deepseek\.com",
     r"(?i)\bhf\s+download\s+deepseek-ai/\S+",
+    r"(?i)lms\s+(load|get)\s+\S*deepseek",  # \s+ before \S: guarded by complement
+    r"(?i)--model(=|\s+)\S*deepseek",
+    r"(?i)python[0-9.]*\s.*deepseek",  # [0-9.]* before \s: guarded by a finite class
+    r"\s+\S+\s+\S+x",
 ]
 
 REDOS = {
@@ -48,6 +52,8 @@ REDOS = {
     r"\s*.*\s*deepseek": "more than one open-ended repeat",
     r".*\s+x": "more than one open-ended repeat",  # 9 s on 2048 spaces in plain re
     r"(?i)ollama.*\s+deepseek": "more than one open-ended repeat",
+    r"(?i)\bollama\b.*\b(run|pull)\b.*deepseek": "more than one open-ended repeat",
+    r"\S+\S+x": "more than one open-ended repeat",
     r"(x)\1": "backreferences",
     r"(?P<a>x)(?P=a)": "backreferences",
     r"(?=deepseek)\w+": "lookahead and lookbehind",
