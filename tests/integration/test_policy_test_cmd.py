@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from proscribe.agent.cli import main
 
 POLICY = """
 [meta]
@@ -85,7 +86,11 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.mark.linux
 def test_reports_running_process_and_file(
-    tmp_path: Path, denied_process: subprocess.Popen[bytes], home: Path
+    tmp_path: Path,
+    denied_process: subprocess.Popen[bytes],
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     policy = write_policy(tmp_path / "p.toml", "deepseek-test", "deepseek-ai")
     result = run_cmd(policy, home, "--json")
@@ -104,37 +109,50 @@ def test_reports_running_process_and_file(
     ]
     assert report["violations"] >= 2
 
-    text = run_cmd(policy, home)
-    assert text.returncode == 1
-    assert f"would kill: process pid {denied_process.pid} 'deepseek-test'" in text.stdout
-    assert "would report: file " in text.stdout
-    assert "models--deepseek-ai--DeepSeek-R1: rule weights: file glob" in text.stdout
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["policy", "test", str(policy)]) == 1  # the text form, in-process
+    text = capsys.readouterr().out
+    assert f"would kill: process pid {denied_process.pid} 'deepseek-test'" in text
+    assert "would report: file " in text
+    assert "models--deepseek-ai--DeepSeek-R1: rule weights: file glob" in text
 
 
 @pytest.mark.linux
 def test_exit_zero_when_nothing_matches(
-    tmp_path: Path, denied_process: subprocess.Popen[bytes], home: Path
+    tmp_path: Path,
+    denied_process: subprocess.Popen[bytes],
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     unique = f"no-such-program-{uuid.uuid4().hex[:8]}"
     policy = write_policy(tmp_path / "p.toml", unique, unique)
-    result = run_cmd(policy, home)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 would violate" in result.stdout
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["policy", "test", str(policy)]) == 0  # in-process this time
+    out = capsys.readouterr().out
+    assert "0 would violate" in out
+    assert "processes checked" in out
 
 
-def test_bad_file_is_one_line_exit_2(tmp_path: Path, home: Path) -> None:
+def test_bad_file_is_one_line_exit_2(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[meta]\nschema = 1\nid = "x"\nbogus = [\n', encoding="utf-8")
+    assert main(["policy", "test", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert str(bad) in lines[0]
+    assert "Traceback" not in captured.err
+    assert main(["policy", "test", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+    # the same through a real process: no traceback either
     result = run_cmd(bad, home)
     assert result.returncode == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert str(bad) in lines[0]
+    assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
-    missing = run_cmd(tmp_path / "missing.toml", home)
-    assert missing.returncode == 2
-    assert "missing.toml" in missing.stderr
 
 
 @pytest.mark.linux
