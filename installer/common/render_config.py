@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import json
 import os
 import sys
 import tomllib
@@ -80,24 +81,13 @@ class RenderError(Exception):
 
 
 def toml_string(value: str) -> str:
-    """A TOML basic string. Escapes what TOML 1.0 requires (quote, backslash, controls, DEL)."""
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\n":
-            out.append("\\n")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    """A TOML basic string.
+
+    JSON's string escapes (``\\"``, ``\\\\``, ``\\n``, ``\\u00XX``…) are all valid TOML; TOML
+    additionally forbids a raw DEL. Using exactly ``json.dumps`` lets the Ansible template
+    (``to_json``) produce the same bytes.
+    """
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_list(values: Sequence[str]) -> str:
