@@ -27,6 +27,7 @@ ANY_RULE = "*"
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
+    position: int  # in the policy: the first applicable exemption wins
     exemption: Exemption
     rules: frozenset[str]
     any_rule: bool
@@ -45,13 +46,14 @@ class ExemptionSet:
         self._policy_expires = policy_expires
         self._exemptions = tuple(
             _Compiled(
+                position=i,
                 exemption=e,
                 rules=frozenset(e.rules),
                 any_rule=ANY_RULE in e.rules,
                 hosts=compile_globs(e.hosts, path=False, ignore_case=True) if e.hosts else None,
                 users=frozenset(e.users),
             )
-            for e in exemptions
+            for i, e in enumerate(exemptions)
         )
         # rule id -> exemptions naming it (policy order); "*" exemptions are merged in.
         by_rule: dict[str, list[_Compiled]] = {}
@@ -73,10 +75,8 @@ class ExemptionSet:
         candidates = self._by_rule.get(rule_id, [])
         wildcard = self._by_rule.get(ANY_RULE, [])
         if wildcard:
-            candidates = sorted(
-                {id(c): c for c in (*candidates, *wildcard)}.values(),
-                key=self._exemptions.index,
-            )
+            merged = {c.position: c for c in (*candidates, *wildcard)}
+            candidates = [merged[p] for p in sorted(merged)]
         for c in candidates:
             e = c.exemption
             if e.expires is not None and now >= e.expires:

@@ -136,7 +136,10 @@ class FileMatcher:
                         expansions[-1] = GlobExpansion(index, rule.id, glob, None, str(err))
         compiled = _Compiled(tuple(expansions), tuple(regexes))
         if len(self._cache) >= _CACHE_USERS:
-            self._cache.pop(next(iter(self._cache)))
+            try:  # oldest first; another thread may be evicting at the same time
+                self._cache.pop(next(iter(self._cache)), None)
+            except (StopIteration, RuntimeError):
+                pass
         self._cache[key] = compiled
         return compiled
 
