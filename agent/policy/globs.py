@@ -48,7 +48,9 @@ def glob_to_regex(pattern: str, *, path: bool) -> str:
                 body = body[1:]
             if not body:
                 raise ValueError(f"{pattern!r}: empty character class at position {i}")
-            escaped = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+            # Escape what is special inside a regex class, including the set operators
+            # ("&&", "||", "~~", "--") that Python's re reserves and warns about.
+            escaped = "".join("\\" + ch if ch in "\\^[&|~" else ch for ch in body)
             out.append(f"[{'^' if negate else ''}{escaped}]")
             i = end
         else:
