@@ -174,6 +174,53 @@ def test_heartbeat_carries_spool_figures_and_policy_is_handed_over(
     assert len(agent.policies) == 1
 
 
+def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
+    collector: CollectorDouble, tmp_path: Path
+) -> None:
+    now = [1_000_000.0]
+    secret = tmp_path / "enroll.secret"
+    secret.write_text("s3cret")
+    spool = Spool(tmp_path / "spool.db")
+    transport = Transport(collector.url, timeout=(2.0, 5.0))
+    reporter = Reporter(
+        spool,
+        transport,
+        IdentityStore(tmp_path / "state", secret, HOST),
+        ReporterConfig(policy_interval=3600.0, idle_check=3600.0),  # heartbeats: 60 s ± 6 s
+        clock=lambda: now[0],
+        rng=random.Random(5),
+    )
+    try:
+        reporter.run_once()  # enroll, first heartbeat, first policy poll
+        assert len(collector.heartbeats) == 1
+        sleep = reporter.run_once()
+        assert 54.0 <= sleep <= 66.0  # next heartbeat due in 60 s ± 6 s
+        now[0] += 53.9
+        reporter.run_once()
+        assert len(collector.heartbeats) == 1
+        now[0] += 12.2
+        reporter.run_once()
+        assert len(collector.heartbeats) == 2
+
+        # failures grow the wait (full jitter, capped), a success resets it
+        collector.script["/api/v1/events"] = [(500, {}, {"error": "boom"})] * 6
+        spool.append(violation())
+        ceilings = []
+        for _ in range(6):
+            reporter.run_once()
+            ceilings.append(reporter._blocked_until - now[0])
+            now[0] = reporter._blocked_until
+        assert all(0.5 <= c <= 900 for c in ceilings)
+        assert ceilings[-1] > ceilings[0]
+        assert reporter._backoff.attempt == 6
+        reporter.run_once()
+        assert spool.stats().depth == 0
+        assert reporter._backoff.attempt == 0
+    finally:
+        transport.close()
+        spool.close()
+
+
 def test_413_halves_the_batch_until_it_fits(
     collector: CollectorDouble, agent_factory: Callable[..., Agent]
 ) -> None:
@@ -316,6 +363,18 @@ def test_revoked_agent_reenrolls_with_a_new_key(
     assert len(set(collector.public_keys)) == 2
     key = (agent.identity.state_dir / "agent.key").stat().st_mode & 0o777
     assert key == 0o600
+
+
+def test_enrollment_flood_429_waits_for_retry_after(
+    collector: CollectorDouble, agent_factory: Callable[..., Agent]
+) -> None:
+    collector.script["/api/v1/enroll"] = [(429, {"Retry-After": "1"}, {"error": "rate_limited"})]
+    agent = agent_factory(collector.url)
+    agent.reporter.start()
+    assert wait_for(lambda: agent.identity.enrolled, timeout=4)
+    enrolls = [e for e in collector.log if e.path == "/api/v1/enroll"]
+    assert [e.status for e in enrolls] == [429, 200]
+    assert enrolls[1].at - enrolls[0].at >= 0.95
 
 
 def test_bad_enroll_secret_is_reported_and_nothing_is_lost(
