@@ -1,0 +1,101 @@
+"""End to end on loopback: the real agent kills a denied process, and its event reaches a real
+collector (uvicorn, SQLite) through enrollment and signed uploads."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import Procs, Signer, policy_text, running_agent, wait_for, write_config
+
+pytest.importorskip("uvicorn")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc"),
+]
+
+
+class Collector:
+    def __init__(self, tmp: Path) -> None:
+        import uvicorn
+        from proscribe.collector.app import create_app
+        from proscribe.collector.config import settings_from_mapping
+
+        settings = settings_from_mapping({"database": {"url": f"sqlite:///{tmp / 'c.db'}"}})
+        self.app = create_app(settings)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started
+
+    def enroll_secret(self) -> str:
+        from proscribe.collector.storage import agents
+
+        with self.app.state.collector.db.write() as conn:
+            _sid, secret = agents.create_enroll_secret(conn, "test", 0)
+        return str(secret)
+
+    def events(self) -> list[dict[str, Any]]:
+        from proscribe.collector.storage.tables import events
+        from sqlalchemy import select
+
+        with self.app.state.collector.db.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(events))]
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(tmp_path)
+    yield c
+    c.close()
+
+
+def test_violation_travels_from_agent_to_collector(tmp_path: Path, collector: Collector) -> None:
+    token = secrets.token_hex(3)
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text(token))
+    (tmp_path / "enroll.secret").write_text(collector.enroll_secret() + "\n")
+    config = write_config(
+        tmp_path,
+        signer,
+        extra=(
+            f'[collector]\nurl = "http://127.0.0.1:{collector.port}"\n'
+            'enroll_secret_file = "enroll.secret"\n'
+        ),
+    )
+    procs = Procs()
+    try:
+        with running_agent(config, tmp_path / "agent.log"):
+            binary = tmp_path / f"dsk{token}-e2e"
+            shutil.copy2("/bin/sleep", binary)
+            proc = procs.start([str(binary), "30"])
+            assert proc.wait(10) < 0
+            stored = wait_for(
+                lambda: [e for e in collector.events() if e.get("rule") == "deepseek-desktop"],
+                15,
+            )
+            assert stored, (tmp_path / "agent.log").read_text()
+            assert stored[0].get("action") == "killed"
+    finally:
+        procs.cleanup()
