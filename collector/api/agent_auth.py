@@ -1,0 +1,120 @@
+"""Authenticating agent requests signed as in :mod:`proscribe.agent.wire.auth`.
+
+Checks, in order, each with its own 401 slug so the agent knows what to do:
+``bad_signature`` (headers missing or malformed), ``unknown_agent`` / ``revoked_agent`` (the
+agent re-enrolls and keeps its spool), ``stale_request`` (clock skew over 300 s),
+``bad_signature`` (method, path, query or body altered), ``replayed_nonce``. The nonce is
+recorded in the database by the caller, inside the transaction that does the request's work,
+so a replay is refused on every replica.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from proscribe.agent.wire.auth import (
+    H_AGENT,
+    H_TIME,
+    MAX_SKEW_SECONDS,
+    AuthFailure,
+    verify_request,
+)
+from proscribe.collector.api.errors import ApiError
+from proscribe.collector.storage import to_us
+from proscribe.collector.storage.agents import consume_nonce, get_agent
+from sqlalchemy import Connection
+
+# A nonce must stay remembered as long as its timestamp could still pass the skew check.
+NONCE_TTL_SECONDS = 2 * MAX_SKEW_SECONDS + 60
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedAgent:
+    agent_id: str
+    nonce: str
+    hostname: str
+
+
+def _unauthorized(error: str, detail: str) -> ApiError:
+    return ApiError(401, error, detail)
+
+
+def decode_public_key(text: str) -> Ed25519PublicKey:
+    """Parse an ``ed25519:BASE64`` string from the network (never a path, unlike keys.py)."""
+    if not text.startswith("ed25519:"):
+        raise ValueError("public_key must be 'ed25519:BASE64'")
+    try:
+        raw = base64.b64decode(text[len("ed25519:") :], validate=True)
+    except binascii.Error as err:
+        raise ValueError("public_key is not valid base64") from err
+    if len(raw) != 32:
+        raise ValueError("public_key must be 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+class AgentAuthenticator:
+    """Stateless apart from a cache of parsed public keys (keys never change per agent id)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(
+        self,
+        conn: Connection,
+        headers: Mapping[str, str],
+        method: str,
+        path_and_query: str,
+        body: bytes,
+    ) -> AuthenticatedAgent:
+        """Verify everything but the nonce; see :meth:`consume`."""
+        agent_id = headers.get(H_AGENT)
+        if not agent_id or len(agent_id) > 64:
+            raise _unauthorized("bad_signature", f"missing or malformed {H_AGENT} header")
+        agent = get_agent(conn, agent_id)
+        if agent is None:
+            raise _unauthorized("unknown_agent", "this agent is not enrolled; enroll again")
+        if agent.revoked_us is not None:
+            raise _unauthorized("revoked_agent", "this agent was revoked; enroll again")
+        stamp = headers.get(H_TIME, "")
+        now = self._clock()
+        if stamp.isdigit() and len(stamp) <= 12 and abs(now - int(stamp)) > MAX_SKEW_SECONDS:
+            raise _unauthorized(
+                "stale_request",
+                f"request time is more than {MAX_SKEW_SECONDS}s from the server's clock",
+            )
+        key = self._public_key(agent_id, agent.public_key)
+        try:
+            nonce, _ts = verify_request(key, headers, method, path_and_query, body, now=now)
+        except AuthFailure as err:
+            raise _unauthorized("bad_signature", str(err)) from err
+        return AuthenticatedAgent(agent_id, nonce, agent.hostname)
+
+    def consume(self, conn: Connection, agent: AuthenticatedAgent) -> None:
+        """Record the nonce in the caller's transaction; 401 ``replayed_nonce`` if seen."""
+        expires = to_us(self._clock() + NONCE_TTL_SECONDS)
+        if not consume_nonce(conn, agent.agent_id, agent.nonce, expires):
+            raise _unauthorized("replayed_nonce", "this nonce was already used")
+
+    def _public_key(self, agent_id: str, text: str) -> Ed25519PublicKey:
+        with self._lock:
+            key = self._keys.get(agent_id)
+        if key is None:
+            key = decode_public_key(text)
+            with self._lock:
+                if len(self._keys) > 100_000:
+                    self._keys.clear()
+                self._keys[agent_id] = key
+        return key
+
+
+def path_and_query(scope_path: bytes | str, query: bytes) -> str:
+    """The request target exactly as the client sent it (what the agent signed)."""
+    path = scope_path.decode("latin-1") if isinstance(scope_path, bytes) else scope_path
+    return path + ("?" + query.decode("latin-1") if query else "")

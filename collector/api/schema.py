@@ -1,0 +1,184 @@
+"""Request models for the agent API, with the limits of :mod:`proscribe.agent.events`.
+
+Every string is capped and refuses NUL and lone surrogates: a NUL truncates SQLite text search
+and PostgreSQL rejects it outright; a lone surrogate cannot be encoded as UTF-8 and would fail
+deep inside the database driver. Events forbid unknown fields; heartbeats ignore them (a newer
+agent may report more than this collector knows how to show).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from proscribe.agent.events import (
+    EVENT_ACTIONS,
+    KINDS,
+    MAX_CMDLINE_ITEMS,
+    MAX_DETAIL,
+    MAX_EVENTS_PER_BATCH,
+    MAX_STRING,
+    SEVERITIES,
+    parse_time,
+)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL character not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError("lone surrogate not allowed (text must be valid UTF-8)") from err
+    return value
+
+
+def _event_id(value: str) -> str:
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError as err:
+        raise ValueError("id must be a UUID") from err
+    return str(parsed)
+
+
+def _timestamp(value: str) -> str:
+    try:
+        parse_time(value)
+    except ValueError as err:
+        raise ValueError(
+            "time must be RFC 3339 with a zone, e.g. 2025-01-28T09:14:03.120Z"
+        ) from err
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=MAX_STRING), AfterValidator(clean_text)]
+Short = Annotated[str, StringConstraints(max_length=256), AfterValidator(clean_text)]
+Detail = Annotated[str, StringConstraints(max_length=MAX_DETAIL), AfterValidator(clean_text)]
+EventId = Annotated[str, StringConstraints(max_length=36), AfterValidator(_event_id)]
+Timestamp = Annotated[Short, AfterValidator(_timestamp)]
+Hex = Annotated[str, StringConstraints(max_length=128, pattern=r"^[0-9a-fA-F]*$")]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+
+_STRICT = ConfigDict(extra="forbid", strict=False)
+_LENIENT = ConfigDict(extra="ignore")
+
+
+class PolicyRef(BaseModel):
+    model_config = _STRICT
+    id: Text | None = None
+    serial: Count | None = None
+    sha256: Hex | None = None
+
+
+class HostRef(BaseModel):
+    model_config = _STRICT
+    agent_id: Short | None = None
+    hostname: Text | None = None
+    os: Short | None = None
+
+
+class ProcessInfo(BaseModel):
+    model_config = _STRICT
+    pid: Count | None = None
+    ppid: Count | None = None
+    name: Text | None = None
+    argv0: Text | None = None
+    exe: Text | None = None
+    cmdline: Annotated[list[Text], Field(max_length=MAX_CMDLINE_ITEMS)] | None = None
+    user: Text | None = None
+    uid: Count | None = None
+    sha256: Hex | None = None
+    start_time: float | None = None
+
+
+class DnsInfo(BaseModel):
+    model_config = _STRICT
+    qname: Text
+    qtype: Short | None = None
+    resolver: Text | None = None
+
+
+class FileInfo(BaseModel):
+    model_config = _STRICT
+    path: Text
+    sha256: Hex | None = None
+
+
+class EventIn(BaseModel):
+    """One event as defined in :mod:`proscribe.agent.events`."""
+
+    model_config = _STRICT
+    id: EventId
+    time: Timestamp
+    kind: Literal[KINDS]  # type: ignore[valid-type]
+    rule: Text | None = None
+    policy: PolicyRef | None = None
+    action: Literal[EVENT_ACTIONS]  # type: ignore[valid-type]
+    severity: Literal[SEVERITIES] = "high"  # type: ignore[valid-type]
+    host: HostRef | None = None
+    process: ProcessInfo | None = None
+    dns: DnsInfo | None = None
+    file: FileInfo | None = None
+    detail: Detail | None = None
+    count: Annotated[int, Field(ge=1, le=2**31)] = 1
+
+
+class EventBatch(BaseModel):
+    """The envelope; events stay raw dicts here so each is judged on its own."""
+
+    model_config = _STRICT
+    events: Annotated[list[dict[str, Any]], Field(max_length=MAX_EVENTS_PER_BATCH)]
+
+
+class EnrollRequest(BaseModel):
+    model_config = _STRICT
+    secret: Short
+    hostname: Text
+    os: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
+    agent_version: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
+    public_key: Annotated[str, StringConstraints(max_length=128), AfterValidator(clean_text)]
+
+
+class HeartbeatPolicy(BaseModel):
+    model_config = _LENIENT
+    id: Text | None = None
+    serial: Count | None = None
+    sha256: Hex | None = None
+    expires: Short | None = None
+    stale: bool = False
+
+
+class HeartbeatSpool(BaseModel):
+    model_config = _LENIENT
+    depth: Count = 0
+    bytes: Count = 0
+    # An int, or the spool's per-reason counters.
+    dropped: Count | Annotated[dict[Short, Count], Field(max_length=64)] = 0
+
+    def dropped_total(self) -> int:
+        if isinstance(self.dropped, dict):
+            return sum(self.dropped.values())
+        return self.dropped
+
+
+SensorValue = Text | bool | int | float | None
+SensorState = SensorValue | Annotated[dict[Short, SensorValue], Field(max_length=32)]
+
+
+class HeartbeatIn(BaseModel):
+    model_config = _LENIENT
+    agent_version: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] = ""
+    hostname: Text = ""
+    os: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] = ""
+    mode: Annotated[str, StringConstraints(max_length=16), AfterValidator(clean_text)] | None = None
+    policy: HeartbeatPolicy | None = None
+    sensors: Annotated[dict[Short, SensorState], Field(max_length=64)] = Field(default_factory=dict)
+    spool: HeartbeatSpool = Field(default_factory=HeartbeatSpool)
+    time: Short | None = None
+
+
+class PolicyUpload(BaseModel):
+    model_config = _STRICT
+    policy: Annotated[str, StringConstraints(max_length=2 * 1024 * 1024)]
+    signature: Annotated[str, StringConstraints(max_length=128 * 1024)]

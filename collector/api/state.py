@@ -1,0 +1,31 @@
+"""The per-app collaborators, built once by :func:`proscribe.collector.app.create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proscribe.collector.api.agent_auth import AgentAuthenticator
+from proscribe.collector.api.metrics import Metrics
+from proscribe.collector.api.ratelimit import EnrollRateLimiter
+from proscribe.collector.config import CollectorSettings
+from proscribe.collector.storage import Database, to_us
+from starlette.requests import Request
+
+
+@dataclass
+class CollectorState:
+    settings: CollectorSettings
+    db: Database
+    clock: Callable[[], float]
+    metrics: Metrics
+    authenticator: AgentAuthenticator
+    enroll_limiter: EnrollRateLimiter
+
+    def now_us(self) -> int:
+        return to_us(self.clock())
+
+
+def get_state(request: Request) -> CollectorState:
+    state: CollectorState = request.app.state.collector
+    return state

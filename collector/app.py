@@ -1,0 +1,122 @@
+"""The collector's composition root: ``create_app(settings) -> FastAPI``.
+
+Routers, middleware, exception handlers and the lifespan are listed here explicitly. The
+database is opened and migrated in the lifespan (so importing the app has no side effects);
+``clock`` is injected so tests can move time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from proscribe.agent import __version__
+from proscribe.collector.api.agent_auth import AgentAuthenticator
+from proscribe.collector.api.agent_routes import build_agent_router
+from proscribe.collector.api.errors import install_error_handlers
+from proscribe.collector.api.metrics import Metrics, MetricsMiddleware
+from proscribe.collector.api.ops_routes import build_ops_router
+from proscribe.collector.api.people_routes import build_people_router
+from proscribe.collector.api.ratelimit import EnrollRateLimiter
+from proscribe.collector.api.state import CollectorState
+from proscribe.collector.config import CollectorSettings
+from proscribe.collector.storage import Database, open_database, to_us, upgrade
+from proscribe.collector.storage.agents import purge_nonces
+
+log = logging.getLogger(__name__)
+
+NONCE_PURGE_INTERVAL = 60.0
+
+
+def create_app(
+    settings: CollectorSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    database: Database | None = None,
+    migrate: bool = True,
+) -> FastAPI:
+    """Build the app; the database opens (and migrates) when the lifespan starts."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or open_database(settings.database_url)
+        if migrate:
+            upgrade(db)
+        with db.write() as conn:
+            purge_nonces(conn, to_us(clock()))
+        app.state.collector = CollectorState(
+            settings=settings,
+            db=db,
+            clock=clock,
+            metrics=metrics,
+            authenticator=AgentAuthenticator(clock),
+            enroll_limiter=EnrollRateLimiter(settings.enroll, clock),
+        )
+        purger = _NoncePurger(app.state.collector)
+        app.state.nonce_purger = purger
+        log.info("collector ready on %s (%s)", settings.source, db.dialect)
+        try:
+            yield
+        finally:
+            if database is None:
+                db.dispose()
+
+    app = FastAPI(
+        title="Proscribe collector",
+        version=__version__,
+        description="Agent ingest (signed), policy distribution, and reports for people.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_agent_router())
+    app.include_router(build_people_router())
+    app.include_router(build_ops_router())
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
+    app.add_middleware(_NoncePurgeMiddleware)
+    return app
+
+
+def _known_paths(app: FastAPI) -> set[str]:
+    """Route templates without parameters, the only paths used as metric labels."""
+    paths: set[str] | None = getattr(app.state, "known_paths", None)
+    if paths is None:
+        paths = {p for p in app.openapi()["paths"] if "{" not in p}
+        app.state.known_paths = paths
+    return paths
+
+
+class _NoncePurger:
+    """Deletes expired nonces at most once a minute, piggybacking on requests (no thread)."""
+
+    def __init__(self, state: CollectorState) -> None:
+        self._state = state
+        self._next = state.clock() + NONCE_PURGE_INTERVAL
+
+    def due(self) -> bool:
+        now = self._state.clock()
+        if now < self._next:
+            return False
+        self._next = now + NONCE_PURGE_INTERVAL
+        return True
+
+    def run(self) -> None:
+        with self._state.db.write() as conn:
+            purged = purge_nonces(conn, self._state.now_us())
+        log.debug("purged %d expired nonces", purged)
+
+
+class _NoncePurgeMiddleware:
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        from starlette.concurrency import run_in_threadpool
+
+        await self.app(scope, receive, send)  # type: ignore[operator]
+        purger = getattr(getattr(scope.get("app"), "state", None), "nonce_purger", None)
+        if scope["type"] == "http" and purger is not None and purger.due():
+            await run_in_threadpool(purger.run)

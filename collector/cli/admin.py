@@ -1,0 +1,251 @@
+"""Admin verbs: ``enroll-secret``, ``agent``, ``user``, ``audit``. Writes are audited."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from proscribe.agent.errors import UsageError
+from proscribe.collector.cli.common import (
+    add_config_argument,
+    cli_actor,
+    open_migrated,
+    settings_from_args,
+)
+from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage import audit, to_us
+from proscribe.collector.storage.users import ROLES, UserExists, add_user
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+def register(verbs: Any) -> None:
+    secret = verbs.add_parser("enroll-secret", help="create, list or revoke enroll secrets")
+    secret_verbs = secret.add_subparsers(dest="action", metavar="ACTION")
+    create = secret_verbs.add_parser("create", help="create a secret (printed once)")
+    create.add_argument("--label", default="", help="a note for yourself, e.g. 'laptops 2025'")
+    add_config_argument(create)
+    create.set_defaults(func=secret_create)
+    listing = secret_verbs.add_parser("list", help="list secrets (ids and labels)")
+    listing.add_argument("--json", action="store_true")
+    add_config_argument(listing)
+    listing.set_defaults(func=secret_list)
+    revoke = secret_verbs.add_parser("revoke", help="revoke a secret by id")
+    revoke.add_argument("secret_id")
+    add_config_argument(revoke)
+    revoke.set_defaults(func=secret_revoke)
+    secret.set_defaults(func=_usage(secret))
+
+    agent = verbs.add_parser("agent", help="list or revoke enrolled agents")
+    agent_verbs = agent.add_subparsers(dest="action", metavar="ACTION")
+    alist = agent_verbs.add_parser("list", help="list enrolled agents")
+    alist.add_argument("--json", action="store_true")
+    add_config_argument(alist)
+    alist.set_defaults(func=agent_list)
+    arevoke = agent_verbs.add_parser("revoke", help="revoke an agent (it must enroll again)")
+    arevoke.add_argument("agent_id")
+    add_config_argument(arevoke)
+    arevoke.set_defaults(func=agent_revoke)
+    agent.set_defaults(func=_usage(agent))
+
+    user = verbs.add_parser("user", help="manage people's accounts")
+    user_verbs = user.add_subparsers(dest="action", metavar="ACTION")
+    uadd = user_verbs.add_parser("add", help="add a user; prints a password and API token once")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, choices=ROLES)
+    add_config_argument(uadd)
+    uadd.set_defaults(func=user_add)
+    user.set_defaults(func=_usage(user))
+
+    aud = verbs.add_parser("audit", help="check the admin audit log's hash chain")
+    aud_verbs = aud.add_subparsers(dest="action", metavar="ACTION")
+    verify = aud_verbs.add_parser("verify", help="verify the hash chain (exit 1 if broken)")
+    add_config_argument(verify)
+    verify.set_defaults(func=audit_verify)
+    aud.set_defaults(func=_usage(aud))
+
+
+def _usage(parser: argparse.ArgumentParser) -> Any:
+    def run(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return run
+
+
+def _when(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def secret_create(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    now_us = to_us(time.time())
+    with db.write() as conn:
+        secret_id, secret = agent_store.create_enroll_secret(conn, args.label, now_us)
+        audit.append_audit(
+            conn,
+            actor=cli_actor(),
+            action="enroll_secret.create",
+            target=secret_id,
+            detail={"label": args.label},
+            now_us=now_us,
+        )
+    db.dispose()
+    print(secret)
+    print(
+        f"(secret id {secret_id}; shown once — store it in the agents' enroll_secret_file)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def secret_list(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    with db.read() as conn:
+        rows = agent_store.list_enroll_secrets(conn)
+    db.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.secret_id,
+                        "label": r.label,
+                        "created_us": r.created_us,
+                        "revoked_us": r.revoked_us,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return 0
+    print(f"{'ID':14} {'CREATED':22} {'STATUS':8} LABEL")
+    for r in rows:
+        status = "revoked" if r.revoked_us else "active"
+        print(f"{r.secret_id:14} {_when(r.created_us):22} {status:8} {r.label!r}")
+    return 0
+
+
+def secret_revoke(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    now_us = to_us(time.time())
+    with db.write() as conn:
+        done = agent_store.revoke_enroll_secret(conn, args.secret_id, now_us)
+        if done:
+            audit.append_audit(
+                conn,
+                actor=cli_actor(),
+                action="enroll_secret.revoke",
+                target=args.secret_id,
+                detail=None,
+                now_us=now_us,
+            )
+    db.dispose()
+    if not done:
+        raise UsageError(
+            f"enroll secret {args.secret_id!r}: no active secret with that id "
+            "(fix: see 'proscribe collector enroll-secret list')"
+        )
+    print(f"revoked enroll secret {args.secret_id}")
+    return 0
+
+
+def agent_list(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    with db.read() as conn:
+        rows = agent_store.list_agents(conn)
+    db.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "agent_id": r.agent_id,
+                        "hostname": r.hostname,
+                        "os": r.os,
+                        "agent_version": r.agent_version,
+                        "enrolled_us": r.enrolled_us,
+                        "revoked_us": r.revoked_us,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return 0
+    print(f"{'AGENT ID':34} {'ENROLLED':22} {'STATUS':8} HOSTNAME")
+    for r in rows:
+        status = "revoked" if r.revoked_us else "active"
+        print(f"{r.agent_id:34} {_when(r.enrolled_us):22} {status:8} {r.hostname!r}")
+    return 0
+
+
+def agent_revoke(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    now_us = to_us(time.time())
+    with db.write() as conn:
+        done = agent_store.revoke_agent(conn, args.agent_id, now_us)
+        if done:
+            audit.append_audit(
+                conn,
+                actor=cli_actor(),
+                action="agent.revoke",
+                target=args.agent_id,
+                detail=None,
+                now_us=now_us,
+            )
+    db.dispose()
+    if not done:
+        raise UsageError(
+            f"agent {args.agent_id!r}: no active agent with that id "
+            "(fix: see 'proscribe collector agent list')"
+        )
+    print(f"revoked agent {args.agent_id}; it must enroll again")
+    return 0
+
+
+def user_add(args: argparse.Namespace) -> int:
+    if not _NAME.match(args.name):
+        raise UsageError(
+            f"user name {args.name!r}: use letters, digits, '.', '_', '@' or '-' (max 128)"
+        )
+    db = open_migrated(settings_from_args(args))
+    now_us = to_us(time.time())
+    try:
+        with db.write() as conn:
+            password, token = add_user(conn, args.name, args.role, now_us)
+            audit.append_audit(
+                conn,
+                actor=cli_actor(),
+                action="user.add",
+                target=args.name,
+                detail={"role": args.role},
+                now_us=now_us,
+            )
+    except UserExists as err:
+        raise UsageError(f"user {args.name!r} already exists (fix: choose another name)") from err
+    finally:
+        db.dispose()
+    print(f"user:      {args.name} ({args.role})")
+    print(f"password:  {password}")
+    print(f"api token: {token}")
+    print("(shown once; only hashes are stored)", file=sys.stderr)
+    return 0
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    db = open_migrated(settings_from_args(args))
+    with db.read() as conn:
+        verdict = audit.verify_chain(conn)
+    db.dispose()
+    if verdict.ok:
+        print(f"audit log OK: {verdict.rows} entries, head {verdict.head}")
+        return 0
+    print(f"audit log BROKEN at entry {verdict.broken_at}: {verdict.reason}", file=sys.stderr)
+    return 1

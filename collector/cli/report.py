@@ -1,0 +1,82 @@
+"""``proscribe collector report --since 30d --format json|csv``.
+
+Renderers are a registry (``FORMATS``) so the dashboard can add ``html`` without touching
+this module's callers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.errors import UsageError
+from proscribe.collector.cli.common import add_config_argument, open_migrated, settings_from_args
+from proscribe.collector.csvexport import violations_csv
+from proscribe.collector.storage import queries, to_us
+from proscribe.collector.timespec import parse_moment
+
+Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
+
+
+def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> str:
+    return json.dumps({**meta, "violations": list(events)}, indent=1, ensure_ascii=False) + "\n"
+
+
+def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> str:
+    return violations_csv(events)
+
+
+FORMATS: dict[str, Renderer] = {"json": _json, "csv": _csv}
+
+
+def register(verbs: Any) -> None:
+    parser = verbs.add_parser("report", help="violations over a period, as JSON or CSV")
+    parser.add_argument("--since", default="30d", help="e.g. 30d, 12h, or an RFC 3339 time")
+    parser.add_argument("--until", default=None)
+    parser.add_argument("--format", default="json", help="json | csv (html: dashboard)")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--rule", default=None)
+    parser.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    add_config_argument(parser)
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    renderer = FORMATS.get(args.format)
+    if renderer is None:
+        raise UsageError(
+            f"--format {args.format!r} is not available (fix: use one of {', '.join(FORMATS)})"
+        )
+    now = time.time()
+    try:
+        since = parse_moment(args.since, now)
+        until = parse_moment(args.until, now) if args.until else None
+    except ValueError as err:
+        raise UsageError(f"--since/--until: {err}") from err
+    settings = settings_from_args(args)
+    db = open_migrated(settings)
+    flt = queries.ViolationFilter(
+        since_us=to_us(since),
+        until_us=None if until is None else to_us(until),
+        host=args.host,
+        rule=args.rule,
+    )
+    meta = {"since": since, "until": until, "generated": now}
+    try:
+        with db.read() as conn:
+            text = renderer(queries.iter_violations(conn, flt), meta)
+    finally:
+        db.dispose()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"--output {args.output}: {err.strerror}") from err
+    return 0

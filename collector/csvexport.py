@@ -1,0 +1,85 @@
+"""CSV for spreadsheets, safe against formula injection.
+
+A cell that starts with ``= + - @`` (or a tab / carriage return, which some spreadsheets strip
+before looking) is prefixed with ``'`` so Excel/LibreOffice show it as text instead of running
+it (OWASP "CSV injection"). The report CLI and the API share these columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+COLUMNS = (
+    "time",
+    "hostname",
+    "user",
+    "rule",
+    "kind",
+    "action",
+    "severity",
+    "process",
+    "exe",
+    "cmdline",
+    "qname",
+    "path",
+    "detail",
+    "count",
+    "policy_serial",
+    "agent_id",
+    "id",
+    "received",
+)
+_DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_DANGEROUS) else text
+
+
+def _iso(us: int | None) -> str:
+    if us is None:
+        return ""
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def violation_row(event: dict[str, Any]) -> list[str]:
+    process = event.get("process") or {}
+    dns = event.get("dns") or {}
+    file = event.get("file") or {}
+    host = event.get("host") or {}
+    policy = event.get("policy") or {}
+    values = (
+        event.get("time"),
+        host.get("hostname"),
+        process.get("user"),
+        event.get("rule"),
+        event.get("kind"),
+        event.get("action"),
+        event.get("severity"),
+        process.get("name"),
+        process.get("exe"),
+        " ".join(process.get("cmdline") or []),
+        dns.get("qname"),
+        file.get("path"),
+        event.get("detail"),
+        event.get("count", 1),
+        policy.get("serial"),
+        host.get("agent_id"),
+        event.get("id"),
+        _iso(event.get("received_us")),
+    )
+    return [safe_cell(v) for v in values]
+
+
+def violations_csv(events: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for event in events:
+        writer.writerow(violation_row(event))
+    return out.getvalue()

@@ -1,0 +1,101 @@
+"""Opening the collector's database: one engine per process, SQLite or PostgreSQL.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged event must survive a power
+loss, because the agent deletes it from its spool on the acknowledgement) and a busy timeout.
+Writers in one process take a lock first: SQLite allows one writer at a time anyway, and
+queueing on a Python lock is far cheaper than SQLite's sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.errors import ConfigError
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """An engine plus the knowledge of which dialect it speaks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction for writing; committed on success, rolled back on any exception."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str, *, pool_size: int = 8) -> Database:
+    """Create the engine for ``url``; the schema is made by :func:`migrate.upgrade`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ConfigError(f"database.url {url!r} is not a database URL ({err})") from err
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"database.url: cannot create the folder {folder}: {err.strerror} "
+                    "(fix: choose a writable path)"
+                ) from err
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        kwargs["pool_size"] = pool_size
+    else:
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    db = Database(engine)
+    try:
+        with db.engine.connect():
+            pass
+    except OperationalError as err:
+        engine.dispose()
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise ConfigError(
+            f"database.url: cannot connect: {reason} (fix: check the URL and that the "
+            "database server is running)"
+        ) from err
+    return db
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()

@@ -1,0 +1,207 @@
+"""Read models for people: violations and host coverage (the API and the dashboard share them).
+
+Violations are walked newest first with a keyset cursor ``(time_us, seq)``: a page costs an
+index range scan however deep it is, and rows arriving meanwhile never shift later pages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from proscribe.collector.storage.tables import events, hosts
+from sqlalchemy import Connection, and_, func, or_, select
+
+VIOLATION_KINDS = ("process", "dns", "file", "tamper")
+MAX_PAGE = 1000
+
+
+class BadCursor(ValueError):
+    """The cursor parameter is not one this server produced."""
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationFilter:
+    since_us: int | None = None
+    until_us: int | None = None
+    host: str | None = None
+    user: str | None = None
+    rule: str | None = None
+    kind: str | None = None
+    action: str | None = None
+    severity: str | None = None
+    agent_id: str | None = None
+    include_health: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostCoverage:
+    agent_id: str
+    hostname: str
+    os: str
+    agent_version: str
+    mode: str | None
+    last_seen_us: int
+    first_seen_us: int
+    policy_id: str | None
+    policy_serial: int | None
+    policy_sha256: str | None
+    policy_stale: bool
+    serial_regressed: bool
+    spool_depth: int
+    dropped: int
+    sensors: dict[str, Any] = field(default_factory=dict)
+    stale: bool = False
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.stale:
+            found.append("not seen within the heartbeat window")
+        if self.serial_regressed:
+            found.append("policy serial went down")
+        if self.policy_stale:
+            found.append("policy stale or expired")
+        if self.dropped > 0:
+            found.append(f"{self.dropped} events dropped")
+        return found
+
+
+def encode_cursor(time_us: int, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{time_us}:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        time_text, seq_text = text.split(":")
+        return int(time_text), int(seq_text)
+    except (ValueError, binascii.Error, UnicodeError) as err:
+        raise BadCursor(cursor) from err
+
+
+def _conditions(flt: ViolationFilter) -> list[Any]:
+    conds: list[Any] = []
+    if not flt.include_health and flt.kind is None:
+        conds.append(events.c.kind.in_(VIOLATION_KINDS))
+    for column, value in (
+        (events.c.hostname, flt.host),
+        (events.c.username, flt.user),
+        (events.c.rule, flt.rule),
+        (events.c.kind, flt.kind),
+        (events.c.action, flt.action),
+        (events.c.severity, flt.severity),
+        (events.c.agent_id, flt.agent_id),
+    ):
+        if value is not None:
+            conds.append(column == value)
+    if flt.since_us is not None:
+        conds.append(events.c.time_us >= flt.since_us)
+    if flt.until_us is not None:
+        conds.append(events.c.time_us < flt.until_us)
+    return conds
+
+
+def list_violations(
+    conn: Connection, flt: ViolationFilter, *, cursor: str | None = None, limit: int = 100
+) -> ViolationPage:
+    """One page, newest first. Items are the stored event bodies plus ``received``/``seq``."""
+    limit = max(1, min(limit, MAX_PAGE))
+    conds = _conditions(flt)
+    if cursor:
+        time_us, seq = decode_cursor(cursor)
+        conds.append(
+            or_(events.c.time_us < time_us, and_(events.c.time_us == time_us, events.c.seq < seq))
+        )
+    stmt = (
+        select(events.c.seq, events.c.time_us, events.c.received_us, events.c.body)
+        .where(*conds)
+        .order_by(events.c.time_us.desc(), events.c.seq.desc())
+        .limit(limit + 1)
+    )
+    rows = conn.execute(stmt).all()
+    items = []
+    for row in rows[:limit]:
+        body = json.loads(row.body)
+        body["received_us"] = int(row.received_us)
+        items.append(body)
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(int(last.time_us), int(last.seq))
+    return ViolationPage(items, next_cursor)
+
+
+def iter_violations(
+    conn: Connection, flt: ViolationFilter, *, page: int = 500
+) -> Iterator[dict[str, Any]]:
+    """Every matching violation, newest first (reports)."""
+    cursor: str | None = None
+    while True:
+        result = list_violations(conn, flt, cursor=cursor, limit=page)
+        yield from result.items
+        if result.next_cursor is None:
+            return
+        cursor = result.next_cursor
+
+
+def count_violations(conn: Connection, flt: ViolationFilter) -> int:
+    stmt = select(func.count()).select_from(events).where(*_conditions(flt))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def violations_by(
+    conn: Connection, column_name: str, flt: ViolationFilter, limit: int = 20
+) -> list[tuple[str | None, int]]:
+    """Counts grouped by one of hostname, username, rule, kind, action, severity."""
+    allowed = {"hostname", "username", "rule", "kind", "action", "severity"}
+    if column_name not in allowed:
+        raise ValueError(f"cannot group by {column_name!r}")
+    column = events.c[column_name]
+    stmt = (
+        select(column, func.count().label("n"))
+        .where(*_conditions(flt))
+        .group_by(column)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [(row[0], int(row[1])) for row in conn.execute(stmt)]
+
+
+def list_hosts(conn: Connection, *, now_us: int, heartbeat_window_us: int) -> list[HostCoverage]:
+    """Every host that ever sent a heartbeat, with ``stale`` computed against ``now_us``."""
+    rows = conn.execute(select(hosts).order_by(hosts.c.hostname, hosts.c.agent_id)).all()
+    result = []
+    for r in rows:
+        result.append(
+            HostCoverage(
+                agent_id=r.agent_id,
+                hostname=r.hostname,
+                os=r.os,
+                agent_version=r.agent_version,
+                mode=r.mode,
+                last_seen_us=int(r.last_seen_us),
+                first_seen_us=int(r.first_seen_us),
+                policy_id=r.policy_id,
+                policy_serial=None if r.policy_serial is None else int(r.policy_serial),
+                policy_sha256=r.policy_sha256,
+                policy_stale=bool(r.policy_stale),
+                serial_regressed=bool(r.serial_regressed),
+                spool_depth=int(r.spool_depth),
+                dropped=int(r.dropped),
+                sensors=json.loads(r.sensors),
+                stale=now_us - int(r.last_seen_us) > heartbeat_window_us,
+            )
+        )
+    return result

@@ -1,0 +1,160 @@
+"""The collector's schema (SQLAlchemy Core), portable between SQLite and PostgreSQL.
+
+Times are integer microseconds since the epoch (UTC): one type on both databases, index
+friendly, and the keyset cursor of the violations API is a plain ``(time_us, seq)`` pair.
+Credentials are never stored in a usable form: enroll secrets and API tokens as SHA-256,
+passwords as scrypt, agents as their public key only.
+
+The Alembic migrations in ``collector/migrations/versions`` create exactly this schema;
+``tests/unit/test_collector_storage.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("agent_id", String(64), primary_key=True),
+    Column("public_key", String(128), nullable=False, index=True),
+    Column("hostname", String(4096), nullable=False),
+    Column("os", String(64), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("enrolled_us", BigInteger, nullable=False),
+    Column("enroll_secret_id", String(32), nullable=True),
+    Column("revoked_us", BigInteger, nullable=True),
+)
+
+enroll_secrets = Table(
+    "enroll_secrets",
+    metadata,
+    Column("secret_id", String(32), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("label", String(256), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("received_us", BigInteger, nullable=False),
+    Column("hostname", String(4096), nullable=True),
+    Column("username", String(4096), nullable=True),
+    Column("rule", String(4096), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    # Keyset pagination walks (time_us, seq) downwards; each filter column leads its own
+    # index so a filtered page is an index range scan, not a table scan.
+    Index("ix_events_time", "time_us", "seq"),
+    Index("ix_events_host_time", "hostname", "time_us"),
+    Index("ix_events_user_time", "username", "time_us"),
+    Index("ix_events_rule_time", "rule", "time_us"),
+    Index("ix_events_kind_time", "kind", "time_us"),
+    Index("ix_events_action_time", "action", "time_us"),
+    Index("ix_events_severity_time", "severity", "time_us"),
+    Index("ix_events_agent_time", "agent_id", "time_us"),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("agent_id", String(64), primary_key=True),
+    Column("hostname", String(4096), nullable=False),
+    Column("os", String(64), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("mode", String(16), nullable=True),
+    Column("policy_id", String(4096), nullable=True),
+    Column("policy_serial", BigInteger, nullable=True),
+    Column("policy_sha256", String(64), nullable=True),
+    Column("policy_stale", Boolean, nullable=False, default=False),
+    Column("max_policy_serial", BigInteger, nullable=True),
+    Column("serial_regressed", Boolean, nullable=False, default=False),
+    Column("sensors", Text, nullable=False),
+    Column("spool_depth", BigInteger, nullable=False, default=0),
+    Column("spool_bytes", BigInteger, nullable=False, default=0),
+    Column("dropped", BigInteger, nullable=False, default=0),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False, index=True),
+    Column("agent_time", String(64), nullable=True),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("policy_id", String(4096), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("policy", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("uploaded_us", BigInteger, nullable=False),
+    Column("uploaded_by", String(256), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", SeqType, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("password_hash", String(512), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled_us", BigInteger, nullable=True),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger, nullable=True),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    # The primary key is the replay check: a second insert of the same nonce fails on every
+    # replica, because the cache lives in the shared database, not in a process.
+    Column("nonce", String(32), primary_key=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("expires_us", BigInteger, nullable=False, index=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("time_us", BigInteger, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(4096), nullable=False),
+    Column("detail", Text, nullable=False),
+    # Unique: two writers that read the same head cannot both append after it (the chain
+    # never forks); the loser retries on the new head.
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False),
+)
