@@ -49,6 +49,7 @@ from proscribe.agent.policy.regex_safety import cmdline_window, compile_cmdline_
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "stevenblack-unified-domains.txt"
 NAVY_PACK = REPO / "policies" / "us-navy-deepseek-2025.toml"
+GOVERNMENT_PACK = REPO / "policies" / "government-restricted-ai-2025.toml"
 BATCH = 100
 
 
@@ -296,15 +297,22 @@ FALLBACK_RULES = (
 )
 
 
-def navy_rules() -> tuple[str, tuple[ProcessRule, ...]]:
-    if NAVY_PACK.exists():
+def rule_sets() -> list[tuple[str, tuple[ProcessRule, ...]]]:
+    """The shipped packs' process rules (Navy first), else a built-in Navy-like set."""
+    found = []
+    for pack in (NAVY_PACK, GOVERNMENT_PACK):
+        if not pack.exists():
+            continue
         try:
-            policy = load_policy_file(NAVY_PACK)
-            if policy.process:
-                return str(NAVY_PACK.relative_to(REPO)), policy.process
+            policy = load_policy_file(pack)
         except Exception as err:  # a pack being written concurrently may not load yet
-            print(f"(could not load {NAVY_PACK.name}: {err}; using the built-in rule set)")
-    return "built-in Navy-like rule set", FALLBACK_RULES
+            print(f"(could not load {pack.name}: {err})")
+            continue
+        if policy.process:
+            found.append((str(pack.relative_to(REPO)), policy.process))
+    combined = tuple(r for _, rules in found for r in rules) + FALLBACK_RULES
+    found.append(("all of the above + built-in Navy-like rules", combined))
+    return found
 
 
 def host_facts() -> list[ProcessFacts]:
@@ -359,8 +367,7 @@ def naive_process(rules: Sequence[ProcessRule]) -> Callable[[ProcessFacts], list
     return check
 
 
-def bench_processes(rounds: int) -> None:
-    source, rules = navy_rules()
+def bench_processes(source: str, rules: Sequence[ProcessRule], rounds: int) -> None:
     patterns = sum(len(r.names) + len(r.paths) + len(r.cmdline) for r in rules)
     facts = host_facts()
     print(
@@ -415,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         big = grow(names, args.grow, rng)
         bench_domains(f"grown to {args.grow:,}", big, query_mix(big, args.queries, rng), args)
         del big
-    bench_processes(args.process_rounds)
+    for source, rules in rule_sets():
+        bench_processes(source, rules, args.process_rounds)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 
