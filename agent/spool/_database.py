@@ -87,10 +87,14 @@ def _move_aside(path: Path, now: float) -> Path:
     return target
 
 
-def open_database(path: Path, now: float | None = None) -> tuple[sqlite3.Connection, Path | None]:
+def open_database(
+    path: Path, now: float | None = None, *, recover: bool = True
+) -> tuple[sqlite3.Connection, Path | None]:
     """Open (or create) the spool; a corrupt file is moved aside and replaced.
 
-    Returns the connection and, when a corrupt file was replaced, where it was moved.
+    Returns the connection and, when a corrupt file was replaced, where it was moved. With
+    ``recover=False`` (readers such as ``agent events`` beside a running daemon) a corrupt file
+    is left alone and reported as a SpoolError.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,11 @@ def open_database(path: Path, now: float | None = None) -> tuple[sqlite3.Connect
         if code not in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or not path.exists():
             raise SpoolError(f"{path}: cannot open the spool ({err}); check permissions") from err
         reason = str(err)
+    if not recover:
+        raise SpoolError(
+            f"{path}: the spool is corrupt ({reason}); the agent moves it aside and starts a "
+            "fresh one when it next starts (fix: restart the agent)"
+        )
     try:
         moved = _move_aside(path, time.time() if now is None else now)
     except OSError as err:

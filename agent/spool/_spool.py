@@ -74,7 +74,11 @@ def _prepare(event: Event) -> _Prepared:
 
 
 class Spool:
-    """A bounded, durable, thread-safe queue of events in one SQLite file."""
+    """A bounded, durable, thread-safe queue of events in one SQLite file.
+
+    ``recover=False`` is for readers beside the daemon (``agent status``/``agent events``): a
+    corrupt file raises SpoolError instead of being moved aside under the daemon's feet.
+    """
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class Spool:
         max_bytes: int = 50 * MiB,
         history_limit: int = 1000,
         clock: Callable[[], float] = time.time,
+        recover: bool = True,
     ) -> None:
         if max_events < 1 or max_bytes < 1:
             raise ValueError("spool caps must be positive")
@@ -93,7 +98,7 @@ class Spool:
         self.history_limit = history_limit
         self._clock = clock
         self._lock = threading.Lock()
-        conn, moved = open_database(self.path, clock())
+        conn, moved = open_database(self.path, clock(), recover=recover)
         self._conn: sqlite3.Connection | None = conn
         self.corrupt_moved_to = moved
         # Ids handed to the reporter and not yet acknowledged: never folded or evicted under it.

@@ -266,6 +266,17 @@ def test_not_a_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCapture
     s.close()
 
 
+def test_reader_does_not_move_a_corrupt_file(tmp_path: Path) -> None:
+    from proscribe.agent.errors import SpoolError
+
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(SpoolError, match="corrupt"):
+        Spool(path, recover=False)
+    assert path.read_bytes().startswith(b"garbage")
+    assert not list(tmp_path.glob("spool.db.corrupt-*"))
+
+
 def test_damaged_pages_fail_integrity_check_and_are_replaced(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     s = Spool(path)
