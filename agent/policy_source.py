@@ -77,21 +77,22 @@ class PolicySource:
         return self.store.effective_time(self.clock())
 
     def load_file(self) -> Offer | None:
-        """Offer the file pair on disk; None when either file is missing."""
-        try:
-            data = read_capped(self.policy_file, MAX_POLICY_BYTES)
-            sig = read_capped(self.sig_file, MAX_POLICY_BYTES)
-        except FileNotFoundError as err:
+        """Offer the file pair on disk; None when there is nothing to offer yet."""
+        missing = [p for p in (self.policy_file, self.sig_file) if not p.exists()]
+        if missing:
             if self.store.current() is None:
-                log.warning("no policy yet: %s is missing", err.filename)
+                log.warning("no policy yet: %s is missing", missing[0])
                 return None
             reason = (
-                f"{err.filename}: policy file or signature is missing (fix: restore "
+                f"{missing[0]}: policy file or signature is missing (fix: restore "
                 f"{self.policy_file.name} and {self.sig_file.name})"
             )
             return self._offer(b"", b"", str(self.policy_file), failure=("missing", reason))
-        except ProscribeError as err:  # oversized
-            return self._offer(b"", b"", str(self.policy_file), failure=("oversized", str(err)))
+        try:
+            data = read_capped(self.policy_file, MAX_POLICY_BYTES)
+            sig = read_capped(self.sig_file, MAX_POLICY_BYTES)
+        except ProscribeError as err:  # oversized, vanished or unreadable between the checks
+            return self._offer(b"", b"", str(self.policy_file), failure=("unreadable", str(err)))
         except OSError as err:
             log.error("cannot read policy %s: %s", self.policy_file, err)
             return None

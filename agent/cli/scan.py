@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.agent.config import DEFAULT_CONFIG_PATH, load_agent_config
+from proscribe.agent.errors import ConfigError
 from proscribe.agent.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.agent.policy.model import Policy
 
@@ -84,16 +85,14 @@ def _load(args: argparse.Namespace) -> tuple[Policy, str, str]:
     config = load_agent_config(args.config)
     trust = load_trust(config)
     path = config.policy.file
-    try:
-        data = read_capped(path)
-        sig = read_capped(config.policy.sig_file)
-    except OSError as err:
-        from proscribe.agent.errors import ConfigError
-
-        raise ConfigError(
-            f"{err.filename}: cannot read the configured policy: {err.strerror} "
-            "(fix: check policy.file in the config, or pass --policy FILE)"
-        ) from err
+    for needed in (path, config.policy.sig_file):
+        if not needed.exists():
+            raise ConfigError(
+                f"{needed}: the configured policy (policy.file in {config.source}) is missing "
+                "(fix: install the signed policy and its .sig, or pass --policy FILE)"
+            )
+    data = read_capped(path)
+    sig = read_capped(config.policy.sig_file)
     policy = verify_policy_bytes(data, sig, trust, str(path))
     return policy, f"{path} (verified)", config.agent.hostname or socket.gethostname()
 
