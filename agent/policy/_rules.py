@@ -210,7 +210,7 @@ def _globs(
             t.issue(key, f"bad glob: {err}", "see policies/README.md, globs")
             continue
         if caught:
-            # Python's `re` reserves "&&", "||", "~~" and "--" inside [...] for set operations.
+            # globs.py escapes "&", "|" and "~"; a doubled "-" is still a range and `re` warns.
             t.issue(
                 key,
                 f"bad glob: {pattern!r}: a doubled '&', '|', '~' or '-' in [...] is ambiguous",

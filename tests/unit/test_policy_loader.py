@@ -247,9 +247,10 @@ def test_bad_glob_in_names_paths_and_files() -> None:
     ]
 
 
-def test_glob_class_that_python_reserves_for_set_operations() -> None:
-    issue = only(with_rule('[[file]]\nid = "f"\nglobs = ["/x/[a&&b]"]\n'))
-    assert issue.line == 18 and "ambiguous" in issue.message
+def test_glob_class_with_regex_set_operators_is_literal_and_bad_range_is_an_error() -> None:
+    assert lint(with_rule('[[file]]\nid = "f"\nglobs = ["/x/[a&&b]"]\n')) == []
+    issue = only(with_rule('[[file]]\nid = "f"\nglobs = ["/x/[a--b]"]\n'))
+    assert issue.line == 18 and "bad character range" in issue.message
 
 
 def test_bad_and_unsafe_regexes() -> None:
