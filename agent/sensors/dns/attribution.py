@@ -148,6 +148,8 @@ class ProcessAttributor:
         self._clock = clock
         self._process_ttl = process_ttl
         self._owners: dict[int, tuple[int, str]] = {}  # inode -> (pid, fd)
+        # (transport, ip, port) -> (inode, uid, pid, fd)
+        self._by_address: dict[tuple[str, str, int], tuple[int, int, int, str]] = {}
         self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
         self._newest_pid = 0
         self._last_full_scan = -1e9
@@ -169,7 +171,24 @@ class ProcessAttributor:
     def attribute(
         self, transport: str, client: tuple[str, int], server: tuple[str, int] | None = None
     ) -> Attribution:
-        """Who owns the client's socket, looked up while that socket is still open."""
+        """Who owns the client's socket, looked up while that socket is still open.
+
+        A client that keeps one socket (a browser, a stub, dnsperf) is answered from a cache
+        of address -> (inode, pid, fd), checked with one ``readlink``: while that fd still
+        names that socket inode, the inode still owns the address (a socket never changes
+        its port), so the answer is exact without asking the kernel again.
+        """
+        key = (transport, client[0], client[1])
+        cached = self._by_address.get(key)
+        if cached is not None:
+            inode, uid, pid, fd = cached
+            try:
+                valid = os.readlink(f"{self._proc}/{pid}/fd/{fd}") == f"socket:[{inode}]"
+            except OSError:
+                valid = False
+            if valid:
+                return self._finish(pid, uid)
+            del self._by_address[key]
         try:
             found = None
             if self._diag is not None and server is not None:
@@ -184,9 +203,17 @@ class ProcessAttributor:
         if found is None:
             return Attribution(None, REASON_NO_SOCKET)
         inode, uid = found
-        pid = self._owner(inode)
-        if pid is None:
+        owner_pid = self._owner(inode)
+        if owner_pid is None:
             return Attribution(None, REASON_NO_OWNER)
+        owner = self._owners.get(inode)
+        if owner is not None:
+            if len(self._by_address) >= _MAX_CACHE:
+                self._by_address.clear()
+            self._by_address[key] = (inode, uid, owner[0], owner[1])
+        return self._finish(owner_pid, uid)
+
+    def _finish(self, pid: int, uid: int) -> Attribution:
         process = self.describe(pid, uid)
         if process is None:
             return Attribution(None, REASON_NO_OWNER)

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from typing import Any
 
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
@@ -193,9 +192,9 @@ class DnsCapture:
 
     def _attribute(self, observation: DnsObservation) -> DnsObservation:
         if self._attributor is None:
-            return replace(observation, attribution_reason="attribution disabled")
+            return observation.update(attribution_reason="attribution disabled")
         if self._attribute_if is not None and not self._attribute_if(observation):
-            return replace(observation, attribution_reason="not looked up: no rule matched")
+            return observation.update(attribution_reason="not looked up: no rule matched")
         is_query = observation.direction == "query"
         key = (observation.transport, observation.client, observation.msg_id)
         found = None if is_query else self._recent.pop(key, None)
@@ -216,8 +215,7 @@ class DnsCapture:
             self._count("unattributed")
         else:
             self._count("attributed")
-        return replace(
-            observation,
+        return observation.update(
             process=found.process,
             attribution_reason=found.reason,
             forwarded=found.forwarded,

@@ -29,7 +29,7 @@ class Verdict:
 Decide = Callable[[str, "ProcessRef | None"], Verdict | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DnsObservation:
     """A query or response, who sent it, and the names to check against the domain rules.
 
@@ -94,6 +94,17 @@ class DnsObservation:
             cname_targets=facts.cname_targets,
             interface=interface,
         )
+
+    def update(self, **changes: Any) -> DnsObservation:
+        """Set fields in place and return self.
+
+        Sensors fill an observation in stages on the hot path, where ``dataclasses.replace``
+        (a full copy per stage) costs more than the rest of the work; once handed to the
+        consumer an observation is no longer changed.
+        """
+        for key, value in changes.items():
+            setattr(self, key, value)
+        return self
 
     @property
     def client(self) -> tuple[str, int]:

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import dns.edns
@@ -49,6 +49,9 @@ CANARY = "use-application-dns.net"
 BLOCKED_TTL = 60
 _SOA = "proscribe.invalid. hostmaster.proscribe.invalid. 1 3600 600 86400 {ttl}"
 _SWEEP_SECONDS = 0.25
+# TYPE=CNAME CLASS=IN as they appear after an owner name; absent -> the answer has no CNAME.
+_CNAME_IN = struct.pack("!HH", 5, 1)
+_RCODE_TEXT = {int(code): dns.rcode.to_text(code) for code in dns.rcode.Rcode if int(code) < 16}
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class DnsProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp_sock: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
         self._tcp_sock: socket.socket | None = None
         self._client: asyncio.DatagramTransport | None = None
         self._upstream_transports: list[asyncio.DatagramTransport] = []
@@ -157,10 +161,9 @@ class DnsProxy:
     @property
     def address(self) -> tuple[str, int]:
         """The bound address (the real port when 0 was asked for)."""
-        if self._udp_sock is None:
-            return self._listen
-        host, port = self._udp_sock.getsockname()[:2]
-        return (host, port)
+        if self._bound is not None:
+            return self._bound
+        return self._listen
 
     def start(self) -> None:
         self._bind()
@@ -213,6 +216,8 @@ class DnsProxy:
         udp.setblocking(False)
         tcp.setblocking(False)
         self._udp_sock, self._tcp_sock = udp, tcp
+        host, port = udp.getsockname()[:2]
+        self._bound = (host, port)
 
     def _run(self, ready: threading.Event) -> None:
         loop = self._loop
@@ -279,15 +284,14 @@ class DnsProxy:
         matched: str | None,
     ) -> None:
         if attribution is not None:
-            observation = replace(
-                observation,
+            observation = observation.update(
                 process=attribution.process,
                 attribution_reason=attribution.reason,
                 forwarded=attribution.forwarded,
             )
         if verdict is not None:
-            observation = replace(
-                observation, verdict=verdict, matched_name=matched, action=self._action(verdict)
+            observation = observation.update(
+                verdict=verdict, matched_name=matched, action=self._action(verdict)
             )
         self._delivery.submit(observation)
 
@@ -325,8 +329,8 @@ class DnsProxy:
                 self._emit(observation, attribution, verdict, facts.qname)
                 return self._reply_blocked(data, verdict.rule_id), None, None
         if verdict is not None:
-            observation = replace(
-                observation, verdict=verdict, matched_name=facts.qname, action=self._action(verdict)
+            observation = observation.update(
+                verdict=verdict, matched_name=facts.qname, action=self._action(verdict)
             )
         return None, observation, attribution
 
@@ -348,19 +352,23 @@ class DnsProxy:
         """Decide the answer's CNAME targets; emit the observation; return what to send."""
         if attribution is None:
             attribution = self._attribute(transport, observation.client)
-        try:
-            facts = parse_message(answer)
-        except MalformedDnsMessage:
-            self._counts["servfail"] += 1
-            self._emit(observation, attribution, observation.verdict, observation.matched_name)
-            return _header_only_error(query, dns.rcode.SERVFAIL) or b""
-        observation = replace(
-            observation,
-            names_to_check=facts.names_to_check,
-            cname_targets=facts.cname_targets,
-            rcode=facts.rcode,
-        )
-        for target in facts.cname_targets:
+        if _CNAME_IN not in answer:
+            # No CNAME record can be in there: skip the parse, keep the question's names.
+            cname_targets: tuple[str, ...] = ()
+            if len(answer) >= 4:
+                observation.rcode = _RCODE_TEXT.get(answer[3] & 0x0F, str(answer[3] & 0x0F))
+        else:
+            try:
+                facts = parse_message(answer)
+            except MalformedDnsMessage:
+                self._counts["servfail"] += 1
+                self._emit(observation, attribution, observation.verdict, observation.matched_name)
+                return _header_only_error(query, dns.rcode.SERVFAIL) or b""
+            cname_targets = facts.cname_targets
+            observation.update(
+                names_to_check=facts.names_to_check, cname_targets=cname_targets, rcode=facts.rcode
+            )
+        for target in cname_targets:
             verdict = self._verdict(target, None)
             if verdict is not None:
                 verdict = self._verdict(target, attribution)
@@ -373,7 +381,7 @@ class DnsProxy:
                     return self._reply_blocked(query, verdict.rule_id) or b""
                 return answer
             if observation.verdict is None:
-                observation = replace(observation, verdict=verdict, matched_name=target)
+                observation = observation.update(verdict=verdict, matched_name=target)
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return answer
 
