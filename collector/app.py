@@ -25,6 +25,7 @@ from proscribe.collector.api.state import CollectorState
 from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
+from proscribe.collector.web import build_dashboard_router
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(build_agent_router())
     app.include_router(build_people_router())
     app.include_router(build_ops_router())
+    app.include_router(build_dashboard_router())  # the dashboard (collector/web)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
     app.add_middleware(_NoncePurgeMiddleware)
     return app

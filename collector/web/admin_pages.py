@@ -1,0 +1,121 @@
+"""Admin actions in the dashboard: create and revoke enroll secrets, revoke an agent.
+
+Every action is a POST with the session's CSRF token, needs the admin role (a viewer gets the
+403 page, and never sees the links), and is appended to the audit hash chain in the same
+transaction as the change, exactly as the people's API does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage import audit
+from proscribe.collector.web import queries as webq
+from proscribe.collector.web.security import PageError
+from proscribe.collector.web.site import Admin, Site, Visitor
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+MAX_LABEL = 256
+HexId = Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{1,64}$")]
+
+
+def register(router: APIRouter, site: Site) -> None:
+
+    async def admin_page(
+        request: Request, visitor: Visitor, extra: dict[str, Any] | None = None
+    ) -> Response:
+        def work(conn: Connection) -> dict[str, Any]:
+            return {
+                "secrets": agent_store.list_enroll_secrets(conn),
+                "agents": webq.agents_with_last_seen(conn),
+                "audit": audit.list_audit(conn, 15),
+            }
+
+        data = await site.read(request, work)
+        context = {**data, "new_secret": None, "notice": request.query_params.get("done", "")}
+        context.update(extra or {})
+        return site.page("admin.html", visitor, "admin", context)
+
+    def write(request: Request, work: Any) -> Any:
+        state = site.state(request)
+
+        def run() -> Any:
+            with state.db.write() as conn:
+                return work(conn, state.now_us())
+
+        return run_in_threadpool(run)
+
+    @router.get("/admin", include_in_schema=False)
+    async def admin_home(request: Request, visitor: Admin) -> Response:
+        return await admin_page(request, visitor)
+
+    @router.post("/admin/enroll-secrets", include_in_schema=False)
+    async def create_secret(request: Request, visitor: Admin) -> Response:
+        form = await site.check_csrf(request, visitor)
+        label = form.get("label", "").strip()
+        if len(label) > MAX_LABEL or "\x00" in label:
+            raise PageError(400, "Bad label", f"A label is at most {MAX_LABEL} characters.")
+
+        def work(conn: Connection, now_us: int) -> tuple[str, str]:
+            secret_id, secret = agent_store.create_enroll_secret(conn, label, now_us)
+            audit.append_audit(
+                conn,
+                actor=visitor.principal.name,
+                action="enroll_secret.create",
+                target=secret_id,
+                detail={"label": label, "via": "dashboard"},
+                now_us=now_us,
+            )
+            return secret_id, secret
+
+        secret_id, secret = await write(request, work)
+        return await admin_page(
+            request, visitor, {"new_secret": {"id": secret_id, "secret": secret, "label": label}}
+        )
+
+    @router.post("/admin/enroll-secrets/{secret_id}/revoke", include_in_schema=False)
+    async def revoke_secret(request: Request, secret_id: HexId, visitor: Admin) -> Response:
+        await site.check_csrf(request, visitor)
+
+        def work(conn: Connection, now_us: int) -> bool:
+            done = agent_store.revoke_enroll_secret(conn, secret_id, now_us)
+            if done:
+                audit.append_audit(
+                    conn,
+                    actor=visitor.principal.name,
+                    action="enroll_secret.revoke",
+                    target=secret_id,
+                    detail={"via": "dashboard"},
+                    now_us=now_us,
+                )
+            return done
+
+        if not await write(request, work):
+            raise PageError(404, "Not found", "No active enroll secret with that id.")
+        return RedirectResponse("/admin?done=secret-revoked", status_code=303)
+
+    @router.post("/admin/agents/{agent_id}/revoke", include_in_schema=False)
+    async def revoke_agent(request: Request, agent_id: HexId, visitor: Admin) -> Response:
+        await site.check_csrf(request, visitor)
+
+        def work(conn: Connection, now_us: int) -> bool:
+            done = agent_store.revoke_agent(conn, agent_id, now_us)
+            if done:
+                audit.append_audit(
+                    conn,
+                    actor=visitor.principal.name,
+                    action="agent.revoke",
+                    target=agent_id,
+                    detail={"via": "dashboard"},
+                    now_us=now_us,
+                )
+            return done
+
+        if not await write(request, work):
+            raise PageError(404, "Not found", "No active agent with that id.")
+        return RedirectResponse("/admin?done=agent-revoked", status_code=303)

@@ -1,0 +1,345 @@
+"""The read-only pages (viewer role): overview, violations and their export, hosts, a host,
+policy. Each page does bounded work: the overview reads the in-memory rollup plus aggregates
+over the host table; the violations page is one keyset page through an index."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from proscribe.agent.events import EVENT_ACTIONS, KINDS, SEVERITIES
+from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage import queries, to_us
+from proscribe.collector.storage.policies import highest_serial
+from proscribe.collector.timespec import parse_moment
+from proscribe.collector.web import queries as webq
+from proscribe.collector.web.chart import violations_chart
+from proscribe.collector.web.export import stream_csv, stream_json
+from proscribe.collector.web.report import PolicyView, load_policy_view
+from proscribe.collector.web.rollup import DAY_US, PeriodCounts
+from proscribe.collector.web.security import PageError
+from proscribe.collector.web.site import Site, Viewer
+from sqlalchemy import Connection
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+PAGE_SIZES = (25, 50, 100, 200)
+FILTER_KEYS = ("since", "until", "host", "user", "rule", "kind", "action", "severity")
+Text = Annotated[str | None, Query(max_length=4096)]
+
+
+def moment_us(name: str, value: str | None, now: float) -> int | None:
+    if not value:
+        return None
+    try:
+        return to_us(parse_moment(value, now))
+    except ValueError as err:
+        raise PageError(400, "Bad filter", f"{name}: {err}") from err
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if not value:
+        return None
+    if value not in allowed:
+        raise PageError(400, "Bad filter", f"{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _text(name: str, value: str | None) -> str | None:
+    if not value:
+        return None
+    if "\x00" in value:
+        raise PageError(400, "Bad filter", f"{name} contains a NUL character")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FilterForm:
+    """The violations filter as typed (to refill the form and build links) and as a query."""
+
+    values: dict[str, str]
+    flt: queries.ViolationFilter
+
+    def query(self, **extra: str) -> str:
+        params = {k: v for k, v in self.values.items() if v}
+        params.update({k: v for k, v in extra.items() if v})
+        return urllib.parse.urlencode(params)
+
+
+def parse_filter(raw: dict[str, str | None], now: float, agent_id: str | None = None) -> FilterForm:
+    values = {k: (raw.get(k) or "").strip() for k in FILTER_KEYS}
+    flt = queries.ViolationFilter(
+        since_us=moment_us("since", values["since"], now),
+        until_us=moment_us("until", values["until"], now),
+        host=_text("host", values["host"]),
+        user=_text("user", values["user"]),
+        rule=_text("rule", values["rule"]),
+        kind=_choice("kind", values["kind"], tuple(KINDS)),
+        action=_choice("action", values["action"], tuple(EVENT_ACTIONS)),
+        severity=_choice("severity", values["severity"], tuple(SEVERITIES)),
+        agent_id=agent_id,
+    )
+    return FilterForm(values, flt)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    counts: PeriodCounts
+    coverage: webq.Coverage
+    current_serial: int | None
+
+
+def register(router: APIRouter, site: Site) -> None:
+
+    @router.get("/", include_in_schema=False)
+    async def overview(
+        request: Request,
+        visitor: Viewer,
+        period: Annotated[str, Query(max_length=8)] = "30d",
+    ) -> Response:
+        days = PERIODS.get(period)
+        if days is None:
+            raise PageError(400, "Bad period", f"period must be one of {', '.join(PERIODS)}")
+        state = site.state(request)
+        now_us = state.now_us()
+        today = now_us // DAY_US
+
+        def work(conn: Connection) -> Overview:
+            site.rollup.refresh(conn)
+            current = highest_serial(conn)
+            cover = webq.coverage(
+                conn,
+                now_us=now_us,
+                window_us=to_us(state.settings.heartbeat_window),
+                current_serial=current,
+            )
+            return Overview(site.rollup.period(today - days + 1, today), cover, current)
+
+        data = await site.read(request, work)
+        series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
+        chart = violations_chart(series, title=f"Violations per day, last {days} days (UTC)")
+        return site.page(
+            "overview.html",
+            visitor,
+            "overview",
+            {
+                "period": period,
+                "periods": PERIODS,
+                "counts": data.counts,
+                "coverage": data.coverage,
+                "current_serial": data.current_serial,
+                "chart": chart,
+                "top_rules": data.counts.rules.most_common(10),
+                "top_hosts": data.counts.hosts.most_common(10),
+                "top_users": data.counts.users.most_common(10),
+                "window": state.settings.heartbeat_window,
+            },
+        )
+
+    @router.get("/violations", include_in_schema=False)
+    async def violations(
+        request: Request,
+        visitor: Viewer,
+        since: Text = "7d",
+        until: Text = None,
+        host: Text = None,
+        user: Text = None,
+        rule: Text = None,
+        kind: Text = None,
+        action: Text = None,
+        severity: Text = None,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: int = 50,
+    ) -> Response:
+        state = site.state(request)
+        raw = {
+            "since": since, "until": until, "host": host, "user": user, "rule": rule,
+            "kind": kind, "action": action, "severity": severity,
+        }  # fmt: skip
+        form = parse_filter(raw, state.clock())
+        if limit not in PAGE_SIZES:
+            limit = 50
+
+        def work(conn: Connection) -> tuple[queries.ViolationPage, dict[str, list[str]]]:
+            site.rollup.refresh(conn)
+            page = queries.list_violations(conn, form.flt, cursor=cursor or None, limit=limit)
+            hints = {name: site.rollup.known(name) for name in ("hosts", "users", "rules")}
+            return page, hints
+
+        try:
+            page, hints = await site.read(request, work)
+        except queries.BadCursor as err:
+            raise PageError(400, "Bad page link", "The page cursor is not valid.") from err
+        return site.page(
+            "violations.html",
+            visitor,
+            "violations",
+            {
+                "form": form,
+                "items": page.items,
+                "next_link": (
+                    f"/violations?{form.query(cursor=page.next_cursor, limit=str(limit))}"
+                    if page.next_cursor
+                    else None
+                ),
+                "first_link": f"/violations?{form.query(limit=str(limit))}" if cursor else None,
+                "export_query": form.query(),
+                "hints": hints,
+                "kinds": KINDS,
+                "actions": EVENT_ACTIONS,
+                "severities": SEVERITIES,
+                "limit": limit,
+                "page_sizes": PAGE_SIZES,
+            },
+        )
+
+    @router.get("/violations/export.{fmt}", include_in_schema=False)
+    async def export(
+        request: Request,
+        fmt: Annotated[str, Path(pattern="^(csv|json)$")],
+        visitor: Viewer,
+        since: Text = "7d",
+        until: Text = None,
+        host: Text = None,
+        user: Text = None,
+        rule: Text = None,
+        kind: Text = None,
+        action: Text = None,
+        severity: Text = None,
+    ) -> Response:
+        state = site.state(request)
+        raw = {
+            "since": since, "until": until, "host": host, "user": user, "rule": rule,
+            "kind": kind, "action": action, "severity": severity,
+        }  # fmt: skip
+        form = parse_filter(raw, state.clock())
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        if fmt == "csv":
+            body, media = stream_csv(state.db, form.flt), "text/csv; charset=utf-8"
+        else:
+            body, media = stream_json(state.db, form.flt), "application/json"
+        return StreamingResponse(
+            body,
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="violations-{stamp}.{fmt}"'},
+        )
+
+    @router.get("/hosts", include_in_schema=False)
+    async def hosts(
+        request: Request,
+        visitor: Viewer,
+        show: Annotated[str, Query(max_length=16)] = "all",
+    ) -> Response:
+        state = site.state(request)
+        now_us = state.now_us()
+        window_us = to_us(state.settings.heartbeat_window)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            rows = queries.list_hosts(conn, now_us=now_us, heartbeat_window_us=window_us)
+            current = highest_serial(conn)
+            agents = webq.agents_with_last_seen(conn)
+            return {"rows": rows, "current": current, "agents": agents}
+
+        data = await site.read(request, work)
+        revoked = {a.agent_id for a in data["agents"] if a.revoked_us is not None}
+        reported = {h.agent_id for h in data["rows"]}
+        silent = [a for a in data["agents"] if a.agent_id not in reported and a.revoked_us is None]
+        current = data["current"]
+
+        def problems(h: queries.HostCoverage) -> list[str]:
+            found = list(h.problems)
+            if current is not None and (h.policy_serial is None or h.policy_serial < current):
+                found.append(f"policy serial {h.policy_serial} is older than {current}")
+            return found
+
+        rows = [(h, problems(h)) for h in data["rows"] if h.agent_id not in revoked]
+        if show == "problems":
+            rows = [(h, p) for h, p in rows if p]
+        rows.sort(key=lambda hp: (not hp[1], hp[0].hostname))
+        return site.page(
+            "hosts.html",
+            visitor,
+            "hosts",
+            {
+                "rows": rows,
+                "silent": silent,
+                "show": show,
+                "current": current,
+                "now_us": now_us,
+                "window": state.settings.heartbeat_window,
+            },
+        )
+
+    @router.get("/hosts/{agent_id}", include_in_schema=False)
+    async def host(
+        request: Request,
+        agent_id: Annotated[str, Path(max_length=64)],
+        visitor: Viewer,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Response:
+        state = site.state(request)
+        now_us = state.now_us()
+        window_us = to_us(state.settings.heartbeat_window)
+        flt = queries.ViolationFilter(agent_id=agent_id, include_health=True)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            return {
+                "host": webq.host_detail(conn, agent_id, now_us=now_us, window_us=window_us),
+                "agent": agent_store.get_agent(conn, agent_id),
+                "page": queries.list_violations(conn, flt, cursor=cursor or None, limit=50),
+                "current": highest_serial(conn),
+            }
+
+        try:
+            data = await site.read(request, work)
+        except queries.BadCursor as err:
+            raise PageError(400, "Bad page link", "The page cursor is not valid.") from err
+        if data["host"] is None and data["agent"] is None:
+            raise PageError(404, "No such host", "No agent with that id has enrolled.")
+        page = data["page"]
+        next_link = (
+            f"/hosts/{urllib.parse.quote(agent_id)}?cursor={page.next_cursor}"
+            if page.next_cursor
+            else None
+        )
+        return site.page(
+            "host.html",
+            visitor,
+            "hosts",
+            {
+                "host": data["host"],
+                "agent": data["agent"],
+                "items": page.items,
+                "next_link": next_link,
+                "current": data["current"],
+                "now_us": now_us,
+                "window": state.settings.heartbeat_window,
+            },
+        )
+
+    @router.get("/policy", include_in_schema=False)
+    async def policy(request: Request, visitor: Viewer) -> Response:
+        now = datetime.fromtimestamp(site.state(request).clock(), UTC)
+
+        def work(conn: Connection) -> tuple[PolicyView | None, list[webq.PolicyRecord]]:
+            return load_policy_view(conn), webq.policy_history(conn)
+
+        view, history = await site.read(request, work)
+        active, expired = view.exemptions(now) if view else ([], [])
+        return site.page(
+            "policy.html",
+            visitor,
+            "policy",
+            {
+                "view": view,
+                "history": history,
+                "active": active,
+                "expired": expired,
+                "now": now,
+            },
+        )

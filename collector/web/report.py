@@ -1,0 +1,368 @@
+"""The compliance report: for a policy and a period, what was covered, seen, blocked, exempted.
+
+One builder (:func:`build_report`) feeds three renderers: the printable HTML page of the
+dashboard, and ``proscribe collector report --format html|csv|json`` on the command line
+(:func:`report_text`). The HTML from the command line is a self-contained file (stylesheet
+inlined) so it can be mailed to an auditor or printed to PDF offline.
+
+Violations and blocks are listed up to ``max_rows`` each in HTML (the counts are always
+complete); CSV and JSON list every matching event.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment
+from proscribe.agent.errors import PolicyError
+from proscribe.agent.policy.envelope import parse_envelope
+from proscribe.agent.policy.loader import load_policy
+from proscribe.agent.policy.model import Exemption, Policy
+from proscribe.collector.csvexport import COLUMNS, violation_row
+from proscribe.collector.storage.policies import current_policy
+from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
+from proscribe.collector.storage.tables import events, policies
+from proscribe.collector.web import queries as webq
+from proscribe.collector.web.literal import safe_json, visible_text
+from proscribe.collector.web.render import STATIC, build_environment, render
+from proscribe.collector.web.rollup import BLOCKED_ACTIONS, action_class
+from sqlalchemy import Connection, and_, func, or_, select
+
+MAX_HTML_ROWS = 500
+REPORT_FORMATS = ("html", "csv", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    """A stored policy as people read it: parsed rules plus who signed it."""
+
+    record: webq.PolicyRecord
+    policy: Policy | None  # None if the stored bytes no longer parse (shown as an error)
+    signers: tuple[str, ...]
+    error: str = ""
+
+    def exemptions(self, now: datetime) -> tuple[list[Exemption], list[Exemption]]:
+        """(active, expired) at ``now``; an expired policy's exemptions all lapse."""
+        if self.policy is None:
+            return [], []
+        expired_policy = self.policy.meta.expires is not None and self.policy.meta.expires <= now
+        active: list[Exemption] = []
+        expired: list[Exemption] = []
+        for ex in self.policy.exemptions:
+            lapsed = expired_policy or (ex.expires is not None and ex.expires <= now)
+            (expired if lapsed else active).append(ex)
+        return active, expired
+
+
+def load_policy_view(conn: Connection, serial: int | None = None) -> PolicyView | None:
+    """The current policy (or a given serial), parsed; signers are the key ids in its .sig."""
+    if serial is None:
+        stored = current_policy(conn)
+        if stored is None:
+            return None
+        data, sig = stored.policy, stored.signature
+        record = webq.PolicyRecord(
+            stored.serial, stored.policy_id, stored.sha256, stored.uploaded_us, stored.uploaded_by
+        )
+    else:
+        row = conn.execute(select(policies).where(policies.c.serial == serial)).first()
+        if row is None:
+            return None
+        data, sig = bytes(row.policy), bytes(row.signature)
+        record = webq.PolicyRecord(
+            int(row.serial), row.policy_id, row.sha256, int(row.uploaded_us), row.uploaded_by
+        )
+    try:
+        signers = tuple(s.keyid for s in parse_envelope(sig, "stored signature").signatures)
+    except PolicyError:
+        signers = ()
+    try:
+        policy = load_policy(data, f"policy serial {record.serial}")
+    except PolicyError as err:
+        return PolicyView(record, None, signers, str(err).splitlines()[0])
+    return PolicyView(record, policy, signers)
+
+
+@dataclass
+class ComplianceReport:
+    generated_us: int
+    since_us: int
+    until_us: int
+    heartbeat_window_s: float
+    policy: PolicyView | None
+    serials: list[webq.PolicyRecord]
+    coverage: webq.Coverage
+    totals: dict[str, int]
+    total: int
+    by_rule: list[tuple[str, int]]
+    by_host: list[tuple[str, int]]
+    violations: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+    blocks_total: int
+    exemptions_active: list[Exemption] = field(default_factory=list)
+    exemptions_expired: list[Exemption] = field(default_factory=list)
+    stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
+    hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
+    rule_ids: tuple[str, ...] | None = None
+
+
+def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) -> list[Any]:
+    conds: list[Any] = [
+        events.c.kind.in_(VIOLATION_KINDS),
+        events.c.time_us >= since_us,
+        events.c.time_us < until_us,
+    ]
+    if rule_ids is not None:
+        # The policy's rules, plus tamper events (they concern every policy).
+        conds.append(or_(events.c.rule.in_(rule_ids), events.c.kind == "tamper"))
+    return conds
+
+
+def _bodies(conn: Connection, conds: list[Any], limit: int | None) -> Iterator[dict[str, Any]]:
+    """Matching events newest first, keyset-paged so memory stays flat for any count."""
+    cursor: tuple[int, int] | None = None
+    remaining = limit
+    while remaining is None or remaining > 0:
+        page = 1000 if remaining is None else min(1000, remaining)
+        where = list(conds)
+        if cursor is not None:
+            t, s = cursor
+            where.append(or_(events.c.time_us < t, and_(events.c.time_us == t, events.c.seq < s)))
+        rows = conn.execute(
+            select(events.c.seq, events.c.time_us, events.c.received_us, events.c.body)
+            .where(*where)
+            .order_by(events.c.time_us.desc(), events.c.seq.desc())
+            .limit(page)
+        ).all()
+        for row in rows:
+            body = json.loads(row.body)
+            body["received_us"] = int(row.received_us)
+            yield body
+        if len(rows) < page:
+            return
+        cursor = (int(rows[-1].time_us), int(rows[-1].seq))
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def build_report(
+    conn: Connection,
+    *,
+    since_us: int,
+    until_us: int,
+    now_us: int,
+    heartbeat_window_s: float,
+    policy_serial: int | None = None,
+    max_rows: int | None = MAX_HTML_ROWS,
+) -> ComplianceReport:
+    view = load_policy_view(conn, policy_serial)
+    history = webq.policy_history(conn)
+    rule_ids: tuple[str, ...] | None = None
+    if view is not None and view.policy is not None:
+        # Rules of every stored serial of this policy id: a rule renamed or dropped in a later
+        # serial still counts for the period in which it was in force.
+        ids = {r.id for r in view.policy.rules()}
+        for record in history:
+            if record.policy_id == view.record.policy_id and record.serial != view.record.serial:
+                other = load_policy_view(conn, record.serial)
+                if other is not None and other.policy is not None:
+                    ids.update(r.id for r in other.policy.rules())
+        rule_ids = tuple(sorted(ids))
+    conds = _conditions(since_us, until_us, rule_ids)
+    by_action = conn.execute(
+        select(events.c.action, func.count()).where(*conds).group_by(events.c.action)
+    ).all()
+    totals: dict[str, int] = {}
+    for action, count in by_action:
+        key = action_class(action)
+        totals[key] = totals.get(key, 0) + int(count)
+    by_rule = [
+        (r or "(none)", int(n))
+        for r, n in conn.execute(
+            select(events.c.rule, func.count())
+            .where(*conds)
+            .group_by(events.c.rule)
+            .order_by(func.count().desc())
+            .limit(50)
+        )
+    ]
+    by_host = [
+        (h or "(unknown)", int(n))
+        for h, n in conn.execute(
+            select(events.c.hostname, func.count())
+            .where(*conds)
+            .group_by(events.c.hostname)
+            .order_by(func.count().desc())
+            .limit(20)
+        )
+    ]
+    block_conds = [*conds, events.c.action.in_(sorted(BLOCKED_ACTIONS))]
+    window_us = int(heartbeat_window_s * 1_000_000)
+    current = history[0].serial if history else None
+    cover = webq.coverage(conn, now_us=now_us, window_us=window_us, current_serial=current)
+    agents = webq.agents_with_last_seen(conn)
+    stale = [
+        a
+        for a in agents
+        if a.revoked_us is None and (a.last_seen_us is None or now_us - a.last_seen_us > window_us)
+    ]
+    report = ComplianceReport(
+        generated_us=now_us,
+        since_us=since_us,
+        until_us=until_us,
+        heartbeat_window_s=heartbeat_window_s,
+        policy=view,
+        serials=webq.serials_in_force(history, since_us, until_us),
+        coverage=cover,
+        totals=totals,
+        total=sum(totals.values()),
+        by_rule=by_rule,
+        by_host=by_host,
+        violations=list(_bodies(conn, conds, max_rows)),
+        blocks=list(_bodies(conn, block_conds, max_rows)),
+        blocks_total=totals.get("blocked", 0),
+        stale_hosts=stale,
+        rule_ids=rule_ids,
+    )
+    if view is not None:
+        moment = datetime.fromtimestamp(until_us / 1_000_000, UTC)
+        report.exemptions_active, report.exemptions_expired = view.exemptions(moment)
+    return report
+
+
+def report_html(
+    report: ComplianceReport, env: Environment | None = None, *, standalone: bool = True
+) -> str:
+    """The report as HTML; ``standalone`` inlines the stylesheet (a file for auditors)."""
+    env = env or build_environment()
+    css = (STATIC / "dashboard.css").read_text(encoding="utf-8") if standalone else ""
+    return render(
+        env,
+        "report_document.html" if standalone else "report.html",
+        {"r": report, "inline_css": css, "max_rows": MAX_HTML_ROWS},
+    )
+
+
+def _exemption_json(ex: Exemption) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "rules": list(ex.rules),
+        "hosts": list(ex.hosts),
+        "users": list(ex.users),
+        "expires": None if ex.expires is None else ex.expires.isoformat(),
+        "reason": ex.reason,
+    }
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
+    view = report.policy
+    policy = view.policy if view else None
+    return {
+        "generated": _iso(report.generated_us),
+        "period": {"since": _iso(report.since_us), "until": _iso(report.until_us)},
+        "policy": None
+        if view is None
+        else {
+            "id": view.record.policy_id,
+            "serial": view.record.serial,
+            "sha256": view.record.sha256,
+            "signers": list(view.signers),
+            "title": policy.meta.title if policy else None,
+            "directives": [
+                {"id": ref.id, "title": ref.title, "url": ref.url, "issued": ref.issued}
+                for ref in (policy.meta.references if policy else ())
+            ],
+        },
+        "serials_in_force": [
+            {
+                "serial": p.serial,
+                "id": p.policy_id,
+                "sha256": p.sha256,
+                "uploaded": _iso(p.uploaded_us),
+            }
+            for p in report.serials
+        ],
+        "coverage": {
+            "enrolled": report.coverage.enrolled,
+            "reporting": report.coverage.reporting,
+            "stale": report.coverage.stale,
+            "old_serial": report.coverage.old_serial,
+            "dropped": report.coverage.dropped,
+            "serial_regressed": report.coverage.regressed,
+            "heartbeat_window_s": report.heartbeat_window_s,
+        },
+        "totals": {"violations": report.total, **report.totals},
+        "by_rule": [{"rule": r, "count": n} for r, n in report.by_rule],
+        "by_host": [{"hostname": h, "count": n} for h, n in report.by_host],
+        "exemptions": {
+            "active": [_exemption_json(e) for e in report.exemptions_active],
+            "expired": [_exemption_json(e) for e in report.exemptions_expired],
+        },
+        "stale_hosts": [
+            {
+                "agent_id": a.agent_id,
+                "hostname": a.hostname,
+                "last_seen": None if a.last_seen_us is None else _iso(a.last_seen_us),
+            }
+            for a in report.stale_hosts
+        ],
+        "violations": violations,
+    }
+
+
+def report_text(
+    conn: Connection,
+    *,
+    fmt: str,
+    since_us: int,
+    until_us: int,
+    now_us: int,
+    heartbeat_window_s: float,
+    policy_serial: int | None = None,
+) -> str:
+    """What ``proscribe collector report --format FMT`` prints: HTML (self-contained, rows
+    capped as on the page), CSV (every violation, formula-safe, controls escaped) or JSON (the
+    whole report with every violation; ASCII, controls as ``\\u`` escapes)."""
+    if fmt not in REPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(REPORT_FORMATS)}")
+    capped = fmt == "html"
+    report = build_report(
+        conn,
+        since_us=since_us,
+        until_us=until_us,
+        now_us=now_us,
+        heartbeat_window_s=heartbeat_window_s,
+        policy_serial=policy_serial,
+        max_rows=MAX_HTML_ROWS if capped else 0,
+    )
+    if fmt == "html":
+        return report_html(report)
+    everything = _bodies(conn, _conditions(since_us, until_us, report.rule_ids), None)
+    if fmt == "csv":
+        return violations_csv_text(everything)
+    return safe_json(report_data(report, list(everything)), indent=1) + "\n"
+
+
+def csv_row(event: dict[str, Any]) -> list[str]:
+    """The API's formula-safe row, with control characters made visible too (a CSV is often
+    looked at with ``cat``, where ``\\x1b[2J`` would clear the screen)."""
+    return [visible_text(cell) for cell in violation_row(event)]
+
+
+def violations_csv_text(bodies: Any) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for body in bodies:
+        writer.writerow(csv_row(body))
+    return out.getvalue()
