@@ -113,19 +113,19 @@ class DnsCapture:
                 from proscribe.agent.sensors.dns._packet_linux import read_kernel_stats
 
                 _packets, drops = read_kernel_stats(self._sock)
-                self._count("dropped_kernel", drops)
+                with self._lock:  # stats() may be called from several threads
+                    self._counts["dropped_kernel"] += drops
             except OSError:
                 pass
-        with self._lock:
-            counts = dict(self._counts)
+        counts = dict(self._counts)
         counts["dropped_queue"] = self._delivery.dropped
         counts["callback_errors"] = self._delivery.callback_errors
         counts["queue_depth"] = self._delivery.depth()
         return counts
 
     def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[key] += n
+        # Only the reader thread writes counters; no lock on the per-packet path.
+        self._counts[key] += n
 
     # -- reader -----------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ across segments is counted as ``partial`` and skipped (no stream reassembly).
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
+from socket import AF_INET, AF_INET6, inet_ntop
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -46,16 +46,16 @@ def parse_packet(data: bytes, ethertype: int) -> DnsSegment | None:
         if struct.unpack_from("!H", data, 6)[0] & 0x1FFF:
             return None  # a non-first fragment has no transport header
         proto = data[9]
-        src_ip = str(ipaddress.IPv4Address(data[12:16]))
-        dst_ip = str(ipaddress.IPv4Address(data[16:20]))
+        src_ip = inet_ntop(AF_INET, data[12:16])
+        dst_ip = inet_ntop(AF_INET, data[16:20])
         body = data[ihl:total]
     elif ethertype == ETH_P_IPV6:
         if len(data) < 40:
             raise MalformedPacket("IPv6 header cut short")
         payload_len = struct.unpack_from("!H", data, 4)[0]
         proto = data[6]
-        src_ip = str(ipaddress.IPv6Address(data[8:24]))
-        dst_ip = str(ipaddress.IPv6Address(data[24:40]))
+        src_ip = inet_ntop(AF_INET6, data[8:24])
+        dst_ip = inet_ntop(AF_INET6, data[24:40])
         body = data[40 : 40 + payload_len]
     else:
         return None
