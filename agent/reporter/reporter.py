@@ -215,6 +215,7 @@ class Reporter:
 
     def _ok(self) -> None:
         self._backoff.success()
+        self.last_error = None  # status shows current health; the log keeps the history
 
     def _throttled(self, reply: Reply, what: str) -> None:
         now = self._clock()

@@ -19,6 +19,7 @@ import gzip
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,28 @@ class Reply:
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
         return None if value is None else str(value)
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost useful words of a requests/urllib3 error, for one-line status messages."""
+    inner: BaseException = err
+    for _ in range(6):  # requests → urllib3 MaxRetryError → .reason → OSError / SSLError
+        reason = getattr(inner, "reason", None)
+        if isinstance(reason, BaseException):
+            inner = reason
+        elif inner.args and isinstance(inner.args[0], BaseException):
+            inner = inner.args[0]
+        else:
+            break
+    text = str(inner)
+    for marker in ("certificate verify failed:", "Errno "):
+        if marker in text:
+            text = text[text.index(marker) :]
+            break
+    if text.startswith("Errno ") and "] " in text:
+        text = text.split("] ", 1)[1]
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text)
+    return text.strip(" ')\"") or type(inner).__name__
 
 
 def _is_loopback(host: str) -> bool:
@@ -178,11 +201,15 @@ class Transport:
                 stream=True,
             )
         except requests.exceptions.SSLError as err:
-            raise TransportError(f"TLS verification failed for {self.url}: {err}") from err
+            raise TransportError(
+                f"TLS verification failed for {self.url}: {_reason(err)} "
+                "(fix: collector.ca_file must hold the CA of the collector's certificate, "
+                "and the certificate must name the host in collector.url)"
+            ) from err
         except requests.exceptions.Timeout as err:
-            raise TransportError(f"timed out talking to {self.url}: {err}") from err
+            raise TransportError(f"timed out talking to {self.url}: {_reason(err)}") from err
         except requests.exceptions.RequestException as err:
-            raise TransportError(f"cannot reach {self.url}: {err}") from err
+            raise TransportError(f"cannot reach {self.url}: {_reason(err)}") from err
         try:
             content = self._read_capped(response, deadline)
         finally:

@@ -635,8 +635,11 @@ def test_bad_server_certificate_means_nothing_is_sent(
     try:
         agent = agent_factory(server.url, ca_file=pinned[2])
         agent.add(1)
-        with pytest.raises(TransportError, match="TLS verification failed"):
+        with pytest.raises(TransportError, match="TLS verification failed") as caught:
             agent.transport.post_json("/api/v1/events", {"events": []})
+        assert "\n" not in str(caught.value) and "_ssl.c" not in str(caught.value)
+        expected = {"other_ca": "unable to get local issuer", "expired": "expired"}
+        assert expected.get(case, "mismatch") in str(caught.value)
         agent.reporter.run_once()  # enrollment over the same channel fails the same way
         assert "TLS verification failed" in (agent.reporter.status()["last_error"] or "")
         assert server.handled == 0  # the handshake failed before any request was read
