@@ -498,6 +498,42 @@ def test_a_server_that_never_answers_times_out() -> None:
         listener.close()
 
 
+def test_an_endless_reply_is_cut_off_at_the_cap() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sent = [0]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+            chunk = b"A" * 65536
+            try:
+                while sent[0] < 64 * 1024 * 1024:  # bounded, far past the cap
+                    conn.sendall(chunk)
+                    sent[0] += len(chunk)
+            except OSError:
+                pass  # the client hung up: what we want
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    transport = Transport(
+        f"http://127.0.0.1:{listener.getsockname()[1]}",
+        timeout=(2.0, 5.0),
+        max_response_bytes=1024 * 1024,
+    )
+    try:
+        with pytest.raises(TransportError, match="larger than"):
+            transport.get("/api/v1/policy")
+    finally:
+        transport.close()
+        thread.join(10)
+        listener.close()
+    assert sent[0] < 64 * 1024 * 1024
+
+
 # -- TLS ------------------------------------------------------------------------------------
 
 
