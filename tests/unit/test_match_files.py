@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob as pyglob
 from pathlib import Path
 
+import pytest
 from proscribe.agent.policy.matchers import FileMatcher
 from proscribe.agent.policy.model import FileRule
 
@@ -102,3 +103,43 @@ def test_one_match_per_rule_and_cache_follows_environment() -> None:
     assert m.match("/one/m.gguf", None, {"X": "/two"}) is None
     for i in range(100):  # more users than the cache holds: still right
         assert m.match(f"/u{i}/m.gguf", None, {"X": f"/u{i}"}) is not None
+
+
+TREE = [
+    ".cache/huggingface/hub/models--deepseek-ai--DeepSeek-R1/config.json",
+    ".cache/huggingface/hub/models--deepseek-ai--V3/x",
+    ".cache/huggingface/hub/models--unsloth--DeepSeek-R1-GGUF/x",
+    ".ollama/models/manifests/registry.ollama.ai/library/deepseek-r1/7b",
+    ".ollama/models/manifests/registry.ollama.ai/library/llama3/8b",
+    ".lmstudio/models/bartowski/deepseek-coder/a.gguf",
+    ".lmstudio/models/bartowski/qwen/b.gguf",
+    "notes/.hidden-deepseek",
+]
+
+
+@pytest.mark.parametrize(
+    "rule_glob",
+    [
+        "~/.cache/huggingface/hub/models--deepseek-ai--*",
+        "~/.cache/huggingface/hub/models--*--*DeepSeek*",
+        "~/.ollama/models/manifests/*/*/deepseek-*/*",
+        "~/.lmstudio/models/*/*/*.gguf",
+        "~/.lmstudio/models/?artowski/[dq]*/*.gguf",
+        "~/notes/*deepseek",
+        "$MODELS/manifests/*/library/[!l]*/*",
+    ],
+)
+def test_expanded_patterns_find_what_the_matcher_matches(tmp_path: Path, rule_glob: str) -> None:
+    """A scanner lists candidates with Python's glob on expand(); the matcher must agree."""
+    home = tmp_path / "h[1]"
+    for rel in TREE:
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text("x")
+    env = {"MODELS": str(home / ".ollama" / "models")}
+    m = FileMatcher([FileRule(id="r", globs=(rule_glob,))])
+    (pattern,) = m.expand(str(home), env)
+    found = set(pyglob.glob(pattern, include_hidden=True))
+    every = {str(p) for p in home.rglob("*")}
+    matched = {p for p in every if m.match(p, str(home), env) is not None}
+    assert found == matched
+    assert matched  # every pattern above matches something in the tree
