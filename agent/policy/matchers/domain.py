@@ -3,7 +3,7 @@
 Every list entry is stored as a plain ``str`` key in a single ``dict`` whose value is a small
 int (a *code*: the rule's index shifted left by one, low bit set for an "=exact" entry). Small
 ints are shared objects in CPython, so an entry costs one string plus one dict slot and nothing
-else.
+else: about 108 bytes per name, 103 MiB for a million (``bench/match.py``).
 
 A query is walked from its last label to its first — ``com``, ``deepseek.com``,
 ``api.deepseek.com``, ``chat.api.deepseek.com`` — one hash probe per label, and the most specific
