@@ -108,9 +108,14 @@ class ProcessGuard:
         compiled = self.policy.compiled
         if compiled is None:
             return
-        decisions = compiled.check_process(facts, self.hostname, self.policy.now())
+        now = self.policy.now()
+        decisions = compiled.check_process(facts, self.hostname, now)
         if not decisions:
             return
+        if facts.uid is None and not facts.user:
+            # read without the user (the fast path): exemptions by user need it
+            facts = self.killer.enricher.with_user(facts)
+            decisions = compiled.check_process(facts, self.hostname, now)
         to_kill: tuple[Decision, Event] | None = None
         for decision in decisions:
             action = self.event_action(decision)

@@ -18,7 +18,7 @@ import os
 import pwd
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from proscribe.agent.policy.matchers.process import ProcessFacts
@@ -166,8 +166,35 @@ class Enricher:
                 self._users[uid] = name
         return name
 
-    def facts(self, pid: int, *, with_sha256: bool = False) -> ProcessFacts | None:
-        """Facts about ``pid``; ``None`` only when not even ``stat`` could be read."""
+    def read_uid(self, pid: int) -> int | None:
+        """The real uid from ``/proc/PID/status``."""
+        try:
+            status = read_small(f"{self.procfs}/{pid}/status")
+            at = status.find(b"\nUid:")
+            if at >= 0:
+                return int(status[at + 5 :].split(None, 1)[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def with_user(self, facts: ProcessFacts) -> ProcessFacts:
+        """``facts`` completed with the user (for facts read with ``with_user=False``)."""
+        if facts.uid is not None:
+            return facts
+        uid = self.read_uid(facts.pid)
+        if uid is None:
+            return facts
+        return replace(facts, uid=uid, user=self.user_name(uid))
+
+    def facts(
+        self, pid: int, *, with_sha256: bool = False, with_user: bool = True
+    ) -> ProcessFacts | None:
+        """Facts about ``pid``; ``None`` only when not even ``stat`` could be read.
+
+        ``with_user=False`` skips ``status`` (a quarter of the cost): the real-time path reads
+        the user only for a process some rule matched (exemptions need it), via
+        :meth:`with_user`.
+        """
         base = f"{self.procfs}/{pid}"
         stat = read_stat(pid, self.procfs)
         if stat is None:
@@ -186,14 +213,7 @@ class Enricher:
             exe = os.readlink(f"{base}/exe")
         except OSError:
             pass
-        uid: int | None = None
-        try:
-            status = read_small(f"{base}/status")
-            at = status.find(b"\nUid:")
-            if at >= 0:
-                uid = int(status[at + 5 :].split(None, 1)[0])
-        except (OSError, ValueError, IndexError):
-            pass
+        uid = self.read_uid(pid) if with_user else None
         sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(
             pid=pid,

@@ -215,7 +215,7 @@ class ProcessSensor:
                     continue
                 # Read /proc now, while the process surely exists: a short-lived program is
                 # often gone by the time the checker would get to it. Hashing waits.
-                facts = self.enricher.facts(event.tgid) if self.enricher else None
+                facts = self.enricher.facts(event.tgid, with_user=False) if self.enricher else None
                 if facts is None:
                     self.counts["vanished"] += 1
                     continue
