@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from proscribe.agent.wire.auth import sign_request
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import events, hosts
 from sqlalchemy import func, select
 
@@ -84,21 +86,33 @@ class Env:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Migrate once per module; each test gets a copy of the file."""
+    path = tmp_path_factory.mktemp("template") / "c.db"
+    db = open_database(f"sqlite:///{path}")
+    upgrade(db)
+    with db.write() as conn:
+        _sid, secret = agent_store.create_enroll_secret(conn, "test", 0)
+    with db.write() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+    return path, secret
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def env(tmp_path: Path, template: tuple[Path, str]) -> Iterator[Env]:
     clock = Clock()
+    shutil.copyfile(template[0], tmp_path / "c.db")
     settings = settings_from_mapping(
         {
             "database": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
             "enroll": {"per_ip_burst": 5, "per_ip_rate": 0.01, "global_burst": 50},
         }
     )
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, migrate=False)
     with TestClient(app) as client:
-        state = app.state.collector
-        with state.db.write() as conn:
-            _sid, secret = agent_store.create_enroll_secret(conn, "test", 0)
-        yield Env(client, state, clock, secret)
+        yield Env(client, app.state.collector, clock, template[1])
 
 
 def _events(n: int, **over: Any) -> list[dict[str, Any]]:
