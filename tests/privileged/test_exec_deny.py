@@ -1,0 +1,279 @@
+"""Exec-deny for real (root, Linux): a fanotify FAN_OPEN_EXEC_PERM mark on a private tmpfs this
+test mounts under its temp dir (never a system mount), real execs of copies of /bin/sleep.
+
+The exec is attempted by a Python child (its interpreter lives on the root filesystem, which is
+not marked) that prints its pid and then calls execv on the copy, so the test knows exactly which
+pid asked and sees EPERM as the child saw it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from proscribe.agent.enforce.exec_deny import ExecDenyGuard, ExecRequest, Verdict
+
+pytestmark = [pytest.mark.root, pytest.mark.linux]
+
+TRY_EXEC = """
+import os, sys
+print(os.getpid(), flush=True)
+try:
+    os.execv(sys.argv[1], [sys.argv[1], "0"])
+except PermissionError:
+    print("EPERM", flush=True)
+    sys.exit(3)
+"""
+
+
+@contextmanager
+def private_tmpfs(base: Path) -> Iterator[Path]:
+    mnt = base / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    with private_tmpfs(tmp_path) as mnt:
+        shutil.copy2("/bin/sleep", mnt / "deepseek")
+        shutil.copy2("/bin/sleep", mnt / "allowed-tool")
+        yield mnt
+
+
+def try_exec(path: Path) -> tuple[int, int]:
+    """(pid of the process that called execv, its exit code: 0 ran, 3 EPERM)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TRY_EXEC, str(path)], capture_output=True, text=True, timeout=10
+    )
+    pid = int(proc.stdout.split()[0])
+    if proc.returncode == 3:
+        assert "EPERM" in proc.stdout
+    return pid, proc.returncode
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list[tuple[ExecRequest, Verdict]] = []
+        self.arrived = threading.Event()
+
+    def __call__(self, request: ExecRequest, verdict: Verdict) -> None:
+        self.items.append((request, verdict))
+        self.arrived.set()
+
+
+def deny_deepseek(request: ExecRequest) -> Verdict:
+    denied = Path(request.path).name.startswith("deepseek")
+    return Verdict(
+        denied, "name glob 'deepseek*'" if denied else "", "deepseek" if denied else None
+    )
+
+
+@contextmanager
+def running(guard: ExecDenyGuard) -> Iterator[ExecDenyGuard]:
+    guard.start()
+    try:
+        yield guard
+    finally:
+        guard.stop()
+
+
+def test_denied_copy_fails_with_eperm_and_is_reported_allowed_copy_runs(mnt: Path) -> None:
+    seen = Recorder()
+    with running(ExecDenyGuard([mnt], deny_deepseek, on_denied=seen)) as guard:
+        pid, rc = try_exec(mnt / "deepseek")
+        assert rc == 3
+        with pytest.raises(PermissionError):
+            subprocess.run([str(mnt / "deepseek"), "0"], check=False)
+        assert try_exec(mnt / "allowed-tool")[1] == 0
+        assert subprocess.run([str(mnt / "allowed-tool"), "0"], check=False).returncode == 0
+        assert seen.arrived.wait(2)
+        request, verdict = seen.items[0]
+        assert request.path == str(mnt / "deepseek") and request.pid == pid
+        assert request.uid == 0 and request.user == "root"
+        assert verdict.deny and verdict.action == "denied" and verdict.rule_id == "deepseek"
+        stats = guard.stats()
+        assert stats["denied"] == 2 and stats["allowed"] == 2
+        assert stats["cache_hits"] == 2 and stats["cache_misses"] == 2
+
+
+def test_a_raising_decider_fails_open_and_is_counted(mnt: Path) -> None:
+    def broken(_request: ExecRequest) -> Verdict:
+        raise RuntimeError("policy bug")
+
+    with running(ExecDenyGuard([mnt], broken)) as guard:
+        assert try_exec(mnt / "deepseek")[1] == 0
+        assert guard.stats()["errors"] == 1 and guard.stats()["denied"] == 0
+
+
+def test_a_slow_decider_is_answered_allow_within_the_timeout(mnt: Path) -> None:
+    release = threading.Event()
+
+    def slow(request: ExecRequest) -> Verdict:
+        release.wait(5)
+        return deny_deepseek(request)
+
+    with running(ExecDenyGuard([mnt], slow, timeout_ms=150)) as guard:
+        t0 = time.monotonic()
+        assert subprocess.run([str(mnt / "deepseek"), "0"], check=False).returncode == 0
+        took = time.monotonic() - t0
+        assert 0.14 <= took < 1.0, took
+        assert guard.stats()["timeouts"] == 1
+        release.set()
+    # a late answer is not cached as if it had been given
+    assert len(guard.cache) == 0
+
+
+def test_busy_checks_are_not_queued_but_allowed(mnt: Path) -> None:
+    release = threading.Event()
+
+    def stuck(_request: ExecRequest) -> Verdict:
+        release.wait(5)
+        return Verdict(True)
+
+    with running(ExecDenyGuard([mnt], stuck, timeout_ms=50, workers=1)) as guard:
+        try:
+            assert try_exec(mnt / "deepseek")[1] == 0  # times out; the worker stays stuck
+            t0 = time.monotonic()
+            assert try_exec(mnt / "allowed-tool")[1] == 0
+            assert time.monotonic() - t0 < 1.0
+            stats = guard.stats()
+            assert stats["timeouts"] == 1 and stats["overloads"] == 1
+        finally:
+            release.set()
+
+
+def test_monitor_mode_allows_and_reports_would_block(mnt: Path) -> None:
+    seen = Recorder()
+    with running(ExecDenyGuard([mnt], deny_deepseek, mode="monitor", on_denied=seen)) as guard:
+        pid, rc = try_exec(mnt / "deepseek")
+        assert rc == 0
+        assert seen.arrived.wait(2)
+        request, verdict = seen.items[0]
+        assert request.pid == pid and verdict.action == "would_block" and not verdict.enforced
+        assert guard.stats()["would_block"] == 1 and guard.stats()["denied"] == 0
+
+
+def test_cache_hit_then_a_modified_file_is_judged_again(mnt: Path) -> None:
+    calls: list[str] = []
+
+    def counting(request: ExecRequest) -> Verdict:
+        calls.append(request.path)
+        return Verdict(False)
+
+    tool = mnt / "allowed-tool"
+    with running(ExecDenyGuard([mnt], counting)) as guard:
+        assert try_exec(tool)[1] == 0
+        assert try_exec(tool)[1] == 0
+        assert calls == [str(tool)] and guard.stats()["cache_hits"] == 1
+        st = os.stat(tool)
+        os.utime(tool, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+        assert try_exec(tool)[1] == 0
+        assert calls == [str(tool)] * 2
+        # a new policy drops every cached verdict
+        guard.set_decider(lambda r: Verdict(True, "new policy"))
+        assert try_exec(tool)[1] == 3
+
+
+def test_sha256_is_read_from_the_event_fd_when_the_policy_needs_it(mnt: Path) -> None:
+    import hashlib
+
+    want = hashlib.sha256((mnt / "deepseek").read_bytes()).hexdigest()
+
+    def by_hash(request: ExecRequest) -> Verdict:
+        return Verdict(request.sha256 == want, "sha256")
+
+    with running(ExecDenyGuard([mnt], by_hash, want_sha256=lambda: True)):
+        assert try_exec(mnt / "deepseek")[1] == 3
+        assert try_exec(mnt / "allowed-tool")[1] == 3  # the same bytes under another name
+
+
+def test_protected_executables_are_never_denied(mnt: Path) -> None:
+    guard = ExecDenyGuard([mnt], lambda r: Verdict(True), protect=[str(mnt / "deepseek")])
+    with running(guard):
+        assert try_exec(mnt / "deepseek")[1] == 0
+        assert try_exec(mnt / "allowed-tool")[1] == 3
+        assert guard.stats()["self_allowed"] == 1
+
+
+def test_after_stop_exec_works_again(mnt: Path) -> None:
+    guard = ExecDenyGuard([mnt], deny_deepseek)
+    with running(guard):
+        assert try_exec(mnt / "deepseek")[1] == 3
+    assert not guard.running
+    assert try_exec(mnt / "deepseek")[1] == 0
+
+
+def test_the_mount_is_gone_after_teardown_even_on_failure(tmp_path: Path) -> None:
+    seen: list[Path] = []
+    with pytest.raises(RuntimeError), private_tmpfs(tmp_path) as mnt:
+        seen.append(mnt)
+        guard = ExecDenyGuard([mnt], deny_deepseek)
+        with running(guard):
+            raise RuntimeError("test body failed")
+    assert not os.path.ismount(seen[0])
+    assert str(seen[0]) not in Path("/proc/self/mounts").read_text()
+
+
+def test_start_refuses_a_directory_that_is_not_a_mount(mnt: Path) -> None:
+    from proscribe.agent.errors import ConfigError
+
+    sub = mnt / "sub"
+    sub.mkdir()
+    guard = ExecDenyGuard([sub], deny_deepseek)
+    with pytest.raises(ConfigError, match="not a mount point"):
+        guard.start()
+    assert not guard.running
+
+
+def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None]) -> None:
+    """The daemon's wiring: build_exec_guard over a real compiled policy."""
+    from proscribe.agent.enforce.exec_deny import build_exec_guard
+    from proscribe.agent.policy.loader import load_policy
+    from proscribe.agent.policy.matchers import CompiledPolicy
+
+    policy = b"""
+[meta]
+schema  = 1
+id      = "t"
+serial  = 1
+issued  = 2025-01-24T00:00:00Z
+expires = 2030-01-01T00:00:00Z
+title   = "t"
+
+[[process]]
+id     = "deepseek-desktop"
+names  = ["deepseek*"]
+action = "block"
+"""
+    compiled = CompiledPolicy.compile(load_policy(policy, "t.toml"))
+    guard = build_exec_guard(
+        {"exec_deny_mounts": [str(mnt)]}, lambda: compiled, on_denied, "enforce", host="h"
+    )
+    assert guard is not None
+    with running(guard):
+        assert try_exec(mnt / "deepseek")[1] == 3
+        assert try_exec(mnt / "allowed-tool")[1] == 0
+
+
+def test_build_exec_guard_denies_by_a_real_policy(mnt: Path) -> None:
+    seen = Recorder()
+    run_policy_guard(mnt, seen)
+    assert seen.arrived.wait(2)
+    request, verdict = seen.items[0]
+    assert verdict.rule_id == "deepseek-desktop"
+    assert "name glob 'deepseek*' matched" in verdict.reason
+    assert request.path.endswith("/deepseek")

@@ -1,0 +1,218 @@
+"""Exec-deny's pure parts: fanotify struct parsing, the verdict cache, the policy decider and the
+daemon adapter's config checks (no fanotify group is opened here)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from proscribe.agent.enforce import _fanotify_linux as fan
+from proscribe.agent.enforce.exec_deny import (
+    CacheKey,
+    ExecRequest,
+    Verdict,
+    VerdictCache,
+    build_exec_guard,
+    policy_decider,
+    read_uid,
+    sha256_of_fd,
+)
+from proscribe.agent.errors import ConfigError
+from proscribe.agent.policy.loader import load_policy
+from proscribe.agent.policy.matchers import CompiledPolicy
+
+
+def _meta(fd: int, pid: int, mask: int = fan.FAN_OPEN_EXEC_PERM, vers: int = 3) -> bytes:
+    return fan.METADATA.pack(fan.METADATA.size, vers, 0, fan.METADATA.size, mask, fd, pid)
+
+
+def test_metadata_layout_matches_the_kernel_struct() -> None:
+    assert fan.METADATA.size == 24  # sizeof(struct fanotify_event_metadata)
+    assert fan.pack_response(7, True) == struct.pack("=iI", 7, fan.FAN_ALLOW)
+    assert fan.pack_response(7, False) == struct.pack("=iI", 7, fan.FAN_DENY)
+
+
+def test_parse_events_reads_every_event_in_one_buffer() -> None:
+    buf = _meta(5, 100) + _meta(6, 200, mask=fan.FAN_OPEN_EXEC_PERM | 0x20) + _meta(-1, 0, 0x4000)
+    events = fan.parse_events(buf)
+    assert [(e.fd, e.pid) for e in events] == [(5, 100), (6, 200), (fan.FAN_NOFD, 0)]
+    assert events[1].mask & fan.FAN_OPEN_EXEC_PERM
+    assert events[2].mask & fan.FAN_Q_OVERFLOW
+    assert fan.parse_events(b"") == []
+
+
+@pytest.mark.parametrize(
+    ("buf", "message"),
+    [
+        (_meta(5, 1)[:20], "truncated"),
+        (_meta(5, 1, vers=2), "version 2"),
+        (struct.pack("=IBBHQii", 8, 3, 0, 24, 0, 5, 1), "bad event_len 8"),
+        (struct.pack("=IBBHQii", 48, 3, 0, 24, 0, 5, 1), "bad event_len 48"),
+    ],
+)
+def test_parse_events_refuses_malformed_buffers(buf: bytes, message: str) -> None:
+    with pytest.raises(fan.MalformedEvent, match=message):
+        fan.parse_events(buf)
+
+
+def _key(path: str = "/m/deepseek", mtime_ns: int = 1, uid: int | None = 0) -> CacheKey:
+    return CacheKey(dev=1, ino=2, mtime_ns=mtime_ns, size=3, ctime_ns=4, path=path, uid=uid)
+
+
+def test_cache_hits_until_the_ttl_and_is_keyed_by_identity() -> None:
+    now = [0.0]
+    cache = VerdictCache(capacity=8, ttl=10.0, clock=lambda: now[0])
+    deny = Verdict(True, "rule x")
+    cache.put(_key(), deny)
+    assert cache.get(_key()) is deny
+    assert cache.get(_key(mtime_ns=2)) is None  # the file changed
+    assert cache.get(_key(path="/m/renamed")) is None  # a hard link or rename
+    assert cache.get(_key(uid=1000)) is None  # exemptions can be per user
+    now[0] = 10.0
+    assert cache.get(_key()) is None
+    assert len(cache) == 0
+
+
+def test_cache_evicts_least_recently_used_and_clears() -> None:
+    cache = VerdictCache(capacity=2, ttl=60.0, clock=lambda: 0.0)
+    a, b, c = (_key(path=p) for p in ("/a", "/b", "/c"))
+    cache.put(a, Verdict(False))
+    cache.put(b, Verdict(False))
+    assert cache.get(a) is not None  # a is now the most recent
+    cache.put(c, Verdict(True))
+    assert cache.get(b) is None
+    assert cache.get(a) is not None and cache.get(c) is not None
+    cache.clear()
+    assert len(cache) == 0
+    off = VerdictCache(capacity=0)
+    off.put(a, Verdict(True))
+    assert off.get(a) is None
+
+
+def test_cache_key_from_stat(tmp_path: Path) -> None:
+    f = tmp_path / "tool"
+    f.write_bytes(b"x" * 10)
+    st = os.stat(f)
+    key = CacheKey.of(st, str(f), 0)
+    assert (key.dev, key.ino, key.size, key.mtime_ns) == (st.st_dev, st.st_ino, 10, st.st_mtime_ns)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert CacheKey.of(os.stat(f), str(f), 0) != key
+
+
+def test_sha256_of_fd_reads_the_whole_file_and_respects_the_limit(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    f = tmp_path / "bin"
+    f.write_bytes(data)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert sha256_of_fd(fd, len(data)) == hashlib.sha256(data).hexdigest()
+        assert sha256_of_fd(fd, len(data), limit=1024) is None
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # pread leaves the offset alone
+    finally:
+        os.close(fd)
+
+
+def test_read_uid_from_a_procfs_tree(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "status").write_text("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t5\n")
+    assert read_uid(42, tmp_path) == 1000
+    assert read_uid(43, tmp_path) is None
+
+
+POLICY = rb"""
+[meta]
+schema  = 1
+id      = "exec-deny-test"
+serial  = 1
+issued  = 2025-01-24T00:00:00Z
+expires = 2030-01-01T00:00:00Z
+title   = "t"
+
+[[process]]
+id      = "deepseek-desktop"
+names   = ["deepseek*"]
+paths   = ["/opt/deepseek/**"]
+cmdline = ['(?i)\bollama\b.*\bdeepseek']
+action  = "block"
+
+[[process]]
+id      = "report-only"
+names   = ["lms"]
+action  = "report"
+
+[[process]]
+id      = "by-hash"
+sha256  = ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]
+action  = "block"
+
+[[exemption]]
+id    = "alice-lab"
+rules = ["deepseek-desktop"]
+users = ["alice"]
+"""
+
+NOW = datetime(2025, 2, 1, tzinfo=UTC)
+
+
+def _request(path: str, user: str = "bob", sha256: str | None = None) -> ExecRequest:
+    return ExecRequest(pid=10, path=path, uid=1000, user=user, dev=1, ino=2, size=3, sha256=sha256)
+
+
+def test_policy_decider_denies_by_name_path_and_hash_but_not_report_or_exempted() -> None:
+    compiled = CompiledPolicy.compile(load_policy(POLICY, "t.toml"))
+    decide = policy_decider(compiled, "host-1", lambda: NOW)
+    v = decide(_request("/usr/local/bin/deepseek-r1"))
+    assert v.deny and v.rule_id == "deepseek-desktop"
+    assert "name glob 'deepseek*'" in v.reason and v.action == "denied"
+    assert decide(_request("/opt/deepseek/bin/helper")).deny
+    assert decide(_request("/usr/bin/x", sha256="a" * 64)).rule_id == "by-hash"
+    report = decide(_request("/usr/bin/lms"))
+    assert not report.deny and report.decisions[0].rule_id == "report-only"
+    exempted = decide(_request("/usr/local/bin/deepseek", user="alice"))
+    assert not exempted.deny and exempted.decisions[0].exempted_by == "alice-lab"
+    # argv is not known before exec: a command-line rule cannot deny here
+    assert not decide(_request("/usr/bin/ollama")).deny
+    assert decide(_request("/usr/bin/true")) == Verdict(False)
+
+
+def test_build_exec_guard_is_off_without_mounts() -> None:
+    assert build_exec_guard({}, lambda: None, None, "enforce", host="h") is None
+    assert (
+        build_exec_guard({"exec_deny_mounts": []}, lambda: None, None, "enforce", host="h") is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"exec_deny_mounts": "/opt"}, "expected a list of mount point paths"),
+        ({"exec_deny_mounts": ["/"]}, "'/' is refused"),
+        ({"exec_deny_mounts": ["/proc/self"]}, "is not a mount point"),
+        ({"exec_deny_mounts": ["/proc"], "exec_deny_timeout_ms": 0}, "exec_deny_timeout_ms"),
+        ({"exec_deny_mounts": ["/proc"], "exec_deny_cache_size": "big"}, "exec_deny_cache_size"),
+    ],
+)
+def test_build_exec_guard_config_errors_name_the_key(
+    section: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        build_exec_guard(section, lambda: None, None, "enforce", host="h")
+    assert "\n" not in str(info.value) and "fix:" in str(info.value)
+
+
+def test_build_exec_guard_reads_the_keys() -> None:
+    guard = build_exec_guard(
+        {"exec_deny_mounts": ["/proc"], "exec_deny_timeout_ms": 50, "exec_deny_cache_size": 8},
+        lambda: None,
+        None,
+        "monitor",
+        host="h",
+    )
+    assert guard is not None
+    assert guard.mounts == [Path("/proc")] and guard.timeout == 0.05
+    assert guard.cache.capacity == 8 and guard.mode == "monitor"
+    assert guard.stats()["running"] is False
