@@ -87,3 +87,69 @@ def test_netlink_requested_without_root_falls_back_loudly(
         assert any(r.levelname == "ERROR" for r in caplog.records)
     finally:
         sensor.stop()
+
+
+def test_a_full_socket_buffer_is_reported_as_overflow() -> None:
+    from proscribe.agent.sensors._netlink_linux import ProcConnector
+
+    connector = ProcConnector(rcvbuf=4096)  # a few messages' worth
+    connector.open()
+    try:
+        for _ in range(100):  # execs while nobody reads
+            subprocess.run(["/bin/true"], check=True)
+        overflow = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not overflow:
+            _events, overflow = connector.read(0.2)
+        assert overflow
+    finally:
+        connector.close()
+
+
+def test_sensor_counts_an_overflow_and_sweeps_at_once() -> None:
+    """The reader's reaction to ENOBUFS, with a connector that reports one overflow."""
+
+    class OverflowingConnector:
+        def __init__(self) -> None:
+            self.overflow_now = threading.Event()
+
+        def read(self, timeout: float) -> tuple[list[object], bool]:
+            if self.overflow_now.is_set():
+                self.overflow_now.clear()
+                return [], True
+            time.sleep(min(timeout, 0.05))
+            return [], False
+
+        def close(self) -> None:
+            pass
+
+    swept = threading.Event()
+
+    def handler(facts: ProcessFacts, sighting: Sighting) -> None:
+        if sighting.source == "sweep":
+            swept.set()
+
+    connector = OverflowingConnector()
+    sensor = ProcessSensor("netlink", handler, sweep_interval=3600)
+    sensor._open_netlink = lambda: None  # type: ignore[method-assign]
+    sensor._connector = connector
+    sensor.start()
+    try:
+        assert swept.wait(5)  # the start-up sweep
+        time.sleep(0.3)
+        swept.clear()
+        sensor.scanner.forget_all()  # so the next sweep has processes to hand over
+        connector.overflow_now.set()
+        assert wait_until(lambda: sensor.drops["overflow"] == 1, 5)
+        assert swept.wait(5)  # the sweep the overflow asked for (the periodic one is an hour)
+    finally:
+        sensor.stop()
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
