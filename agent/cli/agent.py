@@ -181,7 +181,7 @@ def _print_status(status: dict[str, Any]) -> None:
         dropped = spool.get("dropped") or {}
         out.write(
             f"spool:     {spool.get('depth', 0)} pending ({spool.get('bytes', 0)} bytes), "
-            f"dropped {sum(dropped.values())} {dropped or ''}\n"
+            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}\n"
         )
     drops = (status.get("drops") or {}).get("process_sensor") or {}
     if drops:
