@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from proscribe.agent.sensors.dns import bpf
 from proscribe.agent.sensors.dns.headers import DnsSegment, MalformedPacket, parse_packet
 
@@ -157,3 +159,12 @@ def test_headers_pure_ack_has_no_message() -> None:
 def test_headers_malformed(packet: bytes) -> None:
     with pytest.raises(MalformedPacket):
         parse_packet(packet, bpf.ETH_P_IP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from([bpf.ETH_P_IP, bpf.ETH_P_IPV6, 0x0806]))
+def test_fuzz_headers_only_the_one_error(data: bytes, ethertype: int) -> None:
+    try:
+        parse_packet(data, ethertype)
+    except MalformedPacket:
+        pass

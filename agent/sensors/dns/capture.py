@@ -54,7 +54,9 @@ class DnsCapture:
         self._interfaces = frozenset(interfaces)  # empty: every interface
         self._attributor = attributor
         self._attribute_if = attribute_if
-        self._delivery = ObservationDelivery(on_observation, queue_size, name="dns-capture")
+        self._delivery = ObservationDelivery(
+            on_observation, queue_size, name="dns-capture", interval=0.05
+        )
         self._socket_factory = socket_factory
         self._clock = clock
         self._sock: socket.socket | None = None
@@ -132,11 +134,9 @@ class DnsCapture:
     def _read_loop(self) -> None:
         sock = self._sock
         assert sock is not None
-        buffer = bytearray(65536)
-        view = memoryview(buffer)
         while not self._stopping.is_set():
             try:
-                size, address = sock.recvfrom_into(buffer)
+                data, address = sock.recvfrom(65535)
             except TimeoutError:
                 continue
             except OSError:
@@ -146,7 +146,7 @@ class DnsCapture:
                 time.sleep(0.5)
                 continue
             try:
-                self.handle_packet(bytes(view[:size]), address)
+                self.handle_packet(data, address)
             except Exception:  # a bug here must not stop the sensor
                 log.exception("DNS capture: unexpected error on one packet")
                 self._count("malformed")
@@ -154,32 +154,33 @@ class DnsCapture:
     def handle_packet(self, data: bytes, address: tuple[Any, ...]) -> None:
         """Process one packet as returned by ``recvfrom`` on the packet socket."""
         ifname, ethertype, pkttype = address[0], address[1], address[2]
-        self._count("seen")
+        counts = self._counts  # written by this thread only: no lock per packet
+        counts["seen"] += 1
         if self._interfaces and ifname not in self._interfaces:
-            self._count("other_interface")
+            counts["other_interface"] += 1
             return
         if pkttype == _OUTGOING and ifname == "lo":
-            self._count("outgoing_lo_skipped")  # the BPF filter normally drops these already
+            counts["outgoing_lo_skipped"] += 1  # the BPF filter normally drops these already
             return
         try:
             segment = parse_packet(data, ethertype)
         except MalformedPacket:
-            self._count("malformed")
+            counts["malformed"] += 1
             return
         if segment is None:
-            self._count("not_dns")
+            counts["not_dns"] += 1
             return
         if segment.partial:
-            self._count("tcp_partial")
+            counts["tcp_partial"] += 1
         now = self._clock()
         for payload in segment.messages:
             try:
                 facts = parse_message(payload)
             except MalformedDnsMessage:
-                self._count("malformed")
+                counts["malformed"] += 1
                 continue
-            self._count("parsed")
-            self._count("responses" if facts.is_response else "queries")
+            counts["parsed"] += 1
+            counts["responses" if facts.is_response else "queries"] += 1
             observation = DnsObservation.from_facts(
                 facts,
                 src=segment.src,
