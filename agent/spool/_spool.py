@@ -103,9 +103,15 @@ class Spool:
         self.corrupt_moved_to = moved
         # Ids handed to the reporter and not yet acknowledged: never folded or evicted under it.
         self._in_flight: set[str] = set()
-        # Set when a row arrives whose fold key already has a pending row; folding is only
-        # worth a scan when this is set.
-        self._foldable = False
+        # Fold keys that have more than one pending row: what a fold pass has to visit.
+        self._fold_candidates: set[int] = {
+            int(row[0])
+            for row in conn.execute(
+                "SELECT fold_key FROM events WHERE state = ? AND fold_key IS NOT NULL"
+                " GROUP BY fold_key HAVING COUNT(*) > 1",
+                (PENDING,),
+            )
+        }
         rows, used = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events").fetchone()
         self._rows: int = int(rows)
         self._bytes: int = int(used)
@@ -199,13 +205,13 @@ class Spool:
         if not self._make_room(db, row.size):
             self._bump(db, "dropped:full")
             return False
-        if row.fold_key is not None and not self._foldable:
-            self._foldable = bool(
-                db.execute(
-                    "SELECT 1 FROM events WHERE fold_key = ? AND state = ? LIMIT 1",
-                    (row.fold_key, PENDING),
-                ).fetchone()
-            )
+        if row.fold_key is not None and row.fold_key not in self._fold_candidates:
+            repeat = db.execute(
+                "SELECT 1 FROM events WHERE fold_key = ? AND state = ? LIMIT 1",
+                (row.fold_key, PENDING),
+            ).fetchone()
+            if repeat:
+                self._fold_candidates.add(row.fold_key)
         self._seq += 1
         db.execute(
             "INSERT INTO events(id, seq, kind, rule_key, fold_key, state, count, size, body,"
@@ -246,8 +252,8 @@ class Spool:
         if self._fits(size):
             return True
         # 2. Repeats folded into the count of the oldest row of their kind.
-        if self._foldable:
-            self._fold_repeats(db)
+        if self._fold_candidates:
+            self._fold_repeats(db, size)
             if self._fits(size):
                 return True
         # 3. Oldest violations, except the first pending one of each rule.
@@ -292,14 +298,15 @@ class Spool:
             if reason is not None:
                 self._bump(db, f"dropped:{reason}", len(victims))
 
-    def _fold_repeats(self, db: sqlite3.Connection) -> None:
-        groups = db.execute(
-            "SELECT fold_key FROM events WHERE state = ? AND fold_key IS NOT NULL"
-            " GROUP BY fold_key HAVING COUNT(*) > 1",
-            (PENDING,),
-        ).fetchall()
+    def _fold_repeats(self, db: sqlite3.Connection, size: int) -> None:
+        # Only keys known to have several pending rows are visited, each through the
+        # (fold_key, state, seq) index, and only until the new row fits: an append at the cap
+        # pays for one or a few groups, never for a pass over the whole spool.
         folded = 0
-        for (key,) in groups:
+        for key in sorted(self._fold_candidates):
+            if self._fits(size):
+                break
+            self._fold_candidates.discard(key)
             members = db.execute(
                 "SELECT id, count FROM events WHERE fold_key = ? AND state = ? ORDER BY seq",
                 (key, PENDING),
@@ -316,8 +323,7 @@ class Spool:
             folded += len(rest)
         if folded:
             self._bump(db, "dropped:folded", folded)
-            log.warning("spool full: folded %d repeated events into counts", folded)
-        self._foldable = False
+            log.info("spool full: folded %d repeated events into counts", folded)
 
     def bump_count(self, event_id: str, n: int = 1) -> bool:
         """Fold ``n`` repeats into a pending event; False if it is sent, in flight or gone.

@@ -370,3 +370,20 @@ def test_append_many_is_one_commit_with_the_same_rules(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         s.append_many([{"kind": "process"}])
     s.close()
+
+
+def test_folding_at_the_cap_is_incremental_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    s = Spool(path, max_events=40)
+    for i in range(40):  # 4 programs x 10 starts each, rule "a": repeats of 4 fold keys
+        s.append(violation(rule="a", exe=f"/bin/p{i % 4}", pid=i))
+    s.close()
+    s = Spool(path, max_events=40)  # the candidates are found again after a restart
+    assert s.append(violation(rule="b"))
+    st = s.stats()
+    # one group folded (9 rows into its first), not all four: just enough room was made
+    assert st.dropped == {"folded": 9}
+    assert st.depth == 32
+    counts = sorted(r.count for r in s.pending(100))
+    assert counts == [1] * 31 + [10]
+    s.close()
