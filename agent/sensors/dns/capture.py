@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 SocketFactory = Callable[[], socket.socket]
 _OUTGOING = 4
 _RECENT_QUERIES = 4096
+STUB_FORWARD_WINDOW = 2.0
+REASON_STUB_FORWARD = (
+    "forwarded by a local stub resolver (same question asked of a loopback resolver just "
+    "before); the application's query carries the process"
+)
 
 
 def _default_socket() -> socket.socket:
@@ -63,6 +68,7 @@ class DnsCapture:
         # (transport, client, msg id) -> the query's attribution, reused for its response,
         # whose client socket may already be closed by the time it is read.
         self._recent: dict[tuple[str, tuple[str, int], int], Attribution] = {}
+        self._stub_questions: dict[tuple[str, str], float] = {}  # (qname, qtype) -> time
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -192,6 +198,12 @@ class DnsCapture:
             self._delivery.submit(self._attribute(observation))
 
     def _attribute(self, observation: DnsObservation) -> DnsObservation:
+        if observation.direction == "query" and _is_loopback(observation.dst_ip):
+            # An application's query to a local stub: remember it, so that the stub's forward
+            # of the same question can be recognized even if the stub's socket is gone.
+            if len(self._stub_questions) >= _RECENT_QUERIES:
+                self._stub_questions.clear()
+            self._stub_questions[(observation.qname, observation.qtype)] = observation.time
         if self._attributor is None:
             return observation.update(attribution_reason="attribution disabled")
         if self._attribute_if is not None and not self._attribute_if(observation):
@@ -206,6 +218,8 @@ class DnsCapture:
                 else (observation.src_ip, observation.src_port)
             )
             found = self._attributor.attribute(observation.transport, observation.client, server)
+            if found.process is None and not found.forwarded and self._is_stub_forward(observation):
+                found = Attribution(None, REASON_STUB_FORWARD, forwarded=True)
             if is_query:
                 if len(self._recent) >= _RECENT_QUERIES:
                     self._recent.clear()
@@ -221,3 +235,15 @@ class DnsCapture:
             attribution_reason=found.reason,
             forwarded=found.forwarded,
         )
+
+    def _is_stub_forward(self, observation: DnsObservation) -> bool:
+        """A query to a non-loopback server repeating a question an application just asked a
+        loopback stub resolver (within ``STUB_FORWARD_WINDOW`` seconds)."""
+        if observation.direction != "query" or _is_loopback(observation.dst_ip):
+            return False
+        asked = self._stub_questions.get((observation.qname, observation.qtype))
+        return asked is not None and 0 <= observation.time - asked <= STUB_FORWARD_WINDOW
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")

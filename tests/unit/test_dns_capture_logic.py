@@ -1,0 +1,92 @@
+"""DnsCapture's packet handling, fed packets directly (no packet socket, no root needed)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import pytest
+from proscribe.agent.sensors.dns import DnsCapture, DnsObservation, ProcessAttributor
+from proscribe.agent.sensors.dns.capture import REASON_STUB_FORWARD
+from test_dns_attribution import make_procfs
+
+IP, IP6 = 0x0800, 0x86DD
+
+
+def udp4(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+        socket.inet_aton(src[0]), socket.inet_aton(dst[0]),
+    )  # fmt: skip
+    return header + udp
+
+
+QUERY = dns.message.make_query("chat.DeepSeek.com", "A").to_wire()
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Iterator[tuple[DnsCapture, list[DnsObservation]]]:
+    seen: list[DnsObservation] = []
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+    dummy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dummy.bind(("127.0.0.1", 0))  # stands in for the packet socket; nothing is sent to it
+    sensor = DnsCapture(seen.append, attributor=attributor, socket_factory=lambda: dummy)
+    sensor.start()
+    yield sensor, seen
+    sensor.stop()
+
+
+def test_app_query_to_stub_and_the_stubs_forward(
+    capture: tuple[DnsCapture, list[DnsObservation]],
+) -> None:
+    sensor, seen = capture
+    app = udp4(("127.0.0.1", 40000), ("127.0.0.53", 53), QUERY)
+    forward = udp4(("10.0.0.5", 50000), ("10.0.0.2", 53), QUERY)
+    sensor.handle_packet(app, ("lo", IP, 0, 772, b""))
+    sensor.handle_packet(forward, ("eth0", IP, 4, 1, b""))
+    sensor.stop()
+    assert [o.qname for o in seen] == ["chat.deepseek.com", "chat.deepseek.com"]
+    assert seen[0].process is not None and seen[0].process["pid"] == 4242
+    assert seen[1].forwarded and seen[1].process is None
+    assert seen[1].attribution_reason == REASON_STUB_FORWARD
+    assert sensor.stats()["forwarded"] == 1 and sensor.stats()["attributed"] == 1
+
+
+def test_unrelated_unattributable_query_is_not_called_forwarded(
+    capture: tuple[DnsCapture, list[DnsObservation]],
+) -> None:
+    sensor, seen = capture
+    sensor.handle_packet(
+        udp4(("10.0.0.5", 50000), ("10.0.0.2", 53), QUERY), ("eth0", IP, 4, 1, b"")
+    )
+    sensor.stop()
+    assert not seen[0].forwarded and seen[0].process is None
+    assert seen[0].attribution_reason is not None and "closed" in seen[0].attribution_reason
+
+
+def test_garbage_outgoing_lo_and_other_protocols_are_counted(
+    capture: tuple[DnsCapture, list[DnsObservation]],
+) -> None:
+    sensor, seen = capture
+    sensor.handle_packet(b"\x45\x00", ("eth0", IP, 0, 1, b""))
+    sensor.handle_packet(
+        udp4(("10.0.0.2", 53), ("10.0.0.5", 1), b"\x01\x02garbage"), ("eth0", IP, 0, 1, b"")
+    )
+    sensor.handle_packet(udp4(("127.0.0.1", 1), ("127.0.0.1", 53), QUERY), ("lo", IP, 4, 772, b""))
+    sensor.handle_packet(b"\x00" * 40, ("eth0", 0x0806, 0, 1, b""))
+    stats = sensor.stats()
+    assert stats["malformed"] == 2 and stats["outgoing_lo_skipped"] == 1
+    assert stats["not_dns"] == 1 and stats["seen"] == 4
+    sensor.stop()
+    assert seen == []
+
+
+def test_interface_filter(tmp_path: Path) -> None:
+    seen: list[DnsObservation] = []
+    sensor = DnsCapture(seen.append, interfaces=("eth0",))
+    sensor.handle_packet(udp4(("10.0.0.5", 1), ("10.0.0.2", 53), QUERY), ("wlan0", IP, 4, 1, b""))
+    assert sensor.stats()["other_interface"] == 1
