@@ -140,6 +140,9 @@ def test_role_installs_into_staging_root_like_install_sh(
     extra = {
         "proscribe_root": str(root),
         "proscribe_wheelhouse_src": str(house),
+        # One copy step instead of one module run per wheel: keeps the test within budget.
+        # (The controller-to-host copy is plain ansible.builtin.copy, the same task.)
+        "proscribe_wheelhouse_on_host": True,
         "proscribe_python": sys.executable,
         "proscribe_collector_url": "http://127.0.0.1:8443",
         "proscribe_enroll_secret_file": str(secret),
