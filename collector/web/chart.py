@@ -20,8 +20,8 @@ SERIES_LABELS = {
     "exempted": "Exempted",
     "failed": "Enforcement failed",
 }
-WIDTH, HEIGHT = 760, 230
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 30, 30
+WIDTH, HEIGHT = 1180, 300
+LEFT, RIGHT, TOP, BOTTOM = 52, 12, 34, 30
 
 
 def nice_ceiling(value: int) -> int:
@@ -96,7 +96,7 @@ def violations_chart(days: Sequence[tuple[int, Counter[str]]], *, title: str) ->
     x = WIDTH - RIGHT
     for series in reversed(SERIES):
         label = SERIES_LABELS[series]
-        width = 18 + 6.5 * len(label)
+        width = 22 + 6.6 * len(label)
         x -= width
         parts.append(f'<rect class="bar-{series}" x="{_num(x)}" y="8" width="10" height="10"/>')
         parts.append(f'<text class="legend" x="{_num(x + 14)}" y="17">{escape(label)}</text>')

@@ -1,4 +1,4 @@
-"""The Jinja2 environment: autoescape on (set explicitly), strict undefined, and the filters
+"""The Jinja2 environment: autoescape on (set explicitly), and the filters
 that turn stored values into text a person can trust."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 from proscribe.agent.events import parse_time
 from proscribe.collector.web.literal import show_html, visible_text
 
@@ -56,7 +56,8 @@ def build_environment(templates: Path = TEMPLATES) -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(templates)),
         autoescape=True,  # explicit: every endpoint string is untrusted
-        undefined=StrictUndefined,
+        # Event bodies have optional sections and keys: a missing one renders as empty.
+        undefined=ChainableUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )

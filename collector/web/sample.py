@@ -168,7 +168,8 @@ def make_event(rng: random.Random, t: float, agent_id: str, hostname: str) -> di
         if roll <= acc:
             rule, kind = rule_id, rule_kind
             break
-    user = rng.choice(USERS)
+    # The red team on the lab hosts is mostly alice, whose DNS look-ups are exempted.
+    user = "alice" if hostname.startswith("ai-lab-") and rng.random() < 0.6 else rng.choice(USERS)
     blocked = rng.random() < 0.62
     action = (
         {"dns": "sinkholed", "process": "killed", "file": "reported"}[kind]

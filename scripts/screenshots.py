@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Screenshots of every dashboard page, for the README and docs/dashboard.md.
+
+Starts a real collector (``proscribe collector serve``) on a free loopback port with sample
+data (a 40-host fleet, the US Navy DeepSeek pack as serials 1 and 2 with two exemptions, six
+thousand violations over 30 days), signs in with Debian's Chromium through Playwright, and
+writes one PNG per page to ``docs/screenshots/``.
+
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+from proscribe.collector.web.sample import enroll_fleet, fill_events, store_sample_policies
+from proscribe.collector.web.sampleserver import create_user, prepare_database, running_collector
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1200, "height": 750}
+PAGES = (
+    ("overview", "/"),
+    ("violations", "/violations?since=30d&limit=25"),
+    ("hosts", "/hosts"),
+    ("host", None),  # the busiest host's page, found from the overview
+    ("policy", "/policy"),
+    ("report", "/report?since=30d"),
+    ("admin", "/admin"),
+)
+
+
+def sign_in(page: Page, base: str, name: str, password: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#username", name)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/screenshots", type=Path)
+    parser.add_argument("--events", type=int, default=6000)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="proscribe-shots-") as tmp:
+        folder = Path(tmp)
+        url = f"sqlite:///{folder / 'collector.db'}"
+        db = prepare_database(url)
+        now = time.time()
+        store_sample_policies(db, now)
+        fleet = enroll_fleet(db, 40, now)
+        fill_events(db, fleet, args.events, now=now, days=30)
+        password = create_user(db, "compliance-admin", "admin")
+        db.dispose()
+        with running_collector(folder, url) as collector, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+            page = context.new_page()
+            page.goto(f"{collector.url}/login")
+            page.screenshot(path=str(args.out / "login.png"))
+            sign_in(page, collector.url, "compliance-admin", password)
+            for name, path in PAGES:
+                if path is None:
+                    page.goto(f"{collector.url}/hosts")
+                    href = page.get_attribute("table a[href^='/hosts/']", "href")
+                    path = href or "/hosts"
+                page.goto(f"{collector.url}{path}")
+                target = args.out / f"{name}.png"
+                page.screenshot(path=str(target))
+                print(f"{target} {target.stat().st_size // 1024} KiB")
+            browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
