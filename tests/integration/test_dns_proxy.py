@@ -353,3 +353,43 @@ def test_port_in_use_is_one_clear_line(proxy: tuple[DnsProxy, Recorder]) -> None
     other = DnsProxy(server.address, [("127.0.0.1", 9)], recorder.decide, recorder)
     with pytest.raises(ConfigError, match=r"proxy_listen 127\.0\.0\.1:"):
         other.start()
+
+
+def test_ipv6_listener_blocks_and_attributes(upstream: tuple[str, int]) -> None:
+    recorder = Recorder()
+    attributor = ProcessAttributor()
+    server = DnsProxy(("::1", 0), [upstream], recorder.decide, recorder, attributor=attributor)
+    server.start()
+    try:
+        port = server.address[1]
+        proc = subprocess.run(
+            ["dig", "@::1", "-p", str(port), "+tries=1", "+time=3", "chat.deepseek.com", "AAAA"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        assert "status: NXDOMAIN" in proc.stdout and "EDE: 15" in proc.stdout
+        observation = recorder.wait_for("chat.deepseek.com")
+        assert observation.src_ip == "::1" and observation.process is not None
+        assert observation.process["name"] == "dig"
+        reply = dns.query.udp(dns.message.make_query("allowed.example", "A"), "::1", 3, port)
+        assert reply.answer[0][0].to_text() == "198.51.100.1"
+    finally:
+        server.stop()
+        attributor.close()
+
+
+def test_build_dns_sensor_proxy_facade(upstream: tuple[str, int]) -> None:
+    from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
+
+    recorder = Recorder()
+    settings = DnsSettings(proxy_listen=("127.0.0.1", free_port()), upstreams=(upstream,))
+    sensor = build_dns_sensor("proxy", settings, recorder, recorder.decide)
+    sensor.start()
+    try:
+        port = settings.proxy_listen[1]
+        _pid, out = dig(port, "api.deepseek.com")
+        assert "status: NXDOMAIN" in out
+        assert recorder.wait_for("api.deepseek.com").process is not None
+        stats = sensor.stats()
+        assert stats["blocked"] == 1 and stats["attributed"] >= 1
+    finally:
+        sensor.stop()
