@@ -67,6 +67,7 @@ class PolicySource:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._reported: str | None = None  # digest of the file pair last reported as tamper
+        self._superseded: str | None = None  # digest of a file pair a collector policy replaced
         current = store.current()
         if current is not None:
             self._install(current)
@@ -96,11 +97,30 @@ class PolicySource:
         except OSError as err:
             log.error("cannot read policy %s: %s", self.policy_file, err)
             return None
+        if self._superseded is not None:
+            if hashlib.sha256(data + b"\0" + sig).hexdigest() == self._superseded:
+                return None  # the collector delivered a newer policy than this file
+            self._superseded = None
         return self._offer(data, sig, str(self.policy_file))
 
     def offer(self, data: bytes, sig: bytes, origin: str) -> Offer:
-        """A policy from elsewhere (the collector)."""
-        return self._offer(data, sig, origin)
+        """A policy from elsewhere (the collector).
+
+        Once it is accepted, the (older) policy file on disk is superseded: it is not offered
+        again, nor reported as a rollback, until its content changes.
+        """
+        offer = self._offer(data, sig, origin)
+        if offer.accepted:
+            self._superseded = self._file_digest()
+        return offer
+
+    def _file_digest(self) -> str | None:
+        try:
+            data = read_capped(self.policy_file, MAX_POLICY_BYTES)
+            sig = read_capped(self.sig_file, MAX_POLICY_BYTES)
+        except (ProscribeError, OSError):
+            return None
+        return hashlib.sha256(data + b"\0" + sig).hexdigest()
 
     def _offer(
         self, data: bytes, sig: bytes, origin: str, failure: tuple[str, str] | None = None

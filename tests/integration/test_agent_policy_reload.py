@@ -83,3 +83,28 @@ def test_no_policy_at_all_runs_without_rules_and_says_so(tmp_path: Path) -> None
         assert tamper_events(tmp_path / "state") == []
     finally:
         daemon.shutdown()
+
+
+def test_a_collector_policy_supersedes_the_file_without_a_false_tamper(tmp_path: Path) -> None:
+    from proscribe.agent.policy.envelope import sign_payload
+
+    signer = Signer()
+    policy = tmp_path / "policy.toml"
+    signer.write(policy, policy_text("ccc333", serial=1))
+    config = load_agent_config(write_config(tmp_path, signer, process="off"))
+    daemon = build(config, with_reporter=False, with_dns=False)
+    try:
+        newer = policy_text("ccc333", serial=2).encode()
+        offer = daemon.policy.offer(newer, sign_payload(newer, signer.key).to_bytes(), "collector")
+        assert offer.accepted
+        assert daemon.policy.load_file() is None  # the older file on disk is superseded
+        assert tamper_events(tmp_path / "state") == []
+        # but a changed file with a lower serial is still a rollback
+        signer.write(policy, policy_text("ccc333", serial=1, action="report"))
+        rejected = daemon.policy.load_file()
+        assert rejected is not None and rejected.kind == "rollback"
+        assert len(tamper_events(tmp_path / "state")) == 1
+        assert daemon.policy.compiled is not None
+        assert daemon.policy.compiled.policy.meta.serial == 2
+    finally:
+        daemon.shutdown()
