@@ -1,0 +1,1 @@
+"""Data only: the policy packs shipped with Proscribe (no code lives here)."""

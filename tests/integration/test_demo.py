@@ -1,0 +1,69 @@
+"""``proscribe demo`` runs the whole job and its output says so (the README's first command)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.linux]
+
+
+def _demo(tmp_path: Path, *extra: str) -> str:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proscribe.agent",
+            "demo",
+            "--once",
+            "--timeout",
+            "60",
+            "--dir",
+            str(tmp_path / "demo"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _check_common(out: str) -> None:
+    assert "signed with a throwaway key" in out
+    assert re.search(r"started .*/bin/deepseek 300 -> killed by the agent after \d+ ms", out), out
+    assert re.search(r"process\s+killed\s+rule=deepseek-desktop", out), out
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/", out), out
+    assert "NOT killed" not in out and "warning" not in out
+
+
+@pytest.mark.root
+def test_demo_as_root_uses_netlink_and_capture(tmp_path: Path) -> None:
+    out = _demo(tmp_path)
+    assert "root: netlink process sensor, passive DNS capture" in out
+    _check_common(out)
+    # The captured query is attributed to the demo process that sent it.
+    assert re.search(
+        r"dns\s+reported\s+rule=deepseek-web\s+chat\.deepseek\.com \(asked by pid \d+", out
+    )
+    report = (tmp_path / "demo" / "report.csv").read_text()
+    assert "deepseek-desktop" in report and "deepseek-web" in report
+    # Nothing it started is left running.
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout
+
+
+def test_demo_unprivileged_uses_polling_and_the_proxy(tmp_path: Path) -> None:
+    out = _demo(tmp_path, "--unprivileged")
+    assert "not root: polling process sensor, DNS proxy on a high port" in out
+    _check_common(out)
+    assert "answered NXDOMAIN by the agent's proxy, EDE 15 Blocked" in out
+    assert re.search(
+        r"dns\s+sinkholed\s+rule=deepseek-web\s+chat\.deepseek\.com \(asked by pid \d+", out
+    )
