@@ -1,5 +1,8 @@
 """The agent exactly as install.sh lays it out, running for real and reporting to a collector.
 
+It runs with the capability set its systemd unit grants (bounding set + no-new-privs, via
+setpriv), and the unit file itself passes ``systemd-analyze verify`` at its real path.
+
 install.sh --root puts the agent into a staging root with its final paths baked in (shebangs
 name /opt/proscribe/bin/python, agent.toml names /var/lib/proscribe and /etc/proscribe/…).
 To run that artifact unchanged without touching the host, the test starts it in a private
@@ -20,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -175,36 +179,59 @@ def test_installed_agent_reports_a_violation_to_the_collector(
     )  # fmt: skip
     work = tmp_path / "overlay-work"
     work.mkdir()
-    # The exact command the systemd unit runs, inside the private mount namespace.
-    exec_start = next(
-        line.removeprefix("ExecStart=")
-        for line in (root / "etc/systemd/system/proscribe-agent.service").read_text().splitlines()
-        if line.startswith("ExecStart=")
+    unit_path = "/etc/systemd/system/proscribe-agent.service"
+    unit = dict(
+        line.split("=", 1)
+        for line in (root / unit_path.lstrip("/")).read_text().splitlines()
+        if "=" in line and not line.startswith("#")
     )
-    script = (
+    # The unit's capability set, applied the way systemd would for a root service: the
+    # bounding set limits what uid 0 gets at exec, and no-new-privs stops it regaining more.
+    caps = ",".join(
+        "+" + c.removeprefix("CAP_").lower() for c in unit["CapabilityBoundingSet"].split()
+    )
+    assert caps == "+net_admin,+sys_ptrace,+dac_read_search,+kill"  # enforce, dns off
+    mounts = (
         "set -e; "
         f"mount -t overlay overlay -o lowerdir={root}/opt:/opt /opt; "
         f"mount -t overlay overlay -o lowerdir={root}/etc:/etc /etc; "
         f"mount -t overlay overlay -o lowerdir=/var/lib,upperdir={root}/var/lib,"
         f"workdir={work} /var/lib; "
-        f"exec {exec_start}"
+    )
+    namespace = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c"]
+    if shutil.which("systemd-analyze"):
+        # The installed unit, unmodified, with its ExecStart present at the real path.
+        verify = subprocess.run(
+            [*namespace, mounts + f"systemd-analyze verify {unit_path}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    script = (
+        mounts + f"exec setpriv --bounding-set -all,{caps} --inh-caps -all --nnp -- "
+        f"{unit['ExecStart']}"
     )
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
         agent = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", script],
+            [*namespace, script],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     victim: subprocess.Popen[bytes] | None = None
+    public = Path(tempfile.mkdtemp(prefix="proscribe-e2e-"))
+    public.chmod(0o755)  # the victim runs as nobody
     try:
         state = root / "var/lib/proscribe"
         assert wait_for(lambda: (state / "status.json").exists() or agent.poll() is not None, 60)
         assert agent.poll() is None, log.read_text()
 
-        binary = tmp_path / f"dsk{token}app"
+        # Another user's process: killing it needs CAP_KILL, reading its exe CAP_SYS_PTRACE.
+        binary = public / f"dsk{token}app"
         shutil.copy("/bin/sleep", binary)
-        victim = subprocess.Popen([str(binary), "60"])
+        binary.chmod(0o755)
+        victim = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary), "60"]
+        )
 
         def reported() -> list[dict[str, Any]]:
             try:
@@ -222,6 +249,7 @@ def test_installed_agent_reports_a_violation_to_the_collector(
         assert event["policy"]["id"] == "installer-e2e"
         assert event["action"] == "killed"
         assert event["process"]["name"].startswith(f"dsk{token}")
+        assert event["process"]["exe"] == str(binary)  # read through /proc as another user
         assert wait_for(lambda: victim.poll() is not None, 10)  # the agent killed it
         # State went where the config says, inside the staging root; the host is untouched.
         assert any(state.iterdir())
@@ -231,3 +259,4 @@ def test_installed_agent_reports_a_violation_to_the_collector(
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait(timeout=5)
         stop(agent)
+        shutil.rmtree(public, ignore_errors=True)
