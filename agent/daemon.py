@@ -330,6 +330,9 @@ def build(
     def handle(facts: Any, sighting: Any) -> None:
         guard.handle(facts, sighting)
 
+    def interesting(facts: Any) -> bool:
+        return guard.matches(facts)
+
     sensor = ProcessSensor(
         config.sensors.process,
         handle,
@@ -338,6 +341,7 @@ def build(
         sweep_interval=config.sensors.sweep_interval,
         queue_size=config.sensors.queue_size,
         want_sha256=want_sha256,
+        interesting=interesting,
     )
     if sensor.enricher is None:  # not Linux: the killer still needs a start-time reader
         from proscribe.agent.sensors.enrich import Enricher

@@ -103,6 +103,13 @@ class ProcessGuard:
             return "reported"
         return "killed" if self.mode == "enforce" else "would_block"
 
+    def matches(self, facts: ProcessFacts) -> bool:
+        """Whether some rule matches ``facts`` (the sensor's cheap prefilter)."""
+        compiled = self.policy.compiled
+        return compiled is not None and bool(
+            compiled.check_process(facts, self.hostname, self.policy.now())
+        )
+
     def handle(self, facts: ProcessFacts, sighting: Sighting) -> None:
         """The process sensor's handler (runs on the sensor's checker thread)."""
         compiled = self.policy.compiled

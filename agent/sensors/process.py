@@ -61,6 +61,7 @@ class ProcessSensor:
         sweep_interval: float = 30.0,
         queue_size: int = 4096,
         want_sha256: Callable[[], bool] = lambda: False,
+        interesting: Callable[[ProcessFacts], bool] | None = None,
         is_root: bool | None = None,
         platform: str = sys.platform,
     ) -> None:
@@ -69,6 +70,9 @@ class ProcessSensor:
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
         self.want_sha256 = want_sha256
+        # Optional prefilter run by the netlink reader: facts for which it returns False never
+        # cross the queue (most programs match no rule). Not used when hashes are needed.
+        self.interesting = interesting
         self.linux = platform.startswith("linux")
         self.is_root = (os.geteuid() == 0) if is_root is None else is_root
         self.enricher: Enricher | None = Enricher(procfs) if self.linux else None
@@ -219,7 +223,21 @@ class ProcessSensor:
                 if facts is None:
                     self.counts["vanished"] += 1
                     continue
+                if self._uninteresting(facts):
+                    self.counts[source] += 1
+                    self.scanner.mark(facts.pid, facts.start_time)
+                    continue
                 self.submit(Sighting(event.tgid, source, now, facts))
+
+    def _uninteresting(self, facts: ProcessFacts) -> bool:
+        if self.interesting is None or self.want_sha256():
+            return False
+        try:
+            return not self.interesting(facts)
+        except Exception:
+            self.errors += 1
+            log.exception("process prefilter failed (checking normally)")
+            return False
 
     def _sweep_loop(self) -> None:
         while not self._stop.is_set():
