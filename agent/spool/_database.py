@@ -38,8 +38,10 @@ CREATE TABLE IF NOT EXISTS events (
     error      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);
-CREATE INDEX IF NOT EXISTS events_fold ON events(fold_key, state, seq);
+DROP INDEX IF EXISTS events_fold;
+CREATE INDEX IF NOT EXISTS events_fold_seq ON events(fold_key, state, seq);
 CREATE INDEX IF NOT EXISTS events_rule ON events(rule_key, state, seq);
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, state, seq);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value REAL NOT NULL

@@ -241,13 +241,19 @@ class Spool:
         if self._fits(size):
             return True
         # 0. Delivered history and dead letters: they will never be sent again.
-        self._evict_oldest(db, size, "state != ?", (PENDING,), None)
+        self._evict_oldest(db, size, "state IN (?, ?)", (SENT, DEAD), None)
         if self._fits(size):
             return True
         # 1. Agent health rows.
         marks = ",".join("?" * len(HEALTH_KINDS))
         self._evict_oldest(
-            db, size, f"state = ? AND kind IN ({marks})", (PENDING, *HEALTH_KINDS), "evicted_health"
+            db,
+            size,
+            f"state = ? AND kind IN ({marks})",
+            (PENDING, *HEALTH_KINDS),
+            "evicted_health",
+            # without statistics the planner would walk every pending row to find a few
+            source="events INDEXED BY events_kind",
         )
         if self._fits(size):
             return True
@@ -274,12 +280,13 @@ class Spool:
         where: str,
         params: tuple[Any, ...],
         reason: str | None,
+        source: str = "events",
     ) -> None:
         while not self._fits(size):
             need_rows = max(0, self._rows + 1 - self.max_events)
             batch = max(need_rows, 16) + len(self._in_flight)
             candidates = db.execute(
-                f"SELECT id, size FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT id, size FROM {source} WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
                 (*params, batch),
             ).fetchall()
             victims: list[str] = []
