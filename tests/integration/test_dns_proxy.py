@@ -381,11 +381,11 @@ def test_build_dns_sensor_proxy_facade(upstream: tuple[str, int]) -> None:
     from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
 
     recorder = Recorder()
-    settings = DnsSettings(proxy_listen=("127.0.0.1", free_port()), upstreams=(upstream,))
+    settings = DnsSettings(proxy_listen=("127.0.0.1", 0), upstreams=(upstream,))
     sensor = build_dns_sensor("proxy", settings, recorder, recorder.decide)
     sensor.start()
     try:
-        port = settings.proxy_listen[1]
+        port = sensor.inner.address[1]  # type: ignore[attr-defined]
         _pid, out = dig(port, "api.deepseek.com")
         assert "status: NXDOMAIN" in out
         assert recorder.wait_for("api.deepseek.com").process is not None

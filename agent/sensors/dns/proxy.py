@@ -19,6 +19,7 @@ Each query yields one :class:`DnsObservation` handed to ``on_observation`` off t
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import random
@@ -198,26 +199,32 @@ class DnsProxy:
     def _bind(self) -> None:
         host, port = self._listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            udp.bind((host, port))
-            port = udp.getsockname()[1]  # TCP on the same port when 0 was asked for
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((host, port))
-            tcp.listen(128)
-        except OSError as err:
-            udp.close()
-            tcp.close()
-            raise ConfigError(
-                f"[dns] proxy_listen {host}:{port}: {err.strerror}; choose a free address "
-                "or stop the resolver already listening there (port 53 needs root)"
-            ) from err
+        # With port 0 the kernel picks a free UDP port, which TCP may not have free (another
+        # socket's ephemeral port): then try again with another one.
+        attempts = 20 if port == 0 else 1
+        for attempt in range(attempts):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                udp.bind((host, port))
+                bound = udp.getsockname()[1]
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((host, bound))
+                tcp.listen(128)
+            except OSError as err:
+                udp.close()
+                tcp.close()
+                if attempt + 1 < attempts and err.errno == errno.EADDRINUSE:
+                    continue
+                raise ConfigError(
+                    f"[dns] proxy_listen {host}:{port}: {err.strerror}; choose a free address "
+                    "or stop the resolver already listening there (port 53 needs root)"
+                ) from err
+            break
         udp.setblocking(False)
         tcp.setblocking(False)
         self._udp_sock, self._tcp_sock = udp, tcp
-        host, port = udp.getsockname()[:2]
-        self._bound = (host, port)
+        self._bound = (host, bound)
 
     def _run(self, ready: threading.Event) -> None:
         loop = self._loop
