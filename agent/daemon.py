@@ -34,6 +34,7 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.errors import ConfigError, ProscribeError, SpoolError
 from proscribe.agent.events import new_event
+from proscribe.agent.optional_parts import build_dns_for, build_reporter_for
 from proscribe.agent.policy.bundle import Offer, PolicyStore, TrustConfig
 from proscribe.agent.policy.matchers.compiled import CompiledPolicy
 from proscribe.agent.policy_source import PolicySource
@@ -381,64 +382,10 @@ def build(
     for offer in pending_tamper:
         daemon.record_tamper(offer)
     if with_reporter:
-        daemon.reporter = _build_reporter(config, daemon)
+        daemon.reporter = build_reporter_for(config, daemon)
     if with_dns and config.sensors.dns != "off":
-        daemon.dns, daemon.dns_state = _build_dns(config, daemon)
+        daemon.dns, daemon.dns_state = build_dns_for(config, daemon)
     return daemon
-
-
-def _build_reporter(config: AgentConfig, daemon: Daemon) -> Any:
-    """The reporter when ``[collector]`` is configured; unavailable, events stay spooled."""
-    collector = config.collector
-    if collector is None:
-        return None
-    try:
-        from proscribe.agent.reporter import build_reporter
-    except ImportError as err:
-        log.warning("reporter not available (%s); events stay in the spool", err)
-        return None
-    try:
-        return build_reporter(
-            config,
-            spool=daemon.spool,
-            heartbeat_source=daemon.heartbeat,
-            on_policy=lambda data, sig: daemon.policy.offer(data, sig, "collector"),
-        )
-    except ProscribeError:
-        raise  # a bad [collector] key: the user must fix the config
-    except Exception:
-        log.exception("reporter could not be built; events stay in the spool")
-        return None
-
-
-def _build_dns(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
-    """The DNS sensor, imported lazily. When it cannot run here the agent goes on without it:
-    process enforcement matters more; the reason is logged at ERROR and shown in status."""
-    try:
-        from proscribe.agent.dns_guard import DnsGuard
-        from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
-    except ImportError as err:
-        log.error("DNS sensor not available in this build (%s)", err)
-        return None, "unavailable"
-    mode = config.sensors.dns
-    guard = DnsGuard(
-        policy=daemon.policy,
-        spool=daemon.spool,
-        hostname=daemon.hostname,
-        host_info=daemon.host_info,
-        on_violation=daemon.notify_reporter,
-    )
-    daemon.dns_guard = guard
-    try:
-        settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
-        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide)
-    except ProscribeError as err:
-        log.error("DNS sensor (%s) not started: %s", mode, err)
-        return None, f"unavailable: {err}"
-    except Exception as err:
-        log.exception("DNS sensor (%s) could not be built", mode)
-        return None, f"failed: {err}"
-    return sensor, "starting"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,76 @@
+"""The daemon's optional collaborators, each imported lazily so the agent runs without them.
+
+* the reporter, when ``[collector]`` is configured: without it (or if it cannot be built)
+  events stay in the spool;
+* the DNS sensor (``proscribe.agent.sensors.dns``) with :class:`DnsGuard` deciding and
+  recording: when the chosen mode cannot run here the agent goes on without DNS and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from proscribe.agent.config import AgentConfig
+from proscribe.agent.errors import ProscribeError
+
+if TYPE_CHECKING:
+    from proscribe.agent.daemon import Daemon
+
+__all__ = ["build_dns_for", "build_reporter_for"]
+
+log = logging.getLogger(__name__)
+
+
+def build_reporter_for(config: AgentConfig, daemon: Daemon) -> Any:
+    """The reporter when ``[collector]`` is configured; unavailable, events stay spooled."""
+    collector = config.collector
+    if collector is None:
+        return None
+    try:
+        from proscribe.agent.reporter import build_reporter
+    except ImportError as err:
+        log.warning("reporter not available (%s); events stay in the spool", err)
+        return None
+    try:
+        return build_reporter(
+            config,
+            spool=daemon.spool,
+            heartbeat_source=daemon.heartbeat,
+            on_policy=lambda data, sig: daemon.policy.offer(data, sig, "collector"),
+        )
+    except ProscribeError:
+        raise  # a bad [collector] key: the user must fix the config
+    except Exception:
+        log.exception("reporter could not be built; events stay in the spool")
+        return None
+
+
+def build_dns_for(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
+    """The DNS sensor, imported lazily. When it cannot run here the agent goes on without it:
+    process enforcement matters more; the reason is logged at ERROR and shown in status."""
+    try:
+        from proscribe.agent.dns_guard import DnsGuard
+        from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
+    except ImportError as err:
+        log.error("DNS sensor not available in this build (%s)", err)
+        return None, "unavailable"
+    mode = config.sensors.dns
+    guard = DnsGuard(
+        policy=daemon.policy,
+        spool=daemon.spool,
+        hostname=daemon.hostname,
+        host_info=daemon.host_info,
+        on_violation=daemon.notify_reporter,
+    )
+    daemon.dns_guard = guard
+    try:
+        settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
+        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide)
+    except ProscribeError as err:
+        log.error("DNS sensor (%s) not started: %s", mode, err)
+        return None, f"unavailable: {err}"
+    except Exception as err:
+        log.exception("DNS sensor (%s) could not be built", mode)
+        return None, f"failed: {err}"
+    return sensor, "starting"
