@@ -52,7 +52,7 @@ args=(--root "$PKG" --no-start --python "$PY")
 # directory and the install manifest are made by the postinst's configure step on the target,
 # because the unit's capabilities follow the host's configured mode.
 rm -f "$PKG/opt/proscribe/.install-manifest"
-rm -rf "$PKG/var" "$PKG/etc/systemd"
+rm -rf "${PKG:?}/var" "${PKG:?}/etc/systemd"
 install -m 0644 "$SCRIPT_DIR/default.example" "$PKG/opt/proscribe/share/installer/linux/default.example"
 
 VERSION=$("$PKG/opt/proscribe/bin/python" -c 'from importlib.metadata import version; print(version("proscribe"))')

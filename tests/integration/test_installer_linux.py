@@ -386,6 +386,11 @@ def test_deb_contents_scripts_and_scratch_root_install(wheelhouse: Path, tmp_pat
     assert "--configure-only" in (control / "postinst").read_text()
     assert "systemctl" in (control / "prerm").read_text()
     assert 'rm -rf "$R/var/lib/proscribe"' in (control / "postrm").read_text()
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if shellcheck.exists():  # maintainer scripts are POSIX sh
+        scripts = [control / n for n in ("postinst", "prerm", "postrm")]
+        lint = run(shellcheck, "-s", "sh", "--severity=warning", *scripts, check=False)
+        assert lint.returncode == 0, lint.stdout
 
     # Install into a scratch root: dpkg runs the maintainer scripts with DPKG_ROOT set.
     scratch = tmp_path / "scratch"

