@@ -246,14 +246,15 @@ class DnsProxy:
 
     async def _open_endpoints(self) -> None:
         loop = asyncio.get_running_loop()
-        self._client, _ = await loop.create_datagram_endpoint(
-            lambda: _ClientProtocol(self), sock=self._udp_sock
-        )
+        # Upstreams first: a query may arrive as soon as the client endpoint exists.
         for index, upstream in enumerate(self._upstreams):
             transport, _ = await loop.create_datagram_endpoint(
                 functools.partial(_UpstreamProtocol, self, index), remote_addr=upstream
             )
             self._upstream_transports.append(transport)
+        self._client, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientProtocol(self), sock=self._udp_sock
+        )
         await asyncio.start_server(self._serve_tcp, sock=self._tcp_sock)
 
     # -- decisions and attribution ----------------------------------------------------------
