@@ -260,3 +260,45 @@ def test_installed_agent_reports_a_violation_to_the_collector(
             victim.wait(timeout=5)
         stop(agent)
         shutil.rmtree(public, ignore_errors=True)
+
+
+def test_install_without_root_flag_on_a_host_without_systemd(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The real-root code path (no --root): in a private mount namespace whose /opt, /etc and
+    /var/lib are writable overlays backed by temp dirs, so the host is never written."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    if Path("/run/systemd/system").exists():
+        pytest.skip("systemd is PID 1 here: install.sh would really start the service")
+    house = build_wheelhouse(tmp_path_factory.getbasetemp())
+    mounts = []
+    for top in ("/opt", "/etc", "/var/lib"):
+        upper, work = tmp_path / f"upper{top}", tmp_path / f"work{top}"
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        mounts.append(
+            f"mount -t overlay overlay -o lowerdir={top},upperdir={upper},workdir={work} {top}"
+        )
+    script = "; ".join(
+        [
+            "set -e",
+            *mounts,
+            f"{LINUX}/install.sh --wheelhouse {house} --python {sys.executable} --mode monitor",
+            "/opt/proscribe/bin/proscribe --version",
+            "/opt/proscribe/share/installer/linux/uninstall.sh",
+            "test ! -e /opt/proscribe && test ! -e /etc/proscribe",
+        ]
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", script],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "systemd is not running here" in out.stdout
+    assert "/opt/proscribe/bin/proscribe agent run --config /etc/proscribe/agent.toml" in out.stdout
+    assert "proscribe 0.1.0" in out.stdout
+    assert "Proscribe agent removed" in out.stdout
+    assert "kept state in /var/lib/proscribe" in out.stdout  # no --purge
+    assert (tmp_path / "upper/var/lib/proscribe").is_dir()
+    assert not Path("/opt/proscribe").exists() and not Path("/etc/proscribe").exists()
