@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import sys
@@ -206,6 +207,15 @@ def render_agent(
     return text
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def render_collector(
     *,
     platform: str = "linux",
@@ -221,6 +231,14 @@ def render_collector(
     layout = PLATFORMS[platform]
     if (tls_cert is None) != (tls_key is None):
         raise RenderError("--tls-cert and --tls-key go together (fix: give both or neither)")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RenderError(f"--listen {listen!r}: must be HOST:PORT (fix: e.g. 127.0.0.1:8443)")
+    if tls_cert is None and not behind_proxy and not _is_loopback(host.strip("[]")):
+        raise RenderError(
+            f"--listen {listen}: plain HTTP is allowed only on loopback (fix: give --tls-cert "
+            "and --tls-key, or --behind-proxy when a TLS reverse proxy is in front)"
+        )
     keys = [read_trusted_key(k) for k in trusted_keys]
     _check_threshold(threshold, keys)
     if database_url is None:

@@ -112,6 +112,8 @@ def test_pub_file_and_inline_key_render_identically(tmp_path: Path) -> None:
         (["agent", "--threshold", "3", "--trusted-key", "KEY"], "--threshold 3"),
         (["agent", "--collector-url", "collector:8443"], "--collector-url"),
         (["collector", "--tls-cert", "/c.pem"], "--tls-cert and --tls-key go together"),
+        (["collector", "--listen", "0.0.0.0:8443"], "plain HTTP is allowed only on loopback"),
+        (["collector", "--listen", "8443"], "must be HOST:PORT"),
     ],
 )
 def test_bad_values_are_one_line_exit_2(args: list[str], fragment: str) -> None:
