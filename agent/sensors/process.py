@@ -215,19 +215,28 @@ class ProcessSensor:
                     source = "comm"
                 else:
                     continue
-                if event.tgid == own:
-                    continue
-                # Read /proc now, while the process surely exists: a short-lived program is
-                # often gone by the time the checker would get to it. Hashing waits.
-                facts = self.enricher.facts(event.tgid, with_user=False) if self.enricher else None
-                if facts is None:
-                    self.counts["vanished"] += 1
-                    continue
-                if self._uninteresting(facts):
-                    self.counts[source] += 1
-                    self.scanner.mark(facts.pid, facts.start_time)
-                    continue
-                self.submit(Sighting(event.tgid, source, now, facts))
+                if event.tgid != own:
+                    self._offer(event.tgid, source, now)
+
+    def _offer(self, pid: int, source: str, now: float) -> None:
+        """Read /proc now, prefilter, and queue what some rule may match.
+
+        Read at once, while the process surely exists: a short-lived program is often gone
+        by the time the checker would get to it. The user and the hash are read later, and
+        only for what matched.
+        """
+        if self.enricher is None:
+            self.submit(Sighting(pid, source, now))  # psutil platforms: the checker reads
+            return
+        facts = self.enricher.facts(pid, with_user=False)
+        if facts is None:
+            self.counts["vanished"] += 1
+            return
+        if self._uninteresting(facts):
+            self.counts[source] += 1
+            self.scanner.mark(facts.pid, facts.start_time)
+            return
+        self.submit(Sighting(pid, source, now, facts))
 
     def _uninteresting(self, facts: ProcessFacts) -> bool:
         if self.interesting is None or self.want_sha256():
@@ -252,10 +261,10 @@ class ProcessSensor:
                     self.scanner.forget_all()
                 source = "poll" if self.backend == "poll" else "sweep"
                 now = time.monotonic()
+                own = os.getpid()
                 for pid, _start in self.scanner.new_processes():
-                    if pid == os.getpid():
-                        continue
-                    self.submit(Sighting(pid, source, now))
+                    if pid != own:
+                        self._offer(pid, source, now)
             except Exception:
                 self.errors += 1
                 log.exception("process sweep error (continuing)")
