@@ -26,7 +26,7 @@ from proscribe.collector.ingest import final_verdicts, judge_events, parse_batch
 from proscribe.collector.storage.agents import check_enroll_secret, enroll_agent
 from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
-from proscribe.collector.storage.policies import current_policy
+from proscribe.collector.storage.policies import current_policy, current_policy_ref
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -202,17 +202,17 @@ def build_agent_router() -> APIRouter:
         )
 
         def work() -> dict[str, Any]:
-            with state.db.write() as conn:
+            with state.db.write(durable=False) as conn:
                 state.authenticator.consume(conn, agent)
                 regressed = record_heartbeat(conn, record, state.now_us())
-                current = current_policy(conn)
+                current = current_policy_ref(conn)
             if regressed:
                 log.warning("host %s reports a lower policy serial than before", agent.agent_id)
             return {
                 "server_time": utc_now_iso(),
                 "policy": {
-                    "serial": current.serial if current else None,
-                    "sha256": current.sha256 if current else None,
+                    "serial": current[0] if current else None,
+                    "sha256": current[1] if current else None,
                 },
             }
 
@@ -232,7 +232,7 @@ def build_agent_router() -> APIRouter:
         _body, agent = await _signed(request, state, 0)
 
         def work() -> Any:
-            with state.db.write() as conn:
+            with state.db.write(durable=False) as conn:
                 state.authenticator.consume(conn, agent)
                 return current_policy(conn)
 

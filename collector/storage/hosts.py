@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import hosts
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, and_, case, false, or_, true
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +35,11 @@ class HeartbeatRecord:
 
 
 def record_heartbeat(conn: Connection, hb: HeartbeatRecord, now_us: int) -> bool:
-    """Upsert the host row; returns whether the host is flagged as having rolled back."""
-    previous = conn.execute(
-        select(hosts.c.max_policy_serial).where(hosts.c.agent_id == hb.agent_id)
-    ).first()
+    """Upsert the host row in one statement; returns whether the host is flagged as having
+    rolled back. The regression rule runs in SQL against the stored row, so concurrent
+    replicas cannot interleave a read and a write."""
     values: dict[str, Any] = {
+        "agent_id": hb.agent_id,
         "hostname": hb.hostname,
         "os": hb.os,
         "agent_version": hb.agent_version,
@@ -51,23 +52,33 @@ def record_heartbeat(conn: Connection, hb: HeartbeatRecord, now_us: int) -> bool
         "spool_depth": hb.spool_depth,
         "spool_bytes": hb.spool_bytes,
         "dropped": hb.dropped,
+        "first_seen_us": now_us,
         "last_seen_us": now_us,
         "agent_time": hb.agent_time,
+        "max_policy_serial": hb.policy_serial,
+        "serial_regressed": False,
     }
-    if previous is None:
-        values["max_policy_serial"] = hb.policy_serial
-        values["serial_regressed"] = False
-        conn.execute(insert(hosts).values(agent_id=hb.agent_id, first_seen_us=now_us, **values))
-        return False
-    highest = previous.max_policy_serial
-    serial = hb.policy_serial
-    regressed = serial is not None and highest is not None and serial < highest
-    if serial is not None and (highest is None or serial > highest):
-        highest = serial
-    # A host reporting no policy at all after having one is a regression too.
-    if serial is None and highest is not None:
-        regressed = True
-    values["max_policy_serial"] = highest
-    values["serial_regressed"] = regressed
-    conn.execute(update(hosts).where(hosts.c.agent_id == hb.agent_id).values(**values))
-    return regressed
+    stmt = dialect_insert(conn, hosts).values(**values)
+    new = stmt.excluded
+    highest = hosts.c.max_policy_serial
+    update = {k: new[k] for k in values if k not in ("agent_id", "first_seen_us")}
+    update["max_policy_serial"] = case(
+        (
+            and_(
+                new.policy_serial.is_not(None), or_(highest.is_(None), new.policy_serial > highest)
+            ),
+            new.policy_serial,
+        ),
+        else_=highest,
+    )
+    # Lower than the highest ever seen, or no policy at all after having had one.
+    update["serial_regressed"] = case(
+        (highest.is_(None), false()),
+        (new.policy_serial.is_(None), true()),
+        (new.policy_serial < highest, true()),
+        else_=false(),
+    )
+    stmt = stmt.on_conflict_do_update(index_elements=["agent_id"], set_=update).returning(
+        hosts.c.serial_regressed
+    )
+    return bool(conn.execute(stmt).scalar_one())

@@ -38,6 +38,14 @@ def current_policy(conn: Connection) -> StoredPolicy | None:
     )
 
 
+def current_policy_ref(conn: Connection) -> tuple[int, str] | None:
+    """``(serial, sha256)`` of the current policy without loading its bytes (heartbeats)."""
+    row = conn.execute(
+        select(policies.c.serial, policies.c.sha256).order_by(policies.c.serial.desc()).limit(1)
+    ).first()
+    return None if row is None else (int(row.serial), str(row.sha256))
+
+
 def highest_serial(conn: Connection) -> int | None:
     value = conn.execute(select(func.max(policies.c.serial))).scalar_one()
     return None if value is None else int(value)
