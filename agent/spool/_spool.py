@@ -186,6 +186,9 @@ class Spool:
             return [self._insert(db, row) for row in rows]
 
         with self._lock:
+            if self._conn is None:
+                log.error("spool %s is closed; %d event(s) not stored", self.path, len(rows))
+                return [False] * len(rows)
             try:
                 return list(self._transaction(work))
             except sqlite3.Error as err:

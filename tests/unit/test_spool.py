@@ -387,3 +387,10 @@ def test_folding_at_the_cap_is_incremental_and_survives_reopen(tmp_path: Path) -
     counts = sorted(r.count for r in s.pending(100))
     assert counts == [1] * 31 + [10]
     s.close()
+
+
+def test_append_after_close_returns_false_instead_of_raising(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db")
+    s.close()
+    assert s.append(violation()) is False
+    s.close()  # twice is fine
