@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
+import dns.rrset
 import pytest
 from proscribe.agent.sensors.dns import DnsCapture, DnsObservation, ProcessAttributor
 from proscribe.agent.sensors.dns.capture import REASON_STUB_FORWARD
@@ -90,3 +91,20 @@ def test_interface_filter(tmp_path: Path) -> None:
     sensor = DnsCapture(seen.append, interfaces=("eth0",))
     sensor.handle_packet(udp4(("10.0.0.5", 1), ("10.0.0.2", 53), QUERY), ("wlan0", IP, 4, 1, b""))
     assert sensor.stats()["other_interface"] == 1
+
+
+def test_plain_responses_can_be_skipped_but_cname_answers_are_kept() -> None:
+    seen: list[DnsObservation] = []
+    sensor = DnsCapture(seen.append, plain_responses=False)
+    query = dns.message.make_query("cloak.example", "A")
+    plain = dns.message.make_response(query)
+    cloaked = dns.message.make_response(query)
+    cloaked.answer.append(
+        dns.rrset.from_text("cloak.example.", 60, "IN", "CNAME", "api.deepseek.com.")
+    )
+    for response in (plain, cloaked):
+        packet = udp4(("10.0.0.2", 53), ("10.0.0.5", 40000), response.to_wire())
+        sensor.handle_packet(packet, ("eth0", IP, 0, 1, b""))
+    stats = sensor.stats()
+    assert stats["plain_responses_skipped"] == 1 and stats["responses"] == 2
+    assert stats["parsed"] == 1

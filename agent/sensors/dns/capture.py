@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SocketFactory = Callable[[], socket.socket]
 _OUTGOING = 4
 _RECENT_QUERIES = 4096
+_CNAME_IN = struct.pack("!HH", 5, 1)  # TYPE=CNAME CLASS=IN; absent -> no CNAME record
 STUB_FORWARD_WINDOW = 2.0
 REASON_STUB_FORWARD = (
     "forwarded by a local stub resolver (same question asked of a loopback resolver just "
@@ -55,7 +57,11 @@ class DnsCapture:
         socket_factory: SocketFactory = _default_socket,
         clock: Callable[[], float] = time.time,
         interfaces: Collection[str] = (),
+        plain_responses: bool = True,
     ) -> None:
+        # False: a response without a CNAME record is counted but not delivered; it repeats
+        # its query's question and adds nothing a domain rule can match (the daemon's choice).
+        self._plain_responses = plain_responses
         self._interfaces = frozenset(interfaces)  # empty: every interface
         self._attributor = attributor
         self._attribute_if = attribute_if
@@ -80,6 +86,7 @@ class DnsCapture:
                 "responses",
                 "malformed",
                 "not_dns",
+                "plain_responses_skipped",
                 "other_interface",
                 "tcp_partial",
                 "outgoing_lo_skipped",
@@ -180,6 +187,15 @@ class DnsCapture:
             counts["tcp_partial"] += 1
         now = self._clock()
         for payload in segment.messages:
+            if (
+                not self._plain_responses
+                and len(payload) > 2
+                and payload[2] & 0x80  # QR: a response
+                and _CNAME_IN not in payload
+            ):
+                counts["responses"] += 1
+                counts["plain_responses_skipped"] += 1
+                continue
             try:
                 facts = parse_message(payload)
             except MalformedDnsMessage:

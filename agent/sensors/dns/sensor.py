@@ -37,6 +37,8 @@ class DnsSettings:
     interfaces: tuple[str, ...] = ()
     enforce: bool = True  # False: monitor mode (the proxy reports "would block", forwards)
     procfs: Path = Path("/proc")
+    # capture: deliver responses that carry no CNAME (they add nothing a rule can match)
+    plain_responses: bool = False
     resolv_conf: Path = Path("/etc/resolv.conf")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +141,7 @@ def _build(
             attributor=attributor,
             attribute_if=attribute_if,
             interfaces=settings.interfaces,
+            plain_responses=settings.plain_responses,
         )
     if mode == "proxy":
         upstreams: Sequence[tuple[str, int]] = settings.upstreams or system_upstreams(
