@@ -116,11 +116,11 @@ def test_sha256_of_fd_reads_the_whole_file_and_respects_the_limit(tmp_path: Path
         os.close(fd)
 
 
-def test_read_uid_from_a_procfs_tree(tmp_path: Path) -> None:
+def test_read_uid_is_the_owner_of_the_proc_dir(tmp_path: Path) -> None:
     (tmp_path / "42").mkdir()
-    (tmp_path / "42" / "status").write_text("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t5\n")
-    assert read_uid(42, tmp_path) == 1000
+    assert read_uid(42, tmp_path) == os.getuid()
     assert read_uid(43, tmp_path) is None
+    assert read_uid(os.getpid(), Path("/proc")) == os.geteuid()
 
 
 POLICY = rb"""
