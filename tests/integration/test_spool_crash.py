@@ -21,13 +21,16 @@ from pathlib import Path
 from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
 
-spool = Spool(Path(sys.argv[1]))
+spool = Spool(Path(sys.argv[1]), max_events=int(sys.argv[2]))
 print("ready", flush=True)
 n = 0
 while True:
     n += 1
-    event = new_event("process", rule="r%d" % (n % 7), action="killed",
-                      process={"pid": n, "name": "deepseek", "exe": "/x/%d" % n},
+    # every 5th a repeat of the same program, every 11th a health row: all eviction steps run
+    exe = "/x/same" if n % 5 == 0 else "/x/%d" % n
+    kind = "health" if n % 11 == 0 else "process"
+    event = new_event(kind, rule="r%d" % (n % 7), action="killed",
+                      process={"pid": n, "name": "deepseek", "exe": exe},
                       detail="y" * (n % 300))
     if spool.append(event):
         sys.stdout.write(event["id"] + "\n")
@@ -37,16 +40,17 @@ while True:
 ROUNDS = 24
 
 
-@pytest.mark.slow
-def test_kill_9_never_loses_a_returned_append(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    rng = random.Random(0xC0FFEE)
+def _kill_rounds(path: Path, rounds: int, max_events: int, seed: int) -> list[str]:
+    """Start the writer, kill -9 it at a random moment, ``rounds`` times; the promised ids."""
+    rng = random.Random(seed)
     promised: list[str] = []
-    for _ in range(ROUNDS):
-        out = tmp_path / "ids.txt"
+    for _ in range(rounds):
+        out = path.with_name("ids.txt")
         with out.open("wb") as sink:
             child = subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(path)], stdout=sink, stderr=subprocess.PIPE
+                [sys.executable, "-c", CHILD, str(path), str(max_events)],
+                stdout=sink,
+                stderr=subprocess.PIPE,
             )
             deadline = time.monotonic() + 20
             while b"ready" not in out.read_bytes():
@@ -61,14 +65,25 @@ def test_kill_9_never_loses_a_returned_append(tmp_path: Path) -> None:
         lines = out.read_bytes().decode().split("\n")
         # the last line may be cut mid-write by the kill; a complete line ends with "\n"
         promised.extend(line for line in lines[1:-1] if len(line) == 36)
-    assert len(promised) > ROUNDS  # the test really exercised appends
+    assert len(promised) > rounds  # the test really exercised appends
+    return promised
 
+
+def _stored_ids(path: Path) -> set[str]:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        stored = {row[0] for row in conn.execute("SELECT id FROM events")}
+        return {row[0] for row in conn.execute("SELECT id FROM events")}
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_kill_9_never_loses_a_returned_append(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    promised = _kill_rounds(path, ROUNDS, 10_000_000, 0xC0FFEE)
+
+    stored = _stored_ids(path)
     missing = [i for i in promised if i not in stored]
     assert not missing, f"{len(missing)} of {len(promised)} acknowledged appends lost"
 
@@ -76,5 +91,22 @@ def test_kill_9_never_loses_a_returned_append(tmp_path: Path) -> None:
     try:
         assert spool.stats().corrupt_moved_to is None
         assert spool.stats().depth == len(stored)
+    finally:
+        spool.close()
+
+
+@pytest.mark.slow
+def test_kill_9_during_eviction_leaves_a_sound_capped_spool(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    promised = _kill_rounds(path, 10, 40, 0xBEEF)
+    stored = _stored_ids(path)
+    assert len(stored) <= 40
+    assert stored & set(promised)  # what is left is what the writers promised
+    spool = Spool(path, max_events=40)
+    try:
+        stats = spool.stats()
+        assert stats.corrupt_moved_to is None
+        assert stats.dropped_total > 0  # eviction really ran
+        assert stats.stored_rows == len(stored)
     finally:
         spool.close()
