@@ -1,0 +1,158 @@
+"""``proscribe collector …`` verbs, in-process through the real ``proscribe`` entry point."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from proscribe.agent.cli import main
+from proscribe.collector.storage import open_database
+from proscribe.collector.storage.tables import events
+from proscribe.collector.storage.users import principal_for_token
+from sqlalchemy import insert
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "collector.toml"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "c.db"}"\n', encoding="utf-8")
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_secret_lifecycle(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(
+        capsys, "collector", "enroll-secret", "create", "--label", "l1", "--config", str(config)
+    )
+    assert code == 0
+    secret = out.strip()
+    assert secret.startswith("pse_")
+    secret_id = err.split("secret id ")[1].split(";")[0]
+    code, out, _ = _run(
+        capsys, "collector", "enroll-secret", "list", "--json", "--config", str(config)
+    )
+    listed = json.loads(out)
+    assert [s["id"] for s in listed] == [secret_id]
+    assert secret not in out
+    assert (
+        _run(capsys, "collector", "enroll-secret", "revoke", secret_id, "--config", str(config))[0]
+        == 0
+    )
+    code, _, err = _run(
+        capsys, "collector", "enroll-secret", "revoke", secret_id, "--config", str(config)
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_user_add_prints_a_working_token_once(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(
+        capsys, "collector", "user", "add", "olivia", "--role", "viewer", "--config", str(config)
+    )
+    assert code == 0
+    token = out.split("api token:")[1].strip()
+    db = open_database(f"sqlite:///{config.parent / 'c.db'}")
+    with db.read() as conn:
+        principal = principal_for_token(conn, token)
+        dump = " ".join(str(r) for r in conn.exec_driver_sql("SELECT * FROM api_tokens"))
+    db.dispose()
+    assert principal is not None
+    assert principal.role == "viewer"
+    assert token not in dump
+    code, _, err = _run(
+        capsys, "collector", "user", "add", "olivia", "--role", "admin", "--config", str(config)
+    )
+    assert code == 2
+    assert "already exists" in err
+
+
+def test_audit_verify_detects_tampering(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b", "c"):
+        _run(capsys, "collector", "user", "add", name, "--role", "admin", "--config", str(config))
+    assert _run(capsys, "collector", "audit", "verify", "--config", str(config))[0] == 0
+    db = open_database(f"sqlite:///{config.parent / 'c.db'}")
+    with db.write() as conn:
+        conn.exec_driver_sql("UPDATE audit_log SET target = 'mallory' WHERE seq = 2")
+    db.dispose()
+    code, _, err = _run(capsys, "collector", "audit", "verify", "--config", str(config))
+    assert code == 1
+    assert "entry 2" in err
+
+
+def test_report_csv_and_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(capsys, "collector", "migrate", "--config", str(config))[0] == 0
+    db = open_database(f"sqlite:///{config.parent / 'c.db'}")
+    import time
+
+    now_us = int(time.time() * 1e6)
+    body = {
+        "id": "x",
+        "time": "t",
+        "kind": "dns",
+        "rule": "=HYPERLINK()",
+        "action": "sinkholed",
+        "severity": "high",
+        "host": {"hostname": "ws-1", "agent_id": "a"},
+    }
+    with db.write() as conn:
+        conn.execute(
+            insert(events).values(
+                event_id="x",
+                agent_id="a",
+                time_us=now_us,
+                received_us=now_us,
+                hostname="ws-1",
+                username=None,
+                rule="=HYPERLINK()",
+                kind="dns",
+                action="sinkholed",
+                severity="high",
+                body=json.dumps(body),
+            )
+        )
+    db.dispose()
+    code, out, _ = _run(
+        capsys, "collector", "report", "--since", "1d", "--format", "csv", "--config", str(config)
+    )
+    assert code == 0
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert row["rule"] == "'=HYPERLINK()"
+    code, out, _ = _run(capsys, "collector", "report", "--format", "json", "--config", str(config))
+    assert [v["id"] for v in json.loads(out)["violations"]] == ["x"]
+    code, _, err = _run(capsys, "collector", "report", "--format", "pdf", "--config", str(config))
+    assert code == 2
+    assert "--format" in err
+    code, _, err = _run(capsys, "collector", "report", "--since", "soon", "--config", str(config))
+    assert code == 2
+    assert "--since" in err
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nlisten = "0.0.0.0:8443"\n', encoding="utf-8")
+    for verb in (["serve"], ["migrate"], ["agent", "list"]):
+        code, _, err = _run(capsys, "collector", *verb, "--config", str(bad))
+        assert code == 2
+        assert "server.listen" in err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_nonce_commits_do_not_leave_sqlite_relaxed(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'd.db'}")
+    with db.write(durable=False) as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
+    for _ in range(3):  # whichever pooled connection comes back
+        with db.write() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
+    db.dispose()
