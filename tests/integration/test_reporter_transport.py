@@ -707,3 +707,24 @@ def test_requests_ca_bundle_cannot_override_the_pinned_ca(
     finally:
         rogue_server.stop()
         good_server.stop()
+
+
+def test_public_names() -> None:
+    import proscribe.agent.reporter as pkg
+
+    assert sorted(pkg.__all__) == [
+        "Backoff",
+        "IdentityStore",
+        "Reply",
+        "Reporter",
+        "ReporterConfig",
+        "Transport",
+        "TransportError",
+        "backoff_delay",
+        "build_reporter",
+        "check_collector_url",
+        "parse_retry_after",
+        "read_status",
+        "reporter_for_url",
+    ]
+    assert all(hasattr(pkg, name) for name in pkg.__all__)
