@@ -33,6 +33,8 @@ def _is_invisible(ch: str) -> bool:
 def visible_text(value: object) -> str:
     """Plain text with every control/format character replaced by a visible escape."""
     text = "" if value is None else str(value)
+    if text.isprintable():  # the common case, checked in C: nothing to mark
+        return text
     return "".join(_escape_char(ch) if _is_invisible(ch) else ch for ch in text)
 
 
@@ -46,6 +48,8 @@ def show_html(value: object, limit: int | None = DEFAULT_CLIP) -> Markup:
     text = "" if value is None else str(value)
     if limit is not None:
         text = clip(text, limit)
+    if text.isprintable():  # no control, format or separator character: plain escaping
+        return escape(text)
     parts: list[str] = []
     plain: list[str] = []
     for ch in text:

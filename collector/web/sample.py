@@ -251,7 +251,7 @@ def fill_events(
         batch: list[tuple[Any, ...]] = []
         for t in times:
             if datetime.fromtimestamp(t, UTC).weekday() >= 5 and rng.random() < 0.6:
-                continue
+                t -= 2 * DAY  # most weekend events happen on the Friday or Thursday before
             i = rng.choices(population, cum_weights=cumulative)[0]
             row = event_row(
                 make_event(rng, min(t, now - 1), fleet.agent_ids[i], fleet.hostnames[i]),

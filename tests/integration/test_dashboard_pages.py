@@ -1,0 +1,201 @@
+"""Dashboard access control in-process: login, sessions, roles on every page and action,
+CSRF on every form, security headers on every answer (error pages included)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_env import Env, event, make_env
+from fastapi.testclient import TestClient
+from proscribe.collector.storage.tables import agents, audit_log, enroll_secrets
+from proscribe.collector.web.security import CONTENT_SECURITY_POLICY
+from proscribe.collector.web.session import SESSION_COOKIE, SessionSigner
+
+VIEWER_PAGES = (
+    "/",
+    "/?period=90d",
+    "/violations",
+    "/violations?since=30d&rule=deepseek-desktop&kind=process",
+    "/violations/export.csv",
+    "/violations/export.json",
+    "/hosts",
+    "/hosts?show=problems",
+    "/policy",
+    "/report",
+    "/report/export.html",
+    "/report/export.csv",
+    "/report/export.json",
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(tmp_path)
+
+
+def assert_headers(reply: object) -> None:
+    headers = reply.headers  # type: ignore[attr-defined]
+    assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["x-frame-options"] == "DENY"
+
+
+def test_every_page_needs_a_session(env: Env) -> None:
+    for path in (*VIEWER_PAGES, "/admin"):
+        reply = env.client.get(path, follow_redirects=False)
+        assert reply.status_code == 303, path
+        assert reply.headers["location"].startswith("/login?next=%2F"), path
+        assert_headers(reply)
+    for path in ("/admin/enroll-secrets", "/logout"):
+        reply = env.client.post(path, data={"csrf": "x"}, follow_redirects=False)
+        assert reply.status_code == 303 and "/login" in reply.headers["location"]
+
+
+def test_viewer_reads_every_page_with_headers_and_never_sees_admin(env: Env) -> None:
+    agent = env.enroll()
+    env.heartbeat(agent)
+    env.post_events(agent, [event()])
+    env.login("vera")
+    for path in (*VIEWER_PAGES, f"/hosts/{agent[0]}"):
+        reply = env.client.get(path)
+        assert reply.status_code == 200, (path, reply.text[:300])
+        assert_headers(reply)
+        assert 'href="/admin"' not in reply.text
+        assert "<script" not in reply.text.lower() or path.endswith((".csv", ".json"))
+        assert "style=" not in reply.text or path.startswith("/report/export")
+    reply = env.client.get("/admin")
+    assert reply.status_code == 403
+    assert_headers(reply)
+    assert "Not allowed" in reply.text
+
+
+def test_viewer_cannot_perform_admin_actions_even_with_a_valid_csrf(env: Env) -> None:
+    agent_id, _key = env.enroll()
+    env.login("vera")
+    csrf = env.csrf("/")  # the viewer's own, valid token
+    for path in (
+        "/admin/enroll-secrets",
+        f"/admin/agents/{agent_id}/revoke",
+        "/admin/enroll-secrets/abc123/revoke",
+    ):
+        reply = env.client.post(path, data={"csrf": csrf, "label": "x"})
+        assert reply.status_code == 403, path
+    with env.db.read() as conn:
+        assert conn.execute(agents.select().where(agents.c.revoked_us.is_not(None))).all() == []
+        assert len(conn.execute(enroll_secrets.select()).all()) == 1
+
+
+def test_admin_actions_need_csrf_and_are_audited(env: Env) -> None:
+    agent_id, _key = env.enroll()
+    env.login("adam")
+    page = env.client.get("/")
+    assert 'href="/admin"' in page.text
+    assert env.client.post("/admin/enroll-secrets", data={"label": "x"}).status_code == 403
+    bad = env.client.post("/admin/enroll-secrets", data={"label": "x", "csrf": "forged"})
+    assert bad.status_code == 403
+    csrf = env.csrf("/admin")
+    made = env.client.post("/admin/enroll-secrets", data={"label": "kiosks", "csrf": csrf})
+    assert made.status_code == 200
+    secret = re.search(r"<code>(pse_[^<]+)</code>", made.text)
+    assert secret is not None
+    assert made.headers["cache-control"] == "no-store"
+    revoked = env.client.post(
+        f"/admin/agents/{agent_id}/revoke", data={"csrf": csrf}, follow_redirects=False
+    )
+    assert revoked.status_code == 303
+    again = env.client.post(f"/admin/agents/{agent_id}/revoke", data={"csrf": csrf})
+    assert again.status_code == 404
+    with env.db.read() as conn:
+        actions = [r.action for r in conn.execute(audit_log.select().order_by(audit_log.c.seq))]
+        assert actions == ["enroll_secret.create", "agent.revoke"]
+        row = conn.execute(agents.select().where(agents.c.agent_id == agent_id)).one()
+        assert row.revoked_us is not None
+    # The secret shown once really enrolls an agent.
+    env.secret = secret.group(1)
+    env.enroll("kiosk-7")
+
+
+def test_login_refuses_bad_passwords_forged_forms_and_open_redirects(env: Env) -> None:
+    page = env.client.get("/login")
+    assert_headers(page)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    wrong = env.client.post(
+        "/login", data={"username": "vera", "password": "nope", "csrf": csrf.group(1)}
+    )
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    unknown = env.client.post(
+        "/login", data={"username": "nobody", "password": "nope", "csrf": csrf.group(1)}
+    )
+    assert unknown.status_code == 401 and "Wrong user name or password" in unknown.text
+    fresh = TestClient(env.app, base_url="http://127.0.0.1")  # no pre-login cookie
+    forged = fresh.post(
+        "/login",
+        data={"username": "vera", "password": env.passwords["vera"], "csrf": csrf.group(1)},
+    )
+    assert forged.status_code == 403
+    good = env.client.post(
+        "/login",
+        data={
+            "username": "vera",
+            "password": env.passwords["vera"],
+            "csrf": csrf.group(1),
+            "next": "//evil.example/phish",
+        },
+        follow_redirects=False,
+    )
+    assert good.status_code == 303 and good.headers["location"] == "/"
+    cookie = good.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "Secure" not in cookie  # plain HTTP on loopback; Secure is set under TLS
+
+
+def test_tampered_or_expired_session_cookies_are_refused(env: Env) -> None:
+    env.login("vera")
+    cookie = env.client.cookies.get(SESSION_COOKIE)
+    assert cookie is not None
+    user_id, rest = cookie.split(".", 1)
+    env.client.cookies.clear()
+    env.client.cookies.set(SESSION_COOKIE, f"{int(user_id) + 1}.{rest}")  # become the admin?
+    assert env.client.get("/admin", follow_redirects=False).status_code == 303
+    env.client.cookies.clear()
+    env.client.cookies.set(SESSION_COOKIE, cookie)
+    assert env.client.get("/").status_code == 200
+    env.clock.now += 9 * 3600  # past the 8 h lifetime
+    assert env.client.get("/", follow_redirects=False).status_code == 303
+    signer = SessionSigner(b"k" * 32, lifetime_s=60)
+    token = signer.issue(1, 1000.0)
+    assert signer.check(token, 1059.0) is not None
+    assert signer.check(token, 1060.0) is None
+    assert SessionSigner(b"j" * 32).check(token, 1000.0) is None
+
+
+def test_logout_needs_csrf_and_ends_the_session(env: Env) -> None:
+    env.login("vera")
+    assert env.client.post("/logout", data={"csrf": "forged"}).status_code == 403
+    csrf = env.csrf("/")
+    out = env.client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
+    assert env.client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_bad_filters_are_a_400_page_not_a_500(env: Env) -> None:
+    env.login("vera")
+    for path in (
+        "/violations?since=yesterday",
+        "/violations?kind=nonsense",
+        "/violations?cursor=!!!",
+        "/?period=1y",
+        "/report?since=1d&until=30d",
+        "/report?serial=99",
+        "/hosts/not-an-agent",
+        "/static/nope.css",
+        "/violations?host=a%00b",
+    ):
+        reply = env.client.get(path)
+        assert 400 <= reply.status_code < 500, (path, reply.status_code)
+        assert_headers(reply)

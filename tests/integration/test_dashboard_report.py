@@ -1,0 +1,188 @@
+"""The compliance report and the overview's numbers against what was actually stored.
+
+Policies are the shipped US Navy pack uploaded as serials 1 and 2 (with one active and one
+expired exemption); hosts enroll, heartbeat and report through the real signed API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_env import Env, event, make_env
+from proscribe.agent.policy.envelope import parse_envelope
+from proscribe.collector.storage.policies import current_policy
+from proscribe.collector.storage.tables import events
+from proscribe.collector.web.chart import nice_ceiling, violations_chart
+from proscribe.collector.web.report import build_report, report_text
+from proscribe.collector.web.rollup import DAY_US, ViolationRollup
+from proscribe.collector.web.sample import store_sample_policies
+from sqlalchemy import delete, func, select
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(tmp_path)
+
+
+def populate(env: Env) -> dict[str, tuple[str, object]]:
+    store_sample_policies(env.db, env.clock.now)
+    lab = env.enroll("ai-lab-01")
+    old = env.enroll("ws-old")
+    silent = env.enroll("ws-silent")
+    env.heartbeat(lab, serial=2)
+    env.heartbeat(old, serial=1)
+    now = env.clock.now
+    env.post_events(
+        lab,
+        [
+            event(when=now - 60, action="killed"),
+            event(when=now - 120, action="reported", rule="deepseek-model-argument"),
+            event(
+                when=now - 180,
+                kind="dns",
+                rule="deepseek-web",
+                action="exempted",
+                dns={"qname": "chat.deepseek.com"},
+                process={"user": "alice"},
+            ),
+            event(when=now - 2 * 86400, kind="tamper", rule=None, action="reported"),
+            event(when=now - 240, rule="some-other-policys-rule", action="reported"),
+            event(when=now - 40 * 86400, action="killed"),  # outside a 30-day report
+        ],
+    )
+    env.post_events(
+        old,
+        [
+            event(
+                when=now - 300,
+                kind="dns",
+                rule="deepseek-web",
+                action="sinkholed",
+                dns={"qname": "deepseek.com"},
+            )
+        ],
+    )
+    return {"lab": lab, "old": old, "silent": silent}  # type: ignore[dict-item]
+
+
+def test_report_covers_the_policy_and_the_period(env: Env) -> None:
+    agents = populate(env)
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        report = build_report(
+            conn,
+            since_us=now_us - 30 * DAY_US,
+            until_us=now_us,
+            now_us=now_us,
+            heartbeat_window_s=180,
+        )
+    assert report.policy is not None and report.policy.record.serial == 2
+    assert [s.serial for s in report.serials] == [1, 2]
+    assert report.total == 5  # the other policy's rule and the 40-day-old event are out
+    assert report.totals == {"blocked": 2, "reported": 2, "exempted": 1}
+    assert report.blocks_total == 2 and len(report.blocks) == 2
+    assert dict(report.by_rule)["deepseek-web"] == 2
+    assert "some-other-policys-rule" not in dict(report.by_rule)
+    assert [e.id for e in report.exemptions_active] == ["red-team-eval"]
+    assert [e.id for e in report.exemptions_expired] == ["procurement-review"]
+    assert report.coverage.enrolled == 3
+    assert report.coverage.reporting == 2
+    assert report.coverage.stale == 1
+    assert report.coverage.old_serial == 1
+    assert [a.agent_id for a in report.stale_hosts] == [agents["silent"][0]]
+    with env.db.read() as conn:
+        stored = current_policy(conn)
+        assert stored is not None
+        keyids = [s.keyid for s in parse_envelope(stored.signature).signatures]
+    assert list(report.policy.signers) == keyids
+
+
+def test_command_line_formats_carry_the_same_content(env: Env) -> None:
+    populate(env)
+    now_us = int(env.clock.now * 1e6)
+    args = {"since_us": now_us - 30 * DAY_US, "until_us": now_us, "now_us": now_us,
+            "heartbeat_window_s": 180.0}  # fmt: skip
+    with env.db.read() as conn:
+        html = report_text(conn, fmt="html", **args)
+        data = json.loads(report_text(conn, fmt="json", **args))
+        rows = list(csv.DictReader(io.StringIO(report_text(conn, fmt="csv", **args))))
+    # A self-contained file: the stylesheet inlined, nothing fetched from anywhere.
+    assert "<style>" in html and "@media print" in html
+    assert 'href="/static' not in html and "<script" not in html
+    assert "Navy guidance: refrain from downloading" in html
+    assert "red-team-eval" in html and "procurement-review" in html
+    assert data["totals"] == {"violations": 5, "blocked": 2, "reported": 2, "exempted": 1}
+    assert [s["serial"] for s in data["serials_in_force"]] == [1, 2]
+    assert data["policy"]["directives"][0]["id"] == "us-navy-2025-01-24"
+    assert len(data["violations"]) == 5
+    assert data["coverage"]["stale"] == 1
+    assert len(rows) == 5
+    assert {r["rule"] for r in rows} == {
+        "deepseek-desktop", "deepseek-model-argument", "deepseek-web", ""
+    }  # fmt: skip
+
+
+def test_report_page_and_policy_page(env: Env) -> None:
+    populate(env)
+    env.login("vera")
+    page = env.client.get("/report?since=30d").text
+    assert "Serials in force" in page and "#1" in page and "#2" in page
+    assert re.search(r'class="value">5</div><div class="muted">violations', page)
+    policy = env.client.get("/policy").text
+    assert "us-navy-deepseek-2025" in policy and "#2" in policy
+    assert "Active exemptions (1)" in policy and "Expired exemptions (1)" in policy
+    assert "Red-team evaluation" in policy
+    with env.db.read() as conn:
+        stored = current_policy(conn)
+        assert stored is not None
+        keyid = parse_envelope(stored.signature).signatures[0].keyid
+    assert keyid in policy
+
+
+def test_overview_numbers_match_the_database_and_follow_new_events(env: Env) -> None:
+    agents = populate(env)
+    env.login("vera")
+    page = env.client.get("/?period=90d").text
+    with env.db.read() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(events).where(events.c.kind != "health")
+        ).scalar_one()
+    assert f"{stored:,} in total" in page
+    lab = agents["lab"]
+    env.post_events(lab, [event(when=env.clock.now - 5, action="denied")])  # type: ignore[arg-type]
+    page = env.client.get("/?period=90d").text
+    assert f"{stored + 1:,} in total" in page
+    assert "blocked 4" in page
+
+
+def test_rollup_is_incremental_and_rebuilds_after_a_purge(env: Env) -> None:
+    populate(env)
+    rollup = ViolationRollup()
+    today = int(env.clock.now * 1e6) // DAY_US
+    with env.db.read() as conn:
+        assert rollup.refresh(conn) == 7
+        assert rollup.refresh(conn) == 0
+    assert rollup.period(today - 89, today).total == 7
+    assert rollup.period(today - 29, today).rules["deepseek-web"] == 2
+    with env.db.write() as conn:
+        oldest = conn.execute(select(func.min(events.c.seq))).scalar_one()
+        conn.execute(delete(events).where(events.c.seq == oldest))
+    with env.db.read() as conn:
+        rollup.refresh(conn)
+    assert rollup.period(today - 89, today).total == 6
+
+
+def test_chart_is_plain_svg() -> None:
+    assert [nice_ceiling(v) for v in (0, 1, 3, 7, 11, 180, 501)] == [1, 1, 5, 10, 20, 200, 1000]
+    from collections import Counter
+
+    svg = str(violations_chart([(20000, Counter(blocked=3, reported=2)), (20001, Counter())],
+                               title="<t>"))  # fmt: skip
+    assert svg.startswith("<svg") and "&lt;t&gt;" in svg
+    assert "style=" not in svg and "<script" not in svg
+    assert svg.count('class="bar-blocked"') == 2  # one bar and the legend swatch
