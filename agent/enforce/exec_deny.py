@@ -1,4 +1,4 @@
-"""Pre-exec deny with fanotify (Linux ≥ 5.0): a denied program never starts.
+"""Pre-exec deny with fanotify (Linux >= 5.0): a denied program never starts.
 
 :class:`ExecDenyGuard` puts a ``FAN_OPEN_EXEC_PERM`` mark (``FAN_MARK_MOUNT``) on each mount it
 is given. For every ``execve`` of a file on those mounts the kernel holds the caller and hands us
@@ -7,48 +7,62 @@ an fd on the file; the guard answers ``FAN_ALLOW`` or ``FAN_DENY`` (the ``execve
 
 Safety, because the kernel waits for the answer:
 
-* every event is answered, from a ``finally``; a policy check that raises, or takes longer than
-  ``timeout_ms``, is answered ALLOW and counted (fail-open, like Santa's default); checks run on
-  a small pool of worker threads so a stuck check cannot hold the reader, and when all workers
-  are busy new checks are not queued but allowed at once ("overload");
+* every event is answered, from a ``finally``; a policy check that raises is answered ALLOW and
+  counted (fail-open, like Santa's default);
+* a check that takes longer than ``timeout_ms`` is answered ALLOW by a watchdog thread, which
+  then starts a fresh reader so later execs are not held behind the stuck check; the stuck
+  thread's late verdict is dropped. After ``max_stuck`` such threads, cache misses are allowed
+  unchecked ("overload") until they return;
 * the agent's own process and its own executable/interpreter are always allowed;
 * only the listed mounts are marked, never ``/``; closing the fanotify fd (``stop()``, or the
   kernel when the agent dies) releases every pending exec.
 
-Verdicts are cached by file identity — (dev, inode, mtime, size) as REFERENCE.md §5 asks, plus
-ctime (changes on rename, link, chmod and any write, even one that restores mtime), the path
-(name and path globs judge it, and a hard link or a renamed directory keeps the inode) and the
-caller's uid (exemptions can be per user) — with a TTL, because exemptions expire. Changing the
-decider (a new policy) clears the cache.
+The check runs on the reader thread itself (no hand-off on the hot path); a verdict cache
+(:mod:`exec_verdicts`) makes a repeated exec cost a few syscalls. Changing the decider (a new
+policy) clears the cache.
 
 Denials are reported through ``on_denied(request, verdict)`` on a separate thread after the
 answer, so recording (a spool commit) never delays an exec; in monitor mode nothing is denied and
 the callback gets a verdict with ``enforced=False`` (action ``would_block``).
+
+The agent must not ``os.posix_spawn`` a program from a marked mount: CPython keeps the GIL while
+the kernel waits for this guard's (Python) answer, a deadlock. ``subprocess`` releases it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import logging
 import os
-import pwd
 import queue
 import select
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proscribe.agent.enforce.exec_verdicts import (
+    ALLOW,
+    MAX_HASH_BYTES,
+    CacheKey,
+    Decide,
+    ExecRequest,
+    OnDenied,
+    Verdict,
+    VerdictCache,
+    policy_decider,
+    read_uid,
+    sha256_of_fd,
+    user_name,
+)
 from proscribe.agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from proscribe.agent.policy.matchers.compiled import CompiledPolicy, Decision
+    from proscribe.agent.policy.matchers.compiled import CompiledPolicy
 
 __all__ = [
     "CacheKey",
@@ -57,185 +71,26 @@ __all__ = [
     "Verdict",
     "VerdictCache",
     "build_exec_guard",
+    "check_mount",
     "policy_decider",
 ]
 
 log = logging.getLogger(__name__)
 
-MAX_HASH_BYTES = 256 * 1024 * 1024  # larger executables are judged without a hash
-_HASH_CHUNK = 1024 * 1024
-_READ_SIZE = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    dev: int
-    ino: int
-    mtime_ns: int
-    size: int
-    ctime_ns: int
-    path: str
-    uid: int | None
-
-    @classmethod
-    def of(cls, st: os.stat_result, path: str, uid: int | None) -> CacheKey:
-        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns, path, uid)
-
-
-@dataclass(frozen=True, slots=True)
-class ExecRequest:
-    """A program about to run. ``argv`` is not known yet: the kernel asks before exec."""
-
-    pid: int  # the process calling execve (it becomes the new program)
-    path: str  # the executable, resolved by the kernel
-    uid: int | None  # real uid of the caller; None if it exited
-    user: str
-    dev: int
-    ino: int
-    size: int
-    sha256: str | None = None  # only when the policy needs hashes and the file is small enough
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    deny: bool
-    reason: str = ""  # the explanation shown in logs and events
-    rule_id: str | None = None
-    decisions: tuple[Decision, ...] = ()
-    enforced: bool = True  # False in monitor mode: the exec was allowed anyway
-
-    @property
-    def action(self) -> str:
-        """The event action: ``denied`` where the exec failed, ``would_block`` in monitor mode."""
-        return "denied" if self.enforced else "would_block"
-
-
-Decide = Callable[[ExecRequest], Verdict]
-OnDenied = Callable[[ExecRequest, Verdict], None]
-ALLOW = Verdict(deny=False)
-
-
-class VerdictCache:
-    """LRU of verdicts by :class:`CacheKey`, each valid for ``ttl`` seconds. Thread-safe."""
-
-    def __init__(
-        self, capacity: int = 4096, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.capacity = capacity
-        self.ttl = ttl
-        self.clock = clock
-        self._items: OrderedDict[CacheKey, tuple[float, Verdict]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: CacheKey) -> Verdict | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            if self.clock() >= item[0]:
-                del self._items[key]
-                return None
-            self._items.move_to_end(key)
-            return item[1]
-
-    def put(self, key: CacheKey, verdict: Verdict) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._items[key] = (self.clock() + self.ttl, verdict)
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-def read_uid(pid: int, procfs: Path) -> int | None:
-    """The uid owning ``/proc/PID``: the process's effective uid (root for a non-dumpable
-    process). One ``stat``: reading ``/proc/PID/status`` costs several times more per exec."""
-    try:
-        return os.stat(f"{procfs}/{pid}").st_uid
-    except OSError:
-        return None
-
-
-_users: dict[int, str] = {}
-
-
-def user_name(uid: int | None) -> str:
-    if uid is None:
-        return ""
-    name = _users.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = str(uid)
-        _users[uid] = name
-    return name
-
-
-def sha256_of_fd(fd: int, size: int, limit: int = MAX_HASH_BYTES) -> str | None:
-    """Hash the file behind ``fd`` with ``pread`` (the fd's offset is left alone)."""
-    if size > limit:
-        return None
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _HASH_CHUNK, offset)
-        if not chunk:
-            return digest.hexdigest()
-        digest.update(chunk)
-        offset += len(chunk)
-        if offset > limit:
-            return None
-
-
-class _Workers:
-    """Daemon threads running policy checks, so a hung check never blocks interpreter exit."""
-
-    def __init__(self, count: int) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
-        ] = queue.SimpleQueue()
-        self.busy = 0
-        self.count = count
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"exec-deny-check-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any] | None:
-        with self._lock:
-            if self.busy >= self.count:
-                return None
-            self.busy += 1
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((fut, fn))
-        return fut
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fut, fn = job
-            try:
-                fut.set_result(fn())
-            except BaseException as err:
-                fut.set_exception(err)
-            finally:
-                with self._lock:
-                    self.busy -= 1
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+_STATS = (
+    "allowed",
+    "denied",
+    "would_block",
+    "timeouts",
+    "overloads",
+    "errors",
+    "cache_hits",
+    "cache_misses",
+    "self_allowed",
+    "reports_dropped",
+    "report_errors",
+    "overflows",
+)
 
 
 @dataclass(slots=True)
@@ -305,6 +160,17 @@ def _protected_files(extra: Iterable[str]) -> set[tuple[int, int]]:
     return found
 
 
+@dataclass(slots=True)
+class _Pending:
+    """One permission event being judged by a reader; ``answered`` is guarded by the lock."""
+
+    fd: int
+    pid: int
+    path: str
+    deadline: float
+    answered: bool = False
+
+
 class ExecDenyGuard:
     """Answer ``FAN_OPEN_EXEC_PERM`` events on ``mounts`` with ``decide``'s verdicts."""
 
@@ -320,7 +186,7 @@ class ExecDenyGuard:
         on_denied: OnDenied | None = None,
         want_sha256: Callable[[], bool] = lambda: False,
         max_hash_bytes: int = MAX_HASH_BYTES,
-        workers: int = 2,
+        max_stuck: int = 4,
         procfs: Path = Path("/proc"),
         clock: Callable[[], float] = time.monotonic,
         protect: Iterable[str] = (),
@@ -332,19 +198,24 @@ class ExecDenyGuard:
         self.mode = mode
         self.want_sha256 = want_sha256
         self.max_hash_bytes = max_hash_bytes
+        self.max_stuck = max(1, max_stuck)
         self.procfs = procfs
         self.cache = VerdictCache(cache_size, cache_ttl, clock)
         self.counts: Counter[str] = Counter()
         self._decide = decide
         self._reports = _Reports(on_denied, self.counts)
-        self._workers_count = max(1, workers)
-        self._workers: _Workers | None = None
         self._protected = _protected_files(protect)
         self._self_pid = os.getpid()
         self._fan_fd = -1
         self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Guards _fan_fd writes, _pending, _generation and _stuck; the watchdog waits on it.
+        self._cond = threading.Condition()
+        self._pending: _Pending | None = None
+        self._generation = 0  # the reader whose number this is may read; older ones exit
+        self._stuck = 0  # superseded readers still inside a check
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -380,34 +251,43 @@ class ExecDenyGuard:
         self._fan_fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping.clear()
-        self._workers = _Workers(self._workers_count)
         self._reports.start()
-        self._thread = threading.Thread(target=self._loop, name="exec-deny", daemon=True)
-        self._thread.start()
-        log.info(
-            "exec-deny: watching execs on %s (%s)", ", ".join(map(str, self.mounts)), self.mode
+        self._watchdog = threading.Thread(
+            target=self._watch, name="exec-deny-watchdog", daemon=True
         )
+        self._watchdog.start()
+        with self._cond:
+            self._start_reader()
+        shown = ", ".join(map(str, self.mounts))
+        log.info("exec-deny: watching execs on %s (%s)", shown, self.mode)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop answering and close the group: the kernel allows anything still pending."""
         self._stopping.set()
+        with self._cond:
+            # A reader still inside a check must not answer on a closed (or reused) fd number.
+            if self._pending is not None:
+                self._pending.answered = True
+            self._cond.notify_all()
         if self._wake_w >= 0:
             os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        for fd in (self._fan_fd, self._wake_r, self._wake_w):
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
+        if self._reader is not None:
+            # a reader inside a hung check is left behind (a daemon thread; its answer is void)
+            self._reader.join(min(timeout, self.timeout + 1.0))
+        self._reader = self._watchdog = None
+        with self._cond:
+            fds = (self._fan_fd, self._wake_r, self._wake_w)
+            self._fan_fd = self._wake_r = self._wake_w = -1
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self._fan_fd = self._wake_r = self._wake_w = -1
-        if self._workers is not None:
-            self._workers.shutdown()
-            self._workers = None
         self._reports.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._reader is not None and not self._stopping.is_set()
 
     def set_decider(self, decide: Decide) -> None:
         """Judge with ``decide`` from now on (a new policy); cached verdicts are dropped."""
@@ -415,56 +295,100 @@ class ExecDenyGuard:
         self.cache.clear()
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            k: self.counts[k]
-            for k in (
-                "allowed",
-                "denied",
-                "would_block",
-                "timeouts",
-                "overloads",
-                "errors",
-                "cache_hits",
-                "cache_misses",
-                "self_allowed",
-                "reports_dropped",
-                "report_errors",
-                "overflows",
-            )
-        }
+        out: dict[str, Any] = {k: self.counts[k] for k in _STATS}
         answered = self.counts["answered"]
+        mean_ns = self.counts["answer_ns"] / answered if answered else 0.0
         out["answered"] = answered
-        out["mean_answer_us"] = (
-            round(self.counts["answer_ns"] / answered / 1e3, 1) if answered else 0.0
-        )
+        out["mean_answer_us"] = round(mean_ns / 1e3, 1)
         out["max_answer_ms"] = round(self.counts["max_answer_ns"] / 1e6, 2)
+        out["stuck_checks"] = self._stuck
         out["cache_size"] = len(self.cache)
         out["mounts"] = [str(m) for m in self.mounts]
         out["mode"] = self.mode
         out["running"] = self.running
         return out
 
-    # -- the reader ---------------------------------------------------------------------------
+    # -- readers and the watchdog -------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _start_reader(self) -> None:
+        """Called with the lock held."""
+        self._generation += 1
+        self._reader = threading.Thread(
+            target=self._loop, args=(self._generation,), name="exec-deny", daemon=True
+        )
+        self._reader.start()
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._stopping.is_set()
+
+    def _watch(self) -> None:
+        """Answer ALLOW for a check past its deadline and hand reading to a fresh thread."""
+        while not self._stopping.is_set():
+            try:
+                self._watch_once()
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("exec-deny: watchdog failed; restarting it")
+                time.sleep(0.05)
+
+    def _watch_once(self) -> None:
+        with self._cond:
+            while not self._stopping.is_set():
+                pending = self._pending
+                if pending is None:
+                    self._cond.wait(1.0)
+                    continue
+                remaining = pending.deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._pending = None
+                pending.answered = True
+                self._stuck += 1
+                self.counts["timeouts"] += 1
+                self._respond(pending.fd, True)
+                ms = self.timeout * 1e3
+                log.warning(
+                    "exec-deny: check of %s (pid %s) exceeded %.0f ms; allowed",
+                    pending.path,
+                    pending.pid,
+                    ms,
+                )
+                self._start_reader()
+
+    def _respond(self, fd: int, allow: bool) -> None:
+        """Write one answer. Called with the lock held."""
+        from proscribe.agent.enforce import _fanotify_linux as fan
+
+        if self._fan_fd < 0:
+            return
+        try:
+            os.write(self._fan_fd, fan.pack_response(fd, allow))
+        except OSError as err:
+            self.counts["errors"] += 1
+            log.error("exec-deny: answering an exec failed: %s", err)
+
+    def _loop(self, generation: int) -> None:
         from proscribe.agent.enforce import _fanotify_linux as fan
 
         poller = select.poll()
         poller.register(self._fan_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping.is_set():
+        while self._current(generation):
             try:
                 ready = poller.poll(1000)
             except InterruptedError:
                 continue
-            if self._stopping.is_set():
+            if not self._current(generation):
                 break
-            if not any(fd == self._fan_fd for fd, _ in ready):
+            if not ready or all(fd != self._fan_fd for fd, _ in ready):
                 continue
             try:
-                buf = os.read(self._fan_fd, _READ_SIZE)
+                # One event per read: if this thread is then stuck in a check, no other event
+                # it read waits with it.
+                buf = os.read(self._fan_fd, fan.METADATA.size)
             except BlockingIOError:
-                continue
+                continue  # another reader took it
             except OSError:
                 self.counts["errors"] += 1
                 log.exception("exec-deny: reading the fanotify fd failed")
@@ -473,26 +397,29 @@ class ExecDenyGuard:
             try:
                 events = fan.parse_events(buf)
             except fan.MalformedEvent:
-                # The fds inside cannot be found, so the events cannot be answered: give up the
-                # group (closing it releases them) rather than leave execs hanging.
+                # The fd inside cannot be found, so the event cannot be answered: give up the
+                # group (closing it releases everything) rather than leave execs hanging.
                 self.counts["errors"] += 1
                 log.exception("exec-deny: malformed fanotify read; stopping the guard (fail-open)")
+                with self._cond:
+                    fd, self._fan_fd = self._fan_fd, -1
+                self._stopping.set()
+                os.close(fd)
                 break
             for event in events:
-                self._answer(fan, event)
-        if self._fan_fd >= 0 and not self._stopping.is_set():
-            os.close(self._fan_fd)
-            self._fan_fd = -1
+                self._answer(fan, event, generation)
 
-    def _answer(self, fan: Any, event: Any) -> None:
+    def _answer(self, fan: Any, event: Any, generation: int) -> None:
         if event.mask & fan.FAN_Q_OVERFLOW or event.fd < 0:
             self.counts["overflows"] += 1
             return
         started = time.perf_counter_ns()
+        pending = _Pending(event.fd, event.pid, "", 0.0)
         allow = True
+        report: tuple[ExecRequest, Verdict] | None = None
         try:
             if event.mask & fan.FAN_OPEN_EXEC_PERM:
-                allow = self._judge(event.fd, event.pid)
+                allow, report = self._judge(pending)
         except Exception:
             self.counts["errors"] += 1
             log.exception("exec-deny: judging pid %s failed; allowed", event.pid)
@@ -500,25 +427,34 @@ class ExecDenyGuard:
         finally:
             # Measured up to the answer: writing it may hand the CPU to the exec'ing process.
             took = time.perf_counter_ns() - started
-            try:
-                os.write(self._fan_fd, fan.pack_response(event.fd, allow))
-            except OSError as err:
-                self.counts["errors"] += 1
-                log.error("exec-deny: answering pid %s failed: %s", event.pid, err)
+            with self._cond:
+                if self._pending is pending:
+                    self._pending = None
+                late = pending.answered
+                if not late:
+                    pending.answered = True
+                    self._respond(event.fd, allow)
+                elif generation != self._generation:
+                    self._stuck -= 1
             os.close(event.fd)
-            self.counts["answered"] += 1
-            self.counts["answer_ns"] += took
-            self.counts["max_answer_ns"] = max(self.counts["max_answer_ns"], took)
+            if not late:
+                if report is not None:  # after the answer: recording never delays the exec
+                    self._reports.submit(*report)
+                self.counts["answered"] += 1
+                self.counts["answer_ns"] += took
+                self.counts["max_answer_ns"] = max(self.counts["max_answer_ns"], took)
 
-    def _judge(self, fd: int, pid: int) -> bool:
-        """True to allow. Runs on the reader thread; only cache misses go to a worker."""
+    def _judge(self, pending: _Pending) -> tuple[bool, tuple[ExecRequest, Verdict] | None]:
+        """(allow, what to report). A cache miss runs the check here, under the watchdog's
+        deadline; the counters say what was answered unless the watchdog answered first."""
+        fd, pid = pending.fd, pending.pid
         if pid == self._self_pid:
             self.counts["self_allowed"] += 1
-            return True
+            return True, None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) in self._protected:
             self.counts["self_allowed"] += 1
-            return True
+            return True, None
         path = os.readlink(f"/proc/self/fd/{fd}")
         uid = read_uid(pid, self.procfs)
         key = CacheKey.of(st, path, uid)
@@ -528,66 +464,50 @@ class ExecDenyGuard:
             self.counts["cache_hits"] += 1
         else:
             self.counts["cache_misses"] += 1
-            judged = self._check_bounded(fd, pid, path, uid, st)
-            if judged is None:
+            if self._stuck >= self.max_stuck:
+                self.counts["overloads"] += 1
                 self.counts["allowed"] += 1
-                return True
-            request, verdict = judged
+                return True, None
+            pending.path = path
+            pending.deadline = time.monotonic() + self.timeout
+            with self._cond:
+                self._pending = pending
+                self._cond.notify_all()
+            request, verdict = self._check(pending, pid, path, uid, st)
+            if pending.answered:  # too late: the watchdog allowed it; do not cache
+                return True, None
+            if verdict is None:
+                self.counts["allowed"] += 1
+                return True, None
             self.cache.put(key, verdict)
         if not verdict.deny:
             self.counts["allowed"] += 1
-            return True
+            return True, None
         if request is None:
             request = ExecRequest(pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size)
         if self.mode == "monitor":
             self.counts["would_block"] += 1
-            self._reports.submit(request, replace(verdict, enforced=False))
-            return True
+            return True, (request, replace(verdict, enforced=False))
         self.counts["denied"] += 1
-        self._reports.submit(request, verdict)
-        return False
+        return False, (request, verdict)
 
-    def _check_bounded(
-        self, fd: int, pid: int, path: str, uid: int | None, st: os.stat_result
-    ) -> tuple[ExecRequest, Verdict] | None:
-        """The policy's verdict within the timeout, or None (allow; counted)."""
-        assert self._workers is not None
-        decide = self._decide
-        want_hash = self.want_sha256()
-        # The worker gets its own fd: after a timeout the event fd is closed and its number may be
-        # reused, while a late check may still be hashing.
-        own_fd = os.dup(fd)
-
-        def check() -> tuple[ExecRequest, Verdict]:
-            try:
-                digest = (
-                    sha256_of_fd(own_fd, st.st_size, self.max_hash_bytes) if want_hash else None
-                )
-                request = ExecRequest(
-                    pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size, digest
-                )
-                return request, decide(request)
-            finally:
-                os.close(own_fd)
-
-        fut = self._workers.submit(check)
-        if fut is None:
-            os.close(own_fd)
-            self.counts["overloads"] += 1
-            log.warning("exec-deny: every check is busy; allowed %s for pid %s", path, pid)
-            return None
+    def _check(
+        self, pending: _Pending, pid: int, path: str, uid: int | None, st: os.stat_result
+    ) -> tuple[ExecRequest | None, Verdict | None]:
+        """The policy's verdict, or None when the check raised (allow; counted)."""
         try:
-            result: tuple[ExecRequest, Verdict] = fut.result(self.timeout)
-            return result
-        except concurrent.futures.TimeoutError:
-            self.counts["timeouts"] += 1
-            log.warning(
-                "exec-deny: check of %s exceeded %.0f ms; allowed", path, self.timeout * 1e3
+            digest = None
+            if self.want_sha256():
+                digest = sha256_of_fd(pending.fd, st.st_size, self.max_hash_bytes)
+            request = ExecRequest(
+                pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size, digest
             )
+            return request, self._decide(request)
         except Exception:
-            self.counts["errors"] += 1
+            if not pending.answered:
+                self.counts["errors"] += 1
             log.exception("exec-deny: check of %s failed; allowed", path)
-        return None
+            return None, None
 
 
 def check_mount(mount: Path) -> None:
@@ -605,37 +525,6 @@ def check_mount(mount: Path) -> None:
 
 
 # -- wiring for the daemon --------------------------------------------------------------------
-
-
-def policy_decider(
-    compiled: CompiledPolicy,
-    host: str,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Decide:
-    """A decider judging the program about to run with ``compiled.check_process``.
-
-    The facts are what is known before exec: the name (the path's basename, cut to comm's 15
-    characters), the path, the caller's uid/user and the hash. argv and the command line are not
-    known yet, so command-line rules cannot deny here (the process sensor still sees them).
-    """
-    from proscribe.agent.policy.matchers.process import COMM_MAX, ProcessFacts, basename
-
-    def decide(request: ExecRequest) -> Verdict:
-        facts = ProcessFacts(
-            pid=request.pid,
-            name=basename(request.path)[:COMM_MAX],
-            exe=request.path,
-            user=request.user,
-            uid=request.uid,
-            sha256=request.sha256,
-        )
-        decisions = tuple(compiled.check_process(facts, host, now()))
-        for d in decisions:
-            if d.action == "block" and d.exempted_by is None:
-                return Verdict(True, f"rule {d.rule_id}: {d.explanation}", d.rule_id, decisions)
-        return Verdict(False, decisions=decisions) if decisions else ALLOW
-
-    return decide
 
 
 def build_exec_guard(

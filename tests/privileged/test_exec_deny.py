@@ -137,16 +137,43 @@ def test_a_slow_decider_is_answered_allow_within_the_timeout(mnt: Path) -> None:
     assert len(guard.cache) == 0
 
 
-def test_busy_checks_are_not_queued_but_allowed(mnt: Path) -> None:
+def test_after_a_hung_check_a_fresh_reader_keeps_denying(mnt: Path) -> None:
+    release = threading.Event()
+    first = [True]
+
+    def hangs_once(request: ExecRequest) -> Verdict:
+        if first[0]:
+            first[0] = False
+            release.wait(5)
+        return deny_deepseek(request)
+
+    with running(ExecDenyGuard([mnt], hangs_once, timeout_ms=100)) as guard:
+        try:
+            assert try_exec(mnt / "allowed-tool")[1] == 0  # hung, answered by the watchdog
+            assert guard.stats()["stuck_checks"] == 1
+            t0 = time.monotonic()
+            assert try_exec(mnt / "deepseek")[1] == 3  # judged by the new reader
+            assert try_exec(mnt / "allowed-tool")[1] == 0
+            assert time.monotonic() - t0 < 2.0
+            assert guard.stats()["timeouts"] == 1 and guard.stats()["denied"] == 1
+        finally:
+            release.set()
+        deadline = time.monotonic() + 2
+        while guard.stats()["stuck_checks"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert guard.stats()["stuck_checks"] == 0  # the late thread gave up its place
+
+
+def test_too_many_hung_checks_allow_misses_unchecked(mnt: Path) -> None:
     release = threading.Event()
 
     def stuck(_request: ExecRequest) -> Verdict:
         release.wait(5)
         return Verdict(True)
 
-    with running(ExecDenyGuard([mnt], stuck, timeout_ms=50, workers=1)) as guard:
+    with running(ExecDenyGuard([mnt], stuck, timeout_ms=50, max_stuck=1)) as guard:
         try:
-            assert try_exec(mnt / "deepseek")[1] == 0  # times out; the worker stays stuck
+            assert try_exec(mnt / "deepseek")[1] == 0  # times out; that check stays stuck
             t0 = time.monotonic()
             assert try_exec(mnt / "allowed-tool")[1] == 0
             assert time.monotonic() - t0 < 1.0

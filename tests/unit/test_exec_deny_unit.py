@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from proscribe.agent.enforce import _fanotify_linux as fan
-from proscribe.agent.enforce.exec_deny import (
+from proscribe.agent.enforce.exec_deny import build_exec_guard
+from proscribe.agent.enforce.exec_verdicts import (
     CacheKey,
     ExecRequest,
     Verdict,
     VerdictCache,
-    build_exec_guard,
     policy_decider,
     read_uid,
     sha256_of_fd,

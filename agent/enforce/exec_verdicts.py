@@ -1,0 +1,206 @@
+"""What exec-deny decides on: the request, the verdict, the verdict cache, the policy decider.
+
+Pure apart from three small readers (``read_uid``, ``user_name``, ``sha256_of_fd``) that take
+their OS locations as arguments, so all of it is unit-tested without fanotify.
+
+Verdicts are cached by file identity — (dev, inode, mtime, size) as REFERENCE.md §5 asks, plus
+ctime (changes on rename, link, chmod and any write, even one that restores mtime), the path
+(name and path globs judge it, and a hard link or a renamed directory keeps the inode) and the
+caller's uid (exemptions can be per user) — each for a TTL, because exemptions expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from proscribe.agent.policy.matchers.compiled import CompiledPolicy, Decision
+
+__all__ = [
+    "ALLOW",
+    "MAX_HASH_BYTES",
+    "CacheKey",
+    "Decide",
+    "ExecRequest",
+    "OnDenied",
+    "Verdict",
+    "VerdictCache",
+    "policy_decider",
+    "read_uid",
+    "sha256_of_fd",
+    "user_name",
+]
+
+MAX_HASH_BYTES = 256 * 1024 * 1024  # larger executables are judged without a hash
+_HASH_CHUNK = 1024 * 1024
+
+
+class CacheKey(NamedTuple):
+    """A tuple, not a dataclass: built and hashed on every exec."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    size: int
+    ctime_ns: int
+    path: str
+    uid: int | None
+
+    @classmethod
+    def of(cls, st: os.stat_result, path: str, uid: int | None) -> CacheKey:
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns, path, uid)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    """A program about to run. ``argv`` is not known yet: the kernel asks before exec."""
+
+    pid: int  # the process calling execve (it becomes the new program)
+    path: str  # the executable, resolved by the kernel
+    uid: int | None  # real uid of the caller; None if it exited
+    user: str
+    dev: int
+    ino: int
+    size: int
+    sha256: str | None = None  # only when the policy needs hashes and the file is small enough
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    deny: bool
+    reason: str = ""  # the explanation shown in logs and events
+    rule_id: str | None = None
+    decisions: tuple[Decision, ...] = ()
+    enforced: bool = True  # False in monitor mode: the exec was allowed anyway
+
+    @property
+    def action(self) -> str:
+        """The event action: ``denied`` where the exec failed, ``would_block`` in monitor mode."""
+        return "denied" if self.enforced else "would_block"
+
+
+Decide = Callable[[ExecRequest], Verdict]
+OnDenied = Callable[[ExecRequest, Verdict], None]
+ALLOW = Verdict(deny=False)
+
+
+class VerdictCache:
+    """LRU of verdicts by :class:`CacheKey`, each valid for ``ttl`` seconds. Thread-safe."""
+
+    def __init__(
+        self, capacity: int = 4096, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.capacity = capacity
+        self.ttl = ttl
+        self.clock = clock
+        self._items: OrderedDict[CacheKey, tuple[float, Verdict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: CacheKey) -> Verdict | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if self.clock() >= item[0]:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key: CacheKey, verdict: Verdict) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = (self.clock() + self.ttl, verdict)
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def read_uid(pid: int, procfs: Path) -> int | None:
+    """The uid owning ``/proc/PID``: the process's effective uid (root for a non-dumpable
+    process). One ``stat``: reading ``/proc/PID/status`` costs several times more per exec."""
+    try:
+        return os.stat(f"{procfs}/{pid}").st_uid
+    except OSError:
+        return None
+
+
+_users: dict[int, str] = {}
+
+
+def user_name(uid: int | None) -> str:
+    if uid is None:
+        return ""
+    name = _users.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        _users[uid] = name
+    return name
+
+
+def sha256_of_fd(fd: int, size: int, limit: int = MAX_HASH_BYTES) -> str | None:
+    """Hash the file behind ``fd`` with ``pread`` (the fd's offset is left alone)."""
+    if size > limit:
+        return None
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _HASH_CHUNK, offset)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        offset += len(chunk)
+        if offset > limit:
+            return None
+
+
+def policy_decider(
+    compiled: CompiledPolicy,
+    host: str,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Decide:
+    """A decider judging the program about to run with ``compiled.check_process``.
+
+    The facts are what is known before exec: the name (the path's basename, cut to comm's 15
+    characters), the path, the caller's uid/user and the hash. argv and the command line are not
+    known yet, so command-line rules cannot deny here (the process sensor still sees them).
+    """
+    from proscribe.agent.policy.matchers.process import COMM_MAX, ProcessFacts, basename
+
+    def decide(request: ExecRequest) -> Verdict:
+        facts = ProcessFacts(
+            pid=request.pid,
+            name=basename(request.path)[:COMM_MAX],
+            exe=request.path,
+            user=request.user,
+            uid=request.uid,
+            sha256=request.sha256,
+        )
+        decisions = tuple(compiled.check_process(facts, host, now()))
+        for d in decisions:
+            if d.action == "block" and d.exempted_by is None:
+                return Verdict(True, f"rule {d.rule_id}: {d.explanation}", d.rule_id, decisions)
+        return Verdict(False, decisions=decisions) if decisions else ALLOW
+
+    return decide
