@@ -17,10 +17,8 @@ from proscribe.collector.cli.common import (
     open_migrated,
     settings_from_args,
 )
-from proscribe.collector.storage import agents as agent_store
-from proscribe.collector.storage import audit, to_us
-from proscribe.collector.storage.users import ROLES, UserExists, add_user
 
+ROLES = ("viewer", "admin")  # as proscribe.collector.storage.users.ROLES, without importing it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
@@ -85,6 +83,9 @@ def _when(us: int | None) -> str:
 
 
 def secret_create(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+    from proscribe.collector.storage import audit, to_us
+
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
@@ -107,6 +108,8 @@ def secret_create(args: argparse.Namespace) -> int:
 
 
 def secret_list(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+
     db = open_migrated(settings_from_args(args))
     with db.read() as conn:
         rows = agent_store.list_enroll_secrets(conn)
@@ -134,6 +137,9 @@ def secret_list(args: argparse.Namespace) -> int:
 
 
 def secret_revoke(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+    from proscribe.collector.storage import audit, to_us
+
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
@@ -158,6 +164,8 @@ def secret_revoke(args: argparse.Namespace) -> int:
 
 
 def agent_list(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+
     db = open_migrated(settings_from_args(args))
     with db.read() as conn:
         rows = agent_store.list_agents(conn)
@@ -187,6 +195,9 @@ def agent_list(args: argparse.Namespace) -> int:
 
 
 def agent_revoke(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+    from proscribe.collector.storage import audit, to_us
+
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
@@ -211,6 +222,9 @@ def agent_revoke(args: argparse.Namespace) -> int:
 
 
 def user_add(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage.users import UserExists, add_user
+
     if not _NAME.match(args.name):
         raise UsageError(
             f"user name {args.name!r}: use letters, digits, '.', '_', '@' or '-' (max 128)"
@@ -240,6 +254,8 @@ def user_add(args: argparse.Namespace) -> int:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import audit
+
     db = open_migrated(settings_from_args(args))
     with db.read() as conn:
         verdict = audit.verify_chain(conn)

@@ -17,7 +17,6 @@ from typing import Any
 from proscribe.agent.errors import UsageError
 from proscribe.collector.cli.common import add_config_argument, open_migrated, settings_from_args
 from proscribe.collector.csvexport import violations_csv
-from proscribe.collector.storage import queries, to_us
 from proscribe.collector.timespec import parse_moment
 
 Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
@@ -47,6 +46,8 @@ def register(verbs: Any) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import queries, to_us
+
     renderer = FORMATS.get(args.format)
     if renderer is None:
         raise UsageError(

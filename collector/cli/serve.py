@@ -12,7 +12,6 @@ from typing import Any
 from proscribe.agent.errors import ConfigError
 from proscribe.collector.cli.common import add_config_argument, open_migrated, settings_from_args
 from proscribe.collector.config import CollectorSettings
-from proscribe.collector.storage.migrate import head_revision
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +88,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage.migrate import head_revision
+
     settings = settings_from_args(args)
     db = open_migrated(settings)
     db.dispose()
