@@ -13,6 +13,7 @@ the host during each run is measured too (process connector, root only) and prin
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import shutil
 import signal
@@ -105,6 +106,61 @@ def measure(config: Path, seconds: float, direct: bool) -> tuple[float, float, f
             agent.wait()
 
 
+def breakdown(seconds: float) -> None:
+    """In-process: CPU of the exec-driven thread (per exec) vs the rest (the fixed baseline)."""
+    import logging
+
+    from proscribe.agent.config import load_agent_config
+    from proscribe.agent.daemon import build
+
+    logging.disable(logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="proscribe-idle-"))
+    try:
+        signer = Signer()
+        signer.write(tmp / "policy.toml", policy_text(secrets.token_hex(3)))
+        config = write_config(tmp, signer)
+        text = config.read_text().replace("status_interval = 0.5", "status_interval = 5")
+        config.write_text(text.replace("sweep_interval = 5", "sweep_interval = 30"))
+        daemon = build(load_agent_config(config), with_reporter=False, with_dns=False)
+        runner = threading.Thread(target=daemon.run, daemon=True)
+        runner.start()
+        time.sleep(5)
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def per_thread() -> dict[int, int]:
+            out = {}
+            for tid in os.listdir("/proc/self/task"):
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[int(tid)] = int(fields[11]) + int(fields[12])
+            return out
+
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        before, seen0, t0 = per_thread(), dict(daemon.sensor.counts), time.monotonic()
+        time.sleep(seconds)
+        after, seen1, elapsed = per_thread(), dict(daemon.sensor.counts), time.monotonic() - t0
+        daemon.stop()
+        runner.join(10)
+        execs = seen1.get("exec", 0) - seen0.get("exec", 0)
+        reader = base = 0.0
+        for tid, ticks in after.items():
+            used = (ticks - before.get(tid, 0)) / tick
+            if names.get(tid) == "proscribe-process-netlink":
+                reader += used
+            elif names.get(tid) != "MainThread":
+                base += used
+        if execs and reader:
+            print(
+                f"  breakdown (in-process, {seconds:.0f} s, {execs / elapsed:.1f} execs/s): "
+                f"baseline {100 * base / elapsed:.3f}% of a core + "
+                f"{1000 * reader / execs:.3f} ms CPU per program start "
+                f"(= {100 * reader / execs:.3f}% per exec/s)"
+            )
+        else:
+            print(f"  breakdown: baseline {100 * base / elapsed:.3f}% of a core, {execs} execs")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
@@ -140,6 +196,8 @@ def main() -> int:
             s.kill()
         for s in sleepers:
             s.wait()
+    if os.geteuid() == 0:
+        breakdown(min(args.seconds, 30))
     print("targets: <= 40 MiB RSS, <= 0.5% of a core")
     return 0
 
