@@ -95,9 +95,31 @@ def test_unreachable_database_is_config_error() -> None:
 
 def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'm.db'}")
-    assert upgrade(db) == "0001"
-    assert upgrade(db) == "0001"  # idempotent
+    assert upgrade(db) == "0002"
+    assert upgrade(db) == "0002"  # idempotent
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     db.dispose()
     assert diff == []
+
+
+@pytest.mark.postgres
+def test_migrations_on_postgresql_match_the_declared_schema() -> None:
+    import uuid
+
+    import psycopg
+
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    name = f"proscribe_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        db = open_database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+        assert upgrade(db) == "0002"
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        db.dispose()
+        assert diff == []
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
