@@ -59,8 +59,9 @@ EXEC_LOOP = """
 import os, sys, time
 n, tools = int(sys.argv[1]), sys.argv[2:]
 out = {t: [] for t in tools}
-for _ in range(n):
-    for tool in tools:
+for i in range(n):
+    k = i % len(tools)  # rotate the order so no condition always follows the same one
+    for tool in tools[k:] + tools[:k]:
         t0 = time.perf_counter_ns()
         pid = os.posix_spawn(tool, [tool], {})
         _, status = os.waitpid(pid, 0)
@@ -204,11 +205,17 @@ def fapolicyd(work: Path, mnt: Path, host_ns: str) -> Iterator[str | None]:
             proc.wait()
 
 
-def line(label: str, xs: list[float], base: float, peer: float | None = None) -> str:
-    med = statistics.median(xs)
-    text = f"{label:<28} median {med:7.1f}  p99 {p99(xs):8.1f}  overhead {med - base:+7.1f}"
+def paired(xs: list[float], base: list[float]) -> float:
+    """Median over rounds of (this exec - the unguarded exec of the same round)."""
+    return statistics.median(x - b for x, b in zip(xs, base, strict=True))
+
+
+def line(label: str, xs: list[float], base: list[float], peer: float | None = None) -> str:
+    over = paired(xs, base)
+    text = f"{label:<28} median {statistics.median(xs):7.1f}  p99 {p99(xs):8.1f}"
+    text += f"  overhead {over:+7.1f}"
     if peer is not None:
-        text += f"  ratio to fapolicyd's overhead {(med - base) / peer:5.2f}"
+        text += f"  ratio to fapolicyd's overhead {over / peer:5.2f}"
     return text
 
 
@@ -231,21 +238,20 @@ def in_namespace(n: int, host_ns: str) -> None:
             base, ours_warm, ours_cold, fap = time_execs(tools, n)
             warm_stats, cold_stats = warm.stats(), cold.stats()
         after_base, after_ramfs = time_execs([tools[0], tools[3]], n)
-        b = statistics.median(base)
-        print(f"\n{n} round-robin execs of /bin/true copies on private mounts, spawn->reap, µs")
-        print(line("no guard (tmpfs)", base, b))
+        print(f"\n{n} rounds of execs of /bin/true copies on private mounts, spawn->reap, µs")
+        print("(overhead: median of per-round differences to the unguarded exec of that round)")
+        print(line("no guard (tmpfs)", base, base))
         peer = None
         if why_not is None:
-            peer = statistics.median(fap) - b
-            print(line("fapolicyd permissive (ramfs)", fap, b))
-        print(line("ours, cache warm", ours_warm, b, peer))
-        print(line("ours, cache cold", ours_cold, b, peer))
+            peer = paired(fap, base)
+            print(line("fapolicyd permissive (ramfs)", fap, base))
+        print(line("ours, cache warm", ours_warm, base, peer))
+        print(line("ours, cache cold", ours_cold, base, peer))
         if why_not is not None:
             print(f"fapolicyd not measured: {why_not}")
-        b2 = statistics.median(after_base)
         print("afterwards, no guards at all:")
-        print(line("no guard (tmpfs)", after_base, b2))
-        print(line("no guard (ramfs)", after_ramfs, b2))
+        print(line("no guard (tmpfs)", after_base, after_base))
+        print(line("no guard (ramfs)", after_ramfs, after_base))
         print(f"our counters: warm {_counts(warm_stats)}; cold {_counts(cold_stats)}")
     finally:
         for mnt in mounts.values():

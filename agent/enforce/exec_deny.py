@@ -18,8 +18,8 @@ Safety, because the kernel waits for the answer:
   kernel when the agent dies) releases every pending exec.
 
 The check runs on the reader thread itself (no hand-off on the hot path); a verdict cache
-(:mod:`exec_verdicts`) makes a repeated exec cost a few syscalls. Changing the decider (a new
-policy) clears the cache.
+(:mod:`exec_verdicts`) makes a repeated exec of an allowed program cost one ``fstat``.
+Changing the decider (a new policy) clears the cache.
 
 Denials are reported through ``on_denied(request, verdict)`` on a separate thread after the
 answer, so recording (a spool commit) never delays an exec; in monitor mode nothing is denied and
@@ -455,35 +455,46 @@ class ExecDenyGuard:
         if (st.st_dev, st.st_ino) in self._protected:
             self.counts["self_allowed"] += 1
             return True, None
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        uid = read_uid(pid, self.procfs)
-        key = CacheKey.of(st, path, uid)
-        verdict = self.cache.get(key)
+        key = CacheKey.of(st)
+        uids: list[int | None] = []
+
+        def uid_of() -> int | None:  # read at most once, and only when needed
+            if not uids:
+                uids.append(read_uid(pid, self.procfs))
+            return uids[0]
+
+        verdict = self.cache.get(key, uid_of)
         request: ExecRequest | None = None
         if verdict is not None:
             self.counts["cache_hits"] += 1
+            if not verdict.deny:
+                self.counts["allowed"] += 1
+                return True, None
+            path = os.readlink(f"/proc/self/fd/{fd}")
         else:
             self.counts["cache_misses"] += 1
             if self._stuck >= self.max_stuck:
                 self.counts["overloads"] += 1
                 self.counts["allowed"] += 1
                 return True, None
+            path = os.readlink(f"/proc/self/fd/{fd}")
             pending.path = path
             pending.deadline = time.monotonic() + self.timeout
             with self._cond:
                 self._pending = pending
                 self._cond.notify_all()
-            request, verdict = self._check(pending, pid, path, uid, st)
+            request, verdict = self._check(pending, pid, path, uid_of(), st)
             if pending.answered:  # too late: the watchdog allowed it; do not cache
                 return True, None
             if verdict is None:
                 self.counts["allowed"] += 1
                 return True, None
-            self.cache.put(key, verdict)
+            self.cache.put(key, verdict, uid_of())
         if not verdict.deny:
             self.counts["allowed"] += 1
             return True, None
         if request is None:
+            uid = uid_of()
             request = ExecRequest(pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size)
         if self.mode == "monitor":
             self.counts["would_block"] += 1

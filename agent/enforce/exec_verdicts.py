@@ -4,9 +4,12 @@ Pure apart from three small readers (``read_uid``, ``user_name``, ``sha256_of_fd
 their OS locations as arguments, so all of it is unit-tested without fanotify.
 
 Verdicts are cached by file identity — (dev, inode, mtime, size) as REFERENCE.md §5 asks, plus
-ctime (changes on rename, link, chmod and any write, even one that restores mtime), the path
-(name and path globs judge it, and a hard link or a renamed directory keeps the inode) and the
-caller's uid (exemptions can be per user) — each for a TTL, because exemptions expire.
+ctime, which changes on every write (even one that puts mtime back), rename, link and chmod, so
+a file renamed to a denied name is judged again. A verdict that depended on who ran the program
+(a rule matched and the policy has a user-scoped exemption for it) is marked ``per_user`` and
+is reused only for the same uid. Every entry lives ``ttl`` seconds, because exemptions expire
+and a directory rename (which leaves the files' ctime alone) can change what a path glob says.
+The common case — a program no rule matches — costs one ``fstat`` and a dict lookup.
 """
 
 from __future__ import annotations
@@ -53,12 +56,10 @@ class CacheKey(NamedTuple):
     mtime_ns: int
     size: int
     ctime_ns: int
-    path: str
-    uid: int | None
 
     @classmethod
-    def of(cls, st: os.stat_result, path: str, uid: int | None) -> CacheKey:
-        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns, path, uid)
+    def of(cls, st: os.stat_result) -> CacheKey:
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class ExecRequest:
 
     pid: int  # the process calling execve (it becomes the new program)
     path: str  # the executable, resolved by the kernel
-    uid: int | None  # real uid of the caller; None if it exited
+    uid: int | None  # effective uid of the caller; None if it exited
     user: str
     dev: int
     ino: int
@@ -82,6 +83,7 @@ class Verdict:
     rule_id: str | None = None
     decisions: tuple[Decision, ...] = ()
     enforced: bool = True  # False in monitor mode: the exec was allowed anyway
+    per_user: bool = False  # another user could get another verdict (a user-scoped exemption)
 
     @property
     def action(self) -> str:
@@ -95,7 +97,11 @@ ALLOW = Verdict(deny=False)
 
 
 class VerdictCache:
-    """LRU of verdicts by :class:`CacheKey`, each valid for ``ttl`` seconds. Thread-safe."""
+    """LRU of verdicts by :class:`CacheKey`, each valid for ``ttl`` seconds. Thread-safe.
+
+    A ``per_user`` verdict is stored with the uid it was judged for and is a hit only for that
+    uid; ``uid_of`` is called only then, so the common case reads nothing about the caller.
+    """
 
     def __init__(
         self, capacity: int = 4096, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -103,10 +109,10 @@ class VerdictCache:
         self.capacity = capacity
         self.ttl = ttl
         self.clock = clock
-        self._items: OrderedDict[CacheKey, tuple[float, Verdict]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, tuple[float, Verdict, int | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: CacheKey) -> Verdict | None:
+    def get(self, key: CacheKey, uid_of: Callable[[], int | None]) -> Verdict | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -115,13 +121,16 @@ class VerdictCache:
                 del self._items[key]
                 return None
             self._items.move_to_end(key)
-            return item[1]
+        _expires, verdict, uid = item
+        if verdict.per_user and uid_of() != uid:
+            return None
+        return verdict
 
-    def put(self, key: CacheKey, verdict: Verdict) -> None:
+    def put(self, key: CacheKey, verdict: Verdict, uid: int | None = None) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
-            self._items[key] = (self.clock() + self.ttl, verdict)
+            self._items[key] = (self.clock() + self.ttl, verdict, uid)
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
@@ -188,6 +197,8 @@ def policy_decider(
     """
     from proscribe.agent.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
+    user_scoped = {r for e in compiled.policy.exemptions if e.users for r in e.rules}
+
     def decide(request: ExecRequest) -> Verdict:
         facts = ProcessFacts(
             pid=request.pid,
@@ -198,9 +209,13 @@ def policy_decider(
             sha256=request.sha256,
         )
         decisions = tuple(compiled.check_process(facts, host, now()))
+        if not decisions:
+            return ALLOW
+        per_user = "*" in user_scoped or any(d.rule_id in user_scoped for d in decisions)
         for d in decisions:
             if d.action == "block" and d.exempted_by is None:
-                return Verdict(True, f"rule {d.rule_id}: {d.explanation}", d.rule_id, decisions)
-        return Verdict(False, decisions=decisions) if decisions else ALLOW
+                reason = f"rule {d.rule_id}: {d.explanation}"
+                return Verdict(True, reason, d.rule_id, decisions, per_user=per_user)
+        return Verdict(False, decisions=decisions, per_user=per_user)
 
     return decide

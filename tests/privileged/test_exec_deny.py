@@ -54,11 +54,25 @@ def mnt(tmp_path: Path) -> Iterator[Path]:
         yield mnt
 
 
-def try_exec(path: Path) -> tuple[int, int]:
+# As another user: the file is opened first (pytest's temp dirs are 0700) and run by fd.
+TRY_EXEC_AS = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.setgid(int(sys.argv[2]))
+os.setuid(int(sys.argv[2]))
+print(os.getpid(), flush=True)
+try:
+    os.execve(fd, [sys.argv[1], "0"], {})
+except PermissionError:
+    print("EPERM", flush=True)
+    sys.exit(3)
+"""
+
+
+def try_exec(path: Path, uid: int | None = None) -> tuple[int, int]:
     """(pid of the process that called execv, its exit code: 0 ran, 3 EPERM)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", TRY_EXEC, str(path)], capture_output=True, text=True, timeout=10
-    )
+    args = ["-c", TRY_EXEC, str(path)] if uid is None else ["-c", TRY_EXEC_AS, str(path), str(uid)]
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=10)
     pid = int(proc.stdout.split()[0])
     if proc.returncode == 3:
         assert "EPERM" in proc.stdout
@@ -228,6 +242,48 @@ def test_sha256_is_read_from_the_event_fd_when_the_policy_needs_it(mnt: Path) ->
         assert try_exec(mnt / "allowed-tool")[1] == 3  # the same bytes under another name
 
 
+def test_renaming_an_allowed_file_to_a_denied_name_is_judged_again(mnt: Path) -> None:
+    with running(ExecDenyGuard([mnt], deny_deepseek)) as guard:
+        assert try_exec(mnt / "allowed-tool")[1] == 0
+        time.sleep(0.02)  # ctime moves with the kernel's coarse clock
+        os.rename(mnt / "allowed-tool", mnt / "deepseek-renamed")
+        assert try_exec(mnt / "deepseek-renamed")[1] == 3
+        assert guard.stats()["cache_misses"] == 2
+
+
+def test_a_per_user_exemption_is_not_reused_for_another_user(mnt: Path) -> None:
+    """Root is exempted from the rule, nobody is not: the cached verdict for root must not let
+    nobody's exec of the same file through."""
+    from proscribe.agent.enforce.exec_deny import policy_decider
+    from proscribe.agent.policy.loader import load_policy
+    from proscribe.agent.policy.matchers import CompiledPolicy
+
+    policy = (
+        POLICY
+        + b"""
+[[exemption]]
+id    = "root-lab"
+rules = ["deepseek-desktop"]
+users = ["root"]
+"""
+    )
+    compiled = CompiledPolicy.compile(load_policy(policy, "t.toml"))
+    seen = Recorder()
+    guard = ExecDenyGuard([mnt], policy_decider(compiled, "h"), on_denied=seen)
+    with running(guard):
+        assert try_exec(mnt / "deepseek")[1] == 0
+        assert try_exec(mnt / "deepseek")[1] == 0
+        pid, rc = try_exec(mnt / "deepseek", uid=65534)
+        assert rc == 3
+        assert try_exec(mnt / "deepseek")[1] == 0
+        assert try_exec(mnt / "allowed-tool", uid=65534)[1] == 0
+        assert guard.stats()["denied"] == 1
+        assert seen.arrived.wait(2)
+        request, verdict = seen.items[0]
+        assert (request.pid, request.uid, request.user) == (pid, 65534, "nobody")
+        assert verdict.per_user and verdict.rule_id == "deepseek-desktop"
+
+
 def test_protected_executables_are_never_denied(mnt: Path) -> None:
     guard = ExecDenyGuard([mnt], lambda r: Verdict(True), protect=[str(mnt / "deepseek")])
     with running(guard):
@@ -266,13 +322,7 @@ def test_start_refuses_a_directory_that_is_not_a_mount(mnt: Path) -> None:
     assert not guard.running
 
 
-def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None]) -> None:
-    """The daemon's wiring: build_exec_guard over a real compiled policy."""
-    from proscribe.agent.enforce.exec_deny import build_exec_guard
-    from proscribe.agent.policy.loader import load_policy
-    from proscribe.agent.policy.matchers import CompiledPolicy
-
-    policy = b"""
+POLICY = b"""
 [meta]
 schema  = 1
 id      = "t"
@@ -286,7 +336,15 @@ id     = "deepseek-desktop"
 names  = ["deepseek*"]
 action = "block"
 """
-    compiled = CompiledPolicy.compile(load_policy(policy, "t.toml"))
+
+
+def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None]) -> None:
+    """The daemon's wiring: build_exec_guard over a real compiled policy."""
+    from proscribe.agent.enforce.exec_deny import build_exec_guard
+    from proscribe.agent.policy.loader import load_policy
+    from proscribe.agent.policy.matchers import CompiledPolicy
+
+    compiled = CompiledPolicy.compile(load_policy(POLICY, "t.toml"))
     guard = build_exec_guard(
         {"exec_deny_mounts": [str(mnt)]}, lambda: compiled, on_denied, "enforce", host="h"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,48 +60,65 @@ def test_parse_events_refuses_malformed_buffers(buf: bytes, message: str) -> Non
         fan.parse_events(buf)
 
 
-def _key(path: str = "/m/deepseek", mtime_ns: int = 1, uid: int | None = 0) -> CacheKey:
-    return CacheKey(dev=1, ino=2, mtime_ns=mtime_ns, size=3, ctime_ns=4, path=path, uid=uid)
+def _key(mtime_ns: int = 1, ctime_ns: int = 4) -> CacheKey:
+    return CacheKey(dev=1, ino=2, mtime_ns=mtime_ns, size=3, ctime_ns=ctime_ns)
+
+
+def _no_uid() -> int | None:
+    raise AssertionError("the caller's uid is read only for per-user verdicts")
 
 
 def test_cache_hits_until_the_ttl_and_is_keyed_by_identity() -> None:
     now = [0.0]
     cache = VerdictCache(capacity=8, ttl=10.0, clock=lambda: now[0])
     deny = Verdict(True, "rule x")
-    cache.put(_key(), deny)
-    assert cache.get(_key()) is deny
-    assert cache.get(_key(mtime_ns=2)) is None  # the file changed
-    assert cache.get(_key(path="/m/renamed")) is None  # a hard link or rename
-    assert cache.get(_key(uid=1000)) is None  # exemptions can be per user
+    cache.put(_key(), deny, 1000)
+    assert cache.get(_key(), _no_uid) is deny
+    assert cache.get(_key(mtime_ns=2), _no_uid) is None  # the file was written
+    assert cache.get(_key(ctime_ns=5), _no_uid) is None  # renamed, linked or chmod-ed
     now[0] = 10.0
-    assert cache.get(_key()) is None
+    assert cache.get(_key(), _no_uid) is None
     assert len(cache) == 0
+
+
+def test_per_user_verdicts_hit_only_for_the_same_uid() -> None:
+    cache = VerdictCache(capacity=8, ttl=10.0, clock=lambda: 0.0)
+    exempted = Verdict(False, per_user=True)
+    cache.put(_key(), exempted, 1000)
+    assert cache.get(_key(), lambda: 1000) is exempted
+    assert cache.get(_key(), lambda: 1001) is None
+    assert cache.get(_key(), lambda: None) is None
 
 
 def test_cache_evicts_least_recently_used_and_clears() -> None:
     cache = VerdictCache(capacity=2, ttl=60.0, clock=lambda: 0.0)
-    a, b, c = (_key(path=p) for p in ("/a", "/b", "/c"))
+    a, b, c = (CacheKey(1, ino, 0, 0, 0) for ino in (1, 2, 3))
     cache.put(a, Verdict(False))
     cache.put(b, Verdict(False))
-    assert cache.get(a) is not None  # a is now the most recent
+    assert cache.get(a, _no_uid) is not None  # a is now the most recent
     cache.put(c, Verdict(True))
-    assert cache.get(b) is None
-    assert cache.get(a) is not None and cache.get(c) is not None
+    assert cache.get(b, _no_uid) is None
+    assert cache.get(a, _no_uid) is not None and cache.get(c, _no_uid) is not None
     cache.clear()
     assert len(cache) == 0
     off = VerdictCache(capacity=0)
     off.put(a, Verdict(True))
-    assert off.get(a) is None
+    assert off.get(a, _no_uid) is None
 
 
 def test_cache_key_from_stat(tmp_path: Path) -> None:
     f = tmp_path / "tool"
     f.write_bytes(b"x" * 10)
     st = os.stat(f)
-    key = CacheKey.of(st, str(f), 0)
+    key = CacheKey.of(st)
     assert (key.dev, key.ino, key.size, key.mtime_ns) == (st.st_dev, st.st_ino, 10, st.st_mtime_ns)
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert CacheKey.of(os.stat(f), str(f), 0) != key
+    time.sleep(0.02)  # ctime has the kernel's coarse clock tick
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime put back: ctime still moves
+    moved = CacheKey.of(os.stat(f))
+    assert moved != key and moved.mtime_ns == key.mtime_ns
+    time.sleep(0.02)
+    os.rename(f, tmp_path / "deepseek")
+    assert CacheKey.of(os.stat(tmp_path / "deepseek")) != moved
 
 
 def test_sha256_of_fd_reads_the_whole_file_and_respects_the_limit(tmp_path: Path) -> None:
@@ -174,6 +192,9 @@ def test_policy_decider_denies_by_name_path_and_hash_but_not_report_or_exempted(
     assert not report.deny and report.decisions[0].rule_id == "report-only"
     exempted = decide(_request("/usr/local/bin/deepseek", user="alice"))
     assert not exempted.deny and exempted.decisions[0].exempted_by == "alice-lab"
+    # the rule has a user-scoped exemption, so its verdicts are per user; others are not
+    assert exempted.per_user and decide(_request("/usr/local/bin/deepseek")).per_user
+    assert not decide(_request("/usr/bin/x", sha256="a" * 64)).per_user
     # argv is not known before exec: a command-line rule cannot deny here
     assert not decide(_request("/usr/bin/ollama")).deny
     assert decide(_request("/usr/bin/true")) == Verdict(False)
