@@ -32,6 +32,7 @@ class CollectorProcess:
         *,
         port: int | None = None,
         extra_toml: str = "",
+        server_toml: str = "",
         log_level: str = "warning",
     ) -> None:
         self.workdir = Path(workdir)
@@ -40,7 +41,7 @@ class CollectorProcess:
         self.database_url = database_url or f"sqlite:///{self.workdir / 'collector.db'}"
         self.config = self.workdir / "collector.toml"
         self.config.write_text(
-            f'[server]\nlisten = "127.0.0.1:{self.port}"\n'
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\n{server_toml}'
             f'[database]\nurl = "{self.database_url}"\n{extra_toml}',
             encoding="utf-8",
         )
@@ -48,9 +49,11 @@ class CollectorProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 
+        self.scheme = "https" if "tls_cert" in server_toml else "http"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
         if self.proc is not None:
