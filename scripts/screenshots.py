@@ -18,8 +18,14 @@ import time
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
-from proscribe.collector.web.sample import enroll_fleet, fill_events, store_sample_policies
-from proscribe.collector.web.sampleserver import create_user, prepare_database, running_collector
+from proscribe.collector.devserver import CollectorProcess
+from proscribe.collector.web.sample import (
+    create_user,
+    enroll_fleet,
+    fill_events,
+    prepare_database,
+    store_sample_policies,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_events(db, fleet, args.events, now=now, days=30)
         password = create_user(db, "compliance-admin", "admin")
         db.dispose()
-        with running_collector(folder, url) as collector, sync_playwright() as pw:
+        with CollectorProcess(folder, url) as collector, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
             page = context.new_page()

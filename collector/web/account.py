@@ -66,6 +66,7 @@ def register(router: APIRouter, site: Site) -> None:
     async def login_form(
         request: Request, next: Annotated[str, Query(max_length=2000)] = "/"
     ) -> Response:
+        site.rollup.warm(Site.state(request).db)  # start counting while the person signs in
         return login_page(request, next)
 
     @router.post("/login", include_in_schema=False)

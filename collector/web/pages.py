@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+OVERVIEW_WAIT_S = 2.0  # how long the overview waits for the rollup's first build
 PAGE_SIZES = (25, 50, 100, 200)
 FILTER_KEYS = ("since", "until", "host", "user", "rule", "kind", "action", "severity")
 Text = Annotated[str | None, Query(max_length=4096)]
@@ -89,7 +90,7 @@ def parse_filter(raw: dict[str, str | None], now: float, agent_id: str | None = 
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    counts: PeriodCounts
+    counts: PeriodCounts | None  # None while the rollup's first build is still running
     coverage: webq.Coverage
     current_serial: int | None
 
@@ -109,8 +110,13 @@ def register(router: APIRouter, site: Site) -> None:
         now_us = state.now_us()
         today = now_us // DAY_US
 
+        ready = site.rollup.warm(state.db, wait=OVERVIEW_WAIT_S)
+
         def work(conn: Connection) -> Overview:
-            site.rollup.refresh(conn)
+            counts = None
+            if ready:
+                site.rollup.refresh(conn)
+                counts = site.rollup.period(today - days + 1, today)
             current = highest_serial(conn)
             cover = webq.coverage(
                 conn,
@@ -118,11 +124,13 @@ def register(router: APIRouter, site: Site) -> None:
                 window_us=to_us(state.settings.heartbeat_window),
                 current_serial=current,
             )
-            return Overview(site.rollup.period(today - days + 1, today), cover, current)
+            return Overview(counts, cover, current)
 
         data = await site.read(request, work)
-        series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
-        chart = violations_chart(series, title=f"Violations per day, last {days} days (UTC)")
+        chart = None
+        if data.counts is not None:
+            series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
+            chart = violations_chart(series, title=f"Violations per day, last {days} days (UTC)")
         return site.page(
             "overview.html",
             visitor,
@@ -134,9 +142,10 @@ def register(router: APIRouter, site: Site) -> None:
                 "coverage": data.coverage,
                 "current_serial": data.current_serial,
                 "chart": chart,
-                "top_rules": data.counts.rules.most_common(10),
-                "top_hosts": data.counts.hosts.most_common(10),
-                "top_users": data.counts.users.most_common(10),
+                "counted_up_to": site.rollup.counted_up_to,
+                "top_rules": data.counts.rules.most_common(10) if data.counts else [],
+                "top_hosts": data.counts.hosts.most_common(10) if data.counts else [],
+                "top_users": data.counts.users.most_common(10) if data.counts else [],
                 "window": state.settings.heartbeat_window,
             },
         )
@@ -165,10 +174,14 @@ def register(router: APIRouter, site: Site) -> None:
         if limit not in PAGE_SIZES:
             limit = 50
 
+        ready = site.rollup.warm(state.db)
+
         def work(conn: Connection) -> tuple[queries.ViolationPage, dict[str, list[str]]]:
-            site.rollup.refresh(conn)
             page = queries.list_violations(conn, form.flt, cursor=cursor or None, limit=limit)
-            hints = {name: site.rollup.known(name) for name in ("hosts", "users", "rules")}
+            hints: dict[str, list[str]] = {"hosts": [], "users": [], "rules": []}
+            if ready:  # the filter hints come from the rollup; never wait for its first build
+                site.rollup.refresh(conn)
+                hints = {name: site.rollup.known(name) for name in hints}
             return page, hints
 
         try:

@@ -5,8 +5,10 @@ month of a million events in well under 300 ms. Grouping a million rows per requ
 that on SQLite, so the dashboard folds events into per-day counters once and then, on each
 request, only reads the rows stored since (``seq > watermark``: a primary-key range scan).
 
-It is a cache, derivable from the events table at any time, so replicas need not share it. A
-retention purge (the lowest ``seq`` moving up) triggers a full rebuild. On PostgreSQL a
+The first build runs in a background thread (:meth:`ViolationRollup.warm`), started by the
+first dashboard request; until it is done the overview says so instead of making the request
+wait. It is a cache, derivable from the events table at any time, so replicas need not share
+it. A retention purge (the lowest ``seq`` moving up) triggers a full rebuild. On PostgreSQL a
 transaction that commits after a later one can land below the watermark; the rollup rescans a
 trailing margin of sequence numbers there and folds only rows it has not seen.
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proscribe.collector.storage import Database
 from proscribe.collector.storage.queries import VIOLATION_KINDS
 from proscribe.collector.storage.tables import events
 from sqlalchemy import Connection, func, select
@@ -63,7 +67,46 @@ class PeriodCounts:
 class ViolationRollup:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._warm_lock = threading.Lock()
+        self._warmer: threading.Thread | None = None
+        self._ready = threading.Event()
         self._reset()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def counted_up_to(self) -> int:
+        """The highest event sequence number folded in so far (progress while warming)."""
+        return self._watermark
+
+    def warm(self, db: Database, wait: float = 0.0) -> bool:
+        """Make sure the first full build runs, in a background thread (a million events take
+        seconds to fold, longer than a page may take); wait up to ``wait`` seconds for it.
+        Returns whether the counts are ready."""
+        with self._warm_lock:
+            if self._warmer is None and not self._ready.is_set():
+                self._warmer = threading.Thread(
+                    target=self._build, args=(db,), name="dashboard-rollup", daemon=True
+                )
+                self._warmer.start()
+        return self._ready.wait(wait)
+
+    def _build(self, db: Database) -> None:
+        started = time.monotonic()
+        try:
+            with db.read() as conn:
+                folded = self.refresh(conn)
+        except Exception:  # a database hiccup must not leave the dashboard stuck: retry later
+            log.exception("building the dashboard's violation counts failed; will retry")
+            with self._warm_lock:
+                self._warmer = None
+            return
+        log.info(
+            "dashboard counts ready: %d violations in %.1f s", folded, time.monotonic() - started
+        )
+        self._ready.set()
 
     def _reset(self) -> None:
         self._watermark = 0

@@ -2,8 +2,10 @@
 (the US Navy DeepSeek pack with two exemptions, uploaded as serials 1 and 2) and events.
 
 Events are bulk-inserted straight into the events table (the benchmark needs a million of
-them in seconds, far faster than the signed ingest API); tests that need the real path send
-events through ``POST /api/v1/events`` instead.
+them, far faster than the signed ingest API allows); tests that need the real path send
+events through ``POST /api/v1/events`` instead. The server itself is
+:class:`proscribe.collector.devserver.CollectorProcess` (``proscribe collector serve`` in a
+child process on a free loopback port).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import itertools
 import json
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,10 +24,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proscribe.agent.policy.envelope import POLICY_PAYLOAD_TYPE, sign_payload
 from proscribe.agent.policy.keys import public_key_string
-from proscribe.collector.storage import Database
+from proscribe.collector.storage import Database, open_database, upgrade
 from proscribe.collector.storage.agents import enroll_agent
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import StoredPolicy, store_policy
+from proscribe.collector.storage.users import add_user
 
 POLICY_ID = "us-navy-deepseek-2025"
 DAY = 86_400
@@ -44,6 +48,20 @@ USERS = ("alice", "bob", "chen", "dmitri", "erin", "farah", "gus", "hana", "ivan
 def _iso(t: float) -> str:
     moment = datetime.fromtimestamp(t, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def prepare_database(database_url: str) -> Database:
+    """Open and migrate a database (what ``proscribe collector serve`` does on start)."""
+    db = open_database(database_url)
+    upgrade(db)
+    return db
+
+
+def create_user(db: Database, name: str, role: str) -> str:
+    """A dashboard user; returns the generated password."""
+    with db.write() as conn:
+        password, _token = add_user(conn, name, role, int(time.time() * 1e6))
+    return password
 
 
 def _pack_path() -> Path:

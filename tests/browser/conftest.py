@@ -38,12 +38,14 @@ class Dashboard:
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     if shutil.which("chromium") is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from proscribe.collector.devserver import CollectorProcess
     from proscribe.collector.storage.agents import create_enroll_secret
-    from proscribe.collector.web.sample import enroll_fleet, fill_events, store_sample_policies
-    from proscribe.collector.web.sampleserver import (
+    from proscribe.collector.web.sample import (
         create_user,
+        enroll_fleet,
+        fill_events,
         prepare_database,
-        running_collector,
+        store_sample_policies,
     )
 
     folder = tmp_path_factory.mktemp("dashboard")
@@ -58,7 +60,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     with db.write() as conn:
         _id, secret = create_enroll_secret(conn, "browser tests", int(now * 1e6))
     db.dispose()
-    with running_collector(folder, url) as collector:
+    with CollectorProcess(folder, url) as collector:
         yield Dashboard(collector.url, viewer, admin, secret, folder)
 
 

@@ -20,7 +20,7 @@ from proscribe.agent.wire.auth import sign_request
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage.agents import create_enroll_secret
-from proscribe.collector.web.sampleserver import create_user, prepare_database
+from proscribe.collector.web.sample import create_user, prepare_database
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

@@ -169,6 +169,10 @@ def test_rollup_is_incremental_and_rebuilds_after_a_purge(env: Env) -> None:
         assert rollup.refresh(conn) == 0
     assert rollup.period(today - 89, today).total == 7
     assert rollup.period(today - 29, today).rules["deepseek-web"] == 2
+    background = ViolationRollup()
+    assert background.warm(env.db, wait=30) and background.ready
+    assert background.period(today - 89, today).total == 7
+    assert background.counted_up_to == rollup.counted_up_to
     with env.db.write() as conn:
         oldest = conn.execute(select(func.min(events.c.seq))).scalar_one()
         conn.execute(delete(events).where(events.c.seq == oldest))
