@@ -389,10 +389,10 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m proscribe.agent.daemon --config FILE``: what ``proscribe agent run`` execs.
+    """``python -m proscribe.agent.daemon --config FILE``: the daemon without the CLI around it.
 
-    ``agent run`` replaces itself with this entry point (same pid) so the daemon does not carry
-    the modules every other subcommand imported (the collector's among them) for its lifetime.
+    ``proscribe agent run`` is the documented way; this entry point is kept for service
+    managers that prefer a module path.
     """
     import argparse
 

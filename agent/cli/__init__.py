@@ -17,14 +17,19 @@ from collections.abc import Callable, Sequence
 from proscribe.agent import __version__
 from proscribe.agent.errors import ProscribeError
 
-# name -> module (relative to this package). Order is the order shown in --help.
-COMMANDS: dict[str, str] = {
-    "keygen": "keygen",
-    "policy": "policy",
-    "scan": "scan",
-    "agent": "agent",
-    "collector": "collector",
-    "demo": "demo",
+# name -> (module relative to this package, one-line help). Order is the order shown in --help.
+# The help lines live here so that `proscribe X` imports only X's module: the daemon must not
+# carry the collector's dependencies, and every command starts faster.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keygen": ("keygen", "create an Ed25519 key pair for signing policy"),
+    "policy": ("policy", "write, sign and check policy files"),
+    "scan": ("scan", "one-shot audit of running processes and files; exit 1 on a violation"),
+    "agent": ("agent", "run the endpoint agent, show its status and events"),
+    "collector": (
+        "collector",
+        "run and administer the collector (server, secrets, users, reports)",
+    ),
+    "demo": ("demo", "run the whole job on this machine: collector, agent, a violation, report"),
 }
 
 
@@ -33,7 +38,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = "") -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one whose other subcommands are help-only placeholders.
+
+    ``only=""`` imports every subcommand module (tests use it); ``only=None`` imports none (for
+    ``proscribe --help``); ``only="agent"`` imports just that one.
+    """
     parser = _Parser(
         prog="proscribe",
         description="Enforce and prove bans on AI tools: signed policy, endpoint agent, collector.",
@@ -41,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"proscribe {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module_name in COMMANDS.items():
+    for name, (module_name, help_line) in COMMANDS.items():
+        if only is None or (only and name != only):
+            sub.add_parser(name, help=help_line)
+            continue
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
         except ModuleNotFoundError as err:
@@ -57,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def _unavailable(name: str, missing: str) -> object:
     def run(_args: argparse.Namespace) -> int:
         raise ProscribeError(
@@ -68,8 +89,9 @@ def _unavailable(name: str, missing: str) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_chosen_command(words))
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG
         if args.verbose > 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,26 +61,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)  # bad config: one line from here, exit 2
-    verbose = ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    if os.name == "posix" and os.environ.get("PROSCRIBE_NO_REEXEC") != "1":
-        # Same pid, fresh interpreter: the daemon then holds only its own modules, not those
-        # every other subcommand imported (the CLI registry loads them all).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(  # noqa: S606 - replaces this process with the daemon, no shell
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "proscribe.agent.daemon",
-                "--config",
-                str(config.source),
-                *verbose,
-            ],
-        )
     from proscribe.agent.daemon import build
 
-    if not verbose:
+    if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(logging.INFO)
     build(config).run()
     return 0
