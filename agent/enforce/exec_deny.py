@@ -266,6 +266,7 @@ class ExecDenyGuard:
         self._stopping.set()
         with self._cond:
             # A reader still inside a check must not answer on a closed (or reused) fd number.
+            checking = self._pending is not None
             if self._pending is not None:
                 self._pending.answered = True
             self._cond.notify_all()
@@ -274,8 +275,9 @@ class ExecDenyGuard:
         if self._watchdog is not None:
             self._watchdog.join(timeout)
         if self._reader is not None:
-            # a reader inside a hung check is left behind (a daemon thread; its answer is void)
-            self._reader.join(min(timeout, self.timeout + 1.0))
+            # A reader inside a check is not waited for long: its answer is void, and closing
+            # the group below releases the exec it holds. It exits when the check returns.
+            self._reader.join(0.2 if checking else timeout)
         self._reader = self._watchdog = None
         with self._cond:
             fds = (self._fan_fd, self._wake_r, self._wake_w)

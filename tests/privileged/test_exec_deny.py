@@ -300,6 +300,32 @@ def test_after_stop_exec_works_again(mnt: Path) -> None:
     assert try_exec(mnt / "deepseek")[1] == 0
 
 
+def test_stop_is_bounded_while_a_check_hangs(mnt: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hangs(_request: ExecRequest) -> Verdict:
+        entered.set()
+        release.wait(10)
+        return Verdict(True)
+
+    guard = ExecDenyGuard([mnt], hangs, timeout_ms=5000)
+    guard.start()
+    try:
+        # a Python child does the exec: Popen of the file itself would wait for the exec
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TRY_EXEC, str(mnt / "deepseek")], stdout=subprocess.DEVNULL
+        )
+        assert entered.wait(5)
+        t0 = time.monotonic()
+        guard.stop()
+        assert time.monotonic() - t0 < 2.0
+        assert proc.wait(5) == 0  # closing the group released the waiting exec
+    finally:
+        release.set()
+        guard.stop()
+
+
 def test_the_mount_is_gone_after_teardown_even_on_failure(tmp_path: Path) -> None:
     seen: list[Path] = []
     with pytest.raises(RuntimeError), private_tmpfs(tmp_path) as mnt:
