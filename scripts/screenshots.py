@@ -19,6 +19,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 from proscribe.collector.devserver import CollectorProcess
+from proscribe.collector.storage.agents import create_enroll_secret
+from proscribe.collector.storage.audit import append_audit
 from proscribe.collector.web.sample import (
     create_user,
     enroll_fleet,
@@ -72,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         fleet = enroll_fleet(db, 40, now)
         fill_events(db, fleet, args.events, now=now, days=30)
         password = create_user(db, "compliance-admin", "admin")
+        with db.write() as conn:  # a little admin history for the admin page
+            for label in ("finance laptops", "engineering workstations"):
+                secret_id, _secret = create_enroll_secret(conn, label, int(now * 1e6))
+                append_audit(
+                    conn,
+                    actor="compliance-admin",
+                    action="enroll_secret.create",
+                    target=secret_id,
+                    detail={"label": label},
+                    now_us=int(now * 1e6),
+                )
         db.dispose()
         with CollectorProcess(folder, url) as collector, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -89,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                 target = args.out / f"{name}.png"
                 page.screenshot(path=str(target))
                 print(f"{target} {target.stat().st_size // 1024} KiB")
+            # The report as it prints (print stylesheet): the cover page.
+            page.goto(f"{collector.url}/report?since=30d")
+            page.emulate_media(media="print")
+            target = args.out / "report-print.png"
+            page.screenshot(path=str(target))
+            print(f"{target} {target.stat().st_size // 1024} KiB")
             browser.close()
     return 0
 
