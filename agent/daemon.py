@@ -227,6 +227,8 @@ class Daemon:
             while not self._stop.wait(0.5):
                 try:
                     self.guard.flush_repeats()
+                    if self.dns_guard is not None:
+                        self.dns_guard.flush_repeats()
                 except Exception:
                     self.errors += 1
                     log.exception("folding repeats failed (continuing)")

@@ -5,18 +5,24 @@ to sinkhole) and deliver every observation to :meth:`DnsGuard.on_observation` on
 thread. Here a matched name becomes a ``dns`` event committed to the spool: with the action the
 proxy took (``sinkholed``, ``would_block``, ``reported``, ``exempted``) or, for passive capture,
 which never blocks, ``reported``/``exempted``. One event per (rule, process, name) within the
-window; repeats fold into its count (``Spool.bump_count``) or, once it was sent, into a new event
-carrying the count.
+window; repeats fold into its count (``Spool.bump_count``) while it is unsent; once it was sent,
+repeats are counted here and :meth:`DnsGuard.flush_repeats` (called by the daemon's loop) writes
+one event per key when its window closes, carrying the count — never one event per query.
+An unattributed query says why in ``detail``; a stub resolver's forwarded copy is labelled.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from proscribe.agent.events import new_event
+from proscribe.agent.events import new_event, utc_now_iso
 from proscribe.agent.policy.matchers.compiled import Decision
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import EventSink
@@ -44,8 +50,12 @@ class DnsGuard:
         self.hostname = hostname
         self.host_info = host_info
         self.on_violation = on_violation
+        self.window = window
         self.deduper = DnsDeduper(window)
         self.counts: Counter[str] = Counter()
+        # key -> [event template, repeats not in any spooled event, window start (monotonic)]
+        self._repeats: dict[tuple[Any, ...], list[Any]] = {}
+        self._lock = threading.Lock()
 
     def _decision(self, name: str, process: dict[str, Any] | None) -> Decision | None:
         compiled = self.policy.compiled
@@ -93,13 +103,19 @@ class DnsGuard:
         who = (process or {}).get("pid") or (process or {}).get("exe") or observation.client[0]
         key = (decision.rule_id, action, who, name)
         first, token = self.deduper.offer(key)
-        if not first and isinstance(token, str):
+        if not first:
             try:
-                if self.spool.bump_count(token, 1):
+                if isinstance(token, str) and self.spool.bump_count(token, 1):
                     self.counts["folded"] += 1
                     return
             except Exception:
                 log.exception("spool bump_count failed")
+            with self._lock:
+                entry = self._repeats.get(key)
+                if entry is not None:
+                    entry[1] += 1  # written by flush_repeats when the window closes
+                    self.counts["folded"] += 1
+                    return
         compiled = self.policy.compiled
         policy = None
         if compiled is not None:
@@ -115,10 +131,9 @@ class DnsGuard:
             process=process,
             dns=observation.dns_section(),
             detail=decision.explanation
-            + (f" (CNAME target {name})" if name != observation.qname else ""),
+            + (f" (CNAME target {name})" if name != observation.qname else "")
+            + _provenance(observation),
         )
-        if not first:
-            event["count"] = 2
         try:
             stored = self.spool.append(event)
         except Exception:
@@ -126,8 +141,49 @@ class DnsGuard:
             stored = False
         if stored:
             self.deduper.remember(key, event["id"])
+            with self._lock:
+                self._repeats[key] = [event, 0, time.monotonic()]
             self.counts[action] += 1
             self.on_violation()
             log.info("dns %s: %s (%s)", action, name, decision.explanation)
         else:
             self.counts["unspooled"] += 1
+
+    def flush_repeats(self, now: float | None = None) -> int:
+        """Write one event per key whose window closed with repeats the spool has not counted."""
+        moment = time.monotonic() if now is None else now
+        due: list[tuple[dict[str, Any], int]] = []
+        with self._lock:
+            for key, entry in list(self._repeats.items()):
+                template, repeats, started = entry
+                if moment - started < self.window:
+                    continue
+                del self._repeats[key]
+                if repeats:
+                    due.append((template, repeats))
+        for template, repeats in due:
+            event = copy.deepcopy(template)
+            event["id"] = str(uuid.uuid4())
+            event["time"] = utc_now_iso()
+            event["count"] = repeats
+            event["detail"] = (
+                f"{event.get('detail', '')} ({repeats} repeat(s) after the first report)"
+            ).strip()
+            try:
+                if self.spool.append(event):
+                    self.counts["repeat_events"] += 1
+                    continue
+            except Exception:
+                log.exception("spool append failed")
+            self.counts["unspooled"] += 1
+        return len(due)
+
+
+def _provenance(observation: Any) -> str:
+    """Why a query has no process, or that it is a stub resolver's forwarded copy."""
+    if getattr(observation, "forwarded", False):
+        return " (forwarded by a local stub resolver; the application's own query is separate)"
+    if observation.process is None:
+        reason = getattr(observation, "attribution_reason", None) or "unknown"
+        return f" (process not attributed: {reason})"
+    return ""

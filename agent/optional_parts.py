@@ -62,6 +62,7 @@ def build_dns_for(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
         hostname=daemon.hostname,
         host_info=daemon.host_info,
         on_violation=daemon.notify_reporter,
+        window=config.dedupe.window,
     )
     daemon.dns_guard = guard
     try:

@@ -1,0 +1,106 @@
+"""DnsGuard: one event per (rule, process, name) per window, repeats counted, never lost."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.dns_guard import DnsGuard
+from proscribe.agent.policy.loader import load_policy
+from proscribe.agent.policy.matchers import CompiledPolicy
+from proscribe.agent.sensors.dns.observation import DnsObservation
+from proscribe.agent.spool import Spool
+
+POLICY = b"""
+[meta]
+schema = 1
+id = "t"
+serial = 1
+issued = 2026-01-01T00:00:00Z
+expires = 2099-01-01T00:00:00Z
+title = "test"
+
+[[domain]]
+id = "deepseek-web"
+names = ["deepseek.com"]
+action = "report"
+"""
+
+
+class _Policy:
+    def __init__(self) -> None:
+        self.compiled = CompiledPolicy.compile(load_policy(POLICY, "t.toml"))
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def _observation(process: dict[str, Any] | None, reason: str | None = None) -> DnsObservation:
+    return DnsObservation(
+        qname="chat.deepseek.com",
+        qtype="A",
+        direction="query",
+        names_to_check=("chat.deepseek.com",),
+        src_ip="127.0.0.1",
+        src_port=40000,
+        dst_ip="127.0.0.1",
+        dst_port=53,
+        transport="udp",
+        resolver="127.0.0.1",
+        time=time.time(),
+        process=process,
+        attribution_reason=reason,
+    )
+
+
+def _guard(tmp_path: Path) -> tuple[DnsGuard, Spool]:
+    spool = Spool(tmp_path / "spool.db")
+    guard = DnsGuard(
+        policy=_Policy(),  # type: ignore[arg-type]
+        spool=spool,
+        hostname="h",
+        host_info=lambda: {"hostname": "h"},
+        window=60.0,
+    )
+    return guard, spool
+
+
+def _dns_events(spool: Spool) -> list[dict[str, Any]]:
+    return [e.event for e in spool.pending(limit=500) if e.event["kind"] == "dns"]
+
+
+def test_repeats_fold_into_the_unsent_event(tmp_path: Path) -> None:
+    guard, spool = _guard(tmp_path)
+    proc = {"pid": 4242, "name": "curl", "exe": "/usr/bin/curl", "user": "alice"}
+    for _ in range(5):
+        guard.on_observation(_observation(proc))
+    events = _dns_events(spool)
+    assert len(events) == 1
+    assert events[0]["count"] == 5
+    assert events[0]["process"]["pid"] == 4242
+
+
+def test_repeats_after_the_event_was_sent_become_one_event_per_window(tmp_path: Path) -> None:
+    guard, spool = _guard(tmp_path)
+    proc = {"pid": 4242, "name": "curl", "exe": "/usr/bin/curl", "user": "alice"}
+    guard.on_observation(_observation(proc))
+    spool.ack([e.id for e in spool.pending()])  # the reporter delivered it
+    for _ in range(7):
+        guard.on_observation(_observation(proc))
+    assert _dns_events(spool) == []  # no event per query
+    assert guard.flush_repeats(now=time.monotonic()) == 0  # window still open
+    assert guard.flush_repeats(now=time.monotonic() + 61) == 1
+    events = _dns_events(spool)
+    assert len(events) == 1 and events[0]["count"] == 7
+    assert "7 repeat(s) after the first report" in events[0]["detail"]
+    assert guard.flush_repeats(now=time.monotonic() + 200) == 0  # nothing twice
+
+
+def test_an_unattributed_query_says_why(tmp_path: Path) -> None:
+    guard, spool = _guard(tmp_path)
+    guard.on_observation(_observation(None, "socket closed before lookup"))
+    (event,) = _dns_events(spool)
+    assert "process" not in event or event["process"] is None
+    assert "process not attributed: socket closed before lookup" in event["detail"]
