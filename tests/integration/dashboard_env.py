@@ -3,6 +3,7 @@ sign-in helpers and a signed agent that posts events through the real ingest API
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -129,10 +130,29 @@ def event(
     return body
 
 
-def make_env(tmp_path: Path) -> Iterator[Env]:
-    """The body of each test module's ``env`` fixture: a migrated database with a viewer
-    (vera), an admin (adam) and an enroll secret, and the real app around it."""
-    url = f"sqlite:///{tmp_path / 'collector.db'}"
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database (created and force-dropped around the test)."""
+    import psycopg
+
+    name = f"proscribe_dash_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_env(tmp_path: Path, url: str | None = None) -> Iterator[Env]:
+    """The body of each test module's ``env`` fixture: a migrated database (SQLite in
+    ``tmp_path`` unless ``url`` is given) with a viewer (vera), an admin (adam) and an enroll
+    secret, and the real app around it."""
+    url = url or f"sqlite:///{tmp_path / 'collector.db'}"
     db = prepare_database(url)
     passwords = {
         "vera": create_user(db, "vera", "viewer"),

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_env import Env, event, make_env
+from dashboard_env import Env, event, make_env, pg_database
 from proscribe.agent.policy.envelope import parse_envelope
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.tables import events
@@ -24,9 +24,13 @@ from proscribe.collector.web.sample import store_sample_policies
 from sqlalchemy import delete, func, select
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    yield from make_env(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    if request.param == "sqlite":
+        yield from make_env(tmp_path)
+        return
+    with pg_database() as url:
+        yield from make_env(tmp_path, url)
 
 
 def populate(env: Env) -> dict[str, tuple[str, object]]:
