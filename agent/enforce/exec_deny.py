@@ -143,9 +143,13 @@ class _Reports:
 
     def stop(self, timeout: float) -> None:
         if self.thread is not None:
-            self.items.put(None)
+            try:
+                self.items.put(None, timeout=timeout)
+            except queue.Full:  # on_denied is stuck; its daemon thread is left behind
+                log.warning("exec-deny: on_denied did not drain its queue in %s s", timeout)
             self.thread.join(timeout)
             self.thread = None
+            self.items = queue.Queue(maxsize=1024)
 
 
 def _protected_files(extra: Iterable[str]) -> set[tuple[int, int]]:
