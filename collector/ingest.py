@@ -97,8 +97,11 @@ def judge_events(
             verdicts.append(EventVerdict(event.id, "duplicate"))
             continue
         seen.add(event.id)
-        body = event.model_dump(mode="json", exclude_unset=True)
-        host = body.setdefault("host", {})
+        # The raw dict passed strict validation (no coercion, no unknown keys): store it as
+        # sent, with the host identity replaced by the authenticated one.
+        body = dict(raw)
+        host = dict(body.get("host") or {})
+        body["host"] = host
         host["agent_id"] = agent_id
         if not host.get("hostname"):
             host["hostname"] = hostname

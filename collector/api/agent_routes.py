@@ -151,7 +151,7 @@ def build_agent_router() -> APIRouter:
         return {"agent_id": agent_id}
 
     @router.post("/events", openapi_extra=_EVENTS_SCHEMA, responses=_AUTH_RESPONSES)
-    async def post_events(request: Request) -> dict[str, Any]:
+    async def post_events(request: Request) -> JSONResponse:
         """Store a batch; one verdict per event: stored, duplicate or rejected."""
         state = get_state(request)
         body, agent = await _signed(request, state, MAX_BATCH_BYTES)
@@ -172,7 +172,9 @@ def build_agent_router() -> APIRouter:
             state.metrics.count_events(counts["stored"], counts["duplicate"], counts["rejected"])
             return [r.as_dict() for r in results]
 
-        return {"results": await run_in_threadpool(work)}
+        # JSONResponse directly: FastAPI's jsonable_encoder walk over 500 results is
+        # measurable at ingest rates, and these dicts are plain JSON already.
+        return JSONResponse({"results": await run_in_threadpool(work)})
 
     @router.post("/heartbeat", openapi_extra=_json_body(HeartbeatIn), responses=_AUTH_RESPONSES)
     async def heartbeat(request: Request) -> dict[str, Any]:

@@ -46,7 +46,8 @@ def _timestamp(value: str) -> str:
 # Checked in pydantic-core (Rust), not per string in Python: ingest validates ~15 strings per
 # event at 10k events/s. Lone surrogates are already refused by pydantic's str validation.
 _NO_NUL = r"^[^\x00]*$"
-_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# Canonical lower-case form only, so one event cannot be stored twice under two spellings.
+_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 Text = Annotated[str, StringConstraints(max_length=MAX_STRING, pattern=_NO_NUL)]
 Short = Annotated[str, StringConstraints(max_length=256, pattern=_NO_NUL)]
 Detail = Annotated[str, StringConstraints(max_length=MAX_DETAIL, pattern=_NO_NUL)]
@@ -55,7 +56,9 @@ Timestamp = Annotated[Short, AfterValidator(_timestamp)]
 Hex = Annotated[str, StringConstraints(max_length=128, pattern=r"^[0-9a-fA-F]*$")]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
-_STRICT = ConfigDict(extra="forbid", strict=False)
+# Strict: no coercion ("12" is not a pid), so a validated event's raw JSON is already exactly
+# what the model describes and ingest stores it without a dump/re-encode round trip.
+_STRICT = ConfigDict(extra="forbid", strict=True)
 _LENIENT = ConfigDict(extra="ignore")
 
 
