@@ -225,6 +225,7 @@ def test_build_exec_guard_config_errors_name_the_key(
     assert "\n" not in str(info.value) and "fix:" in str(info.value)
 
 
+@pytest.mark.linux  # /proc is a mount point
 def test_build_exec_guard_reads_the_keys() -> None:
     guard = build_exec_guard(
         {"exec_deny_mounts": ["/proc"], "exec_deny_timeout_ms": 50, "exec_deny_cache_size": 8},
