@@ -82,6 +82,9 @@ class SensorsSection:
 class EnforceSection:
     kill_children: bool = False  # kill the descendants of a blocked process too
     notify: bool = True  # desktop notice (notify-send) when the user has a session bus
+    exec_deny_mounts: tuple[str, ...] = ()  # fanotify pre-exec deny on these mounts; () = off
+    exec_deny_timeout_ms: int = 200  # answer "allow" when a decision takes longer (fail-open)
+    exec_deny_cache_size: int = 4096  # verdicts cached by (dev, inode, mtime, ctime, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +213,24 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         queue_size=r.integer(s, "sensors.queue_size", 4096, low=16, high=1_000_000),
     )
 
-    e = r.section("enforce", ("kill_children", "notify"))
+    e = r.section(
+        "enforce",
+        (
+            "kill_children",
+            "notify",
+            "exec_deny_mounts",
+            "exec_deny_timeout_ms",
+            "exec_deny_cache_size",
+        ),
+    )
     enforce = EnforceSection(
         kill_children=r.boolean(e, "enforce.kill_children", False),
         notify=r.boolean(e, "enforce.notify", True),
+        exec_deny_mounts=r.string_list(e, "enforce.exec_deny_mounts"),
+        exec_deny_timeout_ms=r.integer(e, "enforce.exec_deny_timeout_ms", 200, low=10, high=5000),
+        exec_deny_cache_size=r.integer(
+            e, "enforce.exec_deny_cache_size", 4096, low=0, high=1_000_000
+        ),
     )
 
     sp = r.section("spool", ("max_events", "max_bytes"))

@@ -34,7 +34,11 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.errors import ConfigError, ProscribeError, SpoolError
 from proscribe.agent.events import new_event
-from proscribe.agent.optional_parts import build_dns_for, build_reporter_for
+from proscribe.agent.optional_parts import (
+    build_dns_for,
+    build_exec_guard_for,
+    build_reporter_for,
+)
 from proscribe.agent.policy.bundle import Offer, PolicyStore, TrustConfig
 from proscribe.agent.policy.matchers.compiled import CompiledPolicy
 from proscribe.agent.policy_source import PolicySource
@@ -88,6 +92,7 @@ class Daemon:
         self.dns = dns
         self.dns_state = dns_state
         self.dns_guard: Any = None
+        self.exec_guard: Any = None
         self.clock = clock
         self.started_at = clock()
         self.errors = 0
@@ -134,6 +139,11 @@ class Daemon:
         meta = compiled.policy.meta
         log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
         self.sensor.request_sweep(full=True)  # judge every running process by the new rules
+        if self.exec_guard is not None:
+            from proscribe.agent.enforce.exec_deny import policy_decider
+
+            # drops the cached verdicts of the old policy
+            self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat payload the reporter sends (see the collector API)."""
@@ -184,6 +194,7 @@ class Daemon:
             },
             "enforcement": dict(self.guard.counts),
             "dns_events": dict(self.dns_guard.counts) if self.dns_guard is not None else {},
+            "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors + self.sensor.errors + self.policy.errors,
@@ -199,6 +210,8 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.policy.start()
+        if self.exec_guard is not None:
+            self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
         self.sensor.start()
         if self.dns is not None:
             try:
@@ -249,7 +262,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for name, part in (("reporter", self.reporter), ("dns", self.dns)):
+        parts = (("reporter", self.reporter), ("dns", self.dns), ("exec_deny", self.exec_guard))
+        for name, part in parts:
             if part is not None:
                 try:
                     part.stop(2.0)
@@ -387,6 +401,7 @@ def build(
         daemon.reporter = build_reporter_for(config, daemon)
     if with_dns and config.sensors.dns != "off":
         daemon.dns, daemon.dns_state = build_dns_for(config, daemon)
+    daemon.exec_guard = build_exec_guard_for(config, daemon)
     return daemon
 
 

@@ -3,7 +3,9 @@
 * the reporter, when ``[collector]`` is configured: without it (or if it cannot be built)
   events stay in the spool;
 * the DNS sensor (``proscribe.agent.sensors.dns``) with :class:`DnsGuard` deciding and
-  recording: when the chosen mode cannot run here the agent goes on without DNS and says why.
+  recording: when the chosen mode cannot run here the agent goes on without DNS and says why;
+* the fanotify pre-exec guard (``[enforce] exec_deny_mounts``), Linux only: asked for
+  explicitly, so when it cannot run the agent refuses to start with a clear error.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from proscribe.agent.config import AgentConfig
-from proscribe.agent.errors import ProscribeError
+from proscribe.agent.errors import ConfigError, ProscribeError
 
 if TYPE_CHECKING:
     from proscribe.agent.daemon import Daemon
 
-__all__ = ["build_dns_for", "build_reporter_for"]
+__all__ = ["build_dns_for", "build_exec_guard_for", "build_reporter_for"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +77,72 @@ def build_dns_for(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
         log.exception("DNS sensor (%s) could not be built", mode)
         return None, f"failed: {err}"
     return sensor, "starting"
+
+
+def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:
+    """The pre-exec guard when ``enforce.exec_deny_mounts`` names mounts, else ``None``."""
+    if not config.enforce.exec_deny_mounts:
+        return None
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        raise ConfigError(
+            f"{config.source}: enforce.exec_deny_mounts: pre-exec deny needs Linux fanotify "
+            "(fix: remove the key on this platform)"
+        )
+    from proscribe.agent.enforce.exec_deny import build_exec_guard
+
+    def on_denied(request: Any, verdict: Any) -> None:
+        record_exec_denied(daemon, request, verdict)
+
+    return (
+        build_exec_guard(
+            {
+                "exec_deny_mounts": list(config.enforce.exec_deny_mounts),
+                "exec_deny_timeout_ms": config.enforce.exec_deny_timeout_ms,
+                "exec_deny_cache_size": config.enforce.exec_deny_cache_size,
+            },
+            lambda: daemon.policy.compiled,
+            on_denied,
+            config.agent.mode,
+            host=daemon.hostname,
+            now=daemon.policy.now,
+        )
+        if os.name == "posix"
+        else None
+    )
+
+
+def record_exec_denied(daemon: Daemon, request: Any, verdict: Any) -> None:
+    """Commit a ``process`` event for an exec the guard refused (or would have, in monitor)."""
+    from os.path import basename
+
+    from proscribe.agent.events import new_event
+    from proscribe.agent.policy.matchers import ProcessFacts
+    from proscribe.agent.process_guard import process_section
+
+    compiled = daemon.policy.compiled
+    facts = ProcessFacts(
+        pid=request.pid,
+        name=basename(request.path)[:15],
+        exe=request.path,
+        user=request.user or "",
+        uid=request.uid,
+        sha256=request.sha256,
+    )
+    severity = next((d.severity for d in verdict.decisions if d.rule_id == verdict.rule_id), "high")
+    event = new_event(
+        "process",
+        rule=verdict.rule_id,
+        action=verdict.action,
+        severity=severity,
+        policy=daemon.guard.policy_section(compiled) if compiled is not None else None,
+        host=daemon.host_info(),
+        process=process_section(facts),
+        detail=f"{verdict.reason} (exec refused before start)"
+        if verdict.action == "denied"
+        else f"{verdict.reason} (monitor: exec would have been refused)",
+    )
+    if daemon.spool.append(event):
+        daemon.notify_reporter()
