@@ -88,10 +88,7 @@ async def _signed(
                 conn,
                 request.headers,
                 request.method,
-                path_and_query(
-                    request.scope.get("raw_path") or request.url.path,
-                    request.scope.get("query_string", b""),
-                ),
+                _target(request),
                 raw,
             )
 
@@ -177,34 +174,23 @@ def build_agent_router() -> APIRouter:
         return JSONResponse({"results": await run_in_threadpool(work)})
 
     @router.post("/heartbeat", openapi_extra=_json_body(HeartbeatIn), responses=_AUTH_RESPONSES)
-    async def heartbeat(request: Request) -> dict[str, Any]:
+    async def heartbeat(request: Request) -> JSONResponse:
         """Record the host's state; answers the server time and the current policy serial."""
         state = get_state(request)
-        body, agent = await _signed(request, state, MAX_HEARTBEAT_BYTES)
-        try:
-            hb = HeartbeatIn.model_validate(parse_json_body(body))
-        except ValidationError as err:
-            raise ApiError(422, "invalid_request", validation_detail(err.errors())) from err
-        policy = hb.policy
-        record = HeartbeatRecord(
-            agent_id=agent.agent_id,
-            hostname=hb.hostname or agent.hostname,
-            os=hb.os,
-            agent_version=hb.agent_version,
-            mode=hb.mode,
-            policy_id=policy.id if policy else None,
-            policy_serial=policy.serial if policy else None,
-            policy_sha256=policy.sha256 if policy else None,
-            policy_stale=policy.stale if policy else False,
-            sensors=hb.sensors,
-            spool_depth=hb.spool.depth,
-            spool_bytes=hb.spool.bytes,
-            dropped=hb.spool.dropped_total(),
-            agent_time=hb.time,
-        )
+        raw = await read_body(request, MAX_HEARTBEAT_BYTES)
+        target = _target(request)
 
         def work() -> dict[str, Any]:
+            # One thread hop and one connection for authentication and the write: this is
+            # the request every agent makes every minute.
             with state.db.write(durable=False) as conn:
+                agent = state.authenticator.authenticate(
+                    conn, request.headers, request.method, target, raw
+                )
+                body = decode_content(
+                    raw, request.headers.get("content-encoding"), MAX_HEARTBEAT_BYTES
+                )
+                record = _heartbeat_record(agent, body)
                 state.authenticator.consume(conn, agent)
                 regressed = record_heartbeat(conn, record, state.now_us())
                 current = current_policy_ref(conn)
@@ -218,7 +204,7 @@ def build_agent_router() -> APIRouter:
                 },
             }
 
-        return await run_in_threadpool(work)
+        return JSONResponse(await run_in_threadpool(work))
 
     @router.get(
         "/policy",
@@ -255,6 +241,37 @@ def build_agent_router() -> APIRouter:
         )
 
     return router
+
+
+def _target(request: Request) -> str:
+    return path_and_query(
+        request.scope.get("raw_path") or request.url.path,
+        request.scope.get("query_string", b""),
+    )
+
+
+def _heartbeat_record(agent: AuthenticatedAgent, body: bytes) -> HeartbeatRecord:
+    try:
+        hb = HeartbeatIn.model_validate(parse_json_body(body))
+    except ValidationError as err:
+        raise ApiError(422, "invalid_request", validation_detail(err.errors())) from err
+    policy = hb.policy
+    return HeartbeatRecord(
+        agent_id=agent.agent_id,
+        hostname=hb.hostname or agent.hostname,
+        os=hb.os,
+        agent_version=hb.agent_version,
+        mode=hb.mode,
+        policy_id=policy.id if policy else None,
+        policy_serial=policy.serial if policy else None,
+        policy_sha256=policy.sha256 if policy else None,
+        policy_stale=policy.stale if policy else False,
+        sensors=hb.sensors,
+        spool_depth=hb.spool.depth,
+        spool_bytes=hb.spool.bytes,
+        dropped=hb.spool.dropped_total(),
+        agent_time=hb.time,
+    )
 
 
 def _etags(header: str) -> set[str]:

@@ -11,10 +11,11 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import agents, enroll_secrets, nonces
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 SECRET_PREFIX = "pse_"  # noqa: S105 - a visible prefix, not a secret
 
@@ -125,8 +126,12 @@ def enroll_agent(
     return agent_id
 
 
+_GET_AGENT = select(agents).where(agents.c.agent_id == bindparam("agent_id"))
+_NONCE_INSERTS: dict[str, Any] = {}
+
+
 def get_agent(conn: Connection, agent_id: str) -> AgentRecord | None:
-    row = conn.execute(select(agents).where(agents.c.agent_id == agent_id)).first()
+    row = conn.execute(_GET_AGENT, {"agent_id": agent_id}).first()
     if row is None:
         return None
     return AgentRecord(
@@ -167,12 +172,18 @@ def count_agents(conn: Connection) -> int:
 def consume_nonce(conn: Connection, agent_id: str, nonce: str, expires_us: int) -> bool:
     """Record ``nonce``; False if it was seen before (a replay). ON CONFLICT DO NOTHING keeps
     the caller's transaction usable (no exception, no savepoint) on both databases."""
-    stmt = dialect_insert(conn, nonces).values(
-        nonce=nonce, agent_id=agent_id, expires_us=expires_us
-    )
-    # RETURNING, not rowcount: psycopg reports -1 for a single ON CONFLICT insert.
-    stmt = stmt.on_conflict_do_nothing(index_elements=["nonce"]).returning(nonces.c.nonce)
-    return conn.execute(stmt).first() is not None
+    stmt = _NONCE_INSERTS.get(conn.dialect.name)
+    if stmt is None:  # built once per dialect: building costs more than running it
+        stmt = (
+            dialect_insert(conn, nonces)
+            .values(nonce=bindparam("n"), agent_id=bindparam("a"), expires_us=bindparam("e"))
+            # RETURNING, not rowcount: psycopg reports -1 for a single ON CONFLICT insert.
+            .on_conflict_do_nothing(index_elements=["nonce"])
+            .returning(nonces.c.nonce)
+        )
+        _NONCE_INSERTS[conn.dialect.name] = stmt
+    row = conn.execute(stmt, {"n": nonce, "a": agent_id, "e": expires_us}).first()
+    return row is not None
 
 
 def purge_nonces(conn: Connection, now_us: int) -> int:

@@ -38,11 +38,14 @@ def current_policy(conn: Connection) -> StoredPolicy | None:
     )
 
 
+_CURRENT_REF = (
+    select(policies.c.serial, policies.c.sha256).order_by(policies.c.serial.desc()).limit(1)
+)
+
+
 def current_policy_ref(conn: Connection) -> tuple[int, str] | None:
     """``(serial, sha256)`` of the current policy without loading its bytes (heartbeats)."""
-    row = conn.execute(
-        select(policies.c.serial, policies.c.sha256).order_by(policies.c.serial.desc()).limit(1)
-    ).first()
+    row = conn.execute(_CURRENT_REF).first()
     return None if row is None else (int(row.serial), str(row.sha256))
 
 
