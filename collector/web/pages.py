@@ -20,7 +20,7 @@ from proscribe.collector.web import queries as webq
 from proscribe.collector.web.chart import violations_chart
 from proscribe.collector.web.export import stream_csv, stream_json
 from proscribe.collector.web.report import PolicyView, load_policy_view
-from proscribe.collector.web.rollup import DAY_US, PeriodCounts
+from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
 from sqlalchemy import Connection
@@ -86,6 +86,32 @@ def parse_filter(raw: dict[str, str | None], now: float, agent_id: str | None = 
         agent_id=agent_id,
     )
     return FilterForm(values, flt)
+
+
+def fetch_page(
+    conn: Connection,
+    flt: queries.ViolationFilter,
+    cursor: str | None,
+    limit: int,
+    rollup: ViolationRollup | None,
+    now_us: int,
+) -> queries.ViolationPage:
+    """One page of violations. A filter led by an indexed column (host, user, rule, agent)
+    is one index range scan; one on kind/action alone reads only the days the rollup says
+    hold a match (those columns have no index of their own)."""
+    indexed = flt.host or flt.user or flt.rule or flt.agent_id
+    low_cardinality = flt.kind or flt.action
+    if rollup is None or indexed or not low_cardinality or flt.kind == "health":
+        return queries.list_violations(conn, flt, cursor=cursor or None, limit=limit)
+    first = None if flt.since_us is None else flt.since_us // DAY_US
+    last = None if flt.until_us is None else flt.until_us // DAY_US
+    days = rollup.days_with(flt.kind, flt.action, first, last)
+    # The newest rows may not be folded yet (stored after this request's refresh): always
+    # look at today and tomorrow (agents' clocks run ahead) too.
+    now_day = now_us // DAY_US
+    recent = [d for d in (now_day + 1, now_day) if last is None or d <= last]
+    days = sorted(set(days) | set(recent), reverse=True)
+    return webq.violations_in_days(conn, flt, days, cursor=cursor or None, limit=limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +203,12 @@ def register(router: APIRouter, site: Site) -> None:
         ready = site.rollup.warm(state.db)
 
         def work(conn: Connection) -> tuple[queries.ViolationPage, dict[str, list[str]]]:
-            page = queries.list_violations(conn, form.flt, cursor=cursor or None, limit=limit)
             hints: dict[str, list[str]] = {"hosts": [], "users": [], "rules": []}
-            if ready:  # the filter hints come from the rollup; never wait for its first build
-                site.rollup.refresh(conn)
-                hints = {name: site.rollup.known(name) for name in hints}
-            return page, hints
+            if not ready:  # never wait for the rollup's first build
+                return fetch_page(conn, form.flt, cursor, limit, None, state.now_us()), hints
+            site.rollup.refresh(conn)
+            hints = {name: site.rollup.known(name) for name in hints}
+            return fetch_page(conn, form.flt, cursor, limit, site.rollup, state.now_us()), hints
 
         try:
             page, hints = await site.read(request, work)

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
+DEFAULT_PERIOD_US = 30 * 86_400 * 1_000_000
 MEDIA = {
     "html": "text/html; charset=utf-8",
     "csv": "text/csv; charset=utf-8",
@@ -33,9 +34,8 @@ def register(router: APIRouter, site: Site) -> None:
     def period(request: Request, since: str, until: str | None) -> tuple[int, int, int]:
         state = site.state(request)
         now = state.clock()
-        since_us = moment_us("since", since or "30d", now)
+        since_us = moment_us("since", since, now) or to_us(now) - DEFAULT_PERIOD_US
         until_us = moment_us("until", until, now) or to_us(now)
-        assert since_us is not None
         if since_us >= until_us:
             raise PageError(400, "Bad period", "since must be before until.")
         return since_us, until_us, to_us(now)

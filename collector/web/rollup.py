@@ -120,6 +120,7 @@ class ViolationRollup:
         self._days: dict[int, dict[str, Counter[str]]] = defaultdict(
             lambda: {
                 "actions": Counter(),
+                "exact": Counter(),  # "kind/action" -> count, to skip days with no match
                 "rules": Counter(),
                 "hosts": Counter(),
                 "users": Counter(),
@@ -180,6 +181,7 @@ class ViolationRollup:
                 continue
             day = self._days[time_us // DAY_US]
             day["actions"][action_class(action)] += 1
+            day["exact"][f"{kind}/{action}"] += 1
             for name, value in (("rules", rule), ("hosts", host), ("users", user)):
                 if value:
                     day[name][value] += 1
@@ -189,7 +191,7 @@ class ViolationRollup:
 
     def period(self, first_day: int, last_day: int) -> PeriodCounts:
         per_day: dict[int, Counter[str]] = {}
-        totals = {name: Counter[str]() for name in ("actions", "rules", "hosts", "users")}
+        totals = {name: Counter[str]() for name in ("actions", "exact", "rules", "hosts", "users")}
         with self._lock:
             for day in range(first_day, last_day + 1):
                 counters = self._days.get(day)
@@ -208,6 +210,28 @@ class ViolationRollup:
             totals["hosts"],
             totals["users"],
         )
+
+    def days_with(
+        self, kind: str | None, action: str | None, first_day: int | None, last_day: int | None
+    ) -> list[int]:
+        """Days (newest first) holding at least one violation of this kind and/or action, so a
+        filter on these low-cardinality columns (which have no index of their own) reads only
+        those days instead of the whole period."""
+        with self._lock:
+            found = []
+            for day, counters in self._days.items():
+                if first_day is not None and day < first_day:
+                    continue
+                if last_day is not None and day > last_day:
+                    continue
+                if any(
+                    n
+                    and (kind is None or key.split("/", 1)[0] == kind)
+                    and (action is None or key.split("/", 1)[1] == action)
+                    for key, n in counters["exact"].items()
+                ):
+                    found.append(day)
+        return sorted(found, reverse=True)
 
     def known(self, name: str, limit: int = 500) -> list[str]:
         """The most frequent values of ``rules``/``hosts``/``users`` ever seen (filter hints)."""

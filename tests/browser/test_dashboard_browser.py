@@ -64,6 +64,8 @@ def test_viewer_filters_exports_csv_and_prints_the_report(dashboard: Any, contex
     sign_in(page, dashboard.url, "vera", dashboard.viewer_password)
     assert page.locator("svg.chart rect.bar-blocked").count() > 0
     assert page.locator("nav a", has_text="Violations").is_visible()
+    for href in page.locator("nav a").evaluate_all("links => links.map(a => a.href)"):
+        assert_csp(page.goto(href))  # every page in the navigation
 
     response = page.goto(f"{dashboard.url}/violations?since=30d")
     assert_csp(response)

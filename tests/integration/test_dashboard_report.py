@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from dashboard_env import Env, event, make_env, pg_database
 from proscribe.agent.policy.envelope import parse_envelope
+from proscribe.collector.storage import queries
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.tables import events
 from proscribe.collector.web.chart import nice_ceiling, violations_chart
+from proscribe.collector.web.pages import fetch_page
 from proscribe.collector.web.report import build_report, report_text
 from proscribe.collector.web.rollup import DAY_US, ViolationRollup
 from proscribe.collector.web.sample import store_sample_policies
@@ -194,3 +196,44 @@ def test_chart_is_plain_svg() -> None:
     assert svg.startswith("<svg") and "&lt;t&gt;" in svg
     assert "style=" not in svg and "<script" not in svg
     assert svg.count('class="bar-blocked"') == 2  # one bar and the legend swatch
+
+
+def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(env: Env) -> None:
+    populate(env)
+    lab = env.enroll("ws-many")
+    now = env.clock.now
+    env.post_events(
+        lab,
+        [
+            event(when=now - i * 3 * 3600, action=("denied" if i % 4 else "failed"))
+            for i in range(40)
+        ],
+    )
+    rollup = ViolationRollup()
+    now_us = int(now * 1e6)
+    with env.db.read() as conn:
+        rollup.refresh(conn)
+        for kind, action in (
+            ("process", "failed"),
+            (None, "denied"),
+            ("dns", None),
+            (None, "exempted"),
+        ):
+            flt = queries.ViolationFilter(since_us=now_us - 30 * DAY_US, kind=kind, action=action)
+            expected, got = [], []
+            cursor = None
+            while True:
+                page = queries.list_violations(conn, flt, cursor=cursor, limit=3)
+                expected += [e["id"] for e in page.items]
+                if not (cursor := page.next_cursor):
+                    break
+            cursor = None
+            while True:
+                page = fetch_page(conn, flt, cursor, 3, rollup, now_us)
+                got += [e["id"] for e in page.items]
+                if not (cursor := page.next_cursor):
+                    break
+            assert got == expected, (kind, action)
+        nothing = queries.ViolationFilter(since_us=now_us - 30 * DAY_US, action="would_block")
+        assert rollup.days_with(None, "would_block", None, None) == []
+        assert fetch_page(conn, nothing, None, 50, rollup, now_us).items == []
