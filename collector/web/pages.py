@@ -97,15 +97,15 @@ def fetch_page(
     now_us: int,
 ) -> queries.ViolationPage:
     """One page of violations. A filter led by an indexed column (host, user, rule, agent)
-    is one index range scan; one on kind/action alone reads only the days the rollup says
-    hold a match (those columns have no index of their own)."""
+    is one index range scan; one on kind/action/severity alone reads only the days the
+    rollup says hold a match (those columns have no index of their own)."""
     indexed = flt.host or flt.user or flt.rule or flt.agent_id
-    low_cardinality = flt.kind or flt.action
+    low_cardinality = flt.kind or flt.action or flt.severity
     if rollup is None or indexed or not low_cardinality or flt.kind == "health":
         return queries.list_violations(conn, flt, cursor=cursor or None, limit=limit)
     first = None if flt.since_us is None else flt.since_us // DAY_US
     last = None if flt.until_us is None else flt.until_us // DAY_US
-    days = rollup.days_with(flt.kind, flt.action, first, last)
+    days = rollup.days_with(flt.kind, flt.action, flt.severity, first, last)
     # The newest rows may not be folded yet (stored after this request's refresh): always
     # look at today and tomorrow (agents' clocks run ahead) too.
     now_day = now_us // DAY_US

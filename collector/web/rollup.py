@@ -120,7 +120,7 @@ class ViolationRollup:
         self._days: dict[int, dict[str, Counter[str]]] = defaultdict(
             lambda: {
                 "actions": Counter(),
-                "exact": Counter(),  # "kind/action" -> count, to skip days with no match
+                "exact": Counter(),  # "kind/action/severity" -> count: which days hold a match
                 "rules": Counter(),
                 "hosts": Counter(),
                 "users": Counter(),
@@ -150,6 +150,7 @@ class ViolationRollup:
                         events.c.rule,
                         events.c.hostname,
                         events.c.username,
+                        events.c.severity,
                     )
                     .where(events.c.seq > start)
                     .order_by(events.c.seq)
@@ -170,7 +171,7 @@ class ViolationRollup:
         for row in rows:
             seq: int = row[0]
             time_us: int = row[1]
-            kind, action, rule, host, user = row[2:]
+            kind, action, rule, host, user, severity = row[2:]
             seen = not margin or seq in self._recent or seq <= self._watermark - margin
             if seq <= self._watermark and seen:
                 continue
@@ -181,7 +182,8 @@ class ViolationRollup:
                 continue
             day = self._days[time_us // DAY_US]
             day["actions"][action_class(action)] += 1
-            day["exact"][f"{kind}/{action}"] += 1
+            # kind, action and severity are enumerations (checked at ingest): "/" is safe.
+            day["exact"][f"{kind}/{action}/{severity}"] += 1
             for name, value in (("rules", rule), ("hosts", host), ("users", user)):
                 if value:
                     day[name][value] += 1
@@ -212,22 +214,29 @@ class ViolationRollup:
         )
 
     def days_with(
-        self, kind: str | None, action: str | None, first_day: int | None, last_day: int | None
+        self,
+        kind: str | None,
+        action: str | None,
+        severity: str | None,
+        first_day: int | None,
+        last_day: int | None,
     ) -> list[int]:
-        """Days (newest first) holding at least one violation of this kind and/or action, so a
-        filter on these low-cardinality columns (which have no index of their own) reads only
-        those days instead of the whole period."""
+        """Days (newest first) holding at least one violation with this kind, action and
+        severity (``None``: any), so a filter on these low-cardinality columns (which have no
+        index of their own) reads only those days instead of the whole period."""
+        wanted = (kind, action, severity)
+        found = []
         with self._lock:
-            found = []
             for day, counters in self._days.items():
-                if first_day is not None and day < first_day:
-                    continue
-                if last_day is not None and day > last_day:
+                if (first_day is not None and day < first_day) or (
+                    last_day is not None and day > last_day
+                ):
                     continue
                 if any(
                     n
-                    and (kind is None or key.split("/", 1)[0] == kind)
-                    and (action is None or key.split("/", 1)[1] == action)
+                    and all(
+                        w is None or w == v for w, v in zip(wanted, key.split("/"), strict=True)
+                    )
                     for key, n in counters["exact"].items()
                 ):
                     found.append(day)

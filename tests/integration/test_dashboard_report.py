@@ -213,13 +213,16 @@ def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(en
     now_us = int(now * 1e6)
     with env.db.read() as conn:
         rollup.refresh(conn)
-        for kind, action in (
-            ("process", "failed"),
-            (None, "denied"),
-            ("dns", None),
-            (None, "exempted"),
+        for kind, action, severity in (
+            ("process", "failed", None),
+            (None, "denied", None),
+            ("dns", None, None),
+            (None, "exempted", "high"),
+            (None, None, "critical"),
         ):
-            flt = queries.ViolationFilter(since_us=now_us - 30 * DAY_US, kind=kind, action=action)
+            flt = queries.ViolationFilter(
+                since_us=now_us - 30 * DAY_US, kind=kind, action=action, severity=severity
+            )
             expected, got = [], []
             cursor = None
             while True:
@@ -233,7 +236,8 @@ def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(en
                 got += [e["id"] for e in page.items]
                 if not (cursor := page.next_cursor):
                     break
-            assert got == expected, (kind, action)
+            assert got == expected, (kind, action, severity)
         nothing = queries.ViolationFilter(since_us=now_us - 30 * DAY_US, action="would_block")
-        assert rollup.days_with(None, "would_block", None, None) == []
+        assert rollup.days_with(None, "would_block", None, None, None) == []
+        assert rollup.days_with("process", "failed", "high", None, None) != []
         assert fetch_page(conn, nothing, None, 50, rollup, now_us).items == []
