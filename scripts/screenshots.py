@@ -15,10 +15,14 @@ import argparse
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 from proscribe.collector.devserver import CollectorProcess
+from proscribe.collector.simulate import SimulatedAgent
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.audit import append_audit
 from proscribe.collector.web.sample import (
@@ -59,6 +63,42 @@ def sign_in(page: Page, base: str, name: str, password: str) -> None:
     page.wait_for_url(f"{base}/")
 
 
+HOSTILE_EVENT = {
+    "kind": "process",
+    "rule": "deepseek-desktop",
+    "action": "killed",
+    "severity": "high",
+    "policy": {"id": "us-navy-deepseek-2025", "serial": 2},
+    "process": {
+        "pid": 4242,
+        "name": "<script>window.__pwned = 'script'</script>",
+        "exe": "/home/bob/Downloads/evil\u202etxt.exe",
+        "cmdline": ['"><img src=x onerror="window.__pwned=\'img\'">', "{{7*7}}", "\x1b[2J"],
+        "user": '"><img src=x onerror="window.__pwned=\'user\'">{{7*7}}',
+    },
+}
+
+
+def shoot_hostile(page: Page, base: str, secret: str, out: Path) -> None:
+    agent = SimulatedAgent(base)
+    try:
+        agent.enroll(secret, hostname="<img src=x onerror=window.__pwned='host'>")
+        moment = datetime.now(UTC)
+        stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        reply = agent.post_events([{**HOSTILE_EVENT, "id": str(uuid.uuid4()), "time": stamp}])
+        if reply.status != 200:
+            raise SystemExit(f"could not store the hostile event: HTTP {reply.status}")
+    finally:
+        agent.close()
+    page.set_viewport_size({"width": 1200, "height": 500})
+    page.goto(f"{base}/violations?since=1h&rule=deepseek-desktop&host=" + urllib.parse.quote(
+        "<img src=x onerror=window.__pwned='host'>"))  # fmt: skip
+    target = out / "hostile-strings.png"
+    page.screenshot(path=str(target))
+    print(f"{target} {target.stat().st_size // 1024} KiB")
+    page.set_viewport_size(VIEWPORT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/screenshots", type=Path)
@@ -76,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         password = create_user(db, "compliance-admin", "admin")
         with db.write() as conn:  # a little admin history for the admin page
             for label in ("finance laptops", "engineering workstations"):
-                secret_id, _secret = create_enroll_secret(conn, label, int(now * 1e6))
+                secret_id, secret = create_enroll_secret(conn, label, int(now * 1e6))
                 append_audit(
                     conn,
                     actor="compliance-admin",
@@ -102,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 target = args.out / f"{name}.png"
                 page.screenshot(path=str(target))
                 print(f"{target} {target.stat().st_size // 1024} KiB")
+            # Last (so the other pages do not show it): what an attacker-named host looks like.
+            shoot_hostile(page, collector.url, secret, args.out)
             # The report as it prints (print stylesheet): the cover page.
             page.goto(f"{collector.url}/report?since=30d")
             page.emulate_media(media="print")
