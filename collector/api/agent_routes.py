@@ -152,9 +152,10 @@ def build_agent_router() -> APIRouter:
         """Store a batch; one verdict per event: stored, duplicate or rejected."""
         state = get_state(request)
         body, agent = await _signed(request, state, MAX_BATCH_BYTES)
-        raw_events = parse_batch(body)
-
         def work() -> list[dict[str, Any]]:
+            # Parsing a 1 MiB body takes milliseconds: off the event loop, so heartbeats and
+            # other requests keep flowing while a big batch is decoded.
+            raw_events = parse_batch(body)
             now_us = state.now_us()
             verdicts, rows = judge_events(
                 raw_events, agent_id=agent.agent_id, hostname=agent.hostname, now_us=now_us
