@@ -1,0 +1,86 @@
+"""The agent's real reporter (``proscribe.agent.reporter``) against the real collector
+(``proscribe collector serve``): enroll, deliver a spool, heartbeat into the host table; after
+``collector agent revoke`` the reporter re-enrolls and the spool still drains, each event once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from proscribe.agent.events import new_event
+from proscribe.agent.reporter import reporter_for_url
+from proscribe.agent.spool import Spool
+from proscribe.collector.devserver import CollectorProcess
+from proscribe.collector.storage import open_database
+from proscribe.collector.storage.agents import create_enroll_secret, revoke_agent
+from sqlalchemy import create_engine, text
+
+pytestmark = pytest.mark.slow
+
+
+def _scalar(url: str, sql: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _drain(reporter: object, spool: Spool, deadline: float) -> None:
+    while spool.stats().depth and time.monotonic() < deadline:
+        reporter.run_once()  # type: ignore[attr-defined]
+
+
+def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path / "srv") as server:
+        db = open_database(server.database_url)
+        with db.write() as conn:
+            secret = create_enroll_secret(conn, "e2e", 0)[1]
+        secret_file = tmp_path / "enroll.secret"
+        secret_file.write_text(secret + "\n", encoding="utf-8")
+        secret_file.chmod(0o600)
+        spool = Spool(tmp_path / "spool.db")
+        reporter = reporter_for_url(
+            spool,
+            url=server.url,
+            ca_file=None,
+            enroll_secret_file=secret_file,
+            state_dir=tmp_path / "state",
+        )
+        try:
+            for _ in range(30):
+                assert spool.append(
+                    new_event(
+                        "dns",
+                        rule="deepseek-web",
+                        action="sinkholed",
+                        dns={"qname": "chat.deepseek.com"},
+                    )
+                )
+            _drain(reporter, spool, time.monotonic() + 60)
+            assert spool.stats().depth == 0
+            assert _scalar(server.database_url, "SELECT count(*) FROM events") == 30
+            assert _scalar(server.database_url, "SELECT count(*) FROM hosts") == 1
+            first_agent = reporter.status()["agent_id"]
+
+            with db.write() as conn:
+                assert revoke_agent(conn, first_agent, 1)
+            for _ in range(20):
+                spool.append(
+                    new_event(
+                        "process",
+                        rule="deepseek-desktop",
+                        action="killed",
+                        process={"pid": 7, "name": "dsh"},
+                    )
+                )
+            _drain(reporter, spool, time.monotonic() + 60)
+            assert spool.stats().depth == 0
+            assert reporter.status()["agent_id"] != first_agent
+            assert _scalar(server.database_url, "SELECT count(*) FROM events") == 50
+            assert _scalar(server.database_url, "SELECT count(DISTINCT event_id) FROM events") == 50
+        finally:
+            spool.close()
+            db.dispose()
