@@ -26,6 +26,8 @@ from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
 from proscribe.collector.web import build_dashboard_router
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +114,15 @@ class _NoncePurger:
 
 
 class _NoncePurgeMiddleware:
-    def __init__(self, app: object) -> None:
+    """After a response, run the nonce purge when it is due (in a worker thread)."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        from starlette.concurrency import run_in_threadpool
-
-        await self.app(scope, receive, send)  # type: ignore[operator]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return
         purger = getattr(getattr(scope.get("app"), "state", None), "nonce_purger", None)
-        if scope["type"] == "http" and purger is not None and purger.due():
+        if isinstance(purger, _NoncePurger) and purger.due():
             await run_in_threadpool(purger.run)

@@ -519,3 +519,16 @@ def test_policy_get_without_policy_is_404(env: Env) -> None:
 def test_policy_get_is_signed(env: Env) -> None:
     resp = env.client.get("/api/v1/policy")
     assert resp.status_code == 401
+
+
+def test_expired_nonces_are_purged_once_a_minute(env: Env) -> None:
+    from proscribe.collector.storage.tables import nonces
+
+    agent_id, key = env.enroll()
+    env.signed(agent_id, key, "POST", "/api/v1/events", _batch(_events(1)))
+    with env.state.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(nonces)).scalar_one() == 1
+    env.clock.now += 3600  # nonces expire after 2 x 300 s + 60 s; the purge is due
+    env.client.get("/healthz")
+    with env.state.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(nonces)).scalar_one() == 0
