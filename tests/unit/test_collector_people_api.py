@@ -443,3 +443,18 @@ def test_unknown_route_and_method_are_json(env: Env) -> None:
     resp = env.client.delete("/api/v1/events")
     assert resp.status_code == 405
     assert resp.json()["error"] == "method_not_allowed"
+
+
+def test_a_true_bug_is_a_generic_500_json_without_traceback(tmp_path: Path) -> None:
+    app = create_app(settings_from_mapping({"database": {"url": f"sqlite:///{tmp_path / 'b.db'}"}}))
+
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/boom")
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal_error", "detail": "see the collector's log"}
+    assert "secret internals" not in resp.text
+    assert "Traceback" not in resp.text
