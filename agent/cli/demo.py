@@ -351,7 +351,13 @@ def _run(demo: _Demo, args: argparse.Namespace) -> int:
         print(f"    … and {len(items) - 10} more (other DNS traffic on this machine)")
     report = demo.cli("collector", "report", *cfg, "--since", "1h", "--format", "csv")
     (work / "report.csv").write_text(report)
-    _say("report", f"{work / 'report.csv'} ({len(report.splitlines()) - 1} rows)")
+    html = demo.cli("collector", "report", *cfg, "--since", "1h", "--format", "html")
+    (work / "report.html").write_text(html)
+    _say(
+        "report",
+        f"{work / 'report.csv'} ({len(report.splitlines()) - 1} rows) and the printable "
+        f"compliance report {work / 'report.html'}",
+    )
     _say("dashboard", f"{base}/  (log in as officer / {officer_password})")
     if args.once:
         return 0

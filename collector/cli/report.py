@@ -1,7 +1,9 @@
-"""``proscribe collector report --since 30d --format json|csv``.
+"""``proscribe collector report --since 30d --format html|json|csv``.
 
-Renderers are a registry (``FORMATS``) so the dashboard can add ``html`` without touching
-this module's callers.
+``html`` is the dashboard's printable compliance report (cover page with directive, period,
+policy serials and coverage; violations, blocks, exemptions, stale hosts), self-contained in
+one file. ``json`` and ``csv`` are every violation of the period (optionally filtered by host
+or rule), the rows auditors load into a spreadsheet. Renderers are a registry (``FORMATS``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ FORMATS: dict[str, Renderer] = {"json": _json, "csv": _csv}
 
 
 def register(verbs: Any) -> None:
-    parser = verbs.add_parser("report", help="violations over a period, as JSON or CSV")
+    parser = verbs.add_parser(
+        "report", help="compliance report (html) or violations (json, csv) over a period"
+    )
     parser.add_argument("--since", default="30d", help="e.g. 30d, 12h, or an RFC 3339 time")
     parser.add_argument("--until", default=None)
-    parser.add_argument("--format", default="json", help="json | csv (html: dashboard)")
+    parser.add_argument("--format", default="json", help="html (the printable report) | json | csv")
     parser.add_argument("--host", default=None)
     parser.add_argument("--rule", default=None)
     parser.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
@@ -49,9 +53,15 @@ def run_report(args: argparse.Namespace) -> int:
     from proscribe.collector.storage import queries, to_us
 
     renderer = FORMATS.get(args.format)
-    if renderer is None:
+    if renderer is None and args.format != "html":
         raise UsageError(
-            f"--format {args.format!r} is not available (fix: use one of {', '.join(FORMATS)})"
+            f"--format {args.format!r} is not available "
+            f"(fix: use one of html, {', '.join(FORMATS)})"
+        )
+    if args.format == "html" and (args.host or args.rule):
+        raise UsageError(
+            "--host/--rule filter the json and csv exports; the html report covers the whole "
+            "fleet (fix: drop --host/--rule, or use --format csv)"
         )
     now = time.time()
     try:
@@ -70,7 +80,19 @@ def run_report(args: argparse.Namespace) -> int:
     meta = {"since": since, "until": until, "generated": now}
     try:
         with db.read() as conn:
-            text = renderer(queries.iter_violations(conn, flt), meta)
+            if renderer is None:  # html: the dashboard's report, rendered to one file
+                from proscribe.collector.web.report import report_text
+
+                text = report_text(
+                    conn,
+                    fmt="html",
+                    since_us=to_us(since),
+                    until_us=to_us(until if until is not None else now),
+                    now_us=to_us(now),
+                    heartbeat_window_s=settings.heartbeat_window,
+                )
+            else:
+                text = renderer(queries.iter_violations(conn, flt), meta)
     finally:
         db.dispose()
     if args.output == "-":

@@ -54,6 +54,8 @@ def test_demo_as_root_uses_netlink_and_capture(tmp_path: Path) -> None:
     )
     report = (tmp_path / "demo" / "report.csv").read_text()
     assert "deepseek-desktop" in report and "deepseek-web" in report
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "us-navy-deepseek-2025" in html and "deepseek-desktop" in html
     # Nothing it started is left running.
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout

@@ -129,6 +129,14 @@ def test_report_csv_and_json(config: Path, capsys: pytest.CaptureFixture[str]) -
     assert row["rule"] == "'=HYPERLINK()"
     code, out, _ = _run(capsys, "collector", "report", "--format", "json", "--config", str(config))
     assert [v["id"] for v in json.loads(out)["violations"]] == ["x"]
+    code, out, _ = _run(capsys, "collector", "report", "--format", "html", "--config", str(config))
+    assert code == 0
+    assert out.lstrip().lower().startswith("<!doctype html>") and "Compliance report" in out
+    assert "<script" not in out.lower()
+    code, _, err = _run(
+        capsys, "collector", "report", "--format", "html", "--host", "ws-1", "--config", str(config)
+    )
+    assert code == 2 and "--host/--rule" in err
     code, _, err = _run(capsys, "collector", "report", "--format", "pdf", "--config", str(config))
     assert code == 2
     assert "--format" in err
