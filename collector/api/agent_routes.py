@@ -152,6 +152,7 @@ def build_agent_router() -> APIRouter:
         """Store a batch; one verdict per event: stored, duplicate or rejected."""
         state = get_state(request)
         body, agent = await _signed(request, state, MAX_BATCH_BYTES)
+
         def work() -> list[dict[str, Any]]:
             # Parsing a 1 MiB body takes milliseconds: off the event loop, so heartbeats and
             # other requests keep flowing while a big batch is decoded.
