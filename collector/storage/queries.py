@@ -179,29 +179,29 @@ def violations_by(
     return [(row[0], int(row[1])) for row in conn.execute(stmt)]
 
 
+def host_coverage(row: Any, *, now_us: int, heartbeat_window_us: int) -> HostCoverage:
+    """A row of the hosts table as a coverage record, ``stale`` computed against ``now_us``."""
+    return HostCoverage(
+        agent_id=row.agent_id,
+        hostname=row.hostname,
+        os=row.os,
+        agent_version=row.agent_version,
+        mode=row.mode,
+        last_seen_us=int(row.last_seen_us),
+        first_seen_us=int(row.first_seen_us),
+        policy_id=row.policy_id,
+        policy_serial=None if row.policy_serial is None else int(row.policy_serial),
+        policy_sha256=row.policy_sha256,
+        policy_stale=bool(row.policy_stale),
+        serial_regressed=bool(row.serial_regressed),
+        spool_depth=int(row.spool_depth),
+        dropped=int(row.dropped),
+        sensors=json.loads(row.sensors),
+        stale=now_us - int(row.last_seen_us) > heartbeat_window_us,
+    )
+
+
 def list_hosts(conn: Connection, *, now_us: int, heartbeat_window_us: int) -> list[HostCoverage]:
     """Every host that ever sent a heartbeat, with ``stale`` computed against ``now_us``."""
     rows = conn.execute(select(hosts).order_by(hosts.c.hostname, hosts.c.agent_id)).all()
-    result = []
-    for r in rows:
-        result.append(
-            HostCoverage(
-                agent_id=r.agent_id,
-                hostname=r.hostname,
-                os=r.os,
-                agent_version=r.agent_version,
-                mode=r.mode,
-                last_seen_us=int(r.last_seen_us),
-                first_seen_us=int(r.first_seen_us),
-                policy_id=r.policy_id,
-                policy_serial=None if r.policy_serial is None else int(r.policy_serial),
-                policy_sha256=r.policy_sha256,
-                policy_stale=bool(r.policy_stale),
-                serial_regressed=bool(r.serial_regressed),
-                spool_depth=int(r.spool_depth),
-                dropped=int(r.dropped),
-                sensors=json.loads(r.sensors),
-                stale=now_us - int(r.last_seen_us) > heartbeat_window_us,
-            )
-        )
-    return result
+    return [host_coverage(r, now_us=now_us, heartbeat_window_us=heartbeat_window_us) for r in rows]

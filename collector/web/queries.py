@@ -18,6 +18,7 @@ from proscribe.collector.storage.queries import (
     ViolationPage,
     decode_cursor,
     encode_cursor,
+    host_coverage,
 )
 from proscribe.collector.storage.tables import agents, events, hosts, policies, users
 from proscribe.collector.storage.users import Principal
@@ -94,25 +95,7 @@ def coverage(
 
 
 def _host(r: Any, now_us: int, window_us: int) -> HostCoverage:
-    """A row of the hosts table as the storage layer's coverage record."""
-    return HostCoverage(
-        agent_id=r.agent_id,
-        hostname=r.hostname,
-        os=r.os,
-        agent_version=r.agent_version,
-        mode=r.mode,
-        last_seen_us=int(r.last_seen_us),
-        first_seen_us=int(r.first_seen_us),
-        policy_id=r.policy_id,
-        policy_serial=None if r.policy_serial is None else int(r.policy_serial),
-        policy_sha256=r.policy_sha256,
-        policy_stale=bool(r.policy_stale),
-        serial_regressed=bool(r.serial_regressed),
-        spool_depth=int(r.spool_depth),
-        dropped=int(r.dropped),
-        sensors=json.loads(r.sensors),
-        stale=now_us - int(r.last_seen_us) > window_us,
-    )
+    return host_coverage(r, now_us=now_us, heartbeat_window_us=window_us)
 
 
 def host_detail(
