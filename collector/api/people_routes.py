@@ -20,8 +20,8 @@ from proscribe.collector.api.schema import PolicyUpload, clean_text
 from proscribe.collector.api.state import get_state
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.policy_upload import verify_upload
+from proscribe.collector.storage import admin_actions, audit, queries, to_us
 from proscribe.collector.storage import agents as agent_store
-from proscribe.collector.storage import audit, queries, to_us
 from proscribe.collector.storage.policies import StoredPolicy, highest_serial, store_policy
 from proscribe.collector.storage.users import Principal
 from proscribe.collector.timespec import parse_moment
@@ -236,16 +236,9 @@ def build_people_router() -> APIRouter:
         def work() -> tuple[str, str]:
             now_us = state.now_us()
             with state.db.write() as conn:
-                secret_id, secret = agent_store.create_enroll_secret(conn, body.label, now_us)
-                audit.append_audit(
-                    conn,
-                    actor=principal.name,
-                    action="enroll_secret.create",
-                    target=secret_id,
-                    detail={"label": body.label},
-                    now_us=now_us,
+                return admin_actions.create_enroll_secret(
+                    conn, body.label, actor=principal.name, via="api", now_us=now_us
                 )
-            return secret_id, secret
 
         secret_id, secret = await run_in_threadpool(work)
         return {"id": secret_id, "secret": secret}
@@ -262,17 +255,9 @@ def build_people_router() -> APIRouter:
         def work() -> bool:
             now_us = state.now_us()
             with state.db.write() as conn:
-                done = agent_store.revoke_enroll_secret(conn, secret_id, now_us)
-                if done:
-                    audit.append_audit(
-                        conn,
-                        actor=principal.name,
-                        action="enroll_secret.revoke",
-                        target=secret_id,
-                        detail=None,
-                        now_us=now_us,
-                    )
-                return done
+                return admin_actions.revoke_enroll_secret(
+                    conn, secret_id, actor=principal.name, via="api", now_us=now_us
+                )
 
         if not await run_in_threadpool(work):
             raise ApiError(404, "not_found", "no active enroll secret with that id")
@@ -290,17 +275,9 @@ def build_people_router() -> APIRouter:
         def work() -> bool:
             now_us = state.now_us()
             with state.db.write() as conn:
-                done = agent_store.revoke_agent(conn, agent_id, now_us)
-                if done:
-                    audit.append_audit(
-                        conn,
-                        actor=principal.name,
-                        action="agent.revoke",
-                        target=agent_id,
-                        detail=None,
-                        now_us=now_us,
-                    )
-                return done
+                return admin_actions.revoke_agent(
+                    conn, agent_id, actor=principal.name, via="api", now_us=now_us
+                )
 
         if not await run_in_threadpool(work):
             raise ApiError(404, "not_found", "no active agent with that id")

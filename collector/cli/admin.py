@@ -83,20 +83,13 @@ def _when(us: int | None) -> str:
 
 
 def secret_create(args: argparse.Namespace) -> int:
-    from proscribe.collector.storage import agents as agent_store
-    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage import admin_actions, to_us
 
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
-        secret_id, secret = agent_store.create_enroll_secret(conn, args.label, now_us)
-        audit.append_audit(
-            conn,
-            actor=cli_actor(),
-            action="enroll_secret.create",
-            target=secret_id,
-            detail={"label": args.label},
-            now_us=now_us,
+        secret_id, secret = admin_actions.create_enroll_secret(
+            conn, args.label, actor=cli_actor(), via="cli", now_us=now_us
         )
     db.dispose()
     print(secret)
@@ -137,22 +130,14 @@ def secret_list(args: argparse.Namespace) -> int:
 
 
 def secret_revoke(args: argparse.Namespace) -> int:
-    from proscribe.collector.storage import agents as agent_store
-    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage import admin_actions, to_us
 
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
-        done = agent_store.revoke_enroll_secret(conn, args.secret_id, now_us)
-        if done:
-            audit.append_audit(
-                conn,
-                actor=cli_actor(),
-                action="enroll_secret.revoke",
-                target=args.secret_id,
-                detail=None,
-                now_us=now_us,
-            )
+        done = admin_actions.revoke_enroll_secret(
+            conn, args.secret_id, actor=cli_actor(), via="cli", now_us=now_us
+        )
     db.dispose()
     if not done:
         raise UsageError(
@@ -195,22 +180,14 @@ def agent_list(args: argparse.Namespace) -> int:
 
 
 def agent_revoke(args: argparse.Namespace) -> int:
-    from proscribe.collector.storage import agents as agent_store
-    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage import admin_actions, to_us
 
     db = open_migrated(settings_from_args(args))
     now_us = to_us(time.time())
     with db.write() as conn:
-        done = agent_store.revoke_agent(conn, args.agent_id, now_us)
-        if done:
-            audit.append_audit(
-                conn,
-                actor=cli_actor(),
-                action="agent.revoke",
-                target=args.agent_id,
-                detail=None,
-                now_us=now_us,
-            )
+        done = admin_actions.revoke_agent(
+            conn, args.agent_id, actor=cli_actor(), via="cli", now_us=now_us
+        )
     db.dispose()
     if not done:
         raise UsageError(

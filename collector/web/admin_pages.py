@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
+from proscribe.collector.storage import admin_actions, audit
 from proscribe.collector.storage import agents as agent_store
-from proscribe.collector.storage import audit
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Admin, Site, Visitor
@@ -62,16 +62,9 @@ def register(router: APIRouter, site: Site) -> None:
             raise PageError(400, "Bad label", f"A label is at most {MAX_LABEL} characters.")
 
         def work(conn: Connection, now_us: int) -> tuple[str, str]:
-            secret_id, secret = agent_store.create_enroll_secret(conn, label, now_us)
-            audit.append_audit(
-                conn,
-                actor=visitor.principal.name,
-                action="enroll_secret.create",
-                target=secret_id,
-                detail={"label": label, "via": "dashboard"},
-                now_us=now_us,
+            return admin_actions.create_enroll_secret(
+                conn, label, actor=visitor.principal.name, via="dashboard", now_us=now_us
             )
-            return secret_id, secret
 
         secret_id, secret = await write(request, work)
         return await admin_page(
@@ -83,17 +76,9 @@ def register(router: APIRouter, site: Site) -> None:
         await site.check_csrf(request, visitor)
 
         def work(conn: Connection, now_us: int) -> bool:
-            done = agent_store.revoke_enroll_secret(conn, secret_id, now_us)
-            if done:
-                audit.append_audit(
-                    conn,
-                    actor=visitor.principal.name,
-                    action="enroll_secret.revoke",
-                    target=secret_id,
-                    detail={"via": "dashboard"},
-                    now_us=now_us,
-                )
-            return done
+            return admin_actions.revoke_enroll_secret(
+                conn, secret_id, actor=visitor.principal.name, via="dashboard", now_us=now_us
+            )
 
         if not await write(request, work):
             raise PageError(404, "Not found", "No active enroll secret with that id.")
@@ -104,17 +89,9 @@ def register(router: APIRouter, site: Site) -> None:
         await site.check_csrf(request, visitor)
 
         def work(conn: Connection, now_us: int) -> bool:
-            done = agent_store.revoke_agent(conn, agent_id, now_us)
-            if done:
-                audit.append_audit(
-                    conn,
-                    actor=visitor.principal.name,
-                    action="agent.revoke",
-                    target=agent_id,
-                    detail={"via": "dashboard"},
-                    now_us=now_us,
-                )
-            return done
+            return admin_actions.revoke_agent(
+                conn, agent_id, actor=visitor.principal.name, via="dashboard", now_us=now_us
+            )
 
         if not await write(request, work):
             raise PageError(404, "Not found", "No active agent with that id.")

@@ -1,0 +1,67 @@
+"""Admin actions that change who may talk to the collector, each recorded in the audit chain.
+
+The HTTP API, the dashboard and the CLI all go through these, so an action is audited the same
+way whichever door it came through (``via`` names the door in the audit detail).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage import audit
+from sqlalchemy import Connection
+
+__all__ = ["create_enroll_secret", "revoke_agent", "revoke_enroll_secret"]
+
+
+def _detail(via: str, **extra: Any) -> dict[str, Any]:
+    return {**extra, "via": via}
+
+
+def create_enroll_secret(
+    conn: Connection, label: str, *, actor: str, via: str, now_us: int
+) -> tuple[str, str]:
+    """A new enroll secret ``(id, secret)``; only its hash is stored."""
+    secret_id, secret = agent_store.create_enroll_secret(conn, label, now_us)
+    audit.append_audit(
+        conn,
+        actor=actor,
+        action="enroll_secret.create",
+        target=secret_id,
+        detail=_detail(via, label=label),
+        now_us=now_us,
+    )
+    return secret_id, secret
+
+
+def revoke_enroll_secret(
+    conn: Connection, secret_id: str, *, actor: str, via: str, now_us: int
+) -> bool:
+    """Revoke an active secret; False when there is none with that id (nothing is audited)."""
+    done = agent_store.revoke_enroll_secret(conn, secret_id, now_us)
+    if done:
+        audit.append_audit(
+            conn,
+            actor=actor,
+            action="enroll_secret.revoke",
+            target=secret_id,
+            detail=_detail(via),
+            now_us=now_us,
+        )
+    return done
+
+
+def revoke_agent(conn: Connection, agent_id: str, *, actor: str, via: str, now_us: int) -> bool:
+    """Revoke an agent's key (it must enroll again); False when no active agent has that id."""
+    done = agent_store.revoke_agent(conn, agent_id, now_us)
+    if done:
+        audit.append_audit(
+            conn,
+            actor=actor,
+            action="agent.revoke",
+            target=agent_id,
+            detail=_detail(via),
+            now_us=now_us,
+        )
+    return done
