@@ -28,6 +28,7 @@ from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import current_policy, current_policy_ref
 from pydantic import ValidationError
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,12 @@ def build_agent_router() -> APIRouter:
             verdicts, rows = judge_events(
                 raw_events, agent_id=agent.agent_id, hostname=agent.hostname, now_us=now_us
             )
-            with state.db.write() as conn:
-                state.authenticator.consume(conn, agent)
-                stored = insert_events(conn, rows)
+
+            def store(conn: Connection) -> set[str]:
+                state.authenticator.consume(conn, agent)  # raises before writing, on a replay
+                return insert_events(conn, rows)
+
+            stored = state.event_commits.run(store)
             results = final_verdicts(verdicts, rows, stored)
             counts = {"stored": 0, "duplicate": 0, "rejected": 0}
             for r in results:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proscribe.collector.api.agent_auth import AgentAuthenticator
 from proscribe.collector.api.metrics import Metrics
 from proscribe.collector.api.ratelimit import EnrollRateLimiter
 from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, to_us
+from proscribe.collector.storage.group_commit import GroupCommit
 from starlette.requests import Request
 
 
@@ -21,6 +22,11 @@ class CollectorState:
     metrics: Metrics
     authenticator: AgentAuthenticator
     enroll_limiter: EnrollRateLimiter
+    event_commits: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        # concurrent event batches share one transaction and one fsync
+        self.event_commits = GroupCommit(self.db)
 
     def now_us(self) -> int:
         return to_us(self.clock())
