@@ -49,6 +49,9 @@ Agent configuration (written to /etc/proscribe/agent.toml):
   --mode MODE             enforce (default) or monitor (never kills, denies or sinkholes)
   --dns MODE              capture (default), proxy or off
   --dns-proxy-listen H:P  where the DNS proxy listens (default 127.0.0.1:53)
+  --point-resolver        with --dns proxy: point the system resolver at the proxy, keeping the
+                          original servers as fallback (/etc/resolv.conf; or a systemd-resolved
+                          drop-in where resolv.conf is a symlink); uninstall.sh restores it
   --policy FILE           initial signed policy; FILE.sig must sit beside it
 
 Collector configuration (written to /etc/proscribe/collector.toml):
@@ -66,7 +69,7 @@ die() { echo "$PROG: error: $*" >&2; exit 2; }
 note() { DONE+=("$*"); }
 
 # ---- arguments -----------------------------------------------------------------------------
-ROOT="" COMPONENT="" WHEEL="" WHEELHOUSE="" PY="" CONFIGURE_ONLY=0 FORCE_CONFIG="" NO_START=0
+POINT_RESOLVER=0 ROOT="" COMPONENT="" WHEEL="" WHEELHOUSE="" PY="" CONFIGURE_ONLY=0 FORCE_CONFIG="" NO_START=0
 DEFAULTS_FILE="" COLLECTOR_URL="" CA_FILE="" SECRET_FILE="" THRESHOLD="" MODE="" DNS=""
 DNS_LISTEN="" POLICY="" LISTEN="" TLS_CERT="" TLS_KEY="" BEHIND_PROXY="" DATABASE_URL=""
 TRUSTED_KEYS=()
@@ -93,6 +96,7 @@ while [ $# -gt 0 ]; do
     --mode) need_value "$@"; MODE=$2; shift ;;
     --dns) need_value "$@"; DNS=$2; shift ;;
     --dns-proxy-listen) need_value "$@"; DNS_LISTEN=$2; shift ;;
+    --point-resolver) POINT_RESOLVER=1 ;;
     --policy) need_value "$@"; POLICY=$2; shift ;;
     --listen) need_value "$@"; LISTEN=$2; shift ;;
     --tls-cert) need_value "$@"; TLS_CERT=$2; shift ;;
@@ -136,6 +140,7 @@ fi
 case "$COMPONENT" in agent|collector) ;; *) die "--component must be agent or collector" ;; esac
 case "$MODE" in enforce|monitor) ;; *) die "--mode must be enforce or monitor, got '$MODE'" ;; esac
 case "$DNS" in capture|proxy|off) ;; *) die "--dns must be capture, proxy or off, got '$DNS'" ;; esac
+[ "$POINT_RESOLVER" = 0 ] || [ "$DNS" = proxy ] || die "--point-resolver needs --dns proxy (the resolver is pointed at the agent's DNS proxy)"
 case "$THRESHOLD" in ''|*[!0-9]*) die "--threshold must be a positive integer" ;; esac
 [ -n "$WHEEL" ] && { [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"; WHEEL=$(cd "$(dirname "$WHEEL")" && pwd)/$(basename "$WHEEL"); }
 [ -n "$WHEELHOUSE" ] && { [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"; }
@@ -378,6 +383,59 @@ configure() {
   write_config
   [ "$COMPONENT" = agent ] && read_back_modes
   write_unit
+  [ "$COMPONENT" = agent ] && point_resolver
+  return 0
+}
+
+# The system resolver asks the agent's proxy first and the original servers after it, so
+# resolution keeps working if the agent stops (agent/enforce/sinkhole.py has the details).
+point_resolver() {
+  [ "$POINT_RESOLVER" = 1 ] || return 0
+  [ "$DNS" = proxy ] || die "--point-resolver: $CONFIG has sensors.dns = \"$DNS\", not \"proxy\""
+  local out
+  out=$(render_py - "$(r /etc/resolv.conf)" "$(r "$CONF_DIR/resolv.conf.orig")" \
+        "$(r "$CONF_DIR/resolved-dropin.conf")" "$(r "$CONFIG")" <<'PY' 2>&1
+import sys, tomllib
+from pathlib import Path
+from proscribe.agent.enforce.sinkhole import install_resolv_conf, install_resolved_dropin
+from proscribe.agent.errors import ProscribeError
+from proscribe.agent.sensors.dns import parse_host_port
+resolv, backup, dropin, config = map(Path, sys.argv[1:5])
+listen = tomllib.loads(config.read_text()).get("dns", {}).get("proxy_listen", "127.0.0.1:53")
+try:
+    proxy = parse_host_port(listen, "dns.proxy_listen")
+    if resolv.is_symlink():  # systemd-resolved (or another manager) owns resolv.conf
+        install_resolved_dropin(proxy, dropin)
+        print("resolved")
+    else:
+        install_resolv_conf(resolv, proxy, backup)
+        print("resolv")
+except ProscribeError as err:
+    sys.exit(f"--point-resolver: {err}")
+PY
+  ) || die "${out##*$'\n'}"
+  if [ "$out" = resolved ]; then
+    # resolved keeps using a server once it failed over, so it gets no fallback; instead the
+    # unit puts the drop-in in place when the agent starts and removes it when it stops.
+    record file "$CONF_DIR/resolved-dropin.conf"
+    local unit_dropin
+    unit_dropin=$(r "$UNIT_DIR/$UNIT.d")
+    [ -d "$unit_dropin" ] || record dir "$UNIT_DIR/$UNIT.d"
+    mkdir -p "$unit_dropin"
+    cat >"$unit_dropin/resolver.conf.new" <<UNIT
+# Written by install.sh --point-resolver: systemd-resolved asks the agent's DNS proxy while the
+# agent runs, and is restored the moment it stops (so a stopped agent never breaks DNS).
+[Service]
+ExecStartPost=+/bin/sh -c 'mkdir -p /etc/systemd/resolved.conf.d && cp $CONF_DIR/resolved-dropin.conf /etc/systemd/resolved.conf.d/proscribe.conf && systemctl try-restart systemd-resolved'
+ExecStopPost=+/bin/sh -c 'rm -f /etc/systemd/resolved.conf.d/proscribe.conf; systemctl try-restart systemd-resolved'
+UNIT
+    mv "$unit_dropin/resolver.conf.new" "$unit_dropin/resolver.conf"
+    record file "$UNIT_DIR/$UNIT.d/resolver.conf"
+    note "systemd-resolved will ask the DNS proxy while the agent runs ($UNIT_DIR/$UNIT.d/resolver.conf); it is restored when the agent stops"
+  else
+    record resolv /etc/resolv.conf
+    note "pointed /etc/resolv.conf at the DNS proxy, original servers kept as fallback (original saved as $CONF_DIR/resolv.conf.orig)"
+  fi
 }
 
 # The unit's capabilities must follow the config that is actually in place, which may be

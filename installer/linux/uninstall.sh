@@ -57,6 +57,8 @@ allowed() {
   case "$1" in
     *..*|*//*) return 1 ;;
     "$PREFIX"|/etc/proscribe|/etc/proscribe/*|/etc/systemd/system/proscribe-*.service) return 0 ;;
+    /etc/systemd/system/proscribe-agent.service.d|/etc/systemd/system/proscribe-agent.service.d/resolver.conf) return 0 ;;
+    /etc/resolv.conf) return 0 ;;
     /var/lib/proscribe|/var/lib/proscribe-collector) return 0 ;;
     *) return 1 ;;
   esac
@@ -66,7 +68,7 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl disable --now "$UNIT" >/dev/null 2>&1 || true
 fi
 
-files=() dirs=() trees=() states=() users=()
+files=() dirs=() trees=() states=() users=() resolvs=()
 while IFS= read -r line; do
   [ -n "$line" ] || continue
   kind=${line%% *} path=${line#* }
@@ -77,11 +79,21 @@ while IFS= read -r line; do
     dir) dirs+=("$path") ;;
     tree) trees+=("$path") ;;
     state) states+=("$path") ;;
+    resolv) resolvs+=("$path") ;;
     *) echo "$PROG: skipping unknown manifest entry: $line" >&2 ;;
   esac
 done <"$MANIFEST"
 
 removed=()
+# The system resolver first, while the original is still in /etc/proscribe.
+for p in ${resolvs[@]+"${resolvs[@]}"}; do
+  backup="$ROOT/etc/proscribe/resolv.conf.orig"
+  if [ -f "$backup" ]; then
+    cp -p "$backup" "$ROOT$p.proscribe-restore" && mv "$ROOT$p.proscribe-restore" "$ROOT$p"
+    rm -f "$backup"
+    removed+=("$p (restored to the original resolvers)")
+  fi
+done
 for p in ${files[@]+"${files[@]}"}; do
   if [ -e "$ROOT$p" ] || [ -L "$ROOT$p" ]; then rm -f "$ROOT$p"; removed+=("$p"); fi
 done

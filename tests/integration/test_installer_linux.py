@@ -243,6 +243,70 @@ def test_reinstall_upgrades_in_place_keeps_state_and_config(
     assert (state / "agent.key").exists()
 
 
+def test_point_resolver_keeps_the_original_as_fallback_and_uninstall_restores_it(
+    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+) -> None:
+    resolv = root / "etc/resolv.conf"
+    original = "# written by the network manager\nsearch corp.example\nnameserver 10.9.8.7\n"
+    resolv.write_text(original)
+    out = run(*install_args(root, wheelhouse, inputs, "--configure-only", "--force-config",
+                            "--dns", "proxy", "--point-resolver"))  # fmt: skip
+    assert "pointed /etc/resolv.conf at the DNS proxy" in out.stdout
+    servers = [
+        ln.split()[1] for ln in resolv.read_text().splitlines() if ln.startswith("nameserver")
+    ]
+    assert servers == ["127.0.0.1", "10.9.8.7"]  # the proxy first, the original as fallback
+    assert "search corp.example" in resolv.read_text()
+    assert "resolv /etc/resolv.conf" in (root / PREFIX / ".install-manifest").read_text()
+
+    # Installing again does not stack proxies or lose the true original.
+    run(*install_args(root, wheelhouse, inputs, "--configure-only", "--dns", "proxy",
+                      "--point-resolver"))  # fmt: skip
+    again = [ln for ln in resolv.read_text().splitlines() if ln.startswith("nameserver")]
+    assert again == ["nameserver 127.0.0.1", "nameserver 10.9.8.7"]
+
+    out = run(root / PREFIX / "share/installer/linux/uninstall.sh", "--root", root)
+    assert resolv.read_text() == original  # byte for byte
+    assert "restored to the original resolvers" in out.stdout
+    assert not (root / "etc/proscribe/resolv.conf.orig").exists()
+
+
+def test_point_resolver_uses_a_resolved_drop_in_where_resolv_conf_is_a_symlink(
+    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+) -> None:
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    out = run(*install_args(root, wheelhouse, inputs, "--configure-only", "--force-config",
+                            "--dns", "proxy", "--point-resolver"))  # fmt: skip
+    dropin = root / "etc/proscribe/resolved-dropin.conf"
+    assert "DNS=127.0.0.1:53" in dropin.read_text() and "Domains=~." in dropin.read_text()
+    hooks = root / "etc/systemd/system/proscribe-agent.service.d/resolver.conf"
+    text = hooks.read_text()
+    assert "ExecStartPost=+" in text and "cp /etc/proscribe/resolved-dropin.conf" in text
+    assert "ExecStopPost=+" in text and "rm -f /etc/systemd/resolved.conf.d/proscribe.conf" in text
+    assert "systemd-resolved" in out.stdout
+    assert resolv.is_symlink()  # resolved's own file is left alone
+    assert not (root / "etc/systemd/resolved.conf.d").exists()  # only while the agent runs
+    run(root / PREFIX / "share/installer/linux/uninstall.sh", "--root", root)
+    assert not dropin.exists() and not hooks.exists()
+    assert not hooks.parent.exists()
+
+
+def test_point_resolver_needs_the_proxy_on_port_53_for_resolv_conf(
+    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+) -> None:
+    resolv = root / "etc/resolv.conf"
+    resolv.write_text("nameserver 10.9.8.7\n")
+    out = run(*install_args(root, wheelhouse, inputs, "--configure-only", "--force-config",
+                            "--dns", "proxy", "--dns-proxy-listen", "127.0.0.1:5353",
+                            "--point-resolver"), check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("install.sh: error: --point-resolver:")
+    assert "cannot name a port" in out.stderr
+    assert resolv.read_text() == "nameserver 10.9.8.7\n"  # untouched
+
+
 def test_uninstall_removes_only_what_was_installed(root: Path) -> None:
     etc = root / "etc/proscribe"
     mine = etc / "site-notes.txt"
@@ -290,6 +354,7 @@ def test_uninstall_ignores_manifest_entries_outside_its_paths(root: Path) -> Non
         (["--policy", "/nonexistent/p.toml"], "--policy"),
         (["--wheel"], "--wheel needs a value"),
         (["--frobnicate"], "unknown option '--frobnicate'"),
+        (["--point-resolver"], "--point-resolver needs --dns proxy"),
     ],
 )
 def test_bad_flags_fail_with_one_line_before_installing(
