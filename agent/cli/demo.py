@@ -361,7 +361,8 @@ def _run(demo: _Demo, args: argparse.Namespace) -> int:
     _say("dashboard", f"{base}/  (log in as officer / {officer_password})")
     if args.once:
         return 0
-    _say("running", "press Ctrl-C to stop the collector and the agent")
+    keep = "kept" if args.keep or args.dir is not None else "removed (use --keep to keep it)"
+    _say("running", f"press Ctrl-C to stop the collector and the agent; {work} is then {keep}")
     while all(p.poll() is None for p in demo.procs):
         time.sleep(0.5)
     raise ProscribeError("demo: a component exited unexpectedly; see the logs in " + str(work))
