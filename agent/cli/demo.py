@@ -183,15 +183,24 @@ def _workspace(path: Path | None, keep: bool) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C, and a plain `kill` too, stop everything the demo started (its children run in
+    # their own session, so nothing else would). Installed explicitly: a shell that starts the
+    # demo in the background leaves SIGINT ignored, and SIGTERM would end Python at once.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with _workspace(args.dir, args.keep) as work:
         demo = _Demo(work=work.resolve(), timeout=args.timeout)
         demo.root = demo.root and not args.unprivileged
         try:
             return _run(demo, args)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             print()
-            _say("stopping", "(Ctrl-C)")
+            _say("stopping", f"({stop.args[0] if stop.args else 'Ctrl-C'}): agent and collector")
             return 0
         finally:
             demo.stop_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,35 @@ def test_demo_unprivileged_uses_polling_and_the_proxy(tmp_path: Path) -> None:
     assert re.search(
         r"dns\s+sinkholed\s+rule=deepseek-web\s+chat\.deepseek\.com \(asked by pid \d+", out
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_stops_everything_the_demo_started(tmp_path: Path, sig: int) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proscribe.agent", "demo", "--unprivileged", "--timeout", "60",
+         "--dir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        assert any("press Ctrl-C" in ln for ln in lines), "".join(lines)
+        children = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
+        assert len(children.stdout.split()) >= 2  # the collector and the agent are running
+        proc.send_signal(sig)
+        rest = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, rest
+        assert "stopping" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout
