@@ -25,7 +25,25 @@ title = "US Navy: DeepSeek in any capacity"
 
 
 def test_the_readme_policy_snippet_lints_clean() -> None:
-    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = [
+        b
+        for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+        if "[agent]" not in b  # the agent.toml example is checked below
+    ]
     assert blocks, "the README should show a policy example"
     text = META + "\n".join(blocks)
     assert lint_policy(text.encode(), "README.md") == []
+
+
+def test_the_readme_agent_config_loads(tmp_path: Path) -> None:
+    from proscribe.agent.config import load_agent_config
+
+    (block,) = [
+        b
+        for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+        if "[agent]" in b
+    ]
+    config = tmp_path / "agent.toml"
+    config.write_text(block.replace("BASE64…", "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="))
+    loaded = load_agent_config(config)
+    assert loaded.agent.mode == "enforce" and loaded.sensors.dns == "capture"
