@@ -91,7 +91,9 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise BadCursor(cursor) from err
 
 
-def _conditions(flt: ViolationFilter) -> list[Any]:
+def filter_conditions(flt: ViolationFilter) -> list[Any]:
+    """The filter's column conditions, without its time bounds (callers that walk time in
+    their own steps, like the dashboard's per-day counts, add those themselves)."""
     conds: list[Any] = []
     if not flt.include_health and flt.kind is None:
         conds.append(events.c.kind.in_(VIOLATION_KINDS))
@@ -106,6 +108,11 @@ def _conditions(flt: ViolationFilter) -> list[Any]:
     ):
         if value is not None:
             conds.append(column == value)
+    return conds
+
+
+def _conditions(flt: ViolationFilter) -> list[Any]:
+    conds = filter_conditions(flt)
     if flt.since_us is not None:
         conds.append(events.c.time_us >= flt.since_us)
     if flt.until_us is not None:

@@ -12,12 +12,12 @@ from typing import Any
 
 from proscribe.collector.storage.queries import (
     MAX_PAGE,
-    VIOLATION_KINDS,
     HostCoverage,
     ViolationFilter,
     ViolationPage,
     decode_cursor,
     encode_cursor,
+    filter_conditions,
     host_coverage,
 )
 from proscribe.collector.storage.tables import agents, events, hosts, policies, users
@@ -182,24 +182,6 @@ def serials_in_force(
 DAY_US = 86_400 * 1_000_000
 
 
-def _filter_conditions(flt: ViolationFilter) -> list[Any]:
-    conds: list[Any] = []
-    if not flt.include_health and flt.kind is None:
-        conds.append(events.c.kind.in_(VIOLATION_KINDS))
-    for column, value in (
-        (events.c.hostname, flt.host),
-        (events.c.username, flt.user),
-        (events.c.rule, flt.rule),
-        (events.c.kind, flt.kind),
-        (events.c.action, flt.action),
-        (events.c.severity, flt.severity),
-        (events.c.agent_id, flt.agent_id),
-    ):
-        if value is not None:
-            conds.append(column == value)
-    return conds
-
-
 def violations_in_days(
     conn: Connection,
     flt: ViolationFilter,
@@ -217,7 +199,7 @@ def violations_in_days(
     limit = max(1, min(limit, MAX_PAGE))
     after = decode_cursor(cursor) if cursor else None
     found: list[tuple[int, int, dict[str, Any]]] = []
-    base = _filter_conditions(flt)
+    base = filter_conditions(flt)
     for day in days:
         lo, hi = day * DAY_US, (day + 1) * DAY_US
         if flt.since_us is not None:
