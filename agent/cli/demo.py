@@ -19,6 +19,7 @@ the polling sensor and the DNS proxy on a high port, and says so.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import importlib.resources
 import json
@@ -255,8 +256,6 @@ def _run(demo: _Demo, args: argparse.Namespace) -> int:
             return False
 
     _wait("the collector to answer /healthz", demo.timeout, healthy)
-    import base64
-
     status, body = _http_json(
         f"{base}/api/v1/policy",
         admin_token,
