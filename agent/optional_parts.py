@@ -83,7 +83,6 @@ def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:
     """The pre-exec guard when ``enforce.exec_deny_mounts`` names mounts, else ``None``."""
     if not config.enforce.exec_deny_mounts:
         return None
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -96,21 +95,17 @@ def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:
     def on_denied(request: Any, verdict: Any) -> None:
         record_exec_denied(daemon, request, verdict)
 
-    return (
-        build_exec_guard(
-            {
-                "exec_deny_mounts": list(config.enforce.exec_deny_mounts),
-                "exec_deny_timeout_ms": config.enforce.exec_deny_timeout_ms,
-                "exec_deny_cache_size": config.enforce.exec_deny_cache_size,
-            },
-            lambda: daemon.policy.compiled,
-            on_denied,
-            config.agent.mode,
-            host=daemon.hostname,
-            now=daemon.policy.now,
-        )
-        if os.name == "posix"
-        else None
+    return build_exec_guard(
+        {
+            "exec_deny_mounts": list(config.enforce.exec_deny_mounts),
+            "exec_deny_timeout_ms": config.enforce.exec_deny_timeout_ms,
+            "exec_deny_cache_size": config.enforce.exec_deny_cache_size,
+        },
+        lambda: daemon.policy.compiled,
+        on_denied,
+        config.agent.mode,
+        host=daemon.hostname,
+        now=daemon.policy.now,
     )
 
 
