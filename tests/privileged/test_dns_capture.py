@@ -258,11 +258,32 @@ def test_build_dns_sensor_attributes_only_matching_names(resolvers: None) -> Non
         pid, _out = dig(UPSTREAM, "chat.deepseek.com")
         dig(UPSTREAM, "allowed.example")
         denied = sink.matching("chat.deepseek.com", "query")
-        allowed = sink.matching("allowed.example", "query")
         assert denied and denied[0].process is not None and denied[0].process["pid"] == pid
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sensor.stats()["unmatched"] < 1:
+            time.sleep(0.05)
+        stats = sensor.stats()
+        assert stats["unmatched"] >= 1  # the allowed query: checked, counted, not delivered
+        assert stats["queries"] >= 2
+        time.sleep(0.2)  # a delivery interval and more
+        assert not sink.matching("allowed.example", "query", timeout=0.05)
+    finally:
+        sensor.stop()
+
+
+def test_build_dns_sensor_can_deliver_unmatched_names(resolvers: None) -> None:
+    sink = Sink()
+
+    def decide(name: str, process: object) -> Verdict | None:
+        match = DENIED.match(name)
+        return Verdict(block=True, rule_id=match.rule_id) if match else None
+
+    sensor = build_dns_sensor("capture", DnsSettings(unmatched=True), sink, decide)
+    sensor.start()
+    try:
+        dig(UPSTREAM, "allowed.example")
+        allowed = sink.matching("allowed.example", "query")
         assert allowed and allowed[0].process is None
         assert allowed[0].attribution_reason == "not looked up: no rule matched"
-        stats = sensor.stats()
-        assert stats["parsed"] + stats["plain_responses_skipped"] >= 4
     finally:
         sensor.stop()

@@ -108,3 +108,35 @@ def test_plain_responses_can_be_skipped_but_cname_answers_are_kept() -> None:
     stats = sensor.stats()
     assert stats["plain_responses_skipped"] == 1 and stats["responses"] == 2
     assert stats["parsed"] == 1
+
+
+def test_messages_no_rule_matches_are_counted_and_dropped_before_attribution(
+    tmp_path: Path,
+) -> None:
+    seen: list[DnsObservation] = []
+    looked_up: list[str] = []
+    attributor = ProcessAttributor(make_procfs(tmp_path), use_sock_diag=False)
+
+    def relevant(names: tuple[str, ...]) -> bool:
+        looked_up.extend(names)
+        return any(n == "deepseek.com" or n.endswith(".deepseek.com") for n in names)
+
+    sensor = DnsCapture(seen.append, attributor=attributor, relevant=relevant)
+    allowed = dns.message.make_query("Allowed.Example.", "A")
+    cloaked = dns.message.make_response(dns.message.make_query("cloak.example", "A"))
+    cloaked.answer.append(
+        dns.rrset.from_text("cloak.example.", 60, "IN", "CNAME", "api.deepseek.com.")
+    )
+    packets = [
+        udp4(("127.0.0.1", 40000), ("127.0.0.53", 53), allowed.to_wire()),
+        udp4(("127.0.0.1", 40000), ("127.0.0.53", 53), QUERY),
+        udp4(("10.0.0.2", 53), ("10.0.0.5", 40001), cloaked.to_wire()),
+    ]
+    for packet in packets:
+        sensor.handle_packet(packet, ("eth0", IP, 0, 1, b""))
+    stats = sensor.stats()
+    assert stats["queries"] == 2 and stats["responses"] == 1 and stats["unmatched"] == 1
+    # The denied query and the cloaked answer were looked up; the allowed query was not.
+    assert stats["attributed"] + stats["unattributed"] == 2
+    assert "allowed.example" in looked_up  # every name is still checked
+    assert stats["queue_depth"] == 2  # the denied query and the cloaked answer, not the allowed

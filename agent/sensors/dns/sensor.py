@@ -39,6 +39,8 @@ class DnsSettings:
     procfs: Path = Path("/proc")
     # capture: deliver responses that carry no CNAME (they add nothing a rule can match)
     plain_responses: bool = False
+    # capture: deliver observations no rule matches (the daemon ignores them; off saves CPU)
+    unmatched: bool = False
     resolv_conf: Path = Path("/etc/resolv.conf")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -131,15 +133,21 @@ def _build(
             raise DnsSensorUnavailable(
                 '[sensors] dns = "capture" needs Linux; use dns = "proxy" on this platform'
             )
+
+        def matched(names: tuple[str, ...]) -> bool:
+            # decide(name, None) is non-None exactly when some rule matches the name.
+            return any(decide(n, None) is not None for n in names)
+
         if attribute_if is None:
-            # Attribute what some rule matches: decide(name, None) is non-None exactly then.
+
             def attribute_if(observation: DnsObservation) -> bool:
-                return any(decide(n, None) is not None for n in observation.names_to_check)
+                return matched(observation.names_to_check)
 
         return DnsCapture(
             on_observation,
             attributor=attributor,
             attribute_if=attribute_if,
+            relevant=None if settings.unmatched else matched,
             interfaces=settings.interfaces,
             plain_responses=settings.plain_responses,
         )
