@@ -1,0 +1,190 @@
+"""Exactly-once delivery end to end with real processes on both sides: the agent's reporter
+(``proscribe.agent.reporter``, in its own process, reading a real spool) against the real
+collector (``proscribe collector serve`` under uvicorn), on SQLite and on the real PostgreSQL.
+
+One run walks through every failure the delivery path must survive, in order:
+
+1. the collector is down when the agent starts: the reporter backs off and keeps its spool;
+2. the collector comes up: events flow;
+3. the collector is ``kill -9``-ed mid-stream, stays down a while, and comes back;
+4. the agent is ``kill -9``-ed mid-upload and restarted (same spool, same identity);
+
+and at the end every spooled event is in the database exactly once, the spool holds nothing
+pending, and the collector knows one agent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_env import pg_database
+from proscribe.agent.events import new_event
+from proscribe.agent.spool import Spool
+from proscribe.collector.devserver import CollectorProcess, free_port
+from proscribe.collector.storage import open_database, upgrade
+from proscribe.collector.storage.agents import create_enroll_secret
+from sqlalchemy import create_engine, text
+
+pytestmark = pytest.mark.slow
+
+EVENTS = 4000  # eight full batches of 500: the kills land between and inside batches
+
+AGENT = r"""
+import sys, time
+from pathlib import Path
+from proscribe.agent.reporter import ReporterConfig, reporter_for_url
+from proscribe.agent.spool import Spool
+
+state = Path(sys.argv[2])
+spool = Spool(state / "spool.db")
+reporter = reporter_for_url(
+    spool, url=sys.argv[1], ca_file=None, enroll_secret_file=state / "enroll.secret",
+    state_dir=state, host_facts={"hostname": "ws-e2e", "os": "linux", "agent_version": "t"},
+    config=ReporterConfig(heartbeat_interval=3600, policy_interval=3600, idle_check=0.1,
+                          backoff_base=0.05, backoff_cap=0.3),
+)
+reporter.start()
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'collector.db'}"
+    else:
+        with pg_database() as url:
+            yield url
+
+
+def _scalar(url: str, sql: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    except Exception:  # the table does not exist yet, or the database is restarting
+        return -1
+    finally:
+        engine.dispose()
+
+
+def _event_ids(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {str(r[0]) for r in conn.execute(text("SELECT event_id FROM events"))}
+    finally:
+        engine.dispose()
+
+
+def _pending(spool_path: Path) -> int:
+    conn = sqlite3.connect(spool_path, timeout=5)
+    try:
+        row = conn.execute("SELECT COUNT(*) FROM events WHERE state='pending'").fetchone()
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    db = open_database(database_url)
+    upgrade(db)
+    with db.write() as conn:
+        secret = create_enroll_secret(conn, "e2e", 0)[1]
+    db.dispose()
+
+    state = tmp_path / "agent"
+    state.mkdir()
+    secret_file = state / "enroll.secret"
+    secret_file.write_text(secret + "\n", encoding="utf-8")
+    secret_file.chmod(0o600)
+    spool = Spool(state / "spool.db")
+    events = [
+        new_event(
+            "process",
+            rule="deepseek-desktop",
+            action="killed",
+            process={"pid": 10_000 + i, "name": "deepseek", "exe": "/opt/deepseek/deepseek"},
+        )
+        for i in range(EVENTS)
+    ]
+    ids = {e["id"] for e in events}
+    assert all(spool.append_many(events))  # one commit, as a burst goes in
+    spool.close()
+    assert _pending(state / "spool.db") == EVENTS
+
+    port = free_port()
+    collector = CollectorProcess(tmp_path / "srv", database_url, port=port)
+    spool_path = state / "spool.db"
+    count = "SELECT count(*) FROM events WHERE rule = 'deepseek-desktop'"
+    agents: list[subprocess.Popen[bytes]] = []
+
+    def start_agent() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-c", AGENT, collector.url, str(state)])
+        agents.append(proc)
+        return proc
+
+    try:
+        # 1. the collector is down: the reporter retries with backoff, nothing leaves the spool
+        agent = start_agent()
+        time.sleep(1.0)
+        assert agent.poll() is None, "the reporter must survive a collector that is down"
+        assert _pending(spool_path) == EVENTS
+
+        # 2. the collector comes up; 3. it is killed -9 once events are flowing
+        collector.start()
+        _wait(lambda: _scalar(database_url, count) > 0, 60, "the first stored batch")
+        collector.kill9()
+        stored_at_kill = _scalar(database_url, count)
+        assert 0 < stored_at_kill < EVENTS, f"the kill should land mid-stream ({stored_at_kill})"
+        time.sleep(1.0)  # down a while; the reporter keeps retrying
+        assert agent.poll() is None
+
+        # back up: 4. kill -9 the agent while it is uploading, then restart it
+        collector.start()
+        before = _scalar(database_url, count)
+        _wait(lambda: _scalar(database_url, count) > before, 60, "uploads after the restart")
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait(10)
+        assert _pending(spool_path) > 0 or _scalar(database_url, count) == EVENTS
+        start_agent()
+
+        _wait(lambda: _pending(spool_path) == 0, 120, "the spool to drain")
+        assert _scalar(database_url, count) == EVENTS
+        assert (
+            _scalar(
+                database_url,
+                "SELECT count(DISTINCT event_id) FROM events WHERE rule = 'deepseek-desktop'",
+            )
+            == EVENTS
+        )
+        assert _scalar(database_url, "SELECT count(*) FROM agents") == 1  # identity kept
+        assert _event_ids(database_url) == ids
+    finally:
+        for proc in agents:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        collector.stop()
+    log = collector.log.read_text(errors="replace")
+    assert "Traceback" not in log, log
