@@ -43,6 +43,7 @@ from proscribe.agent.policy.bundle import Offer, PolicyStore, TrustConfig
 from proscribe.agent.policy.matchers.compiled import CompiledPolicy
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import ProcessGuard
+from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.process import ProcessSensor
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
@@ -81,8 +82,10 @@ class Daemon:
         dns: Any = None,
         dns_state: str = "off",
         clock: Callable[[], float] = time.time,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
+        self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
         self.spool = spool
         self.policy = policy
         self.sensor = sensor
@@ -98,6 +101,7 @@ class Daemon:
         self.errors = 0
         self._stop = threading.Event()
         self._stopped = threading.Event()
+        self._watchdog_withheld = False
 
     # -- events ------------------------------------------------------------------------------
     def host_info(self) -> dict[str, Any]:
@@ -235,9 +239,12 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_signal)
         self.start()
         log.info("proscribe agent %s running in %s mode", __version__, self.config.agent.mode)
+        self.systemd.notify(f"READY=1\nSTATUS=running in {self.config.agent.mode} mode")
+        watchdog = self.systemd.watchdog_interval
         next_status = time.monotonic() + self.config.agent.status_interval
+        next_ping = time.monotonic()
         try:
-            while not self._stop.wait(0.5):
+            while not self._stop.wait(min(0.5, watchdog or 0.5)):
                 try:
                     self.guard.flush_repeats()
                     if self.dns_guard is not None:
@@ -248,8 +255,25 @@ class Daemon:
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
                     self.write_status()
+                if watchdog is not None and time.monotonic() >= next_ping:
+                    next_ping = time.monotonic() + watchdog
+                    self._feed_watchdog()
         finally:
             self.shutdown()
+
+    def _feed_watchdog(self) -> None:
+        """systemd's keep-alive, sent from this loop (so a hung loop starves it) and only while
+        the process sensor's threads live: without them the agent no longer enforces, and a
+        starved watchdog makes systemd restart it."""
+        if self.sensor.healthy():
+            self.systemd.notify("WATCHDOG=1")
+        elif not self._watchdog_withheld:
+            self._watchdog_withheld = True
+            self.errors += 1
+            log.error(
+                "a process sensor thread died; withholding the systemd watchdog keep-alive "
+                "so that the service is restarted"
+            )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signum)
@@ -262,6 +286,7 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.systemd.notify("STOPPING=1")
         parts = (("reporter", self.reporter), ("dns", self.dns), ("exec_deny", self.exec_guard))
         for name, part in parts:
             if part is not None:

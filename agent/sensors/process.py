@@ -134,6 +134,11 @@ class ProcessSensor:
         if self.state == "running":
             self.state = "stopped"
 
+    def healthy(self) -> bool:
+        """False when a thread the sensor cannot work without has died (a bug); the netlink
+        reader may end on its own (it falls back to polling), so it does not count."""
+        return all(t.is_alive() for t in self._threads if t.name != "proscribe-process-netlink")
+
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()

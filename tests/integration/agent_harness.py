@@ -163,7 +163,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
 
 
 @contextmanager
-def running_agent(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_agent(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``proscribe agent run --config …`` as a subprocess, ready once status.json shows it."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -171,6 +173,7 @@ def running_agent(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env=env,
         )
     try:
         status = config.parent / "state" / "status.json"
