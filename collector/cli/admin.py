@@ -58,6 +58,22 @@ def register(verbs: Any) -> None:
     uadd.add_argument("--role", required=True, choices=ROLES)
     add_config_argument(uadd)
     uadd.set_defaults(func=user_add)
+    ulist = user_verbs.add_parser("list", help="list users, their roles and whether disabled")
+    ulist.add_argument("--json", action="store_true")
+    add_config_argument(ulist)
+    ulist.set_defaults(func=user_list)
+    udisable = user_verbs.add_parser(
+        "disable", help="disable a user: password, tokens and sessions stop working"
+    )
+    udisable.add_argument("name")
+    add_config_argument(udisable)
+    udisable.set_defaults(func=user_disable)
+    ureset = user_verbs.add_parser(
+        "reset", help="new password and API token for a user (old tokens revoked); shown once"
+    )
+    ureset.add_argument("name")
+    add_config_argument(ureset)
+    ureset.set_defaults(func=user_reset)
     user.set_defaults(func=_usage(user))
 
     aud = verbs.add_parser("audit", help="check the admin audit log's hash chain")
@@ -227,6 +243,88 @@ def user_add(args: argparse.Namespace) -> int:
     print(f"password:  {password}")
     print(f"api token: {token}")
     print("(shown once; only hashes are stored)", file=sys.stderr)
+    return 0
+
+
+def user_list(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage.users import list_users
+
+    db = open_migrated(settings_from_args(args))
+    with db.read() as conn:
+        rows = list_users(conn)
+    db.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "role": r.role,
+                        "created_us": r.created_us,
+                        "disabled_us": r.disabled_us,
+                        "active_tokens": r.active_tokens,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not rows:
+        print("no users (add one: proscribe collector user add NAME --role viewer|admin)")
+        return 0
+    print(f"{'NAME':24} {'ROLE':7} {'CREATED':21} {'DISABLED':21} TOKENS")
+    for r in rows:
+        print(
+            f"{r.name:24} {r.role:7} {_when(r.created_us):21} {_when(r.disabled_us):21} "
+            f"{r.active_tokens}"
+        )
+    return 0
+
+
+def _user_change(args: argparse.Namespace, action: str) -> tuple[str, str] | int:
+    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage.users import NoSuchUser, disable_user, reset_credentials
+
+    db = open_migrated(settings_from_args(args))
+    now_us = to_us(time.time())
+    try:
+        with db.write() as conn:
+            result: tuple[str, str] | int
+            if action == "user.disable":
+                result = disable_user(conn, args.name, now_us)
+                detail: dict[str, Any] = {"tokens_revoked": result}
+            else:
+                result = reset_credentials(conn, args.name, now_us)
+                detail = {}
+            audit.append_audit(
+                conn, actor=cli_actor(), action=action, target=args.name, detail=detail,
+                now_us=now_us,
+            )  # fmt: skip
+    except NoSuchUser as err:
+        raise UsageError(
+            f"user {args.name!r}: no active user of that name "
+            "(fix: see 'proscribe collector user list')"
+        ) from err
+    finally:
+        db.dispose()
+    return result
+
+
+def user_disable(args: argparse.Namespace) -> int:
+    revoked = _user_change(args, "user.disable")
+    print(f"disabled user {args.name}; {revoked} API token(s) revoked, sessions end now")
+    return 0
+
+
+def user_reset(args: argparse.Namespace) -> int:
+    result = _user_change(args, "user.reset")
+    assert isinstance(result, tuple)
+    password, token = result
+    print(f"user:      {args.name}")
+    print(f"password:  {password}")
+    print(f"api token: {token}")
+    print("(shown once; only hashes are stored; older tokens are revoked)", file=sys.stderr)
     return 0
 
 

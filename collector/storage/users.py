@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from proscribe.collector.storage.tables import api_tokens, users
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 ROLES = ("viewer", "admin")
@@ -23,6 +23,19 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 
 class UserExists(Exception):
     """A user of that name already exists."""
+
+
+class NoSuchUser(Exception):
+    """No active user of that name (unknown, or disabled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    name: str
+    role: str
+    created_us: int
+    disabled_us: int | None
+    active_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +138,69 @@ def principal_for_password(conn: Connection, name: str, password: str) -> Princi
     if row is None or not check_password(password, row.password_hash):
         return None
     return Principal(int(row.user_id), row.name, row.role)
+
+
+def list_users(conn: Connection) -> list[UserRow]:
+    """Every account, oldest first, with its count of unrevoked API tokens."""
+    live = (
+        select(api_tokens.c.user_id, func.count().label("n"))
+        .where(api_tokens.c.revoked_us.is_(None))
+        .group_by(api_tokens.c.user_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(users, func.coalesce(live.c.n, 0).label("active_tokens"))
+        .select_from(users.outerjoin(live, live.c.user_id == users.c.user_id))
+        .order_by(users.c.user_id)
+    )
+    return [
+        UserRow(
+            r.name,
+            r.role,
+            int(r.created_us),
+            None if r.disabled_us is None else int(r.disabled_us),
+            int(r.active_tokens),
+        )
+        for r in rows
+    ]
+
+
+def _active_user_id(conn: Connection, name: str) -> int:
+    row = conn.execute(
+        select(users.c.user_id).where(users.c.name == name, users.c.disabled_us.is_(None))
+    ).first()
+    if row is None:
+        raise NoSuchUser(name)
+    return int(row.user_id)
+
+
+def _revoke_tokens(conn: Connection, user_id: int, now_us: int) -> int:
+    result = conn.execute(
+        update(api_tokens)
+        .where(api_tokens.c.user_id == user_id, api_tokens.c.revoked_us.is_(None))
+        .values(revoked_us=now_us)
+    )
+    return int(result.rowcount or 0)
+
+
+def disable_user(conn: Connection, name: str, now_us: int) -> int:
+    """Disable an account: its password and every token stop working at once, and so do its
+    dashboard sessions (they are checked against the account on each request). Returns the
+    number of tokens revoked. The row stays, so the audit trail keeps its name."""
+    user_id = _active_user_id(conn, name)
+    conn.execute(update(users).where(users.c.user_id == user_id).values(disabled_us=now_us))
+    return _revoke_tokens(conn, user_id, now_us)
+
+
+def reset_credentials(conn: Connection, name: str, now_us: int) -> tuple[str, str]:
+    """A new password and a new API token for an active account (shown once); every older
+    token is revoked. For a lost password or a leaked token."""
+    user_id = _active_user_id(conn, name)
+    password = secrets.token_urlsafe(18)
+    conn.execute(
+        update(users)
+        .where(users.c.user_id == user_id)
+        .values(password_hash=hash_password(password))
+    )
+    _revoke_tokens(conn, user_id, now_us)
+    return password, issue_token(conn, user_id, now_us)

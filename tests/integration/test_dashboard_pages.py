@@ -199,3 +199,41 @@ def test_bad_filters_are_a_400_page_not_a_500(env: Env) -> None:
         reply = env.client.get(path)
         assert 400 <= reply.status_code < 500, (path, reply.status_code)
         assert_headers(reply)
+
+
+def test_disabled_user_loses_token_password_and_session_at_once(env: Env) -> None:
+    from proscribe.collector.storage.users import disable_user, issue_token, reset_credentials
+
+    env.login("vera")
+    assert env.client.get("/violations").status_code == 200
+    with env.db.write() as conn:
+        user_id = conn.exec_driver_sql("SELECT user_id FROM users WHERE name = 'vera'").scalar()
+        token = issue_token(conn, int(user_id), 1)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert env.client.get("/api/v1/violations", headers=bearer).status_code == 200
+
+    with env.db.write() as conn:  # a leaked token: reset issues new credentials
+        password, fresh = reset_credentials(conn, "vera", 2)
+    assert env.client.get("/api/v1/violations", headers=bearer).status_code == 401
+    renewed = {"Authorization": f"Bearer {fresh}"}
+    assert env.client.get("/api/v1/violations", headers=renewed).status_code == 200
+    env.passwords["vera"] = password
+
+    with env.db.write() as conn:  # she leaves: disable
+        assert disable_user(conn, "vera", 3) == 1
+    assert env.client.get("/api/v1/violations", headers=renewed).status_code == 401
+    page = env.client.get("/violations", follow_redirects=False)  # the open session
+    assert page.status_code in (303, 401, 403), page.status_code
+    fresh_client = env.client.__class__(env.app, base_url="http://127.0.0.1")
+    form = fresh_client.get("/login")
+    reply = fresh_client.post(
+        "/login",
+        data={
+            "username": "vera",
+            "password": password,
+            "csrf": form.text.split('name="csrf" value="')[1].split('"')[0],
+        },
+        follow_redirects=False,
+    )
+    assert reply.status_code != 303  # the password no longer signs in
+    fresh_client.close()

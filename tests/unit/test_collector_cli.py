@@ -164,3 +164,34 @@ def test_nonce_commits_do_not_leave_sqlite_relaxed(tmp_path: Path) -> None:
         with db.write() as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
     db.dispose()
+
+
+def test_user_list_reset_and_disable(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--config", str(config))
+    _code, out, _ = _run(capsys, "collector", "user", "add", "olivia", "--role", "viewer", *args)
+    first = out.split("api token:")[1].strip()
+    code, out, err = _run(capsys, "collector", "user", "reset", "olivia", *args)
+    assert code == 0 and "older tokens are revoked" in err
+    second = out.split("api token:")[1].strip()
+    assert second != first and "password:" in out
+    db = open_database(f"sqlite:///{config.parent / 'c.db'}")
+    with db.read() as conn:
+        assert principal_for_token(conn, first) is None
+        assert principal_for_token(conn, second) is not None
+    code, out, _ = _run(capsys, "collector", "user", "list", "--json", *args)
+    assert [
+        (u["name"], u["role"], u["active_tokens"], u["disabled_us"]) for u in json.loads(out)
+    ] == [("olivia", "viewer", 1, None)]
+    code, out, _ = _run(capsys, "collector", "user", "disable", "olivia", *args)
+    assert code == 0 and "1 API token(s) revoked" in out
+    with db.read() as conn:
+        assert principal_for_token(conn, second) is None
+        actions = [r[0] for r in conn.exec_driver_sql("SELECT action FROM audit_log ORDER BY seq")]
+    db.dispose()
+    assert actions == ["user.add", "user.reset", "user.disable"]
+    code, out, _ = _run(capsys, "collector", "user", "list", *args)
+    assert "olivia" in out and out.splitlines()[1].split()[-1] == "0"
+    for verb in ("disable", "reset"):  # disabled (or unknown): one line, exit 2
+        code, _, err = _run(capsys, "collector", "user", verb, "olivia", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "user list" in err
+    assert _run(capsys, "collector", "audit", "verify", *args)[0] == 0
