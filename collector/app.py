@@ -78,7 +78,7 @@ def create_app(
     app.include_router(build_agent_router())
     app.include_router(build_people_router())
     app.include_router(build_ops_router())
-    app.include_router(build_dashboard_router())  # the dashboard (collector/web)
+    app.include_router(build_dashboard_router(session_key=settings.session_key))
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
     app.add_middleware(_NoncePurgeMiddleware)
     return app

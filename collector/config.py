@@ -28,6 +28,7 @@ Every problem is a :class:`~proscribe.agent.errors.ConfigError` naming the file 
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,14 @@ DEFAULT_HEARTBEAT_WINDOW = 180.0
 _MAX_CONFIG_BYTES = 256 * 1024
 
 _KNOWN: dict[str, set[str]] = {
-    "server": {"listen", "tls_cert", "tls_key", "behind_proxy", "heartbeat_window"},
+    "server": {
+        "listen",
+        "tls_cert",
+        "tls_key",
+        "behind_proxy",
+        "heartbeat_window",
+        "session_key_file",
+    },
     "database": {"url"},
     "policy": {"trusted_keys", "threshold"},
     "enroll": {"per_ip_burst", "per_ip_rate", "global_burst", "global_rate"},
@@ -73,6 +81,9 @@ class CollectorSettings:
     threshold: int = 1
     enroll: EnrollLimits = field(default_factory=EnrollLimits)
     source: str = "<settings>"
+    # Signs dashboard sessions; replicas sharing it accept each other's sign-ins. None: a
+    # random key per process (sessions end on restart).
+    session_key: bytes | None = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -137,6 +148,7 @@ def settings_from_mapping(
             "(fix: set server.tls_cert and server.tls_key, or put a TLS reverse proxy in front "
             "and set server.behind_proxy = true)"
         )
+    session_key = _session_key(server, source, base)
     window = float(
         _get(server, "server.heartbeat_window", (int, float), DEFAULT_HEARTBEAT_WINDOW, source)
     )
@@ -186,6 +198,7 @@ def settings_from_mapping(
         threshold=threshold,
         enroll=limits,
         source=source,
+        session_key=session_key,
     )
 
 
@@ -214,6 +227,34 @@ def _path_or_none(table: dict[str, Any], key: str, source: str, base: Path) -> P
             f"{source}: server.{key} = {value!r}: file not found (fix: give the PEM file's path)"
         )
     return path
+
+
+MIN_SESSION_KEY_BYTES = 32
+
+
+def _session_key(server: dict[str, Any], source: str, base: Path) -> bytes | None:
+    value = _get(server, "server.session_key_file", str, None, source)
+    if not value:
+        return None
+    path = Path(value)
+    path = path if path.is_absolute() else base / path
+    where = f"{source}: server.session_key_file = {value!r}"
+    make = f"head -c 48 /dev/urandom | base64 > {path} && chmod 600 {path}"
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"{where}: {err.strerror or err} (fix: create it: {make})") from err
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(
+            f"{where}: readable by others (mode {mode & 0o777:o}); anyone who reads it can "
+            f"sign in as any user (fix: chmod 600 {path})"
+        )
+    if len(key) < MIN_SESSION_KEY_BYTES:
+        raise ConfigError(
+            f"{where}: {len(key)} bytes; at least {MIN_SESSION_KEY_BYTES} are needed (fix: {make})"
+        )
+    return key
 
 
 def _parse_listen(value: str, source: str) -> tuple[str, int]:

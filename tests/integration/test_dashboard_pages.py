@@ -237,3 +237,26 @@ def test_disabled_user_loses_token_password_and_session_at_once(env: Env) -> Non
     )
     assert reply.status_code != 303  # the password no longer signs in
     fresh_client.close()
+
+
+def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: Env) -> None:
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+    from proscribe.collector.app import create_app
+    from proscribe.collector.config import settings_from_mapping
+
+    def replica(key: bytes | None) -> TestClient:
+        settings = settings_from_mapping({"database": {"url": env.db_url}})
+        app = create_app(dataclasses.replace(settings, session_key=key))
+        return TestClient(app, base_url="http://127.0.0.1")
+
+    shared = b"s" * 48
+    with replica(shared) as first, replica(shared) as second, replica(None) as other:
+        env.login("vera", client=first)
+        cookies = dict(first.cookies)
+        assert cookies
+        second.cookies.update(cookies)
+        assert second.get("/violations", follow_redirects=False).status_code == 200
+        other.cookies.update(cookies)  # a replica with its own random key: sign in again
+        assert other.get("/violations", follow_redirects=False).status_code != 200

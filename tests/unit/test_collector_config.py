@@ -123,3 +123,23 @@ def test_migrations_on_postgresql_match_the_declared_schema() -> None:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_session_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "session.key"
+    key.write_text("k" * 64 + "\n")
+    key.chmod(0o600)
+    settings = load_collector_config(_write(tmp_path, '[server]\nsession_key_file = "session.key"'))
+    assert settings.session_key == b"k" * 64
+    assert "kkkk" not in repr(settings)  # never printed with the settings
+
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"session_key_file.*readable by others.*chmod 600"):
+        load_collector_config(tmp_path / "collector.toml")
+    key.write_text("short")
+    key.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"5 bytes; at least 32.*/dev/urandom"):
+        load_collector_config(tmp_path / "collector.toml")
+    key.unlink()
+    with pytest.raises(ConfigError, match=r"session_key_file = 'session.key'.*create it"):
+        load_collector_config(tmp_path / "collector.toml")
