@@ -198,7 +198,12 @@ def build_agent_router() -> APIRouter:
                 )
                 record = _heartbeat_record(agent, body)
                 state.authenticator.consume(conn, agent)
-                regressed = record_heartbeat(conn, record, state.now_us())
+                regressed = record_heartbeat(
+                    conn,
+                    record,
+                    state.now_us(),
+                    int(state.settings.heartbeat_window * 1_000_000),
+                )
                 current = current_policy_ref(conn)
             if regressed:
                 log.warning("host %s reports a lower policy serial than before", agent.agent_id)

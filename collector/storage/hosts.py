@@ -3,6 +3,11 @@
 A host whose policy serial goes *down* is flagged ``serial_regressed``: the collector never
 hands out a lower serial, so a rollback means someone tampered with the agent's state. The
 flag stays until the host reports a serial at least as high as the highest it ever had.
+
+Every heartbeat that changes something a compliance officer asks about (policy id, serial or
+hash, mode, agent version, sensor states, dropped events) or that ends a silence longer than
+the heartbeat window adds a row to ``host_history``: the host's heartbeat timeline, small
+because an unchanged heartbeat adds nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proscribe.collector.storage.dialect import dialect_insert
-from proscribe.collector.storage.tables import hosts
-from sqlalchemy import Connection, and_, bindparam, case, false, or_, true
+from proscribe.collector.storage.tables import host_history, hosts
+from sqlalchemy import Connection, and_, bindparam, case, false, insert, or_, select, true
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +96,90 @@ def _upsert(conn: Connection) -> Any:
     return stmt
 
 
-def record_heartbeat(conn: Connection, hb: HeartbeatRecord, now_us: int) -> bool:
+# Heartbeat facts whose change is worth a history row, as (column, label).
+_TRACKED = (
+    ("hostname", "hostname"),
+    ("os", "os"),
+    ("agent_version", "agent version"),
+    ("mode", "mode"),
+    ("policy_id", "policy id"),
+    ("policy_serial", "policy serial"),
+    ("policy_sha256", "policy sha256"),
+    ("policy_stale", "policy stale"),
+)
+_PREVIOUS = select(
+    *(hosts.c[column] for column, _label in _TRACKED),
+    hosts.c.sensors,
+    hosts.c.dropped,
+    hosts.c.last_seen_us,
+).where(hosts.c.agent_id == bindparam("agent_id"))
+
+
+def heartbeat_changes(
+    previous: Any, hb: HeartbeatRecord, now_us: int, window_us: int | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The history rows this heartbeat adds, as ``(kind, detail)``; none when nothing moved."""
+    if previous is None:
+        return [
+            (
+                "first",
+                {
+                    "agent version": hb.agent_version,
+                    "mode": hb.mode,
+                    "policy id": hb.policy_id,
+                    "policy serial": hb.policy_serial,
+                    "sensors": hb.sensors,
+                },
+            )
+        ]
+    out: list[tuple[str, dict[str, Any]]] = []
+    if window_us is not None and now_us - int(previous.last_seen_us) > window_us:
+        out.append(("resumed", {"silent_s": (now_us - int(previous.last_seen_us)) // 1_000_000}))
+    changed: dict[str, Any] = {}
+    for column, label in _TRACKED:
+        before, after = previous._mapping[column], getattr(hb, column)
+        if column == "policy_stale":
+            before, after = bool(before), bool(after)
+        if before != after:
+            changed[label] = [before, after]
+    try:
+        sensors_before = json.loads(previous.sensors)
+    except ValueError:
+        sensors_before = {}
+    if not isinstance(sensors_before, dict):
+        sensors_before = {}
+    for name in sorted(set(sensors_before) | set(hb.sensors)):
+        if sensors_before.get(name) != hb.sensors.get(name):
+            changed[f"sensor {name}"] = [sensors_before.get(name), hb.sensors.get(name)]
+    if hb.dropped != int(previous.dropped):
+        changed["dropped events"] = [int(previous.dropped), hb.dropped]
+    if changed:
+        out.append(("changed", changed))
+    return out
+
+
+def record_heartbeat(
+    conn: Connection, hb: HeartbeatRecord, now_us: int, window_us: int | None = None
+) -> bool:
     """Upsert the host row in one statement; returns whether the host is flagged as having
     rolled back. The regression rule runs in SQL against the stored row, so concurrent
-    replicas cannot interleave a read and a write."""
+    replicas cannot interleave a read and a write. What changed since the stored row goes to
+    ``host_history`` (``window_us``: a longer gap is recorded as a silence)."""
+    previous = conn.execute(_PREVIOUS, {"agent_id": hb.agent_id}).first()
+    changes = heartbeat_changes(previous, hb, now_us, window_us)
+    if changes:
+        conn.execute(
+            insert(host_history),
+            [
+                {
+                    "agent_id": hb.agent_id,
+                    "time_us": now_us,
+                    "kind": kind,
+                    "detail": json.dumps(detail, sort_keys=True, default=str),
+                }
+                for kind, detail in changes
+            ],
+        )
     params: dict[str, Any] = {
         "agent_id": hb.agent_id,
         "hostname": hb.hostname,
@@ -116,3 +201,30 @@ def record_heartbeat(conn: Connection, hb: HeartbeatRecord, now_us: int) -> bool
         "serial_regressed": False,
     }
     return bool(conn.execute(_upsert(conn), params).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    time_us: int
+    kind: str
+    detail: dict[str, Any]
+
+
+def host_history_entries(conn: Connection, agent_id: str, limit: int = 100) -> list[HistoryEntry]:
+    """A host's heartbeat history, newest first."""
+    rows = conn.execute(
+        select(host_history.c.time_us, host_history.c.kind, host_history.c.detail)
+        .where(host_history.c.agent_id == agent_id)
+        .order_by(host_history.c.time_us.desc(), host_history.c.seq.desc())
+        .limit(limit)
+    )
+    out = []
+    for row in rows:
+        try:
+            detail = json.loads(row.detail)
+        except ValueError:
+            detail = {}
+        if not isinstance(detail, dict):
+            detail = {}
+        out.append(HistoryEntry(int(row.time_us), str(row.kind), detail))
+    return out

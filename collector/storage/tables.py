@@ -101,6 +101,21 @@ hosts = Table(
     Column("agent_time", String(64), nullable=True),
 )
 
+# What changed in a host's heartbeats, one row per heartbeat that changed something (never
+# one per heartbeat: 10k agents a minute would be 14M rows a day). kind: "first" (the first
+# heartbeat), "changed" (policy, mode, version, sensors, drops…), "resumed" (after a silence
+# longer than the heartbeat window). detail is JSON. Migration 0003.
+host_history = Table(
+    "host_history",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_host_history_agent_time", "agent_id", "time_us"),
+)
+
 policies = Table(
     "policies",
     metadata,

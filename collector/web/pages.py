@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Query
 from proscribe.agent.events import EVENT_ACTIONS, KINDS, SEVERITIES
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import queries, to_us
+from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.policies import highest_serial
 from proscribe.collector.timespec import parse_moment
 from proscribe.collector.web import queries as webq
@@ -332,6 +333,7 @@ def register(router: APIRouter, site: Site) -> None:
                 "agent": agent_store.get_agent(conn, agent_id),
                 "page": queries.list_violations(conn, flt, cursor=cursor or None, limit=50),
                 "current": highest_serial(conn),
+                "history": host_history_entries(conn, agent_id, limit=100),
             }
 
         try:
@@ -356,6 +358,7 @@ def register(router: APIRouter, site: Site) -> None:
                 "items": page.items,
                 "next_link": next_link,
                 "current": data["current"],
+                "history": data["history"],
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },

@@ -48,6 +48,34 @@ def fmt_ago(value_us: int | None, now_us: int) -> str:
     return f"{seconds} s ago"
 
 
+def _fmt_value(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt_value(v)}" for k, v in sorted(value.items())) or "none"
+    return str(value)
+
+
+def describe_history(kind: str, detail: dict[str, object]) -> tuple[str, list[str]]:
+    """A heartbeat-history row as a title and plain-text lines (the template escapes them)."""
+    if kind == "first":
+        return "first heartbeat", [f"{k}: {_fmt_value(v)}" for k, v in sorted(detail.items())]
+    if kind == "resumed":
+        silent = detail.get("silent_s")
+        minutes = int(silent) // 60 if isinstance(silent, int) else None
+        gap = f"{minutes} min" if minutes is not None else "a while"
+        return "reporting again", [f"silent for {gap} (longer than the heartbeat window)"]
+    lines = []
+    for label, change in sorted(detail.items()):
+        if isinstance(change, list) and len(change) == 2:
+            lines.append(f"{label}: {_fmt_value(change[0])} → {_fmt_value(change[1])}")
+        else:
+            lines.append(f"{label}: {_fmt_value(change)}")
+    return "changed", lines
+
+
 def fmt_num(value: int | float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
 
@@ -68,6 +96,7 @@ def build_environment(templates: Path = TEMPLATES) -> Environment:
     env.filters["etime"] = fmt_event_time
     env.filters["num"] = fmt_num
     env.globals["ago"] = fmt_ago
+    env.globals["describe_history"] = describe_history
     return env
 
 

@@ -88,9 +88,11 @@ class Env:
         assert all(r["status"] == "stored" for r in reply.json()["results"]), reply.text
         return reply
 
-    def heartbeat(self, agent: tuple[str, Ed25519PrivateKey], serial: int | None = 2) -> None:
+    def heartbeat(
+        self, agent: tuple[str, Ed25519PrivateKey], serial: int | None = 2, **changes: Any
+    ) -> None:
         agent_id, key = agent
-        payload = {
+        payload: dict[str, Any] = {
             "agent_version": "0.1.0",
             "hostname": "ignored",
             "os": "linux",
@@ -99,6 +101,7 @@ class Env:
             "sensors": {"process": "netlink"},
             "spool": {"depth": 0, "bytes": 0, "dropped": 0},
         }
+        payload.update(changes)
         body = json.dumps(payload).encode()
         headers = sign_request(key, agent_id, "POST", "/api/v1/heartbeat", body, now=self.clock.now)
         headers["Content-Type"] = "application/json"

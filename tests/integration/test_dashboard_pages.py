@@ -260,3 +260,39 @@ def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: Env) ->
         assert second.get("/violations", follow_redirects=False).status_code == 200
         other.cookies.update(cookies)  # a replica with its own random key: sign in again
         assert other.get("/violations", follow_redirects=False).status_code != 200
+
+
+def test_host_page_shows_the_heartbeat_history(env: Env) -> None:
+    from proscribe.collector.storage.hosts import host_history_entries
+
+    agent = env.enroll("ws-history")
+    env.heartbeat(agent, serial=2)
+    env.clock.now += 60
+    env.heartbeat(agent, serial=2)  # nothing changed: no row
+    env.clock.now += 60
+    env.heartbeat(agent, serial=3, sensors={"process": "netlink", "dns": "<b>failed</b>\x1b"})
+    env.clock.now += 3600  # silent for an hour, then back with drops
+    env.heartbeat(
+        agent,
+        serial=3,
+        sensors={"process": "netlink", "dns": "<b>failed</b>\x1b"},
+        spool={"depth": 5, "bytes": 10, "dropped": 7},
+    )
+    with env.db.read() as conn:
+        entries = host_history_entries(conn, agent[0])
+    assert [e.kind for e in entries] == ["changed", "resumed", "changed", "first"]
+    assert entries[0].detail == {"dropped events": [0, 7]}
+    assert entries[1].detail == {"silent_s": 3600}
+    assert entries[2].detail["policy serial"] == [2, 3]
+    assert entries[2].detail["sensor dns"] == [None, "<b>failed</b>\x1b"]
+
+    env.login("vera")
+    page = env.client.get(f"/hosts/{agent[0]}").text
+    history = page[page.index("Heartbeat history") : page.index("<h2>Timeline</h2>")]
+    assert history.count("<tr>") == 5  # header + four rows
+    assert "policy serial: 2 → 3" in history
+    assert "dropped events: 0 → 7" in history
+    assert "silent for 60 min" in history
+    assert "first heartbeat" in history
+    assert "&lt;b&gt;failed&lt;/b&gt;" in history and "<b>failed" not in history
+    assert "\x1b" not in history

@@ -95,8 +95,8 @@ def test_unreachable_database_is_config_error() -> None:
 
 def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'm.db'}")
-    assert upgrade(db) == "0002"
-    assert upgrade(db) == "0002"  # idempotent
+    assert upgrade(db) == "0003"
+    assert upgrade(db) == "0003"  # idempotent
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     db.dispose()
@@ -115,7 +115,7 @@ def test_migrations_on_postgresql_match_the_declared_schema() -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         db = open_database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-        assert upgrade(db) == "0002"
+        assert upgrade(db) == "0003"
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         db.dispose()
