@@ -1,9 +1,9 @@
 """``proscribe collector …``: one module per verb group, registered explicitly.
 
 * ``serve``   — ``serve``, ``migrate``
-* ``admin``   — ``enroll-secret create|list|revoke``, ``agent list|revoke``, ``user add``,
-  ``audit verify``
-* ``report``  — ``report --since 30d --format json|csv``
+* ``admin``   — ``enroll-secret create|list|revoke``, ``agent list|revoke``,
+  ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
+* ``report``  — ``report --since 30d --format html|json|csv``
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Admin verbs: ``enroll-secret``, ``agent``, ``user``, ``audit``. Writes are audited."""
+"""Admin verbs: ``enroll-secret``, ``agent``, ``user``, ``purge``, ``audit``. Writes are
+audited."""
 
 from __future__ import annotations
 
@@ -75,6 +76,19 @@ def register(verbs: Any) -> None:
     add_config_argument(ureset)
     ureset.set_defaults(func=user_reset)
     user.set_defaults(func=_usage(user))
+
+    purge = verbs.add_parser(
+        "purge", help="retention: delete events and host history older than a cutoff"
+    )
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        metavar="AGE",
+        help="e.g. 400d or 60w (at least 1d), or an RFC 3339 time",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    add_config_argument(purge)
+    purge.set_defaults(func=events_purge)
 
     aud = verbs.add_parser("audit", help="check the admin audit log's hash chain")
     aud_verbs = aud.add_subparsers(dest="action", metavar="ACTION")
@@ -325,6 +339,56 @@ def user_reset(args: argparse.Namespace) -> int:
     print(f"password:  {password}")
     print(f"api token: {token}")
     print("(shown once; only hashes are stored; older tokens are revoked)", file=sys.stderr)
+    return 0
+
+
+MIN_RETENTION_S = 86_400
+
+
+def events_purge(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import audit, to_us
+    from proscribe.collector.storage.events import count_older, purge_chunk
+    from proscribe.collector.timespec import parse_moment
+
+    now = time.time()
+    try:
+        cutoff = parse_moment(args.older_than, now)
+    except ValueError as err:
+        raise UsageError(f"--older-than: {err}") from err
+    if now - cutoff < MIN_RETENTION_S:
+        raise UsageError(
+            f"--older-than {args.older_than!r} would delete events from the last day "
+            "(fix: give at least 1d; 'm' means minutes, write months as days, e.g. 400d)"
+        )
+    cutoff_us = to_us(cutoff)
+    db = open_migrated(settings_from_args(args))
+    try:
+        with db.read() as conn:
+            n_events, n_history = count_older(conn, cutoff_us)
+        when = _when(cutoff_us)
+        if args.dry_run:
+            print(f"would delete {n_events} events and {n_history} host history rows before {when}")
+            return 0
+        deleted = [0, 0]
+        while True:
+            with db.write() as conn:  # one short transaction per chunk
+                gone = purge_chunk(conn, cutoff_us)
+            deleted[0] += gone[0]
+            deleted[1] += gone[1]
+            if gone == (0, 0):
+                break
+        with db.write() as conn:
+            audit.append_audit(
+                conn,
+                actor=cli_actor(),
+                action="events.purge",
+                target=when,
+                detail={"events": deleted[0], "host_history": deleted[1]},
+                now_us=to_us(time.time()),
+            )
+    finally:
+        db.dispose()
+    print(f"deleted {deleted[0]} events and {deleted[1]} host history rows before {when}")
     return 0
 
 

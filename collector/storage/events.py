@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from proscribe.collector.storage.dialect import dialect_insert
-from proscribe.collector.storage.tables import events
-from sqlalchemy import Connection, func, select
+from proscribe.collector.storage.tables import events, host_history
+from sqlalchemy import Connection, delete, func, select
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -38,3 +38,37 @@ def existing_event_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 
 def count_events(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+
+PURGE_CHUNK = 5000
+
+
+def count_older(conn: Connection, cutoff_us: int) -> tuple[int, int]:
+    """``(events, host history rows)`` stored with a time before ``cutoff_us``."""
+    n_events = conn.execute(
+        select(func.count()).select_from(events).where(events.c.time_us < cutoff_us)
+    ).scalar_one()
+    n_history = conn.execute(
+        select(func.count()).select_from(host_history).where(host_history.c.time_us < cutoff_us)
+    ).scalar_one()
+    return int(n_events), int(n_history)
+
+
+def purge_chunk(conn: Connection, cutoff_us: int, chunk: int = PURGE_CHUNK) -> tuple[int, int]:
+    """Delete at most ``chunk`` events and ``chunk`` history rows older than ``cutoff_us`` (the
+    caller commits each chunk, so a purge of millions never holds the write lock for long).
+    Returns what was deleted; ``(0, 0)`` when nothing is left."""
+    old_events = (
+        select(events.c.seq).where(events.c.time_us < cutoff_us).limit(chunk).scalar_subquery()
+    )
+    gone_events = conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount
+    old_history = (
+        select(host_history.c.seq)
+        .where(host_history.c.time_us < cutoff_us)
+        .limit(chunk)
+        .scalar_subquery()
+    )
+    gone_history = conn.execute(
+        delete(host_history).where(host_history.c.seq.in_(old_history))
+    ).rowcount
+    return int(gone_events or 0), int(gone_history or 0)

@@ -195,3 +195,51 @@ def test_user_list_reset_and_disable(config: Path, capsys: pytest.CaptureFixture
         code, _, err = _run(capsys, "collector", "user", verb, "olivia", *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "user list" in err
     assert _run(capsys, "collector", "audit", "verify", *args)[0] == 0
+
+
+def test_purge_deletes_only_what_is_older_in_chunks_and_is_audited(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from proscribe.collector.storage import events as event_store
+    from proscribe.collector.storage.tables import host_history
+
+    args = ("--config", str(config))
+    assert _run(capsys, "collector", "migrate", *args)[0] == 0
+    now_us = int(time.time() * 1e6)
+    day = 86_400 * 10**6
+    ages = [500, 450, 401, 399, 10, 0]  # days
+    db = open_database(f"sqlite:///{config.parent / 'c.db'}")
+    with db.write() as conn:
+        for i, age in enumerate(ages):
+            conn.execute(
+                insert(events).values(
+                    event_id=f"e{i}", agent_id="a", time_us=now_us - age * day,
+                    received_us=now_us, hostname="ws", username=None, rule="r", kind="dns",
+                    action="reported", severity="high", body="{}",
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(host_history).values(
+                    agent_id="a", time_us=now_us - age * day, kind="changed", detail="{}"
+                )
+            )
+    monkeypatch.setattr(event_store, "PURGE_CHUNK", 2)  # several chunks, several commits
+    code, out, _ = _run(capsys, "collector", "purge", "--older-than", "400d", "--dry-run", *args)
+    assert code == 0 and "would delete 3 events and 3 host history rows" in out
+    with db.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 6
+    code, out, _ = _run(capsys, "collector", "purge", "--older-than", "400d", *args)
+    assert code == 0 and "deleted 3 events and 3 host history rows" in out
+    with db.read() as conn:
+        left = sorted(r[0] for r in conn.exec_driver_sql("SELECT event_id FROM events"))
+        history = conn.exec_driver_sql("SELECT count(*) FROM host_history").scalar()
+        audit = conn.exec_driver_sql("SELECT action, detail FROM audit_log").all()
+    db.dispose()
+    assert left == ["e3", "e4", "e5"] and history == 3
+    assert audit[-1][0] == "events.purge"
+    assert json.loads(audit[-1][1]) == {"events": 3, "host_history": 3}
+    for bad, why in (("12m", "minutes"), ("soon", "is not a time"), ("2h", "last day")):
+        code, _, err = _run(capsys, "collector", "purge", "--older-than", bad, *args)
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
