@@ -20,6 +20,7 @@ import os
 import platform
 import socket
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class IdentityStore:
             ) from err
         self._key = self._load_or_create_key()
         self._agent_id = self._read_agent_id()
+        self.clock_offset = 0.0  # seconds to add to time.time() when signing
 
     # -- key and id -------------------------------------------------------------------------
 
@@ -175,7 +177,9 @@ class IdentityStore:
         return {"secret": secret, **self.host_facts, "public_key": self.public_key}
 
     def sign(self, method: str, path_and_query: str, body: bytes) -> dict[str, str]:
-        """Signature headers for one request; only valid once enrolled."""
+        """Signature headers for one request; only valid once enrolled. The timestamp is this
+        machine's clock plus ``clock_offset`` (learnt from a ``stale_request`` answer)."""
         if self._agent_id is None:
             raise RuntimeError("sign() before enrollment")
-        return sign_request(self._key, self._agent_id, method, path_and_query, body)
+        now = time.time() + self.clock_offset
+        return sign_request(self._key, self._agent_id, method, path_and_query, body, now=now)

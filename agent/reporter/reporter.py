@@ -10,8 +10,10 @@ Delivery rules (see docs/delivery.md):
 - 413 → the batch is halved and retried at once (down to one event; one event that still gets
   413 is dead-lettered);
 - 429/503 → nothing is sent until ``Retry-After`` has passed (parsed and clamped);
-- 401 ``unknown_agent``/``revoked_agent`` → enroll again (the spool is untouched); other 401s
-  (clock skew, replay) → backoff;
+- 401 ``unknown_agent``/``revoked_agent`` → enroll again (the spool is untouched);
+  ``stale_request`` (this machine's clock is over 300 s off) → sign with the collector's time
+  from then on (its ``Date`` header; the TLS channel is pinned) and retry at once; other 401s
+  (replay) → backoff;
 - any other 4xx for a batch → that batch is dead-lettered and the next one goes;
 - 5xx, connection, TLS and timeout errors → exponential backoff with full jitter (cap 15 min),
   reset on success, and the same rows are sent again.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import json
 import logging
 import os
@@ -54,6 +57,8 @@ POLICY_PATH = "/api/v1/policy"
 ENROLL_PATH = "/api/v1/enroll"
 MAX_POLICY_BYTES = 1024 * 1024 + 64 * 1024  # the policy cap plus room for signatures
 
+CLOCK_SLACK_SECONDS = 2.0  # offsets closer than this to the current one change nothing
+
 HeartbeatSource = Callable[[], dict[str, Any]]
 PolicySink = Callable[[bytes, bytes], object]
 
@@ -72,6 +77,20 @@ class ReporterConfig:
     backoff_base: float = BACKOFF_BASE_SECONDS
     backoff_cap: float = BACKOFF_CAP_SECONDS
     status_file: Path | None = None
+
+
+def server_time(reply: Reply) -> float | None:
+    """The collector's clock from an answer's ``Date`` header (RFC 9110), or None."""
+    value = reply.header("Date")
+    if not value:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp()
 
 
 def _iso(moment: float | None) -> str | None:
@@ -158,6 +177,7 @@ class Reporter:
             "next_attempt": _iso(self._blocked_until) if self._blocked_until > now else None,
             "batch_limit": self._batch_limit,
             "policy_etag": self._policy_etag,
+            "clock_offset_s": round(self.identity.clock_offset, 1),
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -235,12 +255,34 @@ class Reporter:
             if error in ("unknown_agent", "revoked_agent"):
                 log.warning("reporter: collector says %s; enrolling again", error)
                 self.identity.forget(new_key=error == "revoked_agent")
+            if error == "stale_request" and self._adopt_server_clock(reply):
+                return True
             self._fail(f"{what}: collector refused our signature ({error})")
             return True
         if reply.status >= 500 or reply.status < 200 or 300 <= reply.status < 400:
             self._fail(f"{what}: collector answered HTTP {reply.status}")
             return True
         return False
+
+    def _adopt_server_clock(self, reply: Reply) -> bool:
+        """Take the collector's time from a ``stale_request`` answer; True when the offset
+        changed (retry at once), False when it did not help (back off as usual)."""
+        server = server_time(reply)
+        if server is None:
+            return False
+        offset = server - time.time()
+        if abs(offset - self.identity.clock_offset) < CLOCK_SLACK_SECONDS:
+            return False  # already using that offset; something else is wrong
+        self.identity.clock_offset = offset if abs(offset) >= CLOCK_SLACK_SECONDS else 0.0
+        log.warning(
+            "reporter: this machine's clock is %+.0f s off the collector's; signing requests "
+            "with the collector's time (fix the clock: NTP)",
+            -offset,
+        )
+        self.last_error = f"clock is {-offset:+.0f} s off the collector's; corrected"
+        self.last_error_time = self._clock()
+        self._blocked_until = self._clock()
+        return True
 
     # -- enrollment -------------------------------------------------------------------------
 
