@@ -1,7 +1,8 @@
-"""Token buckets for enrollment: one per client address plus one global.
+"""Token buckets for enrollment (one per client address plus one global) and for failed
+dashboard sign-ins (one per client address and one per user name).
 
 In memory, per replica: with N replicas the global rate is N times the configured one, which
-is fine for a flood guard (the enroll secret is the actual gate).
+is fine for a flood guard (the enroll secret and the password are the actual gates).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class TokenBucket:
         self.burst = burst
         self.tokens = burst
         self.stamp = now
+
+    def peek(self, now: float) -> float:
+        """0 if a token is available, else the seconds until one will be; takes nothing."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            return 0.0
+        return (1 - self.tokens) / self.rate if self.rate > 0 else 3600.0
 
     def take(self, now: float) -> float:
         """0 if a token was taken, else the seconds until one will be available."""
@@ -56,3 +65,47 @@ class EnrollRateLimiter:
             if wait:
                 return wait
             return self._global.take(now)
+
+
+# Failed sign-ins: 10 at once, then one more every 30 s per address and every 60 s per name.
+LOGIN_BURST = 10.0
+LOGIN_IP_RATE = 1 / 30
+LOGIN_NAME_RATE = 1 / 60
+
+
+class LoginThrottle:
+    """Guesses cost tokens; a sign-in is refused (429) while the address or the name has
+    none left. Only failures take tokens, so people who type their password right are never
+    slowed; an attacker gets ~2 guesses a minute per address, and no more than one a minute
+    per name from any number of addresses (the price: someone guessing a name can keep its
+    owner out for as long as they keep guessing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+
+    def _bucket(self, key: tuple[str, str], now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate = LOGIN_IP_RATE if key[0] == "ip" else LOGIN_NAME_RATE
+            bucket = TokenBucket(rate, LOGIN_BURST, now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > _MAX_TRACKED:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
+
+    def wait(self, client: str, name: str, now: float) -> float:
+        """Seconds until a sign-in may be tried (0: now); takes nothing."""
+        with self._lock:
+            waits = []
+            for key in (("ip", client), ("name", name.casefold())):
+                bucket = self._bucket(key, now)
+                waits.append(bucket.peek(now))
+            return max(waits)
+
+    def failed(self, client: str, name: str, now: float) -> None:
+        with self._lock:
+            for key in (("ip", client), ("name", name.casefold())):
+                self._bucket(key, now).take(now)

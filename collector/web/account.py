@@ -7,6 +7,7 @@ The login form has no session yet, so its CSRF token is bound to a random pre-lo
 from __future__ import annotations
 
 import logging
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -79,11 +80,23 @@ def register(router: APIRouter, site: Site) -> None:
             return login_page(request, next_path, "The form expired; please sign in again.", 403)
         name = values.get("username", "")[:256]
         password = values.get("password", "")[:1024]
+        client = request.client.host if request.client else "unknown"
+        now = Site.state(request).clock()
+        wait = site.login_throttle.wait(client, name, now)
+        if wait > 0:
+            log.warning("dashboard login throttled for %r from %s", name[:64], client)
+            seconds = max(1, math.ceil(wait))
+            throttled = login_page(
+                request, next_path, f"Too many failed sign-ins; try again in {seconds} s.", 429
+            )
+            throttled.headers["Retry-After"] = str(seconds)
+            return throttled
 
         principal: Principal | None = await site.read(
             request, lambda conn: principal_for_password(conn, name, password)
         )
         if principal is None:
+            site.login_throttle.failed(client, name, now)
             log.info("dashboard login failed for %r", name[:64])
             return login_page(request, next_path, "Wrong user name or password.", 401)
         state = Site.state(request)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
 from jinja2 import Environment
+from proscribe.collector.api.ratelimit import LoginThrottle
 from proscribe.collector.api.state import CollectorState, get_state
 from proscribe.collector.storage.users import Principal
 from proscribe.collector.web import queries as webq
@@ -49,6 +50,7 @@ class Site:
         self.env = env
         self.signer = signer
         self.rollup = ViolationRollup()
+        self.login_throttle = LoginThrottle()
 
     async def read(self, request: Request, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on a read connection in the thread pool (the database is blocking)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dashboard_env import Env, event, make_env
@@ -296,3 +297,27 @@ def test_host_page_shows_the_heartbeat_history(env: Env) -> None:
     assert "first heartbeat" in history
     assert "&lt;b&gt;failed&lt;/b&gt;" in history and "<b>failed" not in history
     assert "\x1b" not in history
+
+
+def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: Env) -> None:
+    def attempt(name: str, password: str) -> Any:
+        form = env.client.get("/login")
+        csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+        return env.client.post(
+            "/login",
+            data={"username": name, "password": password, "csrf": csrf},
+            follow_redirects=False,
+        )
+
+    for _ in range(10):
+        assert attempt("vera", "wrong").status_code == 401
+    refused = attempt("vera", env.passwords["vera"])  # right password, but too many guesses
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "Too many failed sign-ins" in refused.text
+    assert attempt("adam", env.passwords["adam"]).status_code == 429  # same address
+    env.clock.now += 60  # a token back on both the address and the name
+    assert attempt("vera", env.passwords["vera"]).status_code == 303
+    # success takes no token: signing in again and again is never throttled
+    for _ in range(12):
+        assert attempt("adam", env.passwords["adam"]).status_code == 303
