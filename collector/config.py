@@ -243,6 +243,11 @@ def _session_key(server: dict[str, Any], source: str, base: Path) -> bytes | Non
     try:
         mode = path.stat().st_mode
         key = path.read_bytes().strip()
+    except PermissionError as err:
+        raise ConfigError(
+            f"{where}: not readable by this user (fix: chown it to the collector's user, "
+            f"then chmod 600 {path})"
+        ) from err
     except OSError as err:
         raise ConfigError(f"{where}: {err.strerror or err} (fix: create it: {make})") from err
     if os.name == "posix" and mode & 0o077:
