@@ -60,6 +60,8 @@ Collector configuration (written to /etc/proscribe/collector.toml):
   --behind-proxy          a TLS-terminating reverse proxy sits in front
   --database-url URL      default sqlite:////var/lib/proscribe-collector/collector.db
   --trusted-key, --threshold   as above: keys the collector checks uploaded policies against
+  --retention DAYS        also install a daily timer that deletes events and host history
+                          older than DAYS days (proscribe collector purge; audited)
 
   -h, --help              show this help
 EOF
@@ -71,7 +73,7 @@ note() { DONE+=("$*"); }
 # ---- arguments -----------------------------------------------------------------------------
 POINT_RESOLVER=0 ROOT="" COMPONENT="" WHEEL="" WHEELHOUSE="" PY="" CONFIGURE_ONLY=0 FORCE_CONFIG="" NO_START=0
 DEFAULTS_FILE="" COLLECTOR_URL="" CA_FILE="" SECRET_FILE="" THRESHOLD="" MODE="" DNS=""
-DNS_LISTEN="" POLICY="" LISTEN="" TLS_CERT="" TLS_KEY="" BEHIND_PROXY="" DATABASE_URL=""
+DNS_LISTEN="" POLICY="" LISTEN="" TLS_CERT="" TLS_KEY="" BEHIND_PROXY="" DATABASE_URL="" RETENTION=""
 TRUSTED_KEYS=()
 DONE=()
 
@@ -103,6 +105,7 @@ while [ $# -gt 0 ]; do
     --tls-key) need_value "$@"; TLS_KEY=$2; shift ;;
     --behind-proxy) BEHIND_PROXY=yes ;;
     --database-url) need_value "$@"; DATABASE_URL=$2; shift ;;
+    --retention) need_value "$@"; RETENTION=$2; shift ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -138,6 +141,10 @@ fi
 : "${COMPONENT:=agent}" "${PY:=python3}" "${THRESHOLD:=1}" "${MODE:=enforce}" "${DNS:=capture}"
 : "${LISTEN:=127.0.0.1:8443}"
 case "$COMPONENT" in agent|collector) ;; *) die "--component must be agent or collector" ;; esac
+if [ -n "$RETENTION" ]; then
+  [ "$COMPONENT" = collector ] || die "--retention is for --component collector"
+  [[ "$RETENTION" =~ ^[1-9][0-9]{0,5}$ ]] || die "--retention $RETENTION: give a whole number of days, e.g. 400"
+fi
 case "$MODE" in enforce|monitor) ;; *) die "--mode must be enforce or monitor, got '$MODE'" ;; esac
 case "$DNS" in capture|proxy|off) ;; *) die "--dns must be capture, proxy or off, got '$DNS'" ;; esac
 [ "$POINT_RESOLVER" = 0 ] || [ "$DNS" = proxy ] || die "--point-resolver needs --dns proxy (the resolver is pointed at the agent's DNS proxy)"
@@ -257,7 +264,7 @@ install_venv() {
   # work without the source tree.
   mkdir -p "$new/share/installer/linux" "$new/share/installer/common"
   install -m 0755 "$SCRIPT_DIR/install.sh" "$SCRIPT_DIR/uninstall.sh" "$new/share/installer/linux/"
-  install -m 0644 "$SCRIPT_DIR"/*.service.in "$new/share/installer/linux/"
+  install -m 0644 "$SCRIPT_DIR"/*.service.in "$SCRIPT_DIR"/*.timer.in "$new/share/installer/linux/"
   install -m 0644 "$COMMON_DIR/render_config.py" "$new/share/installer/common/"
 
   [ -f "$final/.install-manifest" ] && cp -p "$final/.install-manifest" "$new/"
@@ -344,16 +351,26 @@ ensure_service_user() {
   note "created the system user '$SERVICE_USER'"
 }
 
-write_unit() {
-  local tmpl="$SCRIPT_DIR/$UNIT.in" target
-  target=$(r "$UNIT_DIR/$UNIT")
+render_unit() {  # render_unit NAME: $SCRIPT_DIR/NAME.in -> $UNIT_DIR/NAME
+  local tmpl="$SCRIPT_DIR/$1.in" target
+  target=$(r "$UNIT_DIR/$1")
   mkdir -p "$(dirname "$target")"
   sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@CONF_DIR@|$CONF_DIR|g" -e "s|@STATE_DIR@|$STATE_DIR|g" \
       -e "s|@CAPABILITIES@|$(capabilities)|g" -e "s|@USER@|${SERVICE_USER:-}|g" \
-      -e "s|@STATE_NAME@|${STATE_DIR#/var/lib/}|g" "$tmpl" >"$target.new"
+      -e "s|@STATE_NAME@|${STATE_DIR#/var/lib/}|g" -e "s|@RETENTION@|$RETENTION|g" \
+      "$tmpl" >"$target.new"
   chmod 0644 "$target.new"
   mv "$target.new" "$target"
-  record file "$UNIT_DIR/$UNIT"
+  record file "$UNIT_DIR/$1"
+}
+
+write_unit() {
+  render_unit "$UNIT"
+  if [ -n "$RETENTION" ]; then
+    render_unit proscribe-collector-purge.service
+    render_unit proscribe-collector-purge.timer
+    note "installed proscribe-collector-purge.timer: daily, deletes events older than $RETENTION days"
+  fi
   if [ "$COMPONENT" = agent ]; then
     note "installed $UNIT_DIR/$UNIT (capabilities: $(capabilities))"
   else
@@ -460,6 +477,7 @@ write_manifest() {
 
 start_service() {
   local cmds=("systemctl daemon-reload" "systemctl enable $UNIT" "systemctl restart $UNIT")
+  [ -n "$RETENTION" ] && cmds+=("systemctl enable --now proscribe-collector-purge.timer")
   if [ "$NO_START" = 1 ] || [ -n "$ROOT" ]; then
     local why="--no-start"
     [ -n "$ROOT" ] && why="staging root"
@@ -475,6 +493,10 @@ start_service() {
   systemctl enable "$UNIT" >/dev/null 2>&1
   systemctl restart "$UNIT"
   note "enabled and (re)started $UNIT (check: systemctl status $UNIT)"
+  if [ -n "$RETENTION" ]; then
+    systemctl enable --now proscribe-collector-purge.timer >/dev/null 2>&1
+    note "enabled proscribe-collector-purge.timer (check: systemctl list-timers)"
+  fi
 }
 
 # ---- main ----------------------------------------------------------------------------------

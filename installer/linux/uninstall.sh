@@ -57,6 +57,7 @@ allowed() {
   case "$1" in
     *..*|*//*) return 1 ;;
     "$PREFIX"|/etc/proscribe|/etc/proscribe/*|/etc/systemd/system/proscribe-*.service) return 0 ;;
+    /etc/systemd/system/proscribe-collector-purge.timer) return 0 ;;
     /etc/systemd/system/proscribe-agent.service.d|/etc/systemd/system/proscribe-agent.service.d/resolver.conf) return 0 ;;
     /etc/resolv.conf) return 0 ;;
     /var/lib/proscribe|/var/lib/proscribe-collector) return 0 ;;
@@ -66,6 +67,9 @@ allowed() {
 
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl disable --now "$UNIT" >/dev/null 2>&1 || true
+  if [ "$UNIT" = proscribe-collector.service ]; then
+    systemctl disable --now proscribe-collector-purge.timer >/dev/null 2>&1 || true
+  fi
 fi
 
 files=() dirs=() trees=() states=() users=() resolvs=()

@@ -350,6 +350,8 @@ def test_uninstall_ignores_manifest_entries_outside_its_paths(root: Path) -> Non
         (["--trusted-key", "ed25519:AAAA"], "--trusted-key"),
         (["--trusted-key", "ed25519:AAAA", "--threshold", "0"], "--trusted-key"),
         (["--collector-url", "ftp://x"], "--collector-url"),
+        (["--retention", "400"], "--retention is for --component collector"),
+        (["--component", "collector", "--retention", "12m"], "whole number of days"),
         (["--policy", "/nonexistent/p.toml"], "--policy"),
         (["--wheel"], "--wheel needs a value"),
         (["--frobnicate"], "unknown option '--frobnicate'"),
@@ -395,7 +397,7 @@ def test_collector_component_installs_with_its_own_unit_and_config(
     root = tmp_path / "root"
     key = new_key()
     run(INSTALL, "--root", root, "--component", "collector", "--wheelhouse", house,
-        "--python", sys.executable, "--trusted-key", key)  # fmt: skip
+        "--python", sys.executable, "--trusted-key", key, "--retention", "400")  # fmt: skip
     venv = root / "opt/proscribe-collector"
     out = run(venv / "bin/python", "-c", "import proscribe.collector.app, fastapi; print('ok')")
     assert out.stdout.strip() == "ok"
@@ -415,9 +417,32 @@ def test_collector_component_installs_with_its_own_unit_and_config(
         staged.write_text(unit.replace("/opt/proscribe-collector/bin", f"{venv}/bin"))
         verify = run("systemd-analyze", "verify", staged, check=False, timeout=60)
         assert verify.returncode == 0, verify.stderr
+    # --retention 400: a daily timer runs `collector purge --older-than 400d`, sandboxed
+    units = root / "etc/systemd/system"
+    purge = (units / "proscribe-collector-purge.service").read_text()
+    assert (
+        "ExecStart=/opt/proscribe-collector/bin/proscribe collector purge --older-than 400d "
+        "--config /etc/proscribe/collector.toml\n"
+    ) in purge
+    assert "User=proscribe\n" in purge and "Type=oneshot\n" in purge
+    timer = (units / "proscribe-collector-purge.timer").read_text()
+    assert "OnCalendar=daily\n" in timer and "Persistent=true\n" in timer
+    if shutil.which("systemd-analyze"):
+        staged_dir = tmp_path / "units"
+        staged_dir.mkdir()
+        (staged_dir / "proscribe-collector-purge.service").write_text(
+            purge.replace("/opt/proscribe-collector/bin", f"{venv}/bin")
+        )
+        (staged_dir / "proscribe-collector-purge.timer").write_text(timer)
+        verify = run("systemd-analyze", "verify", staged_dir / "proscribe-collector-purge.timer",
+                     staged_dir / "proscribe-collector-purge.service", check=False,
+                     timeout=60)  # fmt: skip
+        assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     run(UNINSTALL, "--root", root, "--component", "collector", "--purge")
     assert not venv.exists()
     assert not (root / "etc/proscribe").exists()
+    assert not (units / "proscribe-collector-purge.timer").exists()
+    assert not (units / "proscribe-collector-purge.service").exists()
 
 
 @pytest.mark.slow
