@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class DnsSection:
     proxy_listen: str = "127.0.0.1:53"
     upstreams: tuple[str, ...] = ()  # "" = the system resolvers from /etc/resolv.conf
     interfaces: tuple[str, ...] = ()  # capture interfaces; empty = all
+    watch_encrypted: bool = True  # report DoT / DoH connections (Linux; sensors/dns/encrypted.py)
+    doh_resolvers: tuple[str, ...] = ()  # more DoH resolver addresses beyond the built-in list
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,9 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         ),
     )
 
-    d = r.section("dns", ("proxy_listen", "upstreams", "interfaces"))
+    d = r.section(
+        "dns", ("proxy_listen", "upstreams", "interfaces", "watch_encrypted", "doh_resolvers")
+    )
     listen = r.string(d, "dns.proxy_listen", "127.0.0.1:53")
     _check_host_port(r, "dns.proxy_listen", listen)
     upstreams = r.string_list(d, "dns.upstreams")
@@ -251,7 +256,16 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         proxy_listen=listen,
         upstreams=upstreams,
         interfaces=r.string_list(d, "dns.interfaces"),
+        watch_encrypted=r.boolean(d, "dns.watch_encrypted", True),
+        doh_resolvers=r.string_list(d, "dns.doh_resolvers"),
     )
+    for address in dns.doh_resolvers:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise r.error(
+                "dns.doh_resolvers", f"{address!r} is not an IP address", 'write e.g. ["10.0.0.53"]'
+            ) from None
 
     dd = r.section("dedupe", ("window",))
     dedupe = DedupeSection(window=r.number(dd, "dedupe.window", 300.0, low=0, high=86400))

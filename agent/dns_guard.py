@@ -27,7 +27,9 @@ from proscribe.agent.policy.matchers.compiled import Decision
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import EventSink
 
-__all__ = ["DnsGuard"]
+__all__ = ["ENCRYPTED_DNS_RULE", "DnsGuard"]
+
+ENCRYPTED_DNS_RULE = "encrypted-dns"  # built in: not a policy rule, reported on every host
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,50 @@ class DnsGuard:
             self.counts[action] += 1
             self.on_violation()
             log.info("dns %s: %s (%s)", action, name, decision.explanation)
+        else:
+            self.counts["unspooled"] += 1
+
+    def on_encrypted(self, connection: Any) -> None:
+        """Record a connection to an encrypted DNS resolver (DoT, or DoH to a known one): its
+        queries reach neither DNS sensor, so it is reported as a way around the policy's
+        domain rules (rule ``encrypted-dns``, action ``reported``; the watch dedupes)."""
+        compiled = self.policy.compiled
+        policy = None
+        if compiled is not None:
+            meta = compiled.policy.meta
+            policy = {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
+        resolver = f"{connection.resolver[0]}:{connection.resolver[1]}"
+        who = "" if connection.process else (
+            f" (process not attributed: {connection.attribution_reason or 'unknown'})"
+        )  # fmt: skip
+        event = new_event(
+            "dns",
+            rule=ENCRYPTED_DNS_RULE,
+            action="reported",
+            severity="medium",
+            policy=policy,
+            host=self.host_info(),
+            process=connection.process,
+            dns={
+                "qname": connection.provider or connection.resolver[0],
+                "qtype": connection.protocol,
+                "resolver": resolver,
+            },
+            detail=(
+                f"{connection.description}: queries sent this way are invisible to the DNS "
+                "sensor and the proxy, so domain rules cannot see them (turn DNS over HTTPS "
+                f"off by browser policy){who}"
+            ),
+        )
+        try:
+            stored = self.spool.append(event)
+        except Exception:
+            log.exception("spool append failed")
+            stored = False
+        if stored:
+            self.counts["encrypted_dns"] += 1
+            self.on_violation()
+            log.warning("encrypted DNS: %s%s", connection.description, who)
         else:
             self.counts["unspooled"] += 1
 

@@ -76,7 +76,63 @@ def build_dns_for(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
     except Exception as err:
         log.exception("DNS sensor (%s) could not be built", mode)
         return None, f"failed: {err}"
+    built = _encrypted_dns_watch(config, guard)
+    if built is not None:
+        sensor = DnsParts(sensor, *built)
     return sensor, "starting"
+
+
+def _encrypted_dns_watch(config: AgentConfig, guard: Any) -> tuple[Any, Any] | None:
+    """The DoT/DoH connection watch (``[dns] watch_encrypted``), Linux only, and the
+    attributor it owns (closed with it)."""
+    import sys
+
+    if not config.dns.watch_encrypted or not sys.platform.startswith("linux"):
+        return None
+    from proscribe.agent.sensors.dns import ProcessAttributor
+    from proscribe.agent.sensors.dns.encrypted import EncryptedDnsWatch, resolver_table
+
+    attributor = ProcessAttributor()
+
+    def attribute(connection: Any) -> tuple[Any, str | None] | None:
+        found = attributor.attribute("tcp", connection.local, connection.remote)
+        if found.forwarded:
+            return None  # a stub resolver (e.g. resolved with DNSOverTLS): apps' queries seen
+        return found.process, found.reason
+
+    watch = EncryptedDnsWatch(
+        guard.on_encrypted,
+        attribute,
+        window=max(config.dedupe.window, 3600.0),
+        resolvers=resolver_table(config.dns.doh_resolvers),
+    )
+    return watch, attributor
+
+
+class DnsParts:
+    """The DNS sensor and the encrypted-DNS watch, started and stopped as one part."""
+
+    def __init__(self, sensor: Any, watch: Any, attributor: Any) -> None:
+        self.sensor = sensor
+        self.watch = watch
+        self._attributor = attributor
+
+    def start(self) -> None:
+        self.sensor.start()  # its failure is the DNS state's (the daemon reports it)
+        try:
+            self.watch.start()
+        except Exception:
+            log.exception("encrypted DNS watch could not start (DNS sensor unaffected)")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.watch.stop(timeout)
+        self._attributor.close()
+        self.sensor.stop(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.sensor.stats())
+        stats["encrypted_dns"] = dict(self.watch.counts)
+        return stats
 
 
 def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:

@@ -144,3 +144,53 @@ def test_dns_capture_without_privileges_degrades_and_the_agent_runs(
     finally:
         daemon.stop()
         daemon.shutdown()
+
+
+@pytest.mark.root
+@pytest.mark.linux
+def test_encrypted_dns_connection_becomes_an_event(tmp_path: Path, upstream: Upstream) -> None:
+    """A process holding a connection to a DoH resolver (here 127.0.0.2:443, added with
+    ``[dns] doh_resolvers``) is reported as ``encrypted-dns`` with that process."""
+    import subprocess
+    import sys
+
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text("doh123"))
+    port = free_port()
+    config_path = write_config(
+        tmp_path,
+        signer,
+        process="off",
+        extra=f'[dns]\nproxy_listen = "127.0.0.1:{port}"\n'
+        f'upstreams = ["127.0.0.1:{upstream.port}"]\ndoh_resolvers = ["127.0.0.2"]\n',
+    )
+    config_path.write_text(config_path.read_text().replace('dns = "off"', 'dns = "proxy"'))
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.2", 443))
+    listener.listen(4)
+    daemon = build(load_agent_config(config_path), with_reporter=False)
+    daemon.start()
+    client = subprocess.Popen(
+        [sys.executable, "-c", "import socket, time\n"
+         "s = socket.create_connection(('127.0.0.2', 443))\ntime.sleep(30)\n"]
+    )  # fmt: skip
+    try:
+        state = tmp_path / "state"
+
+        def reported() -> list[dict[str, object]]:
+            return [e for e in spool_events(state) if e.get("rule") == "encrypted-dns"]
+
+        events = wait_for(reported, 15)  # the watch looks every 5 s
+        assert len(events) == 1, spool_events(state)
+        event = events[0]
+        assert event["process"]["pid"] == client.pid  # type: ignore[index]
+        assert event["dns"] == {"qname": "127.0.0.2", "qtype": "DoH", "resolver": "127.0.0.2:443"}
+        assert event["action"] == "reported" and event["kind"] == "dns"
+        assert daemon.status()["sensors"]["dns"]["encrypted_dns"]["reported"] == 1
+    finally:
+        client.kill()
+        client.wait(10)
+        daemon.stop()
+        daemon.shutdown()
+        listener.close()

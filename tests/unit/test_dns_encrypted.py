@@ -1,0 +1,148 @@
+"""The encrypted-DNS watch on a fake /proc/net/tcp: what counts as DoT/DoH, once per socket,
+once per process and resolver within the window; the event it becomes passes the collector's
+schema."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proscribe.agent.sensors.dns.encrypted import (
+    EncryptedDnsConnection,
+    EncryptedDnsWatch,
+    TcpConnection,
+    read_tcp_connections,
+    resolver_table,
+)
+
+HEADER = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+    "timeout inode\n"
+)
+
+
+def v4(ip: str, port: int) -> str:
+    return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
+
+
+def v6(ip: str, port: int) -> str:
+    raw = socket.inet_pton(socket.AF_INET6, ip)
+    words = "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    return f"{words}:{port:04X}"
+
+
+def line(n: int, local: str, remote: str, state: str, uid: int, inode: int) -> str:
+    return (
+        f"  {n}: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 "
+        f"{uid:5d}        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
+    )
+
+
+def write_tables(procfs: Path, v4_lines: list[str], v6_lines: list[str]) -> None:
+    (procfs / "net").mkdir(parents=True, exist_ok=True)
+    (procfs / "net" / "tcp").write_text(HEADER + "".join(v4_lines))
+    (procfs / "net" / "tcp6").write_text(HEADER + "".join(v6_lines))
+
+
+def test_connections_are_read_and_classified(tmp_path: Path) -> None:
+    write_tables(
+        tmp_path,
+        [
+            line(0, v4("10.0.0.5", 40000), v4("1.1.1.1", 443), "01", 1000, 11),  # DoH
+            line(1, v4("10.0.0.5", 40001), v4("203.0.113.9", 853), "02", 1000, 12),  # DoT
+            line(2, v4("10.0.0.5", 40002), v4("203.0.113.9", 443), "01", 1000, 13),  # HTTPS
+            line(3, v4("0.0.0.0", 853), v4("0.0.0.0", 0), "0A", 0, 14),  # a listener
+            line(4, v4("10.0.0.5", 40003), v4("8.8.8.8", 443), "06", 1000, 0),  # TIME_WAIT
+        ],
+        [line(0, v6("2001:db8::5", 40004), v6("2606:4700:4700::1111", 443), "01", 1000, 15)],
+    )
+    found = list(read_tcp_connections(tmp_path))
+    assert [c.inode for c in found] == [11, 12, 13, 15]
+    assert found[0].remote == ("1.1.1.1", 443) and found[0].local == ("10.0.0.5", 40000)
+    assert found[3].remote == ("2606:4700:4700::1111", 443)
+
+    reports: list[EncryptedDnsConnection] = []
+    processes = {11: {"pid": 1, "exe": "/usr/bin/firefox"}, 12: None, 15: {"pid": 2, "exe": "/c"}}
+
+    def attribute(c: TcpConnection) -> tuple[Any, str | None]:
+        process = processes.get(c.inode)
+        return process, None if process else "socket owner not found"
+
+    watch = EncryptedDnsWatch(reports.append, attribute, procfs=tmp_path, clock=lambda: 100.0)
+    assert len(watch.poll()) == 3
+    by_inode = {r.local[1]: r for r in reports}
+    assert by_inode[40000].protocol == "DoH" and by_inode[40000].provider == "Cloudflare"
+    assert by_inode[40000].description == "DNS over HTTPS to 1.1.1.1:443 (Cloudflare)"
+    assert by_inode[40001].protocol == "DoT" and by_inode[40001].process is None
+    assert by_inode[40001].attribution_reason == "socket owner not found"
+    assert watch.poll() == []  # the same sockets: judged already
+
+
+def test_one_report_per_process_and_resolver_within_the_window(tmp_path: Path) -> None:
+    now = [0.0]
+    reports: list[EncryptedDnsConnection] = []
+    watch = EncryptedDnsWatch(
+        reports.append,
+        lambda c: ({"pid": 7, "exe": "/usr/bin/chromium"}, None),
+        procfs=tmp_path,
+        window=600,
+        clock=lambda: now[0],
+    )
+    for inode in (21, 22, 23):  # the browser opens a new DoH connection now and then
+        write_tables(
+            tmp_path, [line(0, v4("10.0.0.5", inode), v4("8.8.8.8", 443), "01", 0, inode)], []
+        )
+        watch.poll()
+        now[0] += 300
+    assert len(reports) == 2  # at 0 s and at 600 s, not at 300 s
+    assert watch.counts["connections"] == 3
+
+
+def test_a_stub_resolvers_upstream_is_not_reported(tmp_path: Path) -> None:
+    write_tables(tmp_path, [line(0, v4("10.0.0.5", 5000), v4("9.9.9.9", 853), "01", 101, 31)], [])
+    reports: list[EncryptedDnsConnection] = []
+    watch = EncryptedDnsWatch(reports.append, lambda c: None, procfs=tmp_path)
+    watch.poll()
+    assert reports == [] and watch.counts["stub_upstream"] == 1
+
+
+def test_extra_resolvers_and_a_bad_one() -> None:
+    table = resolver_table(["10.1.2.3", "2001:DB8::53"])
+    assert table["10.1.2.3"] == "" and "2001:db8::53" in table and table["8.8.8.8"]
+    with pytest.raises(ValueError):
+        resolver_table(["dns.example"])
+
+
+def test_the_event_passes_the_collectors_schema() -> None:
+    from proscribe.agent.dns_guard import DnsGuard
+    from proscribe.collector.api.schema import EventIn
+
+    stored: list[dict[str, Any]] = []
+
+    class Spool:
+        def append(self, event: dict[str, Any]) -> bool:
+            stored.append(event)
+            return True
+
+    class Policy:
+        compiled = None
+
+    guard = DnsGuard(
+        policy=Policy(),  # type: ignore[arg-type]
+        spool=Spool(),  # type: ignore[arg-type]
+        hostname="ws",
+        host_info=lambda: {"hostname": "ws", "os": "linux"},
+    )
+    guard.on_encrypted(
+        EncryptedDnsConnection(
+            "DoH", ("1.1.1.1", 443), "Cloudflare", ("10.0.0.5", 4000),
+            {"pid": 9, "name": "firefox", "exe": "/usr/bin/firefox"}, None, 0.0,
+        )
+    )  # fmt: skip
+    (event,) = stored
+    assert event["rule"] == "encrypted-dns" and event["action"] == "reported"
+    assert event["dns"] == {"qname": "Cloudflare", "qtype": "DoH", "resolver": "1.1.1.1:443"}
+    assert "DNS over HTTPS to 1.1.1.1:443 (Cloudflare)" in event["detail"]
+    EventIn.model_validate(event)
