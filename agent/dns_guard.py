@@ -66,6 +66,21 @@ class DnsGuard:
         user = (process or {}).get("user") or None
         return compiled.check_domain(name, self.hostname, user, self.policy.now())
 
+    def _policy_ref(self) -> dict[str, Any] | None:
+        """The policy in force, as an event's ``policy`` section."""
+        compiled = self.policy.compiled
+        if compiled is None:
+            return None
+        meta = compiled.policy.meta
+        return {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
+
+    def _append(self, event: dict[str, Any]) -> bool:
+        try:
+            return bool(self.spool.append(event))
+        except Exception:
+            log.exception("spool append failed")
+            return False
+
     def decide(self, name: str, process: dict[str, Any] | None) -> Any:
         """The sensors' ``Decide``: a ``Verdict`` for a name some rule matches, else None."""
         from proscribe.agent.sensors.dns import Verdict
@@ -118,17 +133,12 @@ class DnsGuard:
                     entry[1] += 1  # written by flush_repeats when the window closes
                     self.counts["folded"] += 1
                     return
-        compiled = self.policy.compiled
-        policy = None
-        if compiled is not None:
-            meta = compiled.policy.meta
-            policy = {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
         event = new_event(
             "dns",
             rule=decision.rule_id,
             action=action,
             severity=decision.severity,
-            policy=policy,
+            policy=self._policy_ref(),
             host=self.host_info(),
             process=process,
             dns=observation.dns_section(),
@@ -136,11 +146,7 @@ class DnsGuard:
             + (f" (CNAME target {name})" if name != observation.qname else "")
             + _provenance(observation),
         )
-        try:
-            stored = self.spool.append(event)
-        except Exception:
-            log.exception("spool append failed")
-            stored = False
+        stored = self._append(event)
         if stored:
             self.deduper.remember(key, event["id"])
             with self._lock:
@@ -155,11 +161,6 @@ class DnsGuard:
         """Record a connection to an encrypted DNS resolver (DoT, or DoH to a known one): its
         queries reach neither DNS sensor, so it is reported as a way around the policy's
         domain rules (rule ``encrypted-dns``, action ``reported``; the watch dedupes)."""
-        compiled = self.policy.compiled
-        policy = None
-        if compiled is not None:
-            meta = compiled.policy.meta
-            policy = {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
         resolver = f"{connection.resolver[0]}:{connection.resolver[1]}"
         who = "" if connection.process else (
             f" (process not attributed: {connection.attribution_reason or 'unknown'})"
@@ -169,7 +170,7 @@ class DnsGuard:
             rule=ENCRYPTED_DNS_RULE,
             action="reported",
             severity="medium",
-            policy=policy,
+            policy=self._policy_ref(),
             host=self.host_info(),
             process=connection.process,
             dns={
@@ -183,11 +184,7 @@ class DnsGuard:
                 f"off by browser policy){who}"
             ),
         )
-        try:
-            stored = self.spool.append(event)
-        except Exception:
-            log.exception("spool append failed")
-            stored = False
+        stored = self._append(event)
         if stored:
             self.counts["encrypted_dns"] += 1
             self.on_violation()

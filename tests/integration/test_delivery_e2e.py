@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,30 +29,12 @@ from proscribe.agent.spool import Spool
 from proscribe.collector.devserver import CollectorProcess, free_port
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.agents import create_enroll_secret
+from reporter_process import pending, start_reporter
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.slow
 
 EVENTS = 4000  # eight full batches of 500: the kills land between and inside batches
-
-AGENT = r"""
-import sys, time
-from pathlib import Path
-from proscribe.agent.reporter import ReporterConfig, reporter_for_url
-from proscribe.agent.spool import Spool
-
-state = Path(sys.argv[2])
-spool = Spool(state / "spool.db")
-reporter = reporter_for_url(
-    spool, url=sys.argv[1], ca_file=None, enroll_secret_file=state / "enroll.secret",
-    state_dir=state, host_facts={"hostname": "ws-e2e", "os": "linux", "agent_version": "t"},
-    config=ReporterConfig(heartbeat_interval=3600, policy_interval=3600, idle_check=0.1,
-                          backoff_base=0.05, backoff_cap=0.3),
-)
-reporter.start()
-while True:
-    time.sleep(1)
-"""
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -84,15 +64,6 @@ def _event_ids(url: str) -> set[str]:
             return {str(r[0]) for r in conn.execute(text("SELECT event_id FROM events"))}
     finally:
         engine.dispose()
-
-
-def _pending(spool_path: Path) -> int:
-    conn = sqlite3.connect(spool_path, timeout=5)
-    try:
-        row = conn.execute("SELECT COUNT(*) FROM events WHERE state='pending'").fetchone()
-        return int(row[0])
-    finally:
-        conn.close()
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -131,7 +102,7 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     ids = {e["id"] for e in events}
     assert all(spool.append_many(events))  # one commit, as a burst goes in
     spool.close()
-    assert _pending(state / "spool.db") == EVENTS
+    assert pending(state / "spool.db") == EVENTS
 
     port = free_port()
     collector = CollectorProcess(tmp_path / "srv", database_url, port=port)
@@ -140,7 +111,7 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     agents: list[subprocess.Popen[bytes]] = []
 
     def start_agent() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-c", AGENT, collector.url, str(state)])
+        proc = start_reporter(collector.url, state)
         agents.append(proc)
         return proc
 
@@ -149,7 +120,7 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
         agent = start_agent()
         time.sleep(1.0)
         assert agent.poll() is None, "the reporter must survive a collector that is down"
-        assert _pending(spool_path) == EVENTS
+        assert pending(spool_path) == EVENTS
 
         # 2. the collector comes up; 3. it is killed -9 once events are flowing
         collector.start()
@@ -166,10 +137,10 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
         _wait(lambda: _scalar(database_url, count) > before, 60, "uploads after the restart")
         os.kill(agent.pid, signal.SIGKILL)
         agent.wait(10)
-        assert _pending(spool_path) > 0 or _scalar(database_url, count) == EVENTS
+        assert pending(spool_path) > 0 or _scalar(database_url, count) == EVENTS
         start_agent()
 
-        _wait(lambda: _pending(spool_path) == 0, 120, "the spool to drain")
+        _wait(lambda: pending(spool_path) == 0, 120, "the spool to drain")
         assert _scalar(database_url, count) == EVENTS
         assert (
             _scalar(

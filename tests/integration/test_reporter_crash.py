@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,33 +12,7 @@ from pathlib import Path
 from collector_double import CollectorDouble
 from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
-
-AGENT = r"""
-import sys, time
-from pathlib import Path
-from proscribe.agent.reporter import ReporterConfig, reporter_for_url
-from proscribe.agent.spool import Spool
-
-state = Path(sys.argv[2])
-spool = Spool(state / "spool.db")
-reporter = reporter_for_url(
-    spool, url=sys.argv[1], ca_file=None, enroll_secret_file=state / "enroll.secret",
-    state_dir=state, host_facts={"hostname": "ws", "os": "linux", "agent_version": "t"},
-    config=ReporterConfig(heartbeat_interval=3600, policy_interval=3600, idle_check=0.2,
-                          backoff_base=0.05, backoff_cap=0.2),
-)
-reporter.start()
-while True:
-    time.sleep(1)
-"""
-
-
-def _pending(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM events WHERE state='pending'").fetchone()[0])
-    finally:
-        conn.close()
+from reporter_process import pending, start_reporter
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -66,8 +38,7 @@ def test_kill_9_mid_upload_then_restart_delivers_each_event_once(tmp_path: Path)
 
     collector = CollectorDouble().start()
     collector.hold_events = True
-    cmd = [sys.executable, "-c", AGENT, collector.url, str(state)]
-    first = subprocess.Popen(cmd)
+    first = start_reporter(collector.url, state)
     second: subprocess.Popen[bytes] | None = None
     try:
         # the batch is stored by the collector, whose answer is held back: kill the agent now
@@ -77,10 +48,10 @@ def test_kill_9_mid_upload_then_restart_delivers_each_event_once(tmp_path: Path)
         collector.hold_events = False
         collector.release_events.set()
         assert set(collector.events) == set(ids)
-        assert _pending(state / "spool.db") == 20  # never acknowledged: still pending
+        assert pending(state / "spool.db") == 20  # never acknowledged: still pending
 
-        second = subprocess.Popen(cmd)
-        assert _wait(lambda: _pending(state / "spool.db") == 0, 20), "resend never acknowledged"
+        second = start_reporter(collector.url, state)
+        assert _wait(lambda: pending(state / "spool.db") == 0, 20), "resend never acknowledged"
         assert set(collector.events) == set(ids)  # stored once each
         assert collector.duplicates == 20  # the resend was answered "duplicate"
         assert len(collector.agents) == 1  # the restarted agent kept its identity
