@@ -1,8 +1,10 @@
 """The agent's real reporter in a process of its own, for crash and clock tests: it reads the
 spool in ``STATE/spool.db``, enrolls with ``STATE/enroll.secret`` and runs until killed.
 
-``start_reporter(url, state, skew=3600)`` shifts that process's ``time.time`` (a machine whose
-clock is an hour ahead); ``pending(spool)`` counts what it has not had acknowledged yet.
+``agent_state(tmp, database_url)`` migrates the collector's database and makes the agent's
+state directory with an enroll secret from it; ``start_reporter(url, state, skew=3600)`` shifts
+the process's ``time.time`` (a machine whose clock is an hour ahead); ``pending(spool)`` counts
+what it has not had acknowledged yet.
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ reporter.start()
 while True:
     time.sleep(1)
 """
+
+
+def agent_state(tmp: Path, database_url: str) -> Path:
+    from proscribe.collector.storage import open_database, upgrade
+    from proscribe.collector.storage.agents import create_enroll_secret
+
+    db = open_database(database_url)
+    upgrade(db)
+    with db.write() as conn:
+        secret = create_enroll_secret(conn, "tests", 0)[1]
+    db.dispose()
+    state = tmp / "agent"
+    state.mkdir()
+    secret_file = state / "enroll.secret"
+    secret_file.write_text(secret + "\n", encoding="utf-8")
+    secret_file.chmod(0o600)
+    return state
 
 
 def start_reporter(url: str, state: Path, skew: float = 0.0) -> subprocess.Popen[bytes]:

@@ -27,9 +27,7 @@ from dashboard_env import pg_database
 from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
 from proscribe.collector.devserver import CollectorProcess, free_port
-from proscribe.collector.storage import open_database, upgrade
-from proscribe.collector.storage.agents import create_enroll_secret
-from reporter_process import pending, start_reporter
+from reporter_process import agent_state, pending, start_reporter
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.slow
@@ -78,17 +76,7 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     tmp_path: Path, database_url: str
 ) -> None:
-    db = open_database(database_url)
-    upgrade(db)
-    with db.write() as conn:
-        secret = create_enroll_secret(conn, "e2e", 0)[1]
-    db.dispose()
-
-    state = tmp_path / "agent"
-    state.mkdir()
-    secret_file = state / "enroll.secret"
-    secret_file.write_text(secret + "\n", encoding="utf-8")
-    secret_file.chmod(0o600)
+    state = agent_state(tmp_path, database_url)
     spool = Spool(state / "spool.db")
     events = [
         new_event(

@@ -15,9 +15,7 @@ import pytest
 from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
 from proscribe.collector.devserver import CollectorProcess
-from proscribe.collector.storage import open_database, upgrade
-from proscribe.collector.storage.agents import create_enroll_secret
-from reporter_process import pending, start_reporter
+from reporter_process import agent_state, pending, start_reporter
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.slow
@@ -26,14 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("skew", [3600.0, -3600.0])
 def test_an_agent_with_a_wrong_clock_still_delivers(tmp_path: Path, skew: float) -> None:
     url = f"sqlite:///{tmp_path / 'collector.db'}"
-    db = open_database(url)
-    upgrade(db)
-    with db.write() as conn:
-        secret = create_enroll_secret(conn, "skew", 0)[1]
-    db.dispose()
-    state = tmp_path / "agent"
-    state.mkdir()
-    (state / "enroll.secret").write_text(secret + "\n", encoding="utf-8")
+    state = agent_state(tmp_path, url)
     spool = Spool(state / "spool.db")
     assert all(
         spool.append_many(
