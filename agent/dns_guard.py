@@ -22,14 +22,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from proscribe.agent.events import new_event, utc_now_iso
+from proscribe.agent.events import ENCRYPTED_DNS_RULE, new_event, utc_now_iso
 from proscribe.agent.policy.matchers.compiled import Decision
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import EventSink
 
 __all__ = ["ENCRYPTED_DNS_RULE", "DnsGuard"]
-
-ENCRYPTED_DNS_RULE = "encrypted-dns"  # built in: not a policy rule, reported on every host
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,10 @@ EVENT_ACTIONS: Final = (
     "failed",
 )
 SEVERITIES: Final = ("low", "medium", "high", "critical")
+# The one built-in rule id (not from a policy): a connection to an encrypted DNS resolver, which
+# goes around every domain rule (agent/sensors/dns/encrypted.py). Reports count it with every
+# policy, as they do tamper events.
+ENCRYPTED_DNS_RULE: Final = "encrypted-dns"
 
 # Limits shared by the agent (it truncates) and the collector (it rejects with 422).
 MAX_EVENTS_PER_BATCH: Final = 500

@@ -21,6 +21,7 @@ from typing import Any
 
 from jinja2 import Environment
 from proscribe.agent.errors import PolicyError
+from proscribe.agent.events import ENCRYPTED_DNS_RULE
 from proscribe.agent.policy.envelope import parse_envelope
 from proscribe.agent.policy.loader import load_policy
 from proscribe.agent.policy.model import Exemption, Policy
@@ -119,8 +120,15 @@ def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) 
         events.c.time_us < until_us,
     ]
     if rule_ids is not None:
-        # The policy's rules, plus tamper events (they concern every policy).
-        conds.append(or_(events.c.rule.in_(rule_ids), events.c.kind == "tamper"))
+        # The policy's rules, plus what concerns every policy: tamper events, and encrypted
+        # DNS connections (a way around its domain rules).
+        conds.append(
+            or_(
+                events.c.rule.in_(rule_ids),
+                events.c.kind == "tamper",
+                events.c.rule == ENCRYPTED_DNS_RULE,
+            )
+        )
     return conds
 
 

@@ -108,6 +108,32 @@ def test_report_covers_the_policy_and_the_period(env: Env) -> None:
     assert list(report.policy.signers) == keyids
 
 
+def test_encrypted_dns_connections_count_with_every_policy(env: Env) -> None:
+    agents = populate(env)
+    env.post_events(
+        agents["lab"],
+        [
+            event(
+                when=env.clock.now - 30,
+                kind="dns",
+                rule="encrypted-dns",
+                action="reported",
+                dns={"qname": "Cloudflare", "qtype": "DoH", "resolver": "1.1.1.1:443"},
+                process={"pid": 9, "name": "firefox", "user": "alice"},
+            )
+        ],
+    )
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        report = build_report(
+            conn, since_us=now_us - 30 * DAY_US, until_us=now_us, now_us=now_us,
+            heartbeat_window_s=180,
+        )  # fmt: skip
+    assert report.total == 6  # the five of the policy's rules, and the DoH connection
+    assert dict(report.by_rule)["encrypted-dns"] == 1
+    assert "some-other-policys-rule" not in dict(report.by_rule)
+
+
 def test_command_line_formats_carry_the_same_content(env: Env) -> None:
     populate(env)
     now_us = int(env.clock.now * 1e6)
