@@ -132,11 +132,16 @@ if [ -n "$DEFAULTS_FILE" ] && [ -f "$DEFAULTS_FILE" ]; then
       DNS_PROXY_LISTEN) : "${DNS_LISTEN:=$value}" ;;
       POLICY) : "${POLICY:=$value}" ;;
       FORCE_CONFIG) : "${FORCE_CONFIG:=$value}" ;;
+      LISTEN) : "${LISTEN:=$value}" ;;
+      DATABASE_URL) : "${DATABASE_URL:=$value}" ;;
+      BEHIND_PROXY) : "${BEHIND_PROXY:=$value}" ;;
+      RETENTION) : "${RETENTION:=$value}" ;;
       *) die "$DEFAULTS_FILE: unknown key '$key' (fix: see the comments in that file)" ;;
     esac
   done <"$DEFAULTS_FILE"
 fi
 [ "$FORCE_CONFIG" = yes ] || FORCE_CONFIG=""
+[ "$BEHIND_PROXY" = yes ] || BEHIND_PROXY=""
 
 : "${COMPONENT:=agent}" "${PY:=python3}" "${THRESHOLD:=1}" "${MODE:=enforce}" "${DNS:=capture}"
 : "${LISTEN:=127.0.0.1:8443}"

@@ -47,9 +47,9 @@ esac
 MANIFEST="$ROOT$PREFIX/.install-manifest"
 if [ -z "$ROOT" ] && command -v dpkg-query >/dev/null 2>&1 \
    && dpkg-query -S "$PREFIX/bin/proscribe" >/dev/null 2>&1; then
-  die "$PREFIX belongs to the proscribe-agent package (fix: apt-get remove proscribe-agent, or apt-get purge to drop state too)"
+  die "$PREFIX belongs to the proscribe-$COMPONENT package (fix: apt-get remove proscribe-$COMPONENT, or apt-get purge to drop its configuration too)"
 fi
-[ -f "$MANIFEST" ] || die "$MANIFEST not found: nothing was installed here by install.sh (a .deb is removed with: apt-get remove proscribe-agent)"
+[ -f "$MANIFEST" ] || die "$MANIFEST not found: nothing was installed here by install.sh (a .deb is removed with: apt-get remove proscribe-$COMPONENT)"
 
 # A manifest is data; refuse entries outside the places install.sh writes to, so a damaged
 # or tampered manifest cannot make this script delete anything else.

@@ -41,6 +41,17 @@ def build_wheelhouse(base: Path) -> Path:
     return house
 
 
+def collector_wheelhouse(base: Path) -> Path:
+    """The agent's wheelhouse plus the collector's extras, built once per base temp dir."""
+    house = base / "installer-wheelhouse-collector"
+    if not (house / ".complete").exists():
+        run(LINUX / "build-wheelhouse.sh", "-o", house, "--component", "collector",
+            "--wheel", next(build_wheelhouse(base).glob("proscribe-*.whl")),
+            "--python", sys.executable, timeout=240)  # fmt: skip
+        (house / ".complete").touch()
+    return house
+
+
 def run(
     *args: str | Path, check: bool = True, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
@@ -387,13 +398,7 @@ def test_help_lists_the_flags() -> None:
 def test_collector_component_installs_with_its_own_unit_and_config(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    base = tmp_path_factory.getbasetemp()
-    house = base / "installer-wheelhouse-collector"
-    if not (house / ".complete").exists():
-        run(LINUX / "build-wheelhouse.sh", "-o", house, "--component", "collector",
-            "--wheel", next(build_wheelhouse(base).glob("proscribe-*.whl")),
-            "--python", sys.executable, timeout=240)  # fmt: skip
-        (house / ".complete").touch()
+    house = collector_wheelhouse(tmp_path_factory.getbasetemp())
     root = tmp_path / "root"
     key = new_key()
     run(INSTALL, "--root", root, "--component", "collector", "--wheelhouse", house,
@@ -512,3 +517,72 @@ def test_deb_contents_scripts_and_scratch_root_install(wheelhouse: Path, tmp_pat
     assert not (scratch / "etc/proscribe").exists()
     assert not (scratch / "var/lib/proscribe").exists()
     assert not venv.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.linux
+def test_collector_deb_installs_configures_and_keeps_the_evidence_on_purge(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if shutil.which("dpkg-deb") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs dpkg-deb and /usr/bin/python3 (Debian)")
+    house = collector_wheelhouse(tmp_path_factory.getbasetemp())
+    wheel = next(house.glob("proscribe-*.whl"))
+    out = run(LINUX / "build-deb.sh", "--component", "collector", "--wheel", wheel,
+              "--wheelhouse", house, "-o", tmp_path / "out", timeout=300)  # fmt: skip
+    deb = Path(out.stdout.strip().splitlines()[-1])
+    arch = run("dpkg", "--print-architecture").stdout.strip()
+    assert deb.name == f"proscribe-collector_0.1.0_{arch}.deb"
+    info = run("dpkg-deb", "-I", deb).stdout
+    assert "Package: proscribe-collector" in info
+    contents = run("dpkg-deb", "-c", deb).stdout
+    assert "./opt/proscribe-collector/bin/proscribe" in contents
+    assert "./etc/proscribe/collector.toml" in contents
+    assert "./opt/proscribe-collector/share/installer/linux/default-collector.example" in contents
+    assert "./etc/systemd" not in contents and ".install-manifest" not in contents
+    control = tmp_path / "control"
+    run("dpkg-deb", "-e", deb, control)
+    assert (control / "conffiles").read_text().split() == ["/etc/proscribe/collector.toml"]
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if shellcheck.exists():
+        scripts = [control / n for n in ("postinst", "prerm", "postrm")]
+        lint = run(shellcheck, "-s", "sh", "--severity=warning", *scripts, check=False)
+        assert lint.returncode == 0, lint.stdout
+
+    scratch = tmp_path / "scratch"
+    for sub in ("info", "updates", "triggers"):
+        (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
+    (scratch / "var/lib/dpkg/status").touch()
+    (scratch / "etc/default").mkdir(parents=True)
+    key = new_key()
+    (scratch / "etc/default/proscribe-collector").write_text(
+        f"LISTEN=0.0.0.0:8443\nBEHIND_PROXY=yes\nTRUSTED_KEYS={key}\nRETENTION=400\n"
+    )
+    dpkg = ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
+    run(*dpkg, "--force-depends", "-i", deb)
+    from proscribe.collector.config import load_collector_config
+
+    settings = load_collector_config(scratch / "etc/proscribe/collector.toml")  # preseeded
+    assert (settings.host, settings.port, settings.behind_proxy) == ("0.0.0.0", 8443, True)
+    assert settings.trusted_keys == (key,)
+    units = scratch / "etc/systemd/system"
+    assert "User=proscribe\n" in (units / "proscribe-collector.service").read_text()
+    purge_unit = (units / "proscribe-collector-purge.service").read_text()
+    assert "--older-than 400d" in purge_unit
+    assert (units / "proscribe-collector-purge.timer").exists()
+    venv = scratch / "opt/proscribe-collector"
+    version = run(venv / "bin/python", venv / "bin/proscribe", "--version").stdout
+    assert version.startswith("proscribe 0.1.0")
+
+    evidence = scratch / "var/lib/proscribe-collector/collector.db"
+    evidence.parent.mkdir(parents=True, exist_ok=True)
+    evidence.write_bytes(b"evidence")
+    run(*dpkg, "-r", "proscribe-collector")
+    assert not (units / "proscribe-collector.service").exists()
+    assert not (units / "proscribe-collector-purge.timer").exists()
+    assert (scratch / "etc/proscribe/collector.toml").exists()  # remove keeps configuration
+    purged = run(*dpkg, "-P", "proscribe-collector")
+    assert not (scratch / "etc/proscribe").exists()
+    assert not venv.exists()
+    assert evidence.read_bytes() == b"evidence"  # purge never deletes the evidence database
+    assert "kept /var/lib/proscribe-collector" in purged.stderr
