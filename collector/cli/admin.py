@@ -229,25 +229,18 @@ def agent_revoke(args: argparse.Namespace) -> int:
 
 
 def user_add(args: argparse.Namespace) -> int:
-    from proscribe.collector.storage import audit, to_us
-    from proscribe.collector.storage.users import UserExists, add_user
+    from proscribe.collector.storage import admin_actions, to_us
+    from proscribe.collector.storage.users import UserExists
 
     if not _NAME.match(args.name):
         raise UsageError(
             f"user name {args.name!r}: use letters, digits, '.', '_', '@' or '-' (max 128)"
         )
     db = open_migrated(settings_from_args(args))
-    now_us = to_us(time.time())
     try:
         with db.write() as conn:
-            password, token = add_user(conn, args.name, args.role, now_us)
-            audit.append_audit(
-                conn,
-                actor=cli_actor(),
-                action="user.add",
-                target=args.name,
-                detail={"role": args.role},
-                now_us=now_us,
+            password, token = admin_actions.add_user(
+                conn, args.name, args.role, actor=cli_actor(), via="cli", now_us=to_us(time.time())
             )
     except UserExists as err:
         raise UsageError(f"user {args.name!r} already exists (fix: choose another name)") from err
@@ -297,24 +290,16 @@ def user_list(args: argparse.Namespace) -> int:
 
 
 def _user_change(args: argparse.Namespace, action: str) -> tuple[str, str] | int:
-    from proscribe.collector.storage import audit, to_us
-    from proscribe.collector.storage.users import NoSuchUser, disable_user, reset_credentials
+    from proscribe.collector.storage import admin_actions, to_us
+    from proscribe.collector.storage.users import NoSuchUser
 
     db = open_migrated(settings_from_args(args))
-    now_us = to_us(time.time())
     try:
         with db.write() as conn:
-            result: tuple[str, str] | int
-            if action == "user.disable":
-                result = disable_user(conn, args.name, now_us)
-                detail: dict[str, Any] = {"tokens_revoked": result}
-            else:
-                result = reset_credentials(conn, args.name, now_us)
-                detail = {}
-            audit.append_audit(
-                conn, actor=cli_actor(), action=action, target=args.name, detail=detail,
-                now_us=now_us,
-            )  # fmt: skip
+            change = admin_actions.disable_user if action == "disable" else admin_actions.reset_user
+            result: tuple[str, str] | int = change(
+                conn, args.name, actor=cli_actor(), via="cli", now_us=to_us(time.time())
+            )
     except NoSuchUser as err:
         raise UsageError(
             f"user {args.name!r}: no active user of that name "
@@ -326,13 +311,13 @@ def _user_change(args: argparse.Namespace, action: str) -> tuple[str, str] | int
 
 
 def user_disable(args: argparse.Namespace) -> int:
-    revoked = _user_change(args, "user.disable")
+    revoked = _user_change(args, "disable")
     print(f"disabled user {args.name}; {revoked} API token(s) revoked, sessions end now")
     return 0
 
 
 def user_reset(args: argparse.Namespace) -> int:
-    result = _user_change(args, "user.reset")
+    result = _user_change(args, "reset")
     assert isinstance(result, tuple)
     password, token = result
     print(f"user:      {args.name}")

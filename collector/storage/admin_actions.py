@@ -9,10 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from proscribe.collector.storage import agents as agent_store
-from proscribe.collector.storage import audit
+from proscribe.collector.storage import audit, users
 from sqlalchemy import Connection
 
-__all__ = ["create_enroll_secret", "revoke_agent", "revoke_enroll_secret"]
+__all__ = [
+    "add_user",
+    "create_enroll_secret",
+    "disable_user",
+    "reset_user",
+    "revoke_agent",
+    "revoke_enroll_secret",
+]
 
 
 def _detail(via: str, **extra: Any) -> dict[str, Any]:
@@ -65,3 +72,36 @@ def revoke_agent(conn: Connection, agent_id: str, *, actor: str, via: str, now_u
             now_us=now_us,
         )
     return done
+
+
+def add_user(
+    conn: Connection, name: str, role: str, *, actor: str, via: str, now_us: int
+) -> tuple[str, str]:
+    """A new account ``(password, api_token)``, shown once; ``users.UserExists`` if taken."""
+    password, token = users.add_user(conn, name, role, now_us)
+    audit.append_audit(
+        conn, actor=actor, action="user.add", target=name, detail=_detail(via, role=role),
+        now_us=now_us,
+    )  # fmt: skip
+    return password, token
+
+
+def reset_user(
+    conn: Connection, name: str, *, actor: str, via: str, now_us: int
+) -> tuple[str, str]:
+    """New password and token, older tokens revoked; ``users.NoSuchUser`` if not active."""
+    password, token = users.reset_credentials(conn, name, now_us)
+    audit.append_audit(
+        conn, actor=actor, action="user.reset", target=name, detail=_detail(via), now_us=now_us
+    )
+    return password, token
+
+
+def disable_user(conn: Connection, name: str, *, actor: str, via: str, now_us: int) -> int:
+    """Disable an account (tokens revoked); ``users.NoSuchUser`` if not active."""
+    revoked = users.disable_user(conn, name, now_us)
+    audit.append_audit(
+        conn, actor=actor, action="user.disable", target=name,
+        detail=_detail(via, tokens_revoked=revoked), now_us=now_us,
+    )  # fmt: skip
+    return revoked

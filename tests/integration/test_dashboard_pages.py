@@ -82,8 +82,13 @@ def test_viewer_cannot_perform_admin_actions_even_with_a_valid_csrf(env: Env) ->
         "/admin/enroll-secrets",
         f"/admin/agents/{agent_id}/revoke",
         "/admin/enroll-secrets/abc123/revoke",
+        "/admin/users",
+        "/admin/users/adam/reset",
+        "/admin/users/adam/disable",
     ):
-        reply = env.client.post(path, data={"csrf": csrf, "label": "x"})
+        reply = env.client.post(
+            path, data={"csrf": csrf, "label": "x", "name": "eve", "role": "admin"}
+        )
         assert reply.status_code == 403, path
     with env.db.read() as conn:
         assert conn.execute(agents.select().where(agents.c.revoked_us.is_not(None))).all() == []
@@ -321,3 +326,44 @@ def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: Env) -> Non
     # success takes no token: signing in again and again is never throttled
     for _ in range(12):
         assert attempt("adam", env.passwords["adam"]).status_code == 303
+
+
+def test_admin_manages_people_from_the_dashboard(env: Env) -> None:
+    from proscribe.collector.storage.users import principal_for_token
+
+    env.login("adam")
+    csrf = env.csrf("/admin")
+    assert (
+        env.client.post("/admin/users", data={"name": "olga", "role": "viewer"}).status_code == 403
+    )
+    made = env.client.post("/admin/users", data={"name": "olga", "role": "viewer", "csrf": csrf})
+    assert made.status_code == 200 and made.headers["cache-control"] == "no-store"
+    token = re.search(r"API token: <code>(pst_[^<]+)</code>", made.text)
+    assert token is not None
+    with env.db.read() as conn:
+        olga = principal_for_token(conn, token.group(1))
+    assert olga is not None and olga.role == "viewer"
+    for bad in ({"name": "../x", "role": "viewer"}, {"name": "x", "role": "root"}):
+        assert env.client.post("/admin/users", data={**bad, "csrf": csrf}).status_code == 400
+    dup = env.client.post("/admin/users", data={"name": "olga", "role": "admin", "csrf": csrf})
+    assert dup.status_code == 409
+
+    reset = env.client.post("/admin/users/olga/reset", data={"csrf": csrf})
+    fresh = re.search(r"API token: <code>(pst_[^<]+)</code>", reset.text)
+    assert reset.status_code == 200 and fresh is not None and fresh.group(1) != token.group(1)
+    with env.db.read() as conn:
+        assert principal_for_token(conn, token.group(1)) is None  # the old token is revoked
+        assert principal_for_token(conn, fresh.group(1)) is not None
+
+    # an admin cannot lock themselves out; disabling someone else works and is audited
+    assert env.client.post("/admin/users/adam/disable", data={"csrf": csrf}).status_code == 400
+    gone = env.client.post("/admin/users/olga/disable", data={"csrf": csrf}, follow_redirects=False)
+    assert gone.status_code == 303
+    with env.db.read() as conn:
+        assert principal_for_token(conn, fresh.group(1)) is None
+        actions = [r[0] for r in conn.exec_driver_sql("SELECT action FROM audit_log ORDER BY seq")]
+    assert actions[-3:] == ["user.add", "user.reset", "user.disable"]
+    page = env.client.get("/admin").text
+    assert "disabled" in page and "olga" in page
+    assert env.client.post("/admin/users/olga/disable", data={"csrf": csrf}).status_code == 404
+    assert env.client.post("/admin/users/nobody/reset", data={"csrf": csrf}).status_code == 404
