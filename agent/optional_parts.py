@@ -95,7 +95,7 @@ def _encrypted_dns_watch(config: AgentConfig, guard: Any) -> tuple[Any, Any] | N
     attributor = ProcessAttributor()
 
     def attribute(connection: Any) -> tuple[Any, str | None] | None:
-        found = attributor.attribute("tcp", connection.local, connection.remote)
+        found = attributor.attribute(connection.transport, connection.local, connection.remote)
         if found.forwarded:
             return None  # a stub resolver (e.g. resolved with DNSOverTLS): apps' queries seen
         return found.process, found.reason

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from proscribe.agent.sensors.dns import ProcessAttributor
@@ -48,7 +49,8 @@ def test_real_connections_are_reported_with_their_process(listeners: list[socket
     attributor = ProcessAttributor()
 
     def attribute(connection: object) -> tuple[object, str | None] | None:
-        found = attributor.attribute("tcp", connection.local, connection.remote)  # type: ignore[attr-defined]
+        c: Any = connection
+        found = attributor.attribute(c.transport, c.local, c.remote)
         return None if found.forwarded else (found.process, found.reason)
 
     watch = EncryptedDnsWatch(
@@ -81,4 +83,23 @@ def test_real_connections_are_reported_with_their_process(listeners: list[socket
         client.wait(10)
         if client.stdout is not None:
             client.stdout.close()
+
+    # DNS over QUIC: a connected UDP socket to port 853 (no listener needed for UDP)
+    quic = subprocess.Popen(
+        [sys.executable, "-c", "import socket, time\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+         "s.connect(('127.0.0.1', 853))\nprint('connected', flush=True)\ntime.sleep(30)\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert quic.stdout is not None and quic.stdout.readline().strip() == "connected"
+        watch.poll()
+        mine = [r for r in reports if r.process and r.process["pid"] == quic.pid]
+        assert [(r.protocol, r.resolver) for r in mine] == [("DoQ", ("127.0.0.1", 853))]
+    finally:
+        quic.kill()
+        quic.wait(10)
+        if quic.stdout is not None:
+            quic.stdout.close()
         attributor.close()

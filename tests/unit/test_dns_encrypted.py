@@ -146,3 +146,28 @@ def test_the_event_passes_the_collectors_schema() -> None:
     assert event["dns"] == {"qname": "Cloudflare", "qtype": "DoH", "resolver": "1.1.1.1:443"}
     assert "DNS over HTTPS to 1.1.1.1:443 (Cloudflare)" in event["detail"]
     EventIn.model_validate(event)
+
+
+def test_connected_udp_sockets_are_quic(tmp_path: Path) -> None:
+    write_tables(tmp_path, [], [])
+    (tmp_path / "net" / "udp").write_text(
+        HEADER
+        + line(0, v4("10.0.0.5", 50000), v4("94.140.14.14", 853), "01", 0, 41)  # DoQ
+        + line(1, v4("10.0.0.5", 50001), v4("1.1.1.1", 443), "01", 0, 42)  # DoH over HTTP/3
+        + line(2, v4("0.0.0.0", 5353), v4("0.0.0.0", 0), "07", 0, 43)  # unconnected
+        + line(3, v4("10.0.0.5", 50002), v4("203.0.113.9", 443), "01", 0, 44)  # plain QUIC
+    )
+    reports: list[EncryptedDnsConnection] = []
+    seen: list[str] = []
+
+    def attribute(c: TcpConnection) -> tuple[Any, str | None]:
+        seen.append(c.transport)
+        return {"pid": c.inode}, None
+
+    EncryptedDnsWatch(reports.append, attribute, procfs=tmp_path).poll()
+    assert [(r.protocol, r.provider) for r in reports] == [
+        ("DoQ", "AdGuard DNS"),
+        ("DoH", "Cloudflare"),
+    ]
+    assert reports[0].description == "DNS over QUIC to 94.140.14.14:853 (AdGuard DNS)"
+    assert seen == ["udp", "udp"]  # attributed as UDP sockets

@@ -1,12 +1,14 @@
-"""Encrypted DNS that goes around both DNS sensors: DNS over TLS and DNS over HTTPS.
+"""Encrypted DNS that goes around both DNS sensors: DNS over TLS, HTTPS and QUIC.
 
 Neither passive capture (port 53) nor the enforcing proxy can see a query sent over TLS to a
 public resolver, so a browser with DNS over HTTPS turned on resolves ``chat.deepseek.com``
 unseen. What can be seen is the connection itself: TCP to port 853 is DNS over TLS (RFC 7858)
-wherever it goes, and TCP to port 443 of a well-known public DoH resolver is DNS over HTTPS
-(REFERENCE.md §2: "treat connections to known DoH resolvers as bypass events").
+and UDP to port 853 DNS over QUIC (RFC 9250) wherever they go, and TCP or UDP (HTTP/3) to port
+443 of a well-known public DoH resolver is DNS over HTTPS (REFERENCE.md §2: "treat
+connections to known DoH resolvers as bypass events").
 
-:class:`EncryptedDnsWatch` reads the kernel's TCP tables (``/proc/net/tcp``, ``tcp6``) every
+:class:`EncryptedDnsWatch` reads the kernel's socket tables (``/proc/net/tcp``, ``tcp6``,
+``udp``, ``udp6``; a UDP socket appears with a peer once the program ``connect``-ed it) every
 ``interval`` seconds and reports each such connection once per process and resolver within
 ``window`` seconds, with the process that owns it. Connected sockets live for as long as the
 browser keeps its DoH connection open (minutes), so polling sees them; a connection opened and
@@ -56,17 +58,20 @@ KNOWN_DOH_RESOLVERS: Mapping[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class TcpConnection:
+    """A connected socket (TCP, or UDP with a peer) from the kernel's tables."""
+
     local: tuple[str, int]
     remote: tuple[str, int]
     uid: int
     inode: int
+    transport: str = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
 class EncryptedDnsConnection:
     """One process's connection to an encrypted DNS resolver, as reported."""
 
-    protocol: str  # "DoT" or "DoH"
+    protocol: str  # "DoT", "DoH" or "DoQ"
     resolver: tuple[str, int]
     provider: str | None
     local: tuple[str, int]
@@ -76,7 +81,9 @@ class EncryptedDnsConnection:
 
     @property
     def description(self) -> str:
-        name = {"DoT": "DNS over TLS", "DoH": "DNS over HTTPS"}[self.protocol]
+        name = {"DoT": "DNS over TLS", "DoH": "DNS over HTTPS", "DoQ": "DNS over QUIC"}[
+            self.protocol
+        ]
         who = f" ({self.provider})" if self.provider else ""
         return f"{name} to {self.resolver[0]}:{self.resolver[1]}{who}"
 
@@ -94,15 +101,21 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def read_tcp_connections(procfs: Path = Path("/proc")) -> Iterator[TcpConnection]:
-    """Connected (or connecting) TCP sockets of this network namespace, IPv4 and IPv6."""
-    for table in ("tcp", "tcp6"):
+    """Connected (or connecting) TCP sockets and connected UDP sockets of this network
+    namespace, IPv4 and IPv6."""
+    for table, transport, states in (
+        ("tcp", "tcp", (_ESTABLISHED, _SYN_SENT)),
+        ("tcp6", "tcp", (_ESTABLISHED, _SYN_SENT)),
+        ("udp", "udp", (_ESTABLISHED,)),  # 01: connect()-ed to a peer; 07: unconnected
+        ("udp6", "udp", (_ESTABLISHED,)),
+    ):
         try:
             data = (procfs / "net" / table).read_bytes().decode("ascii", "replace")
         except OSError:
             continue
         for line in data.splitlines()[1:]:
             fields = line.split()
-            if len(fields) < 10 or fields[3] not in (_ESTABLISHED, _SYN_SENT):
+            if len(fields) < 10 or fields[3] not in states:
                 continue
             try:
                 local, remote = _address(fields[1]), _address(fields[2])
@@ -110,17 +123,17 @@ def read_tcp_connections(procfs: Path = Path("/proc")) -> Iterator[TcpConnection
             except ValueError:
                 continue
             if inode:
-                yield TcpConnection(local, remote, uid, inode)
+                yield TcpConnection(local, remote, uid, inode, transport)
 
 
 def classify(
     connection: TcpConnection, doh_resolvers: Mapping[str, str]
 ) -> tuple[str, str | None] | None:
-    """``("DoT" | "DoH", provider)`` for an encrypted-DNS connection, else None."""
+    """``("DoT" | "DoH" | "DoQ", provider)`` for an encrypted-DNS connection, else None."""
     ip, port = connection.remote
     if port == DOT_PORT:
-        return "DoT", doh_resolvers.get(ip)
-    if port == DOH_PORT and ip in doh_resolvers:
+        return ("DoT" if connection.transport == "tcp" else "DoQ"), doh_resolvers.get(ip) or None
+    if port == DOH_PORT and ip in doh_resolvers:  # HTTP/2 over TCP or HTTP/3 over UDP
         return "DoH", doh_resolvers[ip] or None
     return None
 
@@ -161,7 +174,7 @@ class EncryptedDnsWatch:
         self._resolvers = dict(resolvers)
         self._clock = clock
         self._seen_inodes: set[int] = set()
-        self._reported: dict[tuple[object, str, int], float] = {}
+        self._reported: dict[tuple[object, str, str, int], float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"polls": 0, "connections": 0, "reported": 0, "errors": 0}
@@ -205,13 +218,13 @@ class EncryptedDnsWatch:
                 self.counts["stub_upstream"] = self.counts.get("stub_upstream", 0) + 1
                 continue
             process, reason = attributed
+            protocol, provider = kind
             who: object = (process or {}).get("exe") or (process or {}).get("pid") or "unknown"
-            key = (who, connection.remote[0], connection.remote[1])
+            key = (who, protocol, connection.remote[0], connection.remote[1])
             last = self._reported.get(key)
             if last is not None and now - last < self._window:
                 continue
             self._reported[key] = now
-            protocol, provider = kind
             found.append(
                 EncryptedDnsConnection(
                     protocol, connection.remote, provider, connection.local, process, reason, now
