@@ -38,7 +38,9 @@ Corruption
 A file that is not a database, or fails ``PRAGMA integrity_check``, is moved aside to
 ``spool.db.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``) and a fresh spool is created;
 this is logged at ERROR and shown as ``stats().corrupt_moved_to`` (this run) and
-``stats().corrupt_replaced`` (persisted count). A busy or unreadable file is never moved: that
+``stats().corrupt_replaced`` (persisted count). The unsent events still readable in the moved
+file are then copied into the fresh spool (read-only, walked by rowid so a damaged page costs
+only its rows; ``stats().corrupt_salvaged``). A busy or unreadable file is never moved: that
 raises ``SpoolError``.
 """
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from proscribe.agent.errors import SpoolError
 
@@ -127,3 +129,66 @@ def open_database(
         return _connect(path), moved
     except sqlite3.Error as err:
         raise SpoolError(f"{path}: cannot create a fresh spool ({err})") from err
+
+
+_SALVAGE_STEP = 200
+_SALVAGE_MAX_ERRORS = 1000
+
+
+def salvage_pending(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Best effort: the unsent events still readable in a corrupt spool moved aside.
+
+    The file is opened read-only and its ``events`` table walked by rowid in small steps; a step
+    that hits a damaged page is skipped, so one bad page costs the rows on it, not the file.
+    Returns ``(events, unreadable)`` where ``unreadable`` counts skipped steps and bodies that
+    are not events. Never raises: a file that is not a database at all yields nothing.
+    """
+    found: list[dict[str, Any]] = []
+    unreadable = 0
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?immutable=1"):
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=1)
+        except sqlite3.Error:
+            continue
+        try:
+            try:
+                # A damaged schema entry (an index's root page) must not stop reading the
+                # table: with writable_schema the schema parser skips what it cannot parse.
+                conn.execute("PRAGMA writable_schema = ON")
+            except sqlite3.Error:
+                pass
+            try:
+                top = conn.execute("SELECT MAX(rowid) FROM events").fetchone()[0]
+            except sqlite3.Error:
+                top = None
+            if top is None:
+                continue
+            errors = 0
+            start = 0
+            while start <= int(top) and errors < _SALVAGE_MAX_ERRORS:
+                try:
+                    # NOT INDEXED: the table's own b-tree by rowid; a damaged index (what
+                    # integrity_check most often finds) cannot hide or invent rows.
+                    rows = conn.execute(
+                        "SELECT body FROM events NOT INDEXED WHERE rowid > ? AND rowid <= ? "
+                        "AND state = 'pending' ORDER BY rowid",
+                        (start, start + _SALVAGE_STEP),
+                    ).fetchall()
+                except sqlite3.Error:
+                    errors += 1
+                    unreadable += 1
+                    rows = []
+                for (body,) in rows:
+                    try:
+                        event = json.loads(body)
+                    except (TypeError, ValueError):
+                        event = None
+                    if isinstance(event, dict) and isinstance(event.get("id"), str):
+                        found.append(event)
+                    else:
+                        unreadable += 1
+                start += _SALVAGE_STEP
+            return found, unreadable
+        finally:
+            conn.close()
+    return found, unreadable

@@ -51,6 +51,7 @@ class SpoolStats:
     max_bytes: int = 0
     corrupt_moved_to: str | None = None
     corrupt_replaced: int = 0
+    corrupt_salvaged: int = 0  # unsent events recovered from corrupt files into this spool
 
     @property
     def dropped_total(self) -> int:
@@ -71,6 +72,7 @@ class SpoolStats:
             "max_bytes": self.max_bytes,
             "corrupt_moved_to": self.corrupt_moved_to,
             "corrupt_replaced": self.corrupt_replaced,
+            "corrupt_salvaged": self.corrupt_salvaged,
         }
 
 

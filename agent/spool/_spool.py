@@ -19,7 +19,7 @@ from typing import Any
 from proscribe.agent.errors import SpoolError
 from proscribe.agent.events import MAX_BATCH_BYTES, Event
 
-from ._database import open_database
+from ._database import open_database, salvage_pending
 from ._records import (
     DEAD,
     HEALTH_KINDS,
@@ -118,6 +118,19 @@ class Spool:
         self._seq: int = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         if moved is not None:
             self._bump_counter_now("corrupt_replaced", 1)
+            self._salvage(moved)
+
+    def _salvage(self, moved: Path) -> None:
+        """Re-spool the unsent events still readable in the corrupt file (best effort; the
+        collector stores an event once, so one that was in fact delivered is harmless)."""
+        events, unreadable = salvage_pending(moved)
+        stored = sum(self.append_many(events)) if events else 0
+        self._bump_counter_now("corrupt_salvaged", stored)
+        log.error(
+            "spool %s: %d unsent event(s) recovered from the corrupt file %s "
+            "(%d unreadable part(s) skipped)",
+            self.path, stored, moved, unreadable,
+        )  # fmt: skip
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -485,6 +498,7 @@ class Spool:
             max_bytes=self.max_bytes,
             corrupt_moved_to=str(self.corrupt_moved_to) if self.corrupt_moved_to else None,
             corrupt_replaced=int(counters.get("corrupt_replaced", 0)),
+            corrupt_salvaged=int(counters.get("corrupt_salvaged", 0)),
         )
 
     # -- lifetime ---------------------------------------------------------------------------

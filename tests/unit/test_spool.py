@@ -290,9 +290,48 @@ def test_damaged_pages_fail_integrity_check_and_are_replaced(tmp_path: Path) -> 
         raw[offset + 10 : offset + 400] = b"\xff" * 390
     path.write_bytes(bytes(raw))
     s = Spool(path)
-    assert s.stats().corrupt_moved_to is not None
-    assert s.stats().depth == 0
+    stats = s.stats()
+    assert stats.corrupt_moved_to is not None
+    # whatever could still be read was re-spooled, and only that
+    assert stats.depth == stats.corrupt_salvaged < 300
     assert s.append(violation())
+    s.close()
+
+
+def test_unsent_events_are_salvaged_from_a_file_with_a_damaged_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "spool.db"
+    s = Spool(path)
+    sent = [violation(pid=1000 + i) for i in range(5)]
+    unsent = [violation(pid=i, detail="z" * 100) for i in range(250)]
+    assert all(s.append_many(sent + unsent))
+    batch = s.pending(limit=5)
+    assert [b.event["id"] for b in batch] == [e["id"] for e in sent]
+    s.ack([b.id for b in batch])  # these reached the collector: not to be sent again
+    s.close()
+    # Point one index at another's pages: integrity_check fails, the table itself is intact.
+    conn = sqlite3.connect(path)
+    roots = dict(
+        conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'index'").fetchall()
+    )
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET rootpage = ? WHERE name = 'events_fold_seq'",
+        (roots["events_state_seq"],),
+    )
+    conn.commit()
+    conn.close()
+
+    s = Spool(path)
+    stats = s.stats()
+    assert stats.corrupt_moved_to is not None and stats.corrupt_replaced == 1
+    assert stats.corrupt_salvaged == 250 and stats.depth == 250
+    recovered = [b.event["id"] for b in s.pending(limit=500)]
+    assert recovered == [e["id"] for e in unsent]  # in order, none of the sent ones
+    s.close()
+    s = Spool(path)  # the fresh file is healthy: nothing more happens on reopen
+    assert s.stats().corrupt_salvaged == 250 and s.stats().depth == 250
     s.close()
 
 
