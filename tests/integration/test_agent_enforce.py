@@ -266,12 +266,28 @@ def test_tampered_policy_is_rejected_and_the_old_one_still_enforced(env: Env, pr
         env.policy.with_name("policy.toml.sig").write_bytes(good_sig)
 
 
+def one_violation(env: Env, procs: Procs, name: str) -> int:
+    """A denied process, killed and spooled: tests need not rely on the module's earlier ones."""
+    proc = procs.start([str(env.copy("/bin/sleep", f"dsk{env.token}-{name}")), "30"])
+    assert killed_within(proc), env.log.read_text()
+    assert event_of(env, proc.pid)
+    return proc.pid
+
+
 def test_status_reports_sensor_policy_and_spool(
-    env: Env, capsys: pytest.CaptureFixture[str]
+    env: Env, procs: Procs, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    one_violation(env, procs, "status")
     config = str(env.tmp / "agent.toml")
-    assert main(["agent", "status", "--json", "--config", config]) == 0
-    status = json.loads(capsys.readouterr().out)
+
+    def status_with_events() -> dict[str, Any] | None:
+        assert main(["agent", "status", "--json", "--config", config]) == 0
+        value: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return value if value["spool"]["depth"] >= 1 else None
+
+    # status.json is rewritten every status_interval (0.5 s here): wait for the new event
+    status = wait_for(status_with_events, 5)
+    assert status, "the spooled event never showed in agent status"
     assert status["running"] is True
     assert status["sensors"]["process"]["state"] == "running"
     assert status["policy"]["serial"] == 5
@@ -285,8 +301,9 @@ def test_status_reports_sensor_policy_and_spool(
 
 
 @pytest.mark.slow
-def test_agent_survives_kill_9_and_the_spooled_event_is_kept(env: Env) -> None:
+def test_agent_survives_kill_9_and_the_spooled_event_is_kept(env: Env, procs: Procs) -> None:
     assert env.agent is not None
+    one_violation(env, procs, "pre-kill")
     before = spool_events(env.state)
     assert before
     env.agent.kill()  # SIGKILL, the daemon this module started
