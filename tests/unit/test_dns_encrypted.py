@@ -171,3 +171,10 @@ def test_connected_udp_sockets_are_quic(tmp_path: Path) -> None:
     ]
     assert reports[0].description == "DNS over QUIC to 94.140.14.14:853 (AdGuard DNS)"
     assert seen == ["udp", "udp"]  # attributed as UDP sockets
+
+
+def test_the_watch_polls_less_often_on_a_host_with_many_sockets(tmp_path: Path) -> None:
+    watch = EncryptedDnsWatch(lambda c: None, lambda c: None, procfs=tmp_path, interval=5.0)
+    assert watch.next_wait(0.001) == 5.0  # 1 ms a poll: the normal pace
+    assert watch.next_wait(0.030) == pytest.approx(15.0)  # 30 ms: 0.2% of a core at most
+    assert watch.counts["interval_ms"] == 15000
