@@ -173,7 +173,7 @@ def test_encrypted_dns_connection_becomes_an_event(tmp_path: Path, upstream: Ups
     daemon.start()
     client = subprocess.Popen(
         [sys.executable, "-c", "import socket, time\n"
-         "s = socket.create_connection(('127.0.0.2', 443))\ntime.sleep(30)\n"]
+         "s = socket.create_connection(('127.0.0.2', 443))\ntime.sleep(120)\n"]
     )  # fmt: skip
     try:
         state = tmp_path / "state"
