@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from proscribe.collector.config import EnrollLimits
 
@@ -33,12 +34,24 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """0 if a token was taken, else the seconds until one will be available."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
+        wait = self.peek(now)
+        if not wait:
             self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate if self.rate > 0 else 3600.0
+        return wait
+
+
+def lru_bucket(
+    buckets: OrderedDict[Any, TokenBucket], key: Any, rate: float, burst: float, now: float
+) -> TokenBucket:
+    """``key``'s bucket, made on first use; at most ``_MAX_TRACKED`` kept, least recent out."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = buckets[key] = TokenBucket(rate, burst, now)
+        if len(buckets) > _MAX_TRACKED:
+            buckets.popitem(last=False)
+    else:
+        buckets.move_to_end(key)
+    return bucket
 
 
 class EnrollRateLimiter:
@@ -53,14 +66,8 @@ class EnrollRateLimiter:
         """0 to proceed, else the Retry-After in seconds."""
         now = self._clock()
         with self._lock:
-            bucket = self._per_ip.get(client)
-            if bucket is None:
-                bucket = TokenBucket(self._limits.per_ip_rate, self._limits.per_ip_burst, now)
-                self._per_ip[client] = bucket
-                if len(self._per_ip) > _MAX_TRACKED:
-                    self._per_ip.popitem(last=False)
-            else:
-                self._per_ip.move_to_end(client)
+            limits = self._limits
+            bucket = lru_bucket(self._per_ip, client, limits.per_ip_rate, limits.per_ip_burst, now)
             wait = bucket.take(now)
             if wait:
                 return wait
@@ -85,16 +92,8 @@ class LoginThrottle:
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
 
     def _bucket(self, key: tuple[str, str], now: float) -> TokenBucket:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            rate = LOGIN_IP_RATE if key[0] == "ip" else LOGIN_NAME_RATE
-            bucket = TokenBucket(rate, LOGIN_BURST, now)
-            self._buckets[key] = bucket
-            if len(self._buckets) > _MAX_TRACKED:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        return bucket
+        rate = LOGIN_IP_RATE if key[0] == "ip" else LOGIN_NAME_RATE
+        return lru_bucket(self._buckets, key, rate, LOGIN_BURST, now)
 
     def wait(self, client: str, name: str, now: float) -> float:
         """Seconds until a sign-in may be tried (0: now); takes nothing."""
