@@ -138,7 +138,9 @@ def _build(
             # decide(name, None) is non-None exactly when some rule matches the name.
             return any(decide(n, None) is not None for n in names)
 
-        if attribute_if is None:
+        # Without unmatched delivery the capture drops what no rule matches before attributing
+        # (``relevant``), so everything left is attributed: no second ``decide`` per message.
+        if attribute_if is None and settings.unmatched:
 
             def attribute_if(observation: DnsObservation) -> bool:
                 return matched(observation.names_to_check)
