@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from proscribe.collector.cli.common import (
 )
 
 ROLES = ("viewer", "admin")  # as proscribe.collector.storage.users.ROLES, without importing it
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
 def register(verbs: Any) -> None:
@@ -230,9 +228,9 @@ def agent_revoke(args: argparse.Namespace) -> int:
 
 def user_add(args: argparse.Namespace) -> int:
     from proscribe.collector.storage import admin_actions, to_us
-    from proscribe.collector.storage.users import UserExists
+    from proscribe.collector.storage.users import USER_NAME_RE, UserExists
 
-    if not _NAME.match(args.name):
+    if not USER_NAME_RE.match(args.name):
         raise UsageError(
             f"user name {args.name!r}: use letters, digits, '.', '_', '@' or '-' (max 128)"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 ROLES = ("viewer", "admin")
+# What a user name may be (CLI, dashboard): plain enough for logs, URLs and the audit log.
+USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+USER_NAME_RE = re.compile(USER_NAME)
 TOKEN_PREFIX = "pst_"  # noqa: S105 - a visible prefix, not a secret
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 

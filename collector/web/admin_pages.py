@@ -8,7 +8,6 @@ transaction as the change, exactly as the people's API does.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -25,8 +24,7 @@ from starlette.responses import RedirectResponse, Response
 
 MAX_LABEL = 256
 HexId = Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{1,64}$")]
-USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
-UserName = Annotated[str, Path(max_length=128, pattern=USER_NAME)]
+UserName = Annotated[str, Path(max_length=128, pattern=user_store.USER_NAME)]
 
 
 def register(router: APIRouter, site: Site) -> None:
@@ -113,7 +111,7 @@ def register(router: APIRouter, site: Site) -> None:
         form = await site.check_csrf(request, visitor)
         name = form.get("name", "").strip()
         role = form.get("role", "")
-        if not re.match(USER_NAME, name):
+        if not user_store.USER_NAME_RE.match(name):
             raise PageError(
                 400, "Bad user name", "Use letters, digits, '.', '_', '@' or '-' (at most 128)."
             )
