@@ -52,6 +52,16 @@ def collector_wheelhouse(base: Path) -> Path:
     return house
 
 
+def scratch_root(scratch: Path) -> tuple[Path, list[str]]:
+    """An empty dpkg database under ``scratch`` and the dpkg command that installs there,
+    running the maintainer scripts with DPKG_ROOT set (as on a real host, but in ``scratch``)."""
+    for sub in ("info", "updates", "triggers"):
+        (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
+    (scratch / "var/lib/dpkg/status").touch()
+    (scratch / "etc/default").mkdir(parents=True)
+    return scratch, ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
+
+
 def run(
     *args: str | Path, check: bool = True, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
@@ -487,16 +497,11 @@ def test_deb_contents_scripts_and_scratch_root_install(wheelhouse: Path, tmp_pat
         assert lint.returncode == 0, lint.stdout
 
     # Install into a scratch root: dpkg runs the maintainer scripts with DPKG_ROOT set.
-    scratch = tmp_path / "scratch"
-    for sub in ("info", "updates", "triggers"):
-        (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
-    (scratch / "var/lib/dpkg/status").touch()
-    (scratch / "etc/default").mkdir(parents=True)
+    scratch, dpkg = scratch_root(tmp_path / "scratch")
     key = new_key()
     (scratch / "etc/default/proscribe").write_text(
         f"COLLECTOR_URL=http://127.0.0.1:9\nTRUSTED_KEYS={key}\nMODE=monitor\n"
     )
-    dpkg = ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
     run(*dpkg, "--force-depends", "-i", deb)
     venv = scratch / "opt/proscribe"
     assert run(venv / "bin/python", venv / "bin/proscribe", "--version").stdout.startswith(
@@ -549,16 +554,11 @@ def test_collector_deb_installs_configures_and_keeps_the_evidence_on_purge(
         lint = run(shellcheck, "-s", "sh", "--severity=warning", *scripts, check=False)
         assert lint.returncode == 0, lint.stdout
 
-    scratch = tmp_path / "scratch"
-    for sub in ("info", "updates", "triggers"):
-        (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
-    (scratch / "var/lib/dpkg/status").touch()
-    (scratch / "etc/default").mkdir(parents=True)
+    scratch, dpkg = scratch_root(tmp_path / "scratch")
     key = new_key()
     (scratch / "etc/default/proscribe-collector").write_text(
         f"LISTEN=0.0.0.0:8443\nBEHIND_PROXY=yes\nTRUSTED_KEYS={key}\nRETENTION=400\n"
     )
-    dpkg = ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
     run(*dpkg, "--force-depends", "-i", deb)
     from proscribe.collector.config import load_collector_config
 

@@ -184,7 +184,9 @@ class EncryptedDnsWatch:
         self._reported: dict[tuple[object, str, str, int], float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counts = {"polls": 0, "connections": 0, "reported": 0, "errors": 0, "interval_ms": 0}
+        self.counts = dict.fromkeys(
+            ("polls", "connections", "stub_upstream", "reported", "errors", "interval_ms"), 0
+        )
 
     def start(self) -> None:
         self._stop.clear()
@@ -231,7 +233,7 @@ class EncryptedDnsWatch:
             self.counts["connections"] += 1
             attributed = self._attribute(connection)
             if attributed is None:
-                self.counts["stub_upstream"] = self.counts.get("stub_upstream", 0) + 1
+                self.counts["stub_upstream"] += 1
                 continue
             process, reason = attributed
             protocol, provider = kind
