@@ -346,10 +346,10 @@ def events_purge(args: argparse.Namespace) -> int:
     cutoff_us = to_us(cutoff)
     db = open_migrated(settings_from_args(args))
     try:
-        with db.read() as conn:
-            n_events, n_history = count_older(conn, cutoff_us)
         when = _when(cutoff_us)
-        if args.dry_run:
+        if args.dry_run:  # counting is a full scan of old rows: only when asked for
+            with db.read() as conn:
+                n_events, n_history = count_older(conn, cutoff_us)
             print(f"would delete {n_events} events and {n_history} host history rows before {when}")
             return 0
         deleted = [0, 0]
