@@ -47,16 +47,20 @@ class Env:
     def db(self) -> Any:
         return self.app.state.collector.db
 
-    def login(self, name: str, client: TestClient | None = None) -> TestClient:
+    def try_login(self, name: str, password: str, client: TestClient | None = None) -> Any:
+        """Submit the login form (with its CSRF token); the reply, whatever it is."""
         client = client or self.client
-        page = client.get("/login")
-        csrf = CSRF.search(page.text)
+        csrf = CSRF.search(client.get("/login").text)
         assert csrf is not None
-        reply = client.post(
+        return client.post(
             "/login",
-            data={"username": name, "password": self.passwords[name], "csrf": csrf.group(1)},
+            data={"username": name, "password": password, "csrf": csrf.group(1)},
             follow_redirects=False,
         )
+
+    def login(self, name: str, client: TestClient | None = None) -> TestClient:
+        client = client or self.client
+        reply = self.try_login(name, self.passwords[name], client)
         assert reply.status_code == 303, reply.text
         return client
 

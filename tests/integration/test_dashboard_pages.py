@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dashboard_env import Env, event, make_env
@@ -231,16 +230,7 @@ def test_disabled_user_loses_token_password_and_session_at_once(env: Env) -> Non
     page = env.client.get("/violations", follow_redirects=False)  # the open session
     assert page.status_code in (303, 401, 403), page.status_code
     fresh_client = env.client.__class__(env.app, base_url="http://127.0.0.1")
-    form = fresh_client.get("/login")
-    reply = fresh_client.post(
-        "/login",
-        data={
-            "username": "vera",
-            "password": password,
-            "csrf": form.text.split('name="csrf" value="')[1].split('"')[0],
-        },
-        follow_redirects=False,
-    )
+    reply = env.try_login("vera", password, fresh_client)
     assert reply.status_code != 303  # the password no longer signs in
     fresh_client.close()
 
@@ -305,15 +295,7 @@ def test_host_page_shows_the_heartbeat_history(env: Env) -> None:
 
 
 def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: Env) -> None:
-    def attempt(name: str, password: str) -> Any:
-        form = env.client.get("/login")
-        csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
-        return env.client.post(
-            "/login",
-            data={"username": name, "password": password, "csrf": csrf},
-            follow_redirects=False,
-        )
-
+    attempt = env.try_login
     for _ in range(10):
         assert attempt("vera", "wrong").status_code == 401
     refused = attempt("vera", env.passwords["vera"])  # right password, but too many guesses
