@@ -68,6 +68,7 @@ def test_defaults_when_sections_are_absent(tmp_path: Path) -> None:
     assert config.collector is None
     assert config.sensors.process == "auto"
     assert config.enforce.kill_children is False
+    assert config.dns.watch_encrypted is True and config.dns.doh_resolvers == ()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +89,8 @@ def test_defaults_when_sections_are_absent(tmp_path: Path) -> None:
         ("[collector]\nurl = 'ftp://x'\n", "collector.url"),
         ("[dns]\nproxy_listen = 'localhost'\n", "dns.proxy_listen"),
         ("[dns]\nupstreams = ['1.1.1.1:99999']\n", "dns.upstreams"),
+        ("[dns]\ndoh_resolvers = ['dns.example']\n", "dns.doh_resolvers"),
+        ("[dns]\nwatch_encrypted = 'yes'\n", "dns.watch_encrypted"),
         ("agent = 3\n", "agent"),
         ("[agent\n", "invalid TOML"),
     ],
