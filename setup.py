@@ -1,48 +1,49 @@
-"""Maps the source folders onto one import namespace, ``proscribe``.
+"""One rule maps the source tree onto the ``proscribe`` import namespace: folder ``X/`` is
+``proscribe.X`` (``package_dir={"proscribe": "."}``), for every part listed in ``PARTS``.
 
-``agent/`` becomes ``proscribe.agent``, ``collector/`` becomes ``proscribe.collector`` and the
-policy packs in ``policies/`` ship as data in ``proscribe.policies``. Packages are listed
-explicitly so that no bare ``agent`` or ``collector`` package ends up in site-packages
-(``tests/unit/test_packaging.py`` builds the wheel and checks).
+::
+
+    core/       proscribe.core       policy format, signatures, matchers, events, wire, errors
+    agent/      proscribe.agent      the endpoint daemon                        (imports core)
+    collector/  proscribe.collector  the service and dashboard, ``[collector]``  (imports core)
+    cli/        proscribe.cli        the ``proscribe`` command            (imports all three)
+    policies/   proscribe.policies   policy packs, shipped as data
+
+``proscribe`` itself is a namespace package (there is no ``__init__.py`` at the top), so
+nothing else at the top of the repository (tests, bench, scripts) is ever packaged. The package
+list is computed here so that a new sub-package cannot be forgotten;
+``tests/unit/test_packaging.py`` builds the wheel and checks its file list.
 """
 
 from pathlib import Path
 
 from setuptools import setup
 
-ROOTS = {"proscribe.agent": "agent", "proscribe.collector": "collector"}
+PARTS = ("core", "agent", "collector", "cli")
 
 
-def _packages() -> tuple[list[str], dict[str, str]]:
-    packages: list[str] = []
-    dirs: dict[str, str] = {}
-    for name, folder in ROOTS.items():
-        for init in sorted(Path(folder).rglob("__init__.py")):
-            rel = init.parent.relative_to(folder)
-            dotted = ".".join((name, *rel.parts)) if rel.parts else name
-            packages.append(dotted)
-            dirs[dotted] = str(init.parent)
-    packages.append("proscribe.policies")
-    dirs["proscribe.policies"] = "policies"
-    return packages, dirs
+def _packages() -> list[str]:
+    found = [
+        ".".join(("proscribe", *init.parent.parts))
+        for part in PARTS
+        for init in sorted(Path(part).rglob("__init__.py"))
+    ]
+    return [*found, "proscribe.policies"]
 
-
-PACKAGES, PACKAGE_DIR = _packages()
 
 setup(
-    packages=PACKAGES,
-    package_dir=PACKAGE_DIR,
+    packages=_packages(),
+    package_dir={"proscribe": "."},
     package_data={
         "proscribe.policies": ["*.toml", "*.md"],
         "proscribe.collector": [
-            "templates/*.html",
-            "static/*",
+            "py.typed",
             "migrations/*.ini",
             "migrations/*.py",
             "migrations/versions/*.py",
         ],
-        "proscribe.agent": ["py.typed"],
         "proscribe.collector.web": ["templates/*.html", "static/*"],
+        **{f"proscribe.{part}": ["py.typed"] for part in ("core", "agent", "cli")},
     },
     include_package_data=False,
 )

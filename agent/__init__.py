@@ -1,7 +1,5 @@
-"""Proscribe endpoint agent and the shared core (policy model, signatures, matchers, wire schema).
+"""The Proscribe endpoint agent: sensors, enforcement, the durable spool and the reporter.
 
-The agent never imports :mod:`proscribe.collector`; the collector may import
-:mod:`proscribe.agent.policy`, :mod:`proscribe.agent.events` and :mod:`proscribe.agent.wire`.
+The agent builds on :mod:`proscribe.core` and never imports the collector or the CLI; its
+composition root is :func:`proscribe.agent.daemon.build`.
 """
-
-__version__ = "0.1.0"

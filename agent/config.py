@@ -1,7 +1,7 @@
 """The agent's configuration file (``agent.toml``): parsed once into frozen dataclasses.
 
 Every section and key is listed here; an unknown key, a wrong type or a bad value is a
-:class:`~proscribe.agent.errors.ConfigError` whose message names the file, the key and the fix.
+:class:`~proscribe.core.errors.ConfigError` whose message names the file, the key and the fix.
 Relative paths are resolved against the directory of the config file, so a config and its
 policy can travel together. See ``docs/agent.md`` for the user-facing description of each key.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

@@ -27,26 +27,26 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from proscribe.agent import __version__
 from proscribe.agent.config import AgentConfig
 from proscribe.agent.dedupe import Deduper
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
-from proscribe.agent.errors import ConfigError, ProscribeError, SpoolError
-from proscribe.agent.events import new_event
 from proscribe.agent.optional_parts import (
     build_dns_for,
     build_exec_guard_for,
     build_reporter_for,
 )
-from proscribe.agent.policy.bundle import Offer, PolicyStore, TrustConfig
-from proscribe.agent.policy.matchers.compiled import CompiledPolicy
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import ProcessGuard
 from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.process import ProcessSensor
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
+from proscribe.core import __version__
+from proscribe.core.errors import ConfigError, ProscribeError, SpoolError
+from proscribe.core.events import new_event
+from proscribe.core.policy.bundle import Offer, PolicyStore, TrustConfig
+from proscribe.core.policy.matchers.compiled import CompiledPolicy
 
 __all__ = ["Daemon", "build", "load_trust"]
 

@@ -22,10 +22,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from proscribe.agent.events import ENCRYPTED_DNS_RULE, new_event, utc_now_iso
-from proscribe.agent.policy.matchers.compiled import Decision
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.process_guard import EventSink
+from proscribe.core.events import ENCRYPTED_DNS_RULE, new_event, utc_now_iso
+from proscribe.core.policy.matchers.compiled import Decision
 
 __all__ = ["ENCRYPTED_DNS_RULE", "DnsGuard"]
 

@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from proscribe.agent.config import AgentConfig
-from proscribe.agent.errors import ConfigError, ProscribeError
+from proscribe.core.errors import ConfigError, ProscribeError
 
 if TYPE_CHECKING:
     from proscribe.agent.daemon import Daemon
@@ -169,9 +169,9 @@ def record_exec_denied(daemon: Daemon, request: Any, verdict: Any) -> None:
     """Commit a ``process`` event for an exec the guard refused (or would have, in monitor)."""
     from os.path import basename
 
-    from proscribe.agent.events import new_event
-    from proscribe.agent.policy.matchers import ProcessFacts
     from proscribe.agent.process_guard import process_section
+    from proscribe.core.events import new_event
+    from proscribe.core.policy.matchers import ProcessFacts
 
     compiled = daemon.policy.compiled
     facts = ProcessFacts(

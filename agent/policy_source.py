@@ -1,7 +1,7 @@
 """The policy in force on this agent: read from the signed file, watched, swapped atomically.
 
 :class:`PolicySource` offers the configured ``policy.toml`` and its ``.sig`` to the
-:class:`~proscribe.agent.policy.bundle.PolicyStore` (which verifies signatures and applies
+:class:`~proscribe.core.policy.bundle.PolicyStore` (which verifies signatures and applies
 anti-rollback and expiry) at start, whenever watchdog reports a change to either file, every
 ``recheck_interval`` seconds as a safety net, and when the reporter fetches a policy from the
 collector. The compiled policy is replaced in one attribute assignment, so checkers on other
@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.errors import ProscribeError
-from proscribe.agent.policy.bundle import MAX_POLICY_BYTES, Offer, PolicyStore, read_capped
-from proscribe.agent.policy.matchers.compiled import CompiledPolicy
-from proscribe.agent.policy.model import Policy
+from proscribe.core.errors import ProscribeError
+from proscribe.core.policy.bundle import MAX_POLICY_BYTES, Offer, PolicyStore, read_capped
+from proscribe.core.policy.matchers.compiled import CompiledPolicy
+from proscribe.core.policy.model import Policy
 
 __all__ = ["PolicySource"]
 

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 from proscribe.agent.dedupe import Deduper
 from proscribe.agent.enforce.kill import Killer, KillOutcome
 from proscribe.agent.enforce.notify import Notifier, session_env
-from proscribe.agent.events import MAX_CMDLINE_ITEMS, Event, clip, new_event
-from proscribe.agent.policy.matchers.compiled import CompiledPolicy, Decision
-from proscribe.agent.policy.matchers.process import ProcessFacts
 from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.sensors.process import Sighting
+from proscribe.core.events import MAX_CMDLINE_ITEMS, Event, clip, new_event
+from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 __all__ = ["EventSink", "ProcessGuard", "process_section"]
 

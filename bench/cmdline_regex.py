@@ -6,7 +6,7 @@ of the per-input worst time. Peers measured in the same run: the same patterns o
 text (what the window avoids), and shapes ``regex_safety`` refuses, searched with plain ``re``
 (what the shape check avoids).
 
-Run: ``.venv/bin/python bench/cmdline_regex.py``
+Run: ``.venv/bin/python -m bench.cmdline_regex``
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from proscribe.agent.policy.regex_safety import (
+from proscribe.core.policy.regex_safety import (
     MAX_CMDLINE_MATCH_CHARS,
     cmdline_window,
     compile_cmdline_regex,

@@ -1,7 +1,7 @@
 """Dashboard latency with a million events stored.
 
 Fills a SQLite database with N events (default 1,000,000, over 90 days, 500 hosts; the sample
-generator in ``proscribe.collector.web.sample`` bulk-inserts through the driver), starts the
+generator in ``tests.support.sample`` bulk-inserts through the driver), starts the
 real collector (``proscribe collector serve`` in a subprocess on loopback), signs in over HTTP
 with ``requests`` and measures the overview and filtered violations pages end to end
 (client-side wall clock, keep-alive connection, after warm-up).
@@ -9,7 +9,7 @@ with ``requests`` and measures the overview and filtered violations pages end to
 Peer measured in the same run: the overview's aggregations done the naive way (GROUP BY over
 the last 30 days in SQL on the same database), which is what the in-memory rollup replaces.
 
-    .venv/bin/python bench/dashboard.py [--events 1000000] [--db /tmp/dash.db] [--requests 60]
+    .venv/bin/python -m bench.dashboard [--events 1000000] [--db /tmp/dash.db] [--requests 60]
 
 ``--db`` keeps the filled database for the next run (filling takes minutes on 2 cores).
 """
@@ -24,18 +24,19 @@ import time
 from pathlib import Path
 
 import requests
-from proscribe.collector.devserver import CollectorProcess
+from sqlalchemy import func, select
+
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.queries import VIOLATION_KINDS
 from proscribe.collector.storage.tables import events
-from proscribe.collector.web.sample import (
+from tests.support.devserver import CollectorProcess
+from tests.support.sample import (
     create_user,
     enroll_fleet,
     fill_events,
     prepare_database,
     store_sample_policies,
 )
-from sqlalchemy import func, select
 
 DAY_US = 86_400 * 1_000_000
 

@@ -6,7 +6,7 @@ matches are checked, counted and dropped; attribution and delivery only for the 
 here that a rule matches). Seen = the queries the sensor parsed (its ``queries`` counter);
 loss = 1 - seen / sent. Needs root (AF_PACKET).
 
-Run: sudo .venv/bin/python bench/dns_capture.py [--rates 1000,2000,5000,8000] [--seconds 3]
+Run: sudo .venv/bin/python -m bench.dns_capture [--rates 1000,2000,5000,8000] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from proscribe.agent.policy.matchers.domain import DomainMatcher
 from proscribe.agent.sensors.dns import DnsObservation, DnsSettings, Verdict, build_dns_sensor
+from proscribe.core.policy.matchers.domain import DomainMatcher
 
 SERVER = "127.53.0.3"
 

@@ -12,7 +12,7 @@ the latency added over querying the upstream directly, the ratio proscribe/dnsma
 highest sustained rate (dnsperf unthrottled), and the proxy's CPU. Also: the share of proxied
 queries attributed to the dnsperf pid under load.
 
-Run: .venv/bin/python bench/dns_proxy.py [--qps 1000] [--seconds 5]
+Run: .venv/bin/python -m bench.dns_proxy [--qps 1000] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from proscribe.agent.policy.matchers.domain import DomainMatcher
 from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, ProcessAttributor, Verdict
+from proscribe.core.policy.matchers.domain import DomainMatcher
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

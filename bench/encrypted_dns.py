@@ -6,7 +6,7 @@ udp6 and classify every line; none is encrypted DNS, so nothing is attributed): 
 over ``--polls`` polls, the share of one core that would cost at a fixed 5 s interval, and the
 interval and share the watch actually uses (it stretches its interval to stay under 0.2%).
 
-Run: .venv/bin/python bench/encrypted_dns.py [--sizes 0,1000,5000] [--polls 20]
+Run: .venv/bin/python -m bench.encrypted_dns [--sizes 0,1000,5000] [--polls 20]
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ spawn to reap), so every condition sees the same machine noise; the overhead of 
 its median minus the unguarded median of the same run. After fapolicyd stops, a second
 round-robin of ``base`` and ``fapo`` measures the tmpfs/ramfs difference without any guard.
 
-    .venv/bin/python bench/exec_deny.py [--execs 500]
+    .venv/bin/python -m bench.exec_deny [--execs 500]
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def our_guard(mnt: Path, cache_size: int) -> Iterator[Any]:
     from datetime import UTC, datetime
 
     from proscribe.agent.enforce.exec_deny import ExecDenyGuard, policy_decider
-    from proscribe.agent.policy.loader import load_policy_file
-    from proscribe.agent.policy.matchers import CompiledPolicy
+    from proscribe.core.policy.loader import load_policy_file
+    from proscribe.core.policy.matchers import CompiledPolicy
 
     compiled = CompiledPolicy.compile(load_policy_file(PACK))
     decide = policy_decider(compiled, "bench-host", lambda: datetime.now(UTC))

@@ -7,7 +7,7 @@ and starts copies of /bin/sleep under a denied name. Latency is measured from ju
 saw the SIGKILL. Only processes this script starts are touched (policy names carry a random
 token). Needs root for netlink; without it only the polling figures are printed.
 
-    .venv/bin/python bench/exec_latency.py [--starts 200] [--poll-interval 0.5]
+    .venv/bin/python -m bench.exec_latency [--starts 200] [--poll-interval 0.5]
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-
-from agent_harness import Signer, policy_text, write_config
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import Daemon, build
+from tests.support.agent_harness import Signer, policy_text, write_config
 
 
 class CommitClock:

@@ -8,7 +8,7 @@ processes gone before enrichment, socket overflows and queue drops, events spool
 occurrences counted (repeats folded), and whether the daemon survived. Only processes this
 script starts are touched.
 
-    .venv/bin/python bench/exec_storm.py [--rate 2000] [--seconds 10] [--life 0.2]
+    .venv/bin/python -m bench.exec_storm [--rate 2000] [--seconds 10] [--life 0.2]
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-
-from agent_harness import (
+from tests.support.agent_harness import (
     PROSCRIBE,
     Signer,
     policy_text,

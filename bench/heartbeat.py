@@ -4,7 +4,7 @@ answered) against the real ``proscribe collector serve`` on SQLite. Each request
 its own agent's key and uses a fresh connection (an agent's keep-alive does not survive a
 minute). Prints p50/p99/max latency, at 1x and 2x the rate.
 
-    .venv/bin/python bench/heartbeat.py [--agents 10000] [--seconds 30]
+    .venv/bin/python -m bench.heartbeat [--agents 10000] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.policy.keys import public_key_string
-from proscribe.agent.wire.auth import sign_request
-from proscribe.collector.devserver import CollectorProcess
+from sqlalchemy import insert
+
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import agents
-from sqlalchemy import insert
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.wire.auth import sign_request
+from tests.support.devserver import CollectorProcess
 
 
 def enroll_fleet(url: str, n: int) -> list[tuple[str, Ed25519PrivateKey]]:

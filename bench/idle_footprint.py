@@ -7,7 +7,7 @@ Prints RSS (end and max), CPU% of one core. Everything started here is killed by
 The host is not otherwise idle when other work runs on it, so the rate of program starts on
 the host during each run is measured too (process connector, root only) and printed beside it.
 
-    .venv/bin/python bench/idle_footprint.py [--seconds 60] [--processes 500]
+    .venv/bin/python -m bench.idle_footprint [--seconds 60] [--processes 500]
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-
-from agent_harness import Signer, policy_text, write_config
+from tests.support.agent_harness import Signer, policy_text, write_config
 
 DIRECT = (
     "import logging, sys\n"
@@ -77,7 +75,7 @@ def measure(config: Path, seconds: float, direct: bool) -> tuple[float, float, f
     argv = (
         [sys.executable, "-c", DIRECT, str(config)]
         if direct
-        else [sys.executable, "-m", "proscribe.agent", "agent", "run", "--config", str(config)]
+        else [sys.executable, "-m", "proscribe.cli", "agent", "run", "--config", str(config)]
     )
     agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

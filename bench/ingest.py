@@ -3,7 +3,7 @@ agents, against the real ``proscribe collector serve``) beside the raw insert ra
 database in the same run (``insert_events`` straight into a fresh migrated database, same
 batch size: the limit). Prints both and the ratio, for SQLite and PostgreSQL.
 
-    .venv/bin/python bench/ingest.py [--agents 8] [--batches 400] [--no-postgres]
+    .venv/bin/python -m bench.ingest [--agents 8] [--batches 400] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.events import new_event
-from proscribe.collector.devserver import CollectorProcess
 from proscribe.collector.ingest import judge_events
-from proscribe.collector.simulate import SimulatedAgent
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.events import insert_events
+from proscribe.core.events import new_event
+from tests.support.devserver import CollectorProcess
+from tests.support.simulate import SimulatedAgent
 
 BATCH = 100
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"

@@ -1,4 +1,4 @@
-"""Benchmark the compiled matchers (a script, not a test): ``python bench/match.py``.
+"""Benchmark the compiled matchers (a script, not a test): ``python -m bench.match``.
 
 Domains: the 83,808-name StevenBlack unified list (``../shared/data/`` beside the repository),
 then the same list grown synthetically to 1M names. For each size: build time, memory per entry
@@ -39,12 +39,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
-from proscribe.agent.policy.globs import compile_glob
-from proscribe.agent.policy.loader import load_policy_file
-from proscribe.agent.policy.matchers import DomainMatcher, ProcessFacts, ProcessMatcher
-from proscribe.agent.policy.matchers.process import basename
-from proscribe.agent.policy.model import ProcessRule
-from proscribe.agent.policy.regex_safety import cmdline_window, compile_cmdline_regex
+
+from proscribe.core.policy.globs import compile_glob
+from proscribe.core.policy.loader import load_policy_file
+from proscribe.core.policy.matchers import DomainMatcher, ProcessFacts, ProcessMatcher
+from proscribe.core.policy.matchers.process import basename
+from proscribe.core.policy.model import ProcessRule
+from proscribe.core.policy.regex_safety import cmdline_window, compile_cmdline_regex
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "stevenblack-unified-domains.txt"

@@ -5,7 +5,7 @@ agent through the real reporter, then, one at a time, spools an event, calls ``n
 waits until the collector's acknowledgement marks it sent. Also measures a backlog drain
 (events/s through the reporter in batches of up to 500).
 
-    .venv/bin/python bench/reporter_latency.py [--events 200] [--backlog 5000]
+    .venv/bin/python -m bench.reporter_latency [--events 200] [--backlog 5000]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from proscribe.agent.events import new_event
 from proscribe.agent.reporter import ReporterConfig, reporter_for_url
 from proscribe.agent.spool import Spool
+from proscribe.core.events import new_event
 
-CLI = [sys.executable, "-m", "proscribe.agent"]
+CLI = [sys.executable, "-m", "proscribe.cli"]
 
 
 def _free_port() -> int:

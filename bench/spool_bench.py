@@ -4,7 +4,7 @@ Peer measured in the same run: the same insert into a bare SQLite table with
 ``synchronous=NORMAL`` (what many agents use; it may lose the last commits on power loss), so
 the price of ``FULL`` is visible as a ratio.
 
-    .venv/bin/python bench/spool_bench.py [--appends 2000] [--fill 100000]
+    .venv/bin/python -m bench.spool_bench [--appends 2000] [--fill 100000]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
+from proscribe.core.events import new_event
 
 
 def _event(i: int) -> dict[str, object]:

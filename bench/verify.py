@@ -10,7 +10,7 @@ For each shipped policy pack (policies/*.toml), signed by 2 of 3 keys:
 
 Prints median and p99 in microseconds and the ratio to the peer.
 
-Run: .venv/bin/python bench/verify.py [--rounds 2000]
+Run: .venv/bin/python -m bench.verify [--rounds 2000]
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from proscribe.agent.policy.bundle import TrustConfig, verify_policy_bytes
-from proscribe.agent.policy.envelope import (
+
+from proscribe.core.policy.bundle import TrustConfig, verify_policy_bytes
+from proscribe.core.policy.envelope import (
     Envelope,
     parse_envelope,
     sign_payload,

@@ -2,7 +2,7 @@
 against the real ``proscribe collector serve`` (SQLite), p50/p95 per filter shape; beside the
 same query straight through the storage layer (``queries.list_violations``) in the same run.
 
-    .venv/bin/python bench/violations_query.py [--events 1000000] [--queries 40]
+    .venv/bin/python -m bench.violations_query [--events 1000000] [--queries 40]
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from proscribe.collector.devserver import CollectorProcess
-from proscribe.collector.simulate import SimulatedAgent
+from sqlalchemy.schema import CreateIndex, DropIndex
+
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.queries import ViolationFilter, list_violations
 from proscribe.collector.storage.tables import events
 from proscribe.collector.storage.users import add_user
-from sqlalchemy.schema import CreateIndex, DropIndex
+from tests.support.devserver import CollectorProcess
+from tests.support.simulate import SimulatedAgent
 
 HOSTS = 2000
 USERS = 500

@@ -13,7 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
-from proscribe.agent import __version__
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from proscribe.collector.api.agent_auth import AgentAuthenticator
 from proscribe.collector.api.agent_routes import build_agent_router
 from proscribe.collector.api.errors import install_error_handlers
@@ -26,8 +28,7 @@ from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
 from proscribe.collector.web import build_dashboard_router
-from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from proscribe.core import __version__
 
 log = logging.getLogger(__name__)
 

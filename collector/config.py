@@ -22,7 +22,7 @@
     global_burst = 200
     global_rate  = 20.0
 
-Every problem is a :class:`~proscribe.agent.errors.ConfigError` naming the file and the key.
+Every problem is a :class:`~proscribe.core.errors.ConfigError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DB_NAME = "collector.db"
@@ -282,8 +282,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_public_key(text: str, source: str) -> None:
-    from proscribe.agent.errors import KeyFileError
-    from proscribe.agent.policy.keys import parse_public_key
+    from proscribe.core.errors import KeyFileError
+    from proscribe.core.policy.keys import parse_public_key
 
     try:
         parse_public_key(text)

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proscribe.agent.events import parse_time
+from pydantic import ValidationError
+
 from proscribe.collector.api.errors import ApiError, validation_detail
 from proscribe.collector.api.schema import EventBatch, EventIn
 from proscribe.collector.storage import to_us
-from pydantic import ValidationError
+from proscribe.core.events import parse_time
 
 MAX_JSON_DEPTH_ERROR = "JSON nested too deeply"
 

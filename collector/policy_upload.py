@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proscribe.agent.errors import ProscribeError
-from proscribe.agent.policy.keys import parse_public_key
 from proscribe.collector.api.errors import ApiError
 from proscribe.collector.config import CollectorSettings
+from proscribe.core.errors import ProscribeError
+from proscribe.core.policy.keys import parse_public_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class VerifiedUpload:
 
 def verify_upload(settings: CollectorSettings, data: bytes, sig: bytes) -> VerifiedUpload:
     """Verify signatures (threshold of the configured keys), then parse; 422 with the reason."""
-    from proscribe.agent.policy.bundle import TrustConfig, verify_policy_bytes
+    from proscribe.core.policy.bundle import TrustConfig, verify_policy_bytes
 
     if not settings.trusted_keys:
         raise ApiError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proscribe.agent.events import parse_time
+from proscribe.core.events import parse_time
 
 _RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -6,7 +6,7 @@ data (a 40-host fleet, the US Navy DeepSeek pack as serials 1 and 2 with two exe
 thousand violations over 30 days), signs in with Debian's Chromium through Playwright, and
 writes one PNG per page to ``docs/screenshots/``.
 
-    .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+    .venv/bin/python -m scripts.screenshots [--out docs/screenshots]
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
-from proscribe.collector.devserver import CollectorProcess
-from proscribe.collector.simulate import SimulatedAgent
+
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.audit import append_audit
-from proscribe.collector.web.sample import (
+from tests.support.devserver import CollectorProcess
+from tests.support.sample import (
     create_user,
     enroll_fleet,
     fill_events,
     prepare_database,
     store_sample_policies,
 )
+from tests.support.simulate import SimulatedAgent
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

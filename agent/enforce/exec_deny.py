@@ -59,10 +59,10 @@ from proscribe.agent.enforce.exec_verdicts import (
     sha256_of_fd,
     user_name,
 )
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from proscribe.agent.policy.matchers.compiled import CompiledPolicy
+    from proscribe.core.policy.matchers.compiled import CompiledPolicy
 
 __all__ = [
     "CacheKey",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from proscribe.agent.policy.matchers.compiled import CompiledPolicy, Decision
+    from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 
 __all__ = [
     "ALLOW",
@@ -195,7 +195,7 @@ def policy_decider(
     characters), the path, the caller's uid/user and the hash. argv and the command line are not
     known yet, so command-line rules cannot deny here (the process sensor still sees them).
     """
-    from proscribe.agent.policy.matchers.process import COMM_MAX, ProcessFacts, basename
+    from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
     user_scoped = {r for e in compiled.policy.exemptions if e.users for r in e.rules}
 

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 MARKER = "# proscribe: DNS proxy first, original resolvers as fallback"
 RESOLVED_DROPIN = Path("/etc/systemd/resolved.conf.d/proscribe.conf")

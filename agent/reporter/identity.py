@@ -27,9 +27,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.errors import ConfigError
-from proscribe.agent.policy.keys import load_private_key, public_key_string
-from proscribe.agent.wire.auth import sign_request
+
+from proscribe.core.errors import ConfigError
+from proscribe.core.policy.keys import load_private_key, public_key_string
+from proscribe.core.wire.auth import sign_request
 
 log = logging.getLogger(__name__)
 

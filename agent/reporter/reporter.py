@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.agent.config import AgentConfig
-from proscribe.agent.errors import ConfigError
-from proscribe.agent.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
 from proscribe.agent.spool import Spool, SpooledEvent
+from proscribe.core.errors import ConfigError
+from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
 from .identity import IdentityStore, default_host_facts

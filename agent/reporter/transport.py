@@ -28,12 +28,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from proscribe.agent.errors import ConfigError
+
+from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 Signer = Callable[[str, str, bytes], dict[str, str]]
-"""``(method, path_and_query, body_as_sent) -> headers`` (see ``proscribe.agent.wire.auth``)."""
+"""``(method, path_and_query, body_as_sent) -> headers`` (see ``proscribe.core.wire.auth``)."""
 
 DEFAULT_TIMEOUT = (5.0, 30.0)
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024

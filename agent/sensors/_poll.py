@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from proscribe.agent.policy.matchers.process import ProcessFacts
+
 from proscribe.agent.sensors.enrich import Enricher, read_stat
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 __all__ = ["ProcessScanner", "psutil_facts"]
 

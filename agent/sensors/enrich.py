@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from proscribe.agent.policy.matchers.process import ProcessFacts
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 __all__ = ["Enricher", "HashCache", "StatFields", "read_stat"]
 

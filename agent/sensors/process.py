@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.policy.matchers.process import ProcessFacts
 from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
 from proscribe.agent.sensors.enrich import Enricher
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 __all__ = ["ProcessSensor", "Sighting"]
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.errors import SpoolError
+from proscribe.core.errors import SpoolError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from proscribe.agent.events import Event
+from proscribe.core.events import Event
 
 #: Kinds that are evicted first when the spool is full: they describe the agent, not a user.
 HEALTH_KINDS = frozenset({"health", "heartbeat"})

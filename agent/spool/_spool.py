@@ -16,8 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from proscribe.agent.errors import SpoolError
-from proscribe.agent.events import MAX_BATCH_BYTES, Event
+from proscribe.core.errors import SpoolError
+from proscribe.core.events import MAX_BATCH_BYTES, Event
 
 from ._database import open_database, salvage_pending
 from ._records import (

@@ -1,4 +1,4 @@
-"""Authenticating agent requests signed as in :mod:`proscribe.agent.wire.auth`.
+"""Authenticating agent requests signed as in :mod:`proscribe.core.wire.auth`.
 
 Checks, in order, each with its own 401 slug so the agent knows what to do:
 ``bad_signature`` (headers missing or malformed), ``unknown_agent`` / ``revoked_agent`` (the
@@ -17,17 +17,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from proscribe.agent.wire.auth import (
+from sqlalchemy import Connection
+
+from proscribe.collector.api.errors import ApiError
+from proscribe.collector.storage import to_us
+from proscribe.collector.storage.agents import consume_nonce, get_agent
+from proscribe.core.wire.auth import (
     H_AGENT,
     H_TIME,
     MAX_SKEW_SECONDS,
     AuthFailure,
     verify_request,
 )
-from proscribe.collector.api.errors import ApiError
-from proscribe.collector.storage import to_us
-from proscribe.collector.storage.agents import consume_nonce, get_agent
-from sqlalchemy import Connection
 
 # A nonce must stay remembered as long as its timestamp could still pass the skew check.
 NONCE_TTL_SECONDS = 2 * MAX_SKEW_SECONDS + 60

@@ -12,7 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from proscribe.agent.events import MAX_BATCH_BYTES, utc_now_iso
+from pydantic import ValidationError
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+
 from proscribe.collector.api.agent_auth import (
     AuthenticatedAgent,
     decode_public_key,
@@ -27,9 +30,7 @@ from proscribe.collector.storage.agents import check_enroll_secret, enroll_agent
 from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import current_policy, current_policy_ref
-from pydantic import ValidationError
-from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
+from proscribe.core.events import MAX_BATCH_BYTES, utc_now_iso
 
 log = logging.getLogger(__name__)
 

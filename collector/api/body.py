@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import zlib
 
-from proscribe.collector.api.errors import ApiError
 from starlette.requests import ClientDisconnect, Request
+
+from proscribe.collector.api.errors import ApiError
 
 
 def _too_large(limit: int, what: str = "request body") -> ApiError:

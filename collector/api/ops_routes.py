@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from proscribe.collector.api.state import get_state
-from proscribe.collector.storage.agents import count_agents
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+
+from proscribe.collector.api.state import get_state
+from proscribe.collector.storage.agents import count_agents
 
 
 def build_ops_router() -> APIRouter:

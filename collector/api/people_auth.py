@@ -11,10 +11,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
 from proscribe.collector.api.errors import ApiError
 from proscribe.collector.api.state import get_state
 from proscribe.collector.storage.users import Principal, principal_for_token
-from starlette.concurrency import run_in_threadpool
 
 bearer = HTTPBearer(auto_error=False, description="API token from 'proscribe collector user add'")
 

@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from proscribe.agent.events import EVENT_ACTIONS, KINDS, SEVERITIES
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
 from proscribe.collector.api.errors import ApiError
 from proscribe.collector.api.people_auth import require_role
 from proscribe.collector.api.schema import PolicyUpload, clean_text
@@ -25,9 +28,7 @@ from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage.policies import StoredPolicy, highest_serial, store_policy
 from proscribe.collector.storage.users import Principal
 from proscribe.collector.timespec import parse_moment
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
+from proscribe.core.events import EVENT_ACTIONS, KINDS, SEVERITIES
 
 FilterText = Annotated[
     str | None,

@@ -1,4 +1,4 @@
-"""Request models for the agent API, with the limits of :mod:`proscribe.agent.events`.
+"""Request models for the agent API, with the limits of :mod:`proscribe.core.events`.
 
 Every string is capped and refuses NUL and lone surrogates: a NUL truncates SQLite text search
 and PostgreSQL rejects it outright; a lone surrogate cannot be encoded as UTF-8 and would fail
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from proscribe.agent.events import (
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from proscribe.core.events import (
     EVENT_ACTIONS,
     KINDS,
     MAX_CMDLINE_ITEMS,
@@ -20,7 +22,6 @@ from proscribe.agent.events import (
     SEVERITIES,
     parse_time,
 )
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 def clean_text(value: str) -> str:
@@ -104,7 +105,7 @@ class FileInfo(BaseModel):
 
 
 class EventIn(BaseModel):
-    """One event as defined in :mod:`proscribe.agent.events`."""
+    """One event as defined in :mod:`proscribe.core.events`."""
 
     model_config = _STRICT
     id: EventId

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from proscribe.collector.api.agent_auth import AgentAuthenticator
 from proscribe.collector.api.metrics import Metrics
 from proscribe.collector.api.ratelimit import EnrollRateLimiter
 from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, to_us
 from proscribe.collector.storage.group_commit import GroupCommit
-from starlette.requests import Request
 
 
 @dataclass

@@ -4,6 +4,7 @@ passes an open connection in ``config.attributes["connection"]``."""
 from __future__ import annotations
 
 from alembic import context
+
 from proscribe.collector.storage.tables import metadata
 
 connection = context.config.attributes["connection"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Connection
+
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import audit, users
-from sqlalchemy import Connection
 
 __all__ = [
     "add_user",

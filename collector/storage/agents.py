@@ -13,9 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import agents, enroll_secrets, nonces
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 SECRET_PREFIX = "pse_"  # noqa: S105 - a visible prefix, not a secret
 

@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from proscribe.collector.storage.tables import audit_log
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
+
+from proscribe.collector.storage.tables import audit_log
 
 GENESIS = "0" * 64
 _RETRIES = 5

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.errors import ConfigError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+
+from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

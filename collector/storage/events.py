@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Connection, delete, func, select
+
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import events, host_history
-from sqlalchemy import Connection, delete, func, select
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:

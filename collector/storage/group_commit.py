@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from proscribe.collector.storage.database import Database
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
+
+from proscribe.collector.storage.database import Database
 
 T = TypeVar("T")
 

@@ -16,9 +16,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, and_, bindparam, case, false, insert, or_, select, true
+
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import host_history, hosts
-from sqlalchemy import Connection, and_, bindparam, case, false, insert, or_, select, true
 
 
 @dataclass(frozen=True, slots=True)

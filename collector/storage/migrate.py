@@ -9,8 +9,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from proscribe.collector.storage.database import Database
 from sqlalchemy import text
+
+from proscribe.collector.storage.database import Database
 
 log = logging.getLogger(__name__)
 

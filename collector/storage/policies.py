@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proscribe.collector.storage.tables import policies
 from sqlalchemy import Connection, func, insert, select
+
+from proscribe.collector.storage.tables import policies
 
 
 @dataclass(frozen=True, slots=True)

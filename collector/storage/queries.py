@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from proscribe.collector.storage.tables import events, hosts
 from sqlalchemy import Connection, and_, func, or_, select
+
+from proscribe.collector.storage.tables import events, hosts
 
 VIOLATION_KINDS = ("process", "dns", "file", "tamper")
 MAX_PAGE = 1000

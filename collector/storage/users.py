@@ -13,9 +13,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from proscribe.collector.storage.tables import api_tokens, users
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+
+from proscribe.collector.storage.tables import api_tokens, users
 
 ROLES = ("viewer", "admin")
 # What a user name may be (CLI, dashboard): plain enough for logs, URLs and the audit log.

@@ -11,11 +11,12 @@ import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
 from proscribe.collector.storage.users import Principal, principal_for_password
 from proscribe.collector.web.session import LOGIN_COOKIE, SESSION_COOKIE
 from proscribe.collector.web.site import Site, Viewer
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
 from proscribe.collector.storage import admin_actions, audit
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import users as user_store
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Admin, Site, Visitor
-from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
 
 MAX_LABEL = 256
 HexId = Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{1,64}$")]

@@ -11,7 +11,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from proscribe.agent.events import EVENT_ACTIONS, KINDS, SEVERITIES
+from sqlalchemy import Connection
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import queries, to_us
 from proscribe.collector.storage.hosts import host_history_entries
@@ -24,9 +27,7 @@ from proscribe.collector.web.report import PolicyView, load_policy_view
 from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
-from sqlalchemy import Connection
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from proscribe.core.events import EVENT_ACTIONS, KINDS, SEVERITIES
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
 OVERVIEW_WAIT_S = 2.0  # how long the overview waits for the rollup's first build

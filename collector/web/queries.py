@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, and_, case, func, or_, select
+
 from proscribe.collector.storage.queries import (
     MAX_PAGE,
     HostCoverage,
@@ -22,7 +24,6 @@ from proscribe.collector.storage.queries import (
 )
 from proscribe.collector.storage.tables import agents, events, hosts, policies, users
 from proscribe.collector.storage.users import Principal
-from sqlalchemy import Connection, and_, case, func, or_, select
 
 
 @dataclass(frozen=True, slots=True)

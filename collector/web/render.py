@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader
-from proscribe.agent.events import parse_time
+
 from proscribe.collector.web.literal import show_html, visible_text
+from proscribe.core.events import parse_time
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"

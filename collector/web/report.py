@@ -20,11 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment
-from proscribe.agent.errors import PolicyError
-from proscribe.agent.events import ENCRYPTED_DNS_RULE
-from proscribe.agent.policy.envelope import parse_envelope
-from proscribe.agent.policy.loader import load_policy
-from proscribe.agent.policy.model import Exemption, Policy
+from sqlalchemy import Connection, and_, func, or_, select
+
 from proscribe.collector.csvexport import COLUMNS, violation_row
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
@@ -33,7 +30,11 @@ from proscribe.collector.web import queries as webq
 from proscribe.collector.web.literal import safe_json, visible_text
 from proscribe.collector.web.render import STATIC, build_environment, render
 from proscribe.collector.web.rollup import BLOCKED_ACTIONS, action_class
-from sqlalchemy import Connection, and_, func, or_, select
+from proscribe.core.errors import PolicyError
+from proscribe.core.events import ENCRYPTED_DNS_RULE
+from proscribe.core.policy.envelope import parse_envelope
+from proscribe.core.policy.loader import load_policy
+from proscribe.core.policy.model import Exemption, Policy
 
 MAX_HTML_ROWS = 500
 REPORT_FORMATS = ("html", "csv", "json")

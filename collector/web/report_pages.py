@@ -6,6 +6,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from sqlalchemy import Connection
+from starlette.requests import Request
+from starlette.responses import Response
+
 from proscribe.collector.storage import to_us
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.pages import moment_us
@@ -17,9 +21,6 @@ from proscribe.collector.web.report import (
 )
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
-from sqlalchemy import Connection
-from starlette.requests import Request
-from starlette.responses import Response
 
 DEFAULT_PERIOD_US = 30 * 86_400 * 1_000_000
 MEDIA = {

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, func, select
+
 from proscribe.collector.storage import Database
 from proscribe.collector.storage.queries import VIOLATION_KINDS
 from proscribe.collector.storage.tables import events
-from sqlalchemy import Connection, func, select
 
 log = logging.getLogger(__name__)
 

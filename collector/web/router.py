@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
 from proscribe.collector.web import account, admin_pages, pages, report_pages
 from proscribe.collector.web.render import STATIC, TEMPLATES, build_environment
 from proscribe.collector.web.security import PageError, make_route_class
 from proscribe.collector.web.session import SessionSigner
 from proscribe.collector.web.site import NAV, SITE_STATE, Site
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
 
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 

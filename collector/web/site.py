@@ -9,6 +9,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
 from jinja2 import Environment
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
 from proscribe.collector.api.ratelimit import LoginThrottle
 from proscribe.collector.api.state import CollectorState, get_state
 from proscribe.collector.storage.users import Principal
@@ -17,10 +22,6 @@ from proscribe.collector.web.render import render
 from proscribe.collector.web.rollup import ViolationRollup
 from proscribe.collector.web.security import LoginRequired, PageError
 from proscribe.collector.web.session import SESSION_COOKIE, Session, SessionSigner
-from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import HTMLResponse
 
 T = TypeVar("T")
 SITE_STATE = "dashboard_site"

@@ -420,7 +420,7 @@ point_resolver() {
 import sys, tomllib
 from pathlib import Path
 from proscribe.agent.enforce.sinkhole import install_resolv_conf, install_resolved_dropin
-from proscribe.agent.errors import ProscribeError
+from proscribe.core.errors import ProscribeError
 from proscribe.agent.sensors.dns import parse_host_port
 resolv, backup, dropin, config = map(Path, sys.argv[1:5])
 listen = tomllib.loads(config.read_text()).get("dns", {}).get("proxy_listen", "127.0.0.1:53")

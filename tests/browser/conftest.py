@@ -38,9 +38,9 @@ class Dashboard:
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     if shutil.which("chromium") is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from proscribe.collector.devserver import CollectorProcess
     from proscribe.collector.storage.agents import create_enroll_secret
-    from proscribe.collector.web.sample import (
+    from tests.support.devserver import CollectorProcess
+    from tests.support.sample import (
         create_user,
         enroll_fleet,
         fill_events,

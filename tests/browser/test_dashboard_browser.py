@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from proscribe.collector.csvexport import COLUMNS
-from proscribe.collector.simulate import SimulatedAgent
 from proscribe.collector.web.security import CONTENT_SECURITY_POLICY
+from tests.support.simulate import SimulatedAgent
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -13,9 +13,10 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from agent_harness import Signer, policy_text, spool_events, wait_for, write_config
+
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
+from tests.support.agent_harness import Signer, policy_text, spool_events, wait_for, write_config
 
 
 class Upstream:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import (
+
+from proscribe.cli import main
+from tests.support.agent_harness import (
     Procs,
     Signer,
     events_for,
@@ -31,7 +33,6 @@ from agent_harness import (
     wait_for,
     write_config,
 )
-from proscribe.agent.cli import main
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 

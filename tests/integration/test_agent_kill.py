@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.sensors.enrich import Enricher
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_harness import (
+
+from tests.support.agent_harness import (
     Procs,
     Signer,
     events_for,

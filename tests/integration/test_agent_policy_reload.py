@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent_harness import Signer, policy_text, spool_events, wait_for, write_config
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
+from tests.support.agent_harness import Signer, policy_text, spool_events, wait_for, write_config
 
 
 def tamper_events(state: Path) -> list[dict[str, object]]:
@@ -86,7 +86,7 @@ def test_no_policy_at_all_runs_without_rules_and_says_so(tmp_path: Path) -> None
 
 
 def test_a_collector_policy_supersedes_the_file_without_a_false_tamper(tmp_path: Path) -> None:
-    from proscribe.agent.policy.envelope import sign_payload
+    from proscribe.core.policy.envelope import sign_payload
 
     signer = Signer()
     policy = tmp_path / "policy.toml"

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import Signer, policy_text, write_config
-from proscribe.agent.cli import main
+
+from proscribe.cli import main
+from tests.support.agent_harness import Signer, policy_text, write_config
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 

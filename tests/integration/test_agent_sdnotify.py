@@ -13,10 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from agent_harness import Signer, policy_text, running_agent, write_config
+
 from proscribe.agent.daemon import Daemon
 from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.process import ProcessSensor
+from tests.support.agent_harness import Signer, policy_text, running_agent, write_config
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import Procs, Signer, policy_text, running_agent, wait_for, write_config
+
+from tests.support.agent_harness import (
+    Procs,
+    Signer,
+    policy_text,
+    running_agent,
+    wait_for,
+    write_config,
+)
 
 pytest.importorskip("uvicorn")
 pytestmark = [
@@ -26,6 +34,7 @@ pytestmark = [
 class Collector:
     def __init__(self, tmp: Path) -> None:
         import uvicorn
+
         from proscribe.collector.app import create_app
         from proscribe.collector.config import settings_from_mapping
 
@@ -53,8 +62,9 @@ class Collector:
         return str(secret)
 
     def events(self) -> list[dict[str, Any]]:
-        from proscribe.collector.storage.tables import events
         from sqlalchemy import select
+
+        from proscribe.collector.storage.tables import events
 
         with self.app.state.collector.db.read() as conn:
             return [dict(r._mapping) for r in conn.execute(select(events))]

@@ -38,7 +38,7 @@ def proscribe_cmd() -> list[str]:
     found = shutil.which("proscribe")
     if found:
         return [found]
-    return [sys.executable, "-m", "proscribe.agent"]
+    return [sys.executable, "-m", "proscribe.cli"]
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,12 +20,13 @@ import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
-from proscribe.agent.policy.keys import public_key_string
-from proscribe.agent.wire.auth import sign_request
+
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage.users import add_user
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.wire.auth import sign_request
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from proscribe.agent.events import new_event
-from proscribe.collector.devserver import CollectorProcess
-from proscribe.collector.simulate import SimulatedAgent
+
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret
+from proscribe.core.events import new_event
+from tests.support.devserver import CollectorProcess
+from tests.support.simulate import SimulatedAgent
 
 pytestmark = pytest.mark.slow
 

@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proscribe.agent.events import new_event
-from proscribe.collector.simulate import SimulatedAgent
+from sqlalchemy import create_engine, text
+
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret
-from sqlalchemy import create_engine, text
+from proscribe.core.events import new_event
+from tests.support.simulate import SimulatedAgent
 
 pytestmark = pytest.mark.slow
 
-PROSCRIBE = [sys.executable, "-m", "proscribe.agent"]
+PROSCRIBE = [sys.executable, "-m", "proscribe.cli"]
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from proscribe.agent.events import new_event
+from sqlalchemy import create_engine, text
+
 from proscribe.agent.reporter import reporter_for_url
 from proscribe.agent.spool import Spool
-from proscribe.collector.devserver import CollectorProcess
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret, revoke_agent
-from sqlalchemy import create_engine, text
+from proscribe.core.events import new_event
+from tests.support.devserver import CollectorProcess
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_env import Env, event, make_env
+
 from proscribe.collector.csvexport import COLUMNS
 from proscribe.collector.web.literal import show_html, visible_text
+from tests.support.dashboard_env import Env, event, make_env
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_env import Env, event, make_env
 from fastapi.testclient import TestClient
+
 from proscribe.collector.storage.tables import agents, audit_log, enroll_secrets
 from proscribe.collector.web.security import CONTENT_SECURITY_POLICY
 from proscribe.collector.web.session import SESSION_COOKIE, SessionSigner
+from tests.support.dashboard_env import Env, event, make_env
 
 VIEWER_PAGES = (
     "/",
@@ -239,6 +240,7 @@ def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: Env) ->
     import dataclasses
 
     from fastapi.testclient import TestClient
+
     from proscribe.collector.app import create_app
     from proscribe.collector.config import settings_from_mapping
 

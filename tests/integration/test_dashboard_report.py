@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_env import Env, event, make_env, pg_database
-from proscribe.agent.policy.envelope import parse_envelope
+from sqlalchemy import delete, func, select
+
 from proscribe.collector.storage import queries
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.tables import events
@@ -22,8 +22,9 @@ from proscribe.collector.web.chart import nice_ceiling, violations_chart
 from proscribe.collector.web.pages import fetch_page
 from proscribe.collector.web.report import build_report, report_text
 from proscribe.collector.web.rollup import DAY_US, ViolationRollup
-from proscribe.collector.web.sample import store_sample_policies
-from sqlalchemy import delete, func, select
+from proscribe.core.policy.envelope import parse_envelope
+from tests.support.dashboard_env import Env, event, make_env, pg_database
+from tests.support.sample import store_sample_policies
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_env import pg_database
-from proscribe.agent.events import new_event
-from proscribe.agent.spool import Spool
-from proscribe.collector.devserver import CollectorProcess, free_port
-from reporter_process import agent_state, pending, start_reporter
 from sqlalchemy import create_engine, text
+
+from proscribe.agent.spool import Spool
+from proscribe.core.events import new_event
+from tests.support.dashboard_env import pg_database
+from tests.support.devserver import CollectorProcess, free_port
+from tests.support.reporter_process import agent_state, pending, start_reporter
 
 pytestmark = pytest.mark.slow
 

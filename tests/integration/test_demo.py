@@ -18,7 +18,7 @@ def _demo(tmp_path: Path, *extra: str) -> str:
         [
             sys.executable,
             "-m",
-            "proscribe.agent",
+            "proscribe.cli",
             "demo",
             "--once",
             "--timeout",
@@ -76,7 +76,7 @@ def test_demo_unprivileged_uses_polling_and_the_proxy(tmp_path: Path) -> None:
 def test_ctrl_c_or_kill_stops_everything_the_demo_started(tmp_path: Path, sig: int) -> None:
     work = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proscribe.agent", "demo", "--unprivileged", "--timeout", "60",
+        [sys.executable, "-m", "proscribe.cli", "demo", "--unprivileged", "--timeout", "60",
          "--dir", str(work)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

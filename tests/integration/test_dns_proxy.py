@@ -19,7 +19,7 @@ import dns.rcode
 import dns.resolver
 import dns.rrset
 import pytest
-from proscribe.agent.policy.matchers.domain import DomainMatcher
+
 from proscribe.agent.sensors.dns import (
     DnsObservation,
     DnsProxy,
@@ -27,6 +27,7 @@ from proscribe.agent.sensors.dns import (
     ProcessRef,
     Verdict,
 )
+from proscribe.core.policy.matchers.domain import DomainMatcher
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dnsmasq") is None or shutil.which("dig") is None, reason="needs dnsmasq and dig"
@@ -347,7 +348,7 @@ def test_dead_upstream_falls_over_to_the_next(upstream: tuple[str, int]) -> None
 
 
 def test_port_in_use_is_one_clear_line(proxy: tuple[DnsProxy, Recorder]) -> None:
-    from proscribe.agent.errors import ConfigError
+    from proscribe.core.errors import ConfigError
 
     server, recorder = proxy
     other = DnsProxy(server.address, [("127.0.0.1", 9)], recorder.decide, recorder)

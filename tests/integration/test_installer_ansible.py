@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from proscribe.agent.config import load_agent_config
-from proscribe.agent.policy.keys import public_key_string
-from test_installer_linux import build_wheelhouse
+from proscribe.core.policy.keys import public_key_string
+from tests.integration.test_installer_linux import build_wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "installer" / "ansible"

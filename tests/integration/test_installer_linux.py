@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from proscribe.agent.config import load_agent_config
-from proscribe.agent.policy.keys import public_key_string
+from proscribe.core.policy.keys import public_key_string
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX = REPO / "installer" / "linux"

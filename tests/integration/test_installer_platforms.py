@@ -8,6 +8,7 @@ parse the launchd plist, and check that the flags the PowerShell script passes e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import plistlib
 import re
 import subprocess
@@ -18,8 +19,9 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from proscribe.agent.config import parse_agent_config
-from proscribe.agent.policy.keys import public_key_string
+from proscribe.core.policy.keys import public_key_string
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLER = REPO / "installer"
@@ -165,11 +167,14 @@ def test_launchd_plist_runs_the_linux_command_as_root_and_keeps_it_alive() -> No
 
 
 def _render_options(kind: str) -> set[str]:
-    sys.path.insert(0, str(RENDER.parent))
+    spec = importlib.util.spec_from_file_location("render_config", RENDER)
+    assert spec is not None and spec.loader is not None
+    render_config = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = render_config  # its dataclasses look their module up there
     try:
-        import render_config
+        spec.loader.exec_module(render_config)
     finally:
-        sys.path.remove(str(RENDER.parent))
+        del sys.modules[spec.name]
     parser = render_config._parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {opt for action in sub.choices[kind]._actions for opt in action.option_strings}

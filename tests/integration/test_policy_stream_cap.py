@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from proscribe.agent.errors import PolicyRejected
-from proscribe.agent.policy.bundle import MAX_POLICY_BYTES, read_stream_capped
+
+from proscribe.core.errors import PolicyRejected
+from proscribe.core.policy.bundle import MAX_POLICY_BYTES, read_stream_capped
 
 
 class _Endless(BaseHTTPRequestHandler):

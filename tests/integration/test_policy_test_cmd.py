@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proscribe.agent.cli import main
+
+from proscribe.cli import main
 
 POLICY = """
 [meta]
@@ -47,7 +48,7 @@ def write_policy(path: Path, process_name: str, file_marker: str) -> Path:
 def run_cmd(policy: Path, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "proscribe.agent", "policy", "test", str(policy), *extra],
+        [sys.executable, "-m", "proscribe.cli", "policy", "test", str(policy), *extra],
         env=env,
         capture_output=True,
         text=True,

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from proscribe.agent.events import new_event
-from proscribe.agent.spool import Spool
-from proscribe.collector.devserver import CollectorProcess
-from reporter_process import agent_state, pending, start_reporter
 from sqlalchemy import create_engine, text
+
+from proscribe.agent.spool import Spool
+from proscribe.core.events import new_event
+from tests.support.devserver import CollectorProcess
+from tests.support.reporter_process import agent_state, pending, start_reporter
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from collector_double import CollectorDouble
-from proscribe.agent.events import new_event
 from proscribe.agent.spool import Spool
-from reporter_process import pending, start_reporter
+from proscribe.core.events import new_event
+from tests.support.collector_double import CollectorDouble
+from tests.support.reporter_process import pending, start_reporter
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:

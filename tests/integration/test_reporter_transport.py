@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_double import CollectorDouble
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from proscribe.agent.config import load_agent_config
-from proscribe.agent.errors import ConfigError
-from proscribe.agent.events import new_event
 from proscribe.agent.reporter import (
     IdentityStore,
     Reporter,
@@ -33,6 +31,9 @@ from proscribe.agent.reporter import (
     reporter_for_url,
 )
 from proscribe.agent.spool import Spool
+from proscribe.core.errors import ConfigError
+from proscribe.core.events import new_event
+from tests.support.collector_double import CollectorDouble
 
 HOST = {"hostname": "ws-01", "os": "linux", "agent_version": "test"}
 

@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.spool import Spool
 
 # The child appends forever and prints each id only after append() returned True.
 CHILD = r"""
 import sys, uuid
 from pathlib import Path
-from proscribe.agent.events import new_event
+from proscribe.core.events import new_event
 from proscribe.agent.spool import Spool
 
 spool = Spool(Path(sys.argv[1]), max_events=int(sys.argv[2]))

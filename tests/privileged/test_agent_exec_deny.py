@@ -13,10 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_exec_deny import private_tmpfs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from agent_harness import (
+from tests.privileged.test_exec_deny import private_tmpfs
+from tests.support.agent_harness import (
     Signer,
     policy_text,
     running_agent,

@@ -23,7 +23,7 @@ import dns.message
 import dns.query
 import dns.resolver
 import pytest
-from proscribe.agent.policy.matchers.domain import DomainMatcher
+
 from proscribe.agent.sensors.dns import (
     DnsCapture,
     DnsObservation,
@@ -32,6 +32,7 @@ from proscribe.agent.sensors.dns import (
     Verdict,
     build_dns_sensor,
 )
+from proscribe.core.policy.matchers.domain import DomainMatcher
 
 pytestmark = [
     pytest.mark.root,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from proscribe.agent.sensors.dns import ProcessAttributor
 from proscribe.agent.sensors.dns.encrypted import (
     EncryptedDnsConnection,

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.netns]
 
 PROXY = """
 import json, sys
-from proscribe.agent.policy.matchers.domain import DomainMatcher
+from proscribe.core.policy.matchers.domain import DomainMatcher
 from proscribe.agent.sensors.dns import DnsProxy, ProcessAttributor, Verdict
 matcher = DomainMatcher.from_names(["deepseek.com"], "deepseek-web")
 def decide(name, process):

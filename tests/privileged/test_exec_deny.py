@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.enforce.exec_deny import ExecDenyGuard, ExecRequest, Verdict
 
 pytestmark = [pytest.mark.root, pytest.mark.linux]
@@ -255,8 +256,8 @@ def test_a_per_user_exemption_is_not_reused_for_another_user(mnt: Path) -> None:
     """Root is exempted from the rule, nobody is not: the cached verdict for root must not let
     nobody's exec of the same file through."""
     from proscribe.agent.enforce.exec_deny import policy_decider
-    from proscribe.agent.policy.loader import load_policy
-    from proscribe.agent.policy.matchers import CompiledPolicy
+    from proscribe.core.policy.loader import load_policy
+    from proscribe.core.policy.matchers import CompiledPolicy
 
     policy = (
         POLICY
@@ -338,7 +339,7 @@ def test_the_mount_is_gone_after_teardown_even_on_failure(tmp_path: Path) -> Non
 
 
 def test_start_refuses_a_directory_that_is_not_a_mount(mnt: Path) -> None:
-    from proscribe.agent.errors import ConfigError
+    from proscribe.core.errors import ConfigError
 
     sub = mnt / "sub"
     sub.mkdir()
@@ -367,8 +368,8 @@ action = "block"
 def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None]) -> None:
     """The daemon's wiring: build_exec_guard over a real compiled policy."""
     from proscribe.agent.enforce.exec_deny import build_exec_guard
-    from proscribe.agent.policy.loader import load_policy
-    from proscribe.agent.policy.matchers import CompiledPolicy
+    from proscribe.core.policy.loader import load_policy
+    from proscribe.core.policy.matchers import CompiledPolicy
 
     compiled = CompiledPolicy.compile(load_policy(POLICY, "t.toml"))
     guard = build_exec_guard(

@@ -32,14 +32,15 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.policy.envelope import sign_payload
-from proscribe.agent.policy.keys import public_key_string
+
+from proscribe.core.policy.envelope import sign_payload
+from proscribe.core.policy.keys import public_key_string
 
 pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX = REPO / "installer" / "linux"
-PROSCRIBE = [sys.executable, "-m", "proscribe.agent"]
+PROSCRIBE = [sys.executable, "-m", "proscribe.cli"]
 
 
 def build_wheelhouse(base: Path) -> Path:

@@ -9,8 +9,9 @@ import threading
 import time
 
 import pytest
-from proscribe.agent.policy.matchers.process import ProcessFacts
+
 from proscribe.agent.sensors.process import ProcessSensor, Sighting
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 pytestmark = [pytest.mark.root, pytest.mark.linux]
 

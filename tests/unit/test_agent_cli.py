@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from proscribe.agent.cli import main
+
+from proscribe.cli import main
 
 KEY = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
 
@@ -58,8 +59,8 @@ def test_status_and_events_without_a_daemon(
 def test_events_lists_spooled_events_with_control_characters_escaped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from proscribe.agent.events import new_event
     from proscribe.agent.spool import Spool
+    from proscribe.core.events import new_event
 
     path = config(tmp_path)
     (tmp_path / "state").mkdir()

@@ -6,8 +6,9 @@ import base64
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.config import load_agent_config
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 KEY = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+
 from proscribe.agent.reporter.backoff import (
     BACKOFF_CAP_SECONDS,
     Backoff,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.errors import PolicyError, PolicyRejected, SignatureError, VerificationFailed
-from proscribe.agent.policy.bundle import (
+
+from proscribe.core.errors import PolicyError, PolicyRejected, SignatureError, VerificationFailed
+from proscribe.core.policy.bundle import (
     MAX_POLICY_BYTES,
     Offer,
     PolicyStore,
@@ -20,8 +21,8 @@ from proscribe.agent.policy.bundle import (
     read_stream_capped,
     verify_policy_bytes,
 )
-from proscribe.agent.policy.envelope import Envelope, sign_payload
-from proscribe.agent.policy.matchers import CompiledPolicy
+from proscribe.core.policy.envelope import Envelope, sign_payload
+from proscribe.core.policy.matchers import CompiledPolicy
 
 ISSUED = datetime(2025, 1, 24, tzinfo=UTC)
 EXPIRES = datetime(2025, 3, 1, tzinfo=UTC)

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from proscribe.agent.cli import main
-from proscribe.agent.policy.model import MAX_POLICY_BYTES
+
+from proscribe.cli import main
+from proscribe.core.policy.model import MAX_POLICY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 NAVY = ROOT / "policies" / "us-navy-deepseek-2025.toml"

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from proscribe.agent.cli import main
-from proscribe.agent.policy.envelope import parse_envelope
-from proscribe.agent.policy.keys import generate_keypair
+
+from proscribe.cli import main
+from proscribe.core.policy.envelope import parse_envelope
+from proscribe.core.policy.keys import generate_keypair
 
 POLICY = b"""[meta]
 schema = 1

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from proscribe.agent.cli import COMMANDS, build_parser, main
+
+from proscribe.cli import COMMANDS, build_parser, main
 
 
 def test_every_registered_command_builds() -> None:
@@ -19,7 +20,7 @@ def test_every_registered_command_builds() -> None:
 def test_agent_commands_do_not_import_the_collector_or_its_dependencies() -> None:
     code = (
         "import sys\n"
-        "from proscribe.agent.cli import main\n"
+        "from proscribe.cli import main\n"
         "try:\n"
         "    main(['agent', 'status', '--config', '/nonexistent/agent.toml'])\n"
         "except SystemExit:\n"

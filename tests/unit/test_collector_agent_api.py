@@ -16,15 +16,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from proscribe.agent.events import MAX_STRING, new_event
-from proscribe.agent.policy.keys import public_key_string
-from proscribe.agent.wire.auth import sign_request
+from sqlalchemy import func, select
+
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import events, hosts
-from sqlalchemy import func, select
+from proscribe.core.events import MAX_STRING, new_event
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.wire.auth import sign_request
 
 
 class Clock:

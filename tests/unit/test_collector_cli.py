@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from proscribe.agent.cli import main
+from sqlalchemy import insert
+
+from proscribe.cli import main
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.tables import events
 from proscribe.collector.storage.users import principal_for_token
-from sqlalchemy import insert
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.errors import ConfigError
-from proscribe.agent.policy.keys import public_key_string
+
 from proscribe.collector.config import load_collector_config, settings_from_mapping
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import metadata
+from proscribe.core.errors import ConfigError
+from proscribe.core.policy.keys import public_key_string
 
 _PUB = public_key_string(Ed25519PrivateKey.generate().public_key())
 

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, text
+
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.group_commit import GroupCommit
-from sqlalchemy import Connection, text
 
 
 @pytest.fixture

@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from proscribe.agent.events import new_event
-from proscribe.agent.policy.envelope import sign_payload
-from proscribe.agent.policy.keys import public_key_string
-from proscribe.agent.wire.auth import sign_request
+
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import audit, open_database, upgrade
 from proscribe.collector.storage.users import add_user
+from proscribe.core.events import new_event
+from proscribe.core.policy.envelope import sign_payload
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.wire.auth import sign_request
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = (REPO / "policies" / "us-navy-deepseek-2025.toml").read_bytes()

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from proscribe.agent.policy.loader import load_policy, load_policy_file
-from proscribe.agent.policy.matchers import CompiledPolicy, Decision, ProcessFacts
+
+from proscribe.core.policy.loader import load_policy, load_policy_file
+from proscribe.core.policy.matchers import CompiledPolicy, Decision, ProcessFacts
 
 POLICY = rb"""
 [meta]
@@ -219,7 +220,7 @@ def test_policy_attribute_and_empty_policy() -> None:
 
 
 def test_public_api_is_the_curated_list() -> None:
-    from proscribe.agent.policy import matchers
+    from proscribe.core.policy import matchers
 
     assert sorted(matchers.__all__) == [
         "CompiledPolicy",

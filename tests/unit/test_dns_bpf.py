@@ -7,6 +7,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from proscribe.agent.sensors.dns import bpf
 from proscribe.agent.sensors.dns.headers import DnsSegment, MalformedPacket, parse_packet
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 import pytest
+
 from proscribe.agent.sensors.dns import DnsCapture, DnsObservation, ProcessAttributor
 from proscribe.agent.sensors.dns.capture import REASON_STUB_FORWARD
-from test_dns_attribution import make_procfs
+from tests.unit.test_dns_attribution import make_procfs
 
 IP, IP6 = 0x0800, 0x86DD
 

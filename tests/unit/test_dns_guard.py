@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.agent.dns_guard import DnsGuard
-from proscribe.agent.policy.loader import load_policy
-from proscribe.agent.policy.matchers import CompiledPolicy
 from proscribe.agent.sensors.dns.observation import DnsObservation
 from proscribe.agent.spool import Spool
+from proscribe.core.policy.loader import load_policy
+from proscribe.core.policy.matchers import CompiledPolicy
 
 POLICY = b"""
 [meta]

@@ -7,6 +7,7 @@ import dns.rrset
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message, read_name
 
 

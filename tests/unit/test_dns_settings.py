@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from proscribe.agent.errors import ConfigError
+
 from proscribe.agent.sensors.dns import (
     DnsSensorUnavailable,
     DnsSettings,
@@ -14,6 +14,7 @@ from proscribe.agent.sensors.dns import (
     parse_host_port,
     system_upstreams,
 )
+from proscribe.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.enforce.sinkhole import (
     MARKER,
     install_resolv_conf,
@@ -14,7 +15,7 @@ from proscribe.agent.enforce.sinkhole import (
     remove_resolved_dropin,
     restore_resolv_conf,
 )
-from proscribe.agent.errors import ConfigError
+from proscribe.core.errors import ConfigError
 
 ORIGINAL = (
     "# from DHCP\nsearch corp.example\nnameserver 10.0.0.2\nnameserver 10.0.0.3\noptions edns0\n"

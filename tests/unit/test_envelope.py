@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.errors import ProscribeError, SignatureError
-from proscribe.agent.policy.envelope import (
+
+from proscribe.core.errors import ProscribeError, SignatureError
+from proscribe.core.policy.envelope import (
     MAX_ENVELOPE_BYTES,
     POLICY_PAYLOAD_TYPE,
     TRUST_PAYLOAD_TYPE,
@@ -20,7 +21,7 @@ from proscribe.agent.policy.envelope import (
     sign_payload,
     verify_envelope,
 )
-from proscribe.agent.policy.keys import key_id
+from proscribe.core.policy.keys import key_id
 
 PAYLOAD = b'[meta]\nschema = 1\nid = "t"\nserial = 1\n'
 
@@ -285,8 +286,8 @@ def test_errors_are_project_errors() -> None:
 
 @pytest.mark.parametrize("size", [0, 31, 33, 64])
 def test_trusted_public_key_not_32_bytes_is_rejected(size: int) -> None:
-    from proscribe.agent.errors import KeyFileError
-    from proscribe.agent.policy.keys import parse_public_key
+    from proscribe.core.errors import KeyFileError
+    from proscribe.core.policy.keys import parse_public_key
 
     with pytest.raises(KeyFileError, match=f"public key is {size} bytes"):
         parse_public_key("ed25519:" + base64.b64encode(b"\x07" * size).decode())

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.enforce import _fanotify_linux as fan
 from proscribe.agent.enforce.exec_deny import build_exec_guard
 from proscribe.agent.enforce.exec_verdicts import (
@@ -22,9 +23,9 @@ from proscribe.agent.enforce.exec_verdicts import (
     read_uid,
     sha256_of_fd,
 )
-from proscribe.agent.errors import ConfigError
-from proscribe.agent.policy.loader import load_policy
-from proscribe.agent.policy.matchers import CompiledPolicy
+from proscribe.core.errors import ConfigError
+from proscribe.core.policy.loader import load_policy
+from proscribe.core.policy.matchers import CompiledPolicy
 
 
 def _meta(fd: int, pid: int, mask: int = fan.FAN_OPEN_EXEC_PERM, vers: int = 3) -> bytes:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from proscribe.agent.policy.matchers import ExemptionSet
-from proscribe.agent.policy.model import Exemption
+
+from proscribe.core.policy.matchers import ExemptionSet
+from proscribe.core.policy.model import Exemption
 
 NOW = datetime(2025, 2, 1, 12, 0, tzinfo=UTC)
 POLICY_EXPIRES = datetime(2025, 3, 1, tzinfo=UTC)

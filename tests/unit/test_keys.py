@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from proscribe.agent.errors import KeyFileError
-from proscribe.agent.policy.keys import (
+
+from proscribe.core.errors import KeyFileError
+from proscribe.core.policy.keys import (
     generate_keypair,
     key_id,
     load_private_key,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proscribe.agent.policy.matchers import DomainMatcher
-from proscribe.agent.policy.model import DomainRule
+
+from proscribe.core.policy.matchers import DomainMatcher
+from proscribe.core.policy.model import DomainRule
 
 REPO = Path(__file__).resolve().parents[2]
 AI_LIST = REPO.parent / "shared" / "data" / "nullgen-ai-domains.txt"

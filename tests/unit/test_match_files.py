@@ -6,8 +6,9 @@ import glob as pyglob
 from pathlib import Path
 
 import pytest
-from proscribe.agent.policy.matchers import FileMatcher
-from proscribe.agent.policy.model import FileRule
+
+from proscribe.core.policy.matchers import FileMatcher
+from proscribe.core.policy.model import FileRule
 
 WEIGHTS = FileRule(
     id="deepseek-weights",

@@ -7,10 +7,11 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proscribe.agent.policy.matchers import ProcessFacts, ProcessMatcher
-from proscribe.agent.policy.matchers.process import glob_prefix_regex
-from proscribe.agent.policy.model import ProcessRule
-from proscribe.agent.policy.regex_safety import MAX_CMDLINE_MATCH_CHARS
+
+from proscribe.core.policy.matchers import ProcessFacts, ProcessMatcher
+from proscribe.core.policy.matchers.process import glob_prefix_regex
+from proscribe.core.policy.model import ProcessRule
+from proscribe.core.policy.regex_safety import MAX_CMDLINE_MATCH_CHARS
 
 DIGEST = "ab" * 32
 
@@ -165,7 +166,7 @@ _glob_chars = st.sampled_from([*"abcXY-. ", "*", "?", "[ab]", "[!a]"])
 @given(st.lists(_glob_chars, min_size=1, max_size=10).map("".join), st.text("abcxy-. ", max_size=8))
 def test_prefix_regex_accepts_exactly_the_prefixes_of_matches(glob: str, text: str) -> None:
     """A string is accepted iff some completion of it matches the glob (checked by brute force)."""
-    from proscribe.agent.policy.globs import compile_glob
+    from proscribe.core.policy.globs import compile_glob
 
     full = compile_glob(glob, path=False, ignore_case=True)
     prefix = re.compile(glob_prefix_regex(glob), re.IGNORECASE)
@@ -208,8 +209,8 @@ _exe = st.sampled_from(
 def test_agrees_with_trying_every_pattern(
     rules: list[ProcessRule], comm: str, argv0: str, exe: str, args: list[str]
 ) -> None:
-    from proscribe.agent.policy.globs import compile_glob
-    from proscribe.agent.policy.regex_safety import cmdline_window
+    from proscribe.core.policy.globs import compile_glob
+    from proscribe.core.policy.regex_safety import cmdline_window
 
     f = facts(name=comm, argv0=argv0, exe=exe, cmdline=(argv0, *args))
     expected = []

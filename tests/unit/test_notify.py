@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from proscribe.agent.enforce.notify import Notifier, session_env
 
 

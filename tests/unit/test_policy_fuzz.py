@@ -10,9 +10,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from proscribe.agent.errors import LintIssue, PolicyError
-from proscribe.agent.policy.loader import lint_policy, load_policy
-from proscribe.agent.policy.model import Policy
+
+from proscribe.core.errors import LintIssue, PolicyError
+from proscribe.core.policy.loader import lint_policy, load_policy
+from proscribe.core.policy.model import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = (ROOT / "policies" / "us-navy-deepseek-2025.toml").read_bytes()

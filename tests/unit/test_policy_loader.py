@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from proscribe.agent.errors import LintIssue, PolicyError
-from proscribe.agent.policy.loader import lint_policy, load_policy, load_policy_file
-from proscribe.agent.policy.model import MAX_POLICY_BYTES
+
+from proscribe.core.errors import LintIssue, PolicyError
+from proscribe.core.policy.loader import lint_policy, load_policy, load_policy_file
+from proscribe.core.policy.model import MAX_POLICY_BYTES
 
 META = """\
 [meta]

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from proscribe.agent.policy.loader import lint_policy, load_policy_file
-from proscribe.agent.policy.matchers.compiled import CompiledPolicy
-from proscribe.agent.policy.matchers.process import ProcessFacts
-from proscribe.agent.policy.model import Policy
+
+from proscribe.core.policy.loader import lint_policy, load_policy_file
+from proscribe.core.policy.matchers.compiled import CompiledPolicy
+from proscribe.core.policy.matchers.process import ProcessFacts
+from proscribe.core.policy.model import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from proscribe.agent.policy.loader import lint_policy
+from proscribe.core.policy.loader import lint_policy
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proscribe.agent.policy.regex_safety import (
+
+from proscribe.core.policy.regex_safety import (
     MAX_CMDLINE_MATCH_CHARS,
     MAX_PATTERN_CHARS,
     cmdline_window,

@@ -11,15 +11,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proscribe.agent.errors import ProscribeError
-from proscribe.agent.policy.bundle import PolicyStore, TrustConfig, verify_policy_bytes
-from proscribe.agent.policy.envelope import (
+
+from proscribe.core.errors import ProscribeError
+from proscribe.core.policy.bundle import PolicyStore, TrustConfig, verify_policy_bytes
+from proscribe.core.policy.envelope import (
     POLICY_PAYLOAD_TYPE,
     parse_envelope,
     sign_payload,
     verify_envelope,
 )
-from proscribe.agent.policy.trustchain import parse_trust, rotate
+from proscribe.core.policy.trustchain import parse_trust, rotate
 
 KEYS = [Ed25519PrivateKey.generate() for _ in range(2)]
 TRUST = TrustConfig(keys=tuple(k.public_key() for k in KEYS), threshold=1)

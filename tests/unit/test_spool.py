@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proscribe.agent.events import new_event
+
 from proscribe.agent.spool import Spool, SpooledEvent, SpoolStats
+from proscribe.core.events import new_event
 
 
 def violation(rule: str = "deepseek", exe: str = "/opt/ds/deepseek", **kw: Any) -> dict[str, Any]:
@@ -267,7 +268,7 @@ def test_not_a_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCapture
 
 
 def test_reader_does_not_move_a_corrupt_file(tmp_path: Path) -> None:
-    from proscribe.agent.errors import SpoolError
+    from proscribe.core.errors import SpoolError
 
     path = tmp_path / "spool.db"
     path.write_bytes(b"garbage" * 1000)
@@ -336,7 +337,7 @@ def test_unsent_events_are_salvaged_from_a_file_with_a_damaged_index(tmp_path: P
 
 
 def test_unopenable_path_raises_and_moves_nothing(tmp_path: Path) -> None:
-    from proscribe.agent.errors import SpoolError
+    from proscribe.core.errors import SpoolError
 
     path = tmp_path / "sub"
     path.write_text("a file where the spool's directory should be")

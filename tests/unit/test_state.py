@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from proscribe.agent.policy.state import (
+
+from proscribe.core.policy.state import (
     PolicyState,
     advance,
     atomic_write_bytes,
@@ -159,7 +160,7 @@ _WRITER = """
 import hashlib, sys
 from datetime import UTC, datetime
 from pathlib import Path
-from proscribe.agent.policy.state import PolicyState, save_state
+from proscribe.core.policy.state import PolicyState, save_state
 path = Path(sys.argv[1])
 pad = "x" * 4000  # several pages per write, so a kill can land mid-write
 i = 0

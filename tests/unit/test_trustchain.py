@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from proscribe.agent.errors import TrustError, VerificationFailed
-from proscribe.agent.policy.bundle import verify_policy_bytes
-from proscribe.agent.policy.envelope import (
+
+from proscribe.core.errors import TrustError, VerificationFailed
+from proscribe.core.policy.bundle import verify_policy_bytes
+from proscribe.core.policy.envelope import (
     POLICY_PAYLOAD_TYPE,
     TRUST_PAYLOAD_TYPE,
     Envelope,
     sign_payload,
 )
-from proscribe.agent.policy.keys import public_key_string
-from proscribe.agent.policy.trustchain import (
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.policy.trustchain import (
     TrustConfig,
     TrustStore,
     load_trust_chain,

@@ -38,11 +38,12 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-from proscribe.agent.errors import ConfigError
+
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
 from proscribe.agent.sensors.dns.delivery import ObservationDelivery, ObservationSink
 from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
 from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, Verdict
+from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

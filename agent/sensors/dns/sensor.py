@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from proscribe.agent.errors import ConfigError
 from proscribe.agent.sensors.dns.attribution import ProcessAttributor
 from proscribe.agent.sensors.dns.capture import DnsCapture
 from proscribe.agent.sensors.dns.delivery import ObservationSink
 from proscribe.agent.sensors.dns.observation import Decide, DnsObservation
 from proscribe.agent.sensors.dns.proxy import DnsProxy
+from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

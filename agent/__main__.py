@@ -1,5 +1,0 @@
-import sys
-
-from proscribe.agent.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from proscribe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""``proscribe agent run|status|events``: the daemon and what it has to say.
+
+``status`` and ``events`` read the config only to find the state directory; they work whether
+or not the daemon runs (status comes from ``status.json`` when the daemon is alive, else from
+the spool and the policy state on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proscribe.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
+from proscribe.agent.status_file import daemon_alive, read_status
+from proscribe.core.errors import ProscribeError, UsageError
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "agent", help="run the endpoint agent, show its status and events"
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=type(parser))
+
+    run = verbs.add_parser("run", help="run the daemon in the foreground")
+    _config_arg(run)
+    run.set_defaults(func=cmd_run)
+
+    status = verbs.add_parser("status", help="sensors, policy, spool depth, drops, last upload")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    events = verbs.add_parser("events", help="this host's spooled events (pending and sent)")
+    _config_arg(events)
+    events.add_argument("--json", action="store_true", help="one JSON array")
+    events.add_argument("--limit", type=int, default=50, help="newest N events (default 50)")
+    events.set_defaults(func=cmd_events)
+
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"agent config file (default {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)  # bad config: one line from here, exit 2
+    from proscribe.agent.daemon import build
+
+    if not getattr(args, "verbose", 0):
+        logging.getLogger().setLevel(logging.INFO)
+    build(config).run()
+    return 0
+
+
+def _offline_status(config: AgentConfig) -> dict[str, Any]:
+    """Figures read from disk when the daemon is not running."""
+    result: dict[str, Any] = {
+        "running": False,
+        "mode": config.agent.mode,
+        "config": str(config.source),
+        "sensors": {"process": {"state": "not running"}, "dns": {"state": "not running"}},
+    }
+    if config.spool_path.exists():
+        from proscribe.agent.spool import Spool
+
+        try:
+            spool = Spool(config.spool_path)
+        except ProscribeError as err:
+            result["spool"] = {"error": str(err)}
+        else:
+            try:
+                result["spool"] = spool.stats().to_dict()
+            finally:
+                spool.close()
+    else:
+        result["spool"] = {"depth": 0, "bytes": 0, "dropped": {}, "note": "no spool yet"}
+    try:
+        from proscribe.agent.daemon import load_trust
+        from proscribe.core.policy.bundle import PolicyStore
+
+        store = PolicyStore(config.state_dir, load_trust(config))
+        result["policy"] = store.status(datetime.now(UTC))
+    except (ProscribeError, OSError) as err:
+        result["policy"] = {"error": str(err)}
+    return result
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    saved = read_status(config.status_path)
+    if saved is not None and daemon_alive(saved):
+        status = dict(saved, running=True)
+    else:
+        status = _offline_status(config)
+        if saved is not None:
+            status["last_status_at"] = saved.get("written_at")
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+        return 0
+    _print_status(status)
+    return 0
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value) if value else "never"
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    out = sys.stdout
+    running = status.get("running")
+    pid = f" (pid {status.get('pid')})" if running else ""
+    out.write(f"agent:     {'running' if running else 'not running'}{pid}, ")
+    out.write(f"mode {status.get('mode')}\n")
+    if not running and status.get("last_status_at"):
+        out.write(f"           last status written {_when(status['last_status_at'])}\n")
+    sensors = status.get("sensors", {})
+    for name in ("process", "dns"):
+        info = sensors.get(name) or {}
+        state = info.get("state", "?")
+        backend = info.get("backend")
+        extra = f" ({backend})" if backend and backend != state else ""
+        detail = f" — {info['detail']}" if info.get("detail") else ""
+        out.write(f"sensor:    {name}: {state}{extra}{detail}\n")
+    policy = status.get("policy", {})
+    if policy.get("error"):
+        out.write(f"policy:    {policy['error']}\n")
+    elif policy.get("id"):
+        stale = f"STALE ({policy.get('stale_reason')})" if policy.get("stale") else "current"
+        out.write(
+            f"policy:    {policy['id']} serial {policy.get('serial')} "
+            f"sha256 {str(policy.get('sha256'))[:16]}… expires {policy.get('expires') or 'never'}"
+            f" — {stale}\n"
+        )
+        if policy.get("last_rejection"):
+            rej = policy["last_rejection"]
+            out.write(f"           last rejected offer: {rej.get('kind')}: {rej.get('reason')}\n")
+    else:
+        out.write(f"policy:    none in force ({policy.get('stale_reason', 'no policy')})\n")
+    spool = status.get("spool", {})
+    if spool.get("error"):
+        out.write(f"spool:     {spool['error']}\n")
+    else:
+        dropped = spool.get("dropped") or {}
+        out.write(
+            f"spool:     {spool.get('depth', 0)} pending ({spool.get('bytes', 0)} bytes), "
+            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}\n"
+        )
+    drops = (status.get("drops") or {}).get("process_sensor") or {}
+    if drops:
+        out.write(f"drops:     process sensor {drops}\n")
+    enforcement = status.get("enforcement")
+    if enforcement:
+        out.write(f"actions:   {enforcement}\n")
+    out.write(f"upload:    last {_when(status.get('last_upload'))}\n")
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1 (fix: pass e.g. --limit 50)")
+    if not config.spool_path.exists():
+        rows: list[Any] = []
+    else:
+        from proscribe.agent.spool import Spool
+
+        spool = Spool(config.spool_path)
+        try:
+            rows = spool.recent(args.limit, include_sent=True)
+        finally:
+            spool.close()
+    if args.json:
+        payload = [dict(r.event, _state=r.state, count=r.count) for r in rows]
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    if not rows:
+        print("no events")
+        return 0
+    for r in rows:
+        e = r.event
+        proc = e.get("process") or {}
+        what = proc.get("name") or proc.get("exe") or (e.get("dns") or {}).get("qname") or ""
+        pid = f" pid {proc['pid']}" if proc.get("pid") is not None else ""
+        count = f" x{r.count}" if r.count > 1 else ""
+        print(
+            f"{e.get('time')}  {r.state:<7} {e.get('kind'):<7} {e.get('action'):<11} "
+            f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}"
+        )
+    return 0
+
+
+def _safe(text: str) -> str:
+    """Show control characters literally instead of letting them drive the terminal."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text

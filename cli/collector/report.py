@@ -1,0 +1,105 @@
+"""``proscribe collector report --since 30d --format html|json|csv``.
+
+``html`` is the dashboard's printable compliance report (cover page with directive, period,
+policy serials and coverage; violations, blocks, exemptions, stale hosts), self-contained in
+one file. ``json`` and ``csv`` are every violation of the period (optionally filtered by host
+or rule), the rows auditors load into a spreadsheet. Renderers are a registry (``FORMATS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from proscribe.cli.collector.common import add_config_argument, open_migrated, settings_from_args
+from proscribe.collector.csvexport import violations_csv
+from proscribe.collector.timespec import parse_moment
+from proscribe.core.errors import UsageError
+
+Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
+
+
+def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> str:
+    return json.dumps({**meta, "violations": list(events)}, indent=1, ensure_ascii=False) + "\n"
+
+
+def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> str:
+    return violations_csv(events)
+
+
+FORMATS: dict[str, Renderer] = {"json": _json, "csv": _csv}
+
+
+def register(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "report", help="compliance report (html) or violations (json, csv) over a period"
+    )
+    parser.add_argument("--since", default="30d", help="e.g. 30d, 12h, or an RFC 3339 time")
+    parser.add_argument("--until", default=None)
+    parser.add_argument("--format", default="json", help="html (the printable report) | json | csv")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--rule", default=None)
+    parser.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    add_config_argument(parser)
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import queries, to_us
+
+    renderer = FORMATS.get(args.format)
+    if renderer is None and args.format != "html":
+        raise UsageError(
+            f"--format {args.format!r} is not available "
+            f"(fix: use one of html, {', '.join(FORMATS)})"
+        )
+    if args.format == "html" and (args.host or args.rule):
+        raise UsageError(
+            "--host/--rule filter the json and csv exports; the html report covers the whole "
+            "fleet (fix: drop --host/--rule, or use --format csv)"
+        )
+    now = time.time()
+    try:
+        since = parse_moment(args.since, now)
+        until = parse_moment(args.until, now) if args.until else None
+    except ValueError as err:
+        raise UsageError(f"--since/--until: {err}") from err
+    settings = settings_from_args(args)
+    db = open_migrated(settings)
+    flt = queries.ViolationFilter(
+        since_us=to_us(since),
+        until_us=None if until is None else to_us(until),
+        host=args.host,
+        rule=args.rule,
+    )
+    meta = {"since": since, "until": until, "generated": now}
+    try:
+        with db.read() as conn:
+            if renderer is None:  # html: the dashboard's report, rendered to one file
+                from proscribe.collector.web.report import report_text
+
+                text = report_text(
+                    conn,
+                    fmt="html",
+                    since_us=to_us(since),
+                    until_us=to_us(until if until is not None else now),
+                    now_us=to_us(now),
+                    heartbeat_window_s=settings.heartbeat_window,
+                )
+            else:
+                text = renderer(queries.iter_violations(conn, flt), meta)
+    finally:
+        db.dispose()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"--output {args.output}: {err.strerror}") from err
+    return 0

@@ -1,0 +1,1 @@
+"""Developer scripts; Python ones run from the repository root, ``python -m scripts.NAME``."""

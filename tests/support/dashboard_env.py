@@ -1,0 +1,175 @@
+"""The dashboard in-process (FastAPI TestClient over the real app, real SQLite in a temp dir):
+sign-in helpers and a signed agent that posts events through the real ingest API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from proscribe.collector.app import create_app
+from proscribe.collector.config import settings_from_mapping
+from proscribe.collector.storage.agents import create_enroll_secret
+from proscribe.core.policy.keys import public_key_string
+from proscribe.core.wire.auth import sign_request
+from tests.support.sample import create_user, prepare_database
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Env:
+    app: Any
+    client: TestClient
+    clock: Clock
+    db_url: str
+    passwords: dict[str, str]
+    secret: str
+
+    @property
+    def db(self) -> Any:
+        return self.app.state.collector.db
+
+    def try_login(self, name: str, password: str, client: TestClient | None = None) -> Any:
+        """Submit the login form (with its CSRF token); the reply, whatever it is."""
+        client = client or self.client
+        csrf = CSRF.search(client.get("/login").text)
+        assert csrf is not None
+        return client.post(
+            "/login",
+            data={"username": name, "password": password, "csrf": csrf.group(1)},
+            follow_redirects=False,
+        )
+
+    def login(self, name: str, client: TestClient | None = None) -> TestClient:
+        client = client or self.client
+        reply = self.try_login(name, self.passwords[name], client)
+        assert reply.status_code == 303, reply.text
+        return client
+
+    def csrf(self, path: str = "/") -> str:
+        match = CSRF.search(self.client.get(path).text)
+        assert match is not None
+        return match.group(1)
+
+    def enroll(self, hostname: str = "ws-1") -> tuple[str, Ed25519PrivateKey]:
+        key = Ed25519PrivateKey.generate()
+        body = {
+            "secret": self.secret,
+            "hostname": hostname,
+            "os": "linux",
+            "agent_version": "0.1.0",
+            "public_key": public_key_string(key.public_key()),
+        }
+        reply = self.client.post("/api/v1/enroll", json=body)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["agent_id"], key
+
+    def post_events(self, agent: tuple[str, Ed25519PrivateKey], items: list[dict[str, Any]]) -> Any:
+        agent_id, key = agent
+        body = json.dumps({"events": items}).encode()
+        headers = sign_request(key, agent_id, "POST", "/api/v1/events", body, now=self.clock.now)
+        headers["Content-Type"] = "application/json"
+        reply = self.client.post("/api/v1/events", content=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        assert all(r["status"] == "stored" for r in reply.json()["results"]), reply.text
+        return reply
+
+    def heartbeat(
+        self, agent: tuple[str, Ed25519PrivateKey], serial: int | None = 2, **changes: Any
+    ) -> None:
+        agent_id, key = agent
+        payload: dict[str, Any] = {
+            "agent_version": "0.1.0",
+            "hostname": "ignored",
+            "os": "linux",
+            "mode": "enforce",
+            "policy": {"id": "us-navy-deepseek-2025", "serial": serial, "sha256": "ab" * 32},
+            "sensors": {"process": "netlink"},
+            "spool": {"depth": 0, "bytes": 0, "dropped": 0},
+        }
+        payload.update(changes)
+        body = json.dumps(payload).encode()
+        headers = sign_request(key, agent_id, "POST", "/api/v1/heartbeat", body, now=self.clock.now)
+        headers["Content-Type"] = "application/json"
+        reply = self.client.post("/api/v1/heartbeat", content=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+
+
+def event(
+    *,
+    rule: str = "deepseek-desktop",
+    kind: str = "process",
+    action: str = "killed",
+    when: float | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    moment = datetime.fromtimestamp(when or time.time(), UTC)
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+        "kind": kind,
+        "rule": rule,
+        "action": action,
+        "severity": "high",
+        "policy": {"id": "us-navy-deepseek-2025", "serial": 2},
+    }
+    if not sections and kind == "process":
+        sections = {"process": {"pid": 7, "name": "DeepSeek", "user": "alice"}}
+    body.update(sections)
+    return body
+
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database (created and force-dropped around the test)."""
+    import psycopg
+
+    name = f"proscribe_dash_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_env(tmp_path: Path, url: str | None = None) -> Iterator[Env]:
+    """The body of each test module's ``env`` fixture: a migrated database (SQLite in
+    ``tmp_path`` unless ``url`` is given) with a viewer (vera), an admin (adam) and an enroll
+    secret, and the real app around it."""
+    url = url or f"sqlite:///{tmp_path / 'collector.db'}"
+    db = prepare_database(url)
+    passwords = {
+        "vera": create_user(db, "vera", "viewer"),
+        "adam": create_user(db, "adam", "admin"),
+    }
+    with db.write() as conn:
+        _id, secret = create_enroll_secret(conn, "tests", int(time.time() * 1e6))
+    db.dispose()
+    clock = Clock()
+    app = create_app(settings_from_mapping({"database": {"url": url}}), clock=clock)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield Env(app, client, clock, url, passwords, secret)
