@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.core.errors import PolicyRejected, ProscribeError, SignatureError, UsageError
+from proscribe.core.fs import atomic_write
 from proscribe.core.policy.bundle import read_capped
 from proscribe.core.policy.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -31,7 +32,6 @@ from proscribe.core.policy.envelope import (
 from proscribe.core.policy.keys import key_id, load_private_key, parse_public_key
 from proscribe.core.policy.loader import load_policy
 from proscribe.core.policy.model import MAX_POLICY_BYTES
-from proscribe.core.policy.state import atomic_write_bytes
 from proscribe.core.policy.trustchain import MAX_TRUST_BYTES, parse_trust
 
 PAYLOAD_TYPES = {"policy": POLICY_PAYLOAD_TYPE, "trust": TRUST_PAYLOAD_TYPE}
@@ -123,7 +123,7 @@ def run_sign(args: argparse.Namespace) -> int:
     kid = key_id(key.public_key())
     replaced = existing is not None and any(s.keyid == kid for s in existing.signatures)
     envelope = sign_payload(data, key, existing, PAYLOAD_TYPES[kind])
-    atomic_write_bytes(sig_path, envelope.to_bytes(), 0o644)
+    atomic_write(sig_path, envelope.to_bytes(), 0o644)
     count = len(envelope.signatures)
     verb = "replaced the signature of" if replaced else "signed with"
     print(f"{args.file}: {what}: {verb} key {kid}")

@@ -32,17 +32,16 @@ from proscribe.core.errors import (
     SignatureError,
     VerificationFailed,
 )
+from proscribe.core.fs import atomic_write, remove_stale_temp_files
 from proscribe.core.policy.envelope import POLICY_PAYLOAD_TYPE, parse_envelope, verify_envelope
 from proscribe.core.policy.loader import load_policy
 from proscribe.core.policy.model import MAX_POLICY_BYTES, Policy
 from proscribe.core.policy.state import (
     PolicyState,
     advance,
-    atomic_write_bytes,
     clock_went_back,
     judge_offer,
     load_state,
-    remove_stale_temp_files,
     save_state,
 )
 from proscribe.core.policy.trustchain import TrustConfig
@@ -261,8 +260,8 @@ class PolicyStore:
     def _commit(self, policy: Policy, data: bytes, sig: bytes, now: datetime, origin: str) -> None:
         old = self._state
         toml_path, sig_path = self._paths(policy.sha256)
-        atomic_write_bytes(toml_path, data, 0o644)
-        atomic_write_bytes(sig_path, sig, 0o644)
+        atomic_write(toml_path, data, 0o644)
+        atomic_write(sig_path, sig, 0o644)
         seen = [now, policy.meta.issued]
         if old is not None:
             seen.append(old.max_time_seen)

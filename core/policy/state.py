@@ -13,8 +13,8 @@ signed policy, which an attacker cannot forge). The rules (:func:`judge_offer`) 
 Serials are monotonic per agent, whatever the policy id: switching to another policy needs a
 higher serial, otherwise a stale policy with another id could be replayed.
 
-Writes are atomic (:func:`atomic_write_bytes`: temp file in the same directory, fsync, rename,
-fsync the directory), so a crash or ``kill -9`` leaves the old or the new state, never a mix.
+Writes are atomic (:func:`proscribe.core.fs.atomic_write`), so a crash or ``kill -9`` leaves the
+old or the new state, never a mix.
 """
 
 from __future__ import annotations
@@ -22,22 +22,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+
+from proscribe.core.fs import atomic_write
 
 __all__ = [
     "CLOCK_BACK_TOLERANCE",
     "PolicyState",
     "Verdict",
     "advance",
-    "atomic_write_bytes",
     "clock_went_back",
     "judge_offer",
     "load_state",
-    "remove_stale_temp_files",
     "save_state",
 ]
 
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 # NTP steps and VM resumes move clocks by seconds or minutes; an hour back is deliberate.
 CLOCK_BACK_TOLERANCE = timedelta(hours=1)
 _MAX_STATE_BYTES = 64 * 1024
-_TEMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,46 +190,7 @@ def load_state(path: Path) -> PolicyState | None:
 
 
 def save_state(path: Path, state: PolicyState) -> None:
-    atomic_write_bytes(path, state.to_bytes())
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers (and crashes) see old or new, never a mix."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return  # directories cannot be opened for fsync on Windows
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def remove_stale_temp_files(directory: Path) -> int:
-    """Delete temp files left by a write that was killed; returns how many."""
-    removed = 0
-    for tmp in directory.glob(f".*{_TEMP_SUFFIX}"):
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError as err:
-            log.warning("%s: cannot remove leftover temp file: %s", tmp, err)
-    return removed
+    atomic_write(path, state.to_bytes())
 
 
 def advance(state: PolicyState, now: datetime) -> PolicyState:

@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from proscribe.core.errors import KeyFileError, ProscribeError, TrustError
+from proscribe.core.fs import atomic_write
 from proscribe.core.policy.envelope import (
     TRUST_PAYLOAD_TYPE,
     distinct_keys,
@@ -37,7 +38,6 @@ from proscribe.core.policy.envelope import (
     verify_envelope,
 )
 from proscribe.core.policy.keys import key_id, parse_public_key, public_key_string
-from proscribe.core.policy.state import atomic_write_bytes
 
 __all__ = [
     "MAX_TRUST_BYTES",
@@ -250,8 +250,8 @@ class TrustStore:
         """Accept the next version (raise :class:`TrustError` if it is not) and keep it."""
         new = rotate(self._current, data, sig, source)
         path = self._dir / f"{new.version}.toml"
-        atomic_write_bytes(path, data, 0o644)
-        atomic_write_bytes(Path(f"{path}.sig"), sig, 0o644)
+        atomic_write(path, data, 0o644)
+        atomic_write(Path(f"{path}.sig"), sig, 0o644)
         log.info(
             "trust rotated to version %s (%s keys, threshold %s)",
             new.version,

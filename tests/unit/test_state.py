@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from proscribe.core.fs import atomic_write, remove_stale_temp_files
 from proscribe.core.policy.state import (
     PolicyState,
     advance,
-    atomic_write_bytes,
     clock_went_back,
     judge_offer,
     load_state,
-    remove_stale_temp_files,
     save_state,
 )
 
@@ -147,8 +146,8 @@ def test_corrupt_state_is_moved_aside(tmp_path: Path, content: bytes) -> None:
 
 def test_atomic_write_replaces_and_cleans_up(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
-    atomic_write_bytes(path, b"old")
-    atomic_write_bytes(path, b"new", 0o644)
+    atomic_write(path, b"old")
+    atomic_write(path, b"new", 0o644)
     assert path.read_bytes() == b"new"
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     (tmp_path / ".f.bin.abc.tmp").write_bytes(b"half")
