@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,14 +30,9 @@ from pathlib import Path
 
 from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, ProcessAttributor, Verdict
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.ports import free_udp_port
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def denylist() -> list[str]:
@@ -131,7 +125,7 @@ def main() -> int:
     conf = tmp / "deny.conf"
     conf.write_text("".join(f"address=/{name}/\n" for name in names))
 
-    up_port, peer_port = free_port(), free_port()
+    up_port, peer_port = free_udp_port(), free_udp_port()
     upstream = dnsmasq(up_port, "--address=/bench.example/192.0.2.1")
     peer = dnsmasq(
         peer_port, f"--server=127.0.0.1#{up_port}", "--cache-size=0", f"--conf-file={conf}"

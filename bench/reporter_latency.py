@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,9 @@ from pathlib import Path
 from proscribe.agent.reporter import ReporterConfig, reporter_for_url
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
+from tests.support.ports import free_tcp_port
 
 CLI = [sys.executable, "-m", "proscribe.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _event(i: int) -> dict[str, object]:
@@ -59,7 +53,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # retries while the collector starts are expected
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_tcp_port()
         config = root / "collector.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\n'

@@ -17,6 +17,7 @@ import pytest
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
 from tests.support.agent_harness import Signer, policy_text, spool_events, wait_for, write_config
+from tests.support.ports import free_udp_port
 
 
 class Upstream:
@@ -61,12 +62,6 @@ def upstream() -> Iterator[Upstream]:
     server.close()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def addresses(reply: dns.message.Message) -> list[str]:
     return [r.address for rrset in reply.answer for r in rrset if r.rdtype == dns.rdatatype.A]
 
@@ -83,7 +78,7 @@ def test_denied_name_through_the_proxy(tmp_path: Path, upstream: Upstream, mode:
             extra=f'[[domain]]\nid = "deepseek-web"\nnames = ["{domain}"]\naction = "block"\n',
         ),
     )
-    port = free_port()
+    port = free_udp_port()
     config_path = write_config(
         tmp_path,
         signer,
@@ -157,7 +152,7 @@ def test_encrypted_dns_connection_becomes_an_event(tmp_path: Path, upstream: Ups
 
     signer = Signer()
     signer.write(tmp_path / "policy.toml", policy_text("doh123"))
-    port = free_port()
+    port = free_udp_port()
     config_path = write_config(
         tmp_path,
         signer,

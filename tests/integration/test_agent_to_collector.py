@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from tests.support.agent_harness import (
     wait_for,
     write_config,
 )
+from tests.support.ports import free_tcp_port
 
 pytest.importorskip("uvicorn")
 pytestmark = [
@@ -40,9 +40,7 @@ class Collector:
 
         settings = settings_from_mapping({"database": {"url": f"sqlite:///{tmp / 'c.db'}"}})
         self.app = create_app(settings)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_tcp_port()
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )

@@ -29,18 +29,13 @@ from sqlalchemy import create_engine, text
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.core.events import new_event
+from tests.support.ports import free_tcp_port
 from tests.support.simulate import SimulatedAgent
 
 pytestmark = pytest.mark.slow
 
 PROSCRIBE = [sys.executable, "-m", "proscribe.cli"]
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -143,7 +138,7 @@ def collector(
         with engine.begin() as conn:  # each test starts from an empty schema
             conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         engine.dispose()
-    port = _free_port()
+    port = free_tcp_port()
     config = tmp_path / "collector.toml"
     config.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n', encoding="utf-8"

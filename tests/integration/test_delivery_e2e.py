@@ -28,7 +28,8 @@ from sqlalchemy import create_engine, text
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
 from tests.support.dashboard_env import pg_database
-from tests.support.devserver import CollectorProcess, free_port
+from tests.support.devserver import CollectorProcess
+from tests.support.ports import free_tcp_port
 from tests.support.reporter_process import agent_state, pending, start_reporter
 
 pytestmark = pytest.mark.slow
@@ -93,7 +94,7 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     spool.close()
     assert pending(state / "spool.db") == EVENTS
 
-    port = free_port()
+    port = free_tcp_port()
     collector = CollectorProcess(tmp_path / "srv", database_url, port=port)
     spool_path = state / "spool.db"
     count = "SELECT count(*) FROM events WHERE rule = 'deepseek-desktop'"

@@ -28,6 +28,7 @@ from proscribe.agent.sensors.dns import (
     Verdict,
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.ports import free_udp_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dnsmasq") is None or shutil.which("dig") is None, reason="needs dnsmasq and dig"
@@ -35,16 +36,10 @@ pytestmark = pytest.mark.skipif(
 DENIED = DomainMatcher.from_names(["deepseek.com"], "deepseek-web")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[str, int]]:
     """dnsmasq with fixed answers, including an allowed name that CNAMEs to a denied one."""
-    port = free_port()
+    port = free_udp_port()
     proc = subprocess.Popen(
         [
             "dnsmasq",
@@ -334,7 +329,7 @@ def test_truncated_upstream_answer_is_retried_over_tcp() -> None:
 
 
 def test_dead_upstream_falls_over_to_the_next(upstream: tuple[str, int]) -> None:
-    dead = ("127.0.0.1", free_port())
+    dead = ("127.0.0.1", free_udp_port())
     recorder = Recorder()
     server = DnsProxy(("127.0.0.1", 0), [dead, upstream], recorder.decide, recorder, timeout=0.3)
     server.start()

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
+from tests.support.ports import free_tcp_port
 
 pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.slow]
 
@@ -56,12 +56,6 @@ def build_wheelhouse(base: Path) -> Path:
         )
         (house / ".complete").touch()
     return house
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
@@ -114,7 +108,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    port = free_port()
+    port = free_tcp_port()
     config = tmp_path / "collector.toml"
     subprocess.run(
         [sys.executable, str(REPO / "installer/common/render_config.py"), "collector",

@@ -17,11 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_tcp_port
 
 
 class CollectorProcess:
@@ -37,7 +33,7 @@ class CollectorProcess:
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        self.port = port or free_tcp_port()
         self.database_url = database_url or f"sqlite:///{self.workdir / 'collector.db'}"
         self.config = self.workdir / "collector.toml"
         self.config.write_text(
