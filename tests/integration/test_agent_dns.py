@@ -16,8 +16,9 @@ import pytest
 
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
-from tests.support.agent_harness import Signer, policy_text, spool_events, wait_for, write_config
+from tests.support.agent_harness import Signer, policy_text, spool_events, write_config
 from tests.support.ports import free_udp_port
+from tests.support.waits import wait_for
 
 
 class Upstream:

@@ -15,6 +15,7 @@ import pytest
 
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.sensors.enrich import Enricher
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -43,7 +44,7 @@ def test_pid_reuse_is_detected_and_nothing_is_sent(sleeper: subprocess.Popen[byt
     # the judged process started at another time: this pid now belongs to someone else
     outcome = Killer(enricher).kill(sleeper.pid, start - 10)
     assert not outcome.killed and outcome.reason == "pid_reused"
-    time.sleep(0.1)
+    time.sleep(0.1)  # time for a wrongly sent signal to land: the process must still run
     assert sleeper.poll() is None
 
 
@@ -81,12 +82,8 @@ def test_children_are_killed_too(tmp_path: Path) -> None:
         ["/bin/sh", "-c", "/bin/sleep 30 & /bin/sleep 30 & wait"], start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 5
-        children: list[int] = []
-        while time.monotonic() < deadline and len(children) < 2:
-            children = _children(parent.pid)
-            time.sleep(0.02)
-        assert len(children) == 2
+        assert wait_for(lambda: len(_children(parent.pid)) == 2, 5)
+        children = _children(parent.pid)
         enricher = Enricher()
         outcome = Killer(enricher).kill(
             parent.pid, enricher.start_time_of(parent.pid), children=True

@@ -21,9 +21,9 @@ from tests.support.agent_harness import (
     events_for,
     policy_text,
     running_agent,
-    wait_for,
     write_config,
 )
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -70,7 +70,7 @@ def test_monitor_mode_reports_would_block_and_kills_nothing(tmp_path: Path) -> N
             runner = procs.start([str(script), "run", f"deepseek-r1-{token}"])
             assert wait_for(lambda: events_for(state, runner.pid), 10)
 
-            time.sleep(0.5)
+            time.sleep(0.5)  # time for a wrong kill to land: monitor mode must kill nothing
             assert hidden.poll() is None and late.poll() is None and runner.poll() is None
     finally:
         procs.cleanup()

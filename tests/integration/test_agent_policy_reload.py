@@ -8,7 +8,8 @@ from pathlib import Path
 
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
-from tests.support.agent_harness import Signer, policy_text, spool_events, wait_for, write_config
+from tests.support.agent_harness import Signer, policy_text, spool_events, write_config
+from tests.support.waits import wait_for
 
 
 def tamper_events(state: Path) -> list[dict[str, object]]:
@@ -50,9 +51,8 @@ def test_a_newer_signed_policy_is_picked_up_from_the_watched_file(tmp_path: Path
     signer.write(policy, policy_text("bbb222", serial=1))
     config = load_agent_config(write_config(tmp_path, signer, process="poll"))
     daemon = build(config, with_reporter=False, with_dns=False)
-    daemon.start()
+    daemon.start()  # returns with the directory watch in place: no pause needed
     try:
-        time.sleep(0.2)
         signer.write(policy, policy_text("bbb222", serial=2))
         assert wait_for(
             lambda: (

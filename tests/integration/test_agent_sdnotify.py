@@ -18,6 +18,7 @@ from proscribe.agent.daemon import Daemon
 from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.process import ProcessSensor
 from tests.support.agent_harness import Signer, policy_text, running_agent, write_config
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -64,10 +65,7 @@ def test_process_sensor_reports_a_dead_thread() -> None:
     broken._check_loop = lambda: None  # type: ignore[method-assign]  # the thread ends at once
     broken.start()
     try:
-        deadline = time.monotonic() + 5
-        while broken.healthy() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not broken.healthy()
+        assert wait_for(lambda: not broken.healthy(), 5)
     finally:
         broken.stop()
 

@@ -7,7 +7,6 @@ import secrets
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from tests.support.agent_harness import (
     Signer,
     policy_text,
     running_agent,
-    wait_for,
     write_config,
 )
 from tests.support.ports import free_tcp_port
+from tests.support.waits import wait_for
 
 pytest.importorskip("uvicorn")
 pytestmark = [
@@ -47,10 +46,7 @@ class Collector:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.server.started
+        assert wait_for(lambda: self.server.started, 15)
 
     def enroll_secret(self) -> str:
         from proscribe.collector.storage import agents

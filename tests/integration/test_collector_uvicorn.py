@@ -9,6 +9,8 @@ must then be in the database exactly once, and everything acknowledged before th
 
 from __future__ import annotations
 
+from tests.support.waits import wait_for
+
 import json
 import os
 import signal
@@ -224,8 +226,7 @@ def test_kill9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
 
     def sender(index_slice: list[int]) -> None:
         agent = SimulatedAgent(collector.url, timeout=10)
-        while agent.enroll(secret).status != 200:
-            time.sleep(0.05)
+        wait_for(lambda: agent.enroll(secret).status == 200, 30, step=0.05)
         for i in index_slice:
             try:
                 reply = agent.post_events(batches[i])
@@ -244,9 +245,7 @@ def test_kill9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     threads = [threading.Thread(target=sender, args=(list(range(k, 60, 3)),)) for k in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len(acked) < 1500 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: len(acked) >= 1500, 30, step=0.005)  # then kill, mid-stream
     collector.kill9()
     killed.set()
     for t in threads:

@@ -4,18 +4,18 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from proscribe.agent.reporter import reporter_for_url
+from proscribe.agent.reporter import Reporter, reporter_for_url
 from proscribe.agent.spool import Spool
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret, revoke_agent
 from proscribe.core.events import new_event
 from tests.support.devserver import CollectorProcess
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,14 @@ def _scalar(url: str, sql: str) -> int:
         engine.dispose()
 
 
-def _drain(reporter: object, spool: Spool, deadline: float) -> None:
-    while spool.stats().depth and time.monotonic() < deadline:
-        reporter.run_once()  # type: ignore[attr-defined]
+def _drain(reporter: Reporter, spool: Spool, timeout: float = 60.0) -> bool:
+    """Turn the reporter's loop by hand until the spool is empty; True if it emptied."""
+
+    def emptied() -> bool:
+        reporter.run_once()
+        return spool.stats().depth == 0
+
+    return wait_for(emptied, timeout)
 
 
 def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None:
@@ -60,8 +65,7 @@ def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None
                         dns={"qname": "chat.deepseek.com"},
                     )
                 )
-            _drain(reporter, spool, time.monotonic() + 60)
-            assert spool.stats().depth == 0
+            assert _drain(reporter, spool)
             assert _scalar(server.database_url, "SELECT count(*) FROM events") == 30
             assert _scalar(server.database_url, "SELECT count(*) FROM hosts") == 1
             first_agent = reporter.status()["agent_id"]
@@ -77,8 +81,7 @@ def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None
                         process={"pid": 7, "name": "dsh"},
                     )
                 )
-            _drain(reporter, spool, time.monotonic() + 60)
-            assert spool.stats().depth == 0
+            assert _drain(reporter, spool)
             assert reporter.status()["agent_id"] != first_agent
             assert _scalar(server.database_url, "SELECT count(*) FROM events") == 50
             assert _scalar(server.database_url, "SELECT count(DISTINCT event_id) FROM events") == 50

@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from tests.support.dashboard_env import pg_database
 from tests.support.devserver import CollectorProcess
 from tests.support.ports import free_tcp_port
 from tests.support.reporter_process import agent_state, pending, start_reporter
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +67,6 @@ def _event_ids(url: str) -> set[str]:
         engine.dispose()
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -108,13 +100,13 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
     try:
         # 1. the collector is down: the reporter retries with backoff, nothing leaves the spool
         agent = start_agent()
-        time.sleep(1.0)
+        time.sleep(1.0)  # deliberately: a second of failed attempts, which must not hurt
         assert agent.poll() is None, "the reporter must survive a collector that is down"
         assert pending(spool_path) == EVENTS
 
         # 2. the collector comes up; 3. it is killed -9 once events are flowing
         collector.start()
-        _wait(lambda: _scalar(database_url, count) > 0, 60, "the first stored batch")
+        assert wait_for(lambda: _scalar(database_url, count) > 0, 60), "no batch stored"
         collector.kill9()
         stored_at_kill = _scalar(database_url, count)
         assert 0 < stored_at_kill < EVENTS, f"the kill should land mid-stream ({stored_at_kill})"
@@ -124,13 +116,15 @@ def test_collector_down_killed_and_agent_killed_every_event_arrives_once(
         # back up: 4. kill -9 the agent while it is uploading, then restart it
         collector.start()
         before = _scalar(database_url, count)
-        _wait(lambda: _scalar(database_url, count) > before, 60, "uploads after the restart")
+        assert wait_for(lambda: _scalar(database_url, count) > before, 60), (
+            "no upload after restart"
+        )
         os.kill(agent.pid, signal.SIGKILL)
         agent.wait(10)
         assert pending(spool_path) > 0 or _scalar(database_url, count) == EVENTS
         start_agent()
 
-        _wait(lambda: pending(spool_path) == 0, 120, "the spool to drain")
+        assert wait_for(lambda: pending(spool_path) == 0, 120), "the spool never drained"
         assert _scalar(database_url, count) == EVENTS
         assert (
             _scalar(

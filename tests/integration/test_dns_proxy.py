@@ -28,7 +28,9 @@ from proscribe.agent.sensors.dns import (
     Verdict,
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.dns_peers import answers
 from tests.support.ports import free_udp_port
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dnsmasq") is None or shutil.which("dig") is None, reason="needs dnsmasq and dig"
@@ -63,15 +65,7 @@ def upstream() -> Iterator[tuple[str, int]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                dns.query.udp(
-                    dns.message.make_query("allowed.example", "A"), "127.0.0.1", 0.2, port
-                )
-                break
-            except (dns.exception.Timeout, OSError):
-                time.sleep(0.05)
+        assert wait_for(lambda: answers("127.0.0.1", port), 5), "dnsmasq did not start"
         yield ("127.0.0.1", port)
     finally:
         proc.kill()
@@ -93,15 +87,14 @@ class Recorder:
         match = DENIED.match(name)
         return Verdict(block=True, rule_id=match.rule_id) if match else None
 
+    def observed(self, qname: str) -> DnsObservation | None:
+        with self.lock:
+            return next((o for o in self.observations if o.qname == qname), None)
+
     def wait_for(self, qname: str, timeout: float = 3.0) -> DnsObservation:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                for observation in self.observations:
-                    if observation.qname == qname:
-                        return observation
-            time.sleep(0.01)
-        raise AssertionError(f"no observation for {qname}: {self.observations}")
+        observation = wait_for(lambda: self.observed(qname), timeout)
+        assert observation is not None, f"no observation for {qname}: {self.observations}"
+        return observation
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from proscribe.cli import main
+from tests.support.waits import wait_for
 
 POLICY = """
 [meta]
@@ -57,6 +57,14 @@ def run_cmd(policy: Path, home: Path, *extra: str) -> subprocess.CompletedProces
     )
 
 
+def has_exec(pid: int, binary: Path) -> bool:
+    """True once the forked child has exec'd ``binary`` (until then it is still Python)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == str(binary)
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def denied_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     binary = tmp_path / "bin" / "deepseek-test"
@@ -64,12 +72,7 @@ def denied_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     shutil.copy("/bin/sleep", binary)
     proc = subprocess.Popen([str(binary), "60"])
     try:
-        comm = Path(f"/proc/{proc.pid}/comm")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # wait until exec has replaced the forked child
-            if comm.exists() and comm.read_text().strip() == "deepseek-test":
-                break
-            time.sleep(0.01)
+        assert wait_for(lambda: has_exec(proc.pid, binary), 5)
         yield proc
     finally:
         proc.kill()  # by pid: only the process this test started
@@ -169,12 +172,8 @@ def test_hostile_process_name_is_shown_escaped(tmp_path: Path, home: Path) -> No
             'title = "t"\n[[process]]\nid = "dsx"\nnames = ["dsx-*"]\n',
             encoding="utf-8",
         )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            result = run_cmd(policy, home)
-            if f"pid {proc.pid} " in result.stdout:
-                break
-            time.sleep(0.05)
+        assert wait_for(lambda: has_exec(proc.pid, binary), 5)
+        result = run_cmd(policy, home)
         assert result.returncode == 1, result.stdout + result.stderr
         line = next(ln for ln in result.stdout.splitlines() if f"pid {proc.pid} " in ln)
         assert "\x1b" not in line

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,18 @@ from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
 from tests.support.devserver import CollectorProcess
 from tests.support.reporter_process import agent_state, pending, start_reporter
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
+
+
+def clock_offset(status_file: Path) -> float | None:
+    """The reporter's learnt clock offset from its status file, once it is not zero."""
+    try:
+        offset = json.loads(status_file.read_text())["clock_offset_s"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(offset) if offset else None
 
 
 @pytest.mark.parametrize("skew", [3600.0, -3600.0])
@@ -37,26 +46,15 @@ def test_an_agent_with_a_wrong_clock_still_delivers(tmp_path: Path, skew: float)
     with CollectorProcess(tmp_path / "srv", url) as collector:
         agent = start_reporter(collector.url, state, skew)
         try:
-            deadline = time.monotonic() + 30
-            while pending(state / "spool.db") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert pending(state / "spool.db") == 0, "the skewed agent never delivered"
+            delivered = wait_for(lambda: pending(state / "spool.db") == 0, 30, step=0.05)
+            assert delivered, "the skewed agent never delivered"
             engine = create_engine(url)
             with engine.connect() as conn:
                 stored = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
             engine.dispose()
             assert stored == 10
             status_file = state / "reporter.json"
-            deadline = time.monotonic() + 5
-            offset = None
-            while time.monotonic() < deadline:
-                try:
-                    offset = json.loads(status_file.read_text())["clock_offset_s"]
-                except (OSError, ValueError, KeyError):
-                    offset = None
-                if offset is not None and offset != 0:
-                    break
-                time.sleep(0.05)
+            offset = wait_for(lambda: clock_offset(status_file), 5, step=0.05)
             assert offset is not None and abs(offset + skew) < 5, offset
         finally:
             os.kill(agent.pid, signal.SIGKILL)

@@ -5,23 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
 from tests.support.collector_double import CollectorDouble
 from tests.support.reporter_process import pending, start_reporter
-
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.support.waits import wait_for
 
 
 def test_kill_9_mid_upload_then_restart_delivers_each_event_once(tmp_path: Path) -> None:
@@ -51,7 +41,7 @@ def test_kill_9_mid_upload_then_restart_delivers_each_event_once(tmp_path: Path)
         assert pending(state / "spool.db") == 20  # never acknowledged: still pending
 
         second = start_reporter(collector.url, state)
-        assert _wait(lambda: pending(state / "spool.db") == 0, 20), "resend never acknowledged"
+        assert wait_for(lambda: pending(state / "spool.db") == 0, 20), "resend never acknowledged"
         assert set(collector.events) == set(ids)  # stored once each
         assert collector.duplicates == 20  # the resend was answered "duplicate"
         assert len(collector.agents) == 1  # the restarted agent kept its identity

@@ -34,17 +34,9 @@ from proscribe.agent.spool import Spool
 from proscribe.core.errors import ConfigError
 from proscribe.core.events import new_event
 from tests.support.collector_double import CollectorDouble
+from tests.support.waits import wait_for
 
 HOST = {"hostname": "ws-01", "os": "linux", "agent_version": "test"}
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def violation(**kw: Any) -> dict[str, Any]:

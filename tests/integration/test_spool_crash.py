@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from proscribe.agent.spool import Spool
+from tests.support.waits import wait_for
 
 # The child appends forever and prints each id only after append() returned True.
 CHILD = r"""
@@ -41,6 +43,11 @@ while True:
 ROUNDS = 24
 
 
+def _ready(child: subprocess.Popen[bytes], out: Path) -> bool:
+    assert child.poll() is None, child.stderr.read() if child.stderr else b""
+    return b"ready" in out.read_bytes()
+
+
 def _kill_rounds(path: Path, rounds: int, max_events: int, seed: int) -> list[str]:
     """Start the writer, kill -9 it at a random moment, ``rounds`` times; the promised ids."""
     rng = random.Random(seed)
@@ -53,12 +60,9 @@ def _kill_rounds(path: Path, rounds: int, max_events: int, seed: int) -> list[st
                 stdout=sink,
                 stderr=subprocess.PIPE,
             )
-            deadline = time.monotonic() + 20
-            while b"ready" not in out.read_bytes():
-                assert child.poll() is None, child.stderr.read() if child.stderr else b""
-                assert time.monotonic() < deadline, "child never became ready"
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.25))
+            ready = functools.partial(_ready, child, out)
+            assert wait_for(ready, 20, step=0.005), "child never became ready"
+            time.sleep(rng.uniform(0.0, 0.25))  # the kill lands at a random moment of writing
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
             assert child.stderr is not None

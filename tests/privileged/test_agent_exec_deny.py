@@ -20,9 +20,9 @@ from tests.support.agent_harness import (
     policy_text,
     running_agent,
     spool_events,
-    wait_for,
     write_config,
 )
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.slow]
 

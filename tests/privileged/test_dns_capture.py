@@ -33,6 +33,8 @@ from proscribe.agent.sensors.dns import (
     build_dns_sensor,
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.dns_peers import answers
+from tests.support.waits import wait_for
 
 pytestmark = [
     pytest.mark.root,
@@ -90,17 +92,12 @@ while True:
 
 
 def _wait_ready(address: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query("ready.example", "A"), address, 0.2)
-            return
-        except (dns.exception.Timeout, OSError):
-            if proc.poll() is not None:
-                pytest.skip(f"could not listen on {address}:53")
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"resolver on {address}:53 did not answer")
+    answered = wait_for(lambda: answers(address) or proc.poll() is not None, 5, step=0.05)
+    if proc.poll() is not None:
+        pytest.skip(f"could not listen on {address}:53")
+    if not answered:
+        proc.kill()
+        pytest.fail(f"resolver on {address}:53 did not answer")
 
 
 def _dnsmasq(address: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -145,17 +142,15 @@ class Sink:
         with self.lock:
             self.items.append(observation)
 
+    def seen(self, qname: str, direction: str) -> list[DnsObservation]:
+        with self.lock:
+            return [o for o in self.items if o.qname == qname and o.direction == direction]
+
     def matching(self, qname: str, direction: str, timeout: float = 3.0) -> list[DnsObservation]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                found = [o for o in self.items if o.qname == qname and o.direction == direction]
-            if found:
-                time.sleep(0.1)  # let the other copies (if any) arrive too
-                with self.lock:
-                    return [o for o in self.items if o.qname == qname and o.direction == direction]
-            time.sleep(0.01)
-        return []
+        if not wait_for(lambda: self.seen(qname, direction), timeout, step=0.01):
+            return []
+        time.sleep(0.1)  # the first copy is here; let the other copies (if any) arrive too
+        return self.seen(qname, direction)
 
 
 @pytest.fixture
@@ -238,10 +233,7 @@ def test_garbage_on_port_53_is_counted_and_survived(capture: tuple[DnsCapture, S
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for junk in (b"\x00", os.urandom(64), good[:14], good[:-3], b"\xff" * 512):
             sock.sendto(junk, (UPSTREAM, 53))
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and sensor.stats()["malformed"] < 4:
-        time.sleep(0.05)
-    assert sensor.stats()["malformed"] >= 4
+    assert wait_for(lambda: sensor.stats()["malformed"] >= 4, 3), sensor.stats()
     dig(UPSTREAM, "allowed.example")
     assert sink.matching("allowed.example", "response")  # still running
 
@@ -260,13 +252,11 @@ def test_build_dns_sensor_attributes_only_matching_names(resolvers: None) -> Non
         dig(UPSTREAM, "allowed.example")
         denied = sink.matching("chat.deepseek.com", "query")
         assert denied and denied[0].process is not None and denied[0].process["pid"] == pid
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and sensor.stats()["unmatched"] < 1:
-            time.sleep(0.05)
+        wait_for(lambda: sensor.stats()["unmatched"] >= 1, 3)
         stats = sensor.stats()
         assert stats["unmatched"] >= 1  # the allowed query: checked, counted, not delivered
         assert stats["queries"] >= 2
-        time.sleep(0.2)  # a delivery interval and more
+        time.sleep(0.2)  # a delivery interval and more: proves the allowed name is NOT delivered
         assert not sink.matching("allowed.example", "query", timeout=0.05)
     finally:
         sensor.stop()

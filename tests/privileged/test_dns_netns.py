@@ -14,11 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.netns]
 
@@ -61,6 +62,12 @@ def netns() -> Iterator[str]:
         shutil.rmtree(etc, ignore_errors=True)
 
 
+def resolved(inside: list[str], name: str) -> str | None:
+    """``getent hosts NAME`` inside the namespace: its output, or None if it failed."""
+    result = subprocess.run([*inside, "getent", "hosts", name], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
 def test_getent_through_the_proxy_is_blocked_and_attributed(netns: str) -> None:
     inside = ["ip", "netns", "exec", netns]
     upstream = subprocess.Popen(
@@ -78,11 +85,9 @@ def test_getent_through_the_proxy_is_blocked_and_attributed(netns: str) -> None:
     )  # fmt: skip
     try:
         assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        allowed = subprocess.run(
-            [*inside, "getent", "hosts", "allowed.example"], capture_output=True, text=True
-        )
-        assert allowed.returncode == 0 and "198.51.100.1" in allowed.stdout
+        # the first answer also says that dnsmasq (started at the same time) is up
+        allowed = wait_for(lambda: resolved(inside, "allowed.example"), 10, step=0.1)
+        assert allowed is not None and "198.51.100.1" in allowed
         denied = subprocess.Popen(
             [*inside, "getent", "hosts", "chat.DeepSeek.com"], stdout=subprocess.PIPE, text=True
         )

@@ -23,9 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
 from tests.support.ports import free_tcp_port
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.slow]
 
@@ -56,16 +56,6 @@ def build_wheelhouse(base: Path) -> Path:
         )
         (house / ".complete").touch()
     return house
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return predicate()
 
 
 def policy_text(token: str) -> str:
@@ -143,7 +133,7 @@ def collector(tmp_path: Path) -> Iterator[dict[str, Any]]:
             return False
 
     try:
-        assert wait_for(healthy, 30), log.read_text()
+        assert wait_for(healthy, 30, step=0.2), log.read_text()
         yield {"url": url, "secret": secret, "token": token, "log": log}
     finally:
         stop(proc)
@@ -238,7 +228,7 @@ def test_installed_agent_reports_a_violation_to_the_collector(
                 return []
             return [e for e in page["items"] if (e.get("process") or {}).get("pid") == victim.pid]
 
-        events = wait_for(reported, 45)
+        events = wait_for(reported, 45, step=0.2)
         assert events, f"no violation reached the collector\nagent log:\n{log.read_text()}"
         event = events[0]
         assert event["policy"]["id"] == "installer-e2e"

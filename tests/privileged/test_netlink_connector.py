@@ -12,6 +12,7 @@ import pytest
 
 from proscribe.agent.sensors.process import ProcessSensor, Sighting
 from proscribe.core.policy.matchers.process import ProcessFacts
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux]
 
@@ -62,7 +63,7 @@ def test_sensor_delivers_a_new_process_in_milliseconds() -> None:
     sensor.start()
     try:
         assert sensor.backend == "netlink"
-        time.sleep(0.3)  # let the start-up sweep finish
+        time.sleep(0.3)  # let the start-up sweep finish (its end is not observable from outside)
         before = time.monotonic()
         proc = subprocess.Popen(["/bin/sleep", "5"])
         target.append(proc.pid)
@@ -98,11 +99,8 @@ def test_a_full_socket_buffer_is_reported_as_overflow() -> None:
     try:
         for _ in range(100):  # execs while nobody reads
             subprocess.run(["/bin/true"], check=True)
-        overflow = False
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not overflow:
-            _events, overflow = connector.read(0.2)
-        assert overflow
+        # each read blocks up to 0.2 s itself: no pause between reads
+        assert wait_for(lambda: connector.read(0.2)[1], 5, step=0)
     finally:
         connector.close()
 
@@ -136,21 +134,12 @@ def test_sensor_counts_an_overflow_and_sweeps_at_once() -> None:
     sensor._connector = connector
     sensor.start()
     try:
-        assert swept.wait(5)  # the start-up sweep
-        time.sleep(0.3)
+        assert swept.wait(5)  # the start-up sweep has begun
+        time.sleep(0.3)  # and has ended (a sweep's end is not observable from outside)
         swept.clear()
         sensor.scanner.forget_all()  # so the next sweep has processes to hand over
         connector.overflow_now.set()
-        assert wait_until(lambda: sensor.drops["overflow"] == 1, 5)
+        assert wait_for(lambda: sensor.drops["overflow"] == 1, 5)
         assert swept.wait(5)  # the sweep the overflow asked for (the periodic one is an hour)
     finally:
         sensor.stop()
-
-
-def wait_until(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False

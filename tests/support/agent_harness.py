@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
+from tests.support.waits import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PROSCRIBE = [sys.executable, "-m", "proscribe.cli"]
@@ -151,16 +152,6 @@ def spool_events(state_dir: Path) -> list[dict[str, Any]]:
     finally:
         conn.close()
     return [dict(json.loads(body), _count=count, _state=state) for body, count, state in rows]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 @contextmanager

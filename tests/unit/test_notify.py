@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
 
 from proscribe.agent.enforce.notify import Notifier, session_env
+from tests.support.waits import wait_for
 
 
 def test_skipped_without_a_session_but_always_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -32,10 +32,7 @@ def test_sent_through_notify_send_when_a_session_exists(tmp_path: Path) -> None:
     fake.chmod(0o755)
     notifier = Notifier(True, command=str(fake), own_env={})
     assert notifier.tell("Title", "why", env={"DISPLAY": ":7"}) is True
-    deadline = time.monotonic() + 5
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert marker.read_text().startswith(":7|")
+    assert wait_for(lambda: marker.exists() and marker.read_text().startswith(":7|"), 5)
     assert "why" in marker.read_text()
 
 
