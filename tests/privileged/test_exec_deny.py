@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from proscribe.agent.enforce.exec_deny import ExecDenyGuard, ExecRequest, Verdict
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux]
 
@@ -145,7 +146,9 @@ def test_a_slow_decider_is_answered_allow_within_the_timeout(mnt: Path) -> None:
         t0 = time.monotonic()
         assert subprocess.run([str(mnt / "deepseek"), "0"], check=False).returncode == 0
         took = time.monotonic() - t0
-        assert 0.14 <= took < 1.0, took
+        # The real fanotify path on the wall clock: at least the 150 ms timeout, and far less
+        # than the 5 s the decider would take if the exec waited for it (generous: loaded CI).
+        assert 0.14 <= took < 2.5, took
         assert guard.stats()["timeouts"] == 1
         release.set()
     # a late answer is not cached as if it had been given
@@ -169,14 +172,13 @@ def test_after_a_hung_check_a_fresh_reader_keeps_denying(mnt: Path) -> None:
             t0 = time.monotonic()
             assert try_exec(mnt / "deepseek")[1] == 3  # judged by the new reader
             assert try_exec(mnt / "allowed-tool")[1] == 0
-            assert time.monotonic() - t0 < 2.0
+            # real kernel path, wall clock: far below the 5 s a wait for the hung reader takes
+            assert time.monotonic() - t0 < 2.5
             assert guard.stats()["timeouts"] == 1 and guard.stats()["denied"] == 1
         finally:
             release.set()
-        deadline = time.monotonic() + 2
-        while guard.stats()["stuck_checks"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert guard.stats()["stuck_checks"] == 0  # the late thread gave up its place
+        # the late thread gives up its place
+        assert wait_for(lambda: guard.stats()["stuck_checks"] == 0, 2), guard.stats()
 
 
 def test_too_many_hung_checks_allow_misses_unchecked(mnt: Path) -> None:
@@ -191,7 +193,8 @@ def test_too_many_hung_checks_allow_misses_unchecked(mnt: Path) -> None:
             assert try_exec(mnt / "deepseek")[1] == 0  # times out; that check stays stuck
             t0 = time.monotonic()
             assert try_exec(mnt / "allowed-tool")[1] == 0
-            assert time.monotonic() - t0 < 1.0
+            # real kernel path, wall clock: far below the 5 s a wait for the stuck check takes
+            assert time.monotonic() - t0 < 2.5
             stats = guard.stats()
             assert stats["timeouts"] == 1 and stats["overloads"] == 1
         finally:
@@ -320,7 +323,8 @@ def test_stop_is_bounded_while_a_check_hangs(mnt: Path) -> None:
         assert entered.wait(5)
         t0 = time.monotonic()
         guard.stop()
-        assert time.monotonic() - t0 < 2.0
+        # real kernel path, wall clock: far below the 10 s the hung decider would hold it
+        assert time.monotonic() - t0 < 2.5
         assert proc.wait(5) == 0  # closing the group released the waiting exec
     finally:
         release.set()
