@@ -3,7 +3,6 @@ restart, a tampered file at start, a newer serial picked up from the watched fil
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from proscribe.agent.config import load_agent_config

@@ -9,8 +9,6 @@ must then be in the database exactly once, and everything acknowledged before th
 
 from __future__ import annotations
 
-from tests.support.waits import wait_for
-
 import json
 import os
 import signal
@@ -33,6 +31,7 @@ from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.core.events import new_event
 from tests.support.ports import free_tcp_port
 from tests.support.simulate import SimulatedAgent
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
