@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import ManualClock
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -55,3 +57,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if strict:
             pytest.fail(f"PROSCRIBE_REQUIRE_ALL=1 but the environment lacks it: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock frozen at the real time now, moved only by the test (``clock.advance(s)``); for
+    code that takes ``clock=`` (the collector app, the reporter, the deduplicator)."""
+    return ManualClock()

@@ -16,7 +16,7 @@ import pytest
 
 from proscribe.collector.csvexport import COLUMNS
 from proscribe.collector.web.literal import show_html, visible_text
-from tests.support.dashboard_env import Env, event, make_env
+from tests.support.dashboard_env import DashboardEnv, event, make_env
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -30,11 +30,11 @@ FORMULA = '=HYPERLINK("http://evil","x")'
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def env(tmp_path: Path) -> Iterator[DashboardEnv]:
     yield from make_env(tmp_path)
 
 
-def hostile_event(env: Env) -> dict[str, object]:
+def hostile_event(env: DashboardEnv) -> dict[str, object]:
     # A minute before the app's frozen clock, so that every period ending "now" includes it.
     return event(
         when=env.clock.now - 60,
@@ -50,7 +50,7 @@ def hostile_event(env: Env) -> dict[str, object]:
     )
 
 
-def test_html_pages_show_hostile_strings_literally(env: Env) -> None:
+def test_html_pages_show_hostile_strings_literally(env: DashboardEnv) -> None:
     agent = env.enroll(hostname=SCRIPT)
     env.heartbeat(agent)
     env.post_events(agent, [hostile_event(env)])
@@ -72,7 +72,7 @@ def test_html_pages_show_hostile_strings_literally(env: Env) -> None:
     assert 'gpj<span class="ctl" title="control character U+202E">\\u202e</span>exe.bat' in html
 
 
-def test_exports_and_reports_are_inert(env: Env) -> None:
+def test_exports_and_reports_are_inert(env: DashboardEnv) -> None:
     agent = env.enroll(hostname=SCRIPT)
     env.post_events(agent, [hostile_event(env)])
     env.login("vera")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from proscribe.collector.storage.tables import agents, audit_log, enroll_secrets
 from proscribe.collector.web.security import CONTENT_SECURITY_POLICY
 from proscribe.collector.web.session import SESSION_COOKIE, SessionSigner
-from tests.support.dashboard_env import Env, event, make_env
+from tests.support.dashboard_env import DashboardEnv, event, make_env
 
 VIEWER_PAGES = (
     "/",
@@ -33,7 +33,7 @@ VIEWER_PAGES = (
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def env(tmp_path: Path) -> Iterator[DashboardEnv]:
     yield from make_env(tmp_path)
 
 
@@ -45,7 +45,7 @@ def assert_headers(reply: object) -> None:
     assert headers["x-frame-options"] == "DENY"
 
 
-def test_every_page_needs_a_session(env: Env) -> None:
+def test_every_page_needs_a_session(env: DashboardEnv) -> None:
     for path in (*VIEWER_PAGES, "/admin"):
         reply = env.client.get(path, follow_redirects=False)
         assert reply.status_code == 303, path
@@ -56,7 +56,7 @@ def test_every_page_needs_a_session(env: Env) -> None:
         assert reply.status_code == 303 and "/login" in reply.headers["location"]
 
 
-def test_viewer_reads_every_page_with_headers_and_never_sees_admin(env: Env) -> None:
+def test_viewer_reads_every_page_with_headers_and_never_sees_admin(env: DashboardEnv) -> None:
     agent = env.enroll()
     env.heartbeat(agent)
     env.post_events(agent, [event()])
@@ -74,7 +74,7 @@ def test_viewer_reads_every_page_with_headers_and_never_sees_admin(env: Env) -> 
     assert "Not allowed" in reply.text
 
 
-def test_viewer_cannot_perform_admin_actions_even_with_a_valid_csrf(env: Env) -> None:
+def test_viewer_cannot_perform_admin_actions_even_with_a_valid_csrf(env: DashboardEnv) -> None:
     agent_id, _key = env.enroll()
     env.login("vera")
     csrf = env.csrf("/")  # the viewer's own, valid token
@@ -95,7 +95,7 @@ def test_viewer_cannot_perform_admin_actions_even_with_a_valid_csrf(env: Env) ->
         assert len(conn.execute(enroll_secrets.select()).all()) == 1
 
 
-def test_admin_actions_need_csrf_and_are_audited(env: Env) -> None:
+def test_admin_actions_need_csrf_and_are_audited(env: DashboardEnv) -> None:
     agent_id, _key = env.enroll()
     env.login("adam")
     page = env.client.get("/")
@@ -125,7 +125,7 @@ def test_admin_actions_need_csrf_and_are_audited(env: Env) -> None:
     env.enroll("kiosk-7")
 
 
-def test_login_refuses_bad_passwords_forged_forms_and_open_redirects(env: Env) -> None:
+def test_login_refuses_bad_passwords_forged_forms_and_open_redirects(env: DashboardEnv) -> None:
     page = env.client.get("/login")
     assert_headers(page)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
@@ -160,7 +160,7 @@ def test_login_refuses_bad_passwords_forged_forms_and_open_redirects(env: Env) -
     assert "Secure" not in cookie  # plain HTTP on loopback; Secure is set under TLS
 
 
-def test_tampered_or_expired_session_cookies_are_refused(env: Env) -> None:
+def test_tampered_or_expired_session_cookies_are_refused(env: DashboardEnv) -> None:
     env.login("vera")
     cookie = env.client.cookies.get(SESSION_COOKIE)
     assert cookie is not None
@@ -180,7 +180,7 @@ def test_tampered_or_expired_session_cookies_are_refused(env: Env) -> None:
     assert SessionSigner(b"j" * 32).check(token, 1000.0) is None
 
 
-def test_logout_needs_csrf_and_ends_the_session(env: Env) -> None:
+def test_logout_needs_csrf_and_ends_the_session(env: DashboardEnv) -> None:
     env.login("vera")
     assert env.client.post("/logout", data={"csrf": "forged"}).status_code == 403
     csrf = env.csrf("/")
@@ -189,7 +189,7 @@ def test_logout_needs_csrf_and_ends_the_session(env: Env) -> None:
     assert env.client.get("/", follow_redirects=False).status_code == 303
 
 
-def test_bad_filters_are_a_400_page_not_a_500(env: Env) -> None:
+def test_bad_filters_are_a_400_page_not_a_500(env: DashboardEnv) -> None:
     env.login("vera")
     for path in (
         "/violations?since=yesterday",
@@ -207,7 +207,7 @@ def test_bad_filters_are_a_400_page_not_a_500(env: Env) -> None:
         assert_headers(reply)
 
 
-def test_disabled_user_loses_token_password_and_session_at_once(env: Env) -> None:
+def test_disabled_user_loses_token_password_and_session_at_once(env: DashboardEnv) -> None:
     from proscribe.collector.storage.users import disable_user, issue_token, reset_credentials
 
     env.login("vera")
@@ -236,7 +236,7 @@ def test_disabled_user_loses_token_password_and_session_at_once(env: Env) -> Non
     fresh_client.close()
 
 
-def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: Env) -> None:
+def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: DashboardEnv) -> None:
     import dataclasses
 
     from fastapi.testclient import TestClient
@@ -260,7 +260,7 @@ def test_replicas_sharing_a_session_key_accept_each_others_sign_ins(env: Env) ->
         assert other.get("/violations", follow_redirects=False).status_code != 200
 
 
-def test_host_page_shows_the_heartbeat_history(env: Env) -> None:
+def test_host_page_shows_the_heartbeat_history(env: DashboardEnv) -> None:
     from proscribe.collector.storage.hosts import host_history_entries
 
     agent = env.enroll("ws-history")
@@ -296,7 +296,7 @@ def test_host_page_shows_the_heartbeat_history(env: Env) -> None:
     assert "\x1b" not in history
 
 
-def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: Env) -> None:
+def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: DashboardEnv) -> None:
     attempt = env.try_login
     for _ in range(10):
         assert attempt("vera", "wrong").status_code == 401
@@ -312,7 +312,7 @@ def test_failed_sign_ins_are_throttled_per_address_and_per_name(env: Env) -> Non
         assert attempt("adam", env.passwords["adam"]).status_code == 303
 
 
-def test_admin_manages_people_from_the_dashboard(env: Env) -> None:
+def test_admin_manages_people_from_the_dashboard(env: DashboardEnv) -> None:
     from proscribe.collector.storage.users import principal_for_token
 
     env.login("adam")

@@ -23,20 +23,21 @@ from proscribe.collector.web.pages import fetch_page
 from proscribe.collector.web.report import build_report, report_text
 from proscribe.collector.web.rollup import DAY_US, ViolationRollup
 from proscribe.core.policy.envelope import parse_envelope
-from tests.support.dashboard_env import Env, event, make_env, pg_database
+from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.postgres import throwaway_database
 from tests.support.sample import store_sample_policies
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
     if request.param == "sqlite":
         yield from make_env(tmp_path)
         return
-    with pg_database() as url:
+    with throwaway_database() as url:
         yield from make_env(tmp_path, url)
 
 
-def populate(env: Env) -> dict[str, tuple[str, object]]:
+def populate(env: DashboardEnv) -> dict[str, tuple[str, object]]:
     store_sample_policies(env.db, env.clock.now)
     lab = env.enroll("ai-lab-01")
     old = env.enroll("ws-old")
@@ -77,7 +78,7 @@ def populate(env: Env) -> dict[str, tuple[str, object]]:
     return {"lab": lab, "old": old, "silent": silent}  # type: ignore[dict-item]
 
 
-def test_report_covers_the_policy_and_the_period(env: Env) -> None:
+def test_report_covers_the_policy_and_the_period(env: DashboardEnv) -> None:
     agents = populate(env)
     now_us = int(env.clock.now * 1e6)
     with env.db.read() as conn:
@@ -109,7 +110,7 @@ def test_report_covers_the_policy_and_the_period(env: Env) -> None:
     assert list(report.policy.signers) == keyids
 
 
-def test_encrypted_dns_connections_count_with_every_policy(env: Env) -> None:
+def test_encrypted_dns_connections_count_with_every_policy(env: DashboardEnv) -> None:
     agents = populate(env)
     env.post_events(
         agents["lab"],
@@ -135,7 +136,7 @@ def test_encrypted_dns_connections_count_with_every_policy(env: Env) -> None:
     assert "some-other-policys-rule" not in dict(report.by_rule)
 
 
-def test_command_line_formats_carry_the_same_content(env: Env) -> None:
+def test_command_line_formats_carry_the_same_content(env: DashboardEnv) -> None:
     populate(env)
     now_us = int(env.clock.now * 1e6)
     args = {"since_us": now_us - 30 * DAY_US, "until_us": now_us, "now_us": now_us,
@@ -160,7 +161,7 @@ def test_command_line_formats_carry_the_same_content(env: Env) -> None:
     }  # fmt: skip
 
 
-def test_report_page_and_policy_page(env: Env) -> None:
+def test_report_page_and_policy_page(env: DashboardEnv) -> None:
     populate(env)
     env.login("vera")
     page = env.client.get("/report?since=30d").text
@@ -177,7 +178,7 @@ def test_report_page_and_policy_page(env: Env) -> None:
     assert keyid in policy
 
 
-def test_overview_numbers_match_the_database_and_follow_new_events(env: Env) -> None:
+def test_overview_numbers_match_the_database_and_follow_new_events(env: DashboardEnv) -> None:
     agents = populate(env)
     env.login("vera")
     page = env.client.get("/?period=90d").text
@@ -193,7 +194,7 @@ def test_overview_numbers_match_the_database_and_follow_new_events(env: Env) -> 
     assert "blocked 4" in page
 
 
-def test_rollup_is_incremental_and_rebuilds_after_a_purge(env: Env) -> None:
+def test_rollup_is_incremental_and_rebuilds_after_a_purge(env: DashboardEnv) -> None:
     populate(env)
     rollup = ViolationRollup()
     today = int(env.clock.now * 1e6) // DAY_US
@@ -225,7 +226,9 @@ def test_chart_is_plain_svg() -> None:
     assert svg.count('class="bar-blocked"') == 2  # one bar and the legend swatch
 
 
-def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(env: Env) -> None:
+def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(
+    env: DashboardEnv,
+) -> None:
     populate(env)
     lab = env.enroll("ws-many")
     now = env.clock.now

@@ -27,9 +27,9 @@ from sqlalchemy import create_engine, text
 
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
-from tests.support.dashboard_env import pg_database
 from tests.support.devserver import CollectorProcess
 from tests.support.ports import free_tcp_port
+from tests.support.postgres import throwaway_database
 from tests.support.reporter_process import agent_state, pending, start_reporter
 from tests.support.waits import wait_for
 
@@ -43,7 +43,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'collector.db'}"
     else:
-        with pg_database() as url:
+        with throwaway_database() as url:
             yield url
 
 

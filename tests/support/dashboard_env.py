@@ -3,7 +3,6 @@ sign-in helpers and a signed agent that posts events through the real ingest API
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -14,39 +13,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage.agents import create_enroll_secret
-from proscribe.core.policy.keys import public_key_string
-from proscribe.core.wire.auth import sign_request
+from tests.support.clock import ManualClock
+from tests.support.collector_app import AgentKey, InProcessCollector
 from tests.support.sample import create_user, prepare_database
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
-class Env:
-    app: Any
-    client: TestClient
-    clock: Clock
+class DashboardEnv(InProcessCollector):
+    """The collector in-process with two people who sign in with passwords (vera, a viewer;
+    adam, an admin) and an enroll secret for agents."""
+
     db_url: str
     passwords: dict[str, str]
     secret: str
-
-    @property
-    def db(self) -> Any:
-        return self.app.state.collector.db
 
     def try_login(self, name: str, password: str, client: TestClient | None = None) -> Any:
         """Submit the login form (with its CSRF token); the reply, whatever it is."""
@@ -70,33 +57,17 @@ class Env:
         assert match is not None
         return match.group(1)
 
-    def enroll(self, hostname: str = "ws-1") -> tuple[str, Ed25519PrivateKey]:
-        key = Ed25519PrivateKey.generate()
-        body = {
-            "secret": self.secret,
-            "hostname": hostname,
-            "os": "linux",
-            "agent_version": "0.1.0",
-            "public_key": public_key_string(key.public_key()),
-        }
-        reply = self.client.post("/api/v1/enroll", json=body)
-        assert reply.status_code == 200, reply.text
-        return reply.json()["agent_id"], key
+    def enroll(self, hostname: str = "ws-1") -> AgentKey:
+        return self.enroll_agent(self.secret, hostname)
 
-    def post_events(self, agent: tuple[str, Ed25519PrivateKey], items: list[dict[str, Any]]) -> Any:
-        agent_id, key = agent
+    def post_events(self, agent: AgentKey, items: list[dict[str, Any]]) -> Any:
         body = json.dumps({"events": items}).encode()
-        headers = sign_request(key, agent_id, "POST", "/api/v1/events", body, now=self.clock.now)
-        headers["Content-Type"] = "application/json"
-        reply = self.client.post("/api/v1/events", content=body, headers=headers)
+        reply = self.signed(*agent, "POST", "/api/v1/events", body, headers=JSON)
         assert reply.status_code == 200, reply.text
         assert all(r["status"] == "stored" for r in reply.json()["results"]), reply.text
         return reply
 
-    def heartbeat(
-        self, agent: tuple[str, Ed25519PrivateKey], serial: int | None = 2, **changes: Any
-    ) -> None:
-        agent_id, key = agent
+    def heartbeat(self, agent: AgentKey, serial: int | None = 2, **changes: Any) -> None:
         payload: dict[str, Any] = {
             "agent_version": "0.1.0",
             "hostname": "ignored",
@@ -108,9 +79,7 @@ class Env:
         }
         payload.update(changes)
         body = json.dumps(payload).encode()
-        headers = sign_request(key, agent_id, "POST", "/api/v1/heartbeat", body, now=self.clock.now)
-        headers["Content-Type"] = "application/json"
-        reply = self.client.post("/api/v1/heartbeat", content=body, headers=headers)
+        reply = self.signed(*agent, "POST", "/api/v1/heartbeat", body, headers=JSON)
         assert reply.status_code == 200, reply.text
 
 
@@ -138,25 +107,7 @@ def event(
     return body
 
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database (created and force-dropped around the test)."""
-    import psycopg
-
-    name = f"proscribe_dash_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def make_env(tmp_path: Path, url: str | None = None) -> Iterator[Env]:
+def make_env(tmp_path: Path, url: str | None = None) -> Iterator[DashboardEnv]:
     """The body of each test module's ``env`` fixture: a migrated database (SQLite in
     ``tmp_path`` unless ``url`` is given) with a viewer (vera), an admin (adam) and an enroll
     secret, and the real app around it."""
@@ -169,7 +120,7 @@ def make_env(tmp_path: Path, url: str | None = None) -> Iterator[Env]:
     with db.write() as conn:
         _id, secret = create_enroll_secret(conn, "tests", int(time.time() * 1e6))
     db.dispose()
-    clock = Clock()
+    clock = ManualClock()
     app = create_app(settings_from_mapping({"database": {"url": url}}), clock=clock)
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield Env(app, client, clock, url, passwords, secret)
+        yield DashboardEnv(app, client, clock, url, passwords, secret)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,61 +25,20 @@ from proscribe.collector.storage.tables import events, hosts
 from proscribe.core.events import MAX_STRING, new_event
 from proscribe.core.policy.keys import public_key_string
 from proscribe.core.wire.auth import sign_request
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
+from tests.support.collector_app import AgentKey, InProcessCollector
 
 
 @dataclass
-class Env:
-    client: TestClient
-    state: Any
-    clock: Clock
+class AgentApiEnv(InProcessCollector):
+    """The collector in-process with one enroll secret and no agents yet."""
+
     secret: str
 
-    def enroll(self, key: Ed25519PrivateKey | None = None, **over: Any) -> tuple[str, Any]:
-        key = key or Ed25519PrivateKey.generate()
-        body = {
-            "secret": self.secret,
-            "hostname": "ws-17",
-            "os": "linux",
-            "agent_version": "0.1.0",
-            "public_key": public_key_string(key.public_key()),
-            **over,
-        }
-        resp = self.client.post("/api/v1/enroll", json=body)
-        assert resp.status_code == 200, resp.text
-        return resp.json()["agent_id"], key
-
-    def signed(
-        self,
-        agent_id: str,
-        key: Ed25519PrivateKey,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        *,
-        headers: dict[str, str] | None = None,
-        sign_path: str | None = None,
-        sign_body: bytes | None = None,
-        now: float | None = None,
-        nonce: str | None = None,
-    ) -> Any:
-        sig = sign_request(
-            key,
-            agent_id,
-            method,
-            sign_path or path,
-            body if sign_body is None else sign_body,
-            now=self.clock.now if now is None else now,
-            nonce=nonce,
-        )
-        return self.client.request(method, path, content=body, headers={**sig, **(headers or {})})
+    def enroll(
+        self, key: Ed25519PrivateKey | None = None, *, hostname: str = "ws-17", **over: Any
+    ) -> AgentKey:
+        return self.enroll_agent(self.secret, hostname, key, **over)
 
     def stored(self) -> int:
         with self.state.db.read() as conn:
@@ -102,8 +60,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, template: tuple[Path, str]) -> Iterator[Env]:
-    clock = Clock()
+def env(tmp_path: Path, template: tuple[Path, str], clock: ManualClock) -> Iterator[AgentApiEnv]:
     shutil.copyfile(template[0], tmp_path / "c.db")
     settings = settings_from_mapping(
         {
@@ -113,7 +70,7 @@ def env(tmp_path: Path, template: tuple[Path, str]) -> Iterator[Env]:
     )
     app = create_app(settings, clock=clock, migrate=False)
     with TestClient(app) as client:
-        yield Env(client, app.state.collector, clock, template[1])
+        yield AgentApiEnv(app, client, clock, template[1])
 
 
 def _events(n: int, **over: Any) -> list[dict[str, Any]]:
@@ -136,7 +93,7 @@ def _batch(evs: list[dict[str, Any]]) -> bytes:
 # --- enrollment ---------------------------------------------------------------------------
 
 
-def test_enroll_then_signed_events_are_stored_once(env: Env) -> None:
+def test_enroll_then_signed_events_are_stored_once(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     evs = _events(3)
     first = env.signed(agent_id, key, "POST", "/api/v1/events", _batch(evs))
@@ -147,7 +104,7 @@ def test_enroll_then_signed_events_are_stored_once(env: Env) -> None:
     assert env.stored() == 3
 
 
-def test_bad_enroll_secret_is_401_json(env: Env) -> None:
+def test_bad_enroll_secret_is_401_json(env: AgentApiEnv) -> None:
     key = Ed25519PrivateKey.generate()
     resp = env.client.post(
         "/api/v1/enroll",
@@ -163,7 +120,7 @@ def test_bad_enroll_secret_is_401_json(env: Env) -> None:
     assert resp.json()["error"] == "bad_secret"
 
 
-def test_revoked_enroll_secret_no_longer_enrolls(env: Env) -> None:
+def test_revoked_enroll_secret_no_longer_enrolls(env: AgentApiEnv) -> None:
     with env.state.db.write() as conn:
         sid, secret = agent_store.create_enroll_secret(conn, "second", 0)
         assert agent_store.revoke_enroll_secret(conn, sid, 1)
@@ -175,7 +132,7 @@ def test_revoked_enroll_secret_no_longer_enrolls(env: Env) -> None:
     assert env.client.post("/api/v1/enroll", json={**body, "secret": env.secret}).status_code == 200
 
 
-def test_enroll_public_key_is_never_read_as_a_path(env: Env) -> None:
+def test_enroll_public_key_is_never_read_as_a_path(env: AgentApiEnv) -> None:
     resp = env.client.post(
         "/api/v1/enroll",
         json={
@@ -190,7 +147,7 @@ def test_enroll_public_key_is_never_read_as_a_path(env: Env) -> None:
     assert resp.json()["error"] == "invalid_public_key"
 
 
-def test_enrollment_flood_gets_429_with_retry_after(env: Env) -> None:
+def test_enrollment_flood_gets_429_with_retry_after(env: AgentApiEnv) -> None:
     statuses = []
     for _ in range(8):
         resp = env.client.post("/api/v1/enroll", json={"secret": "nope"})
@@ -201,7 +158,7 @@ def test_enrollment_flood_gets_429_with_retry_after(env: Env) -> None:
     assert int(limited.headers["retry-after"]) >= 1
 
 
-def test_database_holds_no_usable_credential(env: Env) -> None:
+def test_database_holds_no_usable_credential(env: AgentApiEnv) -> None:
     env.enroll()
     with env.state.db.read() as conn:
         dump = json.dumps(
@@ -218,14 +175,14 @@ def test_database_holds_no_usable_credential(env: Env) -> None:
 # --- signatures -----------------------------------------------------------------------------
 
 
-def test_unknown_agent_is_told_so(env: Env) -> None:
+def test_unknown_agent_is_told_so(env: AgentApiEnv) -> None:
     key = Ed25519PrivateKey.generate()
     resp = env.signed("f" * 32, key, "POST", "/api/v1/events", _batch(_events(1)))
     assert resp.status_code == 401
     assert resp.json()["error"] == "unknown_agent"
 
 
-def test_revoked_agent_is_told_so_and_can_reenroll(env: Env) -> None:
+def test_revoked_agent_is_told_so_and_can_reenroll(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     with env.state.db.write() as conn:
         agent_store.revoke_agent(conn, agent_id, 1)
@@ -241,7 +198,7 @@ def test_revoked_agent_is_told_so_and_can_reenroll(env: Env) -> None:
 
 
 @pytest.mark.parametrize("offset", [301, -301, 5000])
-def test_skewed_time_is_stale_request(env: Env, offset: int) -> None:
+def test_skewed_time_is_stale_request(env: AgentApiEnv, offset: int) -> None:
     agent_id, key = env.enroll()
     resp = env.signed(
         agent_id, key, "POST", "/api/v1/events", _batch(_events(1)), now=env.clock.now + offset
@@ -250,7 +207,7 @@ def test_skewed_time_is_stale_request(env: Env, offset: int) -> None:
     assert resp.json()["error"] == "stale_request"
 
 
-def test_time_within_skew_is_accepted(env: Env) -> None:
+def test_time_within_skew_is_accepted(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     resp = env.signed(
         agent_id, key, "POST", "/api/v1/events", _batch(_events(1)), now=env.clock.now - 299
@@ -258,7 +215,7 @@ def test_time_within_skew_is_accepted(env: Env) -> None:
     assert resp.status_code == 200
 
 
-def test_replayed_nonce_is_refused(env: Env) -> None:
+def test_replayed_nonce_is_refused(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     nonce = uuid.uuid4().hex
     body = _batch(_events(1))
@@ -278,7 +235,7 @@ def test_replayed_nonce_is_refused(env: Env) -> None:
     ],
 )
 def test_altered_body_path_or_query_is_bad_signature(
-    env: Env, path: str, sign_path: str, altered_body: bool
+    env: AgentApiEnv, path: str, sign_path: str, altered_body: bool
 ) -> None:
     agent_id, key = env.enroll()
     body = _batch(_events(1))
@@ -289,7 +246,7 @@ def test_altered_body_path_or_query_is_bad_signature(
     assert env.stored() == 0
 
 
-def test_signature_by_another_key_is_bad_signature(env: Env) -> None:
+def test_signature_by_another_key_is_bad_signature(env: AgentApiEnv) -> None:
     agent_id, _key = env.enroll()
     other = Ed25519PrivateKey.generate()
     resp = env.signed(agent_id, other, "POST", "/api/v1/events", _batch(_events(1)))
@@ -297,7 +254,7 @@ def test_signature_by_another_key_is_bad_signature(env: Env) -> None:
     assert resp.json()["error"] == "bad_signature"
 
 
-def test_missing_signature_headers_are_401(env: Env) -> None:
+def test_missing_signature_headers_are_401(env: AgentApiEnv) -> None:
     resp = env.client.post("/api/v1/events", content=_batch(_events(1)))
     assert resp.status_code == 401
     assert resp.json()["error"] == "bad_signature"
@@ -313,7 +270,7 @@ def _big_batch(size: int) -> bytes:
     return _batch(evs[:500])
 
 
-def test_body_over_1mib_is_413(env: Env) -> None:
+def test_body_over_1mib_is_413(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     body = b'{"events": [' + b" " * (1024 * 1024 + 10) + b"]}"
     resp = env.signed(agent_id, key, "POST", "/api/v1/events", body)
@@ -321,7 +278,7 @@ def test_body_over_1mib_is_413(env: Env) -> None:
     assert resp.json()["error"] == "too_large"
 
 
-def test_lying_content_length_and_chunked_are_capped(env: Env) -> None:
+def test_lying_content_length_and_chunked_are_capped(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     body = b'{"events": [' + b" " * (1024 * 1024 + 10) + b"]}"
 
@@ -334,7 +291,7 @@ def test_lying_content_length_and_chunked_are_capped(env: Env) -> None:
     assert chunked.status_code == 413
 
 
-def test_gzip_bomb_is_413(env: Env) -> None:
+def test_gzip_bomb_is_413(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     bomb = gzip.compress(b'{"events": [' + b" " * (20 * 1024 * 1024) + b"]}")
     assert len(bomb) < 100_000
@@ -344,7 +301,7 @@ def test_gzip_bomb_is_413(env: Env) -> None:
     assert resp.status_code == 413
 
 
-def test_gzip_batch_is_accepted(env: Env) -> None:
+def test_gzip_batch_is_accepted(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     body = gzip.compress(_batch(_events(5)))
     resp = env.signed(
@@ -354,7 +311,7 @@ def test_gzip_batch_is_accepted(env: Env) -> None:
     assert env.stored() == 5
 
 
-def test_truncated_gzip_is_422(env: Env) -> None:
+def test_truncated_gzip_is_422(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     body = gzip.compress(_batch(_events(5)))[:-12]
     resp = env.signed(
@@ -366,7 +323,7 @@ def test_truncated_gzip_is_422(env: Env) -> None:
 # --- validation -----------------------------------------------------------------------------
 
 
-def test_more_than_500_events_is_422(env: Env) -> None:
+def test_more_than_500_events_is_422(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     resp = env.signed(agent_id, key, "POST", "/api/v1/events", _batch(_events(501)))
     assert resp.status_code == 422
@@ -385,7 +342,7 @@ def test_more_than_500_events_is_422(env: Env) -> None:
         b"[" * 100_000,
     ],
 )
-def test_invalid_envelope_is_422_not_500(env: Env, body: bytes) -> None:
+def test_invalid_envelope_is_422_not_500(env: AgentApiEnv, body: bytes) -> None:
     agent_id, key = env.enroll()
     resp = env.signed(agent_id, key, "POST", "/api/v1/events", body)
     assert resp.status_code == 422
@@ -407,7 +364,7 @@ def test_invalid_envelope_is_422_not_500(env: Env, body: bytes) -> None:
         ("count", 0),
     ],
 )
-def test_bad_event_is_rejected_beside_good_ones(env: Env, field: str, value: Any) -> None:
+def test_bad_event_is_rejected_beside_good_ones(env: AgentApiEnv, field: str, value: Any) -> None:
     agent_id, key = env.enroll()
     good, bad = _events(2)
     bad[field] = value
@@ -423,7 +380,7 @@ def test_bad_event_is_rejected_beside_good_ones(env: Env, field: str, value: Any
     assert env.stored() == 1
 
 
-def test_extra_nested_field_and_long_cmdline_are_rejected(env: Env) -> None:
+def test_extra_nested_field_and_long_cmdline_are_rejected(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     a, b = _events(2)
     a["process"]["secret_sauce"] = 1
@@ -432,7 +389,7 @@ def test_extra_nested_field_and_long_cmdline_are_rejected(env: Env) -> None:
     assert [r["status"] for r in resp.json()["results"]] == ["rejected", "rejected"]
 
 
-def test_repeated_id_inside_a_batch_is_stored_once(env: Env) -> None:
+def test_repeated_id_inside_a_batch_is_stored_once(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     (ev,) = _events(1)
     resp = env.signed(agent_id, key, "POST", "/api/v1/events", _batch([ev, ev]))
@@ -440,7 +397,7 @@ def test_repeated_id_inside_a_batch_is_stored_once(env: Env) -> None:
     assert env.stored() == 1
 
 
-def test_agent_can_only_speak_for_itself(env: Env) -> None:
+def test_agent_can_only_speak_for_itself(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     victim_id, _ = env.enroll(hostname="victim")
     (ev,) = _events(1)
@@ -452,7 +409,7 @@ def test_agent_can_only_speak_for_itself(env: Env) -> None:
     assert json.loads(row.body)["host"]["agent_id"] == agent_id
 
 
-def test_hostile_strings_are_stored_literally(env: Env) -> None:
+def test_hostile_strings_are_stored_literally(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     nasty = [
         "<script>alert(1)</script>",
@@ -489,7 +446,7 @@ def _hb(serial: int | None, dropped: Any = 0) -> bytes:
     ).encode()
 
 
-def test_heartbeat_keeps_host_table_and_flags_serial_regression(env: Env) -> None:
+def test_heartbeat_keeps_host_table_and_flags_serial_regression(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     for serial, expect in ((5, False), (7, False), (6, True), (7, False)):
         resp = env.signed(agent_id, key, "POST", "/api/v1/heartbeat", _hb(serial, {"full": 2}))
@@ -503,26 +460,26 @@ def test_heartbeat_keeps_host_table_and_flags_serial_regression(env: Env) -> Non
     assert row.policy_serial == 7
 
 
-def test_heartbeat_with_nul_hostname_is_422(env: Env) -> None:
+def test_heartbeat_with_nul_hostname_is_422(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     body = _hb(1).replace(b'"ws-17"', b'"ws\\u0000"')
     resp = env.signed(agent_id, key, "POST", "/api/v1/heartbeat", body)
     assert resp.status_code == 422
 
 
-def test_policy_get_without_policy_is_404(env: Env) -> None:
+def test_policy_get_without_policy_is_404(env: AgentApiEnv) -> None:
     agent_id, key = env.enroll()
     resp = env.signed(agent_id, key, "GET", "/api/v1/policy")
     assert resp.status_code == 404
     assert resp.json()["error"] == "no_policy"
 
 
-def test_policy_get_is_signed(env: Env) -> None:
+def test_policy_get_is_signed(env: AgentApiEnv) -> None:
     resp = env.client.get("/api/v1/policy")
     assert resp.status_code == 401
 
 
-def test_expired_nonces_are_purged_once_a_minute(env: Env) -> None:
+def test_expired_nonces_are_purged_once_a_minute(env: AgentApiEnv) -> None:
     from proscribe.collector.storage.tables import nonces
 
     agent_id, key = env.enroll()

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +26,18 @@ from proscribe.core.events import new_event
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
 from proscribe.core.wire.auth import sign_request
+from tests.support.clock import ManualClock
+from tests.support.collector_app import InProcessCollector
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = (REPO / "policies" / "us-navy-deepseek-2025.toml").read_bytes()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
-class Env:
-    client: TestClient
-    state: Any
-    clock: Clock
+class PeopleApiEnv(InProcessCollector):
+    """The collector in-process with API tokens for a viewer and an admin, one enrolled agent
+    and a policy signer the collector trusts."""
+
     viewer: str
     admin: str
     signer: Ed25519PrivateKey
@@ -57,16 +50,12 @@ class Env:
 
     def ingest(self, evs: list[dict[str, Any]]) -> None:
         body = json.dumps({"events": evs}).encode()
-        sig = sign_request(
-            self.agent_key, self.agent_id, "POST", "/api/v1/events", body, now=self.clock.now
-        )
-        resp = self.client.post("/api/v1/events", content=body, headers=sig)
+        resp = self.signed(self.agent_id, self.agent_key, "POST", "/api/v1/events", body)
         assert resp.status_code == 200, resp.text
         assert all(r["status"] == "stored" for r in resp.json()["results"])
 
     def signed_get(self, path: str, headers: dict[str, str] | None = None) -> Any:
-        sig = sign_request(self.agent_key, self.agent_id, "GET", path, b"", now=self.clock.now)
-        return self.client.get(path, headers={**sig, **(headers or {})})
+        return self.signed(self.agent_id, self.agent_key, "GET", path, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -104,8 +93,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
 
 @pytest.fixture
-def env(tmp_path: Path, template: Template) -> Iterator[Env]:
-    clock = Clock()
+def env(tmp_path: Path, template: Template, clock: ManualClock) -> Iterator[PeopleApiEnv]:
     signer = Ed25519PrivateKey.generate()
     shutil.copyfile(template.path, tmp_path / "c.db")
     settings = settings_from_mapping(
@@ -117,9 +105,9 @@ def env(tmp_path: Path, template: Template) -> Iterator[Env]:
     )
     app = create_app(settings, clock=clock, migrate=False)
     with TestClient(app) as client:
-        yield Env(
+        yield PeopleApiEnv(
+            app,
             client,
-            app.state.collector,
             clock,
             template.viewer,
             template.admin,
@@ -145,36 +133,36 @@ ADMIN_READS = ["/api/v1/enroll-secrets", "/api/v1/audit"]
 
 
 @pytest.mark.parametrize("path", READS + ADMIN_READS)
-def test_no_credential_is_401(env: Env, path: str) -> None:
+def test_no_credential_is_401(env: PeopleApiEnv, path: str) -> None:
     resp = env.get(path, None)
     assert resp.status_code == 401
     assert resp.json()["error"] == "unauthorized"
 
 
 @pytest.mark.parametrize("path", READS + ADMIN_READS)
-def test_wrong_token_is_401(env: Env, path: str) -> None:
+def test_wrong_token_is_401(env: PeopleApiEnv, path: str) -> None:
     assert env.get(path, "pst_forged").status_code == 401
 
 
 @pytest.mark.parametrize("path", READS)
-def test_viewer_and_admin_read_reports(env: Env, path: str) -> None:
+def test_viewer_and_admin_read_reports(env: PeopleApiEnv, path: str) -> None:
     assert env.get(path, env.viewer).status_code == 200
     assert env.get(path, env.admin).status_code == 200
 
 
 @pytest.mark.parametrize("path", ADMIN_READS)
-def test_viewer_cannot_read_admin_pages(env: Env, path: str) -> None:
+def test_viewer_cannot_read_admin_pages(env: PeopleApiEnv, path: str) -> None:
     assert env.get(path, env.viewer).status_code == 403
     assert env.get(path, env.admin).status_code == 200
 
 
 @pytest.mark.parametrize("path", READS)
-def test_agent_credential_cannot_read_reports(env: Env, path: str) -> None:
+def test_agent_credential_cannot_read_reports(env: PeopleApiEnv, path: str) -> None:
     resp = env.signed_get(path)
     assert resp.status_code == 401
 
 
-def test_viewer_cannot_write(env: Env) -> None:
+def test_viewer_cannot_write(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.viewer}"}
     assert (
         env.client.put("/api/v1/policy", json=_signed_pack(env.signer, 2), headers=auth).status_code
@@ -185,7 +173,7 @@ def test_viewer_cannot_write(env: Env) -> None:
     assert env.client.post(f"/api/v1/agents/{env.agent_id}/revoke", headers=auth).status_code == 403
 
 
-def test_admin_manages_secrets_and_agents_and_it_is_audited(env: Env) -> None:
+def test_admin_manages_secrets_and_agents_and_it_is_audited(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     created = env.client.post("/api/v1/enroll-secrets", json={"label": "laptops"}, headers=auth)
     assert created.status_code == 200
@@ -210,7 +198,7 @@ def test_admin_manages_secrets_and_agents_and_it_is_audited(env: Env) -> None:
 # --- policy upload ----------------------------------------------------------------------------
 
 
-def test_policy_upload_then_agents_fetch_with_etag(env: Env) -> None:
+def test_policy_upload_then_agents_fetch_with_etag(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     resp = env.client.put("/api/v1/policy", json=_signed_pack(env.signer, 3), headers=auth)
     assert resp.status_code == 200, resp.text
@@ -226,7 +214,7 @@ def test_policy_upload_then_agents_fetch_with_etag(env: Env) -> None:
     assert unchanged.status_code == 304
 
 
-def test_policy_upload_serial_not_higher_is_409(env: Env) -> None:
+def test_policy_upload_serial_not_higher_is_409(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     assert (
         env.client.put("/api/v1/policy", json=_signed_pack(env.signer, 5), headers=auth).status_code
@@ -238,7 +226,7 @@ def test_policy_upload_serial_not_higher_is_409(env: Env) -> None:
         assert resp.json()["error"] == "serial_not_higher"
 
 
-def test_policy_signed_by_untrusted_key_is_422(env: Env) -> None:
+def test_policy_signed_by_untrusted_key_is_422(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     rogue = Ed25519PrivateKey.generate()
     resp = env.client.put("/api/v1/policy", json=_signed_pack(rogue, 9), headers=auth)
@@ -246,7 +234,7 @@ def test_policy_signed_by_untrusted_key_is_422(env: Env) -> None:
     assert resp.json()["error"] == "policy_rejected"
 
 
-def test_policy_with_flipped_byte_is_422(env: Env) -> None:
+def test_policy_with_flipped_byte_is_422(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     upload = _signed_pack(env.signer, 9)
     data = bytearray(base64.b64decode(upload["policy"]))
@@ -256,7 +244,7 @@ def test_policy_with_flipped_byte_is_422(env: Env) -> None:
     assert resp.status_code == 422
 
 
-def test_policy_upload_with_bad_base64_is_422(env: Env) -> None:
+def test_policy_upload_with_bad_base64_is_422(env: PeopleApiEnv) -> None:
     auth = {"Authorization": f"Bearer {env.admin}"}
     resp = env.client.put("/api/v1/policy", json={"policy": "***", "signature": "x"}, headers=auth)
     assert resp.status_code == 422
@@ -283,7 +271,7 @@ def _evs(n: int, base: float, **over: Any) -> list[dict[str, Any]]:
     return out
 
 
-def test_violations_filter_and_paginate_without_gaps(env: Env) -> None:
+def test_violations_filter_and_paginate_without_gaps(env: PeopleApiEnv) -> None:
     now = env.clock.now
     env.ingest(_evs(45, now))
     env.ingest(_evs(5, now, rule="other-rule", action="reported"))
@@ -322,13 +310,13 @@ def test_violations_filter_and_paginate_without_gaps(env: Env) -> None:
         {"format": "xml"},
     ],
 )
-def test_bad_violation_queries_are_422(env: Env, params: dict[str, Any]) -> None:
+def test_bad_violation_queries_are_422(env: PeopleApiEnv, params: dict[str, Any]) -> None:
     resp = env.get("/api/v1/violations", env.viewer, **params)
     assert resp.status_code == 422
     assert "error" in resp.json()
 
 
-def test_csv_cells_are_formula_safe(env: Env) -> None:
+def test_csv_cells_are_formula_safe(env: PeopleApiEnv) -> None:
     evs = _evs(5, env.clock.now, process={"pid": 1, "name": "x", "user": "u"})
     for ev, name in zip(evs, ["=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tTAB"], strict=True):
         ev["process"] = {**ev["process"], "name": name}
@@ -344,7 +332,7 @@ def test_csv_cells_are_formula_safe(env: Env) -> None:
 # --- hosts --------------------------------------------------------------------------------------
 
 
-def test_hosts_coverage_marks_stale_and_regressed(env: Env) -> None:
+def test_hosts_coverage_marks_stale_and_regressed(env: PeopleApiEnv) -> None:
     def beat(serial: int) -> None:
         body = json.dumps(
             {
@@ -375,7 +363,7 @@ def test_hosts_coverage_marks_stale_and_regressed(env: Env) -> None:
 # --- audit chain ---------------------------------------------------------------------------------
 
 
-def _chain(env: Env, n: int) -> None:
+def _chain(env: PeopleApiEnv, n: int) -> None:
     with env.state.db.write() as conn:
         for i in range(n):
             audit.append_audit(
@@ -383,7 +371,7 @@ def _chain(env: Env, n: int) -> None:
             )
 
 
-def test_audit_chain_verifies(env: Env) -> None:
+def test_audit_chain_verifies(env: PeopleApiEnv) -> None:
     _chain(env, 5)
     with env.state.db.read() as conn:
         verdict = audit.verify_chain(conn)
@@ -404,7 +392,7 @@ def test_audit_chain_verifies(env: Env) -> None:
         "WHERE seq IN (2, 3); UPDATE audit_log SET seq = seq - 100 WHERE seq > 100",
     ],
 )
-def test_audit_chain_detects_tampering(env: Env, tamper: str) -> None:
+def test_audit_chain_detects_tampering(env: PeopleApiEnv, tamper: str) -> None:
     _chain(env, 5)
     with env.state.db.write() as conn:
         for statement in tamper.split("; "):
@@ -415,7 +403,7 @@ def test_audit_chain_detects_tampering(env: Env, tamper: str) -> None:
     assert verdict.broken_at is not None
 
 
-def test_audit_chain_detects_flipped_byte_in_hash(env: Env) -> None:
+def test_audit_chain_detects_flipped_byte_in_hash(env: PeopleApiEnv) -> None:
     _chain(env, 3)
     with env.state.db.write() as conn:
         (h,) = conn.exec_driver_sql("SELECT hash FROM audit_log WHERE seq = 2").one()
@@ -428,7 +416,7 @@ def test_audit_chain_detects_flipped_byte_in_hash(env: Env) -> None:
 # --- ops ----------------------------------------------------------------------------------------
 
 
-def test_healthz_metrics_openapi(env: Env) -> None:
+def test_healthz_metrics_openapi(env: PeopleApiEnv) -> None:
     assert env.client.get("/healthz").json()["status"] == "ok"
     text = env.client.get("/metrics").text
     assert "# TYPE proscribe_events_total counter" in text
@@ -437,7 +425,7 @@ def test_healthz_metrics_openapi(env: Env) -> None:
     assert "/api/v1/events" in spec["paths"]
 
 
-def test_unknown_route_and_method_are_json(env: Env) -> None:
+def test_unknown_route_and_method_are_json(env: PeopleApiEnv) -> None:
     resp = env.client.get("/nope")
     assert resp.status_code == 404
     assert resp.json()["error"] == "not_found"

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from proscribe.agent.dedupe import Deduper
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
 
 
 def test_same_process_is_a_duplicate_and_pid_reuse_is_not() -> None:
-    d = Deduper(60, Clock())
+    d = Deduper(60, ManualClock(0.0))
     assert d.judge("r", 100, 1.0, "/x").kind == "new"
     d.recorded("r", "/x", "e1")
     assert d.judge("r", 100, 1.0, "/x").kind == "duplicate"
@@ -25,7 +18,7 @@ def test_same_process_is_a_duplicate_and_pid_reuse_is_not() -> None:
 
 
 def test_repeats_fold_within_the_window_and_restart_after_it() -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     d = Deduper(60, clock)
     assert d.judge("r", 1, 1.0, "/x").kind == "new"
     d.recorded("r", "/x", "e1")
@@ -41,7 +34,7 @@ def test_repeats_fold_within_the_window_and_restart_after_it() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    d = Deduper(60, Clock(), capacity=10)
+    d = Deduper(60, ManualClock(0.0), capacity=10)
     for pid in range(100):
         d.judge("r", pid, float(pid), f"/bin/{pid}")
         d.recorded("r", f"/bin/{pid}", str(pid))
@@ -49,7 +42,7 @@ def test_memory_is_bounded() -> None:
 
 
 def test_forget_lets_a_failed_record_retry() -> None:
-    d = Deduper(60, Clock())
+    d = Deduper(60, ManualClock(0.0))
     d.judge("r", 1, 1.0, "/x")
     d.forget_process("r", 1, 1.0)
     assert d.judge("r", 1, 1.0, "/x").kind == "new"
