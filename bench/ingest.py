@@ -15,7 +15,6 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,10 @@ from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.events import insert_events
 from proscribe.core.events import new_event
 from tests.support.devserver import CollectorProcess
+from tests.support.postgres import throwaway_database
 from tests.support.simulate import SimulatedAgent
 
 BATCH = 100
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def make_batches(n: int) -> list[list[dict[str, Any]]]:
@@ -126,22 +125,6 @@ def http_rate(
     }
 
 
-def pg_database() -> tuple[str, str]:
-    import psycopg
-
-    name = f"proscribe_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_pg(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def report(label: str, raw: float, http: dict[str, float]) -> None:
     print(
         f"{label:10} HTTP {http['rate']:9.0f} events/s  (batch p50 {http['p50_ms']:.1f} ms, "
@@ -167,15 +150,13 @@ def main() -> None:
         http = http_rate(f"sqlite:///{base / 'http.db'}", base / "srv", args.agents, batches)
         report("SQLite", raw, http)
         if not args.no_postgres:
-            raw_name, raw_url = pg_database()
-            http_name, http_url = pg_database()
-            try:
+            with (
+                throwaway_database("proscribe_bench") as raw_url,
+                throwaway_database("proscribe_bench") as http_url,
+            ):
                 raw = raw_insert_rate(raw_url, batches)
                 http = http_rate(http_url, base / "srv-pg", args.agents, batches)
                 report("PostgreSQL", raw, http)
-            finally:
-                drop_pg(raw_name)
-                drop_pg(http_name)
 
 
 if __name__ == "__main__":

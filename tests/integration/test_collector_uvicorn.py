@@ -1,6 +1,6 @@
 """The REAL collector: ``proscribe collector serve`` as a subprocess on a loopback port, driven
 by simulated agents that sign every request. Run against SQLite and the real PostgreSQL at
-127.0.0.1:5432 (a uniquely named database per session, dropped afterwards).
+127.0.0.1:5432 (a uniquely named database, dropped afterwards).
 
 Exactly-once under crashes: batches stream in while the server is ``kill -9``-ed; the sender
 (like the reporter) re-sends whatever was not acknowledged after the restart. Every event
@@ -9,18 +9,13 @@ must then be in the database exactly once, and everything acknowledged before th
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,63 +24,18 @@ from sqlalchemy import create_engine, text
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.core.events import new_event
-from tests.support.ports import free_tcp_port
+from tests.support.devserver import CollectorProcess
+from tests.support.postgres import throwaway_database
 from tests.support.simulate import SimulatedAgent
 from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
 PROSCRIBE = [sys.executable, "-m", "proscribe.cli"]
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@dataclass
-class Collector:
-    config: Path
-    port: int
-    db_url: str
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        assert self.proc is None
-        handle = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [*PROSCRIBE, "collector", "serve", "--config", str(self.config)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-        handle.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"collector exited: {self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"collector did not start: {self.log.read_text()}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+class ServedCollector(CollectorProcess):
+    """``proscribe collector serve``, plus the operator's CLI and SQL on the same database."""
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(
@@ -98,7 +48,7 @@ class Collector:
         return out.stdout
 
     def scalar(self, sql: str) -> Any:
-        engine = create_engine(self.db_url)
+        engine = create_engine(self.database_url)
         try:
             with engine.connect() as conn:
                 return conn.execute(text(sql)).scalar_one()
@@ -106,57 +56,27 @@ class Collector:
             engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"proscribe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True
-    ) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True
-        ) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def collector(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Collector]:
+) -> Iterator[ServedCollector]:
     tmp_path = tmp_path_factory.mktemp(f"collector-{request.param}")
-    if request.param == "sqlite":
-        db_url = f"sqlite:///{tmp_path / 'collector.db'}"
-    else:
-        db_url = request.getfixturevalue("pg_database")
-        engine = create_engine(db_url)
-        with engine.begin() as conn:  # each test starts from an empty schema
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-    port = free_tcp_port()
-    config = tmp_path / "collector.toml"
-    config.write_text(
-        f'[server]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n', encoding="utf-8"
-    )
-    col = Collector(config, port, db_url, tmp_path / "collector.log")
-    col.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            db_url = f"sqlite:///{tmp_path / 'collector.db'}"
+        else:
+            db_url = stack.enter_context(throwaway_database())
+        col = stack.enter_context(ServedCollector(tmp_path, db_url))
         yield col
-    finally:
-        col.stop()
     log = col.log.read_text(errors="replace")
     assert "Traceback" not in log, log
 
 
-def _secret(col: Collector) -> str:
+def _secret(col: ServedCollector) -> str:
     # Straight into the database: a CLI process per test would cost seconds of imports.
-    db = open_database(col.db_url)
+    db = open_database(col.database_url)
     try:
         with db.write() as conn:
             return create_enroll_secret(conn, "test", 0)[1]
@@ -171,7 +91,7 @@ def _events(n: int, rule: str = "deepseek-web") -> list[dict[str, Any]]:
     ]
 
 
-def test_enroll_ingest_duplicates_heartbeat_report(collector: Collector) -> None:
+def test_enroll_ingest_duplicates_heartbeat_report(collector: ServedCollector) -> None:
     agent = SimulatedAgent(collector.url)
     assert agent.enroll(_secret(collector), hostname="ws-01").status == 200
     evs = _events(50)
@@ -202,7 +122,7 @@ def test_enroll_ingest_duplicates_heartbeat_report(collector: Collector) -> None
     agent.close()
 
 
-def test_unknown_and_revoked_agents_are_refused(collector: Collector) -> None:
+def test_unknown_and_revoked_agents_are_refused(collector: ServedCollector) -> None:
     agent = SimulatedAgent(collector.url)
     agent.enroll(_secret(collector))
     assert agent.agent_id is not None
@@ -214,7 +134,7 @@ def test_unknown_and_revoked_agents_are_refused(collector: Collector) -> None:
 
 
 def test_kill9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
-    collector: Collector,
+    collector: ServedCollector,
 ) -> None:
     secret = _secret(collector)
     batches = [_events(100, rule="kill9") for _ in range(60)]
@@ -276,7 +196,7 @@ def test_kill9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(
     )
 
 
-def test_port_in_use_is_one_line_exit_2(collector: Collector) -> None:
+def test_port_in_use_is_one_line_exit_2(collector: ServedCollector) -> None:
     out = subprocess.run(
         [*PROSCRIBE, "collector", "serve", "--config", str(collector.config)],
         capture_output=True,

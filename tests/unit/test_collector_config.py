@@ -14,6 +14,7 @@ from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import metadata
 from proscribe.core.errors import ConfigError
 from proscribe.core.policy.keys import public_key_string
+from tests.support.postgres import throwaway_database
 
 _PUB = public_key_string(Ed25519PrivateKey.generate().public_key())
 
@@ -106,24 +107,13 @@ def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_migrations_on_postgresql_match_the_declared_schema() -> None:
-    import uuid
-
-    import psycopg
-
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"proscribe_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        db = open_database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    with throwaway_database() as url:
+        db = open_database(url)
         assert upgrade(db) == "0003"
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         db.dispose()
         assert diff == []
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_session_key_file(tmp_path: Path) -> None:
