@@ -37,7 +37,11 @@ from tests.support.waits import wait_for
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
 
-class Env:
+class EnforcingAgent:
+    """The module's agent in enforce mode: its files, its token (only names carrying it are
+    denied), its policy signer, a binary no one else runs (for the hash rule) and a directory of
+    copies the test starts."""
+
     def __init__(self, tmp: Path, token: str, signer: Signer, unique_sleep: Path) -> None:
         self.tmp = tmp
         self.token = token
@@ -94,13 +98,13 @@ reason = "service account"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnforcingAgent]:
     tmp = tmp_path_factory.mktemp("agent")
     unique = tmp / "unique-sleep"
     # a copy of sleep with trailing bytes: a binary nobody else runs, for the hash rule
     unique.write_bytes(Path("/bin/sleep").read_bytes() + secrets.token_bytes(64))
     unique.chmod(0o755)
-    env = Env(tmp, secrets.token_hex(3), Signer(), unique)
+    env = EnforcingAgent(tmp, secrets.token_hex(3), Signer(), unique)
     env.signer.write(env.policy, env.policy_with(5))
     config = write_config(tmp, env.signer, extra="kill_children = true")
     try:
@@ -111,13 +115,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         shutil.rmtree(env.bin, ignore_errors=True)
 
 
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    yield p
-    p.cleanup()
-
-
 def killed_within(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bool:
     try:
         return proc.wait(timeout) == -signal.SIGKILL
@@ -125,11 +122,11 @@ def killed_within(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bool:
         return False
 
 
-def event_of(env: Env, pid: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+def event_of(env: EnforcingAgent, pid: int, timeout: float = 5.0) -> list[dict[str, Any]]:
     return list(wait_for(lambda: events_for(env.state, pid), timeout))
 
 
-def test_denied_name_is_killed_and_the_event_committed(env: Env, procs: Procs) -> None:
+def test_denied_name_is_killed_and_the_event_committed(env: EnforcingAgent, procs: Procs) -> None:
     binary = env.copy("/bin/sleep", f"dsk{env.token}-chat")
     proc = procs.start([str(binary), "30"])
     assert killed_within(proc), env.log.read_text()
@@ -143,7 +140,7 @@ def test_denied_name_is_killed_and_the_event_committed(env: Env, procs: Procs) -
     assert event["host"]["hostname"] == "test-host"
 
 
-def test_ollama_style_command_line_is_caught(env: Env, procs: Procs) -> None:
+def test_ollama_style_command_line_is_caught(env: EnforcingAgent, procs: Procs) -> None:
     script = env.bin / "ollama"
     script.write_text("#!/usr/bin/python3\nimport time\ntime.sleep(30)\n")
     script.chmod(0o755)
@@ -154,7 +151,7 @@ def test_ollama_style_command_line_is_caught(env: Env, procs: Procs) -> None:
     assert events[0]["action"] == "killed"
 
 
-def test_renamed_binary_is_caught_by_its_hash(env: Env, procs: Procs) -> None:
+def test_renamed_binary_is_caught_by_its_hash(env: EnforcingAgent, procs: Procs) -> None:
     renamed = env.bin / "totally-innocent"
     shutil.copy2(env.unique_sleep, renamed)
     proc = procs.start([str(renamed), "30"])
@@ -162,7 +159,7 @@ def test_renamed_binary_is_caught_by_its_hash(env: Env, procs: Procs) -> None:
     assert event_of(env, proc.pid)[0]["rule"] == "hash-rule"
 
 
-def test_exec_a_with_a_changed_argv0_is_still_caught(env: Env, procs: Procs) -> None:
+def test_exec_a_with_a_changed_argv0_is_still_caught(env: EnforcingAgent, procs: Procs) -> None:
     binary = env.copy("/bin/sleep", f"dsk{env.token}-a")
     proc = procs.start(["bash", "-c", f"exec -a innocent {binary} 30"])
     assert killed_within(proc), env.log.read_text()
@@ -173,7 +170,7 @@ def test_exec_a_with_a_changed_argv0_is_still_caught(env: Env, procs: Procs) -> 
     assert event_of(env, proc2.pid)[0]["rule"] == "deepseek-desktop"
 
 
-def test_a_process_that_renames_its_comm_is_still_caught(env: Env, procs: Procs) -> None:
+def test_a_process_that_renames_its_comm_is_still_caught(env: EnforcingAgent, procs: Procs) -> None:
     python = env.copy(os.path.realpath(sys.executable), f"dsk{env.token}-py")
     code = (
         "import ctypes, time\n"
@@ -184,7 +181,9 @@ def test_a_process_that_renames_its_comm_is_still_caught(env: Env, procs: Procs)
     assert killed_within(proc), env.log.read_text()
 
 
-def test_process_renaming_itself_to_a_denied_name_is_caught(env: Env, procs: Procs) -> None:
+def test_process_renaming_itself_to_a_denied_name_is_caught(
+    env: EnforcingAgent, procs: Procs
+) -> None:
     """The comm-change event path: an innocent program that renames itself afterwards."""
     code = (
         "import time\n"
@@ -199,7 +198,7 @@ def test_process_renaming_itself_to_a_denied_name_is_caught(env: Env, procs: Pro
         pytest.skip("process sensor is polling: comm changes are seen only at a full sweep")
 
 
-def test_exempted_host_and_user_are_not_killed(env: Env, procs: Procs) -> None:
+def test_exempted_host_and_user_are_not_killed(env: EnforcingAgent, procs: Procs) -> None:
     host_exempt = env.copy("/bin/sleep", f"hex{env.token}-1")
     user_exempt = env.copy("/bin/sleep", f"uex{env.token}-1")
     p1 = procs.start([str(host_exempt), "30"])
@@ -215,7 +214,7 @@ def test_exempted_host_and_user_are_not_killed(env: Env, procs: Procs) -> None:
 
 
 def test_long_running_violation_makes_one_event_and_repeats_are_counted(
-    env: Env, procs: Procs
+    env: EnforcingAgent, procs: Procs
 ) -> None:
     binary = env.copy("/bin/sleep", f"dsk{env.token}-rep")
     pids = []
@@ -233,7 +232,9 @@ def test_long_running_violation_makes_one_event_and_repeats_are_counted(
     assert wait_for(lambda: [e["_count"] for e in series()] == [3], 5), series()
 
 
-def test_tampered_policy_is_rejected_and_the_old_one_still_enforced(env: Env, procs: Procs) -> None:
+def test_tampered_policy_is_rejected_and_the_old_one_still_enforced(
+    env: EnforcingAgent, procs: Procs
+) -> None:
     good = env.policy.read_bytes()
     good_sig = env.policy.with_name("policy.toml.sig").read_bytes()
     try:
@@ -267,7 +268,7 @@ def test_tampered_policy_is_rejected_and_the_old_one_still_enforced(env: Env, pr
         env.policy.with_name("policy.toml.sig").write_bytes(good_sig)
 
 
-def one_violation(env: Env, procs: Procs, name: str) -> int:
+def one_violation(env: EnforcingAgent, procs: Procs, name: str) -> int:
     """A denied process, killed and spooled: tests need not rely on the module's earlier ones."""
     proc = procs.start([str(env.copy("/bin/sleep", f"dsk{env.token}-{name}")), "30"])
     assert killed_within(proc), env.log.read_text()
@@ -276,7 +277,7 @@ def one_violation(env: Env, procs: Procs, name: str) -> int:
 
 
 def test_status_reports_sensor_policy_and_spool(
-    env: Env, procs: Procs, capsys: pytest.CaptureFixture[str]
+    env: EnforcingAgent, procs: Procs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     one_violation(env, procs, "status")
     config = str(env.tmp / "agent.toml")
@@ -302,7 +303,9 @@ def test_status_reports_sensor_policy_and_spool(
 
 
 @pytest.mark.slow
-def test_agent_survives_kill_9_and_the_spooled_event_is_kept(env: Env, procs: Procs) -> None:
+def test_agent_survives_kill_9_and_the_spooled_event_is_kept(
+    env: EnforcingAgent, procs: Procs
+) -> None:
     assert env.agent is not None
     one_violation(env, procs, "pre-kill")
     before = spool_events(env.state)
