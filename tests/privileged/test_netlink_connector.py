@@ -71,6 +71,8 @@ def test_sensor_delivers_a_new_process_in_milliseconds() -> None:
         facts, sighting, when = got[proc.pid]
         assert sighting.source == "exec"
         assert facts.exe == "/usr/bin/sleep" and facts.cmdline == ("/bin/sleep", "5")
+        # The kernel path's latency on the wall clock is the point: netlink delivers in
+        # milliseconds; 0.5 s is generous for a loaded machine (the sweep is an hour away).
         assert when - before < 0.5
     finally:
         sensor.stop()

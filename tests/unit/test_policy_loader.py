@@ -417,9 +417,9 @@ def test_a_full_size_policy_loads_in_linear_time() -> None:
     text = with_rule(f'[[domain]]\nid = "big"\nnames = [\n{names}]\n')
     data = text.encode()
     assert len(data) < MAX_POLICY_BYTES
-    start = time.perf_counter()
+    start = time.thread_time()  # the loader's CPU cost is the point: ~50 s if quadratic
     policy = load_policy(data)
-    assert time.perf_counter() - start < 5.0
+    assert time.thread_time() - start < 5.0
     assert len(policy.domain[0].names) == 36_000
 
 
