@@ -3,7 +3,7 @@
 One run, same machine, same upstream, same load (dnsperf):
 
 * upstream   dnsmasq answering ``*.bench.example`` itself (the "real resolver")
-* proscribe  DnsProxy forwarding to it, denylist = the AI-domain lists in ../shared/data
+* proscribe  DnsProxy forwarding to it, denylist = the AI-domain lists in tests/data
 * dnsmasq    a second dnsmasq forwarding to it (--cache-size=0, like the proxy), with the same
              denylist as ``address=/name/`` lines (NXDOMAIN)
 
@@ -30,20 +30,14 @@ from pathlib import Path
 
 from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, ProcessAttributor, Verdict
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.domain_lists import AI_LISTS, read_domain_list
 from tests.support.ports import free_udp_port
-
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def denylist() -> list[str]:
     names = {"deepseek.com"}
-    for name in ("nullgen-ai-domains.txt", "shadowwhisperer-ai-domains.txt"):
-        path = DATA / name
-        if path.exists():
-            for line in path.read_text().splitlines():
-                line = line.strip().lower()
-                if line and not line.startswith("#"):
-                    names.add(line.split()[-1].rstrip("."))
+    for path in AI_LISTS:
+        names.update(name.lower().rstrip(".") for name in read_domain_list(path))
     return sorted(names)
 
 

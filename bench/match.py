@@ -1,6 +1,7 @@
-"""Benchmark the compiled matchers (a script, not a test): ``python -m bench.match``.
+"""Benchmark the compiled matchers (a script, not a test): ``python -m bench.match --data FILE``.
 
-Domains: the 83,808-name StevenBlack unified list (``../shared/data/`` beside the repository),
+Domains: the list in FILE (the published figures used StevenBlack's 83,808-name unified list,
+https://github.com/StevenBlack/hosts, as plain names; not vendored, see tests/data/README.md),
 then the same list grown synthetically to 1M names. For each size: build time, memory per entry
 (tracemalloc of a second build, and the RSS growth of the first), and lookup time over a
 realistic query mix (listed names, subdomains of listed names 1-3 labels deep, misses of 2-4
@@ -48,7 +49,6 @@ from proscribe.core.policy.model import ProcessRule
 from proscribe.core.policy.regex_safety import cmdline_window, compile_cmdline_regex
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "stevenblack-unified-domains.txt"
 NAVY_PACK = REPO / "policies" / "us-navy-deepseek-2025.toml"
 GOVERNMENT_PACK = REPO / "policies" / "government-restricted-ai-2025.toml"
 BATCH = 100
@@ -401,7 +401,9 @@ def bench_processes(source: str, rules: Sequence[ProcessRule], rounds: int) -> N
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="domain list, one a line")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="domain list, one name a line (# comments)"
+    )
     parser.add_argument("--grow", type=int, default=1_000_000, help="synthetic list size")
     parser.add_argument("--queries", type=int, default=200_000)
     parser.add_argument("--naive-sample", type=int, default=200, help="queries for naive peers")
@@ -410,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if not args.data.exists():
-        print(f"bench: {args.data} not found (give --data PATH)", file=sys.stderr)
+        print(f"bench.match: {args.data} not found (give --data PATH)", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
     print(

@@ -13,14 +13,10 @@ import os
 import shutil
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.support.clock import ManualClock
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _postgres_up() -> bool:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proscribe.core.policy.matchers import DomainMatcher
 from proscribe.core.policy.model import DomainRule
-
-REPO = Path(__file__).resolve().parents[2]
-AI_LIST = REPO.parent / "shared" / "data" / "nullgen-ai-domains.txt"
+from tests.support.domain_lists import NULLGEN_AI, read_domain_list
 
 
 def matcher(*names: str, rule_id: str = "r") -> DomainMatcher:
@@ -124,11 +120,7 @@ def test_from_names_folds_case_and_exact_marker() -> None:
 
 
 def test_real_ai_list_entries_and_their_subdomains() -> None:
-    names = [
-        line.strip()
-        for line in AI_LIST.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    names = read_domain_list(NULLGEN_AI)
     m = DomainMatcher.from_names(names, rule_id="ai")
     assert len(m) == len(set(names))
     for name in names:

@@ -11,10 +11,10 @@ from proscribe.core.policy.loader import lint_policy, load_policy_file
 from proscribe.core.policy.matchers.compiled import CompiledPolicy
 from proscribe.core.policy.matchers.process import ProcessFacts
 from proscribe.core.policy.model import Policy
+from tests.support.domain_lists import AI_LISTS, read_domain_list
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
-DATA = ROOT.parent / "shared" / "data"
 NAVY = POLICIES / "us-navy-deepseek-2025.toml"
 GOV = POLICIES / "government-restricted-ai-2025.toml"
 PACKS = [NAVY, GOV]
@@ -176,18 +176,11 @@ def test_government_pack_does_not_overreach(name: str) -> None:
 FAMILIES = ("deepseek", "kimi", "moonshot", "qwen", "doubao", "manus")
 
 
-@pytest.mark.parametrize("listing", ["nullgen-ai-domains.txt", "shadowwhisperer-ai-domains.txt"])
-def test_government_pack_covers_the_shared_ai_lists(listing: str) -> None:
-    path = DATA / listing
-    if not path.exists():
-        pytest.skip(f"{path} not present (shared data lives beside the repository)")
+@pytest.mark.parametrize("path", AI_LISTS, ids=lambda p: p.name)
+def test_government_pack_covers_the_vendored_ai_lists(path: Path) -> None:
     policy = compiled(GOV)
-    names = [
-        line.strip()
-        for line in path.read_text("utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    names = read_domain_list(path)
     relevant = [n for n in names if any(f in n for f in FAMILIES)]
-    assert relevant, "the shared lists should mention the restricted services"
+    assert relevant, "the vendored lists should mention the restricted services"
     missing = [n for n in relevant if policy.check_domain(n, "h", None, NOW) is None]
     assert missing == []
