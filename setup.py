@@ -12,7 +12,7 @@
 ``proscribe`` itself is a namespace package (there is no ``__init__.py`` at the top), so
 nothing else at the top of the repository (tests, bench, scripts) is ever packaged. The package
 list is computed here so that a new sub-package cannot be forgotten;
-``tests/unit/test_packaging.py`` builds the wheel and checks its file list.
+``tests/integration/test_packaging.py`` builds the wheel and checks its file list.
 """
 
 from pathlib import Path
