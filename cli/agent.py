@@ -1,5 +1,8 @@
-"""``proscribe agent run|status|events``: the daemon and what it has to say.
+"""``proscribe agent run|check|status|events``: the daemon and what it has to say.
 
+``run`` takes the state directory's lock (``proscribe.agent.state_lock``) before it builds
+anything, so a second agent on the same directory exits 2 naming the first one's pid.
+``check`` makes ``run``'s checks and starts nothing (``cli/agent_check.py``; installers use it).
 ``status`` and ``events`` read the config only to find the state directory; they work whether
 or not the daemon runs (status comes from ``status.json`` when the daemon is alive, else from
 the spool and the policy state on disk).
@@ -32,6 +35,10 @@ def register(sub: Any) -> None:
     _config_arg(run)
     run.set_defaults(func=cmd_run)
 
+    from .agent_check import register_check
+
+    register_check(verbs, _config_arg)
+
     status = verbs.add_parser("status", help="sensors, policy, spool depth, drops, last upload")
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -61,11 +68,14 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)  # bad config: one line from here, exit 2
-    from proscribe.agent.daemon import build
+    from proscribe.agent.state_lock import StateLock
 
-    if not getattr(args, "verbose", 0):
-        logging.getLogger().setLevel(logging.INFO)
-    build(config).run()
+    with StateLock(config.state_dir):  # a second agent here: one line naming the first, exit 2
+        from proscribe.agent.daemon import build
+
+        if not getattr(args, "verbose", 0):
+            logging.getLogger().setLevel(logging.INFO)
+        build(config).run()
     return 0
 
 
@@ -96,10 +106,38 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         from proscribe.core.policy.bundle import PolicyStore
 
         store = PolicyStore(config.state_dir, load_trust(config))
-        result["policy"] = store.status(datetime.now(UTC))
+        now = datetime.now(UTC)
+        result["policy"] = store.status(now)
+        if result["policy"].get("id") is None:
+            result["policy"]["last_rejection"] = _file_rejection(config, store, now)
     except (ProscribeError, OSError) as err:
         result["policy"] = {"error": str(err)}
     return result
+
+
+def _file_rejection(config: AgentConfig, store: Any, now: datetime) -> dict[str, Any] | None:
+    """Why the agent would refuse its policy file, judged as the daemon does, changing nothing
+    (``agent status`` while the daemon is down: the first question is why nothing is in force)."""
+    from proscribe.core.policy.bundle import read_capped, verify_policy_bytes
+    from proscribe.core.policy.state import judge_offer
+
+    path = config.policy.file
+    try:
+        data, sig = read_capped(path), read_capped(config.policy.sig_file)
+        policy = verify_policy_bytes(data, sig, store.trust, str(path))
+    except ProscribeError as err:
+        return {"kind": type(err).__name__, "reason": str(err), "origin": "file"}
+    verdict = judge_offer(
+        store.state(),
+        policy_id=policy.meta.id,
+        serial=policy.meta.serial,
+        sha256=policy.sha256,
+        expires=policy.meta.expires,
+        now=now,
+    )
+    if verdict.outcome != "reject":
+        return None
+    return {"kind": verdict.kind, "reason": f"{path}: {verdict.reason}", "origin": "file"}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -151,11 +189,16 @@ def _print_status(status: dict[str, Any]) -> None:
             f"sha256 {str(policy.get('sha256'))[:16]}… expires {policy.get('expires') or 'never'}"
             f" — {stale}\n"
         )
-        if policy.get("last_rejection"):
-            rej = policy["last_rejection"]
-            out.write(f"           last rejected offer: {rej.get('kind')}: {rej.get('reason')}\n")
     else:
         out.write(f"policy:    none in force ({policy.get('stale_reason', 'no policy')})\n")
+    rejection = policy.get("last_rejection")
+    if isinstance(rejection, dict):
+        # Why the last offer was refused: the first thing an admin needs when none is in force.
+        source = f" from {rejection['origin']}" if rejection.get("origin") else ""
+        out.write(
+            f"           last rejected{source}: {rejection.get('kind')}: "
+            f"{_safe(str(rejection.get('reason')))}\n"
+        )
     spool = status.get("spool", {})
     if spool.get("error"):
         out.write(f"spool:     {spool['error']}\n")
@@ -163,7 +206,8 @@ def _print_status(status: dict[str, Any]) -> None:
         dropped = spool.get("dropped") or {}
         out.write(
             f"spool:     {spool.get('depth', 0)} pending ({spool.get('bytes', 0)} bytes), "
-            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}\n"
+            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}, "
+            f"dead-lettered {spool.get('dead_lettered', 0)}\n"
         )
     drops = (status.get("drops") or {}).get("process_sensor") or {}
     if drops:
@@ -172,6 +216,12 @@ def _print_status(status: dict[str, Any]) -> None:
     if enforcement:
         out.write(f"actions:   {enforcement}\n")
     out.write(f"upload:    last {_when(status.get('last_upload'))}\n")
+    reporter = status.get("reporter") or {}
+    if reporter.get("last_error"):
+        out.write(f"           last error: {_safe(str(reporter['last_error']))}\n")
+    isolating = reporter.get("isolating")
+    if isolating:
+        out.write(f"           {isolating}\n")
 
 
 def cmd_events(args: argparse.Namespace) -> int:

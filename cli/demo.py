@@ -113,13 +113,13 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.dir is not None and args.dir.exists() and not args.dir.is_dir():
-        raise UsageError(f"--dir {args.dir}: not a directory (fix: name a new or empty directory)")
+        raise UsageError(f"--dir {args.dir}: not a directory (fix: name a new directory)")
     # Ctrl-C, and a plain `kill` too, stop everything the demo started (its children run in
     # their own session, so nothing else would). Installed explicitly: a shell that starts the
     # demo in the background leaves SIGINT ignored, and SIGTERM would end Python at once.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     with workspace(args.dir, args.keep) as work:
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
         demo = DemoRun(work=work.resolve(), timeout=args.timeout)
         root = hasattr(os, "geteuid") and os.geteuid() == 0 and not args.unprivileged
         try:

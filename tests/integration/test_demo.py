@@ -159,3 +159,28 @@ def test_ctrl_c_or_kill_stops_everything_the_demo_started(tmp_path: Path, sig: i
             proc.wait(10)
     left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_a_step_that_outlasts_the_timeout_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "proscribe.cli", "demo", "--timeout", "0.01", "--once",
+         "--dir", str(work)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "TimeoutExpired" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("proscribe: error: demo step") and "--timeout 0.01s" in line
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout
+
+
+@pytest.mark.parametrize("flags", [["--timeout", "0"], ["--timeout", "x"], ["--port", "70000"]])
+def test_bad_flags_are_usage_errors(tmp_path: Path, flags: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proscribe.cli", "demo", "--once", "--dir", str(tmp_path), *flags],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started or written

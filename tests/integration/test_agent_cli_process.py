@@ -1,0 +1,118 @@
+"""``proscribe agent …`` as real processes: one agent per state directory, status that says why a
+policy was refused, and output into a pipe whose reader stops early."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from proscribe.agent.spool import Spool
+from proscribe.core.events import new_event
+from tests.support.agent_harness import (
+    PROSCRIBE,
+    REPO,
+    Signer,
+    policy_text,
+    running_agent,
+    wait_for,
+    write_config,
+)
+
+pytestmark = [pytest.mark.linux]
+
+
+def agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PROSCRIBE, "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_a_second_agent_on_the_same_state_directory_exits_2_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text("lock"))
+    config = write_config(tmp_path, signer, process="poll")
+    with running_agent(config, tmp_path / "first.log") as first:
+        started = time.monotonic()
+        second = agent("run", "--config", str(config), timeout=30)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert time.monotonic() - started < 20  # refused at once, before building anything
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert f"pid {first.pid}" in lines[0] and str(tmp_path / "state") in lines[0]
+        assert first.poll() is None  # the first one is undisturbed
+        status = json.loads(agent("status", "--json", "--config", str(config)).stdout)
+        assert status["running"] is True and status["pid"] == first.pid
+    # The lock goes with its holder: a new agent starts on the same directory afterwards.
+    with running_agent(config, tmp_path / "third.log") as third:
+        assert third.poll() is None
+
+
+def test_a_second_agent_with_another_state_directory_is_fine(tmp_path: Path) -> None:
+    signer = Signer()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        signer.write(tmp_path / name / "policy.toml", policy_text(f"lock{name}"))
+    config_a = write_config(tmp_path / "a", signer, process="poll")
+    config_b = write_config(tmp_path / "b", signer, process="poll")
+    with (
+        running_agent(config_a, tmp_path / "a.log") as a,
+        running_agent(config_b, tmp_path / "b.log") as b,
+    ):
+        assert a.poll() is None and b.poll() is None
+
+
+def test_status_text_says_why_the_policy_was_rejected(tmp_path: Path) -> None:
+    trusted, stranger = Signer(), Signer()
+    stranger.write(tmp_path / "policy.toml", policy_text("rej"))  # not signed by a trusted key
+    config = write_config(tmp_path, trusted, process="poll")
+    with running_agent(config, tmp_path / "agent.log"):
+        shown = wait_for(lambda: "last rejected" in agent("status", "--config", str(config)).stdout)
+        assert shown
+        text = agent("status", "--config", str(config)).stdout
+        line = next(ln for ln in text.splitlines() if "last rejected" in ln)
+        assert "bad_signature" in line and "signature check failed" in line, text
+        assert "policy:    none in force" in text
+
+
+def _spool_many(tmp_path: Path, n: int = 500) -> Path:
+    signer = Signer()
+    config = write_config(tmp_path, signer, process="poll")
+    (tmp_path / "state").mkdir()
+    events = [
+        new_event("process", rule="r", action="killed", process={"pid": i, "name": f"p{i}"})
+        for i in range(n)
+    ]
+    with Spool(tmp_path / "state" / "spool.db") as spool:
+        spool.append_many(events)
+    return config
+
+
+@pytest.mark.parametrize(
+    "args", [["events"], ["events", "--json"], ["status"], ["status", "--json"]]
+)
+def test_output_into_a_pipe_closed_early_is_quiet(tmp_path: Path, args: list[str]) -> None:
+    config = _spool_many(tmp_path)
+    # What `proscribe agent events | head -1` does: the reader leaves after one line.
+    command = " ".join([*PROSCRIBE, "agent", *args, "--config", str(config)])
+    out = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command} | head -1; echo rc=${{PIPESTATUS[0]}} >&2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert len(out.stdout.splitlines()) == 1
+    assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
+    # Either it finished writing before head left (0), or it noticed (141, as cat would).
+    assert out.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), out.stderr
