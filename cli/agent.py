@@ -239,7 +239,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         finally:
             spool.close()
     if args.json:
-        payload = [dict(r.event, _state=r.state, count=r.count) for r in rows]
+        payload = [dict(r.event, _state=r.state, _error=r.error, count=r.count) for r in rows]
         json.dump(payload, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return 0
@@ -252,9 +252,10 @@ def cmd_events(args: argparse.Namespace) -> int:
         what = proc.get("name") or proc.get("exe") or (e.get("dns") or {}).get("qname") or ""
         pid = f" pid {proc['pid']}" if proc.get("pid") is not None else ""
         count = f" x{r.count}" if r.count > 1 else ""
+        why = f"  ({_safe(r.error)})" if r.state == "dead" and r.error else ""
         print(
             f"{e.get('time')}  {r.state:<7} {e.get('kind'):<7} {e.get('action'):<11} "
-            f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}"
+            f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}{why}"
         )
     return 0
 

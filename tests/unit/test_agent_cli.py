@@ -141,3 +141,21 @@ def test_check_refuses_an_empty_trust_list(
     path.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n[policy]\ntrusted_keys = []\n')
     assert main(["agent", "check", "--config", str(path)]) == 2
     assert "policy.trusted_keys is empty" in capsys.readouterr().err
+
+
+def test_status_counts_dead_letters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proscribe.agent.spool import Spool
+    from proscribe.core.events import new_event
+
+    path = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    with Spool(tmp_path / "state" / "spool.db") as spool:
+        events = [new_event("process", rule="r", action="killed", process={"pid": i})
+                  for i in range(3)]  # fmt: skip
+        spool.append_many(events)
+        spool.pending()
+        spool.dead_letter([events[0]["id"]], "poison: HTTP 500: boom when sent alone")
+    assert main(["agent", "status", "--config", str(path)]) == 0
+    assert "2 pending" in (out := capsys.readouterr().out) and "dead-lettered 1" in out
+    assert main(["agent", "events", "--config", str(path)]) == 0
+    assert "(poison: HTTP 500: boom when sent alone)" in capsys.readouterr().out
