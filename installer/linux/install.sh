@@ -246,6 +246,17 @@ install_venv() {
     "$PY" -m venv "$new"
     pip=("$new/bin/python" -m pip)
   fi
+  # The dependencies as locked (exact versions, sha256 checked), then proscribe itself: its
+  # own requirements are then already met, and anything the lock lacks fails here, loudly.
+  local lock
+  lock=$(lock_file)
+  if [ -n "$lock" ]; then
+    "${pip[@]}" install "${pip_args[@]}" --require-hashes --no-deps -r "$lock" >&2 \
+      || { rm -rf "$new"; die "pip could not install the locked dependencies from $lock (fix: see pip's message above)"; }
+    note "installed the dependencies pinned in $lock (hashes checked)"
+  else
+    note "no dependency lock found: dependencies resolved by pip, not pinned (see docs/install.md)"
+  fi
   "${pip[@]}" install "${pip_args[@]}" "$target" >&2 \
     || { rm -rf "$new"; die "pip could not install $target${WHEELHOUSE:+ from $WHEELHOUSE} (fix: see pip's message above)"; }
   if [ -x "$new/bin/pip" ]; then
@@ -323,6 +334,18 @@ preflight() {  # preflight PYTHON; prints the refusal and returns 1
   rm -rf "$tmp"
 }
 abs_path() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+
+# The lock that pins the dependencies: the wheelhouse's copy (build-wheelhouse.sh puts it
+# there), else the source tree's requirements/COMPONENT.txt (scripts/lock.sh), else none.
+lock_file() {
+  if [ -n "$WHEELHOUSE" ]; then
+    [ -f "$WHEELHOUSE/requirements.txt" ] && printf '%s' "$WHEELHOUSE/requirements.txt"
+    return 0
+  fi
+  local lock="$SCRIPT_DIR/../../requirements/$COMPONENT.txt"
+  [ -f "$lock" ] && printf '%s' "$(cd "$(dirname "$lock")" && pwd)/$(basename "$lock")"
+  return 0
+}
 
 # ---- configuration -------------------------------------------------------------------------
 capabilities() {  # the minimal set for this mode; the unit file explains each one

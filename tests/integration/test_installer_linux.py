@@ -17,11 +17,14 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from proscribe.agent.config import load_agent_config
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
 from tests.integration.test_install_docs import doc_command
+from tests.unit.test_dependency_lock import pins_here
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX = REPO / "installer" / "linux"
@@ -173,6 +176,41 @@ def root(pristine: tuple[Path, str], tmp_path: Path) -> Path:
         shutil.copytree(pristine[0] / top, copy / top, symlinks=True)
     run("cp", "-al", pristine[0] / "opt", copy / "opt")
     return copy
+
+
+def wheelhouse_versions(house: Path) -> dict[str, Version]:
+    found = {}
+    for wheel in house.glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        found[canonicalize_name(name)] = Version(version)
+    return found
+
+
+def test_the_wheelhouse_holds_exactly_the_locked_versions(wheelhouse: Path) -> None:
+    # Two builds from one lock ship the same versions: the wheelhouse is the lock, hashes
+    # checked by pip download, plus proscribe itself; the lock rides along for install.sh.
+    versions = wheelhouse_versions(wheelhouse)
+    assert versions.pop("proscribe") == Version("0.1.0")
+    assert versions == pins_here(REPO / "requirements/agent.txt")
+    assert (wheelhouse / "requirements.txt").read_bytes() == (
+        REPO / "requirements/agent.txt"
+    ).read_bytes()
+
+
+def test_the_installed_environment_holds_exactly_the_locked_versions(
+    pristine: tuple[Path, str],
+) -> None:
+    venv = pristine[0] / PREFIX
+    listed = run(venv / "bin/python", "-c",
+                 "import importlib.metadata as m\n"
+                 "for d in m.distributions(): print(d.metadata['Name'], d.version)")  # fmt: skip
+    installed = {
+        canonicalize_name(name): Version(version)
+        for name, version in (line.split() for line in listed.stdout.splitlines())
+    }
+    assert installed.pop("proscribe") == Version("0.1.0")
+    assert installed == pins_here(REPO / "requirements/agent.txt")
+    assert "installed the dependencies pinned in" in pristine[1]
 
 
 def test_install_writes_config_secret_and_modes(
@@ -511,6 +549,9 @@ def test_collector_component_installs_with_its_own_unit_and_config(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     house = collector_wheelhouse(tmp_path_factory.getbasetemp())
+    versions = wheelhouse_versions(house)
+    versions.pop("proscribe")
+    assert versions == pins_here(REPO / "requirements/collector.txt")
     root = tmp_path / "root"
     key = new_key()
     run(INSTALL, "--root", root, "--component", "collector", "--wheelhouse", house,
