@@ -3,7 +3,10 @@
 Two daemons on one state directory share a spool, an agent key and a policy state, and corrupt
 delivery (both number events from the same counter, both send and acknowledge the same rows).
 ``proscribe agent run`` takes this lock before it builds anything; a second one is refused with
-one line naming the first one's pid, which the holder writes into the file.
+one line naming the first one's pid, which the holder writes into the file. ``agent status``
+holds the same lock for a moment while it reads the directory without a running agent (opening
+the policy store tidies the directory), so an agent starting meanwhile waits a few seconds for
+it instead of racing with it.
 
 The lock is the kernel's (``flock`` on POSIX, ``msvcrt.locking`` on Windows): it is released
 when the process ends however it ends, so a crash never leaves a stale lock, and the file
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -36,7 +40,10 @@ class StateLock:
         self.path = self.state_dir / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> StateLock:
+    def acquire(self, *, write_pid: bool = True, wait: float = 0.0) -> StateLock:
+        """Take the lock or raise StateDirBusy naming the holder. ``write_pid=False``: a reader
+        such as ``agent status``, which holds it for a moment to read the directory in peace;
+        ``wait``: keep trying that long (an agent starting while such a reader holds it)."""
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -45,7 +52,10 @@ class StateLock:
                 f"agent.state_dir {self.state_dir}: cannot create the lock file {self.path}: "
                 f"{err.strerror} (fix: create the directory or choose a writable one)"
             ) from err
-        if not _try_lock(fd):
+        deadline = time.monotonic() + wait
+        while not (locked := _try_lock(fd)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not locked:
             holder = _read_pid(fd)
             os.close(fd)
             who = f"pid {holder}" if holder else "another process (pid not yet written)"
@@ -54,11 +64,23 @@ class StateLock:
                 f"{self.state_dir} (fix: stop it first, e.g. 'systemctl stop proscribe-agent', "
                 "or give this one its own agent.state_dir)"
             )
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if write_pid:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def holder(self) -> int | None:
+        """The pid the holder wrote (None when unreadable), without taking the lock."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return _read_pid(fd)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -20,9 +20,11 @@ from typing import Any
 
 from proscribe.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
 from proscribe.agent.status_file import daemon_alive, read_status
-from proscribe.core.errors import ProscribeError, UsageError
+from proscribe.core.errors import ConfigError, ProscribeError, UsageError
 
 __all__ = ["register"]
+
+STATE_LOCK_WAIT = 3.0  # seconds agent run waits for the state directory's lock
 
 
 def register(sub: Any) -> None:
@@ -70,13 +72,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)  # bad config: one line from here, exit 2
     from proscribe.agent.state_lock import StateLock
 
-    with StateLock(config.state_dir):  # a second agent here: one line naming the first, exit 2
+    # A second agent here: one line naming the first, exit 2. The wait covers `agent status`,
+    # which holds the lock for a moment while it reads the directory.
+    lock = StateLock(config.state_dir).acquire(wait=STATE_LOCK_WAIT)
+    try:
         from proscribe.agent.daemon import build
 
         if not getattr(args, "verbose", 0):
             logging.getLogger().setLevel(logging.INFO)
         build(config).run()
+    finally:
+        lock.release()
     return 0
+
+
+def _status_from_disk(config: AgentConfig) -> dict[str, Any]:
+    """Read the state directory while holding its lock, so that an agent starting meanwhile
+    waits for us rather than racing with a reader (opening the policy store tidies its
+    directory). If an agent holds the lock it is starting: say so and touch nothing."""
+    from proscribe.agent.state_lock import StateDirBusy, StateLock
+
+    lock = StateLock(config.state_dir)
+    if not config.state_dir.is_dir():  # never ran here (or starting this instant): create nothing
+        return _never_ran_status(config)
+    try:
+        lock.acquire(write_pid=False)
+    except StateDirBusy:
+        return {
+            "running": True,
+            "pid": lock.holder(),
+            "mode": config.agent.mode,
+            "config": str(config.source),
+            "starting": True,
+            "sensors": {"process": {"state": "starting"}, "dns": {"state": "starting"}},
+            "policy": {
+                "stale_reason": "the agent holding the state directory wrote no recent status "
+                "yet: starting, or not responding"
+            },
+        }
+    except ConfigError:  # cannot even create the lock file here (permissions): read anyway
+        return _offline_status(config)
+    try:
+        return _offline_status(config)
+    finally:
+        lock.release()
+
+
+def _never_ran_status(config: AgentConfig) -> dict[str, Any]:
+    reason = f"no state directory {config.state_dir} yet: the agent has not run here"
+    status: dict[str, Any] = {
+        "running": False,
+        "mode": config.agent.mode,
+        "config": str(config.source),
+        "sensors": {"process": {"state": "not running"}, "dns": {"state": "not running"}},
+        "spool": {"depth": 0, "bytes": 0, "dropped": {}, "note": "no spool yet"},
+        "policy": {"id": None, "stale": True, "stale_reason": reason},
+    }
+    try:
+        from proscribe.agent.daemon import load_trust
+
+        trust = load_trust(config)
+    except ProscribeError as err:
+        status["policy"] = {"error": str(err)}
+        return status
+    status["policy"]["last_rejection"] = _file_rejection(config, trust, None, datetime.now(UTC))
+    return status
 
 
 def _offline_status(config: AgentConfig) -> dict[str, Any]:
@@ -91,7 +151,7 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         from proscribe.agent.spool import Spool
 
         try:
-            spool = Spool(config.spool_path)
+            spool = Spool(config.spool_path, recover=False)  # never move it from under a daemon
         except ProscribeError as err:
             result["spool"] = {"error": str(err)}
         else:
@@ -109,13 +169,17 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         now = datetime.now(UTC)
         result["policy"] = store.status(now)
         if result["policy"].get("id") is None:
-            result["policy"]["last_rejection"] = _file_rejection(config, store, now)
+            result["policy"]["last_rejection"] = _file_rejection(
+                config, store.trust, store.state(), now
+            )
     except (ProscribeError, OSError) as err:
         result["policy"] = {"error": str(err)}
     return result
 
 
-def _file_rejection(config: AgentConfig, store: Any, now: datetime) -> dict[str, Any] | None:
+def _file_rejection(
+    config: AgentConfig, trust: Any, state: Any, now: datetime
+) -> dict[str, Any] | None:
     """Why the agent would refuse its policy file, judged as the daemon does, changing nothing
     (``agent status`` while the daemon is down: the first question is why nothing is in force)."""
     from proscribe.core.policy.bundle import read_capped, verify_policy_bytes
@@ -124,11 +188,11 @@ def _file_rejection(config: AgentConfig, store: Any, now: datetime) -> dict[str,
     path = config.policy.file
     try:
         data, sig = read_capped(path), read_capped(config.policy.sig_file)
-        policy = verify_policy_bytes(data, sig, store.trust, str(path))
+        policy = verify_policy_bytes(data, sig, trust, str(path))
     except ProscribeError as err:
         return {"kind": type(err).__name__, "reason": str(err), "origin": "file"}
     verdict = judge_offer(
-        store.state(),
+        state,
         policy_id=policy.meta.id,
         serial=policy.meta.serial,
         sha256=policy.sha256,
@@ -146,7 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if saved is not None and daemon_alive(saved):
         status = dict(saved, running=True)
     else:
-        status = _offline_status(config)
+        status = _status_from_disk(config)
         if saved is not None:
             status["last_status_at"] = saved.get("written_at")
     if args.json:
@@ -233,7 +297,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     else:
         from proscribe.agent.spool import Spool
 
-        spool = Spool(config.spool_path)
+        spool = Spool(config.spool_path, recover=False)
         try:
             rows = spool.recent(args.limit, include_sent=True)
         finally:

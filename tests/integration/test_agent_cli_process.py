@@ -116,3 +116,51 @@ def test_output_into_a_pipe_closed_early_is_quiet(tmp_path: Path, args: list[str
     assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
     # Either it finished writing before head left (0), or it noticed (141, as cat would).
     assert out.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), out.stderr
+
+
+def test_status_while_the_agent_starts_never_disturbs_it(tmp_path: Path) -> None:
+    # `agent status` before the first status.json used to open the policy store beside the
+    # starting daemon, whose tidying removed the daemon's temp file mid-write (it crashed).
+    # Now the reader waits for the state directory's lock, or says the agent is starting.
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text("race"))
+    config = write_config(tmp_path, signer, process="poll")
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [*PROSCRIBE, "agent", "run", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            result = agent("status", "--json", "--config", str(config))
+            assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+            state = json.loads(result.stdout)
+            assert daemon.poll() is None, log.read_text()
+            if (
+                state.get("running")
+                and not state.get("starting")
+                and state.get("policy", {}).get("id")
+            ):
+                break
+        assert state["policy"]["id"] == "test-ban", state
+        assert daemon.poll() is None, log.read_text()
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+
+
+def test_an_agent_starting_while_a_reader_holds_the_lock_waits_for_it(tmp_path: Path) -> None:
+    import threading
+
+    from proscribe.agent.state_lock import StateLock
+
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text("wait"))
+    config = write_config(tmp_path, signer, process="poll")
+    reader = StateLock(tmp_path / "state").acquire(write_pid=False)  # what `agent status` does
+    threading.Timer(1.0, reader.release).start()
+    with running_agent(config, tmp_path / "agent.log") as daemon:
+        assert daemon.poll() is None
+        assert StateLock(tmp_path / "state").holder() == daemon.pid
