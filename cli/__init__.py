@@ -3,7 +3,9 @@
 Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``func`` (``(args) -> int``) as the parser default. :func:`main` translates every
 :class:`~proscribe.core.errors.ProscribeError` into one line on stderr and its exit code;
-nothing a user can cause prints a traceback.
+nothing a user can cause prints a traceback. A reader that closes the pipe early (``| head``)
+ends any command quietly with :data:`EXIT_BROKEN_PIPE`, the status a shell shows for ``cat``
+or ``grep`` stopped by SIGPIPE; this is handled here, once, for every command.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 # The install extra a command's module needs beyond the agent's own dependencies.
 EXTRAS: dict[str, str] = {"collector": "collector", "demo": "collector"}
+# 128 + SIGPIPE: what `cat file | head -1` reports for cat.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +124,31 @@ def _unavailable(name: str, missing: str) -> Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the handler: the flush at exit would print a traceback
+    except BrokenPipeError:
+        return _stdout_closed()
+    except SystemExit as stop:  # argparse's --help and usage errors write before exiting
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _stdout_closed()
+        raise stop from None
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader went away. Python's documented idiom (signal module docs, "Note on
+    SIGPIPE"): point stdout at devnull so the flush at exit stays quiet. SIGPIPE itself stays
+    ignored: the agent and the collector must see EPIPE on a socket as an error, not die."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=_chosen_command(words))
     args, rest = parser.parse_known_args(words)

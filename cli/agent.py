@@ -1,5 +1,8 @@
-"""``proscribe agent run|status|events``: the daemon and what it has to say.
+"""``proscribe agent run|check|status|events``: the daemon and what it has to say.
 
+``run`` takes the state directory's lock (``proscribe.agent.state_lock``) before it builds
+anything, so a second agent on the same directory exits 2 naming the first one's pid.
+``check`` makes ``run``'s checks and starts nothing (``cli/agent_check.py``; installers use it).
 ``status`` and ``events`` read the config only to find the state directory; they work whether
 or not the daemon runs (status comes from ``status.json`` when the daemon is alive, else from
 the spool and the policy state on disk).
@@ -17,9 +20,11 @@ from typing import Any
 
 from proscribe.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
 from proscribe.agent.status_file import daemon_alive, read_status
-from proscribe.core.errors import ProscribeError, UsageError
+from proscribe.core.errors import ConfigError, ProscribeError, UsageError
 
 __all__ = ["register"]
+
+STATE_LOCK_WAIT = 3.0  # seconds agent run waits for the state directory's lock
 
 
 def register(sub: Any) -> None:
@@ -31,6 +36,10 @@ def register(sub: Any) -> None:
     run = verbs.add_parser("run", help="run the daemon in the foreground")
     _config_arg(run)
     run.set_defaults(func=cmd_run)
+
+    from .agent_check import register_check
+
+    register_check(verbs, _config_arg)
 
     status = verbs.add_parser("status", help="sensors, policy, spool depth, drops, last upload")
     _config_arg(status)
@@ -61,12 +70,73 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)  # bad config: one line from here, exit 2
-    from proscribe.agent.daemon import build
+    from proscribe.agent.state_lock import StateLock
 
-    if not getattr(args, "verbose", 0):
-        logging.getLogger().setLevel(logging.INFO)
-    build(config).run()
+    # A second agent here: one line naming the first, exit 2. The wait covers `agent status`,
+    # which holds the lock for a moment while it reads the directory.
+    lock = StateLock(config.state_dir).acquire(wait=STATE_LOCK_WAIT)
+    try:
+        from proscribe.agent.daemon import build
+
+        if not getattr(args, "verbose", 0):
+            logging.getLogger().setLevel(logging.INFO)
+        build(config).run()
+    finally:
+        lock.release()
     return 0
+
+
+def _status_from_disk(config: AgentConfig) -> dict[str, Any]:
+    """Read the state directory while holding its lock, so that an agent starting meanwhile
+    waits for us rather than racing with a reader (opening the policy store tidies its
+    directory). If an agent holds the lock it is starting: say so and touch nothing."""
+    from proscribe.agent.state_lock import StateDirBusy, StateLock
+
+    lock = StateLock(config.state_dir)
+    if not config.state_dir.is_dir():  # never ran here (or starting this instant): create nothing
+        return _never_ran_status(config)
+    try:
+        lock.acquire(write_pid=False)
+    except StateDirBusy:
+        return {
+            "running": True,
+            "pid": lock.holder(),
+            "mode": config.agent.mode,
+            "config": str(config.source),
+            "starting": True,
+            "sensors": {"process": {"state": "starting"}, "dns": {"state": "starting"}},
+            "policy": {
+                "stale_reason": "the agent holding the state directory wrote no recent status "
+                "yet: starting, or not responding"
+            },
+        }
+    except ConfigError:  # cannot even create the lock file here (permissions): read anyway
+        return _offline_status(config)
+    try:
+        return _offline_status(config)
+    finally:
+        lock.release()
+
+
+def _never_ran_status(config: AgentConfig) -> dict[str, Any]:
+    reason = f"no state directory {config.state_dir} yet: the agent has not run here"
+    status: dict[str, Any] = {
+        "running": False,
+        "mode": config.agent.mode,
+        "config": str(config.source),
+        "sensors": {"process": {"state": "not running"}, "dns": {"state": "not running"}},
+        "spool": {"depth": 0, "bytes": 0, "dropped": {}, "note": "no spool yet"},
+        "policy": {"id": None, "stale": True, "stale_reason": reason},
+    }
+    try:
+        from proscribe.agent.daemon import load_trust
+
+        trust = load_trust(config)
+    except ProscribeError as err:
+        status["policy"] = {"error": str(err)}
+        return status
+    status["policy"]["last_rejection"] = _file_rejection(config, trust, None, datetime.now(UTC))
+    return status
 
 
 def _offline_status(config: AgentConfig) -> dict[str, Any]:
@@ -81,7 +151,7 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         from proscribe.agent.spool import Spool
 
         try:
-            spool = Spool(config.spool_path)
+            spool = Spool(config.spool_path, recover=False)  # never move it from under a daemon
         except ProscribeError as err:
             result["spool"] = {"error": str(err)}
         else:
@@ -96,10 +166,42 @@ def _offline_status(config: AgentConfig) -> dict[str, Any]:
         from proscribe.core.policy.bundle import PolicyStore
 
         store = PolicyStore(config.state_dir, load_trust(config))
-        result["policy"] = store.status(datetime.now(UTC))
+        now = datetime.now(UTC)
+        result["policy"] = store.status(now)
+        if result["policy"].get("id") is None:
+            result["policy"]["last_rejection"] = _file_rejection(
+                config, store.trust, store.state(), now
+            )
     except (ProscribeError, OSError) as err:
         result["policy"] = {"error": str(err)}
     return result
+
+
+def _file_rejection(
+    config: AgentConfig, trust: Any, state: Any, now: datetime
+) -> dict[str, Any] | None:
+    """Why the agent would refuse its policy file, judged as the daemon does, changing nothing
+    (``agent status`` while the daemon is down: the first question is why nothing is in force)."""
+    from proscribe.core.policy.bundle import read_capped, verify_policy_bytes
+    from proscribe.core.policy.state import judge_offer
+
+    path = config.policy.file
+    try:
+        data, sig = read_capped(path), read_capped(config.policy.sig_file)
+        policy = verify_policy_bytes(data, sig, trust, str(path))
+    except ProscribeError as err:
+        return {"kind": type(err).__name__, "reason": str(err), "origin": "file"}
+    verdict = judge_offer(
+        state,
+        policy_id=policy.meta.id,
+        serial=policy.meta.serial,
+        sha256=policy.sha256,
+        expires=policy.meta.expires,
+        now=now,
+    )
+    if verdict.outcome != "reject":
+        return None
+    return {"kind": verdict.kind, "reason": f"{path}: {verdict.reason}", "origin": "file"}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -108,7 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if saved is not None and daemon_alive(saved):
         status = dict(saved, running=True)
     else:
-        status = _offline_status(config)
+        status = _status_from_disk(config)
         if saved is not None:
             status["last_status_at"] = saved.get("written_at")
     if args.json:
@@ -151,11 +253,16 @@ def _print_status(status: dict[str, Any]) -> None:
             f"sha256 {str(policy.get('sha256'))[:16]}… expires {policy.get('expires') or 'never'}"
             f" — {stale}\n"
         )
-        if policy.get("last_rejection"):
-            rej = policy["last_rejection"]
-            out.write(f"           last rejected offer: {rej.get('kind')}: {rej.get('reason')}\n")
     else:
         out.write(f"policy:    none in force ({policy.get('stale_reason', 'no policy')})\n")
+    rejection = policy.get("last_rejection")
+    if isinstance(rejection, dict):
+        # Why the last offer was refused: the first thing an admin needs when none is in force.
+        source = f" from {rejection['origin']}" if rejection.get("origin") else ""
+        out.write(
+            f"           last rejected{source}: {rejection.get('kind')}: "
+            f"{_safe(str(rejection.get('reason')))}\n"
+        )
     spool = status.get("spool", {})
     if spool.get("error"):
         out.write(f"spool:     {spool['error']}\n")
@@ -163,7 +270,8 @@ def _print_status(status: dict[str, Any]) -> None:
         dropped = spool.get("dropped") or {}
         out.write(
             f"spool:     {spool.get('depth', 0)} pending ({spool.get('bytes', 0)} bytes), "
-            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}\n"
+            f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}, "
+            f"dead-lettered {spool.get('dead_lettered', 0)}\n"
         )
     drops = (status.get("drops") or {}).get("process_sensor") or {}
     if drops:
@@ -172,6 +280,12 @@ def _print_status(status: dict[str, Any]) -> None:
     if enforcement:
         out.write(f"actions:   {enforcement}\n")
     out.write(f"upload:    last {_when(status.get('last_upload'))}\n")
+    reporter = status.get("reporter") or {}
+    if reporter.get("last_error"):
+        out.write(f"           last error: {_safe(str(reporter['last_error']))}\n")
+    isolating = reporter.get("isolating")
+    if isolating:
+        out.write(f"           {isolating}\n")
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -183,13 +297,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     else:
         from proscribe.agent.spool import Spool
 
-        spool = Spool(config.spool_path)
+        spool = Spool(config.spool_path, recover=False)
         try:
             rows = spool.recent(args.limit, include_sent=True)
         finally:
             spool.close()
     if args.json:
-        payload = [dict(r.event, _state=r.state, count=r.count) for r in rows]
+        payload = [dict(r.event, _state=r.state, _error=r.error, count=r.count) for r in rows]
         json.dump(payload, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return 0
@@ -202,9 +316,10 @@ def cmd_events(args: argparse.Namespace) -> int:
         what = proc.get("name") or proc.get("exe") or (e.get("dns") or {}).get("qname") or ""
         pid = f" pid {proc['pid']}" if proc.get("pid") is not None else ""
         count = f" x{r.count}" if r.count > 1 else ""
+        why = f"  ({_safe(r.error)})" if r.state == "dead" and r.error else ""
         print(
             f"{e.get('time')}  {r.state:<7} {e.get('kind'):<7} {e.get('action'):<11} "
-            f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}"
+            f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}{why}"
         )
     return 0
 

@@ -3,7 +3,9 @@
 ``lint FILE…`` prints every problem as ``file:line: message (fix: …)`` and exits 1 when there is
 any, 0 with ``ok: FILE: N rules, M exemptions`` when the file is clean, and 2 when a file cannot
 be read at all. ``show FILE [--json]`` summarizes a valid policy for people (rules, what they
-match, what they do, the directives they cite, exemptions and expiry) or as JSON for tools.
+match, what they do, the directives they cite, exemptions and expiry) or as JSON for tools; an
+invalid file is a usage error there (its problems on stderr, exit 2), since there is nothing to
+show.
 Text taken from the policy is printed with control characters escaped, so a hostile policy
 cannot rewrite the terminal.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,8 @@ def register(verbs: Any) -> None:
     show = verbs.add_parser(
         "show",
         help="summarize a policy: rules, exemptions, expiry",
-        description="Print what a valid policy denies and exempts, and when it expires.",
+        description="Print what a valid policy denies and exempts, and when it expires. "
+        "Exit 2 when the file is not a valid policy (its problems are printed).",
     )
     show.add_argument("file", type=Path, metavar="FILE")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,7 +52,7 @@ def run_lint(args: argparse.Namespace) -> int:
         data = read_policy_bytes(path)  # PolicyError (exit 2) when missing or unreadable
         issues = lint_policy(data, str(path))
         if issues:
-            _emit("\n".join(_safe(str(issue)) for issue in issues))
+            print("\n".join(_safe(str(issue)) for issue in issues))
             count = len(issues)
             print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
             status = 1
@@ -68,27 +70,17 @@ def run_show(args: argparse.Namespace) -> int:
     data = read_policy_bytes(args.file)
     issues = lint_policy(data, str(args.file))
     if issues:
+        # Not lint: show was asked to describe a policy and there is none to describe.
         _print_issues(issues, args.file)
-        return 1
+        return 2
     policy = load_policy(data, str(args.file))
     now = datetime.now(UTC)
     if args.json:
         text = json.dumps(policy_to_json(policy, now), indent=2)
     else:
         text = "\n".join(_safe(line) for line in describe(policy, now))
-    _emit(text)
+    print(text)
     return 0
-
-
-def _emit(text: str) -> None:
-    """Print to stdout; a reader that stops early (``| head``) is not an error."""
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python's documented idiom: point stdout at devnull so the exit flush stays quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _print_issues(issues: list[LintIssue], path: Path) -> None:

@@ -7,13 +7,16 @@ same key replaces that key's signature.
 
 ``verify FILE --trust PUB … [--threshold N]`` exits 0 only if N distinct trusted keys signed
 the exact bytes of FILE, 1 ("verified false") with the count when they did not, and 2 when a
-file or key is missing or malformed. ``--type trust`` does the same for a ``trust.toml`` and
+file or key is missing or malformed. A correctly signed policy that an agent would still refuse
+(it has already expired) is also "verified false", exit 1, with the agent's reason: installers
+run this before handing a policy to a host. ``--type trust`` does the same for a ``trust.toml`` and
 also requires the file's own threshold of its own keys, as agents do when rotating.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ from proscribe.core.policy.envelope import (
 )
 from proscribe.core.policy.keys import key_id, load_private_key, parse_public_key
 from proscribe.core.policy.loader import load_policy
-from proscribe.core.policy.model import MAX_POLICY_BYTES
+from proscribe.core.policy.model import MAX_POLICY_BYTES, Policy
+from proscribe.core.policy.state import judge_offer
 from proscribe.core.policy.trustchain import MAX_TRUST_BYTES, parse_trust
 
 PAYLOAD_TYPES = {"policy": POLICY_PAYLOAD_TYPE, "trust": TRUST_PAYLOAD_TYPE}
@@ -98,6 +102,19 @@ def _check_content(data: bytes, kind: str, source: str) -> str:
     return f"trust version {trust.version} ({len(trust.keys)} keys, threshold {trust.threshold})"
 
 
+def _agent_refusal(policy: Policy) -> str | None:
+    """Why an agent with no policy yet would refuse this one (expiry), by the agent's rule."""
+    verdict = judge_offer(
+        None,
+        policy_id=policy.meta.id,
+        serial=policy.meta.serial,
+        sha256=policy.sha256,
+        expires=policy.meta.expires,
+        now=datetime.now(UTC),
+    )
+    return verdict.reason if verdict.outcome == "reject" else None
+
+
 def _sig_path(file: Path, given: Path | None = None) -> Path:
     return given if given is not None else Path(f"{file}.sig")
 
@@ -155,6 +172,11 @@ def run_verify(args: argparse.Namespace) -> int:
         own = verify_envelope(data, envelope, trust.keys, trust.threshold, TRUST_PAYLOAD_TYPE)
         if not own.ok:
             print(f"verified false: {args.file}: not signed by its own keys: {own.reason}")
+            return 1
+    if kind == "policy":
+        refusal = _agent_refusal(load_policy(data, str(args.file)))
+        if refusal:
+            print(f"verified false: {args.file}: signed, but an agent refuses it: {refusal}")
             return 1
     print(f"verified: {args.file}: {what}: {result.reason}")
     for signer in result.signers:

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[collector]' --config-settings editable_mode=strict
+.venv/bin/pip install -q --require-hashes --no-deps -r requirements/collector.txt
+.venv/bin/pip install -q --no-deps -e '.[collector]' --config-settings editable_mode=strict
 exec .venv/bin/proscribe demo "$@"

@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
+# Every dependency exactly as locked, hashes checked (requirements/test.txt: the agent's, the
+# collector's and the test tools; scripts/lock.sh makes it), then the project itself without
+# resolving anything more.
+.venv/bin/pip install -q --require-hashes --no-deps -r requirements/test.txt
 # Strict editable mode: a static tree of links (build/__editable__.*) that mypy, import-linter and
 # editors follow like an installed package (docs/architecture.md). A new module needs this again.
-.venv/bin/pip install -q -e '.[collector,test]' --config-settings editable_mode=strict
+.venv/bin/pip install -q --no-deps -e '.[collector,test]' --config-settings editable_mode=strict
+.venv/bin/pip check >/dev/null || { .venv/bin/pip check; echo "requirements/test.txt does not satisfy pyproject.toml (fix: scripts/lock.sh)" >&2; exit 2; }
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

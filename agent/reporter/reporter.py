@@ -9,14 +9,17 @@ Delivery rules (see docs/delivery.md):
 - per-event results: ``stored``/``duplicate`` → ``Spool.ack``; ``rejected`` → ``dead_letter``;
 - 413 → the batch is halved and retried at once (down to one event; one event that still gets
   413 is dead-lettered);
+- a 4xx for the batch (other than 401/408/413/429), or a 500-class error (not 502/503/504) that
+  repeats for the same batch → the poison event(s) are isolated by halving and dead-lettered,
+  the rest delivered (``isolation.py``; a collector that fails for everything is backed off
+  from, never dead-lettered into);
 - 429/503 → nothing is sent until ``Retry-After`` has passed (parsed and clamped);
 - 401 ``unknown_agent``/``revoked_agent`` → enroll again (the spool is untouched);
   ``stale_request`` (this machine's clock is over 300 s off) → sign with the collector's time
   from then on (its ``Date`` header; the TLS channel is pinned) and retry at once; other 401s
   (replay) → backoff;
-- any other 4xx for a batch → that batch is dead-lettered and the next one goes;
-- 5xx, connection, TLS and timeout errors → exponential backoff with full jitter (cap 15 min),
-  reset on success, and the same rows are sent again.
+- 502/503/504, 408, connection, TLS and timeout errors → exponential backoff with full jitter
+  (cap 15 min), reset on success, and the same rows are sent again.
 
 Rows leave the spool only through ``ack`` or ``dead_letter``. A lost acknowledgement means a
 resend, which the collector answers ``duplicate`` (stored once: the event id is its key).
@@ -47,6 +50,7 @@ from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
 from .identity import IdentityStore, default_host_facts
+from .isolation import Isolation, fault_kind
 from .transport import Reply, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class ReporterConfig:
     backoff_base: float = BACKOFF_BASE_SECONDS
     backoff_cap: float = BACKOFF_CAP_SECONDS
     status_file: Path | None = None
+    suspect_retry: float = 60.0  # an event refused alone, nothing else pending: retried this often
 
 
 def server_time(reply: Reply) -> float | None:
@@ -143,6 +148,8 @@ class Reporter:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.enrollments = 0
+        self.dead_lettered = 0  # events this reporter took out of delivery (the spool counts all)
+        self._isolation = Isolation(retry_interval=self.config.suspect_retry)
         self._written_status: dict[str, Any] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -178,6 +185,8 @@ class Reporter:
             "batch_limit": self._batch_limit,
             "policy_etag": self._policy_etag,
             "clock_offset_s": round(self.identity.clock_offset, 1),
+            "dead_lettered": self.dead_lettered,
+            "isolating": self._isolation.describe(),
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -318,9 +327,10 @@ class Reporter:
 
     def _upload(self) -> bool:
         """Send one batch; True when the loop should go again at once."""
-        batch = self.spool.pending(limit=self._batch_limit, max_bytes=self.config.batch_bytes)
+        isolation = self._isolation
+        batch = isolation.batch(self.spool, self._batch_limit, self.config.batch_bytes)
         if not batch:
-            return False
+            return False  # nothing pending, or only held-back suspects (isolation.py): idle
         try:
             reply = self.transport.post_json(
                 EVENTS_PATH,
@@ -329,20 +339,44 @@ class Reporter:
                 compress=self.config.compress,
             )
         except TransportError as err:
+            isolation.reset()
             self._fail(f"events: {err}")
             return False
         if reply.status == 200:
-            return self._settle(batch, reply)
+            if not self._settle(batch, reply):
+                isolation.reset()
+                return False
+            self._dead_letter(isolation.on_success(batch).dead)
+            return True
         if reply.status == 413:
             return self._too_large(batch)
-        if self._common(reply, "events"):
+        kind = fault_kind(reply.status)
+        if kind is None:
+            isolation.reset()
+            if not self._common(reply, "events"):
+                self._fail(f"events: collector answered HTTP {reply.status}")
             return False
+        # The batch itself may be at fault: find the event(s) so the rest can go (isolation.py).
         reason = f"HTTP {reply.status}: {reply.error or 'refused'}"
-        self.spool.dead_letter([item.id for item in batch], reason)
-        self.last_error = f"events: batch of {len(batch)} dead-lettered ({reason})"
+        step = isolation.on_fault(batch, reason, kind)
+        self._dead_letter(step.dead)
+        if not step.retry_now:
+            if step.backoff:
+                self._fail(f"events: batch of {len(batch)}: {step.note or reason}")
+            else:
+                self.last_error = f"events: {step.note}"
+                self.last_error_time = self._clock()
+            return False
+        log.warning("reporter: events: batch of %d: %s", len(batch), step.note)
+        self.last_error = f"events: {step.note}"
         self.last_error_time = self._clock()
-        log.error("reporter: %s", self.last_error)
         return True
+
+    def _dead_letter(self, dead: dict[str, str]) -> None:
+        for event_id, reason in dead.items():
+            if self.spool.dead_letter([event_id], reason):
+                self.dead_lettered += 1
+            log.error("reporter: event %s dead-lettered: %s", event_id, reason)
 
     def _settle(self, batch: list[SpooledEvent], reply: Reply) -> bool:
         results = reply.json().get("results")
@@ -360,7 +394,7 @@ class Reporter:
                 rejected.setdefault(reason, []).append(str(result["id"]))
         self.spool.ack(acked)
         for reason, ids in rejected.items():
-            self.spool.dead_letter(ids, reason)
+            self.dead_lettered += self.spool.dead_letter(ids, reason)
             log.error("reporter: collector rejected %d event(s): %s", len(ids), reason)
         if not acked and not rejected:
             self._fail("events: collector answered 200 without results for this batch")
@@ -372,7 +406,9 @@ class Reporter:
 
     def _too_large(self, batch: list[SpooledEvent]) -> bool:
         if len(batch) == 1:
-            self.spool.dead_letter([batch[0].id], "HTTP 413: too large for the collector")
+            self.dead_lettered += self.spool.dead_letter(
+                [batch[0].id], "HTTP 413: too large for the collector"
+            )
             log.error(
                 "reporter: event %s is too large for the collector; dead-lettered", batch[0].id
             )

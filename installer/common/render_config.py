@@ -101,12 +101,15 @@ def _toml_list(values: Sequence[str]) -> str:
 
 
 def read_trusted_key(value: str) -> str:
-    """``ed25519:BASE64`` as given, or the first line of a ``.pub`` file; checked to be 32 bytes.
+    """``ed25519:BASE64`` (alone or with the name ``proscribe keygen`` writes after it), or the
+    first line of a ``.pub`` file; checked to be 32 bytes.
 
     Keys are inlined into the config (rather than referenced by path) so the config alone
     states whom the host trusts and no second file can be swapped underneath it.
     """
-    text = value.strip()
+    # The whole line of a NAME.pub is accepted too: "ed25519:BASE64 NAME" (keygen's format).
+    words = value.split()
+    text = words[0] if words else ""
     if not text.startswith(_KEY_PREFIX):
         path = Path(value)
         try:

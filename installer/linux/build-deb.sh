@@ -102,8 +102,12 @@ set -e
 if [ "$1" = configure ]; then
   previous="${2:-}"   # empty on first install
   set -- --configure-only --defaults-file "${DPKG_ROOT:-}/etc/default/proscribe"
-  if [ -z "$previous" ] && grep -qE '^[A-Z_]+=[^[:space:]]' "${DPKG_ROOT:-}/etc/default/proscribe" 2>/dev/null; then
-    set -- "$@" --force-config
+  # Preseeded settings are applied on first install, and later too (dpkg-reconfigure) while
+  # agent.toml is still the unconfigured default (no trusted key: the agent is not started).
+  if grep -qE '^[A-Z_]+=[^[:space:]]' "${DPKG_ROOT:-}/etc/default/proscribe" 2>/dev/null; then
+    if [ -z "$previous" ] || grep -q '^trusted_keys = \[\]' "${DPKG_ROOT:-}/etc/proscribe/agent.toml" 2>/dev/null; then
+      set -- "$@" --force-config
+    fi
   fi
   if [ -n "${DPKG_ROOT:-}" ]; then set -- "$@" --root "$DPKG_ROOT"; fi
   "${DPKG_ROOT:-}/opt/proscribe/share/installer/linux/install.sh" "$@"

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Make an offline wheelhouse: the proscribe wheel plus every dependency, for
 # "install.sh --wheelhouse DIR" (or the Ansible role) on networks with no package index.
+# The dependencies are exactly the lock's (requirements/agent.txt or collector.txt, made by
+# scripts/lock.sh): pinned versions, every file checked against its sha256, so two builds from
+# one lock ship the same versions. The lock is copied in as DIR/requirements.txt, and
+# install.sh installs from it with --require-hashes.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -8,19 +12,21 @@ PROG=build-wheelhouse.sh
 usage() {
   cat <<'EOF'
 Usage: build-wheelhouse.sh -o DIR [--component agent|collector] [--wheel FILE] [--python PY]
-                           [-- PIP-DOWNLOAD-OPTIONS…]
+                           [--lock FILE] [-- PIP-DOWNLOAD-OPTIONS…]
 
 Writes the proscribe wheel (built from this source tree unless --wheel is given) and all of
-its dependencies into DIR. Run it on a machine with index access and the same OS/CPU/Python
+its dependencies, as pinned (with hashes) in the lock, into DIR. Run it on a machine with index access and the same OS/CPU/Python
 as the targets, or pass pip's target options after "--", e.g.
   -- --platform manylinux2014_x86_64 --python-version 3.11 --only-binary=:all:
 Then copy DIR to the air-gapped network and run: install.sh --wheelhouse DIR
   --component collector   include the collector's extra dependencies
+  --lock FILE             the lock to follow (default: requirements/agent.txt, or
+                          requirements/collector.txt with --component collector)
 EOF
 }
 die() { echo "$PROG: error: $*" >&2; exit 2; }
 
-OUT="" WHEEL="" PY=python3 EXTRA=""
+OUT="" WHEEL="" PY=python3 EXTRA="" LOCK="" COMPONENT=agent
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -30,7 +36,9 @@ while [ $# -gt 0 ]; do
     --component)
       [ $# -ge 2 ] || die "--component needs a value"
       case "$2" in agent) EXTRA="" ;; collector) EXTRA="[collector]" ;; *) die "--component must be agent or collector" ;; esac
+      COMPONENT=$2
       shift ;;
+    --lock) [ $# -ge 2 ] || die "--lock needs a file"; LOCK=$2; shift ;;
     --) shift; break ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -50,7 +58,15 @@ else
   cp -f "$WHEEL" "$OUT/"
   WHEEL="$OUT/$(basename "$WHEEL")"
 fi
-"$PY" -m pip download -q --disable-pip-version-check -d "$OUT" "$@" "$WHEEL$EXTRA" >&2 \
-  || die "pip download failed (see pip's message above)"
+: "${LOCK:=$SCRIPT_DIR/../../requirements/$COMPONENT.txt}"
+[ -f "$LOCK" ] || die "$LOCK: no such lock (fix: run scripts/lock.sh, or pass --lock FILE)"
+"$PY" -m pip download -q --disable-pip-version-check --require-hashes --no-deps \
+  -r "$LOCK" -d "$OUT" "$@" >&2 \
+  || die "pip download of the locked dependencies failed (see pip's message above)"
+install -m 0644 "$LOCK" "$OUT/requirements.txt"
+# Proof that the lock is complete for proscribe itself: resolve it from DIR alone, offline.
+"$PY" -m pip download -q --disable-pip-version-check --no-index --find-links "$OUT" \
+  -d "$OUT" "$@" "$WHEEL$EXTRA" >&2 \
+  || die "$LOCK does not cover proscribe$EXTRA's dependencies (fix: run scripts/lock.sh)"
 echo "$OUT"
 ls -1 "$OUT" | sed 's/^/  /'

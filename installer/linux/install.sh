@@ -76,6 +76,7 @@ DEFAULTS_FILE="" COLLECTOR_URL="" CA_FILE="" SECRET_FILE="" THRESHOLD="" MODE=""
 DNS_LISTEN="" POLICY="" LISTEN="" TLS_CERT="" TLS_KEY="" BEHIND_PROXY="" DATABASE_URL="" RETENTION=""
 TRUSTED_KEYS=()
 DONE=()
+KEY_COUNT=1 NOT_CONFIGURED=""
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
@@ -245,6 +246,17 @@ install_venv() {
     "$PY" -m venv "$new"
     pip=("$new/bin/python" -m pip)
   fi
+  # The dependencies as locked (exact versions, sha256 checked), then proscribe itself: its
+  # own requirements are then already met, and anything the lock lacks fails here, loudly.
+  local lock
+  lock=$(lock_file)
+  if [ -n "$lock" ]; then
+    "${pip[@]}" install "${pip_args[@]}" --require-hashes --no-deps -r "$lock" >&2 \
+      || { rm -rf "$new"; die "pip could not install the locked dependencies from $lock (fix: see pip's message above)"; }
+    note "installed the dependencies pinned in $lock (hashes checked)"
+  else
+    note "no dependency lock found: dependencies resolved by pip, not pinned (see docs/install.md)"
+  fi
   "${pip[@]}" install "${pip_args[@]}" "$target" >&2 \
     || { rm -rf "$new"; die "pip could not install $target${WHEELHOUSE:+ from $WHEELHOUSE} (fix: see pip's message above)"; }
   if [ -x "$new/bin/pip" ]; then
@@ -272,6 +284,9 @@ install_venv() {
   install -m 0644 "$SCRIPT_DIR"/*.service.in "$SCRIPT_DIR"/*.timer.in "$new/share/installer/linux/"
   install -m 0644 "$COMMON_DIR/render_config.py" "$new/share/installer/common/"
 
+  # Before anything is swapped in or configured: the agent's own checks, from the new venv.
+  preflight "$new/bin/python" || { rm -rf "$new"; exit 2; }
+
   [ -f "$final/.install-manifest" ] && cp -p "$final/.install-manifest" "$new/"
   if [ -d "$final" ]; then
     mv "$final" "$old"
@@ -283,6 +298,53 @@ install_venv() {
     note "created the virtual environment in $PREFIX"
   fi
   record tree "$PREFIX"
+}
+
+# ---- the agent's own checks ------------------------------------------------------------------
+# The configuration these flags will write, with the inputs where they are now, checked by the
+# agent that is being installed: `proscribe agent check` (config, trusted keys, collector URL
+# and CA, enroll secret: what `agent run` refuses to start on) and `proscribe policy verify`
+# (signatures by the trusted keys, expiry) for --policy. A refusal is the agent's own line.
+preflight() {  # preflight PYTHON; prints the refusal and returns 1
+  [ "$COMPONENT" = agent ] || return 0
+  [ ${#TRUSTED_KEYS[@]} -gt 0 ] || return 0   # not configured yet: installed, not started
+  local py=$1 tmp out k args=() trust=()
+  tmp=$(mktemp -d)
+  args=(agent --platform linux --mode "$MODE" --dns "$DNS" --threshold "$THRESHOLD"
+        --state-dir "$tmp/state")
+  [ -n "$COLLECTOR_URL" ] && args+=(--collector-url "$COLLECTOR_URL")
+  [ -n "$CA_FILE" ] && args+=(--ca-file "$(abs_path "$CA_FILE")")
+  [ -n "$SECRET_FILE" ] && args+=(--enroll-secret-file "$(abs_path "$SECRET_FILE")")
+  for k in "${TRUSTED_KEYS[@]}"; do args+=(--trusted-key "$k"); trust+=(--trust "$k"); done
+  if ! out=$("$py" "$COMMON_DIR/render_config.py" "${args[@]}" -o "$tmp/agent.toml" 2>&1) \
+     || ! out=$("$py" -m proscribe.cli agent check --config "$tmp/agent.toml" 2>&1); then
+    rm -rf "$tmp"
+    out=${out##*$'\n'}
+    out=${out//"$tmp/agent.toml: "/}
+    echo "$PROG: error: the agent refuses this configuration: ${out#proscribe: error: }" >&2
+    return 1
+  fi
+  if [ -n "$POLICY" ] && ! out=$("$py" -m proscribe.cli policy verify "$POLICY" "${trust[@]}" \
+       --threshold "$THRESHOLD" 2>&1); then
+    rm -rf "$tmp"
+    out=${out##*$'\n'}
+    echo "$PROG: error: --policy: the agent refuses it: ${out#proscribe: error: }" >&2
+    return 1
+  fi
+  rm -rf "$tmp"
+}
+abs_path() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+
+# The lock that pins the dependencies: the wheelhouse's copy (build-wheelhouse.sh puts it
+# there), else the source tree's requirements/COMPONENT.txt (scripts/lock.sh), else none.
+lock_file() {
+  if [ -n "$WHEELHOUSE" ]; then
+    [ -f "$WHEELHOUSE/requirements.txt" ] && printf '%s' "$WHEELHOUSE/requirements.txt"
+    return 0
+  fi
+  local lock="$SCRIPT_DIR/../../requirements/$COMPONENT.txt"
+  [ -f "$lock" ] && printf '%s' "$(cd "$(dirname "$lock")" && pwd)/$(basename "$lock")"
+  return 0
 }
 
 # ---- configuration -------------------------------------------------------------------------
@@ -462,13 +524,16 @@ UNIT
 
 # The unit's capabilities must follow the config that is actually in place, which may be
 # an existing one kept across an upgrade rather than the flags of this run.
+# Whether it is configured at all follows the config in place too: without a trusted key the
+# agent exits at once, so the service is left alone rather than left crash-looping.
 read_back_modes() {
   local modes
   modes=$(render_py -c 'import sys, tomllib
 d = tomllib.load(open(sys.argv[1], "rb"))
-print(d.get("agent", {}).get("mode", "enforce"), d.get("sensors", {}).get("dns", "capture"))' \
+print(d.get("agent", {}).get("mode", "enforce"), d.get("sensors", {}).get("dns", "capture"),
+      len(d.get("policy", {}).get("trusted_keys", [])))' \
     "$(r "$CONFIG")") || die "$CONFIG: not valid TOML (fix: correct it, or rerun with --force-config)"
-  MODE=${modes% *} DNS=${modes#* }
+  read -r MODE DNS KEY_COUNT <<<"$modes"
 }
 
 write_manifest() {
@@ -482,6 +547,21 @@ write_manifest() {
 
 start_service() {
   local cmds=("systemctl daemon-reload" "systemctl enable $UNIT" "systemctl restart $UNIT")
+  if [ "$COMPONENT" = agent ] && [ "${KEY_COUNT:-0}" = 0 ]; then
+    NOT_CONFIGURED="$UNIT is installed but NOT enabled or started: $CONFIG has no policy.trusted_keys, and the agent refuses to run without one. Configure it, then start it: $PREFIX/share/installer/linux/install.sh --configure-only --force-config --trusted-key signer.pub [--collector-url … --ca-file … --enroll-secret-file …] (for the .deb: put TRUSTED_KEYS=… and the rest in /etc/default/proscribe and run dpkg-reconfigure proscribe-agent)"
+    if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+      systemctl daemon-reload
+      systemctl disable --now "$UNIT" >/dev/null 2>&1 || true
+    fi
+    return
+  fi
+  local out
+  if [ "$COMPONENT" = agent ] && [ -z "$ROOT" ] \
+     && ! out=$("$PREFIX/bin/proscribe" agent check --config "$CONFIG" 2>&1); then
+    # A config kept from before, which the agent refuses: say why instead of a crash loop.
+    NOT_CONFIGURED="$UNIT is installed but NOT started: ${out##*$'\n'}"
+    return
+  fi
   [ -n "$RETENTION" ] && cmds+=("systemctl enable --now proscribe-collector-purge.timer")
   if [ "$NO_START" = 1 ] || [ -n "$ROOT" ]; then
     local why="--no-start"
@@ -512,6 +592,7 @@ if ! validation=$(render "${CONFIG_ARGS[@]}" 2>&1 >/dev/null); then
 fi
 if [ "$CONFIGURE_ONLY" = 1 ]; then
   [ -x "$(r "$PREFIX")/bin/proscribe" ] || die "--configure-only: $(r "$PREFIX") holds no installation (fix: run without --configure-only)"
+  preflight "$(r "$PREFIX")/bin/python" || exit 2
 else
   install_venv
 fi
@@ -522,3 +603,4 @@ start_service
 echo "Proscribe $COMPONENT installed${ROOT:+ into staging root $ROOT}:"
 printf '  - %s\n' "${DONE[@]}"
 echo "  - manifest of installed paths: $MANIFEST (uninstall: $PREFIX/share/installer/linux/uninstall.sh${ROOT:+ --root $ROOT})"
+if [ -n "${NOT_CONFIGURED:-}" ]; then echo "NOT STARTED: $NOT_CONFIGURED"; fi

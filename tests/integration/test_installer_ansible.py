@@ -90,7 +90,7 @@ def test_role_template_matches_the_shared_generator(settings: dict[str, object])
         "proscribe_mode": settings.get("mode", "enforce"),
         "proscribe_state_dir": "/var/lib/proscribe",
         "proscribe_conf_dir": "/etc/proscribe",
-        "proscribe_trusted_keys": keys,
+        "proscribe_trusted_keys_checked": keys,
         "proscribe_threshold": settings.get("threshold", 1),
         "proscribe_collector_url": settings.get("collector_url", ""),
         "proscribe_ca_file": "ca.pem" if settings.get("ca") else "",
@@ -147,7 +147,8 @@ def test_role_installs_into_staging_root_like_install_sh(
         "proscribe_python": sys.executable,
         "proscribe_collector_url": "http://127.0.0.1:8443",
         "proscribe_enroll_secret_file": str(secret),
-        "proscribe_trusted_keys": keys,
+        # The first as the whole line `proscribe keygen` writes to NAME.pub (key, then name).
+        "proscribe_trusted_keys": [f"{keys[0]} alice", keys[1]],
         "proscribe_threshold": 2,
         "proscribe_mode": "monitor",
         "proscribe_dns": "proxy",

@@ -13,12 +13,18 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from proscribe.agent.config import load_agent_config
+from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
+from tests.integration.test_install_docs import doc_command
+from tests.unit.test_dependency_lock import pins_here
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX = REPO / "installer" / "linux"
@@ -55,12 +61,15 @@ def collector_wheelhouse(base: Path) -> Path:
 
 def scratch_root(scratch: Path) -> tuple[Path, list[str]]:
     """An empty dpkg database under ``scratch`` and the dpkg command that installs there,
-    running the maintainer scripts with DPKG_ROOT set (as on a real host, but in ``scratch``)."""
+    running the maintainer scripts with DPKG_ROOT set (as on a real host, but in ``scratch``).
+    The command is docs/install.md's own line (its options; DIR is ``scratch``)."""
     for sub in ("info", "updates", "triggers"):
         (scratch / "var/lib/dpkg" / sub).mkdir(parents=True)
     (scratch / "var/lib/dpkg/status").touch()
     (scratch / "etc/default").mkdir(parents=True)
-    return scratch, ["dpkg", f"--root={scratch}", "--force-script-chrootless", "--force-not-root"]
+    words = doc_command("dpkg --root=DIR")
+    options = [w.replace("DIR", str(scratch)) for w in words[: words.index("-i")]]
+    return scratch, [*options, "--force-not-root"]
 
 
 def run(
@@ -94,30 +103,49 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheelhouse(tmp_path_factory.getbasetemp())
 
 
+def policy_text(expires: str = "2099-01-01T00:00:00Z") -> str:
+    return (
+        '[meta]\nschema = 1\nid = "installer-test"\nserial = 1\n'
+        f'issued = 2025-01-24T00:00:00Z\nexpires = {expires}\ntitle = "Installer test"\n\n'
+        '[[domain]]\nid = "d"\nnames = ["deepseek.com"]\naction = "block"\n'
+    )
+
+
+def write_signed(path: Path, text: str, *keys: Ed25519PrivateKey) -> Path:
+    path.write_text(text)
+    envelope = None
+    for key in keys:
+        envelope = sign_payload(path.read_bytes(), key, envelope)
+    assert envelope is not None
+    Path(f"{path}.sig").write_bytes(envelope.to_bytes())
+    return path
+
+
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("installer-inputs")
     secret = d / "enroll.secret"
     secret.write_text("s3cret-enroll-value\n")
+    private_a, private_b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    key_a = public_key_string(private_a.public_key())
     pub = d / "signer.pub"
-    key_a = new_key()
-    pub.write_text(key_a + "\n")
+    pub.write_text(f"{key_a} alice\n")  # as `proscribe keygen` writes it
     ca = d / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    policy = d / "policy.toml"
-    policy.write_text('[meta]\nschema = 1\nid = "p"\n')
-    (d / "policy.toml.sig").write_text('{"signatures": []}')
+    policy = write_signed(d / "policy.toml", policy_text(), private_a, private_b)
     return {
         "secret": secret,
         "pub": pub,
         "key_a": key_a,
-        "key_b": new_key(),
+        "key_b": public_key_string(private_b.public_key()),
+        "private_a": private_a,
+        "private_b": private_b,
         "ca": ca,
         "policy": policy,
     }
 
 
-def install_args(root: Path, house: Path, inputs: dict[str, Path | str], *extra: str) -> list[str]:
+def install_args(root: Path, house: Path, inputs: dict[str, Any], *extra: str) -> list[str]:
     return [
         str(INSTALL), "--root", str(root), "--wheelhouse", str(house), "--python", sys.executable,
         "--collector-url", "http://127.0.0.1:8443",
@@ -130,7 +158,7 @@ def install_args(root: Path, house: Path, inputs: dict[str, Path | str], *extra:
 
 @pytest.fixture(scope="module")
 def pristine(
-    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, inputs: dict[str, Path | str]
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, inputs: dict[str, Any]
 ) -> tuple[Path, str]:
     """One real install; tests that change it work on a copy."""
     root = tmp_path_factory.mktemp("pristine") / "root"
@@ -150,8 +178,43 @@ def root(pristine: tuple[Path, str], tmp_path: Path) -> Path:
     return copy
 
 
+def wheelhouse_versions(house: Path) -> dict[str, Version]:
+    found = {}
+    for wheel in house.glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        found[canonicalize_name(name)] = Version(version)
+    return found
+
+
+def test_the_wheelhouse_holds_exactly_the_locked_versions(wheelhouse: Path) -> None:
+    # Two builds from one lock ship the same versions: the wheelhouse is the lock, hashes
+    # checked by pip download, plus proscribe itself; the lock rides along for install.sh.
+    versions = wheelhouse_versions(wheelhouse)
+    assert versions.pop("proscribe") == Version("0.1.0")
+    assert versions == pins_here(REPO / "requirements/agent.txt")
+    assert (wheelhouse / "requirements.txt").read_bytes() == (
+        REPO / "requirements/agent.txt"
+    ).read_bytes()
+
+
+def test_the_installed_environment_holds_exactly_the_locked_versions(
+    pristine: tuple[Path, str],
+) -> None:
+    venv = pristine[0] / PREFIX
+    listed = run(venv / "bin/python", "-c",
+                 "import importlib.metadata as m\n"
+                 "for d in m.distributions(): print(d.metadata['Name'], d.version)")  # fmt: skip
+    installed = {
+        canonicalize_name(name): Version(version)
+        for name, version in (line.split() for line in listed.stdout.splitlines())
+    }
+    assert installed.pop("proscribe") == Version("0.1.0")
+    assert installed == pins_here(REPO / "requirements/agent.txt")
+    assert "installed the dependencies pinned in" in pristine[1]
+
+
 def test_install_writes_config_secret_and_modes(
-    pristine: tuple[Path, str], inputs: dict[str, Path | str]
+    pristine: tuple[Path, str], inputs: dict[str, Any]
 ) -> None:
     root, stdout = pristine
     etc = root / "etc/proscribe"
@@ -159,7 +222,7 @@ def test_install_writes_config_secret_and_modes(
     assert (etc / "enroll.secret").read_text() == "s3cret-enroll-value\n"
     assert mode_of(etc / "agent.toml") == 0o644
     assert mode_of(etc / "ca.pem") == 0o644
-    assert (etc / "policy.toml.sig").read_text() == '{"signatures": []}'
+    assert (etc / "policy.toml.sig").read_bytes() == Path(f"{inputs['policy']}.sig").read_bytes()
     assert mode_of(root / "var/lib/proscribe") == 0o700
     assert mode_of(root / "etc/systemd/system/proscribe-agent.service") == 0o644
 
@@ -231,7 +294,7 @@ def test_unit_is_hardened_and_passes_systemd_analyze_verify(
 
 
 def test_reinstall_upgrades_in_place_keeps_state_and_config(
-    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+    root: Path, wheelhouse: Path, inputs: dict[str, Any]
 ) -> None:
     state = root / "var/lib/proscribe"
     (state / "spool.sqlite").write_bytes(b"spooled events")
@@ -265,7 +328,7 @@ def test_reinstall_upgrades_in_place_keeps_state_and_config(
 
 
 def test_point_resolver_keeps_the_original_as_fallback_and_uninstall_restores_it(
-    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+    root: Path, wheelhouse: Path, inputs: dict[str, Any]
 ) -> None:
     resolv = root / "etc/resolv.conf"
     original = "# written by the network manager\nsearch corp.example\nnameserver 10.9.8.7\n"
@@ -293,7 +356,7 @@ def test_point_resolver_keeps_the_original_as_fallback_and_uninstall_restores_it
 
 
 def test_point_resolver_uses_a_resolved_drop_in_where_resolv_conf_is_a_symlink(
-    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+    root: Path, wheelhouse: Path, inputs: dict[str, Any]
 ) -> None:
     resolv = root / "etc/resolv.conf"
     resolv.unlink(missing_ok=True)
@@ -315,7 +378,7 @@ def test_point_resolver_uses_a_resolved_drop_in_where_resolv_conf_is_a_symlink(
 
 
 def test_point_resolver_needs_the_proxy_on_port_53_for_resolv_conf(
-    root: Path, wheelhouse: Path, inputs: dict[str, Path | str]
+    root: Path, wheelhouse: Path, inputs: dict[str, Any]
 ) -> None:
     resolv = root / "etc/resolv.conf"
     resolv.write_text("nameserver 10.9.8.7\n")
@@ -326,6 +389,82 @@ def test_point_resolver_needs_the_proxy_on_port_53_for_resolv_conf(
     assert out.stderr.strip().splitlines()[-1].startswith("install.sh: error: --point-resolver:")
     assert "cannot name a port" in out.stderr
     assert resolv.read_text() == "nameserver 10.9.8.7\n"  # untouched
+
+
+def _refused(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: error:"), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("http-remote", "plain http is allowed only to a loopback collector"),
+        ("http-private-address", "plain http is allowed only to a loopback collector"),
+        ("expired", "expired at 2025-02-01"),
+        ("stranger", "0 of 2 required trusted signatures"),
+        ("one-signer-of-two", "1 of 2 required trusted signatures"),
+    ],
+)
+def test_configuration_the_agent_refuses_is_refused_with_its_message(
+    root: Path, wheelhouse: Path, inputs: dict[str, Any], tmp_path: Path, case: str, expected: str
+) -> None:
+    extra: list[str] = ["--configure-only", "--force-config"]
+    if case == "http-remote":
+        extra += ["--collector-url", "http://collector.example.org:8443"]
+    elif case == "http-private-address":
+        extra += ["--collector-url", "http://10.1.2.3:8443"]
+    else:
+        signers = {
+            "expired": (inputs["private_a"], inputs["private_b"]),
+            "stranger": (Ed25519PrivateKey.generate(),),
+            "one-signer-of-two": (inputs["private_a"],),
+        }[case]
+        text = policy_text("2025-02-01T00:00:00Z" if case == "expired" else "2099-01-01T00:00:00Z")
+        extra += ["--policy", str(write_signed(tmp_path / "policy.toml", text, *signers))]
+    config = root / "etc/proscribe/agent.toml"
+    before = config.read_bytes()
+    line = _refused(run(*install_args(root, wheelhouse, inputs, *extra), check=False))
+    assert expected in line, line
+    assert config.read_bytes() == before  # nothing was configured
+
+
+def test_a_refused_install_leaves_nothing_behind(
+    tmp_path: Path, wheelhouse: Path, inputs: dict[str, Any]
+) -> None:
+    root = tmp_path / "root"
+    args = install_args(root, wheelhouse, inputs)
+    args[args.index("http://127.0.0.1:8443")] = "http://collector.example.org:8443"
+    line = _refused(run(*args, check=False))
+    assert "the agent refuses this configuration: collector.url: plain http" in line
+    assert not (root / "opt").exists() or not any((root / "opt").iterdir())
+    assert not (root / "etc/proscribe").exists()
+
+
+def test_without_a_trusted_key_it_is_installed_but_not_started(root: Path) -> None:
+    out = run(INSTALL, "--root", root, "--configure-only", "--force-config",
+              "--python", sys.executable)  # fmt: skip
+    config = load_agent_config(root / "etc/proscribe/agent.toml")
+    assert config.policy.trusted_keys == ()
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("NOT STARTED: proscribe-agent.service is installed but NOT enabled")
+    assert "no policy.trusted_keys" in last and "--trusted-key" in last
+    assert "did not touch systemd" not in out.stdout  # no start commands for a dead agent
+
+
+def test_the_pub_line_keygen_writes_is_accepted_whole(
+    root: Path, wheelhouse: Path, inputs: dict[str, Any]
+) -> None:
+    line = inputs["pub"].read_text().strip()
+    assert " alice" in line
+    args = install_args(root, wheelhouse, inputs, "--configure-only", "--force-config")
+    args[args.index(str(inputs["pub"]))] = line
+    run(*args)
+    keys = load_agent_config(root / "etc/proscribe/agent.toml").policy.trusted_keys
+    assert keys == (inputs["key_a"], inputs["key_b"])
 
 
 def test_uninstall_removes_only_what_was_installed(root: Path) -> None:
@@ -410,6 +549,9 @@ def test_collector_component_installs_with_its_own_unit_and_config(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     house = collector_wheelhouse(tmp_path_factory.getbasetemp())
+    versions = wheelhouse_versions(house)
+    versions.pop("proscribe")
+    assert versions == pins_here(REPO / "requirements/collector.txt")
     root = tmp_path / "root"
     key = new_key()
     run(INSTALL, "--root", root, "--component", "collector", "--wheelhouse", house,
@@ -497,13 +639,26 @@ def test_deb_contents_scripts_and_scratch_root_install(wheelhouse: Path, tmp_pat
         lint = run(shellcheck, "-s", "sh", "--severity=warning", *scripts, check=False)
         assert lint.returncode == 0, lint.stdout
 
+    # Without a preseed file: installed, left unconfigured and NOT started, saying so once;
+    # preseeding afterwards and reinstalling (or dpkg-reconfigure) configures it.
+    bare, dpkg_bare = scratch_root(tmp_path / "bare")
+    out = run(*dpkg_bare, "-i", deb)
+    said = [ln for ln in out.stdout.splitlines() if ln.startswith("NOT STARTED:")]
+    assert len(said) == 1 and "no policy.trusted_keys" in said[0], out.stdout
+    assert load_agent_config(bare / "etc/proscribe/agent.toml").policy.trusted_keys == ()
+    key = new_key()
+    (bare / "etc/default/proscribe").write_text(f"TRUSTED_KEYS={key}\nMODE=monitor\n")
+    out = run(*dpkg_bare, "-i", deb)
+    assert "NOT STARTED" not in out.stdout, out.stdout
+    assert load_agent_config(bare / "etc/proscribe/agent.toml").policy.trusted_keys == (key,)
+
     # Install into a scratch root: dpkg runs the maintainer scripts with DPKG_ROOT set.
     scratch, dpkg = scratch_root(tmp_path / "scratch")
     key = new_key()
     (scratch / "etc/default/proscribe").write_text(
         f"COLLECTOR_URL=http://127.0.0.1:9\nTRUSTED_KEYS={key}\nMODE=monitor\n"
     )
-    run(*dpkg, "--force-depends", "-i", deb)
+    run(*dpkg, "-i", deb)
     venv = scratch / "opt/proscribe"
     assert run(venv / "bin/python", venv / "bin/proscribe", "--version").stdout.startswith(
         "proscribe 0.1.0"
@@ -560,7 +715,7 @@ def test_collector_deb_installs_configures_and_keeps_the_evidence_on_purge(
     (scratch / "etc/default/proscribe-collector").write_text(
         f"LISTEN=0.0.0.0:8443\nBEHIND_PROXY=yes\nTRUSTED_KEYS={key}\nRETENTION=400\n"
     )
-    run(*dpkg, "--force-depends", "-i", deb)
+    run(*dpkg, "-i", deb)
     from proscribe.collector.config import load_collector_config
 
     settings = load_collector_config(scratch / "etc/proscribe/collector.toml")  # preseeded

@@ -269,7 +269,8 @@ def test_install_without_root_flag_on_a_host_without_systemd(
         [
             "set -e",
             *mounts,
-            f"{LINUX}/install.sh --wheelhouse {house} --python {sys.executable} --mode monitor",
+            f"{LINUX}/install.sh --wheelhouse {house} --python {sys.executable} --mode monitor"
+            f" --trusted-key {public_key_string(Ed25519PrivateKey.generate().public_key())}",
             "/opt/proscribe/bin/proscribe --version",
             "/opt/proscribe/share/installer/linux/uninstall.sh",
             "test ! -e /opt/proscribe && test ! -e /etc/proscribe",

@@ -76,3 +76,86 @@ def test_events_lists_spooled_events_with_control_characters_escaped(
     assert main(["agent", "events", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "r1" in out and "killed" in out and "\x1b" not in out and "\\x1b" in out
+
+
+def test_status_text_without_a_daemon_says_why_the_policy_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.agent_harness import Signer, policy_text
+
+    path = config(tmp_path)  # trusts KEY only
+    Signer().write(tmp_path / "policy.toml", policy_text("offline"))  # signed by a stranger
+    assert main(["agent", "status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "policy:    none in force" in out
+    line = next(ln for ln in out.splitlines() if "last rejected" in ln)
+    assert "from file" in line and "signature check failed" in line, out
+    (tmp_path / "policy.toml").unlink()
+    assert main(["agent", "status", "--config", str(path)]) == 0
+    assert "policy.toml: not found" in capsys.readouterr().out
+
+
+def check(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str) -> tuple[int, str]:
+    code = main(["agent", "check", "--config", str(config(tmp_path, extra))])
+    captured = capsys.readouterr()
+    return code, (captured.out + captured.err).strip()
+
+
+def test_check_accepts_what_run_would_start_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ca.pem").write_text("pem")
+    (tmp_path / "secret").write_text("s3cret\n")
+    extra = (
+        f'[collector]\nurl = "https://c.example:8443"\nca_file = "{tmp_path / "ca.pem"}"\n'
+        f'enroll_secret_file = "{tmp_path / "secret"}"\n'
+    )
+    code, text = check(tmp_path, capsys, extra)
+    assert code == 0 and text.startswith("ok: ") and "1 trusted key" in text, text
+    assert not (tmp_path / "state").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[collector]\nurl = "http://collector.example:8443"\n', "plain http is allowed only"),
+        ('[collector]\nurl = "http://10.0.0.5:8443"\n', "plain http is allowed only"),
+        ('[collector]\nurl = "https://c.example"\n', "collector.ca_file: required"),
+        ('[collector]\nurl = "http://127.0.0.1:1"\nenroll_secret_file = "/nonexistent/s"\n',
+         "enroll_secret_file"),
+        ("[sensors]\nprocess = 'ebpf'\n", "sensors.process"),
+    ],
+)  # fmt: skip
+def test_check_refuses_with_the_agents_own_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, expected: str
+) -> None:
+    code, text = check(tmp_path, capsys, extra)
+    assert code == 2 and len(text.splitlines()) == 1, text
+    assert expected in text and "Traceback" not in text
+
+
+def test_check_refuses_an_empty_trust_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n[policy]\ntrusted_keys = []\n')
+    assert main(["agent", "check", "--config", str(path)]) == 2
+    assert "policy.trusted_keys is empty" in capsys.readouterr().err
+
+
+def test_status_counts_dead_letters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proscribe.agent.spool import Spool
+    from proscribe.core.events import new_event
+
+    path = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    with Spool(tmp_path / "state" / "spool.db") as spool:
+        events = [new_event("process", rule="r", action="killed", process={"pid": i})
+                  for i in range(3)]  # fmt: skip
+        spool.append_many(events)
+        spool.pending()
+        spool.dead_letter([events[0]["id"]], "poison: HTTP 500: boom when sent alone")
+    assert main(["agent", "status", "--config", str(path)]) == 0
+    assert "2 pending" in (out := capsys.readouterr().out) and "dead-lettered 1" in out
+    assert main(["agent", "events", "--config", str(path)]) == 0
+    assert "(poison: HTTP 500: boom when sent alone)" in capsys.readouterr().out

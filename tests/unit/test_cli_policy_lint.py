@@ -149,9 +149,10 @@ def test_show_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(doc["sha256"]) == 64
 
 
-def test_show_invalid_policy_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_invalid_policy_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # show has nothing to show: a usage error (2), not lint's "problems found" (1)
     path = write(tmp_path, VALID.replace("schema  = 1", "schema  = 3"))
-    assert main(["policy", "show", str(path)]) == 1
+    assert main(["policy", "show", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert f"{path}:2: [meta]: schema 3 is not supported" in err

@@ -100,6 +100,27 @@ def test_sign_twice_then_verify(work: Path, capsys: pytest.CaptureFixture[str]) 
     assert "1 of 2 required trusted signatures" in out
 
 
+def test_a_signed_policy_that_has_expired_is_verified_false(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Correctly signed, but an agent refuses it (it expired before it could arrive): an
+    # installer relying on verify must not hand it to a host as good.
+    path = work / "policy.toml"
+    path.write_bytes(
+        POLICY.replace(b'title = "CLI test"', b'expires = 2025-02-01T00:00:00Z\ntitle = "x"')
+    )
+    assert cli(capsys, "policy", "sign", "policy.toml", "--key", "alice.key")[0] == 0
+    code, out, _ = cli(capsys, "policy", "verify", "policy.toml", "--trust", "alice.pub")
+    assert code == 1
+    assert "verified false" in out and "expired at 2025-02-01" in out
+    # Expiring in the future is fine.
+    path.write_bytes(
+        POLICY.replace(b'title = "CLI test"', b'expires = 2999-01-01T00:00:00Z\ntitle = "x"')
+    )
+    assert cli(capsys, "policy", "sign", "policy.toml", "--key", "alice.key")[0] == 0
+    assert cli(capsys, "policy", "verify", "policy.toml", "--trust", "alice.pub")[0] == 0
+
+
 def test_edit_after_signing_and_crlf_copy_fail(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
