@@ -61,7 +61,7 @@ def test_process_sensor_reports_a_dead_thread() -> None:
     finally:
         sensor.stop()
     broken = ProcessSensor("poll", lambda facts, sighting: None, poll_interval=0.2)
-    broken._check_loop = lambda: None  # type: ignore[method-assign]  # the thread ends at once
+    broken.checker._consume = lambda run: None  # type: ignore[method-assign]  # ends at once
     broken.start()
     try:
         deadline = time.monotonic() + 5
