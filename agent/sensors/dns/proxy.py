@@ -93,7 +93,8 @@ def blocked_response(query: bytes, rule_id: str | None, ttl: int = BLOCKED_TTL) 
 
 
 def _header_only_error(query: bytes, rcode: int) -> bytes | None:
-    """A bare reply (same id, no sections) for a query dnspython cannot even read."""
+    """A bare reply (same id, no sections) for a query that cannot be parsed: neither by
+    :func:`parse_message` nor, when building the block answer, by dnspython."""
     if len(query) < 12:
         return None
     msg_id, flags = struct.unpack_from("!HH", query)
