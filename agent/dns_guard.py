@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proscribe.agent.counters import Counters
-from proscribe.agent.evidence import Evidence, policy_section
+from proscribe.agent.evidence import Evidence
 from proscribe.agent.policy_source import PolicyInForce
 from proscribe.agent.repeats import RepeatFolder
-from proscribe.core.events import ENCRYPTED_DNS_RULE, Event, new_event
+from proscribe.core.events import ENCRYPTED_DNS_RULE, Event
 from proscribe.core.policy.matchers.compiled import Decision
 
 if TYPE_CHECKING:
@@ -96,13 +96,12 @@ class DnsGuard:
         process = observation.process
 
         def build() -> Event:
-            return new_event(
+            return self.evidence.event(
                 "dns",
                 rule=found.rule_id,
                 action=action,
                 severity=found.severity,
-                policy=policy_section(compiled),
-                host=self.evidence.host(),
+                judged_by=compiled,
                 process=process,
                 dns=observation.dns_section(),
                 detail=found.explanation
@@ -129,13 +128,12 @@ class DnsGuard:
         who = "" if connection.process else (
             f" (process not attributed: {connection.attribution_reason or 'unknown'})"
         )  # fmt: skip
-        event = new_event(
+        event = self.evidence.event(
             "dns",
             rule=ENCRYPTED_DNS_RULE,
             action="reported",
             severity="medium",
-            policy=policy_section(self.policy.compiled),
-            host=self.evidence.host(),
+            judged_by=self.policy.compiled,
             process=connection.process,
             dns={
                 "qname": connection.provider or connection.resolver[0],

@@ -5,6 +5,7 @@ policy — is committed through one :class:`Evidence`, built before anything tha
 
 * it owns the ``host`` section every event carries (:class:`HostSection`: hostname, OS and the
   agent id the collector gave, read from the reporter's identity when there is one);
+* :meth:`Evidence.event` builds an event stamped with that host and the policy it was judged by;
 * :meth:`Evidence.commit` appends to the spool (durable before anything is done about the
   occurrence) and, when that worked, rings the reporter's doorbell (``wake``) so the event goes
   out within a second. The doorbell is a plain ``threading.Event`` the reporter is built to wait
@@ -94,6 +95,31 @@ class Evidence:
         self.host = host
         self._wake = wake
 
+    def event(
+        self,
+        kind: str,
+        *,
+        rule: str | None,
+        action: str,
+        severity: str,
+        judged_by: CompiledPolicy | None,
+        detail: str,
+        process: dict[str, Any] | None = None,
+        dns: dict[str, Any] | None = None,
+    ) -> Event:
+        """A new event (fresh id and time) from this host, judged by the policy ``judged_by``."""
+        return new_event(
+            kind,
+            rule=rule,
+            action=action,
+            severity=severity,
+            policy=policy_section(judged_by),
+            host=self.host(),
+            process=process,
+            dns=dns,
+            detail=detail,
+        )
+
     def commit(self, event: Event) -> bool:
         """Append ``event``; True when it is durable (the reporter is then woken)."""
         try:
@@ -122,13 +148,12 @@ class TamperRecorder:
         self.evidence = evidence
 
     def __call__(self, offer: Offer, in_force: CompiledPolicy | None) -> None:
-        event = new_event(
+        event = self.evidence.event(
             "tamper",
             rule=None,
             action="reported",
             severity="critical",
-            policy=policy_section(in_force),
-            host=self.evidence.host(),
+            judged_by=in_force,
             detail=f"policy rejected ({offer.kind}): {offer.reason}",
         )
         if not self.evidence.commit(event):

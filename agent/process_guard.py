@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 from proscribe.agent.counters import Counters
 from proscribe.agent.enforce.kill import Killer, KillOutcome
 from proscribe.agent.enforce.notify import Notifier, session_env
-from proscribe.agent.evidence import Evidence, policy_section
+from proscribe.agent.evidence import Evidence
 from proscribe.agent.policy_source import PolicyInForce
 from proscribe.agent.repeats import RepeatFolder
 from proscribe.agent.sensors.enrich import process_ref
 from proscribe.agent.sensors.process import Sighting
-from proscribe.core.events import Event, new_event
+from proscribe.core.events import Event
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
@@ -117,13 +117,12 @@ class ProcessGuard:
         rule_key = f"{decision.rule_id}/{action}"
 
         def build() -> Event:
-            return new_event(
+            return self.evidence.event(
                 "process",
                 rule=decision.rule_id,
                 action=action,
                 severity=decision.severity,
-                policy=policy_section(compiled),
-                host=self.evidence.host(),
+                judged_by=compiled,
                 process=process_ref(facts),
                 detail=f"{decision.explanation} (seen by {sighting.source})",
             )
@@ -176,13 +175,12 @@ class ProcessGuard:
         )
 
         def build() -> Event:
-            return new_event(
+            return self.evidence.event(
                 "process",
                 rule=verdict.rule_id,
                 action=verdict.action,
                 severity=severity,
-                policy=policy_section(compiled),
-                host=self.evidence.host(),
+                judged_by=compiled,
                 process=process_ref(facts),
                 detail=f"{verdict.reason} ({how})",
             )
@@ -231,13 +229,12 @@ class ProcessGuard:
         log.error(
             "could not kill pid %s (rule %s): %s", facts.pid, decision.rule_id, outcome.reason
         )
-        follow_up = new_event(
+        follow_up = self.evidence.event(
             "process",
             rule=decision.rule_id,
             action="failed",
             severity=decision.severity,
-            policy=policy_section(compiled),
-            host=self.evidence.host(),
+            judged_by=compiled,
             process=process_ref(facts),
             detail=f"kill not done: {outcome.reason}; outcome of event {event['id']}",
         )
