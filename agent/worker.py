@@ -19,9 +19,10 @@ Two ways to wake the consumer, chosen per use:
   millisecond each time (long enough for a short-lived DNS client to close its socket before it
   is attributed); batching keeps the producer running.
 
-The queue is a ``queue.SimpleQueue`` (implemented in C: a ``put`` costs a fraction of
-``queue.Queue``'s). The bound is checked without a lock, so concurrent producers may overshoot
-it by one item each.
+The queue is a ``queue.SimpleQueue`` when woken per item (implemented in C: a ``put`` costs a
+fraction of ``queue.Queue``'s) and a ``deque`` when drained every tick (an ``append`` is atomic
+and wakes nobody). The bound is checked without a lock, so concurrent producers may overshoot it
+by one item each.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
@@ -56,10 +58,13 @@ class _Run(Generic[T]):
     (set when :meth:`BackgroundWorker.stop` gave up waiting). A restart gets a new one, so a
     consumer still stuck in the last run's handler never takes the new run's items."""
 
-    __slots__ = ("discard", "queue")
+    __slots__ = ("batch", "discard", "put", "queue", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, *, batching: bool) -> None:
         self.queue: queue.SimpleQueue[T | _Control] = queue.SimpleQueue()
+        self.batch: deque[T | _Control] = deque()
+        self.put: Callable[[T | _Control], None] = self.batch.append if batching else self.queue.put
+        self.size: Callable[[], int] = self.batch.__len__ if batching else self.queue.qsize
         self.discard = False
 
 
@@ -83,7 +88,7 @@ class BackgroundWorker(Generic[T]):
         self.maxsize = maxsize
         self._handle = handle
         self._poll_interval = poll_interval
-        self._run: _Run[T] = _Run()
+        self._run: _Run[T] = _Run(batching=poll_interval is not None)
         self._wake = threading.Event()  # batching mode: a flush or stop does not wait a tick
         self._thread: threading.Thread | None = None
         self._accepting = True  # until stop(); what comes before start() waits for it
@@ -96,7 +101,7 @@ class BackgroundWorker(Generic[T]):
         if self._accepting and self.alive:
             return
         if not self._accepting:
-            self._run = _Run()  # a restart: nothing of the last run is left
+            self._run = _Run(batching=self._poll_interval is not None)  # a fresh start
         self._wake.clear()
         self._thread = threading.Thread(
             target=self._consume, args=(self._run,), name=self.name, daemon=True
@@ -116,7 +121,7 @@ class BackgroundWorker(Generic[T]):
         if thread is None:
             return True
         marker = _Control(stop=True)
-        run.queue.put(marker)
+        run.put(marker)
         self._wake.set()
         thread.join(timeout)
         self._thread = None
@@ -133,51 +138,45 @@ class BackgroundWorker(Generic[T]):
         if not self._accepting:
             self.drops.add("stopped")
             return False
-        q = self._run.queue
-        if q.qsize() >= self.maxsize:
+        run = self._run
+        if run.size() >= self.maxsize:
             self.drops.add("full")
             return False
-        q.put(item)
+        run.put(item)
         return True
 
     def flush(self, timeout: float) -> bool:
         """Wait until every item taken before this call was handled; False on timeout."""
         if not self.alive:
-            return self._run.queue.empty()
+            return self._run.size() == 0
         marker = _Control(stop=False)
-        self._run.queue.put(marker)
+        self._run.put(marker)
         self._wake.set()
         return marker.done.wait(timeout)
 
     def depth(self) -> int:
         """Items taken and not yet handled (approximate while producers run)."""
-        return self._run.queue.qsize()
-
-    def stats(self) -> dict[str, int]:
-        out = self.counts.snapshot()
-        out["depth"] = self.depth()
-        out.update({f"dropped_{reason}": n for reason, n in self.drops.snapshot().items()})
-        return out
+        return self._run.size()
 
     # -- the consumer -------------------------------------------------------------------------
 
-    def _next(self, q: queue.SimpleQueue[T | _Control]) -> T | _Control:
+    def _next(self, run: _Run[T]) -> T | _Control:
         if self._poll_interval is None:
             while True:
                 try:
-                    return q.get(timeout=_IDLE_WAIT)
+                    return run.queue.get(timeout=_IDLE_WAIT)
                 except queue.Empty:
                     continue
         while True:
             try:
-                return q.get_nowait()
-            except queue.Empty:
+                return run.batch.popleft()
+            except IndexError:
                 self._wake.wait(self._poll_interval)
                 self._wake.clear()
 
     def _consume(self, run: _Run[T]) -> None:
         while True:
-            item = self._next(run.queue)
+            item = self._next(run)
             if isinstance(item, _Control):
                 item.done.set()
                 if item.stop:
