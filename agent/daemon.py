@@ -57,6 +57,7 @@ from proscribe.agent.process_guard import ProcessGuard
 from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.enrich import Enricher
 from proscribe.agent.sensors.process import ProcessSensor
+from proscribe.agent.sensors.users import UserNames
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
 from proscribe.core import __version__
@@ -320,7 +321,8 @@ def build(
     identity = build_identity_for(config) if with_reporter else None
     evidence = Evidence(spool, HostSection(hostname, identity), doorbell.set)
 
-    reader = Enricher(procfs)  # the one procfs reader: sensor, killer and guard share it
+    users = UserNames()  # uid -> account name, one cache for every reader
+    reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
     guard = ProcessGuard(
         policy=in_force,
         evidence=evidence,
@@ -342,12 +344,16 @@ def build(
         interesting=guard.matches,
     )
     dns = (
-        build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname)
+        build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname, users=users)
         if with_dns
         else DnsParts("off")
     )
     exec_guard = build_exec_guard_for(
-        config, policy=in_force, on_denied=guard.record_exec_denial, hostname=hostname
+        config,
+        policy=in_force,
+        on_denied=guard.record_exec_denial,
+        hostname=hostname,
+        users=users,
     )
     policy = PolicySource(
         in_force,

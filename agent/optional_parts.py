@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from proscribe.agent.config import AgentConfig
 from proscribe.agent.evidence import Evidence
 from proscribe.agent.policy_source import PolicyInForce
+from proscribe.agent.sensors.users import UserNames
 from proscribe.agent.spool import Spool
 from proscribe.core.errors import ConfigError, ProscribeError
 
@@ -188,7 +189,12 @@ class DnsParts:
 
 
 def build_dns_for(
-    config: AgentConfig, *, policy: PolicyInForce, evidence: Evidence, hostname: str
+    config: AgentConfig,
+    *,
+    policy: PolicyInForce,
+    evidence: Evidence,
+    hostname: str,
+    users: UserNames,
 ) -> DnsPart:
     """The DNS part for ``[sensors] dns``, imported lazily. When it cannot run here the agent
     goes on without it: process enforcement matters more; the reason is logged at ERROR and
@@ -207,19 +213,21 @@ def build_dns_for(
     )
     try:
         settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
-        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide)
+        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide, users=users)
     except ProscribeError as err:
         log.error("DNS sensor (%s) not started: %s", mode, err)
         return DnsParts(f"unavailable: {err}", guard=guard)
     except Exception as err:
         log.exception("DNS sensor (%s) could not be built", mode)
         return DnsParts(f"failed: {err}", guard=guard)
-    watch, attributor = _encrypted_dns_watch(config, guard.on_encrypted)
+    watch, attributor = _encrypted_dns_watch(config, guard.on_encrypted, users)
     return DnsParts("starting", guard=guard, sensor=sensor, watch=watch, attributor=attributor)
 
 
 def _encrypted_dns_watch(
-    config: AgentConfig, on_connection: Callable[[EncryptedDnsConnection], None]
+    config: AgentConfig,
+    on_connection: Callable[[EncryptedDnsConnection], None],
+    users: UserNames,
 ) -> tuple[EncryptedDnsWatch | None, ProcessAttributor | None]:
     """The DoT/DoH connection watch (``[dns] watch_encrypted``), Linux only, and the
     attributor it owns (closed with it)."""
@@ -232,7 +240,7 @@ def _encrypted_dns_watch(
         resolver_table,
     )
 
-    attributor = ProcessAttributor()
+    attributor = ProcessAttributor(users=users)
 
     def attribute(connection: TcpConnection) -> tuple[dict[str, Any] | None, str | None] | None:
         found = attributor.attribute(connection.transport, connection.local, connection.remote)
@@ -255,6 +263,7 @@ def build_exec_guard_for(
     policy: PolicyInForce,
     on_denied: OnDenied,
     hostname: str,
+    users: UserNames,
 ) -> ExecGuardPart | None:
     """The pre-exec guard when ``enforce.exec_deny_mounts`` names mounts, else ``None``."""
     if not config.enforce.exec_deny_mounts:
@@ -273,4 +282,5 @@ def build_exec_guard_for(
         config.agent.mode,
         host=hostname,
         now=policy.now,
+        users=users,
     )

@@ -136,6 +136,7 @@ class ExecDenyGuard:
         procfs: Path = Path("/proc"),
         clock: Callable[[], float] = time.monotonic,
         protect: Iterable[str] = (),
+        users: UserNames | None = None,
     ) -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode must be 'enforce' or 'monitor', not {mode!r}")
@@ -148,7 +149,7 @@ class ExecDenyGuard:
         self.procfs = procfs
         self.cache = VerdictCache(cache_size, cache_ttl, clock)
         self.counts = Counters(_STATS)
-        self.users = UserNames()
+        self.users = users if users is not None else UserNames()
         self._decide = decide
         self._on_denied = on_denied
         # Denials are recorded (a spool commit) off the reader thread, after the answer.
@@ -540,6 +541,7 @@ def build_exec_guard(
     *,
     host: str,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    users: UserNames | None = None,
 ) -> ExecDenyGuard | None:
     """The guard for the ``[enforce]`` keys ``exec_deny_mounts``, ``exec_deny_timeout_ms`` and
     ``exec_deny_cache_size`` (validated by the config loader; 0 = no verdict cache), or
@@ -571,6 +573,7 @@ def build_exec_guard(
         mode=mode,
         on_denied=on_denied,
         want_sha256=want_sha256,
+        users=users,
     )
 
 

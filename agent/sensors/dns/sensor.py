@@ -19,6 +19,7 @@ from proscribe.agent.sensors.dns.attribution import ProcessAttributor
 from proscribe.agent.sensors.dns.capture import DnsCapture
 from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, ObservationSink
 from proscribe.agent.sensors.dns.proxy import DnsProxy
+from proscribe.agent.sensors.users import UserNames
 from proscribe.core.errors import ConfigError
 
 __all__ = [
@@ -96,6 +97,7 @@ def build_dns_sensor(
     *,
     attribute_if: Callable[[DnsObservation], bool] | None = None,
     attributor: ProcessAttributor | None = None,
+    users: UserNames | None = None,
 ) -> DnsSensor:
     """A started-on-demand sensor for ``mode`` ("capture" or "proxy").
 
@@ -104,7 +106,7 @@ def build_dns_sensor(
     """
     owned = attributor is None
     if attributor is None:
-        attributor = ProcessAttributor(settings.procfs)
+        attributor = ProcessAttributor(settings.procfs, users=users)
     try:
         inner = _build(mode, settings, on_observation, decide, attribute_if, attributor)
     except BaseException:
