@@ -146,6 +146,8 @@ class ProcessSensor:
     def healthy(self) -> bool:
         """False when a thread the sensor cannot work without has died (a bug); the netlink
         reader may end on its own (it falls back to polling), so it does not count."""
+        if not self._threads:
+            return True  # not running (off, or stopped): nothing has died
         threads = [t for t in self._threads if t.name != "proscribe-process-netlink"]
         return self.checker.alive and all(t.is_alive() for t in threads)
 
