@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -71,6 +72,11 @@ class _Run(Generic[T]):
 _IDLE_WAIT: Final = 0.5  # a wake-per-item consumer still looks at its flags this often
 
 
+def _refusing() -> int:
+    """The queue size a stopped worker shows its producers: always full."""
+    return sys.maxsize
+
+
 class BackgroundWorker(Generic[T]):
     """One consumer thread calling ``handle(item)`` for every item taken, in order."""
 
@@ -89,11 +95,15 @@ class BackgroundWorker(Generic[T]):
         self._handle = handle
         self._poll_interval = poll_interval
         self._run: _Run[T] = _Run(batching=poll_interval is not None)
+        # What submit() calls, bound once per run: the producers' path is two calls and a
+        # compare. After stop() the size reads as full, so a late submit is refused (counted).
+        self._size: Callable[[], int] = self._run.size
+        self._put: Callable[[T | _Control], None] = self._run.put
         self._wake = threading.Event()  # batching mode: a flush or stop does not wait a tick
         self._thread: threading.Thread | None = None
         self._accepting = True  # until stop(); what comes before start() waits for it
         self.drops = Counters(("full", "stopped"))
-        self.counts = Counters(("handled", "errors"))
+        self.counts = Counters(("errors",))  # handler failures (the consumer's only count)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,6 +112,7 @@ class BackgroundWorker(Generic[T]):
             return
         if not self._accepting:
             self._run = _Run(batching=self._poll_interval is not None)  # a fresh start
+            self._size, self._put = self._run.size, self._run.put
         self._wake.clear()
         self._thread = threading.Thread(
             target=self._consume, args=(self._run,), name=self.name, daemon=True
@@ -117,6 +128,7 @@ class BackgroundWorker(Generic[T]):
         """Handle what was taken (for at most ``timeout`` s) and end the thread; True when all
         of it was handled. Items left when the time is up are counted as dropped (``stopped``)."""
         self._accepting = False
+        self._size = _refusing
         thread, run = self._thread, self._run
         if thread is None:
             return True
@@ -135,14 +147,10 @@ class BackgroundWorker(Generic[T]):
 
     def submit(self, item: T) -> bool:
         """Queue ``item`` without waiting; False (and a counted drop) when it is not taken."""
-        if not self._accepting:
-            self.drops.add("stopped")
+        if self._size() >= self.maxsize:
+            self.drops.add("full" if self._accepting else "stopped")
             return False
-        run = self._run
-        if run.size() >= self.maxsize:
-            self.drops.add("full")
-            return False
-        run.put(item)
+        self._put(item)
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -160,35 +168,44 @@ class BackgroundWorker(Generic[T]):
 
     # -- the consumer -------------------------------------------------------------------------
 
-    def _next(self, run: _Run[T]) -> T | _Control:
+    def _arrivals(self, run: _Run[T]) -> list[T | _Control]:
+        """What is there to handle now, oldest first; waits (a tick, or for one item) if none."""
         if self._poll_interval is None:
             while True:
                 try:
-                    return run.queue.get(timeout=_IDLE_WAIT)
+                    first = run.queue.get(timeout=_IDLE_WAIT)
+                    break
                 except queue.Empty:
                     continue
-        while True:
+            items = [first]
             try:
-                return run.batch.popleft()
-            except IndexError:
-                self._wake.wait(self._poll_interval)
-                self._wake.clear()
+                while len(items) < 256:  # what else arrived meanwhile, in one go
+                    items.append(run.queue.get_nowait())
+            except queue.Empty:
+                pass
+            return items
+        batch = run.batch
+        while not batch:
+            self._wake.wait(self._poll_interval)
+            self._wake.clear()
+        # popleft, not a copy: producers append concurrently (each call is atomic)
+        return [batch.popleft() for _ in range(len(batch))]
 
     def _consume(self, run: _Run[T]) -> None:
+        # Kept lean: it shares the GIL with the producers, so its cost per item is theirs too.
+        handle = self._handle
         while True:
-            item = self._next(run)
-            if isinstance(item, _Control):
-                item.done.set()
-                if item.stop:
-                    return
-                continue
-            if run.discard:
-                self.drops.add("stopped")
-                continue
-            try:
-                self._handle(item)
-            except Exception:  # the consumer outlives its handler's bugs
-                self.counts.add("errors")
-                log.exception("%s: handling an item failed (continuing)", self.name)
-            else:
-                self.counts.add("handled")
+            for item in self._arrivals(run):
+                if isinstance(item, _Control):
+                    item.done.set()
+                    if item.stop:
+                        return
+                    continue
+                if run.discard:
+                    self.drops.add("stopped")
+                    continue
+                try:
+                    handle(item)
+                except Exception:  # the consumer outlives its handler's bugs
+                    self.counts.add("errors")
+                    log.exception("%s: handling an item failed (continuing)", self.name)
