@@ -31,6 +31,7 @@ __all__ = [
     "SpoolSection",
     "load_agent_config",
     "parse_agent_config",
+    "parse_host_port",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/proscribe/agent.toml")
@@ -248,10 +249,10 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         "dns", ("proxy_listen", "upstreams", "interfaces", "watch_encrypted", "doh_resolvers")
     )
     listen = r.string(d, "dns.proxy_listen", "127.0.0.1:53")
-    _check_host_port(r, "dns.proxy_listen", listen)
+    r.host_port("dns.proxy_listen", listen, default_port=None)
     upstreams = r.string_list(d, "dns.upstreams")
     for up in upstreams:
-        _check_host_port(r, "dns.upstreams", up, default_port=True)
+        r.host_port("dns.upstreams", up, default_port=53)
     dns = DnsSection(
         proxy_listen=listen,
         upstreams=upstreams,
@@ -313,15 +314,22 @@ def _check_key(r: _Reader, value: str, base: Path) -> str:
     return str(candidate)
 
 
-def _check_host_port(r: _Reader, key: str, value: str, *, default_port: bool = False) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        if default_port and value:
-            return
-        raise r.error(key, f"{value!r} is not HOST:PORT", 'write e.g. "127.0.0.1:53"')
-    host = host.strip("[]")
+def parse_host_port(text: str, key: str, default_port: int | None = 53) -> tuple[str, int]:
+    """``"127.0.0.1:53"``, ``"[::1]:5353"``, ``"9.9.9.9"``, ``"2001:db8::1"`` -> ``(host,
+    port)``; a bare address gets ``default_port`` (``None``: the port is required)."""
+    value = text.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""  # a bare name, IPv4 or IPv6 address
+    if not port and default_port is not None:
+        port = str(default_port)
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise r.error(key, f"{value!r} is not HOST:PORT", 'write e.g. "127.0.0.1:53"')
+        raise ConfigError(f'{key}: {text!r} is not HOST:PORT; write e.g. "127.0.0.1:53"')
+    return host, int(port)
 
 
 class _Reader:
@@ -403,6 +411,14 @@ class _Reader:
                 key, f"is {value!r}", f"use one of {', '.join(repr(o) for o in options)}"
             )
         return value
+
+    def host_port(self, key: str, value: str, *, default_port: int | None) -> tuple[str, int]:
+        try:
+            return parse_host_port(value, key, default_port)
+        except ConfigError:
+            raise self.error(
+                key, f"{value!r} is not HOST:PORT", 'write e.g. "127.0.0.1:53"'
+            ) from None
 
     def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
         value = self._get(table, key, list, [], "a list of strings")

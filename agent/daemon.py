@@ -1,15 +1,27 @@
-"""The agent daemon's composition root: :func:`build` wires the real collaborators.
+"""The agent daemon's composition root: :func:`build` makes every collaborator, in dependency
+order, and passes each one what it needs; :class:`Daemon` runs them.
 
 ::
 
-    config ─► PolicyStore ─► PolicySource (file + .sig, watchdog, last good) ─► CompiledPolicy
-      ProcessSensor (netlink | poll) ─► ProcessGuard ─► Spool (commit) ─► Killer, Notifier
-      DnsSensor (optional, lazy import) ─┘                └─► Reporter (optional)
-    status.json ◄─ Daemon (every agent.status_interval seconds)
+    Spool, PolicyStore ─► PolicyInForce (the compiled policy the guards read)
+    doorbell = threading.Event()  ─┐
+    IdentityStore* ─► HostSection ─┴─► Evidence (commit to the spool, ring the doorbell)
+                                         ├─► ProcessGuard ◄── ProcessSensor (netlink | poll)
+                                         │     Killer, Notifier, Enricher (the /proc reader)
+                                         ├─► DnsParts*: DnsGuard ◄── DNS sensor, DoH watch
+                                         └─► TamperRecorder
+    ExecDenyGuard* ── on_denied ─► ProcessGuard.record_exec_denial
+    PolicySource(PolicyInForce, on_tamper=TamperRecorder,
+                 on_change=PolicyChange(ProcessSensor, ExecDenyGuard))
+    Heartbeat(PolicySource, Spool, sensors) ─► Reporter*(Spool, IdentityStore, doorbell,
+                                                         on_policy=PolicySource.offer)
+    Daemon(all of the above)                                        * optional parts
 
-Everything is constructed here and passed in; the parts take their collaborators as arguments
-so tests can build them around temp directories. :meth:`Daemon.run` blocks until
-:meth:`Daemon.stop` (SIGTERM/SIGINT when run from the main thread).
+Nothing is set on anything after it is built, and nothing reaches back into the daemon: the
+reporter is woken through the doorbell both it and the evidence sink were given, and the agent
+id reaches the events through the identity built before them. :meth:`Daemon.run` blocks until
+:meth:`Daemon.stop` (SIGTERM/SIGINT when run from the main thread). The one entry point is
+``proscribe agent run`` (``proscribe.cli.agent``).
 """
 
 from __future__ import annotations
@@ -18,37 +30,42 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from proscribe.agent.config import AgentConfig
-from proscribe.agent.dedupe import Deduper
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
+from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
+from proscribe.agent.heartbeat import Heartbeat
 from proscribe.agent.optional_parts import (
+    DnsPart,
+    DnsParts,
+    ExecGuardPart,
+    ReporterPart,
     build_dns_for,
     build_exec_guard_for,
+    build_identity_for,
     build_reporter_for,
 )
-from proscribe.agent.policy_source import PolicySource
+from proscribe.agent.policy_source import PolicyInForce, PolicySource
 from proscribe.agent.process_guard import ProcessGuard
 from proscribe.agent.sdnotify import SystemdNotifier
+from proscribe.agent.sensors.enrich import Enricher
 from proscribe.agent.sensors.process import ProcessSensor
+from proscribe.agent.sensors.users import UserNames
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
 from proscribe.core import __version__
 from proscribe.core.errors import ConfigError, ProscribeError, SpoolError
-from proscribe.core.events import new_event
-from proscribe.core.policy.bundle import Offer, PolicyStore, TrustConfig
+from proscribe.core.policy.bundle import PolicyStore, TrustConfig
 from proscribe.core.policy.matchers.compiled import CompiledPolicy
 
-__all__ = ["Daemon", "build", "load_trust"]
+__all__ = ["Daemon", "PolicyChange", "build", "load_trust"]
 
 log = logging.getLogger(__name__)
 
@@ -68,78 +85,22 @@ def load_trust(config: AgentConfig) -> TrustConfig:
         raise ConfigError(f"{config.source}: policy.trusted_keys: {err}") from err
 
 
-class Daemon:
+class PolicyChange:
+    """``PolicySource``'s ``on_change``: a new policy re-judges what runs and what will run."""
+
     def __init__(
         self,
-        config: AgentConfig,
-        *,
-        spool: Spool,
-        policy: PolicySource,
         sensor: ProcessSensor,
-        guard: ProcessGuard,
+        exec_guard: ExecGuardPart | None,
+        policy: PolicyInForce,
         hostname: str,
-        reporter: Any = None,
-        dns: Any = None,
-        dns_state: str = "off",
-        clock: Callable[[], float] = time.time,
-        systemd: SystemdNotifier | None = None,
     ) -> None:
-        self.config = config
-        self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
-        self.spool = spool
-        self.policy = policy
         self.sensor = sensor
-        self.guard = guard
+        self.exec_guard = exec_guard
+        self.policy = policy
         self.hostname = hostname
-        self.reporter = reporter
-        self.dns = dns
-        self.dns_state = dns_state
-        self.dns_guard: Any = None
-        self.exec_guard: Any = None
-        self.clock = clock
-        self.started_at = clock()
-        self.errors = 0
-        self._stop = threading.Event()
-        self._stopped = threading.Event()
-        self._watchdog_withheld = False
 
-    # -- events ------------------------------------------------------------------------------
-    def host_info(self) -> dict[str, Any]:
-        agent_id = ""
-        if self.reporter is not None:
-            try:
-                agent_id = str(self.reporter.status().get("agent_id") or "")
-            except Exception:
-                log.debug("reporter status unavailable", exc_info=True)
-        return {"agent_id": agent_id, "hostname": self.hostname, "os": _os_name()}
-
-    def record_tamper(self, offer: Offer) -> None:
-        """A rejected policy: a ``tamper`` event, committed; enforcement goes on unchanged."""
-        compiled = self.policy.compiled
-        event = new_event(
-            "tamper",
-            rule=None,
-            action="reported",
-            severity="critical",
-            policy=self.guard.policy_section(compiled) if compiled is not None else None,
-            host=self.host_info(),
-            detail=f"policy rejected ({offer.kind}): {offer.reason}",
-        )
-        try:
-            if not self.spool.append(event):
-                log.error("tamper event could not be spooled")
-        except Exception:
-            log.exception("tamper event could not be spooled")
-        self.notify_reporter()
-
-    def notify_reporter(self) -> None:
-        if self.reporter is not None:
-            try:
-                self.reporter.notify()
-            except Exception:
-                log.debug("reporter.notify failed", exc_info=True)
-
-    def on_policy_change(self, compiled: CompiledPolicy) -> None:
+    def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
         log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
         self.sensor.request_sweep(full=True)  # judge every running process by the new rules
@@ -149,30 +110,55 @@ class Daemon:
             # drops the cached verdicts of the old policy
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
 
-    def heartbeat(self) -> dict[str, Any]:
-        """The heartbeat payload the reporter sends (see the collector API)."""
-        policy = self.policy.status()
-        spool = self.spool.stats()
-        return {
-            "agent_version": __version__,
-            "hostname": self.hostname,
-            "os": _os_name(),
-            "mode": self.config.agent.mode,
-            "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
-            "sensors": {"process": self.sensor.state, "dns": self.dns_state},
-            "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
-            "time": datetime.now(UTC).isoformat(),
-        }
+
+class Daemon:
+    """Runs what :func:`build` made: starts the parts, loops (repeats folded, ``status.json``
+    written, systemd's watchdog fed) until stopped, then shuts them down in order."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        spool: Spool,
+        policy: PolicySource,
+        sensor: ProcessSensor,
+        guard: ProcessGuard,
+        dns: DnsPart,
+        exec_guard: ExecGuardPart | None,
+        reporter: ReporterPart | None,
+        hostname: str,
+        clock: Callable[[], float] = time.time,
+        systemd: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
+        self.spool = spool
+        self.policy = policy
+        self.sensor = sensor
+        self.guard = guard
+        self.dns = dns
+        self.exec_guard = exec_guard
+        self.hostname = hostname
+        self.clock = clock
+        self.started_at = clock()
+        self.reporter = reporter  # None without one, or once it could not start
+        self.errors = 0  # written by the daemon's own thread only
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._watchdog_withheld = False
+
+    @property
+    def dns_state(self) -> str:
+        return self.dns.state
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         process = self.sensor.stats()
-        dns: dict[str, Any] = {"state": self.dns_state}
-        if self.dns is not None:
-            try:
-                dns.update(self.dns.stats())
-            except Exception:
-                log.debug("dns stats unavailable", exc_info=True)
+        dns: dict[str, Any] = {"state": self.dns.state}
+        try:
+            dns = self.dns.stats()
+        except Exception:
+            log.debug("dns stats unavailable", exc_info=True)
         reporter: dict[str, Any] | None = None
         if self.reporter is not None:
             try:
@@ -196,8 +182,8 @@ class Daemon:
                 "process_sensor": dict(process["drops"]),
                 "spool": dict(spool["dropped"]),
             },
-            "enforcement": dict(self.guard.counts),
-            "dns_events": dict(self.dns_guard.counts) if self.dns_guard is not None else {},
+            "enforcement": self.guard.counts.snapshot(),
+            "dns_events": self.dns.event_counts(),
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
@@ -217,13 +203,7 @@ class Daemon:
         if self.exec_guard is not None:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
         self.sensor.start()
-        if self.dns is not None:
-            try:
-                self.dns.start()
-                self.dns_state = "running"
-            except Exception as err:
-                self.dns_state = f"failed: {err}"
-                log.error("DNS sensor could not start: %s", err)
+        self.dns.start()  # cannot fail the agent: its state says what went wrong
         if self.reporter is not None:
             try:
                 self.reporter.start()
@@ -237,18 +217,17 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.start()
-        log.info("proscribe agent %s running in %s mode", __version__, self.config.agent.mode)
-        self.systemd.notify(f"READY=1\nSTATUS=running in {self.config.agent.mode} mode")
-        watchdog = self.systemd.watchdog_interval
-        next_status = time.monotonic() + self.config.agent.status_interval
-        next_ping = time.monotonic()
         try:
+            self.start()  # a part asked for that cannot run (exec-deny) ends here, cleanly
+            log.info("proscribe agent %s running in %s mode", __version__, self.config.agent.mode)
+            self.systemd.notify(f"READY=1\nSTATUS=running in {self.config.agent.mode} mode")
+            watchdog = self.systemd.watchdog_interval
+            next_status = time.monotonic() + self.config.agent.status_interval
+            next_ping = time.monotonic()
             while not self._stop.wait(min(0.5, watchdog or 0.5)):
                 try:
                     self.guard.flush_repeats()
-                    if self.dns_guard is not None:
-                        self.dns_guard.flush_repeats()
+                    self.dns.flush_repeats()
                 except Exception:
                     self.errors += 1
                     log.exception("folding repeats failed (continuing)")
@@ -287,7 +266,11 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts = (("reporter", self.reporter), ("dns", self.dns), ("exec_deny", self.exec_guard))
+        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | None], ...] = (
+            ("reporter", self.reporter),
+            ("dns", self.dns),
+            ("exec_deny", self.exec_guard),
+        )
         for name, part in parts:
             if part is not None:
                 try:
@@ -303,14 +286,6 @@ class Daemon:
         self.write_status()
         self.spool.close()
         log.info("proscribe agent stopped")
-
-
-def _os_name() -> str:
-    platform: str = sys.platform  # a plain str, so mypy does not prune the other branches
-    for prefix, name in (("linux", "linux"), ("darwin", "macos"), ("win", "windows")):
-        if platform.startswith(prefix):
-            return name
-    return platform
 
 
 def build(
@@ -339,124 +314,79 @@ def build(
     except OSError as err:
         raise SpoolError(f"{config.spool_path}: cannot open the spool: {err}") from err
     hostname = config.agent.hostname or socket.gethostname()
+    in_force = PolicyInForce(PolicyStore(state_dir, trust))
 
-    holder: dict[str, Daemon] = {}
+    # What records events: built before anything that records, shared by all of it.
+    doorbell = threading.Event()  # rung on every committed event; the reporter waits on it
+    identity = build_identity_for(config) if with_reporter else None
+    evidence = Evidence(spool, HostSection(hostname, identity), doorbell.set)
 
-    def on_tamper(offer: Offer) -> None:
-        daemon = holder.get("daemon")
-        if daemon is not None:
-            daemon.record_tamper(offer)
-        else:
-            pending_tamper.append(offer)
-
-    def on_change(compiled: CompiledPolicy) -> None:
-        daemon = holder.get("daemon")
-        if daemon is not None:
-            daemon.on_policy_change(compiled)
-
-    pending_tamper: list[Offer] = []
-    store = PolicyStore(state_dir, trust)
-    policy = PolicySource(
-        store,
-        config.policy.file,
-        on_tamper=on_tamper,
-        on_change=on_change,
-        recheck_interval=config.policy.recheck_interval,
+    users = UserNames()  # uid -> account name, one cache for every reader
+    reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
+    guard = ProcessGuard(
+        policy=in_force,
+        evidence=evidence,
+        killer=Killer(reader),
+        notifier=Notifier(config.enforce.notify),
+        window=config.dedupe.window,
+        mode=config.agent.mode,
+        hostname=hostname,
+        kill_children=config.enforce.kill_children,
     )
-    policy.load_file()
-
-    def want_sha256() -> bool:
-        compiled = policy.compiled
-        return compiled is not None and compiled.needs_sha256
-
-    def handle(facts: Any, sighting: Any) -> None:
-        guard.handle(facts, sighting)
-
-    def interesting(facts: Any) -> bool:
-        return guard.matches(facts)
-
     sensor = ProcessSensor(
         config.sensors.process,
-        handle,
-        procfs=procfs,
+        guard.handle,
+        enricher=reader,
         poll_interval=config.sensors.poll_interval,
         sweep_interval=config.sensors.sweep_interval,
         queue_size=config.sensors.queue_size,
-        want_sha256=want_sha256,
-        interesting=interesting,
+        want_sha256=in_force.needs_sha256,
+        interesting=guard.matches,
     )
-    if sensor.enricher is None:  # not Linux: the killer still needs a start-time reader
-        from proscribe.agent.sensors.enrich import Enricher
-
-        enricher = Enricher(procfs)
-    else:
-        enricher = sensor.enricher
-    deduper = Deduper(config.dedupe.window, time.monotonic)
-
-    def host_info() -> dict[str, Any]:
-        daemon = holder.get("daemon")
-        if daemon is None:
-            return {"agent_id": "", "hostname": hostname, "os": _os_name()}
-        return daemon.host_info()
-
-    def on_violation() -> None:
-        daemon = holder.get("daemon")
-        if daemon is not None:
-            daemon.notify_reporter()
-
-    guard = ProcessGuard(
+    dns = (
+        build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname, users=users)
+        if with_dns
+        else DnsParts("off")
+    )
+    exec_guard = build_exec_guard_for(
+        config,
+        policy=in_force,
+        on_denied=guard.record_exec_denial,
+        hostname=hostname,
+        users=users,
+    )
+    policy = PolicySource(
+        in_force,
+        config.policy.file,
+        on_tamper=TamperRecorder(evidence),
+        on_change=PolicyChange(sensor, exec_guard, in_force, hostname),
+        recheck_interval=config.policy.recheck_interval,
+    )
+    policy.load_file()
+    heartbeat = Heartbeat(
+        hostname=hostname,
+        mode=config.agent.mode,
         policy=policy,
         spool=spool,
-        killer=Killer(enricher),
-        notifier=Notifier(config.enforce.notify),
-        deduper=deduper,
-        mode=config.agent.mode,
+        process=sensor,
+        dns=dns,
+    )
+    reporter = build_reporter_for(
+        config,
+        spool=spool,
+        identity=identity,
+        heartbeat=heartbeat,
+        on_policy=lambda data, sig: policy.offer(data, sig, "collector"),
+        wake=doorbell,
+    )
+    return Daemon(
+        config,
+        spool=spool,
+        policy=policy,
+        sensor=sensor,
+        guard=guard,
+        dns=dns,
+        exec_guard=exec_guard,
+        reporter=reporter,
         hostname=hostname,
-        host_info=host_info,
-        kill_children=config.enforce.kill_children,
-        on_violation=on_violation,
     )
-    daemon = Daemon(
-        config, spool=spool, policy=policy, sensor=sensor, guard=guard, hostname=hostname
-    )
-    holder["daemon"] = daemon
-    for offer in pending_tamper:
-        daemon.record_tamper(offer)
-    if with_reporter:
-        daemon.reporter = build_reporter_for(config, daemon)
-    if with_dns and config.sensors.dns != "off":
-        daemon.dns, daemon.dns_state = build_dns_for(config, daemon)
-    daemon.exec_guard = build_exec_guard_for(config, daemon)
-    return daemon
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m proscribe.agent.daemon --config FILE``: the daemon without the CLI around it.
-
-    ``proscribe agent run`` is the documented way; this entry point is kept for service
-    managers that prefer a module path.
-    """
-    import argparse
-
-    from proscribe.agent.config import load_agent_config
-
-    parser = argparse.ArgumentParser(prog="proscribe agent run")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        build(load_agent_config(args.config)).run()
-    except ProscribeError as err:
-        print(f"proscribe: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,45 +1,123 @@
-"""The daemon's optional collaborators, each imported lazily so the agent runs without them.
+"""The daemon's optional parts, each imported lazily so the agent runs without them, and the
+Protocols the daemon sees them through.
 
-* the reporter, when ``[collector]`` is configured: without it (or if it cannot be built)
-  events stay in the spool;
-* the DNS sensor (``proscribe.agent.sensors.dns``) with :class:`DnsGuard` deciding and
-  recording: when the chosen mode cannot run here the agent goes on without DNS and says why;
-* the fanotify pre-exec guard (``[enforce] exec_deny_mounts``), Linux only: asked for
-  explicitly, so when it cannot run the agent refuses to start with a clear error.
+* the reporter (:class:`ReporterPart`), when ``[collector]`` is configured: without it (or if it
+  cannot be built) events stay in the spool. Its identity (key and agent id) is built first, on
+  its own, because every event's ``host`` section names the agent id;
+* the DNS part (:class:`DnsPart`, made as :class:`DnsParts`): the DNS sensor
+  (``proscribe.agent.sensors.dns``) with the :class:`~proscribe.agent.dns_guard.DnsGuard`
+  deciding and recording, and the encrypted-DNS watch; when the chosen mode cannot run here
+  the agent goes on without DNS and its ``state`` says why;
+* the fanotify pre-exec guard (:class:`ExecGuardPart`, ``[enforce] exec_deny_mounts``), Linux
+  only: asked for explicitly, so when it cannot run the agent refuses to start with a clear
+  error.
+
+Each builder takes what it needs as arguments; none of them sees the daemon.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proscribe.agent.config import AgentConfig
+from proscribe.agent.evidence import Evidence
+from proscribe.agent.policy_source import PolicyInForce
+from proscribe.agent.sensors.users import UserNames
+from proscribe.agent.spool import Spool
 from proscribe.core.errors import ConfigError, ProscribeError
 
 if TYPE_CHECKING:
-    from proscribe.agent.daemon import Daemon
+    from proscribe.agent.dns_guard import DnsGuard
+    from proscribe.agent.enforce.exec_verdicts import Decide, OnDenied
+    from proscribe.agent.reporter import IdentityStore
+    from proscribe.agent.sensors.dns import DnsSensor, ProcessAttributor
+    from proscribe.agent.sensors.dns.encrypted import EncryptedDnsConnection, EncryptedDnsWatch
 
-__all__ = ["build_dns_for", "build_exec_guard_for", "build_reporter_for"]
+__all__ = [
+    "DnsPart",
+    "DnsParts",
+    "ExecGuardPart",
+    "ReporterPart",
+    "build_dns_for",
+    "build_exec_guard_for",
+    "build_identity_for",
+    "build_reporter_for",
+]
 
 log = logging.getLogger(__name__)
 
 
-def build_reporter_for(config: AgentConfig, daemon: Daemon) -> Any:
-    """The reporter when ``[collector]`` is configured; unavailable, events stay spooled."""
-    collector = config.collector
-    if collector is None:
+class ReporterPart(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+class DnsPart(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def event_counts(self) -> dict[str, int]: ...
+
+    def flush_repeats(self) -> None: ...
+
+
+class ExecGuardPart(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def set_decider(self, decide: Decide) -> None: ...
+
+
+def build_identity_for(config: AgentConfig) -> IdentityStore | None:
+    """The agent's key and collector-given id when ``[collector]`` is configured."""
+    if config.collector is None:
         return None
     try:
-        from proscribe.agent.reporter import build_reporter
+        from proscribe.agent.reporter import build_identity
     except ImportError as err:
         log.warning("reporter not available (%s); events stay in the spool", err)
         return None
+    return build_identity(config)  # a ConfigError (state_dir) stops the agent: fix the config
+
+
+def build_reporter_for(
+    config: AgentConfig,
+    *,
+    spool: Spool,
+    identity: IdentityStore | None,
+    heartbeat: Callable[[], dict[str, Any]],
+    on_policy: Callable[[bytes, bytes], object],
+    wake: threading.Event,
+) -> ReporterPart | None:
+    """The reporter when ``[collector]`` is configured; unavailable, events stay spooled."""
+    if config.collector is None or identity is None:
+        return None
+    from proscribe.agent.reporter import build_reporter
+
     try:
         return build_reporter(
             config,
-            spool=daemon.spool,
-            heartbeat_source=daemon.heartbeat,
-            on_policy=lambda data, sig: daemon.policy.offer(data, sig, "collector"),
+            spool=spool,
+            identity=identity,
+            heartbeat_source=heartbeat,
+            on_policy=on_policy,
+            wake=wake,
         )
     except ProscribeError:
         raise  # a bad [collector] key: the user must fix the config
@@ -48,60 +126,130 @@ def build_reporter_for(config: AgentConfig, daemon: Daemon) -> Any:
         return None
 
 
-def build_dns_for(config: AgentConfig, daemon: Daemon) -> tuple[Any, str]:
-    """The DNS sensor, imported lazily. When it cannot run here the agent goes on without it:
-    process enforcement matters more; the reason is logged at ERROR and shown in status."""
+class DnsParts:
+    """The DNS sensor, the encrypted-DNS watch and the guard recording what they see, started
+    and stopped as one part. ``state`` says whether it runs and, when not, why."""
+
+    def __init__(
+        self,
+        state: str,
+        *,
+        guard: DnsGuard | None = None,
+        sensor: DnsSensor | None = None,
+        watch: EncryptedDnsWatch | None = None,
+        attributor: ProcessAttributor | None = None,
+    ) -> None:
+        self.state = state
+        self.guard = guard
+        self.sensor = sensor
+        self.watch = watch
+        self._attributor = attributor
+
+    def start(self) -> None:
+        if self.sensor is None:
+            return
+        try:
+            self.sensor.start()
+        except Exception as err:  # the process sensor matters more: go on without DNS
+            self.state = f"failed: {err}"
+            log.error("DNS sensor could not start: %s", err)
+            return
+        self.state = "running"
+        if self.watch is not None:
+            try:
+                self.watch.start()
+            except Exception:
+                log.exception("encrypted DNS watch could not start (DNS sensor unaffected)")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self.watch is not None:
+            self.watch.stop(timeout)
+        if self._attributor is not None:
+            self._attributor.close()
+        if self.sensor is not None:
+            self.sensor.stop(timeout)
+        if self.guard is not None:
+            self.guard.flush_repeats()  # the last repeats, before the spool closes
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"state": self.state}
+        if self.sensor is not None:
+            stats.update(self.sensor.stats())
+        if self.watch is not None:
+            stats["encrypted_dns"] = dict(self.watch.counts)
+        return stats
+
+    def event_counts(self) -> dict[str, int]:
+        """The guard's counts of ``dns`` events by action (``dns_events`` in status)."""
+        return self.guard.counts.snapshot() if self.guard is not None else {}
+
+    def flush_repeats(self) -> None:
+        if self.guard is not None:
+            self.guard.flush_repeats()
+
+
+def build_dns_for(
+    config: AgentConfig,
+    *,
+    policy: PolicyInForce,
+    evidence: Evidence,
+    hostname: str,
+    users: UserNames,
+) -> DnsPart:
+    """The DNS part for ``[sensors] dns``, imported lazily. When it cannot run here the agent
+    goes on without it: process enforcement matters more; the reason is logged at ERROR and
+    shown in status."""
+    mode = config.sensors.dns
+    if mode == "off":
+        return DnsParts("off")
     try:
         from proscribe.agent.dns_guard import DnsGuard
         from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
     except ImportError as err:
         log.error("DNS sensor not available in this build (%s)", err)
-        return None, "unavailable"
-    mode = config.sensors.dns
+        return DnsParts("unavailable")
     guard = DnsGuard(
-        policy=daemon.policy,
-        spool=daemon.spool,
-        hostname=daemon.hostname,
-        host_info=daemon.host_info,
-        on_violation=daemon.notify_reporter,
-        window=config.dedupe.window,
+        policy=policy, evidence=evidence, hostname=hostname, window=config.dedupe.window
     )
-    daemon.dns_guard = guard
     try:
         settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
-        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide)
+        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide, users=users)
     except ProscribeError as err:
         log.error("DNS sensor (%s) not started: %s", mode, err)
-        return None, f"unavailable: {err}"
+        return DnsParts(f"unavailable: {err}", guard=guard)
     except Exception as err:
         log.exception("DNS sensor (%s) could not be built", mode)
-        return None, f"failed: {err}"
-    built = _encrypted_dns_watch(config, guard)
-    if built is not None:
-        sensor = DnsParts(sensor, *built)
-    return sensor, "starting"
+        return DnsParts(f"failed: {err}", guard=guard)
+    watch, attributor = _encrypted_dns_watch(config, guard.on_encrypted, users)
+    return DnsParts("starting", guard=guard, sensor=sensor, watch=watch, attributor=attributor)
 
 
-def _encrypted_dns_watch(config: AgentConfig, guard: Any) -> tuple[Any, Any] | None:
+def _encrypted_dns_watch(
+    config: AgentConfig,
+    on_connection: Callable[[EncryptedDnsConnection], None],
+    users: UserNames,
+) -> tuple[EncryptedDnsWatch | None, ProcessAttributor | None]:
     """The DoT/DoH connection watch (``[dns] watch_encrypted``), Linux only, and the
     attributor it owns (closed with it)."""
-    import sys
-
     if not config.dns.watch_encrypted or not sys.platform.startswith("linux"):
-        return None
+        return None, None
     from proscribe.agent.sensors.dns import ProcessAttributor
-    from proscribe.agent.sensors.dns.encrypted import EncryptedDnsWatch, resolver_table
+    from proscribe.agent.sensors.dns.encrypted import (
+        EncryptedDnsWatch,
+        TcpConnection,
+        resolver_table,
+    )
 
-    attributor = ProcessAttributor()
+    attributor = ProcessAttributor(users=users)
 
-    def attribute(connection: Any) -> tuple[Any, str | None] | None:
+    def attribute(connection: TcpConnection) -> tuple[dict[str, Any] | None, str | None] | None:
         found = attributor.attribute(connection.transport, connection.local, connection.remote)
         if found.forwarded:
             return None  # a stub resolver (e.g. resolved with DNSOverTLS): apps' queries seen
         return found.process, found.reason
 
     watch = EncryptedDnsWatch(
-        guard.on_encrypted,
+        on_connection,
         attribute,
         window=max(config.dedupe.window, 3600.0),
         resolvers=resolver_table(config.dns.doh_resolvers),
@@ -109,38 +257,17 @@ def _encrypted_dns_watch(config: AgentConfig, guard: Any) -> tuple[Any, Any] | N
     return watch, attributor
 
 
-class DnsParts:
-    """The DNS sensor and the encrypted-DNS watch, started and stopped as one part."""
-
-    def __init__(self, sensor: Any, watch: Any, attributor: Any) -> None:
-        self.sensor = sensor
-        self.watch = watch
-        self._attributor = attributor
-
-    def start(self) -> None:
-        self.sensor.start()  # its failure is the DNS state's (the daemon reports it)
-        try:
-            self.watch.start()
-        except Exception:
-            log.exception("encrypted DNS watch could not start (DNS sensor unaffected)")
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self.watch.stop(timeout)
-        self._attributor.close()
-        self.sensor.stop(timeout)
-
-    def stats(self) -> dict[str, Any]:
-        stats = dict(self.sensor.stats())
-        stats["encrypted_dns"] = dict(self.watch.counts)
-        return stats
-
-
-def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:
+def build_exec_guard_for(
+    config: AgentConfig,
+    *,
+    policy: PolicyInForce,
+    on_denied: OnDenied,
+    hostname: str,
+    users: UserNames,
+) -> ExecGuardPart | None:
     """The pre-exec guard when ``enforce.exec_deny_mounts`` names mounts, else ``None``."""
     if not config.enforce.exec_deny_mounts:
         return None
-    import sys
-
     if not sys.platform.startswith("linux"):
         raise ConfigError(
             f"{config.source}: enforce.exec_deny_mounts: pre-exec deny needs Linux fanotify "
@@ -148,52 +275,12 @@ def build_exec_guard_for(config: AgentConfig, daemon: Daemon) -> Any:
         )
     from proscribe.agent.enforce.exec_deny import build_exec_guard
 
-    def on_denied(request: Any, verdict: Any) -> None:
-        record_exec_denied(daemon, request, verdict)
-
     return build_exec_guard(
-        {
-            "exec_deny_mounts": list(config.enforce.exec_deny_mounts),
-            "exec_deny_timeout_ms": config.enforce.exec_deny_timeout_ms,
-            "exec_deny_cache_size": config.enforce.exec_deny_cache_size,
-        },
-        lambda: daemon.policy.compiled,
+        config.enforce,
+        lambda: policy.compiled,
         on_denied,
         config.agent.mode,
-        host=daemon.hostname,
-        now=daemon.policy.now,
+        host=hostname,
+        now=policy.now,
+        users=users,
     )
-
-
-def record_exec_denied(daemon: Daemon, request: Any, verdict: Any) -> None:
-    """Commit a ``process`` event for an exec the guard refused (or would have, in monitor)."""
-    from os.path import basename
-
-    from proscribe.agent.process_guard import process_section
-    from proscribe.core.events import new_event
-    from proscribe.core.policy.matchers import ProcessFacts
-
-    compiled = daemon.policy.compiled
-    facts = ProcessFacts(
-        pid=request.pid,
-        name=basename(request.path)[:15],
-        exe=request.path,
-        user=request.user or "",
-        uid=request.uid,
-        sha256=request.sha256,
-    )
-    severity = next((d.severity for d in verdict.decisions if d.rule_id == verdict.rule_id), "high")
-    event = new_event(
-        "process",
-        rule=verdict.rule_id,
-        action=verdict.action,
-        severity=severity,
-        policy=daemon.guard.policy_section(compiled) if compiled is not None else None,
-        host=daemon.host_info(),
-        process=process_section(facts),
-        detail=f"{verdict.reason} (exec refused before start)"
-        if verdict.action == "denied"
-        else f"{verdict.reason} (monitor: exec would have been refused)",
-    )
-    if daemon.spool.append(event):
-        daemon.notify_reporter()

@@ -4,13 +4,15 @@
 :class:`~proscribe.core.policy.bundle.PolicyStore` (which verifies signatures and applies
 anti-rollback and expiry) at start, whenever watchdog reports a change to either file, every
 ``recheck_interval`` seconds as a safety net, and when the reporter fetches a policy from the
-collector. The compiled policy is replaced in one attribute assignment, so checkers on other
-threads always see a whole policy.
+collector. What checkers judge by is a :class:`PolicyInForce`, built before them (they read it;
+the source writes it): the compiled policy is replaced in one attribute assignment, so checkers
+on other threads always see a whole policy.
 
-A rejected offer never replaces the last good policy; it is reported through ``on_tamper`` (the
-daemon turns that into a ``tamper`` event). Because an editor or installer writes the policy and
-its signature one after the other, a rejection is only reported once both files have stopped
-changing for ``settle`` seconds, and the same file pair is reported once.
+A rejected offer never replaces the last good policy; it is reported through ``on_tamper`` with
+the policy still in force (the agent turns that into a ``tamper`` event). Because an editor or
+installer writes the policy and its signature one after the other, a rejection is only reported
+once both files have stopped changing for ``settle`` seconds, and the same file pair is
+reported once.
 """
 
 from __future__ import annotations
@@ -28,35 +30,55 @@ from proscribe.core.policy.bundle import MAX_POLICY_BYTES, Offer, PolicyStore, r
 from proscribe.core.policy.matchers.compiled import CompiledPolicy
 from proscribe.core.policy.model import Policy
 
-__all__ = ["PolicySource"]
+__all__ = ["PolicyInForce", "PolicySource"]
 
 log = logging.getLogger(__name__)
 
-TamperCallback = Callable[[Offer], None]
+TamperCallback = Callable[[Offer, CompiledPolicy | None], None]
 ChangeCallback = Callable[[CompiledPolicy], None]
+
+
+class PolicyInForce:
+    """The compiled policy checkers judge by (``None`` before the first one) and the time to
+    judge by. Written only by :class:`PolicySource`."""
+
+    def __init__(
+        self, store: PolicyStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.compiled: CompiledPolicy | None = None
+
+    def now(self) -> datetime:
+        """The time to judge by: never earlier than the latest time seen (clock set back)."""
+        return self.store.effective_time(self.clock())
+
+    def needs_sha256(self) -> bool:
+        """Whether some rule of the policy in force matches executables by hash."""
+        compiled = self.compiled
+        return compiled is not None and compiled.needs_sha256
 
 
 class PolicySource:
     def __init__(
         self,
-        store: PolicyStore,
+        in_force: PolicyInForce,
         policy_file: Path,
         *,
         on_tamper: TamperCallback,
         on_change: ChangeCallback | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         settle: float = 0.5,
         recheck_interval: float = 60.0,
     ) -> None:
-        self.store = store
+        self.in_force = in_force
+        self.store = in_force.store
+        self.clock = in_force.clock
         self.policy_file = policy_file
         self.sig_file = policy_file.with_name(policy_file.name + ".sig")
         self.on_tamper = on_tamper
         self.on_change = on_change
-        self.clock = clock
         self.settle = settle
         self.recheck_interval = recheck_interval
-        self.compiled: CompiledPolicy | None = None
         self.last_offer: Offer | None = None
         self.last_rejection: dict[str, Any] | None = None
         self.rejections = 0
@@ -68,14 +90,17 @@ class PolicySource:
         self._observer: Any = None
         self._reported: str | None = None  # digest of the file pair last reported as tamper
         self._superseded: str | None = None  # digest of a file pair a collector policy replaced
-        current = store.current()
+        current = self.store.current()
         if current is not None:
             self._install(current)
 
     # -- reading -----------------------------------------------------------------------------
+    @property
+    def compiled(self) -> CompiledPolicy | None:
+        return self.in_force.compiled
+
     def now(self) -> datetime:
-        """The time to judge by: never earlier than the latest time seen (clock set back)."""
-        return self.store.effective_time(self.clock())
+        return self.in_force.now()
 
     def load_file(self) -> Offer | None:
         """Offer the file pair on disk; None when there is nothing to offer yet."""
@@ -149,12 +174,12 @@ class PolicySource:
                         "origin": origin,
                     }
                     log.error("policy rejected (%s): %s", offer.kind, offer.reason)
-                    self.on_tamper(offer)
+                    self.on_tamper(offer, self.in_force.compiled)
             return offer
 
     def _install(self, policy: Policy) -> None:
         compiled = CompiledPolicy.compile(policy)
-        self.compiled = compiled
+        self.in_force.compiled = compiled
         if self.on_change is not None:
             self.on_change(compiled)
 

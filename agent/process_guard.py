@@ -2,7 +2,12 @@
 
 Order matters and is fixed: decide → de-duplicate → **commit the event to the spool** → act
 (kill) → tell the user. The event is the evidence, so it is durable before anything happens to
-the process.
+the process. De-duplication and folding of repeats follow the agent's one rule
+(:mod:`proscribe.agent.repeats`): one event per (rule, action, process); starts of the same
+executable within the window fold into the first one's count.
+
+The pre-exec guard's refusals are process events too: :meth:`ProcessGuard.record_exec_denial`
+records them (folded per rule and executable) on the exec guard's reporting thread.
 
 Recording the outcome: the event committed before acting already carries the intended action
 (``killed`` in enforce mode for a ``block`` rule; ``would_block`` in monitor mode; ``reported``
@@ -16,85 +21,53 @@ reused) before the signal is logged, not reported as a failure: it is no longer 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
-from proscribe.agent.dedupe import Deduper
+from proscribe.agent.counters import Counters
 from proscribe.agent.enforce.kill import Killer, KillOutcome
 from proscribe.agent.enforce.notify import Notifier, session_env
-from proscribe.agent.policy_source import PolicySource
+from proscribe.agent.evidence import Evidence
+from proscribe.agent.policy_source import PolicyInForce
+from proscribe.agent.repeats import RepeatFolder
+from proscribe.agent.sensors.enrich import process_ref
 from proscribe.agent.sensors.process import Sighting
-from proscribe.core.events import MAX_CMDLINE_ITEMS, Event, clip, new_event
+from proscribe.core.events import Event
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
-from proscribe.core.policy.matchers.process import ProcessFacts
+from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
-__all__ = ["EventSink", "ProcessGuard", "process_section"]
+if TYPE_CHECKING:
+    from proscribe.agent.enforce.exec_verdicts import ExecRequest, ExecVerdict
+
+__all__ = ["ProcessGuard"]
 
 log = logging.getLogger(__name__)
-
-
-class EventSink(Protocol):
-    """What the guard needs from the spool (``Spool`` satisfies it)."""
-
-    def append(self, event: Event) -> bool: ...
-
-    def bump_count(self, event_id: str, n: int = 1) -> bool: ...
-
-
-def process_section(facts: ProcessFacts) -> dict[str, Any]:
-    """The event schema's ``process`` object, clipped to the wire limits."""
-    return {
-        "pid": facts.pid,
-        "ppid": facts.ppid,
-        "name": clip(facts.name),
-        "exe": clip(facts.exe),
-        "cmdline": [clip(a) for a in facts.cmdline[:MAX_CMDLINE_ITEMS]],
-        "user": clip(facts.user),
-        "sha256": facts.sha256,
-    }
 
 
 class ProcessGuard:
     def __init__(
         self,
         *,
-        policy: PolicySource,
-        spool: EventSink,
+        policy: PolicyInForce,
+        evidence: Evidence,
         killer: Killer,
         notifier: Notifier,
-        deduper: Deduper,
+        window: float,
         mode: str,
         hostname: str,
-        host_info: Callable[[], dict[str, Any]],
         kill_children: bool = False,
-        on_violation: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
-        self.spool = spool
+        self.evidence = evidence
         self.killer = killer
         self.notifier = notifier
-        self.deduper = deduper
         self.mode = mode
         self.hostname = hostname
-        self.host_info = host_info
         self.kill_children = kill_children
-        self.on_violation = on_violation
-        self.counts: Counter[str] = Counter()
-        self.clock = clock
-        self.flush_interval = 0.5
-        self._last_flush = clock()
-        # event id -> (repeats not yet written, an event to re-send them in, rule key, series)
-        self._repeats: dict[str, tuple[int, Event, str, str]] = {}
-        self._lock = threading.Lock()
-
-    def policy_section(self, compiled: CompiledPolicy) -> dict[str, Any]:
-        meta = compiled.policy.meta
-        return {"id": meta.id, "serial": meta.serial, "sha256": compiled.policy.sha256}
+        self.counts = Counters()  # the checker, the exec guard's reporter and the daemon loop
+        self.repeats = RepeatFolder(evidence, window, counts=self.counts, clock=clock)
 
     def event_action(self, decision: Decision) -> str:
         if decision.exempted_by is not None:
@@ -140,81 +113,87 @@ class ProcessGuard:
         action: str,
         sighting: Sighting,
     ) -> Event | None:
-        """Spool the event (or fold it into a count); None when it is a duplicate."""
+        """Commit the event (or fold it into its series' count); None for a duplicate."""
         rule_key = f"{decision.rule_id}/{action}"
-        # the series a repeat folds into: the executable, or the name when it could not be read
-        # (a zombie or a process exiting while it was read)
-        series = facts.exe or f"comm:{facts.name}"
-        verdict = self.deduper.judge(rule_key, facts.pid, facts.start_time, series)
-        if verdict.kind == "duplicate":
-            return None
-        event = new_event(
-            "process",
-            rule=decision.rule_id,
-            action=action,
-            severity=decision.severity,
-            policy=self.policy_section(compiled),
-            host=self.host_info(),
-            process=process_section(facts),
-            detail=f"{decision.explanation} (seen by {sighting.source})",
-        )
-        if verdict.kind == "repeat" and verdict.event_id is not None:
-            # Counted in memory and folded into the spooled event by flush_repeats(): one
-            # write per series and half-second instead of one fsync per start, so a storm of
-            # repeats cannot starve the checker. The series' first event was committed before
-            # its first action; a repeat is acted on without waiting for its count's commit.
-            with self._lock:
-                n, _, _, _ = self._repeats.get(verdict.event_id, (0, event, rule_key, series))
-                self._repeats[verdict.event_id] = (n + 1, event, rule_key, series)
-            self.counts["folded"] += 1
-            self.flush_repeats(force=False)
-            return event
-        stored = self._append(event)
-        if stored:
-            self.deduper.recorded(rule_key, series, event["id"], verdict.count)
-            self.counts[action] += 1
-            self.on_violation()
-        else:
-            self.counts["unspooled"] += 1
-            log.error(
-                "event for pid %s (rule %s) could not be spooled", facts.pid, decision.rule_id
+
+        def build() -> Event:
+            return self.evidence.event(
+                "process",
+                rule=decision.rule_id,
+                action=action,
+                severity=decision.severity,
+                judged_by=compiled,
+                process=process_ref(facts),
+                detail=f"{decision.explanation} (seen by {sighting.source})",
             )
-        log.info(
-            "%s: pid %s %s (%s)", action, facts.pid, facts.name or facts.exe, decision.explanation
+
+        # The series a repeat folds into: the executable, or the name when it could not be
+        # read (a zombie or a process exiting while it was read). A repeat is acted on without
+        # waiting for its count's commit: its series' first event was committed before acting.
+        recorded = self.repeats.record(
+            (rule_key, facts.exe or f"comm:{facts.name}"),
+            build,
+            occurrence=(rule_key, facts.pid, facts.start_time),
         )
-        return event
+        if recorded.kind == "first":
+            if recorded.stored:
+                self.counts.add(action)
+            else:
+                self.counts.add("unspooled")
+                log.error(
+                    "event for pid %s (rule %s) could not be spooled", facts.pid, decision.rule_id
+                )
+            log.info(
+                "%s: pid %s %s (%s)",
+                action,
+                facts.pid,
+                facts.name or facts.exe,
+                decision.explanation,
+            )
+        return recorded.event
+
+    def record_exec_denial(self, request: ExecRequest, verdict: ExecVerdict) -> None:
+        """The exec guard's ``on_denied``: a ``process`` event for an exec it refused (or, in
+        monitor mode, would have refused), folded per rule and executable."""
+        facts = ProcessFacts(
+            pid=request.pid,
+            name=basename(request.path)[:COMM_MAX],
+            exe=request.path,
+            user=request.user or "",
+            uid=request.uid,
+            euid=request.euid,
+            sha256=request.sha256,
+        )
+        severity = next(
+            (d.severity for d in verdict.decisions if d.rule_id == verdict.rule_id), "high"
+        )
+        compiled = self.policy.compiled
+        how = (
+            "exec refused before start"
+            if verdict.action == "denied"
+            else "monitor: exec would have been refused"
+        )
+
+        def build() -> Event:
+            return self.evidence.event(
+                "process",
+                rule=verdict.rule_id,
+                action=verdict.action,
+                severity=severity,
+                judged_by=compiled,
+                process=process_ref(facts),
+                detail=f"{verdict.reason} ({how})",
+            )
+
+        # its own series: the process sensor's sighting of the same exec is another report
+        series = ("exec", verdict.rule_id, verdict.action, request.path)
+        recorded = self.repeats.record(series, build)
+        if recorded.kind == "first" and not recorded.stored:
+            self.counts.add("unspooled")
 
     def flush_repeats(self, *, force: bool = True) -> None:
-        """Fold counted repeats into their spooled events (a new event if one was sent)."""
-        now = self.clock()
-        with self._lock:
-            if not self._repeats or (not force and now - self._last_flush < self.flush_interval):
-                return
-            pending, self._repeats = self._repeats, {}
-            self._last_flush = now
-        for event_id, (n, template, rule_key, series) in pending.items():
-            if self._bump(event_id, n):
-                continue
-            # the first event was already delivered: these repeats travel in a new one
-            event = dict(template, id=str(uuid.uuid4()), count=n)
-            if self._append(event):
-                self.deduper.recorded(rule_key, series, event["id"], n)
-            else:
-                self.counts["unspooled"] += 1
-
-    def _append(self, event: Event) -> bool:
-        try:
-            return bool(self.spool.append(event))
-        except Exception:
-            log.exception("spool append failed")
-            return False
-
-    def _bump(self, event_id: str, n: int = 1) -> bool:
-        try:
-            return bool(self.spool.bump_count(event_id, n))
-        except Exception:
-            log.exception("spool bump_count failed")
-            return False
+        """Fold counted repeats into their events (the daemon's loop and shutdown call it)."""
+        self.repeats.flush(force=force)
 
     def _enforce(
         self, compiled: CompiledPolicy, facts: ProcessFacts, decision: Decision, event: Event
@@ -224,7 +203,7 @@ class ProcessGuard:
         env = session_env(facts.pid, self.killer.procfs) if self.notifier.enabled else {}
         outcome = self.killer.kill(facts.pid, facts.start_time, children=children)
         if outcome.killed:
-            self.counts["kill_ok"] += 1
+            self.counts.add("kill_ok")
             self.notifier.tell(
                 "Program stopped by Proscribe",
                 f"{facts.name or facts.exe} (pid {facts.pid}) was stopped: {decision.message}",
@@ -233,10 +212,10 @@ class ProcessGuard:
             )
             return
         if outcome.gone:
-            self.counts["kill_target_gone"] += 1
+            self.counts.add("kill_target_gone")
             log.info("pid %s exited before it could be killed (%s)", facts.pid, outcome.reason)
             return
-        self.counts["kill_failed"] += 1
+        self.counts.add("kill_failed")
         self._record_failure(compiled, facts, decision, event, outcome)
 
     def _record_failure(
@@ -250,14 +229,13 @@ class ProcessGuard:
         log.error(
             "could not kill pid %s (rule %s): %s", facts.pid, decision.rule_id, outcome.reason
         )
-        follow_up = new_event(
+        follow_up = self.evidence.event(
             "process",
             rule=decision.rule_id,
             action="failed",
             severity=decision.severity,
-            policy=self.policy_section(compiled),
-            host=self.host_info(),
-            process=process_section(facts),
+            judged_by=compiled,
+            process=process_ref(facts),
             detail=f"kill not done: {outcome.reason}; outcome of event {event['id']}",
         )
-        self._append(follow_up)
+        self.evidence.commit(follow_up)

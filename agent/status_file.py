@@ -1,38 +1,31 @@
 """``state_dir/status.json``: what the running daemon last said about itself.
 
-Written atomically (temp file, fsync, rename) every few seconds by the daemon and read by
-``proscribe agent status``, which must work whether or not the daemon runs: a status whose
-writer pid is gone, or which is older than three write intervals, is shown as not running.
+Written atomically (:func:`proscribe.core.fs.atomic_write`) every few seconds by the daemon and
+read by ``proscribe agent status``, which must work whether or not the daemon runs: a status
+whose writer pid is gone, or which is older than three write intervals, is shown as not running.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from proscribe.core.fs import atomic_write
 
 __all__ = ["daemon_alive", "read_status", "write_status"]
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(status, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(status, indent=2, sort_keys=True, default=str), 0o644)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
+    """A status JSON object written by the daemon (``status.json``) or its reporter
+    (``reporter.json``); ``None`` when missing, unreadable or not an object."""
     try:
         with path.open(encoding="utf-8") as fh:
             value = json.load(fh)

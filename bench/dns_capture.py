@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from proscribe.agent.sensors.dns import DnsObservation, DnsSettings, Verdict, build_dns_sensor
+from proscribe.agent.sensors.dns import DnsObservation, DnsSettings, NameVerdict, build_dns_sensor
 from proscribe.core.policy.matchers.domain import DomainMatcher
 
 SERVER = "127.53.0.3"
@@ -119,9 +119,9 @@ def main() -> int:
     time.sleep(0.3)
     matcher = DomainMatcher.from_names(["deepseek.com"], "deepseek-web")
 
-    def decide(name: str, process: object) -> Verdict | None:
+    def decide(name: str, process: object) -> NameVerdict | None:
         match = matcher.match(name)
-        return Verdict(block=True, rule_id=match.rule_id) if match else None
+        return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     counter = Counter()
     sensor = build_dns_sensor("capture", DnsSettings(), counter, decide)

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, ProcessAttributor, Verdict
+from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, NameVerdict, ProcessAttributor
 from proscribe.core.policy.matchers.domain import DomainMatcher
 from tests.support.domain_lists import AI_LISTS, read_domain_list
 from tests.support.ports import free_udp_port
@@ -132,9 +132,9 @@ def main() -> int:
         with lock:
             observations.append(observation)
 
-    def decide(name: str, process: object) -> Verdict | None:
+    def decide(name: str, process: object) -> NameVerdict | None:
         match = matcher.match(name)
-        return Verdict(block=True, rule_id=match.rule_id) if match else None
+        return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     attributor = ProcessAttributor()
     proxy = DnsProxy(

@@ -28,19 +28,21 @@ from typing import Any
 
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import Daemon, build
+from proscribe.agent.spool import Spool
 from tests.support.agent_harness import Signer, policy_text, write_config
 
 
 class CommitClock:
-    """Wraps the spool: records when each process's event was committed."""
+    """Stands in for the spool's ``append``: records when each process's event was committed."""
 
-    def __init__(self, spool: Any) -> None:
-        self.spool = spool
+    def __init__(self, spool: Spool) -> None:
+        self.append_to_spool = spool.append
         self.committed: dict[int, float] = {}
         self.cond = threading.Condition()
+        spool.append = self.append  # type: ignore[method-assign]
 
     def append(self, event: dict[str, Any]) -> bool:
-        ok = bool(self.spool.append(event))
+        ok = bool(self.append_to_spool(event))
         now = time.monotonic()
         pid = (event.get("process") or {}).get("pid")
         with self.cond:
@@ -48,9 +50,6 @@ class CommitClock:
                 self.committed.setdefault(pid, now)
             self.cond.notify_all()
         return ok
-
-    def bump_count(self, event_id: str, n: int = 1) -> bool:
-        return False  # every start gets its own event, so each one is timed
 
     def wait(self, pid: int, timeout: float) -> float | None:
         deadline = time.monotonic() + timeout
@@ -71,9 +70,10 @@ def start_daemon(tmp: Path, mode: str, process: str, poll_interval: float) -> Da
     text = config_path.read_text().replace(
         "poll_interval = 0.2", f"poll_interval = {poll_interval}"
     )
-    config_path.write_text(text.replace("sweep_interval = 5", "sweep_interval = 3600"))
+    text = text.replace("sweep_interval = 5", "sweep_interval = 3600")
+    # no folding: every start is its own event, so each one is timed
+    config_path.write_text(text + "\n[dedupe]\nwindow = 0\n")
     daemon = build(load_agent_config(config_path), with_reporter=False, with_dns=False)
-    daemon.guard.deduper.window = 0  # no folding: every start is its own event
     daemon.start()
     time.sleep(1.0)  # first sweep done
     return daemon
@@ -96,7 +96,6 @@ def commit_latency(process: str, starts: int, poll_interval: float) -> tuple[lis
     tmp = tmp.rename(tmp.with_name(tmp.name + secrets.token_hex(3)))
     daemon = start_daemon(tmp, "monitor", process, poll_interval)
     clock = CommitClock(daemon.spool)
-    daemon.guard.spool = clock  # type: ignore[assignment]
     binary = tmp / f"dsk{tmp.name[-6:]}-lat"
     shutil.copy2("/bin/sleep", binary)
     pids: dict[int, float] = {}

@@ -8,12 +8,14 @@ committed to the spool, and is the idempotency key end to end::
      "action": "reported|would_block|killed|denied|sinkholed|exempted", "severity": "high",
      "host": {"agent_id": "…", "hostname": "…", "os": "linux"},
      "process": {"pid": 4242, "ppid": 1, "name": "…", "exe": "…", "cmdline": ["…"],
-                 "user": "alice", "sha256": "…"},
+                 "user": "alice", "uid": 1000, "euid": 1000, "sha256": "…"},
      "dns": {"qname": "chat.deepseek.com", "qtype": "A", "resolver": "127.0.0.53"},
      "file": {"path": "…"}, "detail": "free text", "count": 1}
 
 ``would_block`` is what monitor mode reports where enforce mode would have acted. ``count`` is the
-number of occurrences folded into this event by de-duplication (1 when absent).
+number of occurrences folded into this event by de-duplication (1 when absent). A process's
+``user`` and ``uid`` are its real uid (who ran it); ``euid`` is its effective uid, which differs
+for a setuid program.
 """
 
 from __future__ import annotations

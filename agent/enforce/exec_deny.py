@@ -33,42 +33,43 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proscribe.agent.counters import Counters
 from proscribe.agent.enforce.exec_verdicts import (
     ALLOW,
     MAX_HASH_BYTES,
     CacheKey,
     Decide,
     ExecRequest,
+    ExecVerdict,
     OnDenied,
-    Verdict,
     VerdictCache,
     policy_decider,
-    read_uid,
     sha256_of_fd,
-    user_name,
 )
+from proscribe.agent.sensors.enrich import ProcessIds, read_ids
+from proscribe.agent.sensors.users import UserNames
+from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from proscribe.agent.config import EnforceSection
     from proscribe.core.policy.matchers.compiled import CompiledPolicy
 
 __all__ = [
     "CacheKey",
     "ExecDenyGuard",
     "ExecRequest",
-    "Verdict",
+    "ExecVerdict",
     "VerdictCache",
     "build_exec_guard",
     "check_mount",
@@ -91,65 +92,6 @@ _STATS = (
     "report_errors",
     "overflows",
 )
-
-
-@dataclass(slots=True)
-class _Reports:
-    """Bounded queue of denials for ``on_denied``; drops are counted, never block the reader."""
-
-    on_denied: OnDenied | None
-    counts: Counter[str]
-    items: queue.Queue[tuple[ExecRequest, Verdict] | None] = field(
-        default_factory=lambda: queue.Queue(maxsize=1024)
-    )
-    thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.on_denied is not None:
-            self.thread = threading.Thread(target=self._run, name="exec-deny-report", daemon=True)
-            self.thread.start()
-
-    def submit(self, request: ExecRequest, verdict: Verdict) -> None:
-        if self.thread is None:
-            log.warning(
-                "exec-deny: %s %s for pid %s: %s",
-                verdict.action,
-                request.path,
-                request.pid,
-                verdict.reason,
-            )
-            return
-        try:
-            self.items.put_nowait((request, verdict))
-        except queue.Full:
-            self.counts["reports_dropped"] += 1
-
-    def _run(self) -> None:
-        assert self.on_denied is not None
-        while (item := self.items.get()) is not None:
-            request, verdict = item
-            log.warning(
-                "exec-deny: %s %s for pid %s: %s",
-                verdict.action,
-                request.path,
-                request.pid,
-                verdict.reason,
-            )
-            try:
-                self.on_denied(request, verdict)
-            except Exception:
-                self.counts["report_errors"] += 1
-                log.exception("exec-deny: on_denied failed for %s", item[0].path)
-
-    def stop(self, timeout: float) -> None:
-        if self.thread is not None:
-            try:
-                self.items.put(None, timeout=timeout)
-            except queue.Full:  # on_denied is stuck; its daemon thread is left behind
-                log.warning("exec-deny: on_denied did not drain its queue in %s s", timeout)
-            self.thread.join(timeout)
-            self.thread = None
-            self.items = queue.Queue(maxsize=1024)
 
 
 def _protected_files(extra: Iterable[str]) -> set[tuple[int, int]]:
@@ -194,6 +136,7 @@ class ExecDenyGuard:
         procfs: Path = Path("/proc"),
         clock: Callable[[], float] = time.monotonic,
         protect: Iterable[str] = (),
+        users: UserNames | None = None,
     ) -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode must be 'enforce' or 'monitor', not {mode!r}")
@@ -205,9 +148,16 @@ class ExecDenyGuard:
         self.max_stuck = max(1, max_stuck)
         self.procfs = procfs
         self.cache = VerdictCache(cache_size, cache_ttl, clock)
-        self.counts: Counter[str] = Counter()
+        self.counts = Counters(_STATS)
+        self.users = users if users is not None else UserNames()
         self._decide = decide
-        self._reports = _Reports(on_denied, self.counts)
+        self._on_denied = on_denied
+        # Denials are recorded (a spool commit) off the reader thread, after the answer.
+        self._reports: BackgroundWorker[tuple[ExecRequest, ExecVerdict]] | None = (
+            BackgroundWorker(self._report, name="exec-deny-report", maxsize=1024)
+            if on_denied is not None
+            else None
+        )
         self._protected = _protected_files(protect)
         self._self_pid = os.getpid()
         self._fan_fd = -1
@@ -255,7 +205,8 @@ class ExecDenyGuard:
         self._fan_fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping.clear()
-        self._reports.start()
+        if self._reports is not None:
+            self._reports.start()
         self._watchdog = threading.Thread(
             target=self._watch, name="exec-deny-watchdog", daemon=True
         )
@@ -289,7 +240,8 @@ class ExecDenyGuard:
         for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self._reports.stop(timeout)
+        if self._reports is not None:
+            self._reports.stop(timeout)
 
     @property
     def running(self) -> bool:
@@ -301,12 +253,16 @@ class ExecDenyGuard:
         self.cache.clear()
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: self.counts[k] for k in _STATS}
-        answered = self.counts["answered"]
-        mean_ns = self.counts["answer_ns"] / answered if answered else 0.0
+        counts = self.counts.snapshot()
+        if self._reports is not None:
+            counts["reports_dropped"] = sum(self._reports.drops.snapshot().values())
+            counts["report_errors"] = self._reports.counts["errors"]
+        out: dict[str, Any] = {k: counts.get(k, 0) for k in _STATS}
+        answered = counts.get("answered", 0)
+        mean_ns = counts.get("answer_ns", 0) / answered if answered else 0.0
         out["answered"] = answered
         out["mean_answer_us"] = round(mean_ns / 1e3, 1)
-        out["max_answer_ms"] = round(self.counts["max_answer_ns"] / 1e6, 2)
+        out["max_answer_ms"] = round(counts.get("max_answer_ns", 0) / 1e6, 2)
         out["stuck_checks"] = self._stuck
         out["cache_size"] = len(self.cache)
         out["mounts"] = [str(m) for m in self.mounts]
@@ -333,7 +289,7 @@ class ExecDenyGuard:
             try:
                 self._watch_once()
             except Exception:
-                self.counts["errors"] += 1
+                self.counts.add("errors")
                 log.exception("exec-deny: watchdog failed; restarting it")
                 time.sleep(0.05)
 
@@ -351,7 +307,7 @@ class ExecDenyGuard:
                 self._pending = None
                 pending.answered = True
                 self._stuck += 1
-                self.counts["timeouts"] += 1
+                self.counts.add("timeouts")
                 self._respond(pending.fd, True)
                 ms = self.timeout * 1e3
                 log.warning(
@@ -371,7 +327,7 @@ class ExecDenyGuard:
         try:
             os.write(self._fan_fd, fan.pack_response(fd, allow))
         except OSError as err:
-            self.counts["errors"] += 1
+            self.counts.add("errors")
             log.error("exec-deny: answering an exec failed: %s", err)
 
     def _loop(self, generation: int) -> None:
@@ -396,7 +352,7 @@ class ExecDenyGuard:
             except BlockingIOError:
                 continue  # another reader took it
             except OSError:
-                self.counts["errors"] += 1
+                self.counts.add("errors")
                 log.exception("exec-deny: reading the fanotify fd failed")
                 time.sleep(0.1)
                 continue
@@ -405,7 +361,7 @@ class ExecDenyGuard:
             except fan.MalformedEvent:
                 # The fd inside cannot be found, so the event cannot be answered: give up the
                 # group (closing it releases everything) rather than leave execs hanging.
-                self.counts["errors"] += 1
+                self.counts.add("errors")
                 log.exception("exec-deny: malformed fanotify read; stopping the guard (fail-open)")
                 with self._cond:
                     fd, self._fan_fd = self._fan_fd, -1
@@ -417,17 +373,17 @@ class ExecDenyGuard:
 
     def _answer(self, fan: Any, event: Any, generation: int) -> None:
         if event.mask & fan.FAN_Q_OVERFLOW or event.fd < 0:
-            self.counts["overflows"] += 1
+            self.counts.add("overflows")
             return
         started = time.perf_counter_ns()
         pending = _Pending(event.fd, event.pid, "", 0.0)
         allow = True
-        report: tuple[ExecRequest, Verdict] | None = None
+        report: tuple[ExecRequest, ExecVerdict] | None = None
         try:
             if event.mask & fan.FAN_OPEN_EXEC_PERM:
                 allow, report = self._judge(pending)
         except Exception:
-            self.counts["errors"] += 1
+            self.counts.add("errors")
             log.exception("exec-deny: judging pid %s failed; allowed", event.pid)
             allow = True
         finally:
@@ -445,43 +401,58 @@ class ExecDenyGuard:
             os.close(event.fd)
             if not late:
                 if report is not None:  # after the answer: recording never delays the exec
-                    self._reports.submit(*report)
-                self.counts["answered"] += 1
-                self.counts["answer_ns"] += took
-                self.counts["max_answer_ns"] = max(self.counts["max_answer_ns"], took)
+                    self._submit_report(report)
+                self.counts.add("answered")
+                self.counts.add("answer_ns", took)
+                self.counts.raise_to("max_answer_ns", took)
 
-    def _judge(self, pending: _Pending) -> tuple[bool, tuple[ExecRequest, Verdict] | None]:
+    def _submit_report(self, report: tuple[ExecRequest, ExecVerdict]) -> None:
+        if self._reports is None:
+            _log_denial(*report)
+        else:
+            self._reports.submit(report)  # a full queue drops (counted in reports_dropped)
+
+    def _report(self, report: tuple[ExecRequest, ExecVerdict]) -> None:
+        _log_denial(*report)
+        assert self._on_denied is not None
+        self._on_denied(*report)
+
+    def _judge(self, pending: _Pending) -> tuple[bool, tuple[ExecRequest, ExecVerdict] | None]:
         """(allow, what to report). A cache miss runs the check here, under the watchdog's
         deadline; the counters say what was answered unless the watchdog answered first."""
         fd, pid = pending.fd, pending.pid
         if pid == self._self_pid:
-            self.counts["self_allowed"] += 1
+            self.counts.add("self_allowed")
             return True, None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) in self._protected:
-            self.counts["self_allowed"] += 1
+            self.counts.add("self_allowed")
             return True, None
         key = CacheKey.of(st)
-        uids: list[int | None] = []
+        read: list[ProcessIds | None] = []
 
-        def uid_of() -> int | None:  # read at most once, and only when needed
-            if not uids:
-                uids.append(read_uid(pid, self.procfs))
-            return uids[0]
+        def ids() -> ProcessIds | None:  # read at most once, and only when needed
+            if not read:
+                read.append(read_ids(pid, self.procfs))
+            return read[0]
+
+        def uid_of() -> int | None:
+            found = ids()
+            return None if found is None else found.uid
 
         verdict = self.cache.get(key, uid_of)
         request: ExecRequest | None = None
         if verdict is not None:
-            self.counts["cache_hits"] += 1
+            self.counts.add("cache_hits")
             if not verdict.deny:
-                self.counts["allowed"] += 1
+                self.counts.add("allowed")
                 return True, None
             path = os.readlink(f"/proc/self/fd/{fd}")
         else:
-            self.counts["cache_misses"] += 1
+            self.counts.add("cache_misses")
             if self._stuck >= self.max_stuck:
-                self.counts["overloads"] += 1
-                self.counts["allowed"] += 1
+                self.counts.add("overloads")
+                self.counts.add("allowed")
                 return True, None
             path = os.readlink(f"/proc/self/fd/{fd}")
             pending.path = path
@@ -489,40 +460,58 @@ class ExecDenyGuard:
             with self._cond:
                 self._pending = pending
                 self._cond.notify_all()
-            request, verdict = self._check(pending, pid, path, uid_of(), st)
+            request, verdict = self._check(pending, pid, path, ids(), st)
             if pending.answered:  # too late: the watchdog allowed it; do not cache
                 return True, None
             if verdict is None:
-                self.counts["allowed"] += 1
+                self.counts.add("allowed")
                 return True, None
             self.cache.put(key, verdict, uid_of())
         if not verdict.deny:
-            self.counts["allowed"] += 1
+            self.counts.add("allowed")
             return True, None
         if request is None:
-            uid = uid_of()
-            request = ExecRequest(pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size)
+            request = self._request(pid, path, ids(), st)
         if self.mode == "monitor":
-            self.counts["would_block"] += 1
+            self.counts.add("would_block")
             return True, (request, replace(verdict, enforced=False))
-        self.counts["denied"] += 1
+        self.counts.add("denied")
         return False, (request, verdict)
 
+    def _request(
+        self,
+        pid: int,
+        path: str,
+        ids: ProcessIds | None,
+        st: os.stat_result,
+        sha256: str | None = None,
+    ) -> ExecRequest:
+        uid = None if ids is None else ids.uid
+        return ExecRequest(
+            pid=pid,
+            path=path,
+            uid=uid,
+            user=self.users.name(uid),
+            dev=st.st_dev,
+            ino=st.st_ino,
+            size=st.st_size,
+            sha256=sha256,
+            euid=None if ids is None else ids.euid,
+        )
+
     def _check(
-        self, pending: _Pending, pid: int, path: str, uid: int | None, st: os.stat_result
-    ) -> tuple[ExecRequest | None, Verdict | None]:
+        self, pending: _Pending, pid: int, path: str, ids: ProcessIds | None, st: os.stat_result
+    ) -> tuple[ExecRequest | None, ExecVerdict | None]:
         """The policy's verdict, or None when the check raised (allow; counted)."""
         try:
             digest = None
             if self.want_sha256():
                 digest = sha256_of_fd(pending.fd, st.st_size, self.max_hash_bytes)
-            request = ExecRequest(
-                pid, path, uid, user_name(uid), st.st_dev, st.st_ino, st.st_size, digest
-            )
+            request = self._request(pid, path, ids, st, digest)
             return request, self._decide(request)
         except Exception:
             if not pending.answered:
-                self.counts["errors"] += 1
+                self.counts.add("errors")
             log.exception("exec-deny: check of %s failed; allowed", path)
             return None, None
 
@@ -545,35 +534,28 @@ def check_mount(mount: Path) -> None:
 
 
 def build_exec_guard(
-    section: Mapping[str, Any],
+    settings: EnforceSection,
     compiled_policy_getter: Callable[[], CompiledPolicy | None],
     on_denied: OnDenied | None,
     mode: str,
     *,
     host: str,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    users: UserNames | None = None,
 ) -> ExecDenyGuard | None:
-    """The guard for the ``[enforce]`` keys ``exec_deny_mounts`` (list of mount points; empty or
-    missing = off), ``exec_deny_timeout_ms`` (200) and ``exec_deny_cache_size`` (4096).
+    """The guard for the ``[enforce]`` keys ``exec_deny_mounts``, ``exec_deny_timeout_ms`` and
+    ``exec_deny_cache_size`` (validated by the config loader; 0 = no verdict cache), or
+    ``None`` when no mount is listed.
 
-    Not started. The decider reads the policy in force on every cache miss; the daemon calls
-    ``guard.set_decider(policy_decider(compiled, host))`` on a policy change to drop cached
-    verdicts. With no policy every exec is allowed.
+    Not started (:meth:`ExecDenyGuard.start` checks the mounts). The decider reads the policy in
+    force on every cache miss; a policy change calls
+    ``guard.set_decider(policy_decider(compiled, host))`` to drop cached verdicts. With no
+    policy every exec is allowed.
     """
-    mounts = section.get("exec_deny_mounts") or []
-    if not isinstance(mounts, list) or not all(isinstance(m, str) and m for m in mounts):
-        raise ConfigError(
-            "enforce.exec_deny_mounts: expected a list of mount point paths "
-            '(fix: exec_deny_mounts = ["/opt"])'
-        )
-    if not mounts:
+    if not settings.exec_deny_mounts:
         return None
-    timeout_ms = _positive_int(section, "exec_deny_timeout_ms", 200, 10, 5000)
-    cache_size = _positive_int(section, "exec_deny_cache_size", 4096, 0, 1_000_000)
-    for m in mounts:
-        check_mount(Path(m))
 
-    def decide(request: ExecRequest) -> Verdict:
+    def decide(request: ExecRequest) -> ExecVerdict:
         compiled = compiled_policy_getter()
         if compiled is None:
             return ALLOW
@@ -584,21 +566,18 @@ def build_exec_guard(
         return compiled is not None and compiled.needs_sha256
 
     return ExecDenyGuard(
-        [Path(m) for m in mounts],
+        [Path(m) for m in settings.exec_deny_mounts],
         decide,
-        timeout_ms=timeout_ms,
-        cache_size=cache_size,
+        timeout_ms=settings.exec_deny_timeout_ms,
+        cache_size=settings.exec_deny_cache_size,
         mode=mode,
         on_denied=on_denied,
         want_sha256=want_sha256,
+        users=users,
     )
 
 
-def _positive_int(section: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"enforce.{key}: expected an integer from {low} to {high}, got {value!r} "
-            f"(fix: {key} = {default})"
-        )
-    return value
+def _log_denial(request: ExecRequest, verdict: ExecVerdict) -> None:
+    log.warning(
+        "exec-deny: %s %s for pid %s: %s", verdict.action, request.path, request.pid, verdict.reason
+    )

@@ -1,7 +1,8 @@
 """What exec-deny decides on: the request, the verdict, the verdict cache, the policy decider.
 
-Pure apart from three small readers (``read_uid``, ``user_name``, ``sha256_of_fd``) that take
-their OS locations as arguments, so all of it is unit-tested without fanotify.
+Pure apart from one small reader (``sha256_of_fd``) that takes the file as an argument, so all
+of it is unit-tested without fanotify. Who is exec'ing is read by the agent's one procfs reader
+(:func:`proscribe.agent.sensors.enrich.read_ids`): the real uid, as everywhere in the agent.
 
 Verdicts are cached by file identity — (dev, inode, mtime, size) as REFERENCE.md §5 asks, plus
 ctime, which changes on every write (even one that puts mtime back), rename, link and chmod, so
@@ -16,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -35,13 +34,11 @@ __all__ = [
     "CacheKey",
     "Decide",
     "ExecRequest",
+    "ExecVerdict",
     "OnDenied",
-    "Verdict",
     "VerdictCache",
     "policy_decider",
-    "read_uid",
     "sha256_of_fd",
-    "user_name",
 ]
 
 MAX_HASH_BYTES = 256 * 1024 * 1024  # larger executables are judged without a hash
@@ -68,16 +65,19 @@ class ExecRequest:
 
     pid: int  # the process calling execve (it becomes the new program)
     path: str  # the executable, resolved by the kernel
-    uid: int | None  # effective uid of the caller; None if it exited
-    user: str
+    uid: int | None  # real uid of the caller (who ran it); None if it exited
+    user: str  # the real uid's account: what exemptions by user match
     dev: int
     ino: int
     size: int
     sha256: str | None = None  # only when the policy needs hashes and the file is small enough
+    euid: int | None = None  # effective uid of the caller, recorded in the event
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class ExecVerdict:
+    """Whether one exec is refused, and why."""
+
     deny: bool
     reason: str = ""  # the explanation shown in logs and events
     rule_id: str | None = None
@@ -91,9 +91,9 @@ class Verdict:
         return "denied" if self.enforced else "would_block"
 
 
-Decide = Callable[[ExecRequest], Verdict]
-OnDenied = Callable[[ExecRequest, Verdict], None]
-ALLOW = Verdict(deny=False)
+Decide = Callable[[ExecRequest], ExecVerdict]
+OnDenied = Callable[[ExecRequest, ExecVerdict], None]
+ALLOW = ExecVerdict(deny=False)
 
 
 class VerdictCache:
@@ -109,10 +109,10 @@ class VerdictCache:
         self.capacity = capacity
         self.ttl = ttl
         self.clock = clock
-        self._items: OrderedDict[CacheKey, tuple[float, Verdict, int | None]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, tuple[float, ExecVerdict, int | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: CacheKey, uid_of: Callable[[], int | None]) -> Verdict | None:
+    def get(self, key: CacheKey, uid_of: Callable[[], int | None]) -> ExecVerdict | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -126,7 +126,7 @@ class VerdictCache:
             return None
         return verdict
 
-    def put(self, key: CacheKey, verdict: Verdict, uid: int | None = None) -> None:
+    def put(self, key: CacheKey, verdict: ExecVerdict, uid: int | None = None) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
@@ -141,31 +141,6 @@ class VerdictCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def read_uid(pid: int, procfs: Path) -> int | None:
-    """The uid owning ``/proc/PID``: the process's effective uid (root for a non-dumpable
-    process). One ``stat``: reading ``/proc/PID/status`` costs several times more per exec."""
-    try:
-        return os.stat(f"{procfs}/{pid}").st_uid
-    except OSError:
-        return None
-
-
-_users: dict[int, str] = {}
-
-
-def user_name(uid: int | None) -> str:
-    if uid is None:
-        return ""
-    name = _users.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = str(uid)
-        _users[uid] = name
-    return name
 
 
 def sha256_of_fd(fd: int, size: int, limit: int = MAX_HASH_BYTES) -> str | None:
@@ -199,13 +174,14 @@ def policy_decider(
 
     user_scoped = {r for e in compiled.policy.exemptions if e.users for r in e.rules}
 
-    def decide(request: ExecRequest) -> Verdict:
+    def decide(request: ExecRequest) -> ExecVerdict:
         facts = ProcessFacts(
             pid=request.pid,
             name=basename(request.path)[:COMM_MAX],
             exe=request.path,
             user=request.user,
             uid=request.uid,
+            euid=request.euid,
             sha256=request.sha256,
         )
         decisions = tuple(compiled.check_process(facts, host, now()))
@@ -215,7 +191,7 @@ def policy_decider(
         for d in decisions:
             if d.action == "block" and d.exempted_by is None:
                 reason = f"rule {d.rule_id}: {d.explanation}"
-                return Verdict(True, reason, d.rule_id, decisions, per_user=per_user)
-        return Verdict(False, decisions=decisions, per_user=per_user)
+                return ExecVerdict(True, reason, d.rule_id, decisions, per_user=per_user)
+        return ExecVerdict(False, decisions=decisions, per_user=per_user)
 
     return decide

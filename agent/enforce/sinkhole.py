@@ -12,37 +12,26 @@ Two supported set-ups (docs/dns.md says which to use when):
   server that failed over, so no fallback server is listed there; instead the service's
   ``ExecStopPost=`` removes the drop-in and restarts resolved (see ``remove_resolved_dropin``).
 
-Paths are parameters; every write is atomic (temp file, fsync, rename) and the original
-resolv.conf is kept in a backup so ``restore_resolv_conf`` can put it back byte for byte.
+Paths are parameters; every write is atomic (:func:`proscribe.core.fs.atomic_write`) and the
+original resolv.conf is kept in a backup so ``restore_resolv_conf`` can put it back byte for byte.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from proscribe.core.errors import ConfigError
+from proscribe.core.fs import atomic_write
 
 MARKER = "# proscribe: DNS proxy first, original resolvers as fallback"
 RESOLVED_DROPIN = Path("/etc/systemd/resolved.conf.d/proscribe.conf")
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text, 0o644)  # resolv.conf and resolved's drop-in are world-readable
 
 
 def nameservers(text: str) -> list[str]:
@@ -86,11 +75,11 @@ def install_resolv_conf(path: Path, proxy: tuple[str, int], backup: Path) -> str
     except FileNotFoundError:
         original = ""
     if MARKER not in original:
-        _write_atomic(backup, original)
+        _write(backup, original)
     elif backup.exists():
         original = backup.read_text()  # already installed: rebuild from the true original
     text = resolv_conf_text(host, original)
-    _write_atomic(path, text)
+    _write(path, text)
     return text
 
 
@@ -98,7 +87,7 @@ def restore_resolv_conf(path: Path, backup: Path) -> bool:
     """Put the original back (True) or leave ``path`` alone when there is no backup (False)."""
     if not backup.exists():
         return False
-    _write_atomic(path, backup.read_text())
+    _write(path, backup.read_text())
     backup.unlink()
     return True
 
@@ -117,7 +106,7 @@ def resolved_dropin_text(proxy: tuple[str, int]) -> str:
 
 def install_resolved_dropin(proxy: Sequence[object], path: Path = RESOLVED_DROPIN) -> None:
     host, port = str(proxy[0]), int(str(proxy[1]))
-    _write_atomic(path, resolved_dropin_text((host, port)))
+    _write(path, resolved_dropin_text((host, port)))
 
 
 def remove_resolved_dropin(path: Path = RESOLVED_DROPIN) -> bool:

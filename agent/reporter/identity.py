@@ -16,10 +16,7 @@ touched by any of this.
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import socket
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +25,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proscribe.agent.evidence import os_name
 from proscribe.core.errors import ConfigError
+from proscribe.core.fs import atomic_write
 from proscribe.core.policy.keys import load_private_key, public_key_string
 from proscribe.core.wire.auth import sign_request
 
@@ -47,31 +46,11 @@ def _agent_version() -> str:
 
 
 def default_host_facts() -> dict[str, str]:
-    system = platform.system().lower() or "unknown"
     return {
         "hostname": socket.gethostname(),
-        "os": {"darwin": "macos"}.get(system, system),
+        "os": os_name(),
         "agent_version": _agent_version(),
     }
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class IdentityStore:
@@ -115,7 +94,7 @@ class IdentityStore:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_atomic(self.key_path, pem, 0o600)
+        atomic_write(self.key_path, pem, 0o600)
         log.info("generated the agent key %s", self.key_path)
         return key
 
@@ -143,7 +122,7 @@ class IdentityStore:
         return public_key_string(self._key.public_key())
 
     def set_agent_id(self, agent_id: str) -> None:
-        _write_atomic(self.state_dir / AGENT_ID_FILE, agent_id.encode("utf-8") + b"\n", 0o644)
+        atomic_write(self.state_dir / AGENT_ID_FILE, agent_id.encode("utf-8") + b"\n", 0o644)
         self._agent_id = agent_id
 
     def forget(self, *, new_key: bool) -> None:

@@ -32,9 +32,7 @@ import binascii
 import email.utils
 import json
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proscribe.agent.config import AgentConfig
+from proscribe.agent.config import AgentConfig, CollectorSection
 from proscribe.agent.spool import Spool, SpooledEvent
 from proscribe.core.errors import ConfigError
 from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
+from proscribe.core.fs import atomic_write
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
 from .identity import IdentityStore, default_host_facts
@@ -102,15 +101,6 @@ def _iso(moment: float | None) -> str | None:
     return None if moment is None else utc_now_iso(datetime.fromtimestamp(moment, UTC))
 
 
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The last status a reporter wrote (for ``agent status`` in another process)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 class Reporter:
     """Delivers spooled events to the collector from a background thread."""
 
@@ -125,6 +115,7 @@ class Reporter:
         heartbeat_source: HeartbeatSource | None = None,
         on_policy: PolicySink | None = None,
         rng: random.Random | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
         self.spool = spool
         self.transport = transport
@@ -135,7 +126,9 @@ class Reporter:
         self._heartbeat_source = heartbeat_source
         self._on_policy = on_policy
         self._backoff = Backoff(self._rng, self.config.backoff_base, self.config.backoff_cap)
-        self._wake = threading.Event()
+        # Set by notify() or by whoever was given the same event (the agent's doorbell, rung
+        # when an event is committed): the loop goes round at once.
+        self._wake = wake if wake is not None else threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._batch_limit = self.config.batch_events
@@ -510,43 +503,54 @@ class Reporter:
         if status == self._written_status:
             return
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(status, fh)
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(status))
         except OSError as err:
             log.warning("reporter: cannot write %s: %s", path, err)
             return
         self._written_status = status
 
 
-def build_reporter(
-    config: AgentConfig,
-    *,
-    spool: Spool,
-    heartbeat_source: HeartbeatSource | None = None,
-    on_policy: PolicySink | None = None,
-    reporter_config: ReporterConfig | None = None,
-) -> Reporter:
-    """The daemon's entry point: a Reporter for the config's ``[collector]`` section."""
+def _collector_section(config: AgentConfig) -> CollectorSection:
     if config.collector is None:
         raise ConfigError(
             f"{config.source}: [collector] is not set, so there is nowhere to report "
             "(fix: add [collector] url = … or run without a reporter)"
         )
+    return config.collector
+
+
+def build_identity(config: AgentConfig) -> IdentityStore:
+    """The agent's identity towards the config's collector (its key is made on first use)."""
+    collector = _collector_section(config)
     facts = default_host_facts()
     if config.agent.hostname:
         facts["hostname"] = config.agent.hostname
+    return IdentityStore(config.state_dir, collector.enroll_secret_file, facts)
+
+
+def build_reporter(
+    config: AgentConfig,
+    *,
+    spool: Spool,
+    identity: IdentityStore | None = None,
+    heartbeat_source: HeartbeatSource | None = None,
+    on_policy: PolicySink | None = None,
+    reporter_config: ReporterConfig | None = None,
+    wake: threading.Event | None = None,
+) -> Reporter:
+    """The daemon's entry point: a Reporter for the config's ``[collector]`` section."""
+    collector = _collector_section(config)
     return reporter_for_url(
         spool,
-        url=config.collector.url,
-        ca_file=config.collector.ca_file,
-        enroll_secret_file=config.collector.enroll_secret_file,
+        url=collector.url,
+        ca_file=collector.ca_file,
+        enroll_secret_file=collector.enroll_secret_file,
         state_dir=config.state_dir,
         heartbeat_source=heartbeat_source,
         on_policy=on_policy,
         config=reporter_config,
-        host_facts=facts,
+        identity=identity if identity is not None else build_identity(config),
+        wake=wake,
     )
 
 
@@ -561,12 +565,15 @@ def reporter_for_url(
     on_policy: PolicySink | None = None,
     config: ReporterConfig | None = None,
     host_facts: dict[str, str] | None = None,
+    identity: IdentityStore | None = None,
+    wake: threading.Event | None = None,
 ) -> Reporter:
     """Wire a Reporter from plain settings (ConfigError names the bad key); easy to point at a
     test collector. Status goes to ``state_dir/reporter.json`` unless ``config`` says otherwise.
     """
     transport = Transport(url, ca_file=ca_file)
-    identity = IdentityStore(state_dir, enroll_secret_file, host_facts)
+    if identity is None:
+        identity = IdentityStore(state_dir, enroll_secret_file, host_facts)
     if config is None:
         config = ReporterConfig(status_file=Path(state_dir) / "reporter.json")
     return Reporter(
@@ -576,4 +583,5 @@ def reporter_for_url(
         config,
         heartbeat_source=heartbeat_source,
         on_policy=on_policy,
+        wake=wake,
     )

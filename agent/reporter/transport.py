@@ -16,7 +16,6 @@ HTTP statuses are returned as a :class:`Reply` for the reporter to interpret.
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 
 from proscribe.core.errors import ConfigError
+from proscribe.core.netaddr import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,6 @@ def _reason(err: BaseException) -> str:
     return text.strip(" ')\"") or type(inner).__name__
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_collector_url(url: str, ca_file: Path | None) -> None:
     """Refuse URLs the agent must not talk to; ConfigError naming the key and the fix."""
     parts = urlsplit(url)
@@ -109,7 +100,7 @@ def check_collector_url(url: str, ca_file: Path | None) -> None:
             f"collector.url: {url!r} is not an http(s) URL "
             '(fix: write e.g. url = "https://collector.example:8443")'
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError(
             f"collector.url: plain http is allowed only to a loopback collector, not "
             f"{parts.hostname!r} (fix: use https:// and set collector.ca_file)"

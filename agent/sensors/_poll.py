@@ -124,6 +124,7 @@ def psutil_facts(pid: int, *, with_sha256: bool = False) -> ProcessFacts | None:
     cmdline: tuple[str, ...] = ()
     exe = user = ""
     uid: int | None = None
+    euid: int | None = None
     try:
         cmdline = tuple(proc.cmdline())
     except (psutil.Error, OSError):
@@ -133,8 +134,10 @@ def psutil_facts(pid: int, *, with_sha256: bool = False) -> ProcessFacts | None:
     except (psutil.Error, OSError):
         pass
     try:
-        user = proc.username()
-        uid = proc.uids().real if hasattr(proc, "uids") else None
+        user = proc.username()  # psutil names the real uid's account, as procfs readers do
+        if hasattr(proc, "uids"):
+            ids = proc.uids()
+            uid, euid = ids.real, ids.effective
     except (psutil.Error, OSError, AttributeError):
         pass
     sha256: str | None = None
@@ -156,6 +159,7 @@ def psutil_facts(pid: int, *, with_sha256: bool = False) -> ProcessFacts | None:
         cmdline=cmdline,
         user=user,
         uid=uid,
+        euid=euid,
         sha256=sha256,
         start_time=start,
     )

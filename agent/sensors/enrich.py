@@ -1,8 +1,18 @@
-"""Turn a pid into :class:`ProcessFacts` by reading procfs.
+"""The agent's one reader of processes in procfs: a pid becomes :class:`ProcessFacts`.
 
-The procfs root is a parameter so tests can point it at a fabricated tree. Reading is
-best-effort and ordered cheapest-first (``stat``, ``cmdline``, ``exe``, ``status``): a
-short-lived process that exits half-way still yields what was read before it vanished.
+Every part of the agent that asks /proc about a process reads it here: the process sensor
+(:class:`Enricher`), the killer (start times), the pre-exec guard (:func:`read_ids`) and DNS
+attribution (the process behind a socket). The procfs root is a parameter so tests can point it
+at a fabricated tree. Reading is best-effort and ordered cheapest-first (``stat``, ``cmdline``,
+``exe``, ``status``): a short-lived process that exits half-way still yields what was read before
+it vanished.
+
+Who ran a process: ``uid`` is the **real** uid (the first field of ``Uid:`` in
+``/proc/PID/status``), the account that started it; exemptions by user and an event's ``user``
+go by it. A setuid program (or one that called ``setresuid``) keeps the real uid of whoever ran
+it while its **effective** uid changes, so the effective uid is a separate fact, ``euid``. The
+owner of the ``/proc/PID`` directory is neither: it is the effective uid, or root for a process
+that is not dumpable (e.g. after a setuid exec), and is not used.
 
 The executable's sha256 is computed only when the policy has hash rules, and at most once per
 file version: the cache key is ``(st_dev, st_ino, st_mtime_ns, st_size)`` of the file behind
@@ -15,15 +25,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pwd
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
+from proscribe.agent.sensors.users import UserNames
+from proscribe.core.events import MAX_CMDLINE_ITEMS, clip
 from proscribe.core.policy.matchers.process import ProcessFacts
 
-__all__ = ["Enricher", "HashCache", "StatFields", "read_stat"]
+__all__ = [
+    "Enricher",
+    "HashCache",
+    "ProcessIds",
+    "ProcessRef",
+    "StatFields",
+    "process_ref",
+    "read_ids",
+    "read_stat",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +109,44 @@ def read_stat(pid: int, procfs: Path = Path("/proc")) -> StatFields | None:
         return None
 
 
+class ProcessIds(NamedTuple):
+    """The real and effective uid of a process (``Uid:`` in ``/proc/PID/status``)."""
+
+    uid: int
+    euid: int
+
+
+def read_ids(pid: int, procfs: Path = Path("/proc")) -> ProcessIds | None:
+    """Real and effective uid of ``pid``; ``None`` when it is gone or unreadable."""
+    try:
+        status = read_small(f"{procfs}/{pid}/status")
+        at = status.find(b"\nUid:")
+        if at < 0:
+            return None
+        fields = status[at + 5 : status.find(b"\n", at + 5)].split()
+        return ProcessIds(int(fields[0]), int(fields[1] if len(fields) > 1 else fields[0]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+ProcessRef = dict[str, Any]  # the event schema's "process" object
+
+
+def process_ref(facts: ProcessFacts) -> ProcessRef:
+    """The event schema's ``process`` object for ``facts``, clipped to the wire limits."""
+    return {
+        "pid": facts.pid,
+        "ppid": facts.ppid,
+        "name": clip(facts.name),
+        "exe": clip(facts.exe),
+        "cmdline": [clip(a) for a in facts.cmdline[:MAX_CMDLINE_ITEMS]],
+        "user": clip(facts.user),
+        "uid": facts.uid,
+        "euid": facts.euid,
+        "sha256": facts.sha256,
+    }
+
+
 def read_boot_time(procfs: Path = Path("/proc")) -> float:
     try:
         with open(procfs / "stat", encoding="ascii", errors="replace") as fh:
@@ -140,12 +199,17 @@ class HashCache:
 class Enricher:
     """Reads everything a matcher needs about one pid from procfs."""
 
-    def __init__(self, procfs: Path = Path("/proc"), hash_cache: HashCache | None = None) -> None:
+    def __init__(
+        self,
+        procfs: Path = Path("/proc"),
+        hash_cache: HashCache | None = None,
+        users: UserNames | None = None,
+    ) -> None:
         self.procfs = procfs
         self.hashes = hash_cache or HashCache()
+        self.users = users if users is not None else UserNames()
         self.boot_time = read_boot_time(procfs)
         self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._users: dict[int, str] = {}
 
     def start_time(self, stat: StatFields) -> float:
         """Start time as epoch seconds, computed the way psutil's ``create_time`` is."""
@@ -155,36 +219,14 @@ class Enricher:
         stat = read_stat(pid, self.procfs)
         return None if stat is None else self.start_time(stat)
 
-    def user_name(self, uid: int) -> str:
-        name = self._users.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
-            if len(self._users) < 10_000:
-                self._users[uid] = name
-        return name
-
-    def read_uid(self, pid: int) -> int | None:
-        """The real uid from ``/proc/PID/status``."""
-        try:
-            status = read_small(f"{self.procfs}/{pid}/status")
-            at = status.find(b"\nUid:")
-            if at >= 0:
-                return int(status[at + 5 :].split(None, 1)[0])
-        except (OSError, ValueError, IndexError):
-            pass
-        return None
-
     def with_user(self, facts: ProcessFacts) -> ProcessFacts:
         """``facts`` completed with the user (for facts read with ``with_user=False``)."""
         if facts.uid is not None:
             return facts
-        uid = self.read_uid(facts.pid)
-        if uid is None:
+        ids = read_ids(facts.pid, self.procfs)
+        if ids is None:
             return facts
-        return replace(facts, uid=uid, user=self.user_name(uid))
+        return replace(facts, uid=ids.uid, euid=ids.euid, user=self.users.name(ids.uid))
 
     def facts(
         self, pid: int, *, with_sha256: bool = False, with_user: bool = True
@@ -213,7 +255,7 @@ class Enricher:
             exe = os.readlink(f"{base}/exe")
         except OSError:
             pass
-        uid = self.read_uid(pid) if with_user else None
+        ids = read_ids(pid, self.procfs) if with_user else None
         sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(
             pid=pid,
@@ -222,8 +264,9 @@ class Enricher:
             argv0=cmdline[0] if cmdline else "",
             exe=exe,
             cmdline=cmdline,
-            user=self.user_name(uid) if uid is not None else "",
-            uid=uid,
+            user=self.users.name(ids.uid) if ids is not None else "",
+            uid=ids.uid if ids is not None else None,
+            euid=ids.euid if ids is not None else None,
             sha256=sha256,
             start_time=self.start_time(stat),
         )

@@ -11,26 +11,28 @@ Backends, chosen once at :meth:`ProcessSensor.start`:
   cannot be opened, the sensor falls back to polling and says so loudly (ERROR log, state);
   under ``auto`` the fallback is quiet (INFO).
 
-The queue between the backends and the checker is bounded: :meth:`submit` returns False when it
-is full and the drop is counted by reason; a sweep later re-offers anything still running.
+The hand-off between the backends and the checker is the agent's bounded
+:class:`~proscribe.agent.worker.BackgroundWorker`, woken by each sighting: :meth:`submit` returns
+False when it is full and the drop is counted by reason; a sweep later re-offers anything still
+running.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from proscribe.agent.counters import Counters
 from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
 from proscribe.agent.sensors.enrich import Enricher
+from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.policy.matchers.process import ProcessFacts
 
 __all__ = ["ProcessSensor", "Sighting"]
@@ -57,6 +59,7 @@ class ProcessSensor:
         handler: Handler,
         *,
         procfs: Path = Path("/proc"),
+        enricher: Enricher | None = None,
         poll_interval: float = 1.0,
         sweep_interval: float = 30.0,
         queue_size: int = 4096,
@@ -75,12 +78,17 @@ class ProcessSensor:
         self.interesting = interesting
         self.linux = platform.startswith("linux")
         self.is_root = (os.geteuid() == 0) if is_root is None else is_root
-        self.enricher: Enricher | None = Enricher(procfs) if self.linux else None
+        # the procfs reader (Linux); elsewhere psutil reads processes
+        self.enricher: Enricher | None = None
+        if self.linux:
+            self.enricher = enricher if enricher is not None else Enricher(procfs)
         self.scanner = ProcessScanner.for_platform(self.enricher)
-        self.queue: queue.Queue[Sighting] = queue.Queue(maxsize=queue_size)
-        self.drops: Counter[str] = Counter()
-        self.counts: Counter[str] = Counter()
-        self.errors = 0
+        self.checker: BackgroundWorker[Sighting] = BackgroundWorker(
+            self._check_one, name="proscribe-process-check", maxsize=queue_size
+        )
+        self.drops = Counters()  # "overflow": the kernel dropped events; "queue_full"
+        self.counts = Counters()  # sightings checked, by source; "vanished"
+        self._errors = Counters(("errors",))
         self.backend = "off"
         self.state = "stopped"
         self.detail = ""
@@ -114,7 +122,7 @@ class ProcessSensor:
         self._stop.clear()
         self._full_sweep = True
         self._sweep_now.set()  # the first sweep finds what started before the agent
-        self._spawn(self._check_loop, "proscribe-process-check")
+        self.checker.start()
         self._spawn(self._sweep_loop, "proscribe-process-sweep")
         if self.backend == "netlink":
             self._spawn(self._netlink_loop, "proscribe-process-netlink")
@@ -128,6 +136,7 @@ class ProcessSensor:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self.checker.stop(max(0.0, deadline - time.monotonic()))
         if self._connector is not None:
             self._connector.close()
             self._connector = None
@@ -137,7 +146,10 @@ class ProcessSensor:
     def healthy(self) -> bool:
         """False when a thread the sensor cannot work without has died (a bug); the netlink
         reader may end on its own (it falls back to polling), so it does not count."""
-        return all(t.is_alive() for t in self._threads if t.name != "proscribe-process-netlink")
+        if not self._threads:
+            return True  # not running (off, or stopped): nothing has died
+        threads = [t for t in self._threads if t.name != "proscribe-process-netlink"]
+        return self.checker.alive and all(t.is_alive() for t in threads)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -163,12 +175,18 @@ class ProcessSensor:
     # -- queue -----------------------------------------------------------------------------
     def submit(self, sighting: Sighting) -> bool:
         """Queue a sighting for the checker; False (and a counted drop) when the queue is full."""
-        try:
-            self.queue.put_nowait(sighting)
-        except queue.Full:
-            self.drops["queue_full"] += 1
-            return False
-        return True
+        if self.checker.submit(sighting):
+            return True
+        self.drops.add("queue_full")
+        return False
+
+    @property
+    def errors(self) -> int:
+        """Failures the sensor survived (its threads and the checker's)."""
+        return self._errors["errors"] + self.checker.counts["errors"]
+
+    def _error(self) -> None:
+        self._errors.add("errors")
 
     def request_sweep(self, *, full: bool = False) -> None:
         """Sweep soon; ``full`` re-checks every running process (e.g. after a policy change)."""
@@ -181,9 +199,9 @@ class ProcessSensor:
             "state": self.state,
             "backend": self.backend,
             "detail": self.detail,
-            "queue_depth": self.queue.qsize(),
-            "seen": dict(self.counts),
-            "drops": dict(self.drops),
+            "queue_depth": self.checker.depth(),
+            "seen": self.counts.snapshot(),
+            "drops": self.drops.snapshot(),
             "errors": self.errors,
             "hashed": self.enricher.hashes.hashed if self.enricher else 0,
         }
@@ -200,17 +218,17 @@ class ProcessSensor:
             except OSError as err:
                 if self._stop.is_set():
                     return
-                self.errors += 1
+                self._error()
                 log.error("process connector read failed: %s; polling instead", err)
                 self.backend, self.detail = "poll", f"netlink failed: {err}; polling"
                 return
             except Exception:
-                self.errors += 1
+                self._error()
                 log.exception("process connector loop error (continuing)")
                 continue
             if overflow:
                 # the kernel dropped events: count it and look at /proc at once
-                self.drops["overflow"] += 1
+                self.drops.add("overflow")
                 self.request_sweep()
             now = time.monotonic()
             for event in events:
@@ -235,10 +253,10 @@ class ProcessSensor:
             return
         facts = self.enricher.facts(pid, with_user=False)
         if facts is None:
-            self.counts["vanished"] += 1
+            self.counts.add("vanished")
             return
         if self._uninteresting(facts):
-            self.counts[source] += 1
+            self.counts.add(source)
             self.scanner.mark(facts.pid, facts.start_time)
             return
         self.submit(Sighting(pid, source, now, facts))
@@ -249,7 +267,7 @@ class ProcessSensor:
         try:
             return not self.interesting(facts)
         except Exception:
-            self.errors += 1
+            self._error()
             log.exception("process prefilter failed (checking normally)")
             return False
 
@@ -271,20 +289,18 @@ class ProcessSensor:
                     if pid != own:
                         self._offer(pid, source, now)
             except Exception:
-                self.errors += 1
+                self._error()
                 log.exception("process sweep error (continuing)")
 
-    def _check_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sighting = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                self._check(sighting)
-            except Exception:
-                self.errors += 1
-                log.exception("process check failed for pid %s (continuing)", sighting.pid)
+    def _check_one(self, sighting: Sighting) -> None:
+        """The checker's handler (on its thread)."""
+        if self._stop.is_set():
+            return  # stopping: what is still queued is re-offered by the next start's sweep
+        try:
+            self._check(sighting)
+        except Exception:
+            self._error()
+            log.exception("process check failed for pid %s (continuing)", sighting.pid)
 
     def _check(self, sighting: Sighting) -> None:
         want = self.want_sha256()
@@ -297,9 +313,9 @@ class ProcessSensor:
         elif want and facts.sha256 is None and facts.exe and self.enricher is not None:
             facts = replace(facts, sha256=self._hash(facts))
         if facts is None:
-            self.counts["vanished"] += 1
+            self.counts.add("vanished")
             return
-        self.counts[sighting.source] += 1
+        self.counts.add(sighting.source)
         self.scanner.mark(facts.pid, facts.start_time)
         self.handler(facts, sighting)
 

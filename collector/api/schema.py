@@ -86,7 +86,8 @@ class ProcessInfo(BaseModel):
     exe: Text | None = None
     cmdline: Annotated[list[Text], Field(max_length=MAX_CMDLINE_ITEMS)] | None = None
     user: Text | None = None
-    uid: Count | None = None
+    uid: Count | None = None  # the real uid (who ran it): what user exemptions go by
+    euid: Count | None = None  # the effective uid (a setuid program's differs from uid)
     sha256: Hex | None = None
     start_time: float | None = None
 

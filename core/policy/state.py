@@ -31,8 +31,8 @@ from proscribe.core.fs import atomic_write
 
 __all__ = [
     "CLOCK_BACK_TOLERANCE",
+    "OfferVerdict",
     "PolicyState",
-    "Verdict",
     "advance",
     "clock_went_back",
     "judge_offer",
@@ -117,7 +117,10 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class OfferVerdict:
+    """What :func:`judge_offer` says about an offered policy: accept it, keep the one in force,
+    or reject it (and why)."""
+
     outcome: Literal["accept", "unchanged", "reject"]
     kind: str  # machine-readable: new, first, same, rollback, conflicting_hash, expired
     reason: str  # one line for people and for the tamper event
@@ -135,11 +138,11 @@ def judge_offer(
     sha256: str,
     expires: datetime | None,
     now: datetime,
-) -> Verdict:
+) -> OfferVerdict:
     """Decide about a verified, parsed policy given what was accepted before."""
     if state is not None:
         if serial < state.serial:
-            return Verdict(
+            return OfferVerdict(
                 "reject",
                 "rollback",
                 f"serial {serial} is lower than the accepted serial {state.serial} "
@@ -147,8 +150,8 @@ def judge_offer(
             )
         if serial == state.serial:
             if sha256 == state.sha256:
-                return Verdict("unchanged", "same", f"serial {serial} is already in force")
-            return Verdict(
+                return OfferVerdict("unchanged", "same", f"serial {serial} is already in force")
+            return OfferVerdict(
                 "reject",
                 "conflicting_hash",
                 f"serial {serial} is already accepted with another content "
@@ -157,13 +160,13 @@ def judge_offer(
             )
     effective_now = now if state is None else max(now, state.max_time_seen)
     if expires is not None and expires <= effective_now:
-        return Verdict(
+        return OfferVerdict(
             "reject",
             "expired",
             f"policy {policy_id!r} serial {serial} expired at {_iso(expires)} "
             "before it arrived; fix: re-issue it with a later 'expires'",
         )
-    return Verdict("accept", "first" if state is None else "new", f"serial {serial} accepted")
+    return OfferVerdict("accept", "first" if state is None else "new", f"serial {serial} accepted")
 
 
 def load_state(path: Path) -> PolicyState | None:

@@ -111,7 +111,7 @@ def test_denied_name_through_the_proxy(tmp_path: Path, upstream: Upstream, mode:
         assert event["policy"]["id"] == "test-ban"
         # the same name again is folded, not a second row
         dns.query.udp(dns.message.make_query(f"chat.{domain}", "A"), "127.0.0.1", 3, port)
-        assert wait_for(lambda: daemon.dns_guard.counts["folded"] >= 1, 5)
+        assert wait_for(lambda: daemon.dns.guard.counts["folded"] >= 1, 5)
         assert len([e for e in spool_events(state) if e["kind"] == "dns"]) == 1
     finally:
         daemon.stop()

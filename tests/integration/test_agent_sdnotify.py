@@ -54,6 +54,16 @@ def test_agent_sends_ready_keepalives_and_stopping(tmp_path: Path) -> None:
         assert "STOPPING=1" in _messages(sock, time.monotonic() + 0.5)
 
 
+def test_a_process_sensor_turned_off_is_healthy() -> None:
+    """``[sensors] process = "off"``: no thread to die, so the keep-alive is never withheld."""
+    sensor = ProcessSensor("off", lambda facts, sighting: None)
+    sensor.start()
+    try:
+        assert sensor.state == "off" and sensor.healthy()
+    finally:
+        sensor.stop()
+
+
 def test_process_sensor_reports_a_dead_thread() -> None:
     sensor = ProcessSensor("poll", lambda facts, sighting: None, poll_interval=0.2)
     sensor.start()
@@ -62,7 +72,7 @@ def test_process_sensor_reports_a_dead_thread() -> None:
     finally:
         sensor.stop()
     broken = ProcessSensor("poll", lambda facts, sighting: None, poll_interval=0.2)
-    broken._check_loop = lambda: None  # type: ignore[method-assign]  # the thread ends at once
+    broken.checker._consume = lambda run: None  # type: ignore[method-assign]  # ends at once
     broken.start()
     try:
         assert wait_for(lambda: not broken.healthy(), 5)

@@ -23,9 +23,9 @@ import pytest
 from proscribe.agent.sensors.dns import (
     DnsObservation,
     DnsProxy,
+    NameVerdict,
     ProcessAttributor,
     ProcessRef,
-    Verdict,
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
 from tests.support.dns_peers import answers
@@ -82,10 +82,10 @@ class Recorder:
         with self.lock:
             self.observations.append(observation)
 
-    def decide(self, name: str, process: ProcessRef | None) -> Verdict | None:
+    def decide(self, name: str, process: ProcessRef | None) -> NameVerdict | None:
         self.decided.append((name, process))
         match = DENIED.match(name)
-        return Verdict(block=True, rule_id=match.rule_id) if match else None
+        return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     def observed(self, qname: str) -> DnsObservation | None:
         with self.lock:
@@ -211,12 +211,12 @@ def test_monitor_mode_forwards_and_reports_would_block(upstream: tuple[str, int]
 
 
 def test_exemption_per_user_lets_the_name_through(upstream: tuple[str, int]) -> None:
-    def decide(name: str, process: ProcessRef | None) -> Verdict | None:
+    def decide(name: str, process: ProcessRef | None) -> NameVerdict | None:
         if not DENIED.match(name):
             return None
         if process is not None and process["pid"] == os.getpid():
-            return Verdict(block=False, rule_id="deepseek-web", exempted_by="lab-eval")
-        return Verdict(block=True, rule_id="deepseek-web")
+            return NameVerdict(block=False, rule_id="deepseek-web", exempted_by="lab-eval")
+        return NameVerdict(block=True, rule_id="deepseek-web")
 
     recorder = Recorder()
     attributor = ProcessAttributor()

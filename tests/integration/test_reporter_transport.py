@@ -727,6 +727,7 @@ def test_public_names() -> None:
         "Transport",
         "TransportError",
         "backoff_delay",
+        "build_identity",
         "build_reporter",
         "check_collector_url",
         "parse_retry_after",

@@ -28,8 +28,8 @@ from proscribe.agent.sensors.dns import (
     DnsCapture,
     DnsObservation,
     DnsSettings,
+    NameVerdict,
     ProcessAttributor,
-    Verdict,
     build_dns_sensor,
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
@@ -241,9 +241,9 @@ def test_garbage_on_port_53_is_counted_and_survived(capture: tuple[DnsCapture, S
 def test_build_dns_sensor_attributes_only_matching_names(resolvers: None) -> None:
     sink = Sink()
 
-    def decide(name: str, process: object) -> Verdict | None:
+    def decide(name: str, process: object) -> NameVerdict | None:
         match = DENIED.match(name)
-        return Verdict(block=True, rule_id=match.rule_id) if match else None
+        return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     sensor = build_dns_sensor("capture", DnsSettings(), sink, decide)
     sensor.start()
@@ -265,9 +265,9 @@ def test_build_dns_sensor_attributes_only_matching_names(resolvers: None) -> Non
 def test_build_dns_sensor_can_deliver_unmatched_names(resolvers: None) -> None:
     sink = Sink()
 
-    def decide(name: str, process: object) -> Verdict | None:
+    def decide(name: str, process: object) -> NameVerdict | None:
         match = DENIED.match(name)
-        return Verdict(block=True, rule_id=match.rule_id) if match else None
+        return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     sensor = build_dns_sensor("capture", DnsSettings(unmatched=True), sink, decide)
     sensor.start()

@@ -26,11 +26,11 @@ pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.netns]
 PROXY = """
 import json, sys
 from proscribe.core.policy.matchers.domain import DomainMatcher
-from proscribe.agent.sensors.dns import DnsProxy, ProcessAttributor, Verdict
+from proscribe.agent.sensors.dns import DnsProxy, ProcessAttributor, NameVerdict
 matcher = DomainMatcher.from_names(["deepseek.com"], "deepseek-web")
 def decide(name, process):
     match = matcher.match(name)
-    return Verdict(True, match.rule_id) if match else None
+    return NameVerdict(True, match.rule_id) if match else None
 def emit(o):
     process = o.process or {}
     print(json.dumps({"qname": o.qname, "qtype": o.qtype, "action": o.action,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from proscribe.agent.enforce.exec_deny import ExecDenyGuard, ExecRequest, Verdict
+from proscribe.agent.config import EnforceSection
+from proscribe.agent.enforce.exec_deny import ExecDenyGuard, ExecRequest, ExecVerdict
 from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.linux]
@@ -83,17 +84,17 @@ def try_exec(path: Path, uid: int | None = None) -> tuple[int, int]:
 
 class Recorder:
     def __init__(self) -> None:
-        self.items: list[tuple[ExecRequest, Verdict]] = []
+        self.items: list[tuple[ExecRequest, ExecVerdict]] = []
         self.arrived = threading.Event()
 
-    def __call__(self, request: ExecRequest, verdict: Verdict) -> None:
+    def __call__(self, request: ExecRequest, verdict: ExecVerdict) -> None:
         self.items.append((request, verdict))
         self.arrived.set()
 
 
-def deny_deepseek(request: ExecRequest) -> Verdict:
+def deny_deepseek(request: ExecRequest) -> ExecVerdict:
     denied = Path(request.path).name.startswith("deepseek")
-    return Verdict(
+    return ExecVerdict(
         denied, "name glob 'deepseek*'" if denied else "", "deepseek" if denied else None
     )
 
@@ -127,7 +128,7 @@ def test_denied_copy_fails_with_eperm_and_is_reported_allowed_copy_runs(mnt: Pat
 
 
 def test_a_raising_decider_fails_open_and_is_counted(mnt: Path) -> None:
-    def broken(_request: ExecRequest) -> Verdict:
+    def broken(_request: ExecRequest) -> ExecVerdict:
         raise RuntimeError("policy bug")
 
     with running(ExecDenyGuard([mnt], broken)) as guard:
@@ -138,7 +139,7 @@ def test_a_raising_decider_fails_open_and_is_counted(mnt: Path) -> None:
 def test_a_slow_decider_is_answered_allow_within_the_timeout(mnt: Path) -> None:
     release = threading.Event()
 
-    def slow(request: ExecRequest) -> Verdict:
+    def slow(request: ExecRequest) -> ExecVerdict:
         release.wait(5)
         return deny_deepseek(request)
 
@@ -159,7 +160,7 @@ def test_after_a_hung_check_a_fresh_reader_keeps_denying(mnt: Path) -> None:
     release = threading.Event()
     first = [True]
 
-    def hangs_once(request: ExecRequest) -> Verdict:
+    def hangs_once(request: ExecRequest) -> ExecVerdict:
         if first[0]:
             first[0] = False
             release.wait(5)
@@ -184,9 +185,9 @@ def test_after_a_hung_check_a_fresh_reader_keeps_denying(mnt: Path) -> None:
 def test_too_many_hung_checks_allow_misses_unchecked(mnt: Path) -> None:
     release = threading.Event()
 
-    def stuck(_request: ExecRequest) -> Verdict:
+    def stuck(_request: ExecRequest) -> ExecVerdict:
         release.wait(5)
-        return Verdict(True)
+        return ExecVerdict(True)
 
     with running(ExecDenyGuard([mnt], stuck, timeout_ms=50, max_stuck=1)) as guard:
         try:
@@ -215,9 +216,9 @@ def test_monitor_mode_allows_and_reports_would_block(mnt: Path) -> None:
 def test_cache_hit_then_a_modified_file_is_judged_again(mnt: Path) -> None:
     calls: list[str] = []
 
-    def counting(request: ExecRequest) -> Verdict:
+    def counting(request: ExecRequest) -> ExecVerdict:
         calls.append(request.path)
-        return Verdict(False)
+        return ExecVerdict(False)
 
     tool = mnt / "allowed-tool"
     with running(ExecDenyGuard([mnt], counting)) as guard:
@@ -229,7 +230,7 @@ def test_cache_hit_then_a_modified_file_is_judged_again(mnt: Path) -> None:
         assert try_exec(tool)[1] == 0
         assert calls == [str(tool)] * 2
         # a new policy drops every cached verdict
-        guard.set_decider(lambda r: Verdict(True, "new policy"))
+        guard.set_decider(lambda r: ExecVerdict(True, "new policy"))
         assert try_exec(tool)[1] == 3
 
 
@@ -238,8 +239,8 @@ def test_sha256_is_read_from_the_event_fd_when_the_policy_needs_it(mnt: Path) ->
 
     want = hashlib.sha256((mnt / "deepseek").read_bytes()).hexdigest()
 
-    def by_hash(request: ExecRequest) -> Verdict:
-        return Verdict(request.sha256 == want, "sha256")
+    def by_hash(request: ExecRequest) -> ExecVerdict:
+        return ExecVerdict(request.sha256 == want, "sha256")
 
     with running(ExecDenyGuard([mnt], by_hash, want_sha256=lambda: True)):
         assert try_exec(mnt / "deepseek")[1] == 3
@@ -289,7 +290,7 @@ users = ["root"]
 
 
 def test_protected_executables_are_never_denied(mnt: Path) -> None:
-    guard = ExecDenyGuard([mnt], lambda r: Verdict(True), protect=[str(mnt / "deepseek")])
+    guard = ExecDenyGuard([mnt], lambda r: ExecVerdict(True), protect=[str(mnt / "deepseek")])
     with running(guard):
         assert try_exec(mnt / "deepseek")[1] == 0
         assert try_exec(mnt / "allowed-tool")[1] == 3
@@ -308,10 +309,10 @@ def test_stop_is_bounded_while_a_check_hangs(mnt: Path) -> None:
     release = threading.Event()
     entered = threading.Event()
 
-    def hangs(_request: ExecRequest) -> Verdict:
+    def hangs(_request: ExecRequest) -> ExecVerdict:
         entered.set()
         release.wait(10)
-        return Verdict(True)
+        return ExecVerdict(True)
 
     guard = ExecDenyGuard([mnt], hangs, timeout_ms=5000)
     guard.start()
@@ -369,7 +370,7 @@ action = "block"
 """
 
 
-def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None]) -> None:
+def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, ExecVerdict], None]) -> None:
     """The daemon's wiring: build_exec_guard over a real compiled policy."""
     from proscribe.agent.enforce.exec_deny import build_exec_guard
     from proscribe.core.policy.loader import load_policy
@@ -377,7 +378,11 @@ def run_policy_guard(mnt: Path, on_denied: Callable[[ExecRequest, Verdict], None
 
     compiled = CompiledPolicy.compile(load_policy(POLICY, "t.toml"))
     guard = build_exec_guard(
-        {"exec_deny_mounts": [str(mnt)]}, lambda: compiled, on_denied, "enforce", host="h"
+        EnforceSection(exec_deny_mounts=(str(mnt),)),
+        lambda: compiled,
+        on_denied,
+        "enforce",
+        host="h",
     )
     assert guard is not None
     with running(guard):
@@ -393,3 +398,82 @@ def test_build_exec_guard_denies_by_a_real_policy(mnt: Path) -> None:
     assert verdict.rule_id == "deepseek-desktop"
     assert "name glob 'deepseek*' matched" in verdict.reason
     assert request.path.endswith("/deepseek")
+
+
+# A process whose real uid is a user while its effective uid is root, as inside a setuid-root
+# program: it opens the file as root, then execs it (fd-based: pytest's temp dirs are 0700).
+SETRESUID_EXEC = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.setresuid(int(sys.argv[2]), 0, 0)
+print(os.getpid(), flush=True)
+try:
+    os.execve(fd, [sys.argv[1], "5"], {})
+except PermissionError:
+    print("EPERM", flush=True)
+    sys.exit(3)
+"""
+
+EXEMPT_NOBODY = (
+    POLICY
+    + b"""
+[[exemption]]
+id     = "nobody-may"
+rules  = ["deepseek-desktop"]
+users  = ["nobody"]
+reason = "service account"
+"""
+)
+
+
+def test_a_setuid_caller_is_judged_by_its_real_user_before_and_after_exec(mnt: Path) -> None:
+    """One meaning of uid: the pre-exec guard and the process sensor's reader both judge by the
+    real uid (``nobody`` here, exempt) and both record the effective uid (root) beside it.
+    Before, the guard took the owner of /proc/PID (root) and refused what the sensor let run."""
+    import pwd
+    from datetime import UTC, datetime
+
+    from proscribe.agent.enforce.exec_verdicts import policy_decider
+    from proscribe.agent.sensors.enrich import Enricher
+    from proscribe.core.policy.loader import load_policy
+    from proscribe.core.policy.matchers import CompiledPolicy
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    compiled = CompiledPolicy.compile(load_policy(EXEMPT_NOBODY, "t.toml"))
+    decide = policy_decider(compiled, "h")
+    asked: list[ExecRequest] = []
+
+    def recording(request: ExecRequest) -> ExecVerdict:
+        asked.append(request)
+        return decide(request)
+
+    with running(ExecDenyGuard([mnt], recording)):
+        child = subprocess.Popen(
+            [sys.executable, "-c", SETRESUID_EXEC, str(mnt / "deepseek"), str(nobody)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            pid = int(child.stdout.readline())
+            # the sensor's reader, after the exec: the real user, and the effective uid beside it
+            deadline = time.monotonic() + 5
+            facts = Enricher().facts(pid)
+            while facts is not None and facts.exe != str(mnt / "deepseek"):
+                assert time.monotonic() < deadline, facts
+                time.sleep(0.01)
+                facts = Enricher().facts(pid)
+            assert facts is not None
+            assert (facts.uid, facts.euid, facts.user) == (nobody, 0, "nobody")
+            (decision,) = compiled.check_process(facts, "h", datetime.now(UTC))
+            assert decision.exempted_by == "nobody-may"
+            # the pre-exec guard judged the same exec by the same facts: exempt, so it ran
+            (request,) = [r for r in asked if r.pid == pid]
+            assert (request.uid, request.euid, request.user) == (nobody, 0, "nobody")
+            assert not decide(request).deny
+            assert child.poll() is None  # running, not refused before start
+        finally:
+            child.kill()
+            child.wait(10)
+            if child.stdout is not None:
+                child.stdout.close()

@@ -51,13 +51,9 @@ def test_connector_reports_exec_and_comm_events() -> None:
 
 def test_sensor_delivers_a_new_process_in_milliseconds() -> None:
     got: dict[int, tuple[ProcessFacts, Sighting, float]] = {}
-    arrived = threading.Event()
-    target: list[int] = []
 
     def handler(facts: ProcessFacts, sighting: Sighting) -> None:
         got.setdefault(facts.pid, (facts, sighting, time.monotonic()))
-        if target and facts.pid == target[0]:
-            arrived.set()
 
     sensor = ProcessSensor("netlink", handler, sweep_interval=3600)
     sensor.start()
@@ -66,8 +62,8 @@ def test_sensor_delivers_a_new_process_in_milliseconds() -> None:
         time.sleep(0.3)  # let the start-up sweep finish (its end is not observable from outside)
         before = time.monotonic()
         proc = subprocess.Popen(["/bin/sleep", "5"])
-        target.append(proc.pid)
-        assert arrived.wait(5)
+        # (it may arrive before Popen returns: the pid is looked for afterwards)
+        assert wait_for(lambda: proc.pid in got, 5)
         facts, sighting, when = got[proc.pid]
         assert sighting.source == "exec"
         assert facts.exe == "/usr/bin/sleep" and facts.cmdline == ("/bin/sleep", "5")

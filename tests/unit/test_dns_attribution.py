@@ -47,6 +47,9 @@ def make_procfs(tmp_path: Path) -> Path:
     for pid, (comm, argv, uid, inodes) in processes.items():
         base = proc / str(pid)
         (base / "fd").mkdir(parents=True)
+        # what the agent's procfs reader reads: stat (comm, ppid, start), cmdline, exe, status
+        fields = f"S 1 {pid} {pid} 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 500 0 0"
+        (base / "stat").write_text(f"{pid} ({comm}) {fields}")
         (base / "comm").write_text(comm + "\n")
         (base / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
         (base / "status").write_text(f"Name:\t{comm}\nPPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")

@@ -118,6 +118,7 @@ def test_extra_resolvers_and_a_bad_one() -> None:
 
 def test_the_event_passes_the_collectors_schema() -> None:
     from proscribe.agent.dns_guard import DnsGuard
+    from proscribe.agent.evidence import Evidence, HostSection
     from proscribe.collector.api.schema import EventIn
 
     stored: list[dict[str, Any]] = []
@@ -132,9 +133,8 @@ def test_the_event_passes_the_collectors_schema() -> None:
 
     guard = DnsGuard(
         policy=Policy(),  # type: ignore[arg-type]
-        spool=Spool(),  # type: ignore[arg-type]
+        evidence=Evidence(Spool(), HostSection("ws")),  # type: ignore[arg-type]
         hostname="ws",
-        host_info=lambda: {"hostname": "ws", "os": "linux"},
     )
     guard.on_encrypted(
         EncryptedDnsConnection(

@@ -1,4 +1,5 @@
-"""DnsGuard: one event per (rule, process, name) per window, repeats counted, never lost."""
+"""DnsGuard: one event per (rule, process, name) per window, repeats counted, never lost (the
+agent's one repeat rule, agent/repeats.py, applied to DNS)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.agent.dns_guard import DnsGuard
+from proscribe.agent.evidence import Evidence, HostSection
 from proscribe.agent.sensors.dns.observation import DnsObservation
 from proscribe.agent.spool import Spool
 from proscribe.core.policy.loader import load_policy
 from proscribe.core.policy.matchers import CompiledPolicy
+from tests.support.agent_harness import spool_events
 
 POLICY = b"""
 [meta]
@@ -59,16 +62,17 @@ def _guard(tmp_path: Path) -> tuple[DnsGuard, Spool]:
     spool = Spool(tmp_path / "spool.db")
     guard = DnsGuard(
         policy=_Policy(),  # type: ignore[arg-type]
-        spool=spool,
+        evidence=Evidence(spool, HostSection("h")),
         hostname="h",
-        host_info=lambda: {"hostname": "h"},
         window=60.0,
     )
     return guard, spool
 
 
 def _dns_events(spool: Spool) -> list[dict[str, Any]]:
-    return [e.event for e in spool.pending(limit=500) if e.event["kind"] == "dns"]
+    """Unsent ``dns`` events with their counts, read beside the spool (not taken for sending)."""
+    events = spool_events(spool.path.parent)
+    return [e for e in events if e["kind"] == "dns" and e["_state"] == "pending"]
 
 
 def test_repeats_fold_into_the_unsent_event(tmp_path: Path) -> None:
@@ -76,13 +80,15 @@ def test_repeats_fold_into_the_unsent_event(tmp_path: Path) -> None:
     proc = {"pid": 4242, "name": "curl", "exe": "/usr/bin/curl", "user": "alice"}
     for _ in range(5):
         guard.on_observation(_observation(proc))
+    guard.flush_repeats()  # the daemon's loop does this every half second
     events = _dns_events(spool)
     assert len(events) == 1
-    assert events[0]["count"] == 5
+    assert events[0]["_count"] == 5
     assert events[0]["process"]["pid"] == 4242
+    assert guard.counts["folded"] == 4
 
 
-def test_repeats_after_the_event_was_sent_become_one_event_per_window(tmp_path: Path) -> None:
+def test_repeats_after_the_event_was_sent_travel_in_one_new_event(tmp_path: Path) -> None:
     guard, spool = _guard(tmp_path)
     proc = {"pid": 4242, "name": "curl", "exe": "/usr/bin/curl", "user": "alice"}
     guard.on_observation(_observation(proc))
@@ -90,12 +96,14 @@ def test_repeats_after_the_event_was_sent_become_one_event_per_window(tmp_path: 
     for _ in range(7):
         guard.on_observation(_observation(proc))
     assert _dns_events(spool) == []  # no event per query
-    assert guard.flush_repeats(now=time.monotonic()) == 0  # window still open
-    assert guard.flush_repeats(now=time.monotonic() + 61) == 1
+    assert guard.flush_repeats() == 1
     events = _dns_events(spool)
-    assert len(events) == 1 and events[0]["count"] == 7
+    assert len(events) == 1 and events[0]["_count"] == 7
     assert "7 repeat(s) after the first report" in events[0]["detail"]
-    assert guard.flush_repeats(now=time.monotonic() + 200) == 0  # nothing twice
+    assert guard.flush_repeats() == 0  # nothing twice
+    # another process asking the same name is its own event
+    guard.on_observation(_observation({**proc, "pid": 4243}))
+    assert [e["process"]["pid"] for e in _dns_events(spool)] == [4242, 4243]
 
 
 def test_an_unattributed_query_says_why(tmp_path: Path) -> None:

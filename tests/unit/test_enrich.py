@@ -6,7 +6,17 @@ import hashlib
 import os
 from pathlib import Path
 
-from proscribe.agent.sensors.enrich import Enricher, HashCache, parse_stat
+from proscribe.agent.sensors.enrich import (
+    Enricher,
+    HashCache,
+    ProcessIds,
+    parse_stat,
+    process_ref,
+    read_ids,
+)
+from proscribe.collector.api.schema import EventIn
+from proscribe.core.events import MAX_CMDLINE_ITEMS, MAX_STRING, new_event
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 STAT = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0 0"
 
@@ -70,3 +80,32 @@ def test_hash_cache_hashes_each_file_version_once(tmp_path: Path) -> None:
     target.write_bytes(b"two-longer")  # new size/mtime: a new version
     assert cache.digest(link) == hashlib.sha256(b"two-longer").hexdigest()
     assert cache.hashed == 2
+
+
+def test_uid_is_the_real_uid_and_euid_is_recorded_beside_it(tmp_path: Path) -> None:
+    """One meaning of uid everywhere: the first field of ``Uid:`` (who ran it); the effective
+    uid (a setuid program's) is a separate fact."""
+    d = fake_proc(tmp_path / "proc", 4242, exe=None, cmdline=b"x\0")
+    (d / "status").write_text("Name:\tx\nUid:\t4000000001\t0\t0\t0\nGid:\t0\t0\t0\t0\n")
+    assert read_ids(4242, tmp_path / "proc") == ProcessIds(uid=4000000001, euid=0)
+    facts = Enricher(tmp_path / "proc").facts(4242)
+    assert facts is not None
+    assert (facts.uid, facts.euid, facts.user) == (4000000001, 0, "4000000001")
+    quick = Enricher(tmp_path / "proc").facts(4242, with_user=False)
+    assert quick is not None and quick.uid is None
+    completed = Enricher(tmp_path / "proc").with_user(quick)
+    assert (completed.uid, completed.euid) == (4000000001, 0)
+    assert process_ref(completed)["uid"] == 4000000001 and process_ref(completed)["euid"] == 0
+    # the collector takes both (optional fields of the event's process object)
+    EventIn.model_validate(
+        new_event("process", rule="r", action="killed", process=process_ref(completed))
+    )
+    # a vanished process, and this one
+    assert read_ids(4243, tmp_path / "proc") is None
+    assert read_ids(os.getpid()) == (os.getuid(), os.geteuid())
+
+
+def test_process_ref_is_clipped_to_the_wire_limits() -> None:
+    facts = ProcessFacts(pid=1, name="n", exe="/x", cmdline=tuple(["a" * 5000] * 300), user="u")
+    ref = process_ref(facts)
+    assert len(ref["cmdline"]) == MAX_CMDLINE_ITEMS and len(ref["cmdline"][0]) == MAX_STRING

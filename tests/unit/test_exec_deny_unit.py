@@ -1,5 +1,6 @@
-"""Exec-deny's pure parts: fanotify struct parsing, the verdict cache, the policy decider and the
-daemon adapter's config checks (no fanotify group is opened here)."""
+"""Exec-deny's pure parts: fanotify struct parsing, the verdict cache, the policy decider, the
+checks of its settings (once, in the config loader) and of its mounts (no fanotify group is
+opened here)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from proscribe.agent.config import EnforceSection, parse_agent_config
 from proscribe.agent.enforce import _fanotify_linux as fan
-from proscribe.agent.enforce.exec_deny import build_exec_guard
+from proscribe.agent.enforce.exec_deny import build_exec_guard, check_mount
 from proscribe.agent.enforce.exec_verdicts import (
     CacheKey,
     ExecRequest,
-    Verdict,
+    ExecVerdict,
     VerdictCache,
     policy_decider,
-    read_uid,
     sha256_of_fd,
 )
 from proscribe.core.errors import ConfigError
@@ -72,7 +73,7 @@ def _no_uid() -> int | None:
 def test_cache_hits_until_the_ttl_and_is_keyed_by_identity() -> None:
     now = [0.0]
     cache = VerdictCache(capacity=8, ttl=10.0, clock=lambda: now[0])
-    deny = Verdict(True, "rule x")
+    deny = ExecVerdict(True, "rule x")
     cache.put(_key(), deny, 1000)
     assert cache.get(_key(), _no_uid) is deny
     assert cache.get(_key(mtime_ns=2), _no_uid) is None  # the file was written
@@ -84,7 +85,7 @@ def test_cache_hits_until_the_ttl_and_is_keyed_by_identity() -> None:
 
 def test_per_user_verdicts_hit_only_for_the_same_uid() -> None:
     cache = VerdictCache(capacity=8, ttl=10.0, clock=lambda: 0.0)
-    exempted = Verdict(False, per_user=True)
+    exempted = ExecVerdict(False, per_user=True)
     cache.put(_key(), exempted, 1000)
     assert cache.get(_key(), lambda: 1000) is exempted
     assert cache.get(_key(), lambda: 1001) is None
@@ -94,16 +95,16 @@ def test_per_user_verdicts_hit_only_for_the_same_uid() -> None:
 def test_cache_evicts_least_recently_used_and_clears() -> None:
     cache = VerdictCache(capacity=2, ttl=60.0, clock=lambda: 0.0)
     a, b, c = (CacheKey(1, ino, 0, 0, 0) for ino in (1, 2, 3))
-    cache.put(a, Verdict(False))
-    cache.put(b, Verdict(False))
+    cache.put(a, ExecVerdict(False))
+    cache.put(b, ExecVerdict(False))
     assert cache.get(a, _no_uid) is not None  # a is now the most recent
-    cache.put(c, Verdict(True))
+    cache.put(c, ExecVerdict(True))
     assert cache.get(b, _no_uid) is None
     assert cache.get(a, _no_uid) is not None and cache.get(c, _no_uid) is not None
     cache.clear()
     assert len(cache) == 0
     off = VerdictCache(capacity=0)
-    off.put(a, Verdict(True))
+    off.put(a, ExecVerdict(True))
     assert off.get(a, _no_uid) is None
 
 
@@ -133,13 +134,6 @@ def test_sha256_of_fd_reads_the_whole_file_and_respects_the_limit(tmp_path: Path
         assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # pread leaves the offset alone
     finally:
         os.close(fd)
-
-
-def test_read_uid_is_the_owner_of_the_proc_dir(tmp_path: Path) -> None:
-    (tmp_path / "42").mkdir()
-    assert read_uid(42, tmp_path) == os.getuid()
-    assert read_uid(43, tmp_path) is None
-    assert read_uid(os.getpid(), Path("/proc")) == os.geteuid()
 
 
 POLICY = rb"""
@@ -198,38 +192,53 @@ def test_policy_decider_denies_by_name_path_and_hash_but_not_report_or_exempted(
     assert not decide(_request("/usr/bin/x", sha256="a" * 64)).per_user
     # argv is not known before exec: a command-line rule cannot deny here
     assert not decide(_request("/usr/bin/ollama")).deny
-    assert decide(_request("/usr/bin/true")) == Verdict(False)
+    assert decide(_request("/usr/bin/true")) == ExecVerdict(False)
 
 
 def test_build_exec_guard_is_off_without_mounts() -> None:
-    assert build_exec_guard({}, lambda: None, None, "enforce", host="h") is None
-    assert (
-        build_exec_guard({"exec_deny_mounts": []}, lambda: None, None, "enforce", host="h") is None
-    )
+    assert build_exec_guard(EnforceSection(), lambda: None, None, "enforce", host="h") is None
 
 
 @pytest.mark.parametrize(
-    ("section", "message"),
+    ("keys", "message"),
     [
-        ({"exec_deny_mounts": "/opt"}, "expected a list of mount point paths"),
-        ({"exec_deny_mounts": ["/"]}, "'/' is refused"),
-        ({"exec_deny_mounts": ["/proc/self"]}, "is not a mount point"),
-        ({"exec_deny_mounts": ["/proc"], "exec_deny_timeout_ms": 0}, "exec_deny_timeout_ms"),
-        ({"exec_deny_mounts": ["/proc"], "exec_deny_cache_size": "big"}, "exec_deny_cache_size"),
+        ('exec_deny_mounts = "/opt"', "enforce.exec_deny_mounts must be a list of strings"),
+        ('exec_deny_mounts = [""]', "enforce.exec_deny_mounts must hold only non-empty"),
+        ("exec_deny_timeout_ms = 0", "enforce.exec_deny_timeout_ms is 0, out of range"),
+        ("exec_deny_timeout_ms = 5001", "enforce.exec_deny_timeout_ms is 5001, out of range"),
+        ('exec_deny_cache_size = "big"', "enforce.exec_deny_cache_size must be an integer"),
+        ("exec_deny_cache_size = -1", "enforce.exec_deny_cache_size is -1, out of range"),
     ],
 )
-def test_build_exec_guard_config_errors_name_the_key(
-    section: dict[str, object], message: str
-) -> None:
+def test_exec_deny_settings_are_checked_once_by_the_config_loader(keys: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        build_exec_guard(section, lambda: None, None, "enforce", host="h")
+        parse_agent_config(f"[enforce]\n{keys}\n".encode(), Path("/etc/proscribe/agent.toml"))
+    assert "\n" not in str(info.value) and "fix:" in str(info.value)
+
+
+def test_cache_size_zero_means_no_verdict_cache() -> None:
+    config = parse_agent_config(
+        b"[enforce]\nexec_deny_mounts = ['/proc']\nexec_deny_cache_size = 0\n", Path("a.toml")
+    )
+    guard = build_exec_guard(config.enforce, lambda: None, None, "enforce", host="h")
+    assert guard is not None and guard.cache.capacity == 0
+
+
+@pytest.mark.parametrize(
+    ("mount", "message"), [("/", "'/' is refused"), ("/proc/self", "is not a mount point")]
+)
+def test_mounts_are_checked_before_marking(mount: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        check_mount(Path(mount))
     assert "\n" not in str(info.value) and "fix:" in str(info.value)
 
 
 @pytest.mark.linux  # /proc is a mount point
 def test_build_exec_guard_reads_the_keys() -> None:
     guard = build_exec_guard(
-        {"exec_deny_mounts": ["/proc"], "exec_deny_timeout_ms": 50, "exec_deny_cache_size": 8},
+        EnforceSection(
+            exec_deny_mounts=("/proc",), exec_deny_timeout_ms=50, exec_deny_cache_size=8
+        ),
         lambda: None,
         None,
         "monitor",

@@ -5,9 +5,13 @@ Public surface; everything else in this package is an implementation detail.
 
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
 from proscribe.agent.sensors.dns.capture import DnsCapture
-from proscribe.agent.sensors.dns.dedupe import DnsDeduper
 from proscribe.agent.sensors.dns.message import DnsMessageFacts, MalformedDnsMessage, parse_message
-from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, ProcessRef, Verdict
+from proscribe.agent.sensors.dns.observation import (
+    Decide,
+    DnsObservation,
+    NameVerdict,
+    ObservationSink,
+)
 from proscribe.agent.sensors.dns.proxy import CANARY, DnsProxy, blocked_response
 from proscribe.agent.sensors.dns.sensor import (
     DnsSensor,
@@ -17,13 +21,13 @@ from proscribe.agent.sensors.dns.sensor import (
     parse_host_port,
     system_upstreams,
 )
+from proscribe.agent.sensors.enrich import ProcessRef
 
 __all__ = [
     "CANARY",
     "Attribution",
     "Decide",
     "DnsCapture",
-    "DnsDeduper",
     "DnsMessageFacts",
     "DnsObservation",
     "DnsProxy",
@@ -31,9 +35,10 @@ __all__ = [
     "DnsSensorUnavailable",
     "DnsSettings",
     "MalformedDnsMessage",
+    "NameVerdict",
+    "ObservationSink",
     "ProcessAttributor",
     "ProcessRef",
-    "Verdict",
     "blocked_response",
     "build_dns_sensor",
     "parse_host_port",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import pwd
 import sys
 import time
 from collections import OrderedDict
@@ -26,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proscribe.agent.sensors.dns.observation import ProcessRef
+from proscribe.agent.sensors.enrich import Enricher, ProcessRef, process_ref
+from proscribe.agent.sensors.users import UserNames
 
 if TYPE_CHECKING:
     from proscribe.agent.sensors.dns._sockdiag_linux import SockDiag
@@ -135,8 +135,10 @@ class ProcessAttributor:
         process_ttl: float = 2.0,
         use_sock_diag: bool | None = None,
         full_scan_interval: float = 0.25,
+        users: UserNames | None = None,
     ) -> None:
         self._procfs = procfs
+        self._reader = Enricher(procfs, users=users)
         self._proc = str(procfs)  # string joins: pathlib costs microseconds per lookup
         self._sockets = SocketTable(procfs)
         # sock_diag answers for this process's own namespaces, so only with the real /proc.
@@ -148,13 +150,12 @@ class ProcessAttributor:
         self._clock = clock
         self._process_ttl = process_ttl
         self._owners: dict[int, tuple[int, str]] = {}  # inode -> (pid, fd)
-        # (transport, ip, port) -> (inode, uid, pid, fd)
-        self._by_address: dict[tuple[str, str, int], tuple[int, int, int, str]] = {}
+        # (transport, ip, port) -> (inode, pid, fd)
+        self._by_address: dict[tuple[str, str, int], tuple[int, int, str]] = {}
         self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
         self._newest_pid = 0
         self._last_full_scan = -1e9
         self._full_scan_interval = full_scan_interval
-        self._user_names: dict[int, str] = {}
         self.skipped_scans = 0
         self._processes: dict[int, tuple[float, ProcessRef]] = {}
         self.scans = 0
@@ -181,13 +182,13 @@ class ProcessAttributor:
         key = (transport, client[0], client[1])
         cached = self._by_address.get(key)
         if cached is not None:
-            inode, uid, pid, fd = cached
+            inode, pid, fd = cached
             try:
                 valid = os.readlink(f"{self._proc}/{pid}/fd/{fd}") == f"socket:[{inode}]"
             except OSError:
                 valid = False
             if valid:
-                return self._finish(pid, uid)
+                return self._finish(pid)
             del self._by_address[key]
         try:
             found = None
@@ -202,7 +203,7 @@ class ProcessAttributor:
             return Attribution(None, f"not an IP address: {client[0]!r}")
         if found is None:
             return Attribution(None, REASON_NO_SOCKET)
-        inode, uid = found
+        inode = found[0]  # the socket's uid is not the user: the owner's real uid is
         owner_pid = self._owner(inode)
         if owner_pid is None:
             return Attribution(None, REASON_NO_OWNER)
@@ -210,11 +211,11 @@ class ProcessAttributor:
         if owner is not None:
             if len(self._by_address) >= _MAX_CACHE:
                 self._by_address.clear()
-            self._by_address[key] = (inode, uid, owner[0], owner[1])
-        return self._finish(owner_pid, uid)
+            self._by_address[key] = (inode, owner[0], owner[1])
+        return self._finish(owner_pid)
 
-    def _finish(self, pid: int, uid: int) -> Attribution:
-        process = self.describe(pid, uid)
+    def _finish(self, pid: int) -> Attribution:
+        process = self.describe(pid)
         if process is None:
             return Attribution(None, REASON_NO_OWNER)
         if pid in self._forwarder_pids or process.get("name") in self._stub_names:
@@ -301,57 +302,21 @@ class ProcessAttributor:
 
     # -- pid -> process reference ---------------------------------------------------------------
 
-    def describe(self, pid: int, uid: int | None = None) -> ProcessRef | None:
-        """``{pid, ppid, name, exe, cmdline, user}`` for a live pid, cached for ``process_ttl``."""
+    def describe(self, pid: int) -> ProcessRef | None:
+        """The event's ``process`` object for a live pid (its user: the real uid's account, as
+        for every process the agent reports), cached for ``process_ttl``."""
         now = self._clock()
         cached = self._processes.get(pid)
         if cached is not None and now - cached[0] < self._process_ttl:
             return cached[1]
-        base = self._procfs / str(pid)
-        try:
-            name = (base / "comm").read_text(errors="replace").strip()
-            raw = (base / "cmdline").read_bytes()
-            status = (base / "status").read_text(errors="replace")
-        except OSError:
+        facts = self._reader.facts(pid)
+        if facts is None:
             return None
-        try:
-            exe = os.readlink(base / "exe")
-        except OSError:
-            exe = ""
-        ppid: int | None = None
-        for line in status.splitlines():
-            if line.startswith("PPid:"):
-                ppid = int(line.split()[1])
-            elif line.startswith("Uid:") and uid is None:
-                uid = int(line.split()[1])
-        cmdline = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-        process: ProcessRef = {
-            "pid": pid,
-            "ppid": ppid,
-            "name": name,
-            "exe": exe,
-            "cmdline": cmdline,
-            "user": self._user_name(uid),
-            "uid": uid,
-        }
+        process = process_ref(facts)
         if len(self._processes) > 4096:
             self._processes.clear()
         self._processes[pid] = (now, process)
         return process
-
-    def _user_name(self, uid: int | None) -> str:
-        """The account name (cached: NSS lookups can be slow, e.g. over LDAP)."""
-        if uid is None:
-            return ""
-        name = self._user_names.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
-            if len(self._user_names) < 4096:
-                self._user_names[uid] = name
-        return name
 
 
 def _open_sock_diag() -> SockDiag | None:

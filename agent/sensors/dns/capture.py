@@ -2,8 +2,9 @@
 
 A reader thread receives from the filtered packet socket, parses headers and DNS, attributes
 the query to its process (while the sender's socket is most likely still open) and hands the
-observation to :class:`ObservationDelivery`, whose thread calls ``on_observation``. Nothing
-waits on this sensor, so it adds no latency to resolution.
+observation to a :class:`~proscribe.agent.worker.BackgroundWorker` that drains every 50 ms (no
+wake-up per packet) and calls ``on_observation``. Nothing waits on this sensor, so it adds no
+latency to resolution.
 
 Given ``relevant`` (the daemon passes "some rule matches one of these names"), a message whose
 names no rule matches is checked, counted (``unmatched``) and dropped right after parsing: it is
@@ -25,10 +26,11 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
-from proscribe.agent.sensors.dns.delivery import ObservationDelivery, ObservationSink
 from proscribe.agent.sensors.dns.headers import MalformedPacket, parse_packet
 from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
-from proscribe.agent.sensors.dns.observation import DnsObservation
+from proscribe.agent.sensors.dns.observation import DnsObservation, ObservationSink
+from proscribe.agent.worker import BackgroundWorker
+from proscribe.core.netaddr import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ class DnsCapture:
         self._attributor = attributor
         self._attribute_if = attribute_if
         self._relevant = relevant
-        self._delivery = ObservationDelivery(
-            on_observation, queue_size, name="dns-capture", interval=0.05
+        self._delivery: BackgroundWorker[DnsObservation] = BackgroundWorker(
+            on_observation, name="dns-capture-deliver", maxsize=queue_size, poll_interval=0.05
         )
         self._socket_factory = socket_factory
         self._clock = clock
@@ -142,8 +144,8 @@ class DnsCapture:
             except OSError:
                 pass
         counts = dict(self._counts)
-        counts["dropped_queue"] = self._delivery.dropped
-        counts["callback_errors"] = self._delivery.callback_errors
+        counts["dropped_queue"] = sum(self._delivery.drops.snapshot().values())
+        counts["callback_errors"] = self._delivery.counts["errors"]
         counts["queue_depth"] = self._delivery.depth()
         return counts
 
@@ -224,19 +226,23 @@ class DnsCapture:
                 time=now,
                 interface=ifname,
             )
-            self._delivery.submit(self._attribute(observation))
+            self._attribute(observation)
+            self._delivery.submit(observation)
 
-    def _attribute(self, observation: DnsObservation) -> DnsObservation:
-        if observation.direction == "query" and _is_loopback(observation.dst_ip):
+    def _attribute(self, observation: DnsObservation) -> None:
+        """Fill in who sent it (in place: the observation is not handed out yet)."""
+        if observation.direction == "query" and is_loopback(observation.dst_ip):
             # An application's query to a local stub: remember it, so that the stub's forward
             # of the same question can be recognized even if the stub's socket is gone.
             if len(self._stub_questions) >= _RECENT_QUERIES:
                 self._stub_questions.clear()
             self._stub_questions[(observation.qname, observation.qtype)] = observation.time
         if self._attributor is None:
-            return observation.update(attribution_reason="attribution disabled")
+            observation.set_attribution(None, "attribution disabled")
+            return
         if self._attribute_if is not None and not self._attribute_if(observation):
-            return observation.update(attribution_reason="not looked up: no rule matched")
+            observation.set_attribution(None, "not looked up: no rule matched")
+            return
         is_query = observation.direction == "query"
         key = (observation.transport, observation.client, observation.msg_id)
         found = None if is_query else self._recent.pop(key, None)
@@ -259,20 +265,12 @@ class DnsCapture:
             self._count("unattributed")
         else:
             self._count("attributed")
-        return observation.update(
-            process=found.process,
-            attribution_reason=found.reason,
-            forwarded=found.forwarded,
-        )
+        observation.set_attribution(found.process, found.reason, forwarded=found.forwarded)
 
     def _is_stub_forward(self, observation: DnsObservation) -> bool:
         """A query to a non-loopback server repeating a question an application just asked a
         loopback stub resolver (within ``STUB_FORWARD_WINDOW`` seconds)."""
-        if observation.direction != "query" or _is_loopback(observation.dst_ip):
+        if observation.direction != "query" or is_loopback(observation.dst_ip):
             return False
         asked = self._stub_questions.get((observation.qname, observation.qtype))
         return asked is not None and 0 <= observation.time - asked <= STUB_FORWARD_WINDOW
-
-
-def _is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")

@@ -146,7 +146,7 @@ def classify(
 
 
 def resolver_table(extra: Iterable[str] = ()) -> dict[str, str]:
-    """The known DoH resolvers plus ``extra`` addresses (``[dns] encrypted_resolvers``)."""
+    """The known DoH resolvers plus ``extra`` addresses (``[dns] doh_resolvers``)."""
     table = dict(KNOWN_DOH_RESOLVERS)
     for text in extra:
         table[str(ipaddress.ip_address(text))] = table.get(text, "")

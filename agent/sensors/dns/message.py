@@ -5,8 +5,9 @@ Sockets live elsewhere (``capture.py``, ``proxy.py``); this module only turns a 
 count. Only the header, question and answer section are decoded; authority and additional
 records are skipped. The names worth checking against the denylist are the question name plus
 every CNAME target in the answer section (CNAME cloaking: ``tracker.example`` answering
-``CNAME api.deepseek.com``). dnspython supplies the type and rcode tables; the proxy uses it to
-build answers.
+``CNAME api.deepseek.com``). The decoding is this module's own (see :func:`read_name`: dnspython's
+objects cost too much per packet); dnspython only supplies the type and rcode tables here, and
+the proxy uses it to build answers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ MAX_CNAME_CHAIN = 16  # longer chains are cut here; resolvers give up well befor
 
 
 class MalformedDnsMessage(ValueError):
-    """The payload is not a DNS message dnspython can parse (garbage, truncated, no question)."""
+    """The payload is not a DNS message this parser can read (garbage, truncated, no question,
+    a bad label or compression pointer)."""
 
 
 @dataclass(frozen=True, slots=True)

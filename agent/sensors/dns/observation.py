@@ -1,4 +1,5 @@
-"""``DnsObservation``: one DNS message seen by a sensor, with its process when known."""
+"""``DnsObservation``: one DNS message seen by a sensor, with its process when known, and the
+:class:`NameVerdict` the sensors ask for about each name."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proscribe.agent.sensors.dns.message import DnsMessageFacts
-
-ProcessRef = dict[str, Any]  # {pid, exe, name, user, cmdline}; the event schema's "process" shape
+from proscribe.agent.sensors.enrich import ProcessRef
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision about one name for one process: block it, and/or report it.
+class NameVerdict:
+    """A decision about one DNS name for one process: block it, and/or report it.
 
     ``decide(name, process)`` returns ``None`` when no rule matches the name. Called with
     ``process=None`` it must not return ``None`` for a name some rule matches (exemptions only
@@ -26,7 +26,7 @@ class Verdict:
     exempted_by: str | None = None
 
 
-Decide = Callable[[str, "ProcessRef | None"], Verdict | None]
+Decide = Callable[[str, "ProcessRef | None"], NameVerdict | None]
 
 
 @dataclass(slots=True)
@@ -60,7 +60,7 @@ class DnsObservation:
     # Set by the proxy, which decides inline: the verdict, the name it was about (the qname or
     # a CNAME target) and what was done: "sinkholed", "would_block" (monitor), "reported",
     # "exempted"; ``None`` when no rule matched or the sensor does not decide (capture).
-    verdict: Verdict | None = None
+    verdict: NameVerdict | None = None
     matched_name: str | None = None
     action: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,16 +95,30 @@ class DnsObservation:
             interface=interface,
         )
 
-    def update(self, **changes: Any) -> DnsObservation:
-        """Set fields in place and return self.
+    # Sensors fill an observation in stages on the hot path, where ``dataclasses.replace`` (a
+    # full copy per stage) costs more than the rest of the work. These set fields in place and
+    # return nothing; once handed to the consumer an observation is no longer changed.
 
-        Sensors fill an observation in stages on the hot path, where ``dataclasses.replace``
-        (a full copy per stage) costs more than the rest of the work; once handed to the
-        consumer an observation is no longer changed.
-        """
-        for key, value in changes.items():
-            setattr(self, key, value)
-        return self
+    def set_attribution(
+        self, process: ProcessRef | None, reason: str | None, *, forwarded: bool = False
+    ) -> None:
+        """Who sent it (or why that is not known)."""
+        self.process = process
+        self.attribution_reason = reason
+        self.forwarded = forwarded
+
+    def set_verdict(
+        self, verdict: NameVerdict, matched_name: str, action: str | None = None
+    ) -> None:
+        """What the proxy decided about ``matched_name`` (the qname or a CNAME target)."""
+        self.verdict = verdict
+        self.matched_name = matched_name
+        self.action = action
+
+    def set_answer(self, names_to_check: tuple[str, ...], cname_targets: tuple[str, ...]) -> None:
+        """The names the answer added (its CNAME chain)."""
+        self.names_to_check = names_to_check
+        self.cname_targets = cname_targets
 
     @property
     def client(self) -> tuple[str, int]:
@@ -116,3 +130,6 @@ class DnsObservation:
     def dns_section(self) -> dict[str, Any]:
         """The event schema's ``dns`` object."""
         return {"qname": self.qname, "qtype": self.qtype, "resolver": self.resolver}
+
+
+ObservationSink = Callable[[DnsObservation], None]

@@ -40,9 +40,14 @@ import dns.rdatatype
 import dns.rrset
 
 from proscribe.agent.sensors.dns.attribution import Attribution, ProcessAttributor
-from proscribe.agent.sensors.dns.delivery import ObservationDelivery, ObservationSink
 from proscribe.agent.sensors.dns.message import MalformedDnsMessage, parse_message
-from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, Verdict
+from proscribe.agent.sensors.dns.observation import (
+    Decide,
+    DnsObservation,
+    NameVerdict,
+    ObservationSink,
+)
+from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,7 +93,8 @@ def blocked_response(query: bytes, rule_id: str | None, ttl: int = BLOCKED_TTL) 
 
 
 def _header_only_error(query: bytes, rcode: int) -> bytes | None:
-    """A bare reply (same id, no sections) for a query dnspython cannot even read."""
+    """A bare reply (same id, no sections) for a query that cannot be parsed: neither by
+    :func:`parse_message` nor, when building the block answer, by dnspython."""
     if len(query) < 12:
         return None
     msg_id, flags = struct.unpack_from("!HH", query)
@@ -126,7 +132,10 @@ class DnsProxy:
         self._timeout = timeout
         self._blocked_ttl = blocked_ttl
         self._clock = clock
-        self._delivery = ObservationDelivery(on_observation, queue_size, name="dns-proxy")
+        # Drained every 20 ms: a wake-up per query would hand the GIL to the consumer each time.
+        self._delivery: BackgroundWorker[DnsObservation] = BackgroundWorker(
+            on_observation, name="dns-proxy-deliver", maxsize=queue_size, poll_interval=0.02
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp_sock: socket.socket | None = None
@@ -193,8 +202,8 @@ class DnsProxy:
     def stats(self) -> dict[str, int]:
         counts = dict(self._counts)
         counts["pending"] = len(self._pending)
-        counts["dropped_queue"] = self._delivery.dropped
-        counts["callback_errors"] = self._delivery.callback_errors
+        counts["dropped_queue"] = sum(self._delivery.drops.snapshot().values())
+        counts["callback_errors"] = self._delivery.counts["errors"]
         return counts
 
     def _bind(self) -> None:
@@ -260,7 +269,7 @@ class DnsProxy:
 
     # -- decisions and attribution ----------------------------------------------------------
 
-    def _verdict(self, name: str, attribution: Attribution | None) -> Verdict | None:
+    def _verdict(self, name: str, attribution: Attribution | None) -> NameVerdict | None:
         try:
             return self._decide(name, attribution.process if attribution else None)
         except Exception:
@@ -280,7 +289,7 @@ class DnsProxy:
             self._counts["attributed"] += 1
         return found
 
-    def _action(self, verdict: Verdict) -> str:
+    def _action(self, verdict: NameVerdict) -> str:
         if verdict.block:
             return "sinkholed" if self._mode == "enforce" else "would_block"
         return "exempted" if verdict.exempted_by else "reported"
@@ -289,19 +298,15 @@ class DnsProxy:
         self,
         observation: DnsObservation,
         attribution: Attribution | None,
-        verdict: Verdict | None,
+        verdict: NameVerdict | None,
         matched: str | None,
     ) -> None:
         if attribution is not None:
-            observation = observation.update(
-                process=attribution.process,
-                attribution_reason=attribution.reason,
-                forwarded=attribution.forwarded,
+            observation.set_attribution(
+                attribution.process, attribution.reason, forwarded=attribution.forwarded
             )
-        if verdict is not None:
-            observation = observation.update(
-                verdict=verdict, matched_name=matched, action=self._action(verdict)
-            )
+        if verdict is not None and matched is not None:
+            observation.set_verdict(verdict, matched, self._action(verdict))
         self._delivery.submit(observation)
 
     def _first_query_step(
@@ -338,9 +343,7 @@ class DnsProxy:
                 self._emit(observation, attribution, verdict, facts.qname)
                 return self._reply_blocked(data, verdict.rule_id), None, None
         if verdict is not None:
-            observation = observation.update(
-                verdict=verdict, matched_name=facts.qname, action=self._action(verdict)
-            )
+            observation.set_verdict(verdict, facts.qname, self._action(verdict))
         return None, observation, attribution
 
     def _reply_blocked(self, query: bytes, rule_id: str | None) -> bytes | None:
@@ -374,9 +377,8 @@ class DnsProxy:
                 self._emit(observation, attribution, observation.verdict, observation.matched_name)
                 return _header_only_error(query, dns.rcode.SERVFAIL) or b""
             cname_targets = facts.cname_targets
-            observation.update(
-                names_to_check=facts.names_to_check, cname_targets=cname_targets, rcode=facts.rcode
-            )
+            observation.set_answer(facts.names_to_check, cname_targets)
+            observation.rcode = facts.rcode
         for target in cname_targets:
             verdict = self._verdict(target, None)
             if verdict is not None:
@@ -390,7 +392,7 @@ class DnsProxy:
                     return self._reply_blocked(query, verdict.rule_id) or b""
                 return answer
             if observation.verdict is None:
-                observation = observation.update(verdict=verdict, matched_name=target)
+                observation.set_verdict(verdict, target)
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return answer
 

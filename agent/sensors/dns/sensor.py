@@ -14,12 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from proscribe.agent.config import DnsSection, parse_host_port
 from proscribe.agent.sensors.dns.attribution import ProcessAttributor
 from proscribe.agent.sensors.dns.capture import DnsCapture
-from proscribe.agent.sensors.dns.delivery import ObservationSink
-from proscribe.agent.sensors.dns.observation import Decide, DnsObservation
+from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, ObservationSink
 from proscribe.agent.sensors.dns.proxy import DnsProxy
+from proscribe.agent.sensors.users import UserNames
 from proscribe.core.errors import ConfigError
+
+__all__ = [
+    "DnsSensor",
+    "DnsSensorUnavailable",
+    "DnsSettings",
+    "build_dns_sensor",
+    "parse_host_port",
+    "system_upstreams",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +55,14 @@ class DnsSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, dns_section: Any, *, enforce: bool = True) -> DnsSettings:
-        """From an object with ``proxy_listen``, ``upstreams`` and ``interfaces`` (strings)."""
+    def from_config(cls, dns_section: DnsSection, *, enforce: bool = True) -> DnsSettings:
+        """From the config's ``[dns]`` section (its addresses were checked by the loader)."""
         return cls(
             proxy_listen=parse_host_port(dns_section.proxy_listen, "dns.proxy_listen"),
             upstreams=tuple(parse_host_port(u, "dns.upstreams") for u in dns_section.upstreams),
             interfaces=tuple(dns_section.interfaces),
             enforce=enforce,
         )
-
-
-def parse_host_port(text: str, key: str, default_port: int = 53) -> tuple[str, int]:
-    """``"127.0.0.1:53"``, ``"[::1]:5353"``, ``"9.9.9.9"`` -> ``(host, port)``."""
-    value = text.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest.lstrip(":") or str(default_port)
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    else:
-        host, port = value, str(default_port)  # a bare IPv4 name or an IPv6 address
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f'{key}: {text!r} is not HOST:PORT; write e.g. "127.0.0.1:53"')
-    return host, int(port)
 
 
 def system_upstreams(
@@ -102,6 +97,7 @@ def build_dns_sensor(
     *,
     attribute_if: Callable[[DnsObservation], bool] | None = None,
     attributor: ProcessAttributor | None = None,
+    users: UserNames | None = None,
 ) -> DnsSensor:
     """A started-on-demand sensor for ``mode`` ("capture" or "proxy").
 
@@ -110,7 +106,7 @@ def build_dns_sensor(
     """
     owned = attributor is None
     if attributor is None:
-        attributor = ProcessAttributor(settings.procfs)
+        attributor = ProcessAttributor(settings.procfs, users=users)
     try:
         inner = _build(mode, settings, on_observation, decide, attribute_if, attributor)
     except BaseException:

@@ -43,8 +43,9 @@ class ProcessFacts:
     argv0: str = ""
     exe: str = ""  # resolved executable path
     cmdline: tuple[str, ...] = ()
-    user: str = ""
-    uid: int | None = None
+    user: str = ""  # the account of the real uid
+    uid: int | None = None  # real uid: who ran it; exemptions by user go by it
+    euid: int | None = None  # effective uid (differs for setuid programs); recorded, not judged
     sha256: str | None = None  # lower-case hex of the executable, when the policy needs it
     start_time: float | None = None
 
