@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from proscribe.core.events import parse_time
 
 _RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+FORMS = "use e.g. 30d, 12h, or 2025-01-28T09:00:00Z"
 
 
 def parse_moment(text: str, now: float) -> float:
-    """Seconds since the epoch; ValueError naming the accepted forms."""
+    """Seconds since the epoch; ValueError naming the accepted forms. The moment must be a
+    real calendar time (years 1 to 9999 in UTC): every report and export prints it."""
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
-        return now - int(match.group(1)) * _UNIT[match.group(2)]
+        moment = now - int(match.group(1)) * _UNIT[match.group(2)]
+    else:
+        try:
+            moment = parse_time(text).timestamp()
+        except ValueError as err:
+            raise ValueError(f"{text[:40]!r} is not a time ({FORMS})") from err
     try:
-        return parse_time(text).timestamp()
-    except ValueError as err:
-        raise ValueError(
-            f"{text[:40]!r} is not a time (use e.g. 30d, 12h, or 2025-01-28T09:00:00Z)"
-        ) from err
+        datetime.fromtimestamp(moment, UTC)
+    except (OverflowError, OSError, ValueError) as err:
+        raise ValueError(f"{text[:40]!r} is out of range (years 1 to 9999; {FORMS})") from err
+    return moment
