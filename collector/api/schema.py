@@ -38,9 +38,10 @@ def _timestamp(value: str) -> str:
     try:
         parse_time(value)
     except ValueError as err:
-        raise ValueError(
-            "time must be RFC 3339 with a zone, e.g. 2025-01-28T09:14:03.120Z"
-        ) from err
+        problem = (
+            "is out of range" if "out of range" in str(err) else "must be RFC 3339 with a zone"
+        )
+        raise ValueError(f"time {problem}, e.g. 2025-01-28T09:14:03.120Z") from err
     return value
 
 

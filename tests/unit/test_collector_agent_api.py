@@ -80,7 +80,8 @@ class Env:
             now=self.clock.now if now is None else now,
             nonce=nonce,
         )
-        return self.client.request(method, path, content=body, headers={**sig, **(headers or {})})
+        sent = {"Content-Type": "application/json", **sig, **(headers or {})}
+        return self.client.request(method, path, content=body, headers=sent)
 
     def stored(self) -> int:
         with self.state.db.read() as conn:
@@ -330,6 +331,7 @@ def test_lying_content_length_and_chunked_are_capped(env: Env) -> None:
             yield body[i : i + 65536]
 
     sig = sign_request(key, agent_id, "POST", "/api/v1/events", body, now=env.clock.now)
+    sig["Content-Type"] = "application/json"
     chunked = env.client.post("/api/v1/events", content=chunks(), headers=sig)
     assert chunked.status_code == 413
 

@@ -14,6 +14,7 @@ from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.tables import metadata
 from proscribe.core.errors import ConfigError
 from proscribe.core.policy.keys import public_key_string
+from tests.support.tls_files import self_signed
 
 _PUB = public_key_string(Ed25519PrivateKey.generate().public_key())
 
@@ -32,10 +33,8 @@ def test_defaults_are_loopback_http_and_sqlite_beside_the_config(tmp_path: Path)
 
 
 def test_full_config(tmp_path: Path) -> None:
-    cert = tmp_path / "c.crt"
-    key = tmp_path / "c.key"
-    cert.write_text("x")
-    key.write_text("y")
+    cert, key = self_signed(tmp_path, "c")
+    assert key.stat().st_mode & 0o077 == 0
     pub = public_key_string(Ed25519PrivateKey.generate().public_key())
     settings = load_collector_config(
         _write(
@@ -47,7 +46,7 @@ def test_full_config(tmp_path: Path) -> None:
         )
     )
     assert settings.tls
-    assert settings.tls_cert == cert
+    assert (settings.tls_cert, settings.tls_key) == (cert, key)
     assert settings.heartbeat_window == 90
     assert settings.trusted_keys == (pub,)
 
