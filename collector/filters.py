@@ -6,7 +6,8 @@ report pages and ``proscribe collector report`` all hand the values they were gi
 
 * an empty (or all-blank) value is no filter; leading and trailing blanks are ignored;
 * ``since``/``until``: ``30d``, ``12h``, ``15m``, ``90s`` ago or RFC 3339 with a zone, a real
-  calendar moment (years 1–9999 UTC), and ``until`` later than ``since``;
+  calendar moment (years 1–9999 UTC); ``since`` at or after ``until`` matches nothing (a
+  report's period, :func:`parse_period`, must be a real interval);
 * ``host``/``user``/``rule``: exact match, at most :data:`MAX_FILTER_TEXT` characters, no NUL,
   valid UTF-8;
 * ``kind``/``action``/``severity``: one of the event schema's values.
@@ -17,6 +18,7 @@ into its own answer (422 JSON, a message on the page, one line and exit 2).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from proscribe.collector.storage import to_us
@@ -89,8 +91,6 @@ def parse_violation_filter(
     typed = normalise(values)
     since_us = _moment_us("since", typed["since"], now)
     until_us = _moment_us("until", typed["until"], now)
-    if since_us is not None and until_us is not None and since_us >= until_us:
-        raise FilterError("until", "must be later than since")
     return ViolationFilter(
         since_us=since_us,
         until_us=until_us,
@@ -102,3 +102,17 @@ def parse_violation_filter(
         severity=_choice("severity", typed["severity"]),
         agent_id=agent_id,
     )
+
+
+def parse_period(
+    values: Mapping[str, str | None], now: float, *, default_since_s: float
+) -> ViolationFilter:
+    """A report's filter: :func:`parse_violation_filter`, with an empty ``since`` meaning
+    ``default_since_s`` seconds ago and an empty ``until`` now; a period that is empty or
+    reversed is a :class:`FilterError` (a report over nothing is a mistake worth saying)."""
+    flt = parse_violation_filter(values, now)
+    since_us = flt.since_us if flt.since_us is not None else to_us(now - default_since_s)
+    until_us = flt.until_us if flt.until_us is not None else to_us(now)
+    if since_us >= until_us:
+        raise FilterError("until", "must be later than since")
+    return dataclasses.replace(flt, since_us=since_us, until_us=until_us)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,14 +54,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> float | int:
+    """JSON has one number type: ``12.0`` is an integer (to JSON Schema, and to some agents'
+    encoders), so it becomes the int the strict models expect; ``1e400`` is no number at all
+    (it would be stored as Infinity, which JSON cannot carry out again)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return int(value) if value.is_integer() else value
+
+
 def parse_json_body(body: bytes) -> Any:
-    """Strict UTF-8 JSON (no NaN/Infinity); 422 with the reason otherwise."""
+    """Strict UTF-8 JSON (no NaN/Infinity, numbers finite); 422 with the reason otherwise."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ApiError(422, "invalid_body", f"body is not valid UTF-8 at byte {err.start}") from err
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_number)
     except RecursionError as err:
         raise ApiError(422, "invalid_body", MAX_JSON_DEPTH_ERROR) from err
     except ValueError as err:

@@ -22,6 +22,7 @@ from typing import Any
 from proscribe.cli.collector.common import add_config_argument, open_migrated, settings_from_args
 from proscribe.core.errors import UsageError
 
+DEFAULT_PERIOD_S = 30 * 86_400
 Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
 
 
@@ -68,16 +69,17 @@ def run_report(args: argparse.Namespace) -> int:
             "--host/--rule filter the json and csv exports; the html report covers the whole "
             "fleet (fix: drop --host/--rule, or use --format csv)"
         )
-    from proscribe.collector.filters import FilterError, parse_violation_filter
+    from proscribe.collector.filters import FilterError, parse_period
 
     now = time.time()
     values = {"since": args.since, "until": args.until, "host": args.host, "rule": args.rule}
     try:
-        flt = parse_violation_filter(values, now)
+        # As the dashboard's report: an empty --since is the last 30 days, --until now.
+        flt = parse_period(values, now, default_since_s=DEFAULT_PERIOD_S)
     except FilterError as err:
         raise UsageError(f"--{err.param}: {err.reason}") from err
-    since = None if flt.since_us is None else flt.since_us / 1e6  # --since "": all time
-    until = None if flt.until_us is None else flt.until_us / 1e6
+    assert flt.since_us is not None and flt.until_us is not None
+    since, until = flt.since_us / 1e6, flt.until_us / 1e6
     settings = settings_from_args(args)
     db = open_migrated(settings)
     meta = {"since": since, "until": until, "generated": now}
@@ -89,9 +91,8 @@ def run_report(args: argparse.Namespace) -> int:
                 text = report_text(
                     conn,
                     fmt="html",
-                    # As the dashboard's report page: an empty --since is the last 30 days.
-                    since_us=to_us(now - 30 * 86_400) if flt.since_us is None else flt.since_us,
-                    until_us=flt.until_us if flt.until_us is not None else to_us(now),
+                    since_us=flt.since_us,
+                    until_us=flt.until_us,
                     now_us=to_us(now),
                     heartbeat_window_s=settings.heartbeat_window,
                 )

@@ -64,7 +64,14 @@ _EVENTS_BODY = {
         "events": {
             "type": "array",
             "maxItems": MAX_EVENTS_PER_BATCH,
-            "items": schema_of(EventIn),
+            # Any object enters the batch; each is judged on its own against EventIn (stored,
+            # duplicate, or rejected with the reason in its result), so a bad event never
+            # fails the others. Hence "an EventIn, or any other object".
+            "items": {
+                "anyOf": [schema_of(EventIn), {"type": "object"}],
+                "description": "an event (EventIn); an object that is not one is rejected "
+                "on its own, the others stored",
+            },
         }
     },
 }
@@ -89,6 +96,10 @@ async def enroll_request(request: Request) -> EnrollRequest:
     try:
         req = EnrollRequest.model_validate(parse_json_body(body))
     except ValidationError as err:
+        if any(e["loc"][:1] == ("public_key",) for e in err.errors()):
+            raise ApiError(
+                422, "invalid_public_key", "public_key must be 'ed25519:BASE64' of 32 bytes"
+            ) from err
         raise ApiError(422, "invalid_request", validation_detail(err.errors())) from err
     try:
         decode_public_key(req.public_key)

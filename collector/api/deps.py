@@ -31,6 +31,7 @@ from proscribe.collector.filters import (
 )
 from proscribe.collector.storage.queries import ViolationFilter
 from proscribe.collector.storage.users import Principal, principal_for_token
+from proscribe.collector.timespec import RELATIVE_PATTERN
 from proscribe.core.wire.auth import H_SIGNATURE
 
 # --- the app's state and the database ------------------------------------------------------
@@ -173,7 +174,15 @@ TimeParam = Annotated[
     str,
     Query(
         max_length=64,
-        description="30d, 12h, 15m, 90s ago, or RFC 3339 with a zone; empty: no bound",
+        description="30d, 12h, 15m, 90s ago, or RFC 3339 with a zone (years 1 to 9999 in "
+        "UTC); empty: no bound",
+        json_schema_extra={
+            "anyOf": [
+                {"const": ""},
+                {"pattern": RELATIVE_PATTERN},
+                {"format": "date-time"},
+            ]
+        },
     ),
 ]
 TextParam = Annotated[

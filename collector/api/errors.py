@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from proscribe.collector.api.responses import SafeJSONResponse
 
@@ -124,11 +125,31 @@ async def _api_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route's, and GET and PUT /api/v1/policy are two routes)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slug = _SLUGS.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return error_response(exc.status_code, slug, detail, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, slug, detail, headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Response:

@@ -18,8 +18,28 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with references into ``components/schemas``."""
-    return model.model_json_schema(ref_template=REF_TEMPLATE)
+    """The model's JSON schema with references into ``components/schemas``, and dictionary
+    key constraints stated where a validator reads them (see :func:`_key_patterns`)."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    _key_patterns(schema)
+    return schema
+
+
+def _key_patterns(node: Any) -> None:
+    """pydantic writes a constrained dict key as ``patternProperties`` (which only says what
+    values of matching keys must be, leaving other keys free) plus ``propertyNames`` without
+    the pattern; the model refuses those other keys, so the pattern goes in
+    ``propertyNames`` too."""
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        names = node.get("propertyNames")
+        if isinstance(patterns, dict) and len(patterns) == 1 and isinstance(names, dict):
+            names.setdefault("pattern", next(iter(patterns)))
+        for value in node.values():
+            _key_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _key_patterns(value)
 
 
 def json_body(schema: dict[str, Any]) -> dict[str, Any]:

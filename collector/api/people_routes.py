@@ -72,7 +72,10 @@ def build_people_router() -> APIRouter:
         _principal: ViewerDep,
         flt: ViolationQuery,
         conn: ReadConn,
-        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=40, pattern=queries.CURSOR_PATTERN, description="next_cursor"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
         format: Literal["json", "csv"] = "json",
     ) -> Response:
@@ -133,10 +136,12 @@ def build_people_router() -> APIRouter:
         "/policy",
         tags=["admin"],
         responses=error_responses(
+            400,
             401,
             403,
             409,
             422,
+            s400="the body is not JSON (not UTF-8, cut short)",
             s409="serial_not_higher",
             s422="invalid_request, no_trust_configured or policy_rejected (signatures, syntax)",
         ),
@@ -189,7 +194,11 @@ def build_people_router() -> APIRouter:
             ]
         }
 
-    @router.post("/enroll-secrets", tags=["admin"], responses=_ADMIN_ERRORS)
+    @router.post(
+        "/enroll-secrets",
+        tags=["admin"],
+        responses=error_responses(400, 401, 403, 422, s400="the body is not JSON"),
+    )
     def create_secret(
         body: SecretIn, principal: AdminDep, state: StateDep, conn: WriteConn
     ) -> dict[str, str]:

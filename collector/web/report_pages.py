@@ -11,14 +11,13 @@ from starlette.responses import Response
 
 from proscribe.collector.api.deps import ReadConn, StateDep
 from proscribe.collector.api.state import CollectorState
-from proscribe.collector.filters import FilterError, parse_violation_filter
-from proscribe.collector.storage import to_us
+from proscribe.collector.filters import FilterError, parse_period
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.report import MAX_HTML_ROWS, build_report, report_text
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
 
-DEFAULT_PERIOD_US = 30 * 86_400 * 1_000_000
+DEFAULT_PERIOD_S = 30 * 86_400
 MEDIA = {
     "html": "text/html; charset=utf-8",
     "csv": "text/csv; charset=utf-8",
@@ -30,16 +29,14 @@ Moment = Annotated[str | None, Query(max_length=64)]
 def report_period(state: CollectorState, since: str | None, until: str | None) -> tuple[int, int]:
     """``(since_us, until_us)`` through the shared filter parser: an empty ``since`` is the
     last 30 days, an empty ``until`` is now; a bad or reversed period is a 400 page."""
-    now = state.clock()
     try:
-        flt = parse_violation_filter({"since": since, "until": until}, now)
+        flt = parse_period(
+            {"since": since, "until": until}, state.clock(), default_since_s=DEFAULT_PERIOD_S
+        )
     except FilterError as err:
         raise PageError(400, "Bad period", str(err)) from err
-    since_us = flt.since_us if flt.since_us is not None else to_us(now) - DEFAULT_PERIOD_US
-    until_us = flt.until_us if flt.until_us is not None else to_us(now)
-    if since_us >= until_us:
-        raise PageError(400, "Bad period", "since must be before until.")
-    return since_us, until_us
+    assert flt.since_us is not None and flt.until_us is not None
+    return flt.since_us, flt.until_us
 
 
 def register(router: APIRouter, site: Site) -> None:
