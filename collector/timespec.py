@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from proscribe.core.events import parse_time
-
-OUT_OF_RANGE = "out of range"  # as proscribe.core.events.parse_time says it
+from proscribe.core.events import OUTSIDE_CALENDAR, parse_time
 
 # At most 999999 s/m/h or 99999 d/w ago: always a real calendar moment (the OpenAPI
 # document states this pattern, so generated "valid" values are valid here).
@@ -30,7 +28,9 @@ def parse_moment(text: str, now: float) -> float:
             moment = parse_time(text).timestamp()
         except ValueError as err:
             problem = (
-                "is out of range (years 1 to 9999)" if OUT_OF_RANGE in str(err) else "is not a time"
+                "is out of range (years 1 to 9999)"
+                if OUTSIDE_CALENDAR in str(err)
+                else "is not a time"
             )
             raise ValueError(f"{text[:40]!r} {problem} ({FORMS})") from err
     try:

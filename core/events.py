@@ -54,6 +54,9 @@ def utc_now_iso(now: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+OUTSIDE_CALENDAR = "outside years 1-9999 in UTC"  # in parse_time's message for such a time
+
+
 def parse_time(value: str) -> datetime:
     """Parse an event timestamp (``…Z`` or with an offset) into an aware UTC datetime.
 
@@ -66,7 +69,7 @@ def parse_time(value: str) -> datetime:
     try:
         return moment.astimezone(UTC)
     except OverflowError as err:
-        raise ValueError(f"timestamp out of range: {value[:40]!r}") from err
+        raise ValueError(f"timestamp {OUTSIDE_CALENDAR}: {value[:40]!r}") from err
 
 
 def clip(text: str, limit: int = MAX_STRING) -> str:

@@ -128,7 +128,7 @@ def prepare_sqlite_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, EVIDENCE_MODE)
     except FileExistsError:
-        pass
+        _check_sqlite_header(path)
     except OSError as err:
         raise ConfigError(
             f"database.url: cannot create {path}: {err.strerror} (fix: choose a folder the "
@@ -139,13 +139,36 @@ def prepare_sqlite_file(path: Path) -> None:
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             mode = stat.S_IMODE(file.stat().st_mode)
-            if mode & ~EVIDENCE_MODE:
-                os.chmod(file, EVIDENCE_MODE)
-                log.warning("%s was mode %o; now %o (it holds evidence)", file, mode, EVIDENCE_MODE)
         except FileNotFoundError:
             continue
+        if not mode & ~EVIDENCE_MODE:
+            continue
+        try:
+            os.chmod(file, EVIDENCE_MODE)
         except PermissionError:
-            log.warning("%s is mode %o and not ours to change", file, mode)
+            log.warning("%s is mode %o, readable by others, and not ours to change", file, mode)
+        else:
+            log.warning("%s was mode %o; now %o (it holds evidence)", file, mode, EVIDENCE_MODE)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """An existing file must be a SQLite database (or empty) before anything touches it."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise ConfigError(
+            f"database.url: cannot read {path}: {err.strerror} (fix: give the collector's user "
+            "access to it)"
+        ) from err
+    if head and head != SQLITE_HEADER:
+        raise ConfigError(
+            f"database.url: {path} is not a SQLite database (fix: point database.url at the "
+            "collector's database, or at a new file name)"
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
