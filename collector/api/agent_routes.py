@@ -23,8 +23,11 @@ from proscribe.collector.api.deps import (
     SignedRequest,
     StateDep,
     WriteConn,
+    agent_signature,
     get_state,
+    raw_body,
     signed_request,
+    verify_signed,
 )
 from proscribe.collector.api.errors import ApiError, error_responses, validation_detail
 from proscribe.collector.api.openapi import json_body, schema_of
@@ -53,7 +56,7 @@ _SIGNED_ERRORS = error_responses(
 )
 
 EventsRequest = Annotated[SignedRequest, Depends(signed_request(MAX_BATCH_BYTES))]
-HeartbeatRequest = Annotated[SignedRequest, Depends(signed_request(MAX_HEARTBEAT_BYTES))]
+HeartbeatBody = Annotated[bytes, Depends(raw_body(MAX_HEARTBEAT_BYTES))]
 PolicyRequest = Annotated[SignedRequest, Depends(signed_request(0))]
 
 _EVENTS_BODY = {
@@ -145,14 +148,20 @@ def build_agent_router() -> APIRouter:
         return SafeJSONResponse({"results": store_batch(state, signed.agent, signed.body)})
 
     @router.post(
-        "/heartbeat", openapi_extra=json_body(schema_of(HeartbeatIn)), responses=_SIGNED_ERRORS
+        "/heartbeat",
+        openapi_extra=json_body(schema_of(HeartbeatIn)),
+        responses=_SIGNED_ERRORS,
+        dependencies=[Depends(agent_signature)],
     )
-    def heartbeat(signed: HeartbeatRequest, state: StateDep) -> Response:
+    def heartbeat(request: Request, raw: HeartbeatBody, state: StateDep) -> Response:
         """Record the host's state; answers the server time and the current policy serial."""
-        record = _heartbeat_record(signed.agent, signed.body)
-        # Not the WriteConn dependency: heartbeats commit without waiting for fsync (their loss
-        # in a power cut costs nothing), and every agent sends one every minute.
+        # The request every agent makes every minute: one worker thread and one connection
+        # for the signature check and the write (not the signed_request dependency, which
+        # checks in a thread of its own), committed without waiting for fsync (a heartbeat
+        # lost in a power cut costs nothing).
         with state.db.write(durable=False) as conn:
+            signed = verify_signed(state, conn, request, raw, MAX_HEARTBEAT_BYTES)
+            record = _heartbeat_record(signed.agent, signed.body)
             state.authenticator.consume(conn, signed.agent)
             regressed = record_heartbeat(
                 conn,

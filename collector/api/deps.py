@@ -137,32 +137,46 @@ def request_target(request: Request) -> str:
     )
 
 
-def signed_request(limit: int) -> Callable[..., SignedRequest]:
-    """A dependency for an agent route whose body may be at most ``limit`` bytes (0: none)."""
+def raw_body(limit: int) -> Callable[..., Awaitable[bytes]]:
+    """A dependency: the request body as sent (still compressed), at most ``limit`` bytes."""
 
     # async, on the event loop: the cap counts the bytes as they stream in, whatever
     # Content-Length claims (see proscribe.collector.api.body).
-    async def raw_body(request: Request) -> bytes:
+    async def read(request: Request) -> bytes:
         return await read_body(request, limit)
 
-    # Depends() as defaults, not in Annotated: raw_body is local to this factory, and a string
-    # annotation (PEP 563) naming it could not be resolved from the module's globals.
+    return read
+
+
+def verify_signed(
+    state: CollectorState, conn: Connection, request: Request, raw: bytes, limit: int
+) -> SignedRequest:
+    """Authenticate the agent's signature over ``raw`` (401), then the body: JSON (415),
+    decompressed within ``limit`` (413). The nonce is consumed later, in the write."""
+    agent = state.authenticator.authenticate(
+        conn, request.headers, request.method, request_target(request), raw
+    )
+    if limit == 0:
+        return SignedRequest(agent, b"")
+    require_json(request.headers)
+    # Decompressing up to 1 MiB takes milliseconds: in the worker thread, not on the loop.
+    body = decode_content(raw, request.headers.get("content-encoding"), limit)
+    return SignedRequest(agent, body)
+
+
+def signed_request(limit: int) -> Callable[..., SignedRequest]:
+    """A dependency for an agent route whose body may be at most ``limit`` bytes (0: none)."""
+
+    # Depends() as defaults, not in Annotated: the body reader is local to this factory, and
+    # a string annotation (PEP 563) naming it could not be resolved from the module's globals.
     def verify(
         request: Request,
         state: StateDep,
-        raw: bytes = Depends(raw_body),
+        raw: bytes = Depends(raw_body(limit)),
         _documented: str | None = Depends(agent_signature),
     ) -> SignedRequest:
         with state.db.read() as conn:
-            agent = state.authenticator.authenticate(
-                conn, request.headers, request.method, request_target(request), raw
-            )
-        if limit == 0:
-            return SignedRequest(agent, b"")
-        require_json(request.headers)
-        # Decompressing up to 1 MiB takes milliseconds: here, in a worker thread.
-        body = decode_content(raw, request.headers.get("content-encoding"), limit)
-        return SignedRequest(agent, body)
+            return verify_signed(state, conn, request, raw, limit)
 
     return verify
 
