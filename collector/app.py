@@ -2,7 +2,12 @@
 
 Routers, middleware, exception handlers and the lifespan are listed here explicitly. The
 database is opened and migrated in the lifespan (so importing the app has no side effects);
-``clock`` is injected so tests can move time.
+``clock`` is injected so tests can move time. Routes get what they need through the
+dependencies of :mod:`proscribe.collector.api.deps`.
+
+Middleware, outermost first: :class:`~proscribe.collector.guard.ResponseGuard` (security
+headers on every answer; a bug becomes a 500 in the path's format), the nonce purge, the
+metrics.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ from proscribe.collector.api.agent_auth import AgentAuthenticator
 from proscribe.collector.api.agent_routes import build_agent_router
 from proscribe.collector.api.errors import install_error_handlers
 from proscribe.collector.api.metrics import Metrics, MetricsMiddleware
+from proscribe.collector.api.openapi import CollectorApi
 from proscribe.collector.api.ops_routes import build_ops_router
 from proscribe.collector.api.people_routes import build_people_router
 from proscribe.collector.api.ratelimit import EnrollRateLimiter
+from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.state import CollectorState
+from proscribe.collector.apidocs import install_api_docs
 from proscribe.collector.config import CollectorSettings
+from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
-from proscribe.collector.web import build_dashboard_router
+from proscribe.collector.web import build_dashboard
 from proscribe.core import __version__
 
 log = logging.getLogger(__name__)
@@ -69,19 +78,28 @@ def create_app(
             if database is None:
                 db.dispose()
 
-    app = FastAPI(
+    app = CollectorApi(
         title="Proscribe collector",
         version=__version__,
         description="Agent ingest (signed), policy distribution, and reports for people.",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
+        # Off: FastAPI's pages load their scripts from a CDN. install_api_docs serves them
+        # from local files when [server] api_docs = true.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(build_agent_router())
     app.include_router(build_people_router())
     app.include_router(build_ops_router())
-    app.include_router(build_dashboard_router(session_key=settings.session_key))
+    if settings.api_docs:
+        install_api_docs(app)
+    dashboard = build_dashboard(session_key=settings.session_key)
+    app.include_router(dashboard.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
     app.add_middleware(_NoncePurgeMiddleware)
+    app.add_middleware(ResponseGuard, error_page=dashboard.error_page)
     return app
 
 
@@ -115,7 +133,8 @@ class _NoncePurger:
 
 
 class _NoncePurgeMiddleware:
-    """After a response, run the nonce purge when it is due (in a worker thread)."""
+    """After a response, run the nonce purge when it is due (in a worker thread: middleware
+    runs on the event loop, and the purge is a blocking database write)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

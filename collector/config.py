@@ -1,13 +1,15 @@
-"""``collector.toml``: the collector's settings, read once and validated key by key.
+"""``collector.toml``: the collector's settings, validated once.
 
 ::
 
     [server]
     listen           = "127.0.0.1:8443"   # host:port; plain HTTP only on loopback …
     tls_cert         = "/etc/proscribe/collector.crt"
-    tls_key          = "/etc/proscribe/collector.key"
+    tls_key          = "/etc/proscribe/collector.key"   # mode 0600
     behind_proxy     = false              # … unless a TLS-terminating reverse proxy is in front
     heartbeat_window = 180                # seconds; a host not seen for longer is "stale"
+    session_key_file = "/etc/proscribe/session.key"
+    api_docs         = false              # /docs and /redoc (served from local files)
 
     [database]
     url = "sqlite:////var/lib/proscribe/collector.db"   # or postgresql+psycopg://…
@@ -22,38 +24,219 @@
     global_burst = 200
     global_rate  = 20.0
 
-Every problem is a :class:`~proscribe.core.errors.ConfigError` naming the file and the key.
+    [metrics]
+    access     = "loopback"   # | "token" (Authorization: Bearer, token_file) | "open"
+    token_file = "/etc/proscribe/metrics.token"
+
+:class:`CollectorFile` is the file's schema (a pydantic model): sections and keys (unknown ones
+are refused, so a typo never silently disables something), types (strict: ``"12"`` is not a
+number and ``true`` is not 1), ranges and the rules between keys. The files it names are then
+read and checked once (TLS certificate and key: PEM, matching, key not readable by others; the
+session key; the metrics token). Every problem is one
+:class:`~proscribe.core.errors.ConfigError` line naming the file, the key, the problem and the
+fix.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from proscribe.core.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proscribe.core.errors import ConfigError, KeyFileError
+from proscribe.core.netaddr import is_loopback
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DB_NAME = "collector.db"
 DEFAULT_HEARTBEAT_WINDOW = 180.0
+MIN_SESSION_KEY_BYTES = 32
+MIN_METRICS_TOKEN_BYTES = 16
 _MAX_CONFIG_BYTES = 256 * 1024
+_DATABASE_SCHEMES = ("sqlite://", "postgresql+psycopg://")
 
-_KNOWN: dict[str, set[str]] = {
-    "server": {
-        "listen",
-        "tls_cert",
-        "tls_key",
-        "behind_proxy",
-        "heartbeat_window",
-        "session_key_file",
-    },
-    "database": {"url"},
-    "policy": {"trusted_keys", "threshold"},
-    "enroll": {"per_ip_burst", "per_ip_rate", "global_burst", "global_rate"},
+
+class ConfigProblem(ValueError):
+    """A rule between keys, broken; ``key`` is the one to fix."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+# --- the file's schema ------------------------------------------------------------------------
+
+_SECTION = ConfigDict(extra="forbid", strict=True, frozen=True)
+Seconds = Annotated[float, Field(gt=0)]
+Rate = Annotated[float, Field(ge=0)]
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("must be HOST:PORT")
+    return host, int(port_text)
+
+
+class ServerFile(BaseModel):
+    model_config = _SECTION
+    listen: str = DEFAULT_LISTEN
+    tls_cert: str = ""
+    tls_key: str = ""
+    behind_proxy: bool = False
+    heartbeat_window: Seconds = DEFAULT_HEARTBEAT_WINDOW
+    session_key_file: str = ""
+    api_docs: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> ServerFile:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigProblem(
+                "server.tls_cert",
+                "server.tls_cert and server.tls_key must be given together",
+            )
+        host = _parse_listen(self.listen)[0]
+        if not self.tls_cert and not self.behind_proxy and not is_loopback(host):
+            raise ConfigProblem(
+                "server.listen",
+                f"{self.listen} is not loopback and no TLS is configured",
+            )
+        return self
+
+
+class DatabaseFile(BaseModel):
+    model_config = _SECTION
+    url: str = ""  # empty: collector.db beside the config file
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value and not value.startswith(_DATABASE_SCHEMES):
+            raise ValueError(f"{value.split('://', maxsplit=1)[0]!r} is not supported")
+        return value
+
+
+class PolicyFile(BaseModel):
+    model_config = _SECTION
+    trusted_keys: tuple[str, ...] = ()
+    threshold: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        # TOML gives a list; strict mode wants the tuple the model stores.
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from proscribe.core.policy.keys import parse_public_key
+
+        for text in value:
+            try:
+                parse_public_key(text)
+            except KeyFileError as err:
+                raise ValueError(str(err)) from err
+        return value
+
+    @model_validator(mode="after")
+    def _threshold(self) -> PolicyFile:
+        if self.trusted_keys and self.threshold > len(self.trusted_keys):
+            raise ConfigProblem(
+                "policy.threshold",
+                f"{self.threshold} is more than the number of trusted_keys "
+                f"({len(self.trusted_keys)})",
+            )
+        return self
+
+
+class EnrollFile(BaseModel):
+    model_config = _SECTION
+    per_ip_burst: Rate = 10.0
+    per_ip_rate: Rate = 0.5
+    global_burst: Rate = 200.0
+    global_rate: Rate = 20.0
+
+
+class MetricsFile(BaseModel):
+    model_config = _SECTION
+    access: Literal["loopback", "token", "open"] = "loopback"
+    token_file: str = ""
+
+    @model_validator(mode="after")
+    def _token(self) -> MetricsFile:
+        if (self.access == "token") != bool(self.token_file):
+            raise ConfigProblem(
+                "metrics.token_file",
+                'metrics.token_file is needed with access = "token", and only then',
+            )
+        return self
+
+
+class CollectorFile(BaseModel):
+    """The schema of ``collector.toml``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    server: ServerFile = ServerFile()
+    database: DatabaseFile = DatabaseFile()
+    policy: PolicyFile = PolicyFile()
+    enroll: EnrollFile = EnrollFile()
+    metrics: MetricsFile = MetricsFile()
+
+
+_FIXES = {
+    "server.listen": "e.g. '127.0.0.1:8443'; off loopback set server.tls_cert and "
+    "server.tls_key, or put a TLS reverse proxy in front and set server.behind_proxy = true",
+    "server.tls_cert": "set both, or neither for loopback-only plain HTTP",
+    "server.heartbeat_window": "give seconds, e.g. 180",
+    "database.url": "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
+    "policy.trusted_keys": "list the signing keys' public lines, 'ed25519:BASE64'",
+    "policy.threshold": "between 1 and the number of trusted_keys",
+    "metrics.access": 'one of "loopback", "token", "open"',
+    "metrics.token_file": 'set access = "token" and token_file together, or neither',
 }
+
+
+def _problem_line(err: ValidationError, source: str) -> str:
+    """The first problem of ``err`` as one line: file, key, problem, fix."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    kind = first["type"]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigProblem):
+        key = cause.key
+        problem = str(cause)
+    else:
+        key = ".".join(loc) or "(file)"
+        problem = str(cause) if kind == "value_error" and cause else first["msg"]
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return (
+                f"{source}: unknown section [{loc[0]}] "
+                f"(fix: use one of {', '.join(CollectorFile.model_fields)})"
+            )
+        section: Any = CollectorFile.model_fields[loc[0]].annotation
+        return f"{source}: unknown key {key} (fix: use one of {', '.join(section.model_fields)})"
+    if kind in ("model_type", "model_attributes_type") and len(loc) == 1:
+        return f"{source}: [{loc[0]}] must be a table (fix: write it as [{loc[0]}] and keys)"
+    shown = "" if isinstance(cause, ConfigProblem) else f" = {first.get('input')!r}"
+    fix = _FIXES.get(key, "see docs/collector.md")
+    text = problem[0].lower() + problem[1:] if problem else "invalid"
+    return f"{source}: {key}{shown}: {text} (fix: {fix})"
+
+
+# --- what create_app needs ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +247,14 @@ class EnrollLimits:
     per_ip_rate: float = 0.5
     global_burst: float = 200.0
     global_rate: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsAccess:
+    """Who may read ``/metrics``: loopback clients, bearers of ``token``, or anyone."""
+
+    access: str = "loopback"
+    token: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +275,8 @@ class CollectorSettings:
     # Signs dashboard sessions; replicas sharing it accept each other's sign-ins. None: a
     # random key per process (sessions end on restart).
     session_key: bytes | None = field(default=None, repr=False)
+    api_docs: bool = False
+    metrics: MetricsAccess = field(default_factory=MetricsAccess)
 
     @property
     def tls(self) -> bool:
@@ -113,136 +306,101 @@ def settings_from_mapping(
     data: dict[str, Any], *, source: str = "<settings>", base: Path | None = None
 ) -> CollectorSettings:
     """Validate an already parsed config mapping (tests and the demo build one in memory)."""
-    base = base or Path.cwd()
-    for section, value in data.items():
-        if section not in _KNOWN:
-            raise ConfigError(
-                f"{source}: unknown section [{section}] "
-                f"(fix: use one of {', '.join(sorted(_KNOWN))})"
-            )
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        for key in value:
-            if key not in _KNOWN[section]:
-                raise ConfigError(
-                    f"{source}: unknown key {section}.{key} "
-                    f"(fix: use one of {', '.join(sorted(_KNOWN[section]))})"
-                )
-    server = data.get("server", {})
-    database = data.get("database", {})
-    policy = data.get("policy", {})
-    enroll = data.get("enroll", {})
-
-    host, port = _parse_listen(_get(server, "server.listen", str, DEFAULT_LISTEN, source), source)
-    cert = _path_or_none(server, "tls_cert", source, base)
-    key = _path_or_none(server, "tls_key", source, base)
-    if (cert is None) != (key is None):
-        raise ConfigError(
-            f"{source}: server.tls_cert and server.tls_key must be given together "
-            "(fix: set both, or neither for loopback-only plain HTTP)"
+    base = (base or Path.cwd()).resolve()
+    try:
+        parsed = CollectorFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_problem_line(err, source)) from err
+    server = parsed.server
+    host, port = _parse_listen(server.listen)
+    cert = _existing_file(server.tls_cert, "server.tls_cert", source, base)
+    key = _existing_file(server.tls_key, "server.tls_key", source, base)
+    if cert is not None and key is not None:
+        _check_tls(cert, key, source)
+    metrics = parsed.metrics
+    token = None
+    if metrics.token_file:
+        token = _secret_file(
+            metrics.token_file, "metrics.token_file", source, base, MIN_METRICS_TOKEN_BYTES
         )
-    behind_proxy = _get(server, "server.behind_proxy", bool, False, source)
-    if cert is None and not behind_proxy and not _is_loopback(host):
-        raise ConfigError(
-            f"{source}: server.listen = {host}:{port} is not loopback and no TLS is configured "
-            "(fix: set server.tls_cert and server.tls_key, or put a TLS reverse proxy in front "
-            "and set server.behind_proxy = true)"
+    if server.api_docs:
+        _check_api_docs(source)
+    session_key = None
+    if server.session_key_file:
+        session_key = _secret_file(
+            server.session_key_file, "server.session_key_file", source, base, MIN_SESSION_KEY_BYTES
         )
-    session_key = _session_key(server, source, base)
-    window = float(
-        _get(server, "server.heartbeat_window", (int, float), DEFAULT_HEARTBEAT_WINDOW, source)
-    )
-    if window <= 0:
-        raise ConfigError(f"{source}: server.heartbeat_window must be > 0 seconds")
-
-    default_url = f"sqlite:///{(base / DEFAULT_DB_NAME).resolve()}"
-    url = _get(database, "database.url", str, default_url, source)
-    if not (url.startswith(("sqlite://", "postgresql+psycopg://"))):
-        raise ConfigError(
-            f"{source}: database.url {url.split('://')[0]!r} is not supported "
-            "(fix: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-        )
-
-    keys = policy.get("trusted_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ConfigError(f"{source}: policy.trusted_keys must be a list of 'ed25519:…' strings")
-    for k in keys:
-        _check_public_key(k, source)
-    threshold = _get(policy, "policy.threshold", int, 1, source)
-    if threshold < 1 or (keys and threshold > len(keys)):
-        raise ConfigError(
-            f"{source}: policy.threshold = {threshold} must be between 1 and the number of "
-            f"trusted_keys ({len(keys)})"
-        )
-
-    limits = EnrollLimits(
-        **{
-            name: float(_get(enroll, f"enroll.{name}", (int, float), default, source))
-            for name, default in (
-                ("per_ip_burst", 10.0),
-                ("per_ip_rate", 0.5),
-                ("global_burst", 200.0),
-                ("global_rate", 20.0),
-            )
-        }
-    )
+    enroll = parsed.enroll
     return CollectorSettings(
-        database_url=url,
+        database_url=_database_url(parsed.database.url, base),
         host=host,
         port=port,
         tls_cert=cert,
         tls_key=key,
-        behind_proxy=behind_proxy,
-        heartbeat_window=window,
-        trusted_keys=tuple(keys),
-        threshold=threshold,
-        enroll=limits,
+        behind_proxy=server.behind_proxy,
+        heartbeat_window=float(server.heartbeat_window),
+        trusted_keys=parsed.policy.trusted_keys,
+        threshold=parsed.policy.threshold,
+        enroll=EnrollLimits(
+            enroll.per_ip_burst, enroll.per_ip_rate, enroll.global_burst, enroll.global_rate
+        ),
         source=source,
         session_key=session_key,
+        api_docs=server.api_docs,
+        metrics=MetricsAccess(metrics.access, token),
     )
 
 
-def _get(table: dict[str, Any], name: str, kind: Any, default: Any, source: str) -> Any:
-    key = name.split(".", 1)[1]
-    if key not in table:
-        return default
-    value = table[key]
-    # bool is an int subclass; a threshold of `true` is a mistake, not 1.
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{source}: {name} must not be a boolean")
-    if not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else "a number"
-        raise ConfigError(f"{source}: {name} must be {expected}, got {value!r}")
-    return value
+# --- the files the settings name ----------------------------------------------------------------
 
 
-def _path_or_none(table: dict[str, Any], key: str, source: str, base: Path) -> Path | None:
-    value = _get(table, f"server.{key}", str, None, source)
-    if value is None or value == "":
-        return None
+def _database_url(url: str, base: Path) -> str:
+    """A SQLite path is resolved against the config file's folder (never the working
+    directory, which depends on who starts the collector from where)."""
+    if not url:
+        return f"sqlite:///{base / DEFAULT_DB_NAME}"
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path, sep, query = url[len(prefix) :].partition("?")
+    if not path or path == ":memory:" or path.startswith("/"):
+        return url
+    return f"{prefix}{base / path}{sep}{query}"
+
+
+def _resolve(value: str, base: Path) -> Path:
     path = Path(value)
-    path = path if path.is_absolute() else base / path
+    return path if path.is_absolute() else base / path
+
+
+def _existing_file(value: str, key: str, source: str, base: Path) -> Path | None:
+    if not value:
+        return None
+    path = _resolve(value, base)
     if not path.is_file():
         raise ConfigError(
-            f"{source}: server.{key} = {value!r}: file not found (fix: give the PEM file's path)"
+            f"{source}: {key} = {value!r}: file not found (fix: give the PEM file's path)"
         )
     return path
 
 
-MIN_SESSION_KEY_BYTES = 32
+def _private_mode(path: Path, where: str) -> None:
+    mode = path.stat().st_mode
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(
+            f"{where}: readable by others (mode {mode & 0o777:o}); a secret must be readable "
+            f"by the collector's user only (fix: chmod 600 {path})"
+        )
 
 
-def _session_key(server: dict[str, Any], source: str, base: Path) -> bytes | None:
-    value = _get(server, "server.session_key_file", str, None, source)
-    if not value:
-        return None
-    path = Path(value)
-    path = path if path.is_absolute() else base / path
-    where = f"{source}: server.session_key_file = {value!r}"
+def _secret_file(value: str, key: str, source: str, base: Path, minimum: int) -> bytes:
+    """A key or token file: owner-only, at least ``minimum`` bytes (blanks stripped)."""
+    path = _resolve(value, base)
+    where = f"{source}: {key} = {value!r}"
     make = f"head -c 48 /dev/urandom | base64 > {path} && chmod 600 {path}"
     try:
-        mode = path.stat().st_mode
-        key = path.read_bytes().strip()
+        _private_mode(path, where)
+        secret = path.read_bytes().strip()
     except PermissionError as err:
         raise ConfigError(
             f"{where}: not readable by this user (fix: chown it to the collector's user, "
@@ -250,42 +408,60 @@ def _session_key(server: dict[str, Any], source: str, base: Path) -> bytes | Non
         ) from err
     except OSError as err:
         raise ConfigError(f"{where}: {err.strerror or err} (fix: create it: {make})") from err
-    if os.name == "posix" and mode & 0o077:
+    if len(secret) < minimum:
         raise ConfigError(
-            f"{where}: readable by others (mode {mode & 0o777:o}); anyone who reads it can "
-            f"sign in as any user (fix: chmod 600 {path})"
+            f"{where}: {len(secret)} bytes; at least {minimum} are needed (fix: {make})"
         )
-    if len(key) < MIN_SESSION_KEY_BYTES:
+    return secret
+
+
+def _check_api_docs(source: str) -> None:
+    from proscribe.collector.apidocs import PACKAGE, assets_folder
+
+    if assets_folder() is None:
         raise ConfigError(
-            f"{where}: {len(key)} bytes; at least {MIN_SESSION_KEY_BYTES} are needed (fix: {make})"
+            f"{source}: server.api_docs = true: the {PACKAGE} package, whose files the pages "
+            "are served from, is not installed (fix: pip install 'proscribe[apidocs]', or set "
+            "api_docs = false)"
         )
-    return key
 
 
-def _parse_listen(value: str, source: str) -> tuple[str, int]:
-    host, sep, port_text = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(
-            f"{source}: server.listen = {value!r} must be HOST:PORT (fix: e.g. '127.0.0.1:8443')"
-        )
-    return host, int(port_text)
+def _check_tls(cert: Path, key: Path, source: str) -> None:
+    """Certificate and key are PEM, belong together and the key is private: checked here so
+    ``serve`` fails in one line before it says it is listening, not in a TLS traceback."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    _private_mode(key, f"{source}: server.tls_key = '{key}'")
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_public_key(text: str, source: str) -> None:
-    from proscribe.core.errors import KeyFileError
-    from proscribe.core.policy.keys import parse_public_key
-
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (ValueError, OSError) as err:
+        raise ConfigError(
+            f"{source}: server.tls_cert = '{cert}': not a PEM certificate "
+            "(fix: give the certificate in PEM, '-----BEGIN CERTIFICATE-----')"
+        ) from err
     try:
-        parse_public_key(text)
-    except KeyFileError as err:
-        raise ConfigError(f"{source}: policy.trusted_keys: {err}") from err
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except TypeError as err:
+        raise ConfigError(
+            f"{source}: server.tls_key = '{key}': encrypted with a passphrase, which the "
+            f"collector cannot ask for (fix: openssl pkey -in {key} -out {key}.plain)"
+        ) from err
+    except (ValueError, OSError, PermissionError) as err:
+        raise ConfigError(
+            f"{source}: server.tls_key = '{key}': not a PEM private key, or not readable "
+            "(fix: give the key in PEM, '-----BEGIN PRIVATE KEY-----', readable by this user)"
+        ) from err
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificate.public_key().public_bytes(*raw) != private.public_key().public_bytes(*raw):
+        raise ConfigError(
+            f"{source}: server.tls_key = '{key}' does not belong to server.tls_cert = "
+            f"'{cert}' (fix: give the key the certificate was issued for)"
+        )
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"{source}: server.tls_cert/tls_key: not usable for TLS: {err.reason or err} "
+            "(fix: check both files)"
+        ) from err

@@ -1,17 +1,25 @@
-"""CSV for spreadsheets, safe against formula injection.
+"""CSV for spreadsheets and terminals: one escaping rule for every export.
 
-A cell that starts with ``= + - @`` (or a tab / carriage return, which some spreadsheets strip
-before looking) is prefixed with ``'`` so Excel/LibreOffice show it as text instead of running
-it (OWASP "CSV injection"). The report CLI and the API share these columns.
+The API's ``format=csv``, the dashboard's violations and report downloads and ``proscribe
+collector report --format csv`` all write their cells through :func:`safe_cell`:
+
+* a cell that starts with ``= + - @`` (or a tab / carriage return, which some spreadsheets strip
+  before looking) is prefixed with ``'`` so Excel/LibreOffice show it as text instead of running
+  it (OWASP "CSV injection");
+* then every control, bidi and other invisible character (ESC, CR, TAB, U+202E …) becomes a
+  visible escape (:func:`proscribe.collector.literal.visible_text`): a CSV is often read with
+  ``cat``, where ``\\x1b[2J`` would clear the screen and U+202E would reverse a line.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+from proscribe.collector.literal import visible_text
 
 COLUMNS = (
     "time",
@@ -38,7 +46,7 @@ _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
 
 def safe_cell(value: object) -> str:
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_DANGEROUS) else text
+    return visible_text("'" + text if text.startswith(_DANGEROUS) else text)
 
 
 def _iso(us: int | None) -> str:
@@ -76,10 +84,24 @@ def violation_row(event: dict[str, Any]) -> list[str]:
     return [safe_cell(v) for v in values]
 
 
-def violations_csv(events: Iterable[dict[str, Any]]) -> str:
+def iter_violations_csv(
+    events: Iterable[dict[str, Any]], rows_per_chunk: int = 500
+) -> Iterator[str]:
+    """The CSV in chunks of ``rows_per_chunk`` rows (the header first), for streaming."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(COLUMNS)
+    pending = 0
     for event in events:
         writer.writerow(violation_row(event))
-    return out.getvalue()
+        pending += 1
+        if pending >= rows_per_chunk:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            pending = 0
+    yield out.getvalue()
+
+
+def violations_csv(events: Iterable[dict[str, Any]]) -> str:
+    return "".join(iter_violations_csv(events))

@@ -1,15 +1,22 @@
 """Turning a ``POST /api/v1/events`` body into stored rows, one verdict per event.
 
 The envelope (valid UTF-8 JSON, ``{"events": [...]}`` with at most 500 items) is all or
-nothing: 422. Inside it each event is judged alone, so one malformed event is ``rejected``
-(the agent dead-letters it) without holding back the good ones beside it. The host identity
-of every stored event is the *authenticated* agent: whatever ``host.agent_id`` the body claims
-is overwritten, so an agent can only ever speak for itself.
+nothing: 422. Inside it each event is judged alone, so one bad event is ``rejected`` (the agent
+dead-letters it) without holding back the good ones beside it — whatever is wrong with it: a
+schema violation, a time out of the calendar or more than :data:`MAX_FUTURE_SKEW_S` ahead of
+the collector's clock, a row the database refuses (see
+:func:`proscribe.collector.storage.events.insert_events_isolated`), or a bug met while judging
+it. Each rejection carries a reason and is counted by cause (:data:`REJECT_CAUSES`).
+
+The host identity of every stored event is the *authenticated* agent: whatever
+``host.agent_id`` the body claims is overwritten, so an agent can only ever speak for itself.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +27,16 @@ from proscribe.collector.api.errors import ApiError, validation_detail
 from proscribe.collector.api.schema import EventBatch, EventIn
 from proscribe.collector.storage import to_us
 from proscribe.core.events import parse_time
+from proscribe.core.wire.auth import MAX_SKEW_SECONDS
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH_ERROR = "JSON nested too deeply"
+# An agent whose clock is further ahead cannot sign a request the collector accepts (the same
+# window), so an event from further in the future than this is a broken or forged time; stored,
+# it would sit on top of every newest-first list for ever.
+MAX_FUTURE_SKEW_S = MAX_SKEW_SECONDS
+REJECT_CAUSES = ("invalid", "future_time", "storage", "internal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,7 @@ class EventVerdict:
     id: str | None
     status: str  # stored | duplicate | rejected
     error: str | None = None
+    cause: str | None = None  # for a rejection: one of REJECT_CAUSES (metrics only)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "error": self.error}
@@ -38,14 +54,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> float | int:
+    """JSON has one number type: ``12.0`` is an integer (to JSON Schema, and to some agents'
+    encoders), so it becomes the int the strict models expect; ``1e400`` is no number at all
+    (it would be stored as Infinity, which JSON cannot carry out again)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return int(value) if value.is_integer() else value
+
+
 def parse_json_body(body: bytes) -> Any:
-    """Strict UTF-8 JSON (no NaN/Infinity); 422 with the reason otherwise."""
+    """Strict UTF-8 JSON (no NaN/Infinity, numbers finite); 422 with the reason otherwise."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ApiError(422, "invalid_body", f"body is not valid UTF-8 at byte {err.start}") from err
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_number)
     except RecursionError as err:
         raise ApiError(422, "invalid_body", MAX_JSON_DEPTH_ERROR) from err
     except ValueError as err:
@@ -88,46 +114,77 @@ def judge_events(
     verdicts: list[EventVerdict | None] = []
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    latest_us = now_us + MAX_FUTURE_SKEW_S * 1_000_000
     for raw in raw_events:
         try:
-            event = EventIn.model_validate(raw)
-        except ValidationError as err:
-            verdicts.append(EventVerdict(_claimed_id(raw), "rejected", _reason(err)))
-            continue
-        if event.id in seen:
-            verdicts.append(EventVerdict(event.id, "duplicate"))
-            continue
-        seen.add(event.id)
-        # The raw dict passed strict validation (no coercion, no unknown keys): store it as
-        # sent, with the host identity replaced by the authenticated one.
-        body = dict(raw)
-        host = dict(body.get("host") or {})
-        body["host"] = host
-        host["agent_id"] = agent_id
-        if not host.get("hostname"):
-            host["hostname"] = hostname
-        rows.append(
-            {
-                "event_id": event.id,
-                "agent_id": agent_id,
-                "time_us": to_us(parse_time(event.time).timestamp()),
-                "received_us": now_us,
-                "hostname": host["hostname"],
-                "username": event.process.user if event.process else None,
-                "rule": event.rule,
-                "kind": event.kind,
-                "action": event.action,
-                "severity": event.severity,
-                "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-            }
-        )
-        verdicts.append(None)
+            verdict, row = _judge_one(raw, agent_id, hostname, now_us, latest_us, seen)
+        except Exception:  # a poison event: its own rejection, never the batch's failure
+            log.exception("event %r could not be judged; rejected", _claimed_id(raw))
+            verdict = EventVerdict(
+                _claimed_id(raw), "rejected", "could not be processed", "internal"
+            )
+            row = None
+        verdicts.append(verdict)
+        if row is not None:
+            seen.add(row["event_id"])
+            rows.append(row)
     return verdicts, rows
 
 
+def _judge_one(
+    raw: dict[str, Any],
+    agent_id: str,
+    hostname: str,
+    now_us: int,
+    latest_us: int,
+    seen: set[str],
+) -> tuple[EventVerdict | None, dict[str, Any] | None]:
+    try:
+        event = EventIn.model_validate(raw)
+    except ValidationError as err:
+        return EventVerdict(_claimed_id(raw), "rejected", _reason(err), "invalid"), None
+    if event.id in seen:
+        return EventVerdict(event.id, "duplicate"), None
+    time_us = to_us(parse_time(event.time).timestamp())
+    if time_us > latest_us:
+        reason = (
+            f"time: more than {MAX_FUTURE_SKEW_S} s ahead of the collector's clock "
+            "(fix the agent's clock)"
+        )
+        return EventVerdict(event.id, "rejected", reason, "future_time"), None
+    # The raw dict passed strict validation (no coercion, no unknown keys): store it as
+    # sent, with the host identity replaced by the authenticated one.
+    body = dict(raw)
+    host = dict(body.get("host") or {})
+    body["host"] = host
+    host["agent_id"] = agent_id
+    if not host.get("hostname"):
+        host["hostname"] = hostname
+    row = {
+        "event_id": event.id,
+        "agent_id": agent_id,
+        "time_us": time_us,
+        "received_us": now_us,
+        "hostname": host["hostname"],
+        "username": event.process.user if event.process else None,
+        "rule": event.rule,
+        "kind": event.kind,
+        "action": event.action,
+        "severity": event.severity,
+        "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+    }
+    return None, row
+
+
 def final_verdicts(
-    verdicts: list[EventVerdict | None], rows: list[dict[str, Any]], stored: set[str]
+    verdicts: list[EventVerdict | None],
+    rows: list[dict[str, Any]],
+    stored: set[str],
+    refused: dict[str, str] | None = None,
 ) -> list[EventVerdict]:
+    """Fill in the database's answers: ``stored``, ``duplicate`` (already there), or
+    ``rejected`` for a row the database refused (``refused``: id → reason)."""
+    refused = refused or {}
     row_ids = iter(r["event_id"] for r in rows)
     result = []
     for verdict in verdicts:
@@ -135,5 +192,8 @@ def final_verdicts(
             result.append(verdict)
             continue
         event_id = next(row_ids)
-        result.append(EventVerdict(event_id, "stored" if event_id in stored else "duplicate"))
+        if event_id in refused:
+            result.append(EventVerdict(event_id, "rejected", refused[event_id], "storage"))
+        else:
+            result.append(EventVerdict(event_id, "stored" if event_id in stored else "duplicate"))
     return result

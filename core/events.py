@@ -56,12 +56,22 @@ def utc_now_iso(now: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+OUTSIDE_CALENDAR = "outside years 1-9999 in UTC"  # in parse_time's message for such a time
+
+
 def parse_time(value: str) -> datetime:
-    """Parse an event timestamp (``…Z`` or with an offset) into an aware datetime."""
+    """Parse an event timestamp (``…Z`` or with an offset) into an aware UTC datetime.
+
+    ValueError for anything else, including a time whose UTC form leaves the calendar
+    (``0001-01-01T00:00:00+01:00``, ``9999-12-31T23:59:59-01:00``: ``astimezone`` would raise
+    OverflowError, which validators and callers do not expect)."""
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"timestamp without a zone: {value!r}")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as err:
+        raise ValueError(f"timestamp {OUTSIDE_CALENDAR}: {value[:40]!r}") from err
 
 
 def clip(text: str, limit: int = MAX_STRING) -> str:

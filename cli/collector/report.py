@@ -4,12 +4,15 @@
 policy serials and coverage; violations, blocks, exemptions, stale hosts), self-contained in
 one file. ``json`` and ``csv`` are every violation of the period (optionally filtered by host
 or rule), the rows auditors load into a spreadsheet. Renderers are a registry (``FORMATS``).
+
+``--since/--until/--host/--rule`` go through the same filter parser as the API and the
+dashboard (:mod:`proscribe.collector.filters`): a bad value is one line naming the option, exit
+2. The escaping is every export's (formula-safe, visible control characters; ASCII JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -17,18 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.cli.collector.common import add_config_argument, open_migrated, settings_from_args
-from proscribe.collector.csvexport import violations_csv
-from proscribe.collector.timespec import parse_moment
 from proscribe.core.errors import UsageError
 
+DEFAULT_PERIOD_S = 30 * 86_400
 Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
 
 
 def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> str:
-    return json.dumps({**meta, "violations": list(events)}, indent=1, ensure_ascii=False) + "\n"
+    from proscribe.collector.literal import safe_json
+
+    return safe_json({**meta, "violations": list(events)}, indent=1) + "\n"
 
 
 def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> str:
+    from proscribe.collector.csvexport import violations_csv
+
     return violations_csv(events)
 
 
@@ -63,20 +69,19 @@ def run_report(args: argparse.Namespace) -> int:
             "--host/--rule filter the json and csv exports; the html report covers the whole "
             "fleet (fix: drop --host/--rule, or use --format csv)"
         )
+    from proscribe.collector.filters import FilterError, parse_period
+
     now = time.time()
+    values = {"since": args.since, "until": args.until, "host": args.host, "rule": args.rule}
     try:
-        since = parse_moment(args.since, now)
-        until = parse_moment(args.until, now) if args.until else None
-    except ValueError as err:
-        raise UsageError(f"--since/--until: {err}") from err
+        # As the dashboard's report: an empty --since is the last 30 days, --until now.
+        flt = parse_period(values, now, default_since_s=DEFAULT_PERIOD_S)
+    except FilterError as err:
+        raise UsageError(f"--{err.param}: {err.reason}") from err
+    assert flt.since_us is not None and flt.until_us is not None
+    since, until = flt.since_us / 1e6, flt.until_us / 1e6
     settings = settings_from_args(args)
     db = open_migrated(settings)
-    flt = queries.ViolationFilter(
-        since_us=to_us(since),
-        until_us=None if until is None else to_us(until),
-        host=args.host,
-        rule=args.rule,
-    )
     meta = {"since": since, "until": until, "generated": now}
     try:
         with db.read() as conn:
@@ -86,8 +91,8 @@ def run_report(args: argparse.Namespace) -> int:
                 text = report_text(
                     conn,
                     fmt="html",
-                    since_us=to_us(since),
-                    until_us=to_us(until if until is not None else now),
+                    since_us=flt.since_us,
+                    until_us=flt.until_us,
                     now_us=to_us(now),
                     heartbeat_window_s=settings.heartbeat_window,
                 )

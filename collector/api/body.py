@@ -2,12 +2,14 @@
 
 The cap counts the bytes actually streamed: a lying or absent ``Content-Length`` and chunked
 transfer all stop at the same limit. ``Content-Encoding: gzip`` is decompressed incrementally
-with the same cap on the output, so a gzip bomb costs at most that much memory.
+with the same cap on the output, so a gzip bomb costs at most that much memory. Bodies are
+JSON and must say so (:func:`require_json`): a form, XML or text/plain post is 415.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -56,3 +58,15 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
     if inflater.unused_data:
         raise ApiError(422, "invalid_body", "data after the end of the gzip stream")
     return out
+
+
+def require_json(headers: Mapping[str, str]) -> None:
+    """415 unless ``Content-Type`` is ``application/json`` (parameters such as ``charset=utf-8``
+    allowed); an absent header is refused too, so what was stored is what was declared."""
+    declared = headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = declared[:80].encode("ascii", "backslashreplace").decode("ascii") or "none"
+        raise ApiError(
+            415, "unsupported_media_type", f"Content-Type {shown!r}: send application/json"
+        )

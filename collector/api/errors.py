@@ -1,7 +1,8 @@
-"""Every error the collector returns is JSON ``{"error": slug, "detail": …}`` with a 4xx status.
+"""Every error the collector's API returns is JSON ``{"error": slug, "detail": …}`` (schema
+:class:`ErrorBody`) with a 4xx status, and every route documents the ones it can answer
+(:func:`error_responses`), so the OpenAPI document tells a client the truth.
 
-A true bug still answers a generic 500 JSON (never a traceback) and is logged with the stack;
-the test-suite and schemathesis assert that none happens.
+A true bug is answered by :mod:`proscribe.collector.guard` (a generic 500, never a traceback).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+
+from proscribe.collector.api.responses import SafeJSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,42 @@ _SLUGS = {
     503: "unavailable",
 }
 
+_MEANING = {
+    400: "malformed request (Content-Length, a body cut short)",
+    401: "missing or refused credentials",
+    403: "the caller's role does not allow this",
+    404: "no such resource",
+    409: "conflicts with the stored state",
+    413: "body too large",
+    415: "Content-Type is not application/json, or Content-Encoding is not gzip",
+    422: "invalid request: the detail names each bad field or parameter",
+    429: "rate limited; Retry-After says when to try again",
+}
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx (and of the generic 500)."""
+
+    error: str
+    detail: str | list[ErrorItem] | None = None
+
+
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``statuses``, each with :class:`ErrorBody`; a keyword
+    ``s401="…"`` replaces the default description of that status."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": described.get(f"s{status}", _MEANING[status]),
+        }
+        for status in statuses
+    }
+
 
 class ApiError(Exception):
     """Raised anywhere in a request to answer ``status`` with ``{"error": error, ...}``."""
@@ -50,13 +91,18 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def invalid_parameter(location: str, name: str, reason: str) -> ApiError:
+    """422 for one bad parameter, shaped like a validation error (``loc`` names it)."""
+    return ApiError(422, "invalid_request", [{"loc": [location, name], "msg": reason}])
+
+
 def error_response(
     status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> Response:
     body: dict[str, Any] = {"error": error}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers)
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 def _safe_text(value: object, limit: int = 300) -> str:
@@ -74,30 +120,44 @@ def validation_detail(errors: Any) -> list[dict[str, Any]]:
     return result
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route's, and GET and PUT /api/v1/policy are two routes)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slug = _SLUGS.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return error_response(exc.status_code, slug, detail, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, slug, detail, headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return error_response(422, "invalid_request", validation_detail(exc.errors()))
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "see the collector's log")
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)

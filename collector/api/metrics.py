@@ -11,6 +11,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proscribe.collector.ingest import REJECT_CAUSES
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -18,16 +20,18 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.events: Counter[str] = Counter()  # stored / duplicate / rejected
+        self.dead_letters: Counter[str] = Counter()  # rejected events by cause
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self._hist: dict[str, list[int]] = {}
         self._sum: dict[str, float] = {}
         self._count: Counter[str] = Counter()
 
-    def count_events(self, stored: int, duplicate: int, rejected: int) -> None:
+    def count_events(self, outcomes: Counter[str], rejected_by_cause: Counter[str]) -> None:
+        """Add one batch's verdicts: outcomes (stored/duplicate/rejected) and, for the rejected
+        ones, their causes (the events the agent dead-letters)."""
         with self._lock:
-            self.events["stored"] += stored
-            self.events["duplicate"] += duplicate
-            self.events["rejected"] += rejected
+            self.events.update(outcomes)
+            self.dead_letters.update(rejected_by_cause)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -46,6 +50,16 @@ class Metrics:
             ]
             for outcome in ("stored", "duplicate", "rejected"):
                 out.append(f'proscribe_events_total{{outcome="{outcome}"}} {self.events[outcome]}')
+            out += [
+                "# HELP proscribe_events_dead_letter_total Events refused for good (the agent "
+                "dead-letters them), by cause.",
+                "# TYPE proscribe_events_dead_letter_total counter",
+            ]
+            for cause in REJECT_CAUSES:
+                out.append(
+                    f'proscribe_events_dead_letter_total{{cause="{cause}"}} '
+                    f"{self.dead_letters[cause]}"
+                )
             out += [
                 "# HELP proscribe_http_requests_total HTTP requests by method, route, status.",
                 "# TYPE proscribe_http_requests_total counter",

@@ -2,7 +2,8 @@
 
 Role matrix: ``viewer`` reads violations and hosts; ``admin`` additionally uploads policy,
 manages enroll secrets, revokes agents and reads the audit log. Every admin write appends to
-the audit hash chain in the same transaction as the change.
+the audit hash chain in the same transaction as the change (the ``WriteConn`` dependency
+commits both, or neither).
 """
 
 from __future__ import annotations
@@ -11,33 +12,30 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
 
-from proscribe.collector.api.errors import ApiError
-from proscribe.collector.api.people_auth import require_role
+from proscribe.collector.api.deps import (
+    AdminDep,
+    ReadConn,
+    StateDep,
+    ViewerDep,
+    ViolationQuery,
+    WriteConn,
+)
+from proscribe.collector.api.errors import ApiError, error_responses, invalid_parameter
+from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.schema import PolicyUpload, clean_text
-from proscribe.collector.api.state import get_state
 from proscribe.collector.csvexport import violations_csv
-from proscribe.collector.policy_upload import verify_upload
+from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
 from proscribe.collector.storage import admin_actions, audit, queries, to_us
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage.policies import StoredPolicy, highest_serial, store_policy
-from proscribe.collector.storage.users import Principal
-from proscribe.collector.timespec import parse_moment
-from proscribe.core.events import EVENT_ACTIONS, KINDS, SEVERITIES
 
-FilterText = Annotated[
-    str | None,
-    Query(max_length=4096),
-    AfterValidator(lambda v: None if v is None else clean_text(v)),
-]
-
-viewer = require_role("viewer")
-admin = require_role("admin")
+_READ_ERRORS = error_responses(401, 403, 422)
+_ADMIN_ERRORS = error_responses(401, 403, 422)
 
 
 class SecretIn(BaseModel):
@@ -45,56 +43,48 @@ class SecretIn(BaseModel):
     label: Annotated[str, Field(max_length=256), AfterValidator(clean_text)] = ""
 
 
-def _moment(name: str, value: str | None, now: float) -> int | None:
-    if value is None:
-        return None
+def verified_upload(upload: PolicyUpload, state: StateDep) -> tuple[VerifiedUpload, bytes, bytes]:
+    """The uploaded bundle checked against the collector's trust (422 otherwise), before the
+    write transaction starts: signature checks never hold the database's write lock."""
     try:
-        return to_us(parse_moment(value, now))
-    except ValueError as err:
-        raise ApiError(422, "invalid_request", f"{name}: {err}") from err
+        data = base64.b64decode(upload.policy, validate=True)
+        sig = base64.b64decode(upload.signature, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ApiError(422, "invalid_request", "policy and signature must be base64") from err
+    return verify_upload(state.settings, data, sig), data, sig
 
 
 def build_people_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
-    @router.get("/violations", tags=["reports"])
-    async def violations(
-        request: Request,
-        principal: Annotated[Principal, Depends(viewer)],
-        since: FilterText = None,
-        until: FilterText = None,
-        host: FilterText = None,
-        user: FilterText = None,
-        rule: FilterText = None,
-        kind: Literal[KINDS] | None = None,  # type: ignore[valid-type]
-        action: Literal[EVENT_ACTIONS] | None = None,  # type: ignore[valid-type]
-        severity: Literal[SEVERITIES] | None = None,  # type: ignore[valid-type]
-        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    @router.get(
+        "/violations",
+        tags=["reports"],
+        responses={
+            200: {
+                "description": "JSON page (next_cursor) or CSV (X-Next-Cursor header)",
+                "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}},
+            },
+            **_READ_ERRORS,
+        },
+    )
+    def violations(
+        _principal: ViewerDep,
+        flt: ViolationQuery,
+        conn: ReadConn,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=40, pattern=queries.CURSOR_PATTERN, description="next_cursor"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
         format: Literal["json", "csv"] = "json",
     ) -> Response:
-        """Violations newest first; ``next_cursor`` (JSON) or ``X-Next-Cursor`` (CSV) pages."""
-        state = get_state(request)
-        now = state.clock()
-        flt = queries.ViolationFilter(
-            since_us=_moment("since", since, now),
-            until_us=_moment("until", until, now),
-            host=host,
-            user=user,
-            rule=rule,
-            kind=kind,
-            action=action,
-            severity=severity,
-        )
-
-        def work() -> queries.ViolationPage:
-            with state.db.read() as conn:
-                return queries.list_violations(conn, flt, cursor=cursor, limit=limit)
-
+        """Violations newest first; ``next_cursor`` (JSON) or ``X-Next-Cursor`` (CSV) pages.
+        Filters as in ``proscribe.collector.filters`` (empty = no filter)."""
         try:
-            page = await run_in_threadpool(work)
+            page = queries.list_violations(conn, flt, cursor=cursor, limit=limit)
         except queries.BadCursor as err:
-            raise ApiError(422, "invalid_request", "cursor is not valid") from err
+            raise invalid_parameter("query", "cursor", "not a cursor this server made") from err
         if format == "csv":
             headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
             return Response(
@@ -102,24 +92,16 @@ def build_people_router() -> APIRouter:
                 media_type="text/csv; charset=utf-8",
                 headers={**headers, "Content-Disposition": 'attachment; filename="violations.csv"'},
             )
-        return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+        return SafeJSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 
-    @router.get("/hosts", tags=["reports"])
-    async def hosts(
-        request: Request, principal: Annotated[Principal, Depends(viewer)]
-    ) -> dict[str, Any]:
+    @router.get("/hosts", tags=["reports"], responses=error_responses(401, 403))
+    def hosts(_principal: ViewerDep, state: StateDep, conn: ReadConn) -> dict[str, Any]:
         """Coverage: every host with last seen, policy serial and what is wrong with it."""
-        state = get_state(request)
-
-        def work() -> list[queries.HostCoverage]:
-            with state.db.read() as conn:
-                return queries.list_hosts(
-                    conn,
-                    now_us=state.now_us(),
-                    heartbeat_window_us=to_us(state.settings.heartbeat_window),
-                )
-
-        rows = await run_in_threadpool(work)
+        rows = queries.list_hosts(
+            conn,
+            now_us=state.now_us(),
+            heartbeat_window_us=to_us(state.settings.heartbeat_window),
+        )
         items = [
             {
                 "agent_id": h.agent_id,
@@ -153,68 +135,53 @@ def build_people_router() -> APIRouter:
     @router.put(
         "/policy",
         tags=["admin"],
-        responses={409: {"description": "serial not higher"}, 422: {"description": "rejected"}},
+        responses=error_responses(
+            400,
+            401,
+            403,
+            409,
+            422,
+            s400="the body is not JSON (not UTF-8, cut short)",
+            s409="serial_not_higher",
+            s422="invalid_request, no_trust_configured or policy_rejected (signatures, syntax)",
+        ),
     )
-    async def put_policy(
-        request: Request, upload: PolicyUpload, principal: Annotated[Principal, Depends(admin)]
+    def put_policy(
+        principal: AdminDep,
+        upload: Annotated[tuple[VerifiedUpload, bytes, bytes], Depends(verified_upload)],
+        state: StateDep,
+        conn: WriteConn,
     ) -> dict[str, Any]:
         """Upload a signed bundle; it must verify against the collector's trust."""
-        state = get_state(request)
+        verified, data, sig = upload
+        now_us = state.now_us()
+        highest = highest_serial(conn)
+        if highest is not None and verified.serial <= highest:
+            raise ApiError(
+                409,
+                "serial_not_higher",
+                f"serial {verified.serial} is not higher than the current {highest}",
+            )
+        stored = StoredPolicy(
+            verified.serial, verified.policy_id, verified.sha256, data, sig, now_us, principal.name
+        )
         try:
-            data = base64.b64decode(upload.policy, validate=True)
-            sig = base64.b64decode(upload.signature, validate=True)
-        except (binascii.Error, ValueError) as err:
-            raise ApiError(422, "invalid_request", "policy and signature must be base64") from err
-        verified = await run_in_threadpool(verify_upload, state.settings, data, sig)
-
-        def work() -> None:
-            now_us = state.now_us()
-            with state.db.write() as conn:
-                highest = highest_serial(conn)
-                if highest is not None and verified.serial <= highest:
-                    raise ApiError(
-                        409,
-                        "serial_not_higher",
-                        f"serial {verified.serial} is not higher than the current {highest}",
-                    )
-                store_policy(
-                    conn,
-                    StoredPolicy(
-                        verified.serial,
-                        verified.policy_id,
-                        verified.sha256,
-                        data,
-                        sig,
-                        now_us,
-                        principal.name,
-                    ),
-                )
-                audit.append_audit(
-                    conn,
-                    actor=principal.name,
-                    action="policy.upload",
-                    target=f"{verified.policy_id}@{verified.serial}",
-                    detail={"sha256": verified.sha256},
-                    now_us=now_us,
-                )
-
-        try:
-            await run_in_threadpool(work)
+            store_policy(conn, stored)
         except IntegrityError as err:  # a concurrent upload of the same serial won
             raise ApiError(409, "serial_not_higher", "another upload took this serial") from err
+        audit.append_audit(
+            conn,
+            actor=principal.name,
+            action="policy.upload",
+            target=f"{verified.policy_id}@{verified.serial}",
+            detail={"sha256": verified.sha256},
+            now_us=now_us,
+        )
         return {"id": verified.policy_id, "serial": verified.serial, "sha256": verified.sha256}
 
-    @router.get("/enroll-secrets", tags=["admin"])
-    async def list_secrets(
-        request: Request, principal: Annotated[Principal, Depends(admin)]
-    ) -> dict[str, Any]:
+    @router.get("/enroll-secrets", tags=["admin"], responses=error_responses(401, 403))
+    def list_secrets(_principal: AdminDep, conn: ReadConn) -> dict[str, Any]:
         """Enroll secrets (ids and labels only; the secrets themselves are not stored)."""
-        state = get_state(request)
-
-        def work() -> list[agent_store.EnrollSecretInfo]:
-            with state.db.read() as conn:
-                return agent_store.list_enroll_secrets(conn)
-
         return {
             "secrets": [
                 {
@@ -223,81 +190,64 @@ def build_people_router() -> APIRouter:
                     "created": s.created_us / 1e6,
                     "revoked": None if s.revoked_us is None else s.revoked_us / 1e6,
                 }
-                for s in await run_in_threadpool(work)
+                for s in agent_store.list_enroll_secrets(conn)
             ]
         }
 
-    @router.post("/enroll-secrets", tags=["admin"])
-    async def create_secret(
-        request: Request, body: SecretIn, principal: Annotated[Principal, Depends(admin)]
+    @router.post(
+        "/enroll-secrets",
+        tags=["admin"],
+        responses=error_responses(400, 401, 403, 422, s400="the body is not JSON"),
+    )
+    def create_secret(
+        body: SecretIn, principal: AdminDep, state: StateDep, conn: WriteConn
     ) -> dict[str, str]:
         """Create an enroll secret; the answer is the only time it is shown."""
-        state = get_state(request)
-
-        def work() -> tuple[str, str]:
-            now_us = state.now_us()
-            with state.db.write() as conn:
-                return admin_actions.create_enroll_secret(
-                    conn, body.label, actor=principal.name, via="api", now_us=now_us
-                )
-
-        secret_id, secret = await run_in_threadpool(work)
+        secret_id, secret = admin_actions.create_enroll_secret(
+            conn, body.label, actor=principal.name, via="api", now_us=state.now_us()
+        )
         return {"id": secret_id, "secret": secret}
 
-    @router.delete("/enroll-secrets/{secret_id}", tags=["admin"])
-    async def revoke_secret(
-        request: Request,
+    @router.delete(
+        "/enroll-secrets/{secret_id}", tags=["admin"], responses=error_responses(401, 403, 404, 422)
+    )
+    def revoke_secret(
         secret_id: Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{1,32}$")],
-        principal: Annotated[Principal, Depends(admin)],
+        principal: AdminDep,
+        state: StateDep,
+        conn: WriteConn,
     ) -> dict[str, str]:
         """Revoke an enroll secret (agents already enrolled keep working)."""
-        state = get_state(request)
-
-        def work() -> bool:
-            now_us = state.now_us()
-            with state.db.write() as conn:
-                return admin_actions.revoke_enroll_secret(
-                    conn, secret_id, actor=principal.name, via="api", now_us=now_us
-                )
-
-        if not await run_in_threadpool(work):
+        if not admin_actions.revoke_enroll_secret(
+            conn, secret_id, actor=principal.name, via="api", now_us=state.now_us()
+        ):
             raise ApiError(404, "not_found", "no active enroll secret with that id")
         return {"id": secret_id, "status": "revoked"}
 
-    @router.post("/agents/{agent_id}/revoke", tags=["admin"])
-    async def revoke_agent(
-        request: Request,
+    @router.post(
+        "/agents/{agent_id}/revoke", tags=["admin"], responses=error_responses(401, 403, 404, 422)
+    )
+    def revoke_agent(
         agent_id: Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{1,64}$")],
-        principal: Annotated[Principal, Depends(admin)],
+        principal: AdminDep,
+        state: StateDep,
+        conn: WriteConn,
     ) -> dict[str, str]:
         """Revoke an agent's key; it must enroll again (its spool is kept on the host)."""
-        state = get_state(request)
-
-        def work() -> bool:
-            now_us = state.now_us()
-            with state.db.write() as conn:
-                return admin_actions.revoke_agent(
-                    conn, agent_id, actor=principal.name, via="api", now_us=now_us
-                )
-
-        if not await run_in_threadpool(work):
+        if not admin_actions.revoke_agent(
+            conn, agent_id, actor=principal.name, via="api", now_us=state.now_us()
+        ):
             raise ApiError(404, "not_found", "no active agent with that id")
         return {"agent_id": agent_id, "status": "revoked"}
 
-    @router.get("/audit", tags=["admin"])
-    async def audit_log(
-        request: Request,
-        principal: Annotated[Principal, Depends(admin)],
+    @router.get("/audit", tags=["admin"], responses=_ADMIN_ERRORS)
+    def audit_log(
+        _principal: AdminDep,
+        conn: ReadConn,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """The newest audit entries and whether the whole hash chain verifies."""
-        state = get_state(request)
-
-        def work() -> tuple[list[dict[str, Any]], audit.ChainVerdict]:
-            with state.db.read() as conn:
-                return audit.list_audit(conn, limit), audit.verify_chain(conn)
-
-        entries, verdict = await run_in_threadpool(work)
+        entries, verdict = audit.list_audit(conn, limit), audit.verify_chain(conn)
         return {
             "entries": entries,
             "chain": {

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from proscribe.core.events import (
     EVENT_ACTIONS,
@@ -38,9 +44,10 @@ def _timestamp(value: str) -> str:
     try:
         parse_time(value)
     except ValueError as err:
-        raise ValueError(
-            "time must be RFC 3339 with a zone, e.g. 2025-01-28T09:14:03.120Z"
-        ) from err
+        problem = (
+            "is out of range" if "out of range" in str(err) else "must be RFC 3339 with a zone"
+        )
+        raise ValueError(f"time {problem}, e.g. 2025-01-28T09:14:03.120Z") from err
     return value
 
 
@@ -55,12 +62,21 @@ Detail = Annotated[str, StringConstraints(max_length=MAX_DETAIL, pattern=_NO_NUL
 EventId = Annotated[str, StringConstraints(max_length=36, pattern=_UUID)]
 Timestamp = Annotated[Short, AfterValidator(_timestamp)]
 Hex = Annotated[str, StringConstraints(max_length=128, pattern=r"^[0-9a-fA-F]*$")]
+
+
 Count = Annotated[int, Field(ge=0, le=2**53)]
+Label = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
+Mode = Annotated[str, StringConstraints(max_length=16, pattern=_NO_NUL)]
+# 32 bytes of Ed25519 public key in base64: exactly what decode_public_key accepts.
+PublicKeyText = Annotated[
+    str, StringConstraints(max_length=52, pattern=r"^ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+]
 
 # Strict: no coercion ("12" is not a pid), so a validated event's raw JSON is already exactly
 # what the model describes and ingest stores it without a dump/re-encode round trip.
 _STRICT = ConfigDict(extra="forbid", strict=True)
-_LENIENT = ConfigDict(extra="ignore")
+# Heartbeats ignore unknown keys (a newer agent reports more) but not wrong types.
+_LENIENT = ConfigDict(extra="ignore", strict=True)
 
 
 class PolicyRef(BaseModel):
@@ -135,9 +151,9 @@ class EnrollRequest(BaseModel):
     model_config = _STRICT
     secret: Short
     hostname: Text
-    os: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
-    agent_version: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)]
-    public_key: Annotated[str, StringConstraints(max_length=128), AfterValidator(clean_text)]
+    os: Label
+    agent_version: Label
+    public_key: PublicKeyText
 
 
 class HeartbeatPolicy(BaseModel):
@@ -168,10 +184,10 @@ SensorState = SensorValue | Annotated[dict[Short, SensorValue], Field(max_length
 
 class HeartbeatIn(BaseModel):
     model_config = _LENIENT
-    agent_version: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] = ""
+    agent_version: Label = ""
     hostname: Text = ""
-    os: Annotated[str, StringConstraints(max_length=64), AfterValidator(clean_text)] = ""
-    mode: Annotated[str, StringConstraints(max_length=16), AfterValidator(clean_text)] | None = None
+    os: Label = ""
+    mode: Mode | None = None
     policy: HeartbeatPolicy | None = None
     sensors: Annotated[dict[Short, SensorState], Field(max_length=64)] = Field(default_factory=dict)
     spool: HeartbeatSpool = Field(default_factory=HeartbeatSpool)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from starlette.requests import Request
-
 from proscribe.collector.api.agent_auth import AgentAuthenticator
 from proscribe.collector.api.metrics import Metrics
 from proscribe.collector.api.ratelimit import EnrollRateLimiter
@@ -31,8 +29,3 @@ class CollectorState:
 
     def now_us(self) -> int:
         return to_us(self.clock())
-
-
-def get_state(request: Request) -> CollectorState:
-    state: CollectorState = request.app.state.collector
-    return state

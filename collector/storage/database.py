@@ -4,12 +4,20 @@ SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged event must su
 loss, because the agent deletes it from its spool on the acknowledgement) and a busy timeout.
 Writers in one process take a lock first: SQLite allows one writer at a time anyway, and
 queueing on a Python lock is far cheaper than SQLite's sleeping busy handler.
+
+The SQLite file is evidence (command lines, user names): it is created mode 0600, and an
+existing one (with its ``-wal`` and ``-shm``, which SQLite creates with the database's mode) is
+brought down to 0600 with a warning. Its folder must exist (a typo in the path is an error
+naming the folder, not a new tree somewhere), and a file that is not a SQLite database is one
+line naming it, not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +25,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from proscribe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+EVIDENCE_MODE = 0o600
 
 
 class Database:
@@ -76,16 +85,10 @@ def open_database(url: str, *, pool_size: int = 8) -> Database:
     except ArgumentError as err:
         raise ConfigError(f"database.url {url!r} is not a database URL ({err})") from err
     kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
         if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ConfigError(
-                    f"database.url: cannot create the folder {folder}: {err.strerror} "
-                    "(fix: choose a writable path)"
-                ) from err
+            prepare_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
         kwargs["pool_size"] = pool_size
     else:
@@ -93,20 +96,79 @@ def open_database(url: str, *, pool_size: int = 8) -> Database:
         kwargs["max_overflow"] = pool_size
         kwargs["pool_pre_ping"] = True
     engine = create_engine(parsed, **kwargs)
-    if parsed.get_backend_name() == "sqlite":
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     db = Database(engine)
     try:
         with db.engine.connect():
             pass
-    except OperationalError as err:
+    except DBAPIError as err:
         engine.dispose()
         reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        if sqlite and "not a database" in reason:
+            raise ConfigError(
+                f"database.url: {parsed.database} is not a SQLite database (fix: point "
+                "database.url at the collector's database, or at a new file name)"
+            ) from err
         raise ConfigError(
             f"database.url: cannot connect: {reason} (fix: check the URL and that the "
             "database server is running)"
         ) from err
     return db
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """The folder exists; the file exists with mode 0600 (created so, or brought down)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"database.url: the folder {folder} does not exist (fix: create it, owned by the "
+            "collector's user with mode 0700, or correct the path)"
+        )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, EVIDENCE_MODE)
+    except FileExistsError:
+        _check_sqlite_header(path)
+    except OSError as err:
+        raise ConfigError(
+            f"database.url: cannot create {path}: {err.strerror} (fix: choose a folder the "
+            "collector's user may write)"
+        ) from err
+    else:
+        os.close(fd)
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & ~EVIDENCE_MODE:
+            continue
+        try:
+            os.chmod(file, EVIDENCE_MODE)
+        except PermissionError:
+            log.warning("%s is mode %o, readable by others, and not ours to change", file, mode)
+        else:
+            log.warning("%s was mode %o; now %o (it holds evidence)", file, mode, EVIDENCE_MODE)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """An existing file must be a SQLite database (or empty) before anything touches it."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise ConfigError(
+            f"database.url: cannot read {path}: {err.strerror} (fix: give the collector's user "
+            "access to it)"
+        ) from err
+    if head and head != SQLITE_HEADER:
+        raise ConfigError(
+            f"database.url: {path} is not a SQLite database (fix: point database.url at the "
+            "collector's database, or at a new file name)"
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

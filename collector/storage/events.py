@@ -3,6 +3,13 @@
 ``INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING event_id`` on both databases: the ids
 that come back were stored by this call; the rest were already there (a retried batch after a
 lost acknowledgement, or two replicas racing on the same batch) and are duplicates.
+
+A row the database itself refuses (PostgreSQL's btree indexes take at most ~2700 bytes per
+entry, so a 4096-character rule of multi-byte text fails there while SQLite takes it) must not
+fail the batch around it, or the agent would resend that batch for ever:
+:func:`insert_events_isolated` retries such a batch row by row, each in a savepoint, and names
+the rows refused. Errors of the database as a whole (connection, disk, locks) still fail the
+batch, so the agent retries it later and nothing is dead-lettered by mistake.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import events, host_history
@@ -28,6 +36,47 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     )
     result = conn.execute(stmt, list(rows))
     return {str(row[0]) for row in result}
+
+
+# SQLSTATE classes that concern one row's values, not the database: data exception (22),
+# integrity constraint (23), program limit exceeded (54: an index entry too large).
+_ROW_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def _row_specific(err: DBAPIError) -> bool:
+    if isinstance(err, DataError | IntegrityError):
+        return True
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _ROW_SQLSTATE_CLASSES
+
+
+def _refusal(err: DBAPIError) -> str:
+    first = str(err.orig).strip().splitlines()[0] if err.orig is not None else type(err).__name__
+    return f"refused by the database: {first[:200]}"
+
+
+def insert_events_isolated(
+    conn: Connection, rows: Sequence[dict[str, Any]]
+) -> tuple[set[str], dict[str, str]]:
+    """:func:`insert_events`, but a row the database refuses for its own values is left out
+    instead of failing the others: returns the ids stored and ``{id: reason}`` refused."""
+    try:
+        with conn.begin_nested():
+            return insert_events(conn, rows), {}
+    except DBAPIError as err:
+        if not _row_specific(err):
+            raise
+    stored: set[str] = set()
+    refused: dict[str, str] = {}
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                stored |= insert_events(conn, [row])
+        except DBAPIError as err:
+            if not _row_specific(err):
+                raise
+            refused[str(row["event_id"])] = _refusal(err)
+    return stored, refused
 
 
 def existing_event_ids(conn: Connection, ids: Sequence[str]) -> set[str]:

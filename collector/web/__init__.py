@@ -5,6 +5,6 @@ script), login with the collector's users, and the compliance report shared with
 from __future__ import annotations
 
 from proscribe.collector.web.report import REPORT_FORMATS, report_text
-from proscribe.collector.web.router import build_dashboard_router
+from proscribe.collector.web.router import Dashboard, build_dashboard
 
-__all__ = ["REPORT_FORMATS", "build_dashboard_router", "report_text"]
+__all__ = ["REPORT_FORMATS", "Dashboard", "build_dashboard", "report_text"]

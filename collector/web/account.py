@@ -14,9 +14,10 @@ from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from proscribe.collector.storage.users import Principal, principal_for_password
+from proscribe.collector.api.deps import ReadConn, StateDep
+from proscribe.collector.storage.users import principal_for_password
 from proscribe.collector.web.session import LOGIN_COOKIE, SESSION_COOKIE
-from proscribe.collector.web.site import Site, Viewer
+from proscribe.collector.web.site import CheckedForm, FormDep, Site
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,13 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def _secure(request: Request) -> bool:
-    state = Site.state(request)
+def _secure(request: Request, state: StateDep) -> bool:
     return request.url.scheme == "https" or state.settings.tls
 
 
 def register(router: APIRouter, site: Site) -> None:
     def login_page(
-        request: Request, next_path: str, error: str = "", status: int = 200
+        request: Request, state: StateDep, next_path: str, error: str = "", status: int = 200
     ) -> HTMLResponse:
         nonce = request.cookies.get(LOGIN_COOKIE) or site.signer.new_login_nonce()
         if len(nonce) > 64:
@@ -59,48 +59,51 @@ def register(router: APIRouter, site: Site) -> None:
             max_age=3600,
             httponly=True,
             samesite="strict",
-            secure=_secure(request),
+            secure=_secure(request, state),
             path="/login",
         )
         return response
 
     @router.get("/login", include_in_schema=False)
-    async def login_form(
-        request: Request, next: Annotated[str, Query(max_length=2000)] = "/"
+    def login_form(
+        request: Request, state: StateDep, next: Annotated[str, Query(max_length=2000)] = "/"
     ) -> Response:
-        site.rollup.warm(Site.state(request).db)  # start counting while the person signs in
-        return login_page(request, next)
+        site.rollup.warm(state.db)  # start counting while the person signs in
+        return login_page(request, state, next)
 
     @router.post("/login", include_in_schema=False)
-    async def login_submit(request: Request) -> Response:
-        form = await request.form()
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
+    def login_submit(
+        request: Request, values: FormDep, state: StateDep, conn: ReadConn
+    ) -> Response:
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         next_path = safe_next(values.get("next"))
         if not nonce or not site.signer.check_csrf("login:" + nonce, values.get("csrf")):
-            return login_page(request, next_path, "The form expired; please sign in again.", 403)
+            return login_page(
+                request, state, next_path, "The form expired; please sign in again.", 403
+            )
         name = values.get("username", "")[:256]
         password = values.get("password", "")[:1024]
         client = request.client.host if request.client else "unknown"
-        now = Site.state(request).clock()
+        now = state.clock()
         wait = site.login_throttle.wait(client, name, now)
         if wait > 0:
             log.warning("dashboard login throttled for %r from %s", name[:64], client)
             seconds = max(1, math.ceil(wait))
             throttled = login_page(
-                request, next_path, f"Too many failed sign-ins; try again in {seconds} s.", 429
+                request,
+                state,
+                next_path,
+                f"Too many failed sign-ins; try again in {seconds} s.",
+                429,
             )
             throttled.headers["Retry-After"] = str(seconds)
             return throttled
 
-        principal: Principal | None = await site.read(
-            request, lambda conn: principal_for_password(conn, name, password)
-        )
+        principal = principal_for_password(conn, name, password)
         if principal is None:
             site.login_throttle.failed(client, name, now)
             log.info("dashboard login failed for %r", name[:64])
-            return login_page(request, next_path, "Wrong user name or password.", 401)
-        state = Site.state(request)
+            return login_page(request, state, next_path, "Wrong user name or password.", 401)
         response = RedirectResponse(next_path, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -108,7 +111,7 @@ def register(router: APIRouter, site: Site) -> None:
             max_age=site.signer.lifetime_s,
             httponly=True,
             samesite="strict",
-            secure=_secure(request),
+            secure=_secure(request, state),
             path="/",
         )
         response.delete_cookie(LOGIN_COOKIE, path="/login")
@@ -116,8 +119,7 @@ def register(router: APIRouter, site: Site) -> None:
         return response
 
     @router.post("/logout", include_in_schema=False)
-    async def logout(request: Request, visitor: Viewer) -> Response:
-        await site.check_csrf(request, visitor)
+    def logout(_form: CheckedForm) -> Response:
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response

@@ -1,21 +1,18 @@
 """Export of the violations page's current filter, streamed so any size stays in flat memory.
 
-CSV cells are formula-safe (``= + - @`` get a ``'``, see :mod:`proscribe.collector.csvexport`)
-and have control characters escaped; JSON is ASCII with ``< > &`` escaped.
+The escaping rules are every export's (:mod:`proscribe.collector.csvexport` for CSV,
+:func:`proscribe.collector.literal.safe_json` for JSON: ASCII, ``< > &`` escaped).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from proscribe.collector.csvexport import COLUMNS
+from proscribe.collector.csvexport import iter_violations_csv
+from proscribe.collector.literal import safe_json
 from proscribe.collector.storage import Database, queries
-from proscribe.collector.web.literal import safe_json
-from proscribe.collector.web.report import csv_row
 
 ROWS_PER_CHUNK = 500
 
@@ -26,19 +23,8 @@ def _events(db: Database, flt: queries.ViolationFilter) -> Iterator[dict[str, An
 
 
 def stream_csv(db: Database, flt: queries.ViolationFilter) -> Iterator[bytes]:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(COLUMNS)
-    pending = 0
-    for event in _events(db, flt):
-        writer.writerow(csv_row(event))
-        pending += 1
-        if pending >= ROWS_PER_CHUNK:
-            yield out.getvalue().encode("utf-8")
-            out.seek(0)
-            out.truncate()
-            pending = 0
-    yield out.getvalue().encode("utf-8")
+    for chunk in iter_violations_csv(_events(db, flt), ROWS_PER_CHUNK):
+        yield chunk.encode("utf-8")
 
 
 def stream_json(db: Database, flt: queries.ViolationFilter) -> Iterator[bytes]:

@@ -15,15 +15,16 @@ from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from proscribe.collector.api.deps import ReadConn, StateDep
+from proscribe.collector.filters import FILTER_KEYS, FilterError, normalise, parse_violation_filter
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import queries, to_us
 from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.policies import highest_serial
-from proscribe.collector.timespec import parse_moment
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.chart import violations_chart
 from proscribe.collector.web.export import stream_csv, stream_json
-from proscribe.collector.web.report import PolicyView, load_policy_view
+from proscribe.collector.web.report import load_policy_view
 from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
@@ -32,41 +33,16 @@ from proscribe.core.events import EVENT_ACTIONS, KINDS, SEVERITIES
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
 OVERVIEW_WAIT_S = 2.0  # how long the overview waits for the rollup's first build
 PAGE_SIZES = (25, 50, 100, 200)
-FILTER_KEYS = ("since", "until", "host", "user", "rule", "kind", "action", "severity")
-Text = Annotated[str | None, Query(max_length=4096)]
-
-
-def moment_us(name: str, value: str | None, now: float) -> int | None:
-    if not value:
-        return None
-    try:
-        return to_us(parse_moment(value, now))
-    except ValueError as err:
-        raise PageError(400, "Bad filter", f"{name}: {err}") from err
-
-
-def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
-    if not value:
-        return None
-    if value not in allowed:
-        raise PageError(400, "Bad filter", f"{name} must be one of {', '.join(allowed)}")
-    return value
-
-
-def _text(name: str, value: str | None) -> str | None:
-    if not value:
-        return None
-    if "\x00" in value:
-        raise PageError(400, "Bad filter", f"{name} contains a NUL character")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
 class FilterForm:
-    """The violations filter as typed (to refill the form and build links) and as a query."""
+    """The violations filter as typed (to refill the form and build links) and as a query,
+    or the one-line reason it cannot be used."""
 
     values: dict[str, str]
     flt: queries.ViolationFilter
+    error: str = ""
 
     def query(self, **extra: str) -> str:
         params = {k: v for k, v in self.values.items() if v}
@@ -74,20 +50,17 @@ class FilterForm:
         return urllib.parse.urlencode(params)
 
 
-def parse_filter(raw: dict[str, str | None], now: float, agent_id: str | None = None) -> FilterForm:
-    values = {k: (raw.get(k) or "").strip() for k in FILTER_KEYS}
-    flt = queries.ViolationFilter(
-        since_us=moment_us("since", values["since"], now),
-        until_us=moment_us("until", values["until"], now),
-        host=_text("host", values["host"]),
-        user=_text("user", values["user"]),
-        rule=_text("rule", values["rule"]),
-        kind=_choice("kind", values["kind"], tuple(KINDS)),
-        action=_choice("action", values["action"], tuple(EVENT_ACTIONS)),
-        severity=_choice("severity", values["severity"], tuple(SEVERITIES)),
-        agent_id=agent_id,
-    )
-    return FilterForm(values, flt)
+def filter_form(request: Request, now: float, default_since: str = "7d") -> FilterForm:
+    """The shared filter parser (:mod:`proscribe.collector.filters`) over the query string.
+    An absent ``since`` is ``default_since``; present and empty, no bound."""
+    raw: dict[str, str | None] = {key: request.query_params.get(key) for key in FILTER_KEYS}
+    if raw["since"] is None:
+        raw["since"] = default_since
+    values = normalise(raw)
+    try:
+        return FilterForm(values, parse_violation_filter(values, now))
+    except FilterError as err:
+        return FilterForm(values, queries.ViolationFilter(), str(err))
 
 
 def fetch_page(
@@ -126,35 +99,29 @@ class Overview:
 def register(router: APIRouter, site: Site) -> None:
 
     @router.get("/", include_in_schema=False)
-    async def overview(
-        request: Request,
+    def overview(
         visitor: Viewer,
+        state: StateDep,
+        conn: ReadConn,
         period: Annotated[str, Query(max_length=8)] = "30d",
     ) -> Response:
         days = PERIODS.get(period)
         if days is None:
             raise PageError(400, "Bad period", f"period must be one of {', '.join(PERIODS)}")
-        state = site.state(request)
         now_us = state.now_us()
         today = now_us // DAY_US
-
-        ready = site.rollup.warm(state.db, wait=OVERVIEW_WAIT_S)
-
-        def work(conn: Connection) -> Overview:
-            counts = None
-            if ready:
-                site.rollup.refresh(conn)
-                counts = site.rollup.period(today - days + 1, today)
-            current = highest_serial(conn)
-            cover = webq.coverage(
-                conn,
-                now_us=now_us,
-                window_us=to_us(state.settings.heartbeat_window),
-                current_serial=current,
-            )
-            return Overview(counts, cover, current)
-
-        data = await site.read(request, work)
+        counts = None
+        if site.rollup.warm(state.db, wait=OVERVIEW_WAIT_S):
+            site.rollup.refresh(conn)
+            counts = site.rollup.period(today - days + 1, today)
+        current = highest_serial(conn)
+        cover = webq.coverage(
+            conn,
+            now_us=now_us,
+            window_us=to_us(state.settings.heartbeat_window),
+            current_serial=current,
+        )
+        data = Overview(counts, cover, current)
         chart = None
         if data.counts is not None:
             series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
@@ -179,86 +146,59 @@ def register(router: APIRouter, site: Site) -> None:
         )
 
     @router.get("/violations", include_in_schema=False)
-    async def violations(
+    def violations(
         request: Request,
         visitor: Viewer,
-        since: Text = "7d",
-        until: Text = None,
-        host: Text = None,
-        user: Text = None,
-        rule: Text = None,
-        kind: Text = None,
-        action: Text = None,
-        severity: Text = None,
+        state: StateDep,
+        conn: ReadConn,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         limit: int = 50,
     ) -> Response:
-        state = site.state(request)
-        raw = {
-            "since": since, "until": until, "host": host, "user": user, "rule": rule,
-            "kind": kind, "action": action, "severity": severity,
-        }  # fmt: skip
-        form = parse_filter(raw, state.clock())
+        form = filter_form(request, state.clock())
         if limit not in PAGE_SIZES:
             limit = 50
-
-        ready = site.rollup.warm(state.db)
-
-        def work(conn: Connection) -> tuple[queries.ViolationPage, dict[str, list[str]]]:
-            hints: dict[str, list[str]] = {"hosts": [], "users": [], "rules": []}
-            if not ready:  # never wait for the rollup's first build
-                return fetch_page(conn, form.flt, cursor, limit, None, state.now_us()), hints
+        context: dict[str, Any] = {
+            "form": form,
+            "items": [],
+            "next_link": None,
+            "first_link": None,
+            "export_query": form.query(),
+            "hints": {"hosts": [], "users": [], "rules": []},
+            "kinds": KINDS,
+            "actions": EVENT_ACTIONS,
+            "severities": SEVERITIES,
+            "limit": limit,
+            "page_sizes": PAGE_SIZES,
+        }
+        if form.error:  # the form again, as typed, with the reason above it
+            return site.page("violations.html", visitor, "violations", context, status=400)
+        rollup = None
+        if site.rollup.warm(state.db):  # never wait for the rollup's first build
             site.rollup.refresh(conn)
-            hints = {name: site.rollup.known(name) for name in hints}
-            return fetch_page(conn, form.flt, cursor, limit, site.rollup, state.now_us()), hints
-
+            context["hints"] = {name: site.rollup.known(name) for name in context["hints"]}
+            rollup = site.rollup
         try:
-            page, hints = await site.read(request, work)
+            page = fetch_page(conn, form.flt, cursor, limit, rollup, state.now_us())
         except queries.BadCursor as err:
             raise PageError(400, "Bad page link", "The page cursor is not valid.") from err
-        return site.page(
-            "violations.html",
-            visitor,
-            "violations",
-            {
-                "form": form,
-                "items": page.items,
-                "next_link": (
-                    f"/violations?{form.query(cursor=page.next_cursor, limit=str(limit))}"
-                    if page.next_cursor
-                    else None
-                ),
-                "first_link": f"/violations?{form.query(limit=str(limit))}" if cursor else None,
-                "export_query": form.query(),
-                "hints": hints,
-                "kinds": KINDS,
-                "actions": EVENT_ACTIONS,
-                "severities": SEVERITIES,
-                "limit": limit,
-                "page_sizes": PAGE_SIZES,
-            },
-        )
+        context["items"] = page.items
+        if page.next_cursor:
+            more = form.query(cursor=page.next_cursor, limit=str(limit))
+            context["next_link"] = f"/violations?{more}"
+        if cursor:
+            context["first_link"] = f"/violations?{form.query(limit=str(limit))}"
+        return site.page("violations.html", visitor, "violations", context)
 
     @router.get("/violations/export.{fmt}", include_in_schema=False)
-    async def export(
+    def export(
         request: Request,
         fmt: Annotated[str, Path(pattern="^(csv|json)$")],
         visitor: Viewer,
-        since: Text = "7d",
-        until: Text = None,
-        host: Text = None,
-        user: Text = None,
-        rule: Text = None,
-        kind: Text = None,
-        action: Text = None,
-        severity: Text = None,
+        state: StateDep,
     ) -> Response:
-        state = site.state(request)
-        raw = {
-            "since": since, "until": until, "host": host, "user": user, "rule": rule,
-            "kind": kind, "action": action, "severity": severity,
-        }  # fmt: skip
-        form = parse_filter(raw, state.clock())
+        form = filter_form(request, state.clock())
+        if form.error:
+            raise PageError(400, "Bad filter", form.error)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         if fmt == "csv":
             body, media = stream_csv(state.db, form.flt), "text/csv; charset=utf-8"
@@ -271,26 +211,20 @@ def register(router: APIRouter, site: Site) -> None:
         )
 
     @router.get("/hosts", include_in_schema=False)
-    async def hosts(
-        request: Request,
+    def hosts(
         visitor: Viewer,
+        state: StateDep,
+        conn: ReadConn,
         show: Annotated[str, Query(max_length=16)] = "all",
     ) -> Response:
-        state = site.state(request)
         now_us = state.now_us()
         window_us = to_us(state.settings.heartbeat_window)
-
-        def work(conn: Connection) -> dict[str, Any]:
-            rows = queries.list_hosts(conn, now_us=now_us, heartbeat_window_us=window_us)
-            current = highest_serial(conn)
-            agents = webq.agents_with_last_seen(conn)
-            return {"rows": rows, "current": current, "agents": agents}
-
-        data = await site.read(request, work)
-        revoked = {a.agent_id for a in data["agents"] if a.revoked_us is not None}
-        reported = {h.agent_id for h in data["rows"]}
-        silent = [a for a in data["agents"] if a.agent_id not in reported and a.revoked_us is None]
-        current = data["current"]
+        host_rows = queries.list_hosts(conn, now_us=now_us, heartbeat_window_us=window_us)
+        current = highest_serial(conn)
+        agents = webq.agents_with_last_seen(conn)
+        revoked = {a.agent_id for a in agents if a.revoked_us is not None}
+        reported = {h.agent_id for h in host_rows}
+        silent = [a for a in agents if a.agent_id not in reported and a.revoked_us is None]
 
         def problems(h: queries.HostCoverage) -> list[str]:
             found = list(h.problems)
@@ -298,7 +232,7 @@ def register(router: APIRouter, site: Site) -> None:
                 found.append(f"policy serial {h.policy_serial} is older than {current}")
             return found
 
-        rows = [(h, problems(h)) for h in data["rows"] if h.agent_id not in revoked]
+        rows = [(h, problems(h)) for h in host_rows if h.agent_id not in revoked]
         if show == "problems":
             rows = [(h, p) for h, p in rows if p]
         rows.sort(key=lambda hp: (not hp[1], hp[0].hostname))
@@ -317,33 +251,24 @@ def register(router: APIRouter, site: Site) -> None:
         )
 
     @router.get("/hosts/{agent_id}", include_in_schema=False)
-    async def host(
-        request: Request,
+    def host(
         agent_id: Annotated[str, Path(max_length=64)],
         visitor: Viewer,
+        state: StateDep,
+        conn: ReadConn,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> Response:
-        state = site.state(request)
         now_us = state.now_us()
         window_us = to_us(state.settings.heartbeat_window)
         flt = queries.ViolationFilter(agent_id=agent_id, include_health=True)
-
-        def work(conn: Connection) -> dict[str, Any]:
-            return {
-                "host": webq.host_detail(conn, agent_id, now_us=now_us, window_us=window_us),
-                "agent": agent_store.get_agent(conn, agent_id),
-                "page": queries.list_violations(conn, flt, cursor=cursor or None, limit=50),
-                "current": highest_serial(conn),
-                "history": host_history_entries(conn, agent_id, limit=100),
-            }
-
         try:
-            data = await site.read(request, work)
+            page = queries.list_violations(conn, flt, cursor=cursor or None, limit=50)
         except queries.BadCursor as err:
             raise PageError(400, "Bad page link", "The page cursor is not valid.") from err
-        if data["host"] is None and data["agent"] is None:
+        detail = webq.host_detail(conn, agent_id, now_us=now_us, window_us=window_us)
+        agent = agent_store.get_agent(conn, agent_id)
+        if detail is None and agent is None:
             raise PageError(404, "No such host", "No agent with that id has enrolled.")
-        page = data["page"]
         next_link = (
             f"/hosts/{urllib.parse.quote(agent_id)}?cursor={page.next_cursor}"
             if page.next_cursor
@@ -354,25 +279,21 @@ def register(router: APIRouter, site: Site) -> None:
             visitor,
             "hosts",
             {
-                "host": data["host"],
-                "agent": data["agent"],
+                "host": detail,
+                "agent": agent,
                 "items": page.items,
                 "next_link": next_link,
-                "current": data["current"],
-                "history": data["history"],
+                "current": highest_serial(conn),
+                "history": host_history_entries(conn, agent_id, limit=100),
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },
         )
 
     @router.get("/policy", include_in_schema=False)
-    async def policy(request: Request, visitor: Viewer) -> Response:
-        now = datetime.fromtimestamp(site.state(request).clock(), UTC)
-
-        def work(conn: Connection) -> tuple[PolicyView | None, list[webq.PolicyRecord]]:
-            return load_policy_view(conn), webq.policy_history(conn)
-
-        view, history = await site.read(request, work)
+    def policy(visitor: Viewer, state: StateDep, conn: ReadConn) -> Response:
+        now = datetime.fromtimestamp(state.clock(), UTC)
+        view, history = load_policy_view(conn), webq.policy_history(conn)
         active, expired = view.exemptions(now) if view else ([], [])
         return site.page(
             "policy.html",

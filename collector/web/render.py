@@ -9,7 +9,7 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 
-from proscribe.collector.web.literal import show_html, visible_text
+from proscribe.collector.literal import show_html, visible_text
 from proscribe.core.events import parse_time
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

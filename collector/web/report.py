@@ -11,8 +11,6 @@ complete); CSV and JSON list every matching event.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,12 +20,12 @@ from typing import Any
 from jinja2 import Environment
 from sqlalchemy import Connection, and_, func, or_, select
 
-from proscribe.collector.csvexport import COLUMNS, violation_row
+from proscribe.collector.csvexport import violations_csv
+from proscribe.collector.literal import safe_json
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
 from proscribe.collector.storage.tables import events, policies
 from proscribe.collector.web import queries as webq
-from proscribe.collector.web.literal import safe_json, visible_text
 from proscribe.collector.web.render import STATIC, build_environment, render
 from proscribe.collector.web.rollup import BLOCKED_ACTIONS, action_class
 from proscribe.core.errors import PolicyError
@@ -358,20 +356,5 @@ def report_text(
         return report_html(report)
     everything = _bodies(conn, _conditions(since_us, until_us, report.rule_ids), None)
     if fmt == "csv":
-        return violations_csv_text(everything)
+        return violations_csv(everything)
     return safe_json(report_data(report, list(everything)), indent=1) + "\n"
-
-
-def csv_row(event: dict[str, Any]) -> list[str]:
-    """The API's formula-safe row, with control characters made visible too (a CSV is often
-    looked at with ``cat``, where ``\\x1b[2J`` would clear the screen)."""
-    return [visible_text(cell) for cell in violation_row(event)]
-
-
-def violations_csv_text(bodies: Any) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(COLUMNS)
-    for body in bodies:
-        writer.writerow(csv_row(body))
-    return out.getvalue()

@@ -1,4 +1,4 @@
-"""``build_dashboard_router()``: the dashboard's routes, for ``create_app`` to include.
+"""``build_dashboard()``: the dashboard's routes, for ``create_app`` to include.
 
 Pages: ``/`` (overview), ``/violations`` (+ ``/violations/export.csv|json``), ``/hosts``,
 ``/hosts/{agent_id}``, ``/policy``, ``/report`` (+ ``/report/export.html|csv|json``),
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
+from jinja2 import Environment
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -22,9 +23,23 @@ from proscribe.collector.web.site import NAV, SITE_STATE, Site
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
-def build_dashboard_router(
+class Dashboard:
+    """The dashboard's router, and its error page for the app's last-resort 500."""
+
+    def __init__(self, router: APIRouter, env: Environment) -> None:
+        self.router = router
+        self._env = env
+
+    def error_page(self, status: int, title: str, detail: str) -> str:
+        err = PageError(status, title, detail)
+        return self._env.get_template("error.html").render(
+            visitor=None, nav=NAV, active="", csrf="", err=err
+        )
+
+
+def build_dashboard(
     *, session_key: bytes | None = None, templates: Path = TEMPLATES, static: Path = STATIC
-) -> APIRouter:
+) -> Dashboard:
     """The dashboard. ``session_key`` signs login cookies; without one a random key is made
     (sessions end when the process restarts)."""
     env = build_environment(templates)
@@ -46,6 +61,7 @@ def build_dashboard_router(
         route_class=make_route_class(render_error, (SITE_STATE, site)), tags=["dashboard"]
     )
 
+    # async: the assets are bytes in memory, no thread is needed to answer.
     @router.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str) -> Response:
         asset = assets.get(name)
@@ -58,4 +74,4 @@ def build_dashboard_router(
     pages.register(router, site)
     report_pages.register(router, site)
     admin_pages.register(router, site)
-    return router
+    return Dashboard(router, env)

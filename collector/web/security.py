@@ -1,10 +1,11 @@
-"""Headers and failure handling shared by every dashboard route.
+"""Failure handling shared by every dashboard route.
 
 :class:`DashboardRoute` is the router's ``route_class``: it turns the dashboard's own
 exceptions into HTML answers (a redirect to the login page, a 403 page, a 400 page for a bad
-filter) and stamps the security headers on every response, error pages included. The policy
-allows no script at all and styles only from this server, so even an HTML-injection bug could
-not run code or load anything from elsewhere.
+filter). The security headers are stamped on every answer of the app, error pages and
+unhandled errors included, by :class:`proscribe.collector.guard.ResponseGuard`: the dashboard's
+policy allows no script at all and styles only from this server, so even an HTML-injection bug
+could not run code or load anything from elsewhere.
 """
 
 from __future__ import annotations
@@ -20,20 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from proscribe.collector.guard import DASHBOARD_CSP
+
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
+CONTENT_SECURITY_POLICY = DASHBOARD_CSP
 
 
 class LoginRequired(Exception):
@@ -62,14 +54,6 @@ def login_redirect(next_path: str) -> RedirectResponse:
     return RedirectResponse(f"/login?{query}", status_code=303)
 
 
-def apply_security_headers(response: Response, *, cache: bool = False) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-    if not cache:
-        response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 def make_route_class(
     render_error: ErrorRenderer, state: tuple[str, object] | None = None
 ) -> type[APIRoute]:
@@ -79,7 +63,6 @@ def make_route_class(
     class DashboardRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            static = self.path.startswith("/static/")
 
             async def route(request: Request) -> Response:
                 if state is not None:
@@ -103,7 +86,7 @@ def make_route_class(
                     response = render_error(
                         request, PageError(err.status_code, "Request refused", str(err.detail))
                     )
-                return apply_security_headers(response, cache=static)
+                return response
 
             return route
 

@@ -1,21 +1,22 @@
 """What every dashboard page shares: templates, the session signer, the rollup, and the
-dependencies that decide who is looking (``viewer`` / ``admin``)."""
+dependencies that decide who is looking (``Viewer`` / ``Admin``) and check a form's CSRF token.
+
+Pages are plain ``def`` routes, like the API's: the database is blocking, FastAPI runs them in
+its thread pool, and the connection comes from :data:`proscribe.collector.api.deps.ReadConn`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import Depends
 from jinja2 import Environment
-from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from proscribe.collector.api.deps import ReadConn, StateDep
 from proscribe.collector.api.ratelimit import LoginThrottle
-from proscribe.collector.api.state import CollectorState, get_state
 from proscribe.collector.storage.users import Principal
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.render import render
@@ -23,7 +24,6 @@ from proscribe.collector.web.rollup import ViolationRollup
 from proscribe.collector.web.security import LoginRequired, PageError
 from proscribe.collector.web.session import SESSION_COOKIE, Session, SessionSigner
 
-T = TypeVar("T")
 SITE_STATE = "dashboard_site"
 
 NAV = (
@@ -53,50 +53,6 @@ class Site:
         self.rollup = ViolationRollup()
         self.login_throttle = LoginThrottle()
 
-    async def read(self, request: Request, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` on a read connection in the thread pool (the database is blocking)."""
-        state = get_state(request)
-
-        def run() -> T:
-            with state.db.read() as conn:
-                return work(conn)
-
-        return await run_in_threadpool(run)
-
-    @staticmethod
-    def state(request: Request) -> CollectorState:
-        return get_state(request)
-
-    async def visitor(self, request: Request) -> Visitor:
-        state = get_state(request)
-        session = self.signer.check(request.cookies.get(SESSION_COOKIE), state.clock())
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if session is None:
-            raise LoginRequired(target)
-        principal = await self.read(request, lambda c: webq.user_by_id(c, session.user_id))
-        if principal is None:
-            raise LoginRequired(target)
-        visitor = Visitor(principal, session, self.signer.csrf_token(session.session_id))
-        request.state.visitor = visitor  # error pages show the navigation of this visitor
-        return visitor
-
-    async def viewer(self, request: Request) -> Visitor:
-        return await self.visitor(request)
-
-    async def admin(self, request: Request) -> Visitor:
-        visitor = await self.visitor(request)
-        if not visitor.is_admin:
-            raise PageError(403, "Not allowed", "This page needs the admin role.")
-        return visitor
-
-    async def check_csrf(self, request: Request, visitor: Visitor) -> dict[str, str]:
-        """The submitted form, after its CSRF token is checked (403 otherwise)."""
-        form = await request.form()
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not self.signer.check_csrf(visitor.session.session_id, values.get("csrf")):
-            raise PageError(403, "Form expired", "Reload the page and submit the form again.")
-        return values
-
     def page(
         self,
         name: str,
@@ -116,19 +72,55 @@ class Site:
         return HTMLResponse(render(self.env, name, full), status_code=status)
 
 
-def site_of(request: Request) -> Site:
+async def site_of(request: Request) -> Site:
     """The dashboard the request is routed to (set by the route class before dependencies)."""
     site: Site = getattr(request.state, SITE_STATE)
     return site
 
 
-async def _viewer(request: Request) -> Visitor:
-    return await site_of(request).viewer(request)
+SiteDep = Annotated[Site, Depends(site_of)]
 
 
-async def _admin(request: Request) -> Visitor:
-    return await site_of(request).admin(request)
+def current_visitor(request: Request, site: SiteDep, state: StateDep, conn: ReadConn) -> Visitor:
+    """The signed-in person (roles read fresh on every request), or off to the login page."""
+    session = site.signer.check(request.cookies.get(SESSION_COOKIE), state.clock())
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if session is None:
+        raise LoginRequired(target)
+    principal = webq.user_by_id(conn, session.user_id)
+    if principal is None:
+        raise LoginRequired(target)
+    visitor = Visitor(principal, session, site.signer.csrf_token(session.session_id))
+    request.state.visitor = visitor  # error pages show the navigation of this visitor
+    return visitor
 
 
-Viewer = Annotated[Visitor, Depends(_viewer)]
-Admin = Annotated[Visitor, Depends(_admin)]
+Viewer = Annotated[Visitor, Depends(current_visitor)]
+
+
+async def require_admin(visitor: Viewer) -> Visitor:
+    if not visitor.is_admin:
+        raise PageError(403, "Not allowed", "This page needs the admin role.")
+    return visitor
+
+
+Admin = Annotated[Visitor, Depends(require_admin)]
+
+
+async def submitted_form(request: Request) -> dict[str, str]:
+    """The posted form's text fields. async: the body is parsed as it streams in."""
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+FormDep = Annotated[dict[str, str], Depends(submitted_form)]
+
+
+async def checked_form(visitor: Viewer, site: SiteDep, form: FormDep) -> dict[str, str]:
+    """The submitted form, after its CSRF token is checked against the session (403)."""
+    if not site.signer.check_csrf(visitor.session.session_id, form.get("csrf")):
+        raise PageError(403, "Form expired", "Reload the page and submit the form again.")
+    return form
+
+
+CheckedForm = Annotated[dict[str, str], Depends(checked_form)]

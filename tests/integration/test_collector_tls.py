@@ -4,64 +4,26 @@ the port gets no answer."""
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.core.events import new_event
 from tests.support.devserver import CollectorProcess
 from tests.support.simulate import SimulatedAgent
+from tests.support.tls_files import self_signed
 
 pytestmark = pytest.mark.slow
 
 
-def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = folder / f"{name}.crt"
-    key_path = folder / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_collector(tmp_path: Path) -> Iterator[tuple[CollectorProcess, Path]]:
-    cert, key = _self_signed(tmp_path, "collector")
+    cert, key = self_signed(tmp_path, "collector")
     server = CollectorProcess(
         tmp_path / "srv", server_toml=f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
     )
@@ -93,7 +55,7 @@ def test_other_ca_or_plain_http_gets_nothing(
     tls_collector: tuple[CollectorProcess, Path], tmp_path: Path
 ) -> None:
     server, _cert = tls_collector
-    other_cert, _ = _self_signed(tmp_path, "other")
+    other_cert, _ = self_signed(tmp_path, "other")
     wrong = SimulatedAgent(
         server.url, ssl_context=ssl.create_default_context(cafile=str(other_cert))
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proscribe.collector.csvexport import COLUMNS
-from proscribe.collector.web.literal import show_html, visible_text
+from proscribe.collector.literal import show_html, visible_text
 from tests.support.dashboard_env import DashboardEnv, event, make_env
 
 SCRIPT = "<script>alert(1)</script>"

@@ -67,7 +67,8 @@ class InProcessCollector:
         nonce: str | None = None,
     ) -> Any:
         """A request signed as the agent would sign it (at the app's time unless ``now``);
-        ``sign_path``/``sign_body`` sign something other than what is sent."""
+        ``sign_path``/``sign_body`` sign something other than what is sent. It says JSON, as the
+        agent does (the collector refuses other content types with 415)."""
         sig = sign_request(
             key,
             agent_id,
@@ -77,4 +78,5 @@ class InProcessCollector:
             now=self.clock.now if now is None else now,
             nonce=nonce,
         )
-        return self.client.request(method, path, content=body, headers={**sig, **(headers or {})})
+        sent = {"Content-Type": "application/json", **sig, **(headers or {})}
+        return self.client.request(method, path, content=body, headers=sent)

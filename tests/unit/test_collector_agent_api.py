@@ -287,6 +287,7 @@ def test_lying_content_length_and_chunked_are_capped(env: AgentApiEnv) -> None:
             yield body[i : i + 65536]
 
     sig = sign_request(key, agent_id, "POST", "/api/v1/events", body, now=env.clock.now)
+    sig["Content-Type"] = "application/json"
     chunked = env.client.post("/api/v1/events", content=chunks(), headers=sig)
     assert chunked.status_code == 413
 

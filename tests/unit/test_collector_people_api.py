@@ -326,7 +326,8 @@ def test_csv_cells_are_formula_safe(env: PeopleApiEnv) -> None:
     assert resp.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(resp.text)))
     names = {r["process"] for r in rows}
-    assert names == {"'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\tTAB"}
+    # the tab itself is shown as a visible escape, as in every export
+    assert names == {"'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\\x09TAB"}
 
 
 # --- hosts --------------------------------------------------------------------------------------
@@ -346,6 +347,7 @@ def test_hosts_coverage_marks_stale_and_regressed(env: PeopleApiEnv) -> None:
         sig = sign_request(
             env.agent_key, env.agent_id, "POST", "/api/v1/heartbeat", body, now=env.clock.now
         )
+        sig["Content-Type"] = "application/json"
         assert env.client.post("/api/v1/heartbeat", content=body, headers=sig).status_code == 200
 
     beat(4)
@@ -418,7 +420,10 @@ def test_audit_chain_detects_flipped_byte_in_hash(env: PeopleApiEnv) -> None:
 
 def test_healthz_metrics_openapi(env: PeopleApiEnv) -> None:
     assert env.client.get("/healthz").json()["status"] == "ok"
-    text = env.client.get("/metrics").text
+    # /metrics answers loopback clients only by default (TestClient's address is "testclient")
+    assert env.client.get("/metrics").status_code == 403
+    local = TestClient(env.client.app, client=("127.0.0.1", 40000))  # the app already runs
+    text = local.get("/metrics").text
     assert "# TYPE proscribe_events_total counter" in text
     assert "proscribe_agents 1" in text
     spec = env.client.get("/openapi.json").json()
@@ -440,9 +445,9 @@ def test_a_true_bug_is_a_generic_500_json_without_traceback(tmp_path: Path) -> N
     async def boom() -> None:
         raise RuntimeError("secret internals")
 
-    app.add_api_route("/boom", boom)
+    app.add_api_route("/api/v1/boom", boom)
     with TestClient(app, raise_server_exceptions=False) as client:
-        resp = client.get("/boom")
+        resp = client.get("/api/v1/boom")
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal_error", "detail": "see the collector's log"}
     assert "secret internals" not in resp.text

@@ -68,8 +68,12 @@ def show_html(value: object, limit: int | None = DEFAULT_CLIP) -> Markup:
     return Markup("".join(parts))  # noqa: S704 - every piece is escaped above
 
 
-def safe_json(data: Any, *, indent: int | None = None) -> str:
+def safe_json(data: Any, *, indent: int | None = None, compact: bool = False) -> str:
     """JSON that is ASCII only (so controls and bidi characters are ``\\u`` escapes) and has no
-    ``< > &`` (so it stays inert even if someone pastes it into HTML)."""
-    text = json.dumps(data, ensure_ascii=True, indent=indent, default=str)
+    ``< > &`` (so it stays inert even if someone pastes it into HTML). NaN and infinities are
+    refused (they are not JSON)."""
+    separators = (",", ":") if compact else None
+    text = json.dumps(
+        data, ensure_ascii=True, indent=indent, separators=separators, allow_nan=False, default=str
+    )
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

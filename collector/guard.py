@@ -1,0 +1,120 @@
+"""What every answer carries, whatever produced it: security headers, and a 500 for a bug.
+
+:class:`ResponseGuard` is the outermost middleware (pure ASGI, inside Starlette's own
+``ServerErrorMiddleware``):
+
+* Security headers go on every response — routes, the router's 404/405, error handlers,
+  HEAD — chosen by path: the dashboard's policy (no script at all, styles from this server)
+  for pages, ``default-src 'none'`` for the API and the operations endpoints, the API docs'
+  own policy for ``/docs`` and ``/redoc``; ``X-Content-Type-Options: nosniff`` everywhere;
+  ``Cache-Control: no-store`` unless the route chose otherwise (static assets).
+* An exception no handler took is logged once, with its stack, and answered 500 in the
+  format of the path: the dashboard's HTML error page for pages, ``{"error":
+  "internal_error"}`` for the API. It is not re-raised: Starlette's ``ServerErrorMiddleware``
+  re-raises after answering, which makes uvicorn log a second traceback and close the
+  keep-alive connection under the next request. If the answer had already started (a streamed
+  export failing half-way), the exception goes on up so the server drops the connection: a
+  truncated download must not look complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proscribe.collector.literal import safe_json
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+# Swagger UI and ReDoc, served from this server only: their scripts and styles are files here
+# (no inline script); both set inline style attributes, ReDoc runs its search in a worker.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+API_PREFIXES = ("/api/", "/healthz", "/metrics", "/openapi.json")
+DOCS_PREFIXES = ("/docs", "/redoc")
+
+ErrorPage = Callable[[int, str, str], str]
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
+def content_security_policy(path: str) -> str:
+    if is_api_path(path):
+        return API_CSP
+    if path.startswith(DOCS_PREFIXES):
+        return DOCS_CSP
+    return DASHBOARD_CSP
+
+
+class ResponseGuard:
+    def __init__(self, app: ASGIApp, error_page: ErrorPage) -> None:
+        self.app = app
+        self.error_page = error_page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        policy = content_security_policy(path)
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = policy
+                for name, value in COMMON_HEADERS.items():
+                    headers[name] = value
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), path)
+            if started:
+                raise
+            await self._internal_error(path, guarded_send)
+
+    async def _internal_error(self, path: str, send: Send) -> None:
+        if is_api_path(path):
+            body = safe_json({"error": "internal_error", "detail": "see the collector's log"})
+            media = b"application/json"
+        else:
+            body = self.error_page(500, "Something went wrong", "See the collector's log.")
+            media = b"text/html; charset=utf-8"
+        data = body.encode("utf-8")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", media),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
