@@ -21,7 +21,7 @@ import uvicorn
 
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
-from tests.support.devserver import free_port
+from tests.support.ports import free_tcp_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def server(tmp_path: Path) -> Iterator[int]:
         raise RuntimeError("a bug behind a dashboard page")
 
     app.add_api_route("/hosts-broken", broken_page, include_in_schema=False)
-    port = free_port()
+    port = free_tcp_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", ws="none")
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)

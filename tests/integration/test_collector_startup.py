@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from proscribe.core.events import new_event
-from tests.support.devserver import CollectorProcess, free_port
+from tests.support.devserver import CollectorProcess
+from tests.support.ports import free_tcp_port
 from tests.support.simulate import SimulatedAgent
 from tests.support.tls_files import self_signed
 
@@ -54,7 +55,7 @@ def _assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: 
 def _tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
     return _config(
         tmp_path,
-        f'[server]\nlisten = "127.0.0.1:{free_port()}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_tcp_port()}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
         f'[database]\nurl = "sqlite:///{tmp_path / "c.db"}"\n',
     )
 

@@ -19,14 +19,7 @@ from proscribe.agent.repeats import RepeatFolder
 from proscribe.agent.spool import Spool
 from proscribe.core.events import Event, new_event
 from tests.support.agent_harness import spool_events
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
 
 
 @pytest.fixture
@@ -36,7 +29,7 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
     s.close()
 
 
-def folder(spool: Spool, clock: Clock, window: float = 60, **kw: Any) -> RepeatFolder:
+def folder(spool: Spool, clock: ManualClock, window: float = 60, **kw: Any) -> RepeatFolder:
     evidence = Evidence(spool, HostSection("h"))
     return RepeatFolder(evidence, window, counts=Counters(), clock=clock, **kw)
 
@@ -53,7 +46,7 @@ def rows(spool: Spool) -> list[dict[str, Any]]:
 
 
 def test_the_same_process_is_a_duplicate_and_a_reused_pid_is_a_repeat(spool: Spool) -> None:
-    f = folder(spool, Clock())
+    f = folder(spool, ManualClock(0.0))
     assert f.record(("r", "/x"), lambda: event(100), occurrence=("r", 100, 1.0)).kind == "first"
     seen_again = f.record(("r", "/x"), lambda: event(100), occurrence=("r", 100, 1.0))
     assert seen_again.kind == "duplicate" and seen_again.event is None
@@ -66,7 +59,7 @@ def test_the_same_process_is_a_duplicate_and_a_reused_pid_is_a_repeat(spool: Spo
 
 
 def test_repeats_fold_within_the_window_from_the_first_event(spool: Spool) -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     f = folder(spool, clock)
     assert f.record("s", lambda: event(1)).kind == "first"
     clock.now = 30
@@ -82,7 +75,7 @@ def test_repeats_fold_within_the_window_from_the_first_event(spool: Spool) -> No
 
 
 def test_repeats_are_written_at_the_flush_interval_not_per_repeat(spool: Spool) -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     f = folder(spool, clock, flush_interval=0.5)
     f.record("s", lambda: event(1))
     for pid in range(2, 7):
@@ -94,7 +87,7 @@ def test_repeats_are_written_at_the_flush_interval_not_per_repeat(spool: Spool) 
 
 
 def test_repeats_after_the_event_was_sent_travel_in_a_new_event(spool: Spool) -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     f = folder(spool, clock)
     f.record("s", lambda: event(1))
     spool.ack([row.id for row in spool.pending()])  # the reporter delivered it
@@ -133,7 +126,7 @@ class FullOnce:
 
 def test_a_first_event_that_could_not_be_stored_is_retried(spool: Spool) -> None:
     evidence = Evidence(FullOnce(spool), HostSection("h"))
-    f = RepeatFolder(evidence, 60, counts=Counters(), clock=Clock())
+    f = RepeatFolder(evidence, 60, counts=Counters(), clock=ManualClock(0.0))
     first = f.record("s", lambda: event(1))
     assert first.kind == "first" and not first.stored
     # no series was opened on a lost event: the next occurrence is a first again, and stored
@@ -143,13 +136,13 @@ def test_a_first_event_that_could_not_be_stored_is_retried(spool: Spool) -> None
 
 
 def test_window_zero_makes_every_occurrence_its_own_event(spool: Spool) -> None:
-    f = folder(spool, Clock(), window=0)
+    f = folder(spool, ManualClock(0.0), window=0)
     assert [f.record("s", lambda: event(1)).kind for _ in range(3)] == ["first"] * 3
     assert len(rows(spool)) == 3
 
 
 def test_memory_is_bounded(spool: Spool) -> None:
-    f = folder(spool, Clock(), capacity=10)
+    f = folder(spool, ManualClock(0.0), capacity=10)
     for pid in range(100):
         f.record(("r", pid), lambda pid=pid: event(pid), occurrence=pid)  # type: ignore[misc]
     assert len(f._occurrences) <= 10 and len(f._series) <= 10
