@@ -12,7 +12,7 @@ PROG=build-wheelhouse.sh
 usage() {
   cat <<'EOF'
 Usage: build-wheelhouse.sh -o DIR [--component agent|collector] [--wheel FILE] [--python PY]
-                           [--lock FILE] [-- PIP-DOWNLOAD-OPTIONS…]
+                           [--lock FILE] [--wheel-only] [-- PIP-DOWNLOAD-OPTIONS…]
 
 Writes the proscribe wheel (built from this source tree unless --wheel is given) and all of
 its dependencies, as pinned (with hashes) in the lock, into DIR. Run it on a machine with index access and the same OS/CPU/Python
@@ -22,6 +22,7 @@ Then copy DIR to the air-gapped network and run: install.sh --wheelhouse DIR
   --component collector   include the collector's extra dependencies
   --lock FILE             the lock to follow (default: requirements/agent.txt, or
                           requirements/collector.txt with --component collector)
+  --wheel-only            build the proscribe wheel into DIR and stop (nothing downloaded)
 EOF
 }
 die() { echo "$PROG: error: $*" >&2; exit 2; }
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
       COMPONENT=$2
       shift ;;
     --lock) [ $# -ge 2 ] || die "--lock needs a file"; LOCK=$2; shift ;;
+    --wheel-only) WHEEL_ONLY=1 ;;
     --) shift; break ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -51,8 +53,14 @@ OUT=$(cd "$OUT" && pwd)
 if [ -z "$WHEEL" ]; then
   src=$(cd "$SCRIPT_DIR/../.." && pwd)
   [ -f "$src/pyproject.toml" ] || die "$src is not a source tree (fix: pass --wheel FILE)"
-  "$PY" -m pip wheel -q --no-deps -w "$OUT" "$src" >&2 || die "building the wheel from $src failed"
+  # Built from a copy without build/, .venv*, .git: setuptools reuses build/lib and would ship
+  # modules that were deleted from the tree since the last build.
+  copy=$(mktemp -d)
+  tar -C "$src" --exclude=./build --exclude='./.venv*' --exclude=./.git -cf - . | tar -C "$copy" -xf -
+  "$PY" -m pip wheel -q --no-deps -w "$OUT" "$copy" >&2 || { rm -rf "$copy"; die "building the wheel from $src failed"; }
+  rm -rf "$copy"
   WHEEL=$(ls -t "$OUT"/proscribe-*.whl | head -n 1)
+  if [ -n "${WHEEL_ONLY:-}" ]; then echo "$WHEEL"; exit 0; fi
 else
   [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"
   cp -f "$WHEEL" "$OUT/"

@@ -55,7 +55,8 @@ def _assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: 
 def _tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
     return _config(
         tmp_path,
-        f'[server]\nlisten = "127.0.0.1:{free_tcp_port()}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_tcp_port()}"\n'
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
         f'[database]\nurl = "sqlite:///{tmp_path / "c.db"}"\n',
     )
 

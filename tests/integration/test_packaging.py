@@ -9,6 +9,7 @@ wheel and the agent's own dependencies, nothing of the ``collector`` extra.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -23,16 +24,19 @@ PARTS = ("core", "agent", "collector", "cli")
 pytestmark = pytest.mark.slow
 
 
+def _build_wheel(tree: Path, out: Path) -> Path:
+    """The wheel as installer/linux/build-wheelhouse.sh builds it (wheelhouse and .deb)."""
+    result = subprocess.run(
+        [str(tree / "installer/linux/build-wheelhouse.sh"), "--wheel-only", "-o", str(out),
+         "--python", sys.executable],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return next(out.glob("proscribe-*.whl"))
+    return _build_wheel(REPO, tmp_path_factory.mktemp("wheel"))
 
 
 def _runtime_files() -> set[str]:
@@ -62,6 +66,28 @@ def test_the_wheel_holds_the_runtime_packages_and_nothing_else(wheel: Path) -> N
         assert not [n for n in names if n.endswith(f"/{fixture}.py")], fixture
     assert "proscribe/collector/migrations/versions/0001_initial.py" in names
     assert "proscribe/policies/us-navy-deepseek-2025.toml" in names
+
+
+def test_a_module_deleted_from_the_tree_never_ships(tmp_path: Path) -> None:
+    """setuptools reuses build/lib: a wheel built in place would carry modules deleted since the
+    last build. build-wheelhouse.sh builds from a copy without build/."""
+    tree = tmp_path / "tree"
+    files = (
+        subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
+    stale = tree / "build/lib/proscribe/agent/deleted_long_ago.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("raise SystemExit('stale')\n")
+    built = _build_wheel(tree, tmp_path / "out")
+    with zipfile.ZipFile(built) as archive:
+        assert "proscribe/agent/deleted_long_ago.py" not in archive.namelist()
+        assert "proscribe/agent/daemon.py" in archive.namelist()
 
 
 @pytest.fixture(scope="module")
