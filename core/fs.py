@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "fsync_directory", "remove_stale_temp_files"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "atomic_write",
+    "fsync_directory",
+    "private_sqlite_file",
+    "remove_stale_temp_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +69,38 @@ def remove_stale_temp_files(directory: Path) -> int:
         except OSError as err:
             log.warning("%s: cannot remove leftover temp file: %s", tmp, err)
     return removed
+
+
+def private_sqlite_file(path: Path, mode: int = 0o600) -> list[tuple[Path, int]]:
+    """Make an SQLite database file that holds evidence readable by its owner only.
+
+    Creates ``path`` with ``mode`` when it does not exist (SQLite gives its ``-wal`` and ``-shm``
+    files the database file's permissions), and brings an existing database and its companions
+    down to ``mode``. Returns the files it tightened with their old modes, for the caller to log;
+    a file that is not ours to change is left and returned with a negative mode. Raises
+    ``OSError`` when the file cannot be created.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return []
+    changed: list[tuple[Path, int]] = []
+    if os.name != "posix":
+        return changed
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            old = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not old & ~mode:
+            continue
+        try:
+            os.chmod(file, mode)
+        except PermissionError:
+            changed.append((file, -old))
+        else:
+            changed.append((file, old))
+    return changed

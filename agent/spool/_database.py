@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from proscribe.core.errors import SpoolError
+from proscribe.core.fs import private_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    # Events hold command lines and user names: the file (and so its -wal and -shm, which
+    # SQLite creates with the database's permissions) is the agent's alone.
+    try:
+        tightened = private_sqlite_file(path, 0o600)
+    except OSError as err:
+        raise SpoolError(f"{path}: cannot create the spool ({err.strerror})") from err
+    for file, mode in tightened:
+        if mode < 0:
+            log.warning("%s is mode %o, readable by others, and not ours to change", file, -mode)
+        else:
+            log.warning("%s was mode %o; now 600 (it holds evidence)", file, mode)
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a commit is exactly
     # where we say it is. check_same_thread=False: one connection guarded by the Spool's lock.
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)

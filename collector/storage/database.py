@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from proscribe.core.errors import ConfigError
+from proscribe.core.fs import private_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -125,28 +124,18 @@ def prepare_sqlite_file(path: Path) -> None:
             f"database.url: the folder {folder} does not exist (fix: create it, owned by the "
             "collector's user with mode 0700, or correct the path)"
         )
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, EVIDENCE_MODE)
-    except FileExistsError:
+    if path.exists():
         _check_sqlite_header(path)
+    try:
+        changed = private_sqlite_file(path, EVIDENCE_MODE)
     except OSError as err:
         raise ConfigError(
             f"database.url: cannot create {path}: {err.strerror} (fix: choose a folder the "
             "collector's user may write)"
         ) from err
-    else:
-        os.close(fd)
-    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        try:
-            mode = stat.S_IMODE(file.stat().st_mode)
-        except FileNotFoundError:
-            continue
-        if not mode & ~EVIDENCE_MODE:
-            continue
-        try:
-            os.chmod(file, EVIDENCE_MODE)
-        except PermissionError:
-            log.warning("%s is mode %o, readable by others, and not ours to change", file, mode)
+    for file, mode in changed:
+        if mode < 0:
+            log.warning("%s is mode %o, readable by others, and not ours to change", file, -mode)
         else:
             log.warning("%s was mode %o; now %o (it holds evidence)", file, mode, EVIDENCE_MODE)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proscribe.core.fs import atomic_write, remove_stale_temp_files
+from proscribe.core.fs import atomic_write, private_sqlite_file, remove_stale_temp_files
 from proscribe.core.netaddr import is_loopback
 
 
@@ -64,3 +64,18 @@ def test_stale_temp_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
 )
 def test_is_loopback(host: str | None, expected: bool) -> None:
     assert is_loopback(host) is expected
+
+
+def test_private_sqlite_file_creates_0600_and_tightens_an_existing_one(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    assert private_sqlite_file(fresh) == []
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    old = tmp_path / "old.db"
+    old.write_bytes(b"")
+    old.chmod(0o644)
+    Path(f"{old}-wal").write_bytes(b"")
+    Path(f"{old}-wal").chmod(0o664)
+    changed = private_sqlite_file(old)
+    assert sorted((p.name, m) for p, m in changed) == [("old.db", 0o644), ("old.db-wal", 0o664)]
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{old}-wal").stat().st_mode) == 0o600

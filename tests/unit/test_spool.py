@@ -434,3 +434,16 @@ def test_append_after_close_returns_false_instead_of_raising(tmp_path: Path) -> 
     s.close()
     assert s.append(violation()) is False
     s.close()  # twice is fine
+
+
+def test_the_spool_and_its_wal_are_readable_by_the_agent_only(tmp_path: Path) -> None:
+    """Events hold command lines and user names (issue: spool.db was created 0644)."""
+    import stat
+
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        spool.append(new_event("process", rule="r", action="reported"))
+        for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        spool.close()
