@@ -8,8 +8,12 @@ the collector's clock, a row the database refuses (see
 :func:`proscribe.collector.storage.events.insert_events_isolated`), or a bug met while judging
 it. Each rejection carries a reason and is counted by cause (:data:`REJECT_CAUSES`).
 
-The host identity of every stored event is the *authenticated* agent: whatever
-``host.agent_id`` the body claims is overwritten, so an agent can only ever speak for itself.
+The host identity of every stored event is the *authenticated* agent's host record: whatever
+``host.agent_id`` and ``host.hostname`` the body claims are overwritten by the enrolled agent's
+id and its recorded hostname, so an agent can only ever speak for itself. A hostname in the body
+that disagrees is kept in the stored body as ``host.claimed_hostname`` (evidence that the agent
+claimed it) and is never indexed, filtered or counted. The recorded hostname changes only
+through heartbeats, and each change is a row of the host's history.
 """
 
 from __future__ import annotations
@@ -158,14 +162,18 @@ def _judge_one(
     host = dict(body.get("host") or {})
     body["host"] = host
     host["agent_id"] = agent_id
-    if not host.get("hostname"):
-        host["hostname"] = hostname
+    claimed = host.get("hostname")
+    host["hostname"] = hostname
+    if claimed and claimed != hostname:
+        host["claimed_hostname"] = claimed
+    else:
+        host.pop("claimed_hostname", None)
     row = {
         "event_id": event.id,
         "agent_id": agent_id,
         "time_us": time_us,
         "received_us": now_us,
-        "hostname": host["hostname"],
+        "hostname": hostname,
         "username": event.process.user if event.process else None,
         "rule": event.rule,
         "kind": event.kind,

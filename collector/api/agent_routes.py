@@ -35,7 +35,11 @@ from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.schema import EnrollRequest, EventIn, HeartbeatIn
 from proscribe.collector.api.state import CollectorState
 from proscribe.collector.ingest import final_verdicts, judge_events, parse_batch, parse_json_body
-from proscribe.collector.storage.agents import check_enroll_secret, enroll_agent
+from proscribe.collector.storage.agents import (
+    check_enroll_secret,
+    enroll_agent,
+    set_agent_hostname,
+)
 from proscribe.collector.storage.events import insert_events_isolated
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import current_policy, current_policy_ref
@@ -163,6 +167,10 @@ def build_agent_router() -> APIRouter:
             signed = verify_signed(state, conn, request, raw, MAX_HEARTBEAT_BYTES)
             record = _heartbeat_record(signed.agent, signed.body)
             state.authenticator.consume(conn, signed.agent)
+            if record.hostname != signed.agent.hostname:
+                # The one way a host's name changes (events never rename it); the change is
+                # a row of the host's history (record_heartbeat).
+                set_agent_hostname(conn, signed.agent.agent_id, record.hostname)
             regressed = record_heartbeat(
                 conn,
                 record,

@@ -98,7 +98,9 @@ def enroll_agent(
     secret_id: str,
     now_us: int,
 ) -> str:
-    """Register an agent's public key; re-enrolling an active key returns its existing id."""
+    """Register an agent's public key; re-enrolling an active key returns its existing id (its
+    recorded hostname is kept: a hostname changes only through heartbeats, see
+    :func:`set_agent_hostname`)."""
     existing = conn.execute(
         select(agents.c.agent_id).where(
             agents.c.public_key == public_key, agents.c.revoked_us.is_(None)
@@ -108,7 +110,7 @@ def enroll_agent(
         conn.execute(
             update(agents)
             .where(agents.c.agent_id == existing.agent_id)
-            .values(hostname=hostname, os=os_name, agent_version=agent_version)
+            .values(os=os_name, agent_version=agent_version)
         )
         return str(existing.agent_id)
     agent_id = uuid.uuid4().hex
@@ -144,6 +146,11 @@ def get_agent(conn: Connection, agent_id: str) -> AgentRecord | None:
         row.enrolled_us,
         row.revoked_us,
     )
+
+
+def set_agent_hostname(conn: Connection, agent_id: str, hostname: str) -> None:
+    """The hostname events of this agent are filed under from now on (a heartbeat's)."""
+    conn.execute(update(agents).where(agents.c.agent_id == agent_id).values(hostname=hostname))
 
 
 def list_agents(conn: Connection) -> list[AgentRecord]:

@@ -125,6 +125,7 @@ def heartbeat_changes(
             (
                 "first",
                 {
+                    "hostname": hb.hostname,
                     "agent version": hb.agent_version,
                     "mode": hb.mode,
                     "policy id": hb.policy_id,

@@ -24,6 +24,7 @@ from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
+from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.render import STATIC, build_environment, render
@@ -199,14 +200,24 @@ def build_report(
             .limit(50)
         )
     ]
+    # Grouped by the authenticated agent, named by its recorded hostname: one agent is one
+    # host here whatever names its events' bodies claimed or it was known by before.
+    by_agent = (
+        select(events.c.agent_id, func.count().label("n"))
+        .where(*conds)
+        .group_by(events.c.agent_id)
+        .order_by(func.count().desc())
+        .limit(20)
+        .subquery()
+    )
     by_host = [
         (h or "(unknown)", int(n))
         for h, n in conn.execute(
-            select(events.c.hostname, func.count())
-            .where(*conds)
-            .group_by(events.c.hostname)
-            .order_by(func.count().desc())
-            .limit(20)
+            select(agents_table.c.hostname, by_agent.c.n)
+            .select_from(
+                by_agent.outerjoin(agents_table, agents_table.c.agent_id == by_agent.c.agent_id)
+            )
+            .order_by(by_agent.c.n.desc(), agents_table.c.hostname)
         )
     ]
     block_conds = [*conds, events.c.action.in_(sorted(BLOCKED_ACTIONS))]

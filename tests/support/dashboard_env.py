@@ -68,9 +68,9 @@ class DashboardEnv(InProcessCollector):
         return reply
 
     def heartbeat(self, agent: AgentKey, serial: int | None = 2, **changes: Any) -> None:
+        """A signed heartbeat; without ``hostname=`` the host keeps its recorded name."""
         payload: dict[str, Any] = {
             "agent_version": "0.1.0",
-            "hostname": "ignored",
             "os": "linux",
             "mode": "enforce",
             "policy": {"id": "us-navy-deepseek-2025", "serial": serial, "sha256": "ab" * 32},

@@ -1,0 +1,98 @@
+"""Evidence an auditor can sign (issue 13), against the real collector app in-process on SQLite
+and PostgreSQL, with agents that sign their requests as the real agent does — including a
+hostile one that signs correct requests around forged bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from proscribe.collector.storage.hosts import host_history_entries
+from proscribe.collector.storage.tables import events
+from proscribe.collector.web.report import build_report
+from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.postgres import throwaway_database
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
+    if request.param == "sqlite":
+        yield from make_env(tmp_path)
+    else:
+        with throwaway_database() as url:
+            yield from make_env(tmp_path, url)
+
+
+def _report(env: DashboardEnv) -> object:
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        return build_report(
+            conn,
+            since_us=now_us - 3600 * 1_000_000,
+            until_us=now_us + 1,
+            now_us=now_us,
+            heartbeat_window_s=180,
+        )
+
+
+# --- host identity (item 5) ----------------------------------------------------------------
+
+
+def test_forged_hostname_in_event_bodies_is_filed_under_the_signing_agents_host(
+    env: DashboardEnv,
+) -> None:
+    """One hostile agent signs correct requests whose bodies claim other hosts: every event is
+    stored under its own host record, the claim kept only as ``claimed_hostname``."""
+    hostile = env.enroll("ws-mallory")
+    ceo = env.enroll("ceo-laptop")
+    forged = []
+    for claim in ("ceo-laptop", "cfo-laptop", "ws-mallory", None):
+        ev = event(when=env.clock.now - 10)
+        if claim is not None:
+            ev["host"] = {"hostname": claim, "agent_id": ceo[0], "os": "linux"}
+        forged.append(ev)
+    env.post_events(hostile, forged)
+    with env.db.read() as conn:
+        rows = conn.execute(select(events.c.agent_id, events.c.hostname, events.c.body)).all()
+    assert {(r.agent_id, r.hostname) for r in rows} == {(hostile[0], "ws-mallory")}
+    claims = sorted(json.loads(r.body)["host"].get("claimed_hostname", "") for r in rows)
+    assert claims == ["", "", "ceo-laptop", "cfo-laptop"]
+    assert all(json.loads(r.body)["host"]["hostname"] == "ws-mallory" for r in rows)
+
+    viewer = env.login("vera")
+    for claim in ("ceo-laptop", "cfo-laptop"):
+        found = viewer.get("/violations/export.json", params={"host": claim})
+        assert found.status_code == 200, found.text
+        assert json.loads(found.text)["violations"] == [], claim
+    mine = json.loads(viewer.get("/violations/export.json", params={"host": "ws-mallory"}).text)
+    assert len(mine["violations"]) == 4
+
+    report = _report(env)
+    assert report.by_host == [("ws-mallory", 4)]  # type: ignore[attr-defined]
+
+
+def test_hostname_changes_only_through_heartbeats_and_is_recorded(env: DashboardEnv) -> None:
+    agent = env.enroll("ws-old")
+    env.heartbeat(agent)
+    env.post_events(agent, [event(when=env.clock.now - 5)])
+    env.heartbeat(agent, hostname="ws-new")
+    env.post_events(agent, [event(when=env.clock.now - 4)])
+    # A re-enrollment of the same key with another name does not rename it either.
+    env.enroll_agent(env.secret, "ceo-laptop", agent[1])
+    env.post_events(agent, [event(when=env.clock.now - 3)])
+    with env.db.read() as conn:
+        names = [
+            r.hostname for r in conn.execute(select(events.c.hostname).order_by(events.c.time_us))
+        ]
+        history = host_history_entries(conn, agent[0])
+    assert names == ["ws-old", "ws-new", "ws-new"]
+    changed = [h.detail for h in history if h.kind == "changed"]
+    assert {"hostname": ["ws-old", "ws-new"]} in [
+        {k: v for k, v in d.items() if k == "hostname"} for d in changed
+    ]
+    # The report groups by agent: one host, named as it is now, with all three events.
+    assert _report(env).by_host == [("ws-new", 3)]  # type: ignore[attr-defined]
