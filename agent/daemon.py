@@ -41,7 +41,7 @@ from proscribe.agent.config import AgentConfig
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
-from proscribe.agent.heartbeat import Heartbeat
+from proscribe.agent.heartbeat import Heartbeat, stopped_by
 from proscribe.agent.optional_parts import (
     DnsPart,
     DnsParts,
@@ -146,6 +146,7 @@ class Daemon:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._watchdog_withheld = False
+        self.stop_signal: str | None = None  # the signal that stopped the agent, if one did
 
     @property
     def dns_state(self) -> str:
@@ -256,6 +257,10 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signum)
+        try:
+            self.stop_signal = signal.Signals(signum).name
+        except ValueError:
+            self.stop_signal = f"signal {signum}"
         self._stop.set()
 
     def stop(self) -> None:
@@ -277,6 +282,11 @@ class Daemon:
                     part.stop(2.0)
                 except Exception:
                     log.exception("%s did not stop cleanly", name)
+            if name == "reporter" and self.reporter is not None:
+                try:  # the host shows "stopped", with who stopped it, not an outage
+                    self.reporter.farewell(stopped_by(self.stop_signal))
+                except Exception:
+                    log.exception("goodbye heartbeat failed")
         self.sensor.stop()
         self.policy.stop()
         try:
@@ -370,6 +380,7 @@ def build(
         spool=spool,
         process=sensor,
         dns=dns,
+        exec_guard=exec_guard,
     )
     reporter = build_reporter_for(
         config,

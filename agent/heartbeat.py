@@ -1,11 +1,31 @@
-"""The heartbeat the reporter sends (see the collector API): what this agent is running now.
+"""The heartbeat the reporter sends (see the collector API): what this agent is running now,
+and how well it is enforcing.
 
-Built from the parts it describes (policy, spool, sensors) and handed to the reporter as its
-``heartbeat_source``; nothing here starts or owns anything.
+Built from the parts it describes (policy, spool, sensors, the optional pre-exec guard) and
+handed to the reporter as its ``heartbeat_source``; nothing here starts or owns anything.
+
+The ``health`` section (additive to the wire schema; an older collector ignores it) is what a
+compliance officer needs from the host without logging in to it:
+
+* ``guard``: the active guard, strongest first — the pre-exec guard's own name when it runs
+  (``"fanotify"``, or whatever its ``stats()`` says under ``guard``/``backend``, e.g.
+  ``"bpf"``), else the process sensor's backend (``"netlink"`` or ``"poll"``), else ``"off"``;
+* ``drops``: per-reason counts, ``"<where>.<reason>"`` (process sensor queue, spool), cumulative;
+* ``fail_open``: decisions the pre-exec guard let through because it could not decide in time
+  (``timeouts``, ``overloads``), cumulative;
+* ``sensors``: each sensor's state and whether its threads are alive;
+* ``policy_rejections`` and ``last_policy_rejection`` (kind and reason of the last refused
+  policy).
+
+A ``goodbye`` section (``by``: who or what stopped the agent, :func:`stopped_by`) is added by
+the reporter's ``farewell`` to the last heartbeat of a clean stop, so the collector shows the
+host as *stopped*, not as an outage.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -14,7 +34,10 @@ from proscribe.agent.policy_source import PolicySource
 from proscribe.agent.spool import Spool
 from proscribe.core import __version__
 
-__all__ = ["Heartbeat", "SensorState"]
+__all__ = ["Heartbeat", "ProcessSensorPart", "SensorState", "StatsPart", "health_section"]
+
+# Exec-guard counters that are decisions let through for want of an answer (fail-open).
+FAIL_OPEN_COUNTERS = ("timeouts", "overloads")
 
 
 class SensorState(Protocol):
@@ -22,6 +45,86 @@ class SensorState(Protocol):
 
     @property
     def state(self) -> str: ...
+
+
+class StatsPart(Protocol):
+    def stats(self) -> dict[str, Any]: ...
+
+
+class ProcessSensorPart(SensorState, StatsPart, Protocol):
+    def healthy(self) -> bool: ...
+
+
+def _ints(values: Any) -> dict[str, int]:
+    if not isinstance(values, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in values.items() if isinstance(v, int) and v}
+
+
+def active_guard(process: Mapping[str, Any], exec_deny: Mapping[str, Any] | None) -> str:
+    """The strongest guard running: the pre-exec guard's name, else the process sensor's."""
+    if exec_deny and exec_deny.get("running"):
+        name = exec_deny.get("guard") or exec_deny.get("backend") or "fanotify"
+        return str(name)
+    if process.get("state") == "running":
+        return str(process.get("backend") or "poll")
+    return "off"
+
+
+def health_section(
+    *,
+    process: Mapping[str, Any],
+    process_alive: bool,
+    dns: Mapping[str, Any],
+    exec_deny: Mapping[str, Any] | None,
+    spool_dropped: Mapping[str, int],
+    policy: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The heartbeat's ``health`` section from the parts' own status (pure; tested alone)."""
+    drops: dict[str, int] = {}
+    for where, counts in (
+        ("process_sensor", process.get("drops")),
+        ("spool", spool_dropped),
+        ("exec_deny", {"reports_dropped": (exec_deny or {}).get("reports_dropped", 0)}),
+    ):
+        for reason, n in _ints(counts).items():
+            drops[f"{where}.{reason}"] = n
+    fail_open = {k: int((exec_deny or {}).get(k, 0) or 0) for k in FAIL_OPEN_COUNTERS}
+    sensors: dict[str, Any] = {
+        "process": {
+            "state": str(process.get("state", "unknown")),
+            "alive": bool(process_alive) and process.get("state") == "running",
+        },
+        "dns": {
+            "state": str(dns.get("state", "unknown")),
+            "alive": dns.get("state") == "running",
+        },
+    }
+    if exec_deny is not None:
+        sensors["exec_deny"] = {
+            "state": "running" if exec_deny.get("running") else "stopped",
+            "alive": bool(exec_deny.get("running")),
+        }
+    last = policy.get("last_rejection")
+    last_text = (
+        f"{last.get('kind')}: {last.get('reason')}"[:1000] if isinstance(last, Mapping) else None
+    )
+    return {
+        "guard": active_guard(process, exec_deny),
+        "drops": drops,
+        "fail_open": fail_open,
+        "sensors": sensors,
+        "policy_rejections": int(policy.get("rejections") or 0),
+        "last_policy_rejection": last_text,
+    }
+
+
+def stopped_by(signal_name: str | None) -> str:
+    """Who or what stopped the agent, in words, for the goodbye heartbeat."""
+    if signal_name is None:
+        return "stopped by its owner (in-process stop)"
+    via = " from systemd (systemctl stop or shutdown)" if os.environ.get("INVOCATION_ID") else ""
+    return f"{signal_name}{via}"
 
 
 class Heartbeat:
@@ -32,8 +135,9 @@ class Heartbeat:
         mode: str,
         policy: PolicySource,
         spool: Spool,
-        process: SensorState,
+        process: ProcessSensorPart,
         dns: SensorState,
+        exec_guard: StatsPart | None = None,
     ) -> None:
         self.hostname = hostname
         self.mode = mode
@@ -41,6 +145,24 @@ class Heartbeat:
         self.spool = spool
         self.process = process
         self.dns = dns
+        self.exec_guard = exec_guard
+
+    def health(self, policy: Mapping[str, Any], spool_dropped: Mapping[str, int]) -> dict[str, Any]:
+        dns: Mapping[str, Any] = {"state": self.dns.state}
+        stats = getattr(self.dns, "stats", None)
+        if callable(stats):
+            try:
+                dns = stats()
+            except Exception:  # a DNS part that cannot count still has a state
+                dns = {"state": self.dns.state}
+        return health_section(
+            process=self.process.stats(),
+            process_alive=self.process.healthy(),
+            dns=dns,
+            exec_deny=self.exec_guard.stats() if self.exec_guard is not None else None,
+            spool_dropped=spool_dropped,
+            policy=policy,
+        )
 
     def __call__(self) -> dict[str, Any]:
         policy = self.policy.status()
@@ -53,5 +175,6 @@ class Heartbeat:
             "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
             "sensors": {"process": self.process.state, "dns": self.dns.state},
             "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
+            "health": self.health(policy, spool.dropped),
             "time": datetime.now(UTC).isoformat(),
         }

@@ -58,6 +58,8 @@ class ReporterPart(Protocol):
 
     def status(self) -> Mapping[str, Any]: ...
 
+    def farewell(self, by: str, timeout: float = 3.0) -> bool: ...
+
 
 class DnsPart(Protocol):
     @property

@@ -412,18 +412,17 @@ class Reporter:
 
     # -- heartbeat --------------------------------------------------------------------------
 
-    def _heartbeat(self) -> None:
-        now = self._clock()
-        jitter = self._rng.uniform(-self.config.heartbeat_jitter, self.config.heartbeat_jitter)
-        self._next_heartbeat = now + max(1.0, self.config.heartbeat_interval + jitter)
+    def _heartbeat_payload(self, now: float) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         if self._heartbeat_source is not None:
             try:
                 payload.update(self._heartbeat_source())
             except Exception:  # a broken source must not stop heartbeats or uploads
                 log.exception("reporter: heartbeat_source failed; sending a minimal heartbeat")
-        for key in ("hostname", "os", "agent_version"):
-            payload.setdefault(key, self.identity.host_facts.get(key))
+        for key in ("hostname", "os", "agent_version", "machine_id"):
+            value = self.identity.host_facts.get(key)
+            if value is not None:
+                payload.setdefault(key, value)
         stats = self.spool.stats()
         payload["spool"] = {
             "depth": stats.depth,
@@ -431,6 +430,36 @@ class Reporter:
             "dropped": stats.dropped_total,
         }
         payload.setdefault("time", _iso(now))
+        return payload
+
+    def farewell(self, by: str, timeout: float = 3.0) -> bool:
+        """After :meth:`stop`: one last heartbeat saying the agent stops cleanly and who or
+        what stopped it (``goodbye.by``), so the collector shows the host as stopped rather
+        than silent. Best effort, bounded by ``timeout``; True if the collector took it."""
+        if self._thread is not None or not self.identity.enrolled:
+            return False
+        payload = self._heartbeat_payload(self._clock())
+        payload["goodbye"] = {"by": by[:256], "time": _iso(self._clock())}
+        saved = self.transport.timeout
+        self.transport.timeout = (min(saved[0], timeout), min(saved[1], timeout))
+        try:
+            reply = self.transport.post_json(HEARTBEAT_PATH, payload, signer=self.identity.sign)
+        except TransportError as err:
+            log.info("reporter: goodbye heartbeat not delivered (%s)", err)
+            return False
+        finally:
+            self.transport.timeout = saved
+        if reply.status != 200:
+            log.info("reporter: goodbye heartbeat refused (HTTP %s)", reply.status)
+            return False
+        log.info("reporter: goodbye heartbeat delivered (%s)", by)
+        return True
+
+    def _heartbeat(self) -> None:
+        now = self._clock()
+        jitter = self._rng.uniform(-self.config.heartbeat_jitter, self.config.heartbeat_jitter)
+        self._next_heartbeat = now + max(1.0, self.config.heartbeat_interval + jitter)
+        payload = self._heartbeat_payload(now)
         try:
             reply = self.transport.post_json(HEARTBEAT_PATH, payload, signer=self.identity.sign)
         except TransportError as err:

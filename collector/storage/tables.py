@@ -40,6 +40,9 @@ agents = Table(
     Column("enrolled_us", BigInteger, nullable=False),
     Column("enroll_secret_id", String(32), nullable=True),
     Column("revoked_us", BigInteger, nullable=True),
+    # The machine's identity (/etc/machine-id, or a random id the agent keeps in its state
+    # directory), what a ban holds on to when a key is thrown away. Migration 0004.
+    Column("machine_id", String(64), nullable=True, index=True),
 )
 
 enroll_secrets = Table(
@@ -50,6 +53,11 @@ enroll_secrets = Table(
     Column("label", String(256), nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Column("revoked_us", BigInteger, nullable=True),
+    # Limits (migration 0004): how many enrollments, until when, which hostnames (a glob).
+    Column("max_uses", Integer, nullable=True),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("expires_us", BigInteger, nullable=True),
+    Column("host_pattern", String(256), nullable=True),
 )
 
 events = Table(
@@ -99,6 +107,12 @@ hosts = Table(
     Column("first_seen_us", BigInteger, nullable=False),
     Column("last_seen_us", BigInteger, nullable=False, index=True),
     Column("agent_time", String(64), nullable=True),
+    # Migration 0004: the machine identity, the last heartbeat's health section (JSON), and
+    # the goodbye of a clean stop (cleared by the next heartbeat).
+    Column("machine_id", String(64), nullable=True),
+    Column("health", Text, nullable=True),
+    Column("goodbye_us", BigInteger, nullable=True),
+    Column("goodbye_by", String(256), nullable=True),
 )
 
 # What changed in a host's heartbeats, one row per heartbeat that changed something (never
@@ -114,6 +128,47 @@ host_history = Table(
     Column("kind", String(16), nullable=False),
     Column("detail", Text, nullable=False),
     Index("ix_host_history_agent_time", "agent_id", "time_us"),
+)
+
+# A revoked agent's machine may not enroll again (under any key) until an admin lifts the ban.
+# Migration 0004.
+bans = Table(
+    "bans",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("machine_id", String(64), nullable=False, index=True),
+    Column("agent_id", String(64), nullable=True),
+    Column("reason", String(1024), nullable=False),
+    Column("banned_us", BigInteger, nullable=False),
+    Column("banned_by", String(256), nullable=False),
+    Column("lifted_us", BigInteger, nullable=True),
+    Column("lifted_by", String(256), nullable=True),
+)
+
+# The hosts that must be covered (imported CSV). Matched to agents by machine identity when the
+# row gives one, else by hostname. Migration 0004.
+inventory = Table(
+    "inventory",
+    metadata,
+    Column("hostname", String(255), primary_key=True),
+    Column("asset_id", String(256), nullable=False),
+    Column("owner", String(256), nullable=False),
+    Column("group_name", String(256), nullable=False),
+    Column("machine_id", String(64), nullable=True, index=True),
+    Column("imported_us", BigInteger, nullable=False),
+    Column("imported_by", String(256), nullable=False),
+)
+
+# Signing keys by name: who a key id in a policy's signature is. Migration 0004.
+signers = Table(
+    "signers",
+    metadata,
+    Column("keyid", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("role", String(256), nullable=False),
+    Column("added_by", String(256), nullable=False),
+    Column("added_us", BigInteger, nullable=False),
+    Column("retired_us", BigInteger, nullable=True),
 )
 
 policies = Table(

@@ -96,8 +96,8 @@ def test_unreachable_database_is_config_error() -> None:
 
 def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'm.db'}")
-    assert upgrade(db) == "0003"
-    assert upgrade(db) == "0003"  # idempotent
+    assert upgrade(db) == "0004"
+    assert upgrade(db) == "0004"  # idempotent
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     db.dispose()
@@ -108,7 +108,7 @@ def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
 def test_migrations_on_postgresql_match_the_declared_schema() -> None:
     with throwaway_database() as url:
         db = open_database(url)
-        assert upgrade(db) == "0003"
+        assert upgrade(db) == "0004"
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         db.dispose()
