@@ -266,6 +266,9 @@ def _heartbeat_record(agent: AuthenticatedAgent, body: bytes) -> HeartbeatRecord
         spool_bytes=hb.spool.bytes,
         dropped=hb.spool.dropped_total(),
         agent_time=hb.time,
+        machine_id=hb.machine_id,
+        health=hb.health.model_dump() if hb.health is not None else None,
+        goodbye_by=hb.goodbye.by if hb.goodbye is not None else None,
     )
 
 

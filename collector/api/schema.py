@@ -154,6 +154,7 @@ class EnrollRequest(BaseModel):
     os: Label
     agent_version: Label
     public_key: PublicKeyText
+    machine_id: MachineId | None = None
 
 
 class HeartbeatPolicy(BaseModel):
@@ -182,6 +183,35 @@ SensorValue = Text | bool | int | float | None
 SensorState = SensorValue | Annotated[dict[Short, SensorValue], Field(max_length=32)]
 
 
+class HeartbeatHealth(BaseModel):
+    """How well the agent enforces (see ``proscribe.agent.heartbeat``); counters cumulative."""
+
+    model_config = _LENIENT
+    guard: Label | None = None
+    drops: Annotated[dict[Short, Count], Field(max_length=64)] = Field(default_factory=dict)
+    fail_open: Annotated[dict[Short, Count], Field(max_length=16)] = Field(default_factory=dict)
+    sensors: Annotated[
+        dict[Short, Annotated[dict[Short, SensorValue], Field(max_length=16)]],
+        Field(max_length=16),
+    ] = Field(default_factory=dict)
+    policy_rejections: Count = 0
+    last_policy_rejection: Detail | None = None
+
+
+class Goodbye(BaseModel):
+    """Sent in the last heartbeat of a clean stop."""
+
+    model_config = _LENIENT
+    by: Short
+    time: Short | None = None
+
+
+# /etc/machine-id (32 hex) or the agent's own random id: letters, digits, '-' and '_'.
+MachineId = Annotated[
+    str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+]
+
+
 class HeartbeatIn(BaseModel):
     model_config = _LENIENT
     agent_version: Label = ""
@@ -192,6 +222,9 @@ class HeartbeatIn(BaseModel):
     sensors: Annotated[dict[Short, SensorState], Field(max_length=64)] = Field(default_factory=dict)
     spool: HeartbeatSpool = Field(default_factory=HeartbeatSpool)
     time: Short | None = None
+    machine_id: MachineId | None = None
+    health: HeartbeatHealth | None = None
+    goodbye: Goodbye | None = None
 
 
 class PolicyUpload(BaseModel):

@@ -5,8 +5,10 @@ hands out a lower serial, so a rollback means someone tampered with the agent's 
 flag stays until the host reports a serial at least as high as the highest it ever had.
 
 Every heartbeat that changes something a compliance officer asks about (policy id, serial or
-hash, mode, agent version, sensor states, dropped events) or that ends a silence longer than
-the heartbeat window adds a row to ``host_history``: the host's heartbeat timeline, small
+hash, mode, agent version, hostname, sensor states and liveness, the active guard, dropped
+events), that shows drops or fail-open decisions growing, that says goodbye or comes after a
+goodbye, or that ends a silence longer than the heartbeat window adds a row to
+``host_history``: the host's heartbeat timeline, small
 because an unchanged heartbeat adds nothing.
 """
 
@@ -20,6 +22,9 @@ from sqlalchemy import Connection, and_, bindparam, case, false, insert, or_, se
 
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import host_history, hosts
+
+# Spool drop reasons that lose nothing (a repeat folded into the event it repeats).
+HARMLESS_DROPS = frozenset({"spool.folded"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,9 @@ class HeartbeatRecord:
     spool_bytes: int
     dropped: int
     agent_time: str | None
+    machine_id: str | None = None
+    health: dict[str, Any] | None = None  # the heartbeat's health section, as sent
+    goodbye_by: str | None = None  # set on the goodbye heartbeat of a clean stop
 
 
 _COLUMNS = (
@@ -59,6 +67,10 @@ _COLUMNS = (
     "agent_time",
     "max_policy_serial",
     "serial_regressed",
+    "machine_id",
+    "health",
+    "goodbye_us",
+    "goodbye_by",
 )
 _UPSERTS: dict[str, Any] = {}
 
@@ -113,30 +125,87 @@ _PREVIOUS = select(
     hosts.c.sensors,
     hosts.c.dropped,
     hosts.c.last_seen_us,
+    hosts.c.health,
+    hosts.c.goodbye_us,
 ).where(hosts.c.agent_id == bindparam("agent_id"))
+
+
+def _counts(health: Any, section: str) -> dict[str, int]:
+    values = health.get(section) if isinstance(health, dict) else None
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): int(v) for k, v in values.items() if isinstance(v, int)}
+
+
+def _alive(health: Any) -> dict[str, bool]:
+    sensors = health.get("sensors") if isinstance(health, dict) else None
+    if not isinstance(sensors, dict):
+        return {}
+    return {
+        str(name): bool(entry.get("alive"))
+        for name, entry in sensors.items()
+        if isinstance(entry, dict)
+    }
+
+
+def failure_growth(before: Any, after: Any) -> dict[str, dict[str, int]]:
+    """Drops and fail-open decisions that grew between two health sections. The agent's
+    counters are cumulative (the spool's survive restarts, the rest start again at zero): a
+    counter lower than before was reset, and its whole value is new."""
+    growth: dict[str, dict[str, int]] = {}
+    for section in ("drops", "fail_open"):
+        old, new = _counts(before, section), _counts(after, section)
+        grew = {}
+        for reason, value in new.items():
+            if section == "drops" and reason in HARMLESS_DROPS:
+                continue
+            before_value = old.get(reason, 0)
+            delta = value - before_value if value >= before_value else value
+            if delta > 0:
+                grew[reason] = delta
+        if grew:
+            growth[section] = grew
+    return growth
+
+
+def _load(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def heartbeat_changes(
     previous: Any, hb: HeartbeatRecord, now_us: int, window_us: int | None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The history rows this heartbeat adds, as ``(kind, detail)``; none when nothing moved."""
+    """The history rows this heartbeat adds, as ``(kind, detail)``; none when nothing moved.
+
+    Kinds: ``first``; ``resumed`` (after a silence longer than the window); ``started``
+    (the first heartbeat after a goodbye); ``changed`` (with ``[before, after]`` per fact,
+    including the active guard and each sensor's liveness); ``failures`` (drops or fail-open
+    decisions that grew since the last heartbeat); ``stopped`` (a goodbye: who stopped it)."""
     if previous is None:
-        return [
-            (
-                "first",
-                {
-                    "hostname": hb.hostname,
-                    "agent version": hb.agent_version,
-                    "mode": hb.mode,
-                    "policy id": hb.policy_id,
-                    "policy serial": hb.policy_serial,
-                    "sensors": hb.sensors,
-                },
-            )
-        ]
-    out: list[tuple[str, dict[str, Any]]] = []
+        first: dict[str, Any] = {
+            "hostname": hb.hostname,
+            "agent version": hb.agent_version,
+            "mode": hb.mode,
+            "policy id": hb.policy_id,
+            "policy serial": hb.policy_serial,
+            "sensors": hb.sensors,
+        }
+        if hb.health is not None:
+            first["guard"] = hb.health.get("guard")
+            first["sensors alive"] = _alive(hb.health)
+        out = [("first", first)]
+        if hb.goodbye_by is not None:
+            out.append(("stopped", {"by": hb.goodbye_by}))
+        return out
+    out = []
     if window_us is not None and now_us - int(previous.last_seen_us) > window_us:
         out.append(("resumed", {"silent_s": (now_us - int(previous.last_seen_us)) // 1_000_000}))
+    elif previous.goodbye_us is not None and hb.goodbye_by is None:
+        out.append(("started", {"stopped_s": (now_us - int(previous.goodbye_us)) // 1_000_000}))
     changed: dict[str, Any] = {}
     for column, label in _TRACKED:
         before, after = previous._mapping[column], getattr(hb, column)
@@ -144,20 +213,46 @@ def heartbeat_changes(
             before, after = bool(before), bool(after)
         if before != after:
             changed[label] = [before, after]
-    try:
-        sensors_before = json.loads(previous.sensors)
-    except ValueError:
-        sensors_before = {}
-    if not isinstance(sensors_before, dict):
-        sensors_before = {}
+    sensors_before = _load(previous.sensors)
     for name in sorted(set(sensors_before) | set(hb.sensors)):
         if sensors_before.get(name) != hb.sensors.get(name):
             changed[f"sensor {name}"] = [sensors_before.get(name), hb.sensors.get(name)]
     if hb.dropped != int(previous.dropped):
         changed["dropped events"] = [int(previous.dropped), hb.dropped]
+    health_before = _load(previous.health)
+    if hb.health is not None:
+        if health_before.get("guard") != hb.health.get("guard"):
+            changed["guard"] = [health_before.get("guard"), hb.health.get("guard")]
+        alive_before, alive_after = _alive(health_before), _alive(hb.health)
+        for name in sorted(set(alive_before) | set(alive_after)):
+            if alive_before.get(name) != alive_after.get(name):
+                changed[f"sensor alive {name}"] = [alive_before.get(name), alive_after.get(name)]
     if changed:
         out.append(("changed", changed))
+    if hb.health is not None and health_before:  # the first health section is the baseline
+        growth = failure_growth(health_before, hb.health)
+        if growth:
+            out.append(("failures", growth))
+    if hb.goodbye_by is not None:
+        out.append(("stopped", {"by": hb.goodbye_by}))
     return out
+
+
+def _health_to_store(
+    previous: Any, hb: HeartbeatRecord, changes: list[tuple[str, dict[str, Any]]], now_us: int
+) -> str | None:
+    """The health section as stored: the agent's, plus what the collector keeps about it (when
+    drops or fail-open decisions last grew, and by how much) under ``collector``."""
+    if hb.health is None:
+        return None
+    stored = {k: v for k, v in hb.health.items() if k != "collector"}
+    kept = _load(previous.health).get("collector") if previous is not None else None
+    for kind, detail in changes:
+        if kind == "failures":
+            kept = {"last_failure_us": now_us, "last_failure": detail}
+    if isinstance(kept, dict):
+        stored["collector"] = kept
+    return json.dumps(stored, sort_keys=True, default=str)
 
 
 def record_heartbeat(
@@ -201,6 +296,10 @@ def record_heartbeat(
         "agent_time": hb.agent_time,
         "max_policy_serial": hb.policy_serial,
         "serial_regressed": False,
+        "machine_id": hb.machine_id,
+        "health": _health_to_store(previous, hb, changes, now_us),
+        "goodbye_us": now_us if hb.goodbye_by is not None else None,
+        "goodbye_by": hb.goodbye_by,
     }
     return bool(conn.execute(_upsert(conn), params).scalar_one())
 

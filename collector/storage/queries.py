@@ -63,6 +63,10 @@ class HostCoverage:
     dropped: int
     sensors: dict[str, Any] = field(default_factory=dict)
     stale: bool = False
+    machine_id: str | None = None
+    health: dict[str, Any] | None = None
+    goodbye_us: int | None = None
+    goodbye_by: str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -209,7 +213,21 @@ def host_coverage(row: Any, *, now_us: int, heartbeat_window_us: int) -> HostCov
         dropped=int(row.dropped),
         sensors=json.loads(row.sensors),
         stale=now_us - int(row.last_seen_us) > heartbeat_window_us,
+        machine_id=row.machine_id,
+        health=_json_object(row.health),
+        goodbye_us=None if row.goodbye_us is None else int(row.goodbye_us),
+        goodbye_by=row.goodbye_by,
     )
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def list_hosts(conn: Connection, *, now_us: int, heartbeat_window_us: int) -> list[HostCoverage]:

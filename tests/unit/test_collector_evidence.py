@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from proscribe.collector.compliance import fleet
 from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.tables import events
 from proscribe.collector.web.report import build_report
@@ -96,3 +97,97 @@ def test_hostname_changes_only_through_heartbeats_and_is_recorded(env: Dashboard
     ]
     # The report groups by agent: one host, named as it is now, with all three events.
     assert _report(env).by_host == [("ws-new", 3)]  # type: ignore[attr-defined]
+
+
+# --- health, goodbye and the compliance state (items 1, 2) -------------------------------
+
+
+def _health(**over: object) -> dict[str, object]:
+    health: dict[str, object] = {
+        "guard": "netlink",
+        "drops": {"spool.full": 0, "spool.folded": 0},
+        "fail_open": {"timeouts": 0, "overloads": 0},
+        "sensors": {
+            "process": {"state": "running", "alive": True},
+            "dns": {"state": "off", "alive": False},
+        },
+        "policy_rejections": 0,
+        "last_policy_rejection": None,
+    }
+    health.update(over)
+    return health
+
+
+def _state(env: DashboardEnv, agent_id: str) -> tuple[str, list[str]]:
+    with env.db.read() as conn:
+        found = fleet(conn, now_us=int(env.clock.now * 1e6), window_us=180_000_000)
+    (host,) = [h for h in found.hosts if h.agent_id == agent_id]
+    return host.state.state, list(host.state.reasons)
+
+
+def test_monitor_mode_with_sensors_off_is_not_enforcing(env: DashboardEnv) -> None:
+    """Measured on main: shown as "covered" and counted as reporting."""
+    agent = env.enroll("ws-monitor")
+    off = _health(sensors={"process": {"state": "off", "alive": False}})
+    env.heartbeat(agent, mode="monitor", sensors={"process": "off", "dns": "off"}, health=off)
+    assert _state(env, agent[0]) == ("monitoring", ["mode monitor"])
+    env.heartbeat(agent, sensors={"process": "off", "dns": "off"}, health=off)
+    state, reasons = _state(env, agent[0])
+    assert state == "degraded"
+    assert reasons == ["process sensor not running (off)"]
+
+
+def test_enforcing_needs_current_serial_live_sensor_and_no_failures(env: DashboardEnv) -> None:
+    agent = env.enroll("ws-good")
+    env.heartbeat(agent, serial=None, health=_health())
+    assert _state(env, agent[0]) == ("degraded", ["no policy in force"])
+    env.heartbeat(agent, health=_health())
+    assert _state(env, agent[0]) == ("enforcing", [])
+    # A thread died: the state string still says running, the liveness does not.
+    dead = _health(sensors={"process": {"state": "running", "alive": False}})
+    env.heartbeat(agent, health=dead)
+    assert _state(env, agent[0])[0] == "degraded"
+    env.heartbeat(agent, health=_health())
+    assert _state(env, agent[0]) == ("enforcing", [])
+    # Folded repeats lose nothing; a full spool and fail-open decisions do.
+    env.heartbeat(agent, health=_health(drops={"spool.folded": 40}))
+    assert _state(env, agent[0]) == ("enforcing", [])
+    env.heartbeat(
+        agent,
+        health=_health(drops={"spool.full": 3, "spool.folded": 40}, fail_open={"timeouts": 2}),
+    )
+    state, reasons = _state(env, agent[0])
+    assert state == "degraded"
+    assert reasons == ["within the window: 3 dropped (spool.full), 2 failed open (timeouts)"]
+    # Unchanged counters after the window: enforcing again (the failure is in the history).
+    env.clock.advance(200)
+    env.heartbeat(
+        agent,
+        health=_health(drops={"spool.full": 3, "spool.folded": 40}, fail_open={"timeouts": 2}),
+    )
+    assert _state(env, agent[0]) == ("enforcing", [])
+    with env.db.read() as conn:
+        kinds = [h.kind for h in host_history_entries(conn, agent[0])]
+    assert kinds.count("failures") == 1
+
+
+def test_goodbye_shows_stopped_with_who_not_reporting(env: DashboardEnv) -> None:
+    agent = env.enroll("ws-bye")
+    env.heartbeat(agent, health=_health())
+    env.heartbeat(agent, health=_health(), goodbye={"by": "SIGTERM from systemd"})
+    assert _state(env, agent[0]) == ("stopped", ["stopped cleanly: SIGTERM from systemd"])
+    env.clock.advance(30)  # restarted within the window
+    env.heartbeat(agent, health=_health())
+    assert _state(env, agent[0]) == ("enforcing", [])
+    with env.db.read() as conn:
+        kinds = [h.kind for h in host_history_entries(conn, agent[0])]
+    assert kinds[:2] == ["started", "stopped"]
+
+
+def test_stale_and_never_enrolled(env: DashboardEnv) -> None:
+    agent = env.enroll("ws-quiet")
+    never = env.enroll("ws-never-beat")
+    env.heartbeat(agent, health=_health())
+    env.clock.advance(181)
+    assert _state(env, agent[0])[0] == "stale"
+    assert _state(env, never[0]) == ("stale", ["enrolled, never sent a heartbeat"])
