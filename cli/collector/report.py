@@ -1,9 +1,11 @@
 """``proscribe collector report --since 30d --format html|json|csv``.
 
-``html`` is the dashboard's printable compliance report (cover page with directive, period,
-policy serials and coverage; violations, blocks, exemptions, stale hosts), self-contained in
-one file. ``json`` and ``csv`` are every violation of the period (optionally filtered by host
-or rule), the rows auditors load into a spreadsheet. Renderers are a registry (``FORMATS``).
+One generator (:func:`proscribe.collector.web.report.build_report`) behind the dashboard's
+report page, its downloads and this command: ``html`` is the printable report (self-contained
+file), ``json`` the same report as data (headline, every host's compliance state, coverage over
+the period with its gaps, policy and signers, every violation; ISO 8601 times), ``csv`` every
+violation of the report. ``--group`` scopes it to an inventory group. With ``--host``/``--rule``
+the json and csv are a filtered violations export instead (``FORMATS``).
 
 ``--since/--until/--host/--rule`` go through the same filter parser as the API and the
 dashboard (:mod:`proscribe.collector.filters`): a bad value is one line naming the option, exit
@@ -48,8 +50,10 @@ def register(verbs: Any) -> None:
     parser.add_argument("--since", default="30d", help="e.g. 30d, 12h, or an RFC 3339 time")
     parser.add_argument("--until", default=None)
     parser.add_argument("--format", default="json", help="html (the printable report) | json | csv")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--rule", default=None)
+    parser.add_argument("--host", default=None, help="json/csv: only this host's violations")
+    parser.add_argument("--rule", default=None, help="json/csv: only this rule's violations")
+    parser.add_argument("--group", default=None, help="scope the report to an inventory group")
+    parser.add_argument("--serial", type=int, default=None, help="report on this policy serial")
     parser.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
     add_config_argument(parser)
     parser.set_defaults(func=run_report)
@@ -64,39 +68,48 @@ def run_report(args: argparse.Namespace) -> int:
             f"--format {args.format!r} is not available "
             f"(fix: use one of html, {', '.join(FORMATS)})"
         )
-    if args.format == "html" and (args.host or args.rule):
+    filtered = bool(args.host or args.rule)
+    if args.format == "html" and filtered:
         raise UsageError(
             "--host/--rule filter the json and csv exports; the html report covers the whole "
             "fleet (fix: drop --host/--rule, or use --format csv)"
+        )
+    if filtered and args.group:
+        raise UsageError(
+            "--group scopes the report; --host/--rule filter the violations export "
+            "(fix: use one or the other)"
         )
     from proscribe.collector.filters import FilterError, parse_period
 
     now = time.time()
     values = {"since": args.since, "until": args.until, "host": args.host, "rule": args.rule}
     try:
-        # As the dashboard's report: an empty --since is the last 30 days, --until now.
+        # As the dashboard's report: an empty --since is the last 30 days, --until now; an
+        # empty or reversed period is refused.
         flt = parse_period(values, now, default_since_s=DEFAULT_PERIOD_S)
     except FilterError as err:
         raise UsageError(f"--{err.param}: {err.reason}") from err
     assert flt.since_us is not None and flt.until_us is not None
-    since, until = flt.since_us / 1e6, flt.until_us / 1e6
     settings = settings_from_args(args)
     db = open_migrated(settings)
-    meta = {"since": since, "until": until, "generated": now}
+    meta = {"since": _iso(flt.since_us), "until": _iso(flt.until_us), "generated": _iso(to_us(now))}
     try:
         with db.read() as conn:
-            if renderer is None:  # html: the dashboard's report, rendered to one file
+            if not filtered:  # the report: the very builder and renderers of the dashboard
                 from proscribe.collector.web.report import report_text
 
                 text = report_text(
                     conn,
-                    fmt="html",
+                    fmt=args.format,
                     since_us=flt.since_us,
                     until_us=flt.until_us,
                     now_us=to_us(now),
                     heartbeat_window_s=settings.heartbeat_window,
+                    policy_serial=args.serial,
+                    group=args.group,
                 )
             else:
+                assert renderer is not None
                 text = renderer(queries.iter_violations(conn, flt), meta)
     finally:
         db.dispose()
@@ -108,3 +121,9 @@ def run_report(args: argparse.Namespace) -> int:
         except OSError as err:
             raise UsageError(f"--output {args.output}: {err.strerror}") from err
     return 0
+
+
+def _iso(us: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")

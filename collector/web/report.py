@@ -20,6 +20,13 @@ from typing import Any
 from jinja2 import Environment
 from sqlalchemy import Connection, and_, func, or_, select
 
+from proscribe.collector.compliance import (
+    Fleet,
+    PeriodCoverage,
+    fleet,
+    period_coverage,
+    required_sensors,
+)
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
 from proscribe.collector.storage.policies import current_policy
@@ -111,6 +118,21 @@ class ComplianceReport:
     stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
     hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
     rule_ids: tuple[str, ...] | None = None
+    fleet: Fleet | None = None  # every host's compliance state now (compliance.fleet)
+    period: PeriodCoverage | None = None  # enforcement over the period, from the history
+    group: str | None = None  # the inventory group the report is scoped to
+
+    @property
+    def headline(self) -> str:
+        """ "N of M in-scope hosts enforcing X continuously between A and B"."""
+        if self.period is None:
+            return ""
+        directive = self.period.directive or "any policy"
+        return (
+            f"{self.period.continuous} of {self.period.in_scope} in-scope hosts"
+            f"{' in group ' + self.group if self.group else ''} enforcing {directive} "
+            f"continuously between {_iso(self.since_us)} and {_iso(self.until_us)}"
+        )
 
 
 def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) -> list[Any]:
@@ -168,7 +190,10 @@ def build_report(
     heartbeat_window_s: float,
     policy_serial: int | None = None,
     max_rows: int | None = MAX_HTML_ROWS,
+    group: str | None = None,
 ) -> ComplianceReport:
+    """The one report: the dashboard page, its downloads and ``collector report`` all render
+    what this returns."""
     view = load_policy_view(conn, policy_serial)
     history = webq.policy_history(conn)
     rule_ids: tuple[str, ...] | None = None
@@ -247,6 +272,19 @@ def build_report(
         blocks_total=totals.get("blocked", 0),
         stale_hosts=stale,
         rule_ids=rule_ids,
+        group=group,
+    )
+    report.fleet = fleet(conn, now_us=now_us, window_us=window_us)
+    scope = [(h.agent_id, h.hostname) for h in report.fleet.in_scope(group)]
+    report.period = period_coverage(
+        conn,
+        since_us=since_us,
+        until_us=until_us,
+        now_us=now_us,
+        window_us=window_us,
+        directive=view.record.policy_id if view is not None else None,
+        required=required_sensors(view.policy if view is not None else None),
+        scope=scope,
     )
     if view is not None:
         moment = datetime.fromtimestamp(until_us / 1_000_000, UTC)
@@ -319,6 +357,33 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
             "serial_regressed": report.coverage.regressed,
             "heartbeat_window_s": report.heartbeat_window_s,
         },
+        "headline": report.headline,
+        "scope": {
+            "group": report.group,
+            "from": "inventory" if report.fleet and report.fleet.has_inventory else "enrolled",
+        },
+        "hosts": [
+            {
+                "agent_id": h.agent_id,
+                "hostname": h.hostname,
+                **h.state.as_dict(),
+                "inventory": h.inventory.as_dict() if h.inventory else None,
+                "matched_by": h.matched_by,
+            }
+            for h in (report.fleet.hosts if report.fleet else ())
+        ],
+        "period_coverage": [
+            {
+                "agent_id": h.agent_id,
+                "hostname": h.hostname,
+                "continuous": h.continuous,
+                "gaps": [
+                    {"start": _iso(g.start_us), "end": _iso(g.end_us), "reason": g.reason}
+                    for g in h.gaps
+                ],
+            }
+            for h in (report.period.hosts if report.period else ())
+        ],
         "totals": {"violations": report.total, **report.totals},
         "by_rule": [{"rule": r, "count": n} for r, n in report.by_rule],
         "by_host": [{"hostname": h, "count": n} for h, n in report.by_host],
@@ -347,6 +412,7 @@ def report_text(
     now_us: int,
     heartbeat_window_s: float,
     policy_serial: int | None = None,
+    group: str | None = None,
 ) -> str:
     """What ``proscribe collector report --format FMT`` prints: HTML (self-contained, rows
     capped as on the page), CSV (every violation, formula-safe, controls escaped) or JSON (the
@@ -362,6 +428,7 @@ def report_text(
         heartbeat_window_s=heartbeat_window_s,
         policy_serial=policy_serial,
         max_rows=MAX_HTML_ROWS if capped else 0,
+        group=group,
     )
     if fmt == "html":
         return report_html(report)

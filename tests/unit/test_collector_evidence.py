@@ -5,7 +5,10 @@ hostile one that signs correct requests around forged bodies."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,72 @@ def test_stale_and_never_enrolled(env: DashboardEnv) -> None:
     env.clock.advance(181)
     assert _state(env, agent[0])[0] == "stale"
     assert _state(env, never[0]) == ("stale", ["enrolled, never sent a heartbeat"])
+
+
+# --- the report: coverage over the period, one generator (items 6, 9) ----------------------
+
+
+def test_report_headline_counts_continuous_enforcement_from_history(env: DashboardEnv) -> None:
+    steady, stopped, monitor = env.enroll("ws-a"), env.enroll("ws-b"), env.enroll("ws-c")
+    since_us = int(env.clock.now * 1e6)
+    for step in range(10):
+        env.heartbeat(steady, health=_health())
+        if step == 2:
+            env.heartbeat(stopped, health=_health(), goodbye={"by": "SIGTERM"})
+        elif step < 2 or step >= 6:
+            env.heartbeat(stopped, health=_health())
+        env.heartbeat(monitor, mode="monitor", health=_health())
+        env.clock.advance(60)
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        report = build_report(
+            conn, since_us=since_us, until_us=now_us, now_us=now_us, heartbeat_window_s=180
+        )
+    assert report.period is not None
+    gaps = {h.hostname: [g.reason for g in h.gaps] for h in report.period.hosts}
+    assert gaps["ws-a"] == []
+    assert gaps["ws-b"] == ["stopped: SIGTERM", "silent"] or sorted(gaps["ws-b"]) == sorted(
+        ["stopped: SIGTERM", "silent"]
+    )
+    assert gaps["ws-c"] == ["mode monitor"]
+    assert report.headline.startswith("1 of 3 in-scope hosts enforcing any policy continuously")
+    stop = next(g for h in report.period.hosts if h.hostname == "ws-b" for g in h.gaps)
+    assert stop.end_us - stop.start_us == 240 * 1_000_000
+
+
+def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
+    env: DashboardEnv, tmp_path: Path
+) -> None:
+    agent = env.enroll("ws-cli")
+    since = datetime.fromtimestamp(env.clock.now, UTC).isoformat()
+    env.heartbeat(agent, health=_health())
+    env.post_events(agent, [event(when=env.clock.now)])
+    env.clock.advance(1)
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
+    cli = [sys.executable, "-m", "proscribe.cli", "collector", "report", "--config", str(config)]
+    done = subprocess.run(
+        [*cli, "--format", "json", "--since", since], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    from_cli = json.loads(done.stdout)
+    viewer = env.login("vera")
+    from_web = json.loads(viewer.get("/report/export.json", params={"since": since}).text)
+    assert set(from_cli) == set(from_web)
+    assert from_cli["headline"].startswith("1 of 1 in-scope hosts")
+    assert from_cli["period"]["since"].endswith("Z") and "T" in from_cli["period"]["since"]
+    assert [v["id"] for v in from_cli["violations"]] == [v["id"] for v in from_web["violations"]]
+    reversed_ = subprocess.run(
+        [*cli, "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert reversed_.returncode == 2
+    assert reversed_.stdout == ""
+    assert len(reversed_.stderr.strip().splitlines()) == 1, reversed_.stderr
+    assert "--until" in reversed_.stderr
+    page = viewer.get(
+        "/report/export.json", params={"since": "2026-01-02T00:00:00Z", "until": "2026-01-01"}
+    )
+    assert page.status_code == 400
