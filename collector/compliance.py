@@ -252,23 +252,42 @@ class Fleet:
         return [h for h in self.hosts if h.agent_id is not None and not h.revoked]
 
 
-def fleet(conn: Connection, *, now_us: int, window_us: int) -> Fleet:
-    """Every host the collector knows of — enrolled agents and inventory entries — with its
-    compliance state, computed by :func:`host_state` against the current policy."""
-    from proscribe.collector.storage.inventory import list_inventory, match_inventory
+def policy_context(conn: Connection) -> tuple[int | None, tuple[str, ...]]:
+    """The current policy serial and the sensors it needs: what every state is judged by."""
     from proscribe.collector.storage.policies import current_policy
     from proscribe.core.errors import PolicyError
     from proscribe.core.policy.loader import load_policy
 
     stored = current_policy(conn)
-    current_serial = stored.serial if stored is not None else None
-    policy = None
-    if stored is not None:
-        try:
-            policy = load_policy(stored.policy, f"policy serial {stored.serial}")
-        except PolicyError:
-            policy = None
-    required = required_sensors(policy)
+    if stored is None:
+        return None, required_sensors(None)
+    try:
+        policy = load_policy(stored.policy, f"policy serial {stored.serial}")
+    except PolicyError:
+        policy = None
+    return stored.serial, required_sensors(policy)
+
+
+def state_of(
+    conn: Connection, host: HostCoverage | None, *, revoked: bool, now_us: int, window_us: int
+) -> HostState:
+    """One host's state, judged exactly as :func:`fleet` judges every host."""
+    current_serial, required = policy_context(conn)
+    return host_state(
+        facts_of(host, revoked),
+        now_us=now_us,
+        window_us=window_us,
+        current_serial=current_serial,
+        required=required,
+    )
+
+
+def fleet(conn: Connection, *, now_us: int, window_us: int) -> Fleet:
+    """Every host the collector knows of — enrolled agents and inventory entries — with its
+    compliance state, computed by :func:`host_state` against the current policy."""
+    from proscribe.collector.storage.inventory import list_inventory, match_inventory
+
+    current_serial, required = policy_context(conn)
     records = {
         h.agent_id: h for h in list_hosts(conn, now_us=now_us, heartbeat_window_us=window_us)
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -28,6 +29,7 @@ from proscribe.collector.api.deps import (
 from proscribe.collector.api.errors import ApiError, error_responses, invalid_parameter
 from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.schema import PolicyUpload, clean_text
+from proscribe.collector.compliance import FleetHost, fleet
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
 from proscribe.collector.storage import admin_actions, audit, queries, to_us
@@ -52,6 +54,48 @@ def verified_upload(upload: PolicyUpload, state: StateDep) -> tuple[VerifiedUplo
     except (binascii.Error, ValueError) as err:
         raise ApiError(422, "invalid_request", "policy and signature must be base64") from err
     return verify_upload(state.settings, data, sig), data, sig
+
+
+def _iso(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _host_json(f: FleetHost) -> dict[str, Any]:
+    h = f.host
+    return {
+        "agent_id": f.agent_id,
+        "hostname": f.hostname,
+        "compliance": f.state.as_dict(),
+        "inventory": f.inventory.as_dict() if f.inventory else None,
+        "matched_by": f.matched_by,
+        "revoked": f.revoked,
+        "os": h.os if h else None,
+        "agent_version": h.agent_version if h else None,
+        "mode": h.mode if h else None,
+        "last_seen": h.last_seen_us / 1e6 if h else None,
+        "last_seen_iso": _iso(h.last_seen_us) if h else None,
+        "stale": f.state.state == "stale",
+        "policy": None
+        if h is None
+        else {
+            "id": h.policy_id,
+            "serial": h.policy_serial,
+            "sha256": h.policy_sha256,
+            "stale": h.policy_stale,
+        },
+        "serial_regressed": h.serial_regressed if h else False,
+        "spool_depth": h.spool_depth if h else 0,
+        "dropped": h.dropped if h else 0,
+        "sensors": h.sensors if h else {},
+        "health": h.health if h else None,
+        "machine_id": h.machine_id if h else None,
+        "stopped": None
+        if h is None or h.goodbye_us is None
+        else {"at": _iso(h.goodbye_us), "by": h.goodbye_by},
+        "problems": list(f.state.reasons),
+    }
 
 
 def build_people_router() -> APIRouter:
@@ -96,39 +140,19 @@ def build_people_router() -> APIRouter:
 
     @router.get("/hosts", tags=["reports"], responses=error_responses(401, 403))
     def hosts(_principal: ViewerDep, state: StateDep, conn: ReadConn) -> dict[str, Any]:
-        """Coverage: every host with last seen, policy serial and what is wrong with it."""
-        rows = queries.list_hosts(
-            conn,
-            now_us=state.now_us(),
-            heartbeat_window_us=to_us(state.settings.heartbeat_window),
-        )
-        items = [
-            {
-                "agent_id": h.agent_id,
-                "hostname": h.hostname,
-                "os": h.os,
-                "agent_version": h.agent_version,
-                "mode": h.mode,
-                "last_seen": h.last_seen_us / 1e6,
-                "stale": h.stale,
-                "policy": {
-                    "id": h.policy_id,
-                    "serial": h.policy_serial,
-                    "sha256": h.policy_sha256,
-                    "stale": h.policy_stale,
-                },
-                "serial_regressed": h.serial_regressed,
-                "spool_depth": h.spool_depth,
-                "dropped": h.dropped,
-                "sensors": h.sensors,
-                "problems": h.problems,
-            }
-            for h in rows
-        ]
+        """Every host (enrolled agents and inventory entries) with its compliance state
+        (enforcing, monitoring, degraded, stopped, stale, never_enrolled, revoked) and why,
+        its last heartbeat and health, and its inventory entry; times are ISO 8601."""
+        found = fleet(conn, now_us=state.now_us(), window_us=to_us(state.settings.heartbeat_window))
+        items = [_host_json(f) for f in found.hosts]
         return {
             "hosts": items,
             "total": len(items),
-            "stale": sum(1 for h in rows if h.stale),
+            "states": found.counts(),
+            "in_scope": "inventory" if found.has_inventory else "enrolled",
+            "current_serial": found.current_serial,
+            "required_sensors": list(found.required),
+            "stale": sum(1 for f in found.hosts if f.state.state == "stale"),
             "heartbeat_window": state.settings.heartbeat_window,
         }
 

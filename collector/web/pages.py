@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from proscribe.collector.api.deps import ReadConn, StateDep
+from proscribe.collector.compliance import LABELS, STATES, fleet, state_of
 from proscribe.collector.filters import FILTER_KEYS, FilterError, normalise, parse_violation_filter
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import queries, to_us
@@ -219,32 +220,22 @@ def register(router: APIRouter, site: Site) -> None:
     ) -> Response:
         now_us = state.now_us()
         window_us = to_us(state.settings.heartbeat_window)
-        host_rows = queries.list_hosts(conn, now_us=now_us, heartbeat_window_us=window_us)
-        current = highest_serial(conn)
-        agents = webq.agents_with_last_seen(conn)
-        revoked = {a.agent_id for a in agents if a.revoked_us is not None}
-        reported = {h.agent_id for h in host_rows}
-        silent = [a for a in agents if a.agent_id not in reported and a.revoked_us is None]
-
-        def problems(h: queries.HostCoverage) -> list[str]:
-            found = list(h.problems)
-            if current is not None and (h.policy_serial is None or h.policy_serial < current):
-                found.append(f"policy serial {h.policy_serial} is older than {current}")
-            return found
-
-        rows = [(h, problems(h)) for h in host_rows if h.agent_id not in revoked]
+        found = fleet(conn, now_us=now_us, window_us=window_us)
+        rows = [f for f in found.hosts if not f.revoked]
         if show == "problems":
-            rows = [(h, p) for h, p in rows if p]
-        rows.sort(key=lambda hp: (not hp[1], hp[0].hostname))
+            rows = [f for f in rows if not f.state.enforcing]
+        order = {name: i for i, name in enumerate(reversed(STATES))}
+        rows.sort(key=lambda f: (order[f.state.state], f.hostname.lower()))
         return site.page(
             "hosts.html",
             visitor,
             "hosts",
             {
                 "rows": rows,
-                "silent": silent,
+                "fleet": found,
+                "counts": found.counts(),
+                "labels": LABELS,
                 "show": show,
-                "current": current,
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },
@@ -285,6 +276,13 @@ def register(router: APIRouter, site: Site) -> None:
                 "next_link": next_link,
                 "current": highest_serial(conn),
                 "history": host_history_entries(conn, agent_id, limit=100),
+                "state": state_of(
+                    conn,
+                    detail,
+                    revoked=agent is not None and agent.revoked_us is not None,
+                    now_us=now_us,
+                    window_us=window_us,
+                ),
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },

@@ -51,7 +51,9 @@ def hostile_event(env: DashboardEnv) -> dict[str, object]:
 
 
 def test_html_pages_show_hostile_strings_literally(env: DashboardEnv) -> None:
-    agent = env.enroll(hostname=SCRIPT)
+    # Events are filed under the enrolled hostname (the body's is only a claim), so the
+    # hostile hostname is the enrolled one.
+    agent = env.enroll(hostname=IMG)
     env.heartbeat(agent)
     env.post_events(agent, [hostile_event(env)])
     env.login("vera")
@@ -73,7 +75,7 @@ def test_html_pages_show_hostile_strings_literally(env: DashboardEnv) -> None:
 
 
 def test_exports_and_reports_are_inert(env: DashboardEnv) -> None:
-    agent = env.enroll(hostname=SCRIPT)
+    agent = env.enroll(hostname=IMG)
     env.post_events(agent, [hostile_event(env)])
     env.login("vera")
 
