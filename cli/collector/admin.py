@@ -4,7 +4,9 @@ audited."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -26,6 +28,13 @@ def register(verbs: Any) -> None:
     secret_verbs = secret.add_subparsers(dest="action", metavar="ACTION")
     create = secret_verbs.add_parser("create", help="create a secret (printed once)")
     create.add_argument("--label", default="", help="a note for yourself, e.g. 'laptops 2025'")
+    create.add_argument("--max-uses", type=int, default=None, help="enrollments it allows")
+    create.add_argument(
+        "--expires", default=None, help="when it stops working: 30d (from now) or RFC 3339"
+    )
+    create.add_argument(
+        "--host-pattern", default=None, help="hostnames it enrolls (a glob, any case): 'ws-*'"
+    )
     add_config_argument(create)
     create.set_defaults(func=secret_create)
     listing = secret_verbs.add_parser("list", help="list secrets (ids and labels)")
@@ -44,10 +53,20 @@ def register(verbs: Any) -> None:
     alist.add_argument("--json", action="store_true")
     add_config_argument(alist)
     alist.set_defaults(func=agent_list)
-    arevoke = agent_verbs.add_parser("revoke", help="revoke an agent (it must enroll again)")
+    arevoke = agent_verbs.add_parser(
+        "revoke", help="revoke an agent: its key is refused for ever, its machine banned"
+    )
     arevoke.add_argument("agent_id")
     add_config_argument(arevoke)
     arevoke.set_defaults(func=agent_revoke)
+    abans = agent_verbs.add_parser("bans", help="list machine bans (active and lifted)")
+    abans.add_argument("--json", action="store_true")
+    add_config_argument(abans)
+    abans.set_defaults(func=agent_bans)
+    aunban = agent_verbs.add_parser("unban", help="let a banned machine enroll again")
+    aunban.add_argument("machine_id")
+    add_config_argument(aunban)
+    aunban.set_defaults(func=agent_unban)
     agent.set_defaults(func=_usage(agent))
 
     user = verbs.add_parser("user", help="manage people's accounts")
@@ -112,12 +131,19 @@ def _when(us: int | None) -> str:
 
 def secret_create(args: argparse.Namespace) -> int:
     from proscribe.collector.storage import admin_actions, to_us
+    from proscribe.collector.storage.agents import SecretLimits
 
+    now = time.time()
+    limits = SecretLimits(
+        max_uses=_max_uses(args.max_uses),
+        expires_us=None if args.expires is None else to_us(_future(args.expires, now)),
+        host_pattern=_host_pattern(args.host_pattern),
+    )
     db = open_migrated(settings_from_args(args))
-    now_us = to_us(time.time())
+    now_us = to_us(now)
     with db.write() as conn:
         secret_id, secret = admin_actions.create_enroll_secret(
-            conn, args.label, actor=cli_actor(), via="cli", now_us=now_us
+            conn, args.label, actor=cli_actor(), via="cli", now_us=now_us, limits=limits
         )
     db.dispose()
     print(secret)
@@ -126,6 +152,33 @@ def secret_create(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _max_uses(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 1_000_000:
+        raise UsageError(f"--max-uses {value}: must be 1 to 1000000")
+    return value
+
+
+def _host_pattern(value: str | None) -> str | None:
+    if value is not None and (not value or len(value) > 256 or "\x00" in value):
+        raise UsageError("--host-pattern: a glob of 1 to 256 characters, e.g. 'ws-*'")
+    return value
+
+
+def _future(text: str, now: float) -> float:
+    """``30d`` from now, or an RFC 3339 moment, which must be in the future."""
+    from proscribe.collector.timespec import FORMS, RELATIVE_PATTERN, parse_moment
+
+    try:
+        moment = parse_moment(text, now)
+    except ValueError as err:
+        raise UsageError(f"--expires: {err}") from err
+    if re.match(RELATIVE_PATTERN, text.strip()):
+        moment = now + (now - moment)
+    if moment <= now:
+        raise UsageError(f"--expires {text!r} is in the past ({FORMS}, in the future)")
+    return moment
 
 
 def secret_list(args: argparse.Namespace) -> int:
@@ -144,16 +197,29 @@ def secret_list(args: argparse.Namespace) -> int:
                         "label": r.label,
                         "created_us": r.created_us,
                         "revoked_us": r.revoked_us,
+                        "max_uses": r.max_uses,
+                        "uses": r.uses,
+                        "expires_us": r.expires_us,
+                        "host_pattern": r.host_pattern,
                     }
                     for r in rows
                 ]
             )
         )
         return 0
-    print(f"{'ID':14} {'CREATED':22} {'STATUS':8} LABEL")
+    print(f"{'ID':14} {'CREATED':22} {'STATUS':8} {'USES':9} {'EXPIRES':22} {'HOSTS':12} LABEL")
+    now_us = int(time.time() * 1e6)
     for r in rows:
-        status = "revoked" if r.revoked_us else "active"
-        print(f"{r.secret_id:14} {_when(r.created_us):22} {status:8} {r.label!r}")
+        expired = r.expires_us is not None and r.expires_us <= now_us
+        used_up = r.max_uses is not None and r.uses >= r.max_uses
+        status = (
+            "revoked" if r.revoked_us else "expired" if expired else "used" if used_up else "active"
+        )
+        uses = f"{r.uses}/{r.max_uses}" if r.max_uses is not None else str(r.uses)
+        print(
+            f"{r.secret_id:14} {_when(r.created_us):22} {status:8} {uses:9} "
+            f"{_when(r.expires_us):22} {(r.host_pattern or '*'):12} {r.label!r}"
+        )
     return 0
 
 
@@ -222,7 +288,44 @@ def agent_revoke(args: argparse.Namespace) -> int:
             f"agent {args.agent_id!r}: no active agent with that id "
             "(fix: see 'proscribe collector agent list')"
         )
-    print(f"revoked agent {args.agent_id}; it must enroll again")
+    print(
+        f"revoked agent {args.agent_id}: its key is refused from now on and its machine may "
+        "not enroll again until 'proscribe collector agent unban MACHINE_ID'"
+    )
+    return 0
+
+
+def agent_bans(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import agents as agent_store
+
+    db = open_migrated(settings_from_args(args))
+    with db.read() as conn:
+        rows = agent_store.list_bans(conn)
+    db.dispose()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(b) for b in rows]))
+        return 0
+    print(f"{'MACHINE ID':34} {'BANNED':22} {'LIFTED':22} REASON")
+    for b in rows:
+        print(f"{b.machine_id:34} {_when(b.banned_us):22} {_when(b.lifted_us):22} {b.reason!r}")
+    return 0
+
+
+def agent_unban(args: argparse.Namespace) -> int:
+    from proscribe.collector.storage import admin_actions, to_us
+
+    db = open_migrated(settings_from_args(args))
+    with db.write() as conn:
+        done = admin_actions.lift_ban(
+            conn, args.machine_id, actor=cli_actor(), via="cli", now_us=to_us(time.time())
+        )
+    db.dispose()
+    if not done:
+        raise UsageError(
+            f"machine {args.machine_id!r}: no active ban "
+            "(fix: see 'proscribe collector agent bans')"
+        )
+    print(f"lifted the ban on machine {args.machine_id}; it may enroll again with a new key")
     return 0
 
 

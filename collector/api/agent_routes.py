@@ -36,7 +36,8 @@ from proscribe.collector.api.schema import EnrollRequest, EventIn, HeartbeatIn
 from proscribe.collector.api.state import CollectorState
 from proscribe.collector.ingest import final_verdicts, judge_events, parse_batch, parse_json_body
 from proscribe.collector.storage.agents import (
-    check_enroll_secret,
+    EnrollRefused,
+    admit_enrollment,
     enroll_agent,
     set_agent_hostname,
 )
@@ -121,7 +122,17 @@ def build_agent_router() -> APIRouter:
     @router.post(
         "/enroll",
         openapi_extra=json_body(schema_of(EnrollRequest)),
-        responses=error_responses(400, 401, 413, 415, 422, 429, s401="bad_secret"),
+        responses=error_responses(
+            400,
+            401,
+            403,
+            413,
+            415,
+            422,
+            429,
+            s401="bad_secret (wrong, revoked, expired or used up)",
+            s403="revoked_key, machine_banned or host_not_allowed",
+        ),
     )
     def enroll(
         request: Request,
@@ -130,9 +141,17 @@ def build_agent_router() -> APIRouter:
         conn: WriteConn,
     ) -> dict[str, str]:
         """Exchange an enroll secret and the agent's public key for an agent id."""
-        secret_id = check_enroll_secret(conn, req.secret)
-        if secret_id is None:
-            raise ApiError(401, "bad_secret", "the enroll secret is wrong or revoked")
+        try:
+            secret_id = admit_enrollment(
+                conn,
+                secret=req.secret,
+                public_key=req.public_key,
+                hostname=req.hostname,
+                machine_id=req.machine_id,
+                now_us=state.now_us(),
+            )
+        except EnrollRefused as refused:
+            raise ApiError(refused.status, refused.slug, str(refused)) from refused
         agent_id = enroll_agent(
             conn,
             public_key=req.public_key,
@@ -141,6 +160,7 @@ def build_agent_router() -> APIRouter:
             agent_version=req.agent_version,
             secret_id=secret_id,
             now_us=state.now_us(),
+            machine_id=req.machine_id,
         )
         client = request.client.host if request.client else "unknown"
         log.info("enrolled agent %s (%s) from %s", agent_id, req.hostname, client)

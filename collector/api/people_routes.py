@@ -43,6 +43,12 @@ _ADMIN_ERRORS = error_responses(401, 403, 422)
 class SecretIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: Annotated[str, Field(max_length=256), AfterValidator(clean_text)] = ""
+    max_uses: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Seconds from now; the secret stops working then.
+    expires_in: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+    host_pattern: (
+        Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)] | None
+    ) = None
 
 
 def verified_upload(upload: PolicyUpload, state: StateDep) -> tuple[VerifiedUpload, bytes, bytes]:
@@ -213,6 +219,10 @@ def build_people_router() -> APIRouter:
                     "label": s.label,
                     "created": s.created_us / 1e6,
                     "revoked": None if s.revoked_us is None else s.revoked_us / 1e6,
+                    "max_uses": s.max_uses,
+                    "uses": s.uses,
+                    "expires": _iso(s.expires_us),
+                    "host_pattern": s.host_pattern,
                 }
                 for s in agent_store.list_enroll_secrets(conn)
             ]
@@ -227,8 +237,14 @@ def build_people_router() -> APIRouter:
         body: SecretIn, principal: AdminDep, state: StateDep, conn: WriteConn
     ) -> dict[str, str]:
         """Create an enroll secret; the answer is the only time it is shown."""
+        now_us = state.now_us()
+        limits = agent_store.SecretLimits(
+            max_uses=body.max_uses,
+            expires_us=None if body.expires_in is None else now_us + body.expires_in * 1_000_000,
+            host_pattern=body.host_pattern,
+        )
         secret_id, secret = admin_actions.create_enroll_secret(
-            conn, body.label, actor=principal.name, via="api", now_us=state.now_us()
+            conn, body.label, actor=principal.name, via="api", now_us=now_us, limits=limits
         )
         return {"id": secret_id, "secret": secret}
 
@@ -247,6 +263,40 @@ def build_people_router() -> APIRouter:
         ):
             raise ApiError(404, "not_found", "no active enroll secret with that id")
         return {"id": secret_id, "status": "revoked"}
+
+    @router.get("/bans", tags=["admin"], responses=error_responses(401, 403))
+    def list_bans(_principal: AdminDep, conn: ReadConn) -> dict[str, Any]:
+        """Machine bans: a revoked agent's machine may not enroll again until lifted."""
+        return {
+            "bans": [
+                {
+                    "machine_id": b.machine_id,
+                    "agent_id": b.agent_id,
+                    "reason": b.reason,
+                    "banned": _iso(b.banned_us),
+                    "banned_by": b.banned_by,
+                    "lifted": _iso(b.lifted_us),
+                    "lifted_by": b.lifted_by,
+                }
+                for b in agent_store.list_bans(conn)
+            ]
+        }
+
+    @router.delete(
+        "/bans/{machine_id}", tags=["admin"], responses=error_responses(401, 403, 404, 422)
+    )
+    def lift_ban(
+        machine_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]{8,64}$")],
+        principal: AdminDep,
+        state: StateDep,
+        conn: WriteConn,
+    ) -> dict[str, str]:
+        """Lift a machine ban (it enrolls again with a new key; the revoked key stays refused)."""
+        if not admin_actions.lift_ban(
+            conn, machine_id, actor=principal.name, via="api", now_us=state.now_us()
+        ):
+            raise ApiError(404, "not_found", "no active ban on that machine id")
+        return {"machine_id": machine_id, "status": "lifted"}
 
     @router.post(
         "/agents/{agent_id}/revoke", tags=["admin"], responses=error_responses(401, 403, 404, 422)

@@ -17,6 +17,7 @@ __all__ = [
     "add_user",
     "create_enroll_secret",
     "disable_user",
+    "lift_ban",
     "reset_user",
     "revoke_agent",
     "revoke_enroll_secret",
@@ -28,16 +29,29 @@ def _detail(via: str, **extra: Any) -> dict[str, Any]:
 
 
 def create_enroll_secret(
-    conn: Connection, label: str, *, actor: str, via: str, now_us: int
+    conn: Connection,
+    label: str,
+    *,
+    actor: str,
+    via: str,
+    now_us: int,
+    limits: agent_store.SecretLimits | None = None,
 ) -> tuple[str, str]:
     """A new enroll secret ``(id, secret)``; only its hash is stored."""
-    secret_id, secret = agent_store.create_enroll_secret(conn, label, now_us)
+    limits = limits or agent_store.SecretLimits()
+    secret_id, secret = agent_store.create_enroll_secret(conn, label, now_us, limits)
     audit.append_audit(
         conn,
         actor=actor,
         action="enroll_secret.create",
         target=secret_id,
-        detail=_detail(via, label=label),
+        detail=_detail(
+            via,
+            label=label,
+            max_uses=limits.max_uses,
+            expires_us=limits.expires_us,
+            host_pattern=limits.host_pattern,
+        ),
         now_us=now_us,
     )
     return secret_id, secret
@@ -61,14 +75,41 @@ def revoke_enroll_secret(
 
 
 def revoke_agent(conn: Connection, agent_id: str, *, actor: str, via: str, now_us: int) -> bool:
-    """Revoke an agent's key (it must enroll again); False when no active agent has that id."""
+    """Revoke an agent's key — never accepted again — and ban its machine identity (when it
+    sent one) from enrolling again under any key until an admin lifts the ban; False when no
+    active agent has that id."""
     done = agent_store.revoke_agent(conn, agent_id, now_us)
     if done:
+        machine = agent_store.machine_of(conn, agent_id)
+        if machine is not None:
+            agent_store.ban_machine(
+                conn,
+                machine,
+                agent_id=agent_id,
+                reason=f"agent {agent_id} revoked",
+                by=actor,
+                now_us=now_us,
+            )
         audit.append_audit(
             conn,
             actor=actor,
             action="agent.revoke",
             target=agent_id,
+            detail=_detail(via, machine_banned=machine),
+            now_us=now_us,
+        )
+    return done
+
+
+def lift_ban(conn: Connection, machine_id: str, *, actor: str, via: str, now_us: int) -> bool:
+    """Let a banned machine enroll again (a new key; the revoked one stays refused)."""
+    done = agent_store.lift_ban(conn, machine_id, by=actor, now_us=now_us)
+    if done:
+        audit.append_audit(
+            conn,
+            actor=actor,
+            action="machine.unban",
+            target=machine_id,
             detail=_detail(via),
             now_us=now_us,
         )

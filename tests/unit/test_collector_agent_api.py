@@ -182,14 +182,25 @@ def test_unknown_agent_is_told_so(env: AgentApiEnv) -> None:
     assert resp.json()["error"] == "unknown_agent"
 
 
-def test_revoked_agent_is_told_so_and_can_reenroll(env: AgentApiEnv) -> None:
-    agent_id, key = env.enroll()
+def test_revoked_agent_is_told_so_and_only_a_new_key_reenrolls(env: AgentApiEnv) -> None:
+    """Without a machine id there is no machine to ban: a new key enrolls (the agent makes
+    one on ``revoked_agent``); the revoked key itself never again (issue 13)."""
+    agent_id, old_key = env.enroll()
     with env.state.db.write() as conn:
         agent_store.revoke_agent(conn, agent_id, 1)
-    resp = env.signed(agent_id, key, "POST", "/api/v1/events", _batch(_events(1)))
+    resp = env.signed(agent_id, old_key, "POST", "/api/v1/events", _batch(_events(1)))
     assert resp.status_code == 401
     assert resp.json()["error"] == "revoked_agent"
-    new_id, _ = env.enroll(key)
+    body = {
+        "secret": env.secret,
+        "hostname": "ws-17",
+        "os": "linux",
+        "agent_version": "0.1.0",
+        "public_key": public_key_string(old_key.public_key()),
+    }
+    again = env.client.post("/api/v1/enroll", json=body)
+    assert again.status_code == 403 and again.json()["error"] == "revoked_key"
+    new_id, key = env.enroll()
     assert new_id != agent_id
     evs = _events(1)
     evs[0]["host"] = {"agent_id": agent_id, "hostname": "ws-17", "os": "linux"}  # spooled earlier

@@ -10,8 +10,10 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from proscribe.collector.compliance import fleet
@@ -76,7 +78,7 @@ def test_forged_hostname_in_event_bodies_is_filed_under_the_signing_agents_host(
     assert len(mine["violations"]) == 4
 
     report = _report(env)
-    assert report.by_host == [("ws-mallory", 4)]  # type: ignore[attr-defined]
+    assert report.by_host == [("ws-mallory", 4)]
 
 
 def test_hostname_changes_only_through_heartbeats_and_is_recorded(env: DashboardEnv) -> None:
@@ -99,7 +101,7 @@ def test_hostname_changes_only_through_heartbeats_and_is_recorded(env: Dashboard
         {k: v for k, v in d.items() if k == "hostname"} for d in changed
     ]
     # The report groups by agent: one host, named as it is now, with all three events.
-    assert _report(env).by_host == [("ws-new", 3)]  # type: ignore[attr-defined]
+    assert _report(env).by_host == [("ws-new", 3)]
 
 
 # --- health, goodbye and the compliance state (items 1, 2) -------------------------------
@@ -263,3 +265,97 @@ def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
         "/report/export.json", params={"since": "2026-01-02T00:00:00Z", "until": "2026-01-01"}
     )
     assert page.status_code == 400
+
+
+# --- revocation that sticks, enroll secret limits (item 4) ---------------------------------
+
+MACHINE = "0123456789abcdef0123456789abcdef"
+
+
+def _enroll_reply(
+    env: DashboardEnv, secret: str, hostname: str, key: Ed25519PrivateKey, **over: object
+) -> Any:
+    from proscribe.core.policy.keys import public_key_string
+
+    body = {
+        "secret": secret,
+        "hostname": hostname,
+        "os": "linux",
+        "agent_version": "0.1.0",
+        "public_key": public_key_string(key.public_key()),
+        **over,
+    }
+    return env.client.post("/api/v1/enroll", json=body)
+
+
+def test_revoked_key_is_never_accepted_again_and_the_machine_is_banned(env: DashboardEnv) -> None:
+    from proscribe.collector.storage import admin_actions
+
+    old_key = Ed25519PrivateKey.generate()
+    agent_id, _ = env.enroll_agent(env.secret, "ws-rogue", old_key, machine_id=MACHINE)
+    with env.db.write() as conn:
+        assert admin_actions.revoke_agent(
+            conn, agent_id, actor="adam", via="test", now_us=int(env.clock.now * 1e6)
+        )
+    refused = env.signed(agent_id, old_key, "POST", "/api/v1/heartbeat", b"{}")
+    assert refused.status_code == 401 and refused.json()["error"] == "revoked_agent"
+    again = _enroll_reply(env, env.secret, "ws-rogue", old_key, machine_id=MACHINE)
+    assert again.status_code == 403 and again.json()["error"] == "revoked_key"
+    new_key = Ed25519PrivateKey.generate()
+    banned = _enroll_reply(env, env.secret, "ws-rogue", new_key, machine_id=MACHINE)
+    assert banned.status_code == 403 and banned.json()["error"] == "machine_banned"
+    # Without a machine id the old key still cannot come back.
+    bare = _enroll_reply(env, env.secret, "ws-rogue", old_key)
+    assert bare.status_code == 403
+    # An innocent look-alike: another machine enrolls as usual.
+    other = _enroll_reply(env, env.secret, "ws-other", new_key, machine_id="f" * 32)
+    assert other.status_code == 200
+    with env.db.write() as conn:
+        assert admin_actions.lift_ban(
+            conn, MACHINE, actor="adam", via="test", now_us=int(env.clock.now * 1e6)
+        )
+    lifted = _enroll_reply(
+        env, env.secret, "ws-rogue", Ed25519PrivateKey.generate(), machine_id=MACHINE
+    )
+    assert lifted.status_code == 200
+    still = _enroll_reply(env, env.secret, "ws-rogue", old_key, machine_id=MACHINE)
+    assert still.status_code == 403
+
+
+def test_enroll_secret_limits_uses_expiry_and_host_pattern(env: DashboardEnv) -> None:
+    from proscribe.collector.storage import admin_actions
+    from proscribe.collector.storage.agents import SecretLimits
+
+    now_us = int(env.clock.now * 1e6)
+    with env.db.write() as conn:
+        _id, limited = admin_actions.create_enroll_secret(
+            conn,
+            "two laptops",
+            actor="adam",
+            via="test",
+            now_us=now_us,
+            limits=SecretLimits(max_uses=2, expires_us=now_us + 60_000_000, host_pattern="WS-*"),
+        )
+    key = Ed25519PrivateKey.generate()
+    wrong_host = _enroll_reply(env, limited, "ceo-laptop", Ed25519PrivateKey.generate())
+    assert wrong_host.status_code == 403
+    assert wrong_host.json()["error"] == "host_not_allowed"
+    assert _enroll_reply(env, limited, "ws-1", key).status_code == 200
+    # The same key enrolling again is a renewal, not a second use.
+    assert _enroll_reply(env, limited, "ws-1", key).status_code == 200
+    second = _enroll_reply(env, limited, "ws-2", Ed25519PrivateKey.generate())
+    assert second.status_code == 200
+    third = _enroll_reply(env, limited, "ws-3", Ed25519PrivateKey.generate())
+    assert third.status_code == 401 and "used up" in third.json()["detail"]
+    with env.db.write() as conn:
+        _id, expiring = admin_actions.create_enroll_secret(
+            conn,
+            "soon",
+            actor="adam",
+            via="test",
+            now_us=now_us,
+            limits=SecretLimits(expires_us=now_us + 60_000_000),
+        )
+    env.clock.advance(61)
+    late = _enroll_reply(env, expiring, "ws-4", Ed25519PrivateKey.generate())
+    assert late.status_code == 401 and "expired" in late.json()["detail"]
