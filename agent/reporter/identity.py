@@ -6,17 +6,26 @@ Files in ``state_dir``:
   collector only ever sees the public half, so a dump of its database holds no credential.
 - ``agent_id`` — the id the collector returned from ``POST /api/v1/enroll``.
 
+- ``machine_id`` — a random machine identity, made only when the system has none
+  (``/etc/machine-id``); see :func:`machine_identity`.
+
 Enrollment sends the enroll secret (read from its file each time, so an operator can rotate it
-without restarting the agent), host facts and the public key. When the collector answers
+without restarting the agent; refused when group or others can read it), host facts (with the
+machine identity) and the public key. When the collector answers
 ``unknown_agent`` the id is forgotten and the agent enrolls again with the same key; on
-``revoked_agent`` the key is replaced too (a revoked key may be compromised). The spool is never
+``revoked_agent`` the key is replaced too (a revoked key may be compromised; the collector
+refuses it for ever, and refuses the machine until an admin lifts its ban). The spool is never
 touched by any of this.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import secrets
 import socket
+import stat
 import time
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +44,54 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "agent.key"
 AGENT_ID_FILE = "agent_id"
+MACHINE_ID_FILE = "machine_id"
 MAX_SECRET_BYTES = 4096
+SYSTEM_MACHINE_IDS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+_MACHINE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+def machine_identity(state_dir: Path, system: tuple[Path, ...] = SYSTEM_MACHINE_IDS) -> str:
+    """This machine's identity, sent at enrollment and in heartbeats (what a ban holds on to
+    when a revoked agent makes a new key): ``/etc/machine-id`` (systemd), else D-Bus's copy,
+    else a random id made once and kept in ``state_dir/machine_id``."""
+    for path in system:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if _MACHINE_ID.match(text):
+            return text
+    own = state_dir / MACHINE_ID_FILE
+    try:
+        text = own.read_text(encoding="ascii").strip()
+        if _MACHINE_ID.match(text):
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = secrets.token_hex(16)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(own, text.encode("ascii") + b"\n", 0o644)
+    except OSError as err:
+        log.warning("cannot keep a machine id in %s (%s); using one for this run", own, err)
+    return text
+
+
+def check_secret_file_private(path: Path) -> None:
+    """ConfigError (one line: the file and the fix) when the enroll secret file can be read by
+    anyone but its owner: a secret any local user can read lets any of them enroll a rogue
+    agent with the fleet's secret."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing or unreadable: the read says so, with its own fix
+    if mode & 0o077:
+        raise ConfigError(
+            f"collector.enroll_secret_file: {path} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}) (fix: chmod 600 {path})"
+        )
 
 
 def _agent_version() -> str:
@@ -141,6 +197,7 @@ class IdentityStore:
                 "collector.enroll_secret_file: not set, so this agent cannot enroll "
                 "(fix: set it to the file holding an enroll secret from the collector)"
             )
+        check_secret_file_private(self.enroll_secret_file)
         try:
             raw = self.enroll_secret_file.read_bytes()[: MAX_SECRET_BYTES + 1]
         except OSError as err:

@@ -48,7 +48,12 @@ from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now
 from proscribe.core.fs import atomic_write
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
-from .identity import IdentityStore, default_host_facts
+from .identity import (
+    IdentityStore,
+    check_secret_file_private,
+    default_host_facts,
+    machine_identity,
+)
 from .isolation import Isolation, fault_kind
 from .transport import Reply, Transport, TransportError
 
@@ -551,9 +556,12 @@ def _collector_section(config: AgentConfig) -> CollectorSection:
 def build_identity(config: AgentConfig) -> IdentityStore:
     """The agent's identity towards the config's collector (its key is made on first use)."""
     collector = _collector_section(config)
+    if collector.enroll_secret_file is not None:
+        check_secret_file_private(collector.enroll_secret_file)  # the agent refuses to start
     facts = default_host_facts()
     if config.agent.hostname:
         facts["hostname"] = config.agent.hostname
+    facts["machine_id"] = machine_identity(config.state_dir)
     return IdentityStore(config.state_dir, collector.enroll_secret_file, facts)
 
 

@@ -13,7 +13,7 @@ import pytest
 from proscribe.agent.config import load_agent_config
 from proscribe.agent.daemon import build
 from proscribe.agent.evidence import os_name
-from tests.support.agent_harness import Signer, policy_text, wait_for, write_config
+from tests.support.agent_harness import Signer, policy_text, wait_for, write_config, write_secret
 from tests.support.collector_double import CollectorDouble
 
 
@@ -31,7 +31,7 @@ def test_heartbeat_and_events_carry_what_build_wired(
     policy = tmp_path / "policy.toml"
     signer.write(policy, policy_text("cmp123", serial=2))
     secret = tmp_path / "enroll.secret"
-    secret.write_text(collector.secret)
+    write_secret(secret, collector.secret)
     config_path = write_config(
         tmp_path,
         signer,

@@ -19,6 +19,7 @@ from tests.support.agent_harness import (
     policy_text,
     running_agent,
     write_config,
+    write_secret,
 )
 from tests.support.ports import free_tcp_port
 from tests.support.waits import wait_for
@@ -79,7 +80,7 @@ def test_violation_travels_from_agent_to_collector(tmp_path: Path, collector: Co
     token = secrets.token_hex(3)
     signer = Signer()
     signer.write(tmp_path / "policy.toml", policy_text(token))
-    (tmp_path / "enroll.secret").write_text(collector.enroll_secret() + "\n")
+    write_secret(tmp_path / "enroll.secret", collector.enroll_secret() + "\n")
     config = write_config(
         tmp_path,
         signer,
@@ -103,3 +104,84 @@ def test_violation_travels_from_agent_to_collector(tmp_path: Path, collector: Co
             assert stored[0].get("action") == "killed"
     finally:
         procs.cleanup()
+
+
+def _host_row(collector: Collector) -> Any:
+    from sqlalchemy import select
+
+    from proscribe.collector.storage.tables import hosts
+
+    with collector.app.state.collector.db.read() as conn:
+        return conn.execute(select(hosts)).first()
+
+
+def test_real_agent_reports_health_and_says_goodbye_on_a_clean_stop(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """Measured on main: a clean stop looked like an outage (host "reporting" until the window
+    ended). Now the last heartbeat says who stopped it and the host is "stopped"."""
+    import json
+
+    from proscribe.collector.compliance import fleet
+
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text(secrets.token_hex(3)))
+    write_secret(tmp_path / "enroll.secret", collector.enroll_secret() + "\n")
+    config = write_config(
+        tmp_path,
+        signer,
+        extra=(
+            f'[collector]\nurl = "http://127.0.0.1:{collector.port}"\n'
+            'enroll_secret_file = "enroll.secret"\n'
+        ),
+    )
+    with running_agent(config, tmp_path / "agent.log") as agent:
+        row = wait_for(lambda: _host_row(collector), 15)
+        assert row is not None, (tmp_path / "agent.log").read_text()
+        health = json.loads(row.health)
+        assert health["guard"] in ("netlink", "poll", "fanotify", "bpf")
+        assert health["sensors"]["process"]["alive"] is True
+        assert row.machine_id and len(row.machine_id) >= 8
+        agent.terminate()  # SIGTERM, as systemctl stop sends
+        assert agent.wait(15) == 0
+    row = _host_row(collector)
+    assert row.goodbye_us is not None and "SIGTERM" in row.goodbye_by
+    state = collector.app.state.collector
+    with state.db.read() as conn:
+        found = fleet(conn, now_us=state.now_us(), window_us=180_000_000)
+    (host,) = found.hosts
+    assert host.state.state == "stopped", host.state
+    assert "SIGTERM" in host.state.reasons[0]
+
+
+def test_agent_refuses_a_world_readable_enroll_secret(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.agent_harness import PROSCRIBE, REPO
+
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text(secrets.token_hex(3)))
+    secret = tmp_path / "enroll.secret"
+    secret.write_text("pse_not-a-real-secret\n")
+    secret.chmod(0o644)
+    config = write_config(
+        tmp_path,
+        signer,
+        extra='[collector]\nurl = "http://127.0.0.1:9"\nenroll_secret_file = "enroll.secret"\n',
+    )
+    done = subprocess.run(
+        [*PROSCRIBE, "agent", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(secret) in lines[0] and "chmod 600" in lines[0] and "0644" in lines[0]
+    # The innocent look-alike: the same file at 0600 starts (and is stopped by the test).
+    secret.chmod(0o600)
+    with running_agent(config, tmp_path / "agent.log"):
+        pass

@@ -14,6 +14,7 @@ from proscribe.agent.spool import Spool
 from proscribe.collector.storage import open_database
 from proscribe.collector.storage.agents import create_enroll_secret, revoke_agent
 from proscribe.core.events import new_event
+from tests.support.agent_harness import write_secret
 from tests.support.devserver import CollectorProcess
 from tests.support.waits import wait_for
 
@@ -45,7 +46,7 @@ def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None
         with db.write() as conn:
             secret = create_enroll_secret(conn, "e2e", 0)[1]
         secret_file = tmp_path / "enroll.secret"
-        secret_file.write_text(secret + "\n", encoding="utf-8")
+        write_secret(secret_file, secret + "\n")
         secret_file.chmod(0o600)
         spool = Spool(tmp_path / "spool.db")
         reporter = reporter_for_url(

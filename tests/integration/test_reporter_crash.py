@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
+from tests.support.agent_harness import write_secret
 from tests.support.collector_double import CollectorDouble
 from tests.support.reporter_process import pending, start_reporter
 from tests.support.waits import wait_for
@@ -17,7 +18,7 @@ from tests.support.waits import wait_for
 def test_kill_9_mid_upload_then_restart_delivers_each_event_once(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    (state / "enroll.secret").write_text("s3cret")
+    write_secret(state / "enroll.secret", "s3cret")
     spool = Spool(state / "spool.db")
     ids = []
     for i in range(20):

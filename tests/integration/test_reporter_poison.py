@@ -28,6 +28,7 @@ from proscribe.agent.reporter import (
 )
 from proscribe.agent.spool import Spool
 from proscribe.core.events import new_event
+from tests.support.agent_harness import write_secret
 from tests.support.collector_double import CollectorDouble, Logged
 from tests.support.devserver import CollectorProcess
 
@@ -71,7 +72,7 @@ def test_real_collector_gets_the_100_good_events_behind_one_it_cannot_store(
         with db.write() as conn:
             secret = create_enroll_secret(conn, "poison", 0)[1]
         secret_file = tmp_path / "enroll.secret"
-        secret_file.write_text(secret + "\n")
+        write_secret(secret_file, secret + "\n")
         secret_file.chmod(0o600)
         spool = Spool(tmp_path / "spool.db")
         reporter = reporter_for_url(
@@ -133,7 +134,7 @@ def make() -> Iterator[Callable[..., tuple[PoisonDouble, Reporter, Spool]]]:
     def build(status: int, tmp: Path, **config: Any) -> tuple[PoisonDouble, Reporter, Spool]:
         server = PoisonDouble(status).start()
         secret = tmp / "enroll.secret"
-        secret.write_text("s3cret\n")
+        write_secret(secret, "s3cret\n")
         spool = Spool(tmp / "spool.db")
         transport = Transport(server.url, timeout=(2.0, 5.0))
         reporter = Reporter(

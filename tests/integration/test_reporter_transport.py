@@ -33,6 +33,7 @@ from proscribe.agent.reporter import (
 from proscribe.agent.spool import Spool
 from proscribe.core.errors import ConfigError
 from proscribe.core.events import new_event
+from tests.support.agent_harness import write_secret
 from tests.support.clock import ManualClock
 from tests.support.collector_double import CollectorDouble
 from tests.support.waits import wait_for
@@ -64,7 +65,7 @@ class Agent:
     ) -> None:
         self.spool = Spool(tmp / "spool.db", max_events=max_events)
         secret = tmp / "enroll.secret"
-        secret.write_text("s3cret\n")
+        write_secret(secret, "s3cret\n")
         self.identity = IdentityStore(tmp / "state", secret, HOST)
         self.transport = Transport(url, ca_file=ca_file, timeout=(2.0, 5.0))
         defaults: dict[str, Any] = {
@@ -178,7 +179,7 @@ def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
 ) -> None:
     now = [1_000_000.0]
     secret = tmp_path / "enroll.secret"
-    secret.write_text("s3cret")
+    write_secret(secret, "s3cret")
     spool = Spool(tmp_path / "spool.db")
     transport = Transport(collector.url, timeout=(2.0, 5.0))
     reporter = Reporter(
@@ -397,7 +398,7 @@ def test_reporter_for_url_writes_status_for_agent_status(
     collector: CollectorDouble, tmp_path: Path
 ) -> None:
     secret = tmp_path / "enroll.secret"
-    secret.write_text("s3cret")
+    write_secret(secret, "s3cret")
     spool = Spool(tmp_path / "state" / "spool.db")
     reporter = reporter_for_url(
         spool,
@@ -425,7 +426,7 @@ def test_reporter_for_url_writes_status_for_agent_status(
 
 
 def test_build_reporter_from_the_agent_config(collector: CollectorDouble, tmp_path: Path) -> None:
-    (tmp_path / "enroll.secret").write_text("s3cret\n")
+    write_secret(tmp_path / "enroll.secret", "s3cret\n")
     (tmp_path / "agent.toml").write_text(
         f"""
 [agent]

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proscribe.core.policy.envelope import sign_payload
 from proscribe.core.policy.keys import public_key_string
+from tests.support.agent_harness import write_secret
 from tests.support.ports import free_tcp_port
 from tests.support.waits import wait_for
 
@@ -151,7 +152,7 @@ def test_installed_agent_reports_a_violation_to_the_collector(
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(token))
     (tmp_path / "policy.toml.sig").write_bytes(sign_payload(policy.read_bytes(), key).to_bytes())
-    (tmp_path / "enroll.secret").write_text(collector["secret"] + "\n")
+    write_secret(tmp_path / "enroll.secret", collector["secret"] + "\n")
 
     root = tmp_path / "root"
     subprocess.run(

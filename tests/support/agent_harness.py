@@ -80,6 +80,14 @@ class Signer:
         os.replace(tmp_sig, path.with_name(path.name + ".sig"))
 
 
+def write_secret(path: Path, secret: str) -> Path:
+    """An enroll secret file as the installer makes it: mode 0600 (the agent refuses a file
+    that group or others can read)."""
+    path.write_text(secret, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
 def write_config(
     tmp: Path,
     signer: Signer,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from proscribe.cli import main
+from tests.support.agent_harness import write_secret
 
 KEY = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
 
@@ -105,7 +106,7 @@ def test_check_accepts_what_run_would_start_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "ca.pem").write_text("pem")
-    (tmp_path / "secret").write_text("s3cret\n")
+    write_secret(tmp_path / "secret", "s3cret\n")
     extra = (
         f'[collector]\nurl = "https://c.example:8443"\nca_file = "{tmp_path / "ca.pem"}"\n'
         f'enroll_secret_file = "{tmp_path / "secret"}"\n'
