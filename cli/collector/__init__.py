@@ -3,7 +3,8 @@
 * ``serve``   — ``serve``, ``migrate``
 * ``admin``   — ``enroll-secret create|list|revoke``, ``agent list|revoke``,
   ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
-* ``report``  — ``report --since 30d --format html|json|csv``
+* ``report``  — ``report --since 30d --format html|json|csv [--group G]``
+* ``evidence`` — ``inventory import|list``, ``signer add|list|retire``
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from proscribe.cli.collector import admin, report, serve
+from proscribe.cli.collector import admin, evidence, report, serve
 
-VERB_MODULES = (serve, admin, report)
+VERB_MODULES = (serve, admin, report, evidence)
 
 
 def register(sub: Any) -> None:

@@ -11,14 +11,17 @@ from typing import Any
 from sqlalchemy import Connection
 
 from proscribe.collector.storage import agents as agent_store
-from proscribe.collector.storage import audit, users
+from proscribe.collector.storage import audit, inventory, signers, users
 
 __all__ = [
+    "add_signer",
     "add_user",
     "create_enroll_secret",
     "disable_user",
+    "import_inventory",
     "lift_ban",
     "reset_user",
+    "retire_signer",
     "revoke_agent",
     "revoke_enroll_secret",
 ]
@@ -147,3 +150,50 @@ def disable_user(conn: Connection, name: str, *, actor: str, via: str, now_us: i
         detail=_detail(via, tokens_revoked=revoked), now_us=now_us,
     )  # fmt: skip
     return revoked
+
+
+def import_inventory(
+    conn: Connection,
+    entries: list[inventory.InventoryEntry],
+    *,
+    actor: str,
+    via: str,
+    now_us: int,
+) -> int:
+    """Replace the inventory with ``entries`` (already checked by ``inventory.parse_csv``)."""
+    count = inventory.replace_inventory(conn, entries, now_us=now_us, by=actor)
+    audit.append_audit(
+        conn,
+        actor=actor,
+        action="inventory.import",
+        target=f"{count} hosts",
+        detail=_detail(via, hosts=count),
+        now_us=now_us,
+    )
+    return count
+
+
+def add_signer(
+    conn: Connection, keyid: str, *, name: str, role: str, actor: str, via: str, now_us: int
+) -> signers.Signer:
+    """Name a signing key; ``signers.SignerExists`` if the key id is registered already."""
+    signer = signers.add_signer(conn, keyid, name=name, role=role, added_by=actor, now_us=now_us)
+    audit.append_audit(
+        conn,
+        actor=actor,
+        action="signer.add",
+        target=keyid,
+        detail=_detail(via, name=name, role=role),
+        now_us=now_us,
+    )
+    return signer
+
+
+def retire_signer(conn: Connection, keyid: str, *, actor: str, via: str, now_us: int) -> bool:
+    done = signers.retire_signer(conn, keyid, now_us)
+    if done:
+        audit.append_audit(
+            conn, actor=actor, action="signer.retire", target=keyid, detail=_detail(via),
+            now_us=now_us,
+        )  # fmt: skip
+    return done

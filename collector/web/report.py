@@ -31,6 +31,7 @@ from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
+from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies
 from proscribe.collector.web import queries as webq
@@ -54,6 +55,12 @@ class PolicyView:
     policy: Policy | None  # None if the stored bytes no longer parse (shown as an error)
     signers: tuple[str, ...]
     error: str = ""
+    named: dict[str, Signer] = field(default_factory=dict)  # key id → the registry's entry
+
+    def signer_label(self, keyid: str) -> str:
+        """ "Vera Lind (CISO)" when the registry names the key, else the key id itself."""
+        who = self.named.get(keyid)
+        return who.describe() if who is not None else f"key {keyid} (not in the signer registry)"
 
     def exemptions(self, now: datetime) -> tuple[list[Exemption], list[Exemption]]:
         """(active, expired) at ``now``; an expired policy's exemptions all lapse."""
@@ -90,11 +97,12 @@ def load_policy_view(conn: Connection, serial: int | None = None) -> PolicyView 
         signers = tuple(s.keyid for s in parse_envelope(sig, "stored signature").signatures)
     except PolicyError:
         signers = ()
+    named = signers_by_keyid(conn, signers)
     try:
         policy = load_policy(data, f"policy serial {record.serial}")
     except PolicyError as err:
-        return PolicyView(record, None, signers, str(err).splitlines()[0])
-    return PolicyView(record, policy, signers)
+        return PolicyView(record, None, signers, str(err).splitlines()[0], named)
+    return PolicyView(record, policy, signers, "", named)
 
 
 @dataclass
@@ -332,7 +340,15 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
             "id": view.record.policy_id,
             "serial": view.record.serial,
             "sha256": view.record.sha256,
-            "signers": list(view.signers),
+            "signers": [
+                {
+                    "keyid": k,
+                    "name": view.named[k].name if k in view.named else None,
+                    "role": view.named[k].role if k in view.named else None,
+                    "retired": k in view.named and view.named[k].retired_us is not None,
+                }
+                for k in view.signers
+            ],
             "title": policy.meta.title if policy else None,
             "directives": [
                 {"id": ref.id, "title": ref.title, "url": ref.url, "issued": ref.issued}

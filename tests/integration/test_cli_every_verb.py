@@ -147,6 +147,19 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("collector", "enroll-secret", "revoke"): ["no-such-id", "--config", "collector.toml"],
     ("collector", "agent", "list"): ["--config", "collector.toml"],
     ("collector", "agent", "revoke"): ["no-such-agent", "--config", "collector.toml"],
+    ("collector", "agent", "bans"): ["--config", "collector.toml"],
+    ("collector", "agent", "unban"): ["no-such-machine", "--config", "collector.toml"],
+    ("collector", "inventory", "import"): ["inventory.csv", "--config", "collector.toml"],
+    ("collector", "inventory", "list"): ["--config", "collector.toml"],
+    ("collector", "signer", "add"): [
+        "keys/signer.pub",
+        "--name",
+        "S",
+        "--config",
+        "collector.toml",
+    ],
+    ("collector", "signer", "list"): ["--config", "collector.toml"],
+    ("collector", "signer", "retire"): ["no-such-key", "--config", "collector.toml"],
     ("collector", "user", "add"): ["officer2", "--role", "viewer", "--config", "collector.toml"],
     ("collector", "user", "list"): ["--config", "collector.toml"],
     ("collector", "user", "disable"): ["nobody", "--config", "collector.toml"],
@@ -201,6 +214,9 @@ def workdir(tmp_path: Path) -> Path:
         f'[server]\nlisten = "127.0.0.1:1"\n[database]\nurl = "sqlite:///{tmp_path / "c.db"}"\n'
     )
     assert main(["collector", "migrate", "--config", str(tmp_path / "collector.toml")]) == 0
+    (tmp_path / "inventory.csv").write_text(
+        "hostname,asset_id,owner,group\nws-0001,ASSET-0001,alice@example.com,finance\n"
+    )
     return tmp_path
 
 

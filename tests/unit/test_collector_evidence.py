@@ -359,3 +359,93 @@ def test_enroll_secret_limits_uses_expiry_and_host_pattern(env: DashboardEnv) ->
     env.clock.advance(61)
     late = _enroll_reply(env, expiring, "ws-4", Ed25519PrivateKey.generate())
     assert late.status_code == 401 and "expired" in late.json()["detail"]
+
+
+# --- inventory and signers by name (items 7, 8) --------------------------------------------
+
+
+def _cli(env: DashboardEnv, tmp_path: Path, *args: str, stdin: str | None = None) -> Any:
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "proscribe.cli", "collector", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        check=False,
+    )
+
+
+INVENTORY = """hostname,asset_id,owner,group,machine_id
+ws-a,A-1,alice,finance,
+ws-renamed,A-2,bob,finance,{machine}
+ws-gone,A-3,carol,legal,
+"""
+
+
+def test_inventory_import_matches_by_machine_id_or_hostname_and_scopes_reports(
+    env: DashboardEnv, tmp_path: Path
+) -> None:
+    by_name = env.enroll("WS-A")  # hostname matches case-insensitively
+    by_machine = env.enroll_agent(env.secret, "laptop-77", machine_id=MACHINE)
+    outsider = env.enroll("ws-outside")
+    for agent in (by_name, by_machine, outsider):
+        env.heartbeat(agent, health=_health())
+    bad = _cli(env, tmp_path, "inventory", "import", "-", stdin="host,owner\nx,y\n")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "hostname" in bad.stderr and "fix:" in bad.stderr
+    dup_rows = INVENTORY.format(machine=MACHINE) + "WS-A,A-9,x,y,\n"
+    dup = _cli(env, tmp_path, "inventory", "import", "-", stdin=dup_rows)
+    assert dup.returncode == 2 and "<stdin>:5" in dup.stderr
+    done = _cli(env, tmp_path, "inventory", "import", "-", stdin=INVENTORY.format(machine=MACHINE))
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(_cli(env, tmp_path, "inventory", "list", "--json").stdout)
+    rows = {r["hostname"]: r for r in listed}
+    assert rows["WS-A"]["matched_by"] == "hostname"
+    assert rows["laptop-77"]["matched_by"] == "machine id"
+    assert rows["laptop-77"]["inventory"]["asset_id"] == "A-2"
+    assert rows["ws-gone"]["state"] == "never_enrolled" and rows["ws-gone"]["agent_id"] is None
+    assert rows["ws-outside"]["inventory"] is None  # enrolled, not in the inventory
+    env.clock.advance(1)
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        everyone = build_report(
+            conn, since_us=now_us - 500_000, until_us=now_us, now_us=now_us, heartbeat_window_s=180
+        )
+        finance = build_report(
+            conn,
+            since_us=now_us - 500_000,
+            until_us=now_us,
+            now_us=now_us,
+            heartbeat_window_s=180,
+            group="finance",
+        )
+    assert everyone.period is not None and finance.period is not None
+    assert everyone.period.in_scope == 3  # the inventory, not the enrolled agents
+    assert everyone.headline.startswith("2 of 3 in-scope hosts enforcing")
+    assert {h.hostname for h in finance.period.hosts} == {"WS-A", "laptop-77"}
+    assert finance.headline.startswith("2 of 2 in-scope hosts in group finance")
+    never = next(h for h in everyone.period.hosts if h.hostname == "ws-gone")
+    assert [g.reason for g in never.gaps] == ["never enrolled"]
+
+
+def test_signers_are_named_on_the_report_cover(env: DashboardEnv, tmp_path: Path) -> None:
+    from proscribe.core.policy.keys import key_id, public_key_string
+    from tests.support.sample import store_sample_policies
+
+    key = Ed25519PrivateKey.generate()
+    store_sample_policies(env.db, env.clock.now, key)
+    text = public_key_string(key.public_key())
+    added = _cli(env, tmp_path, "signer", "add", text, "--name", "Vera Lind", "--role", "CISO")
+    assert added.returncode == 0, added.stderr
+    again = _cli(env, tmp_path, "signer", "add", text, "--name", "Someone Else")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    viewer = env.login("vera")
+    page = viewer.get("/report").text
+    assert "Vera Lind (CISO)" in page
+    data = json.loads(viewer.get("/report/export.json").text)
+    assert data["policy"]["signers"] == [
+        {"keyid": key_id(key.public_key()), "name": "Vera Lind", "role": "CISO", "retired": False}
+    ]
+    assert _cli(env, tmp_path, "signer", "retire", key_id(key.public_key())).returncode == 0
+    assert "Vera Lind (CISO), retired" in viewer.get("/policy").text
