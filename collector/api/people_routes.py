@@ -34,10 +34,26 @@ from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
 from proscribe.collector.storage import admin_actions, audit, queries, to_us
 from proscribe.collector.storage import agents as agent_store
+from proscribe.collector.storage.inventory import InventoryError, parse_csv
 from proscribe.collector.storage.policies import StoredPolicy, highest_serial, store_policy
+from proscribe.collector.storage.signers import SignerExists, list_signers
+from proscribe.core.errors import KeyFileError
+from proscribe.core.policy.keys import key_id, parse_public_key
 
 _READ_ERRORS = error_responses(401, 403, 422)
 _ADMIN_ERRORS = error_responses(401, 403, 422)
+
+
+class InventoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csv: Annotated[str, Field(max_length=32 * 1024 * 1024)]
+
+
+class SignerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public_key: Annotated[str, Field(max_length=128), AfterValidator(clean_text)]
+    name: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)]
+    role: Annotated[str, Field(max_length=256), AfterValidator(clean_text)] = ""
 
 
 class SecretIn(BaseModel):
@@ -263,6 +279,90 @@ def build_people_router() -> APIRouter:
         ):
             raise ApiError(404, "not_found", "no active enroll secret with that id")
         return {"id": secret_id, "status": "revoked"}
+
+    @router.get("/inventory", tags=["reports"], responses=error_responses(401, 403))
+    def get_inventory(_principal: ViewerDep, state: StateDep, conn: ReadConn) -> dict[str, Any]:
+        """The imported inventory, each entry with its match (by machine id or hostname) and
+        compliance state; enrolled agents not in it are listed apart."""
+        found = fleet(conn, now_us=state.now_us(), window_us=to_us(state.settings.heartbeat_window))
+        listed = [_host_json(f) for f in found.hosts if f.inventory is not None]
+        outside = [
+            _host_json(f)
+            for f in found.hosts
+            if f.inventory is None and f.agent_id is not None and not f.revoked
+        ]
+        return {"inventory": listed, "not_in_inventory": outside if found.has_inventory else []}
+
+    @router.put(
+        "/inventory",
+        tags=["admin"],
+        responses=error_responses(400, 401, 403, 422, s422="a row of the CSV is wrong (which)"),
+    )
+    def put_inventory(
+        body: InventoryIn, principal: AdminDep, state: StateDep, conn: WriteConn
+    ) -> dict[str, Any]:
+        """Replace the inventory with a CSV (hostname,asset_id,owner,group[,machine_id])."""
+        try:
+            entries = parse_csv(body.csv.removeprefix("\ufeff"), "csv")
+        except InventoryError as err:
+            raise ApiError(422, "invalid_inventory", str(err)) from err
+        count = admin_actions.import_inventory(
+            conn, entries, actor=principal.name, via="api", now_us=state.now_us()
+        )
+        return {"imported": count}
+
+    @router.get("/signers", tags=["reports"], responses=error_responses(401, 403))
+    def get_signers(_principal: ViewerDep, conn: ReadConn) -> dict[str, Any]:
+        """Signing keys by name (the registry names keys; trust is decided elsewhere)."""
+        return {
+            "signers": [
+                {
+                    "keyid": s.keyid,
+                    "name": s.name,
+                    "role": s.role,
+                    "added_by": s.added_by,
+                    "added": _iso(s.added_us),
+                    "retired": _iso(s.retired_us),
+                }
+                for s in list_signers(conn)
+            ]
+        }
+
+    @router.post("/signers", tags=["admin"], responses=error_responses(400, 401, 403, 409, 422))
+    def post_signer(
+        body: SignerIn, principal: AdminDep, state: StateDep, conn: WriteConn
+    ) -> dict[str, str]:
+        """Name a signing key, given as ``ed25519:BASE64``."""
+        if not body.public_key.startswith("ed25519:"):
+            raise invalid_parameter("body", "public_key", "must be 'ed25519:BASE64'")
+        try:
+            keyid = key_id(parse_public_key(body.public_key))
+        except KeyFileError as err:
+            raise invalid_parameter("body", "public_key", str(err).splitlines()[0]) from err
+        try:
+            admin_actions.add_signer(
+                conn, keyid, name=body.name, role=body.role, actor=principal.name, via="api",
+                now_us=state.now_us(),
+            )  # fmt: skip
+        except SignerExists as err:
+            raise ApiError(409, "conflict", "that key is registered already") from err
+        return {"keyid": keyid, "name": body.name}
+
+    @router.delete(
+        "/signers/{keyid}", tags=["admin"], responses=error_responses(401, 403, 404, 422)
+    )
+    def retire_signer(
+        keyid: Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{64}$")],
+        principal: AdminDep,
+        state: StateDep,
+        conn: WriteConn,
+    ) -> dict[str, str]:
+        """Retire a signer (its name stays on the record of what it signed)."""
+        if not admin_actions.retire_signer(
+            conn, keyid, actor=principal.name, via="api", now_us=state.now_us()
+        ):
+            raise ApiError(404, "not_found", "no active signer with that key id")
+        return {"keyid": keyid, "status": "retired"}
 
     @router.get("/bans", tags=["admin"], responses=error_responses(401, 403))
     def list_bans(_principal: AdminDep, conn: ReadConn) -> dict[str, Any]:

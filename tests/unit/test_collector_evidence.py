@@ -449,3 +449,33 @@ def test_signers_are_named_on_the_report_cover(env: DashboardEnv, tmp_path: Path
     ]
     assert _cli(env, tmp_path, "signer", "retire", key_id(key.public_key())).returncode == 0
     assert "Vera Lind (CISO), retired" in viewer.get("/policy").text
+
+
+def test_inventory_and_signers_through_the_people_api(env: DashboardEnv) -> None:
+    from proscribe.collector.storage import admin_actions
+    from proscribe.core.policy.keys import public_key_string
+
+    with env.db.write() as conn:
+        _pw, token = admin_actions.add_user(
+            conn, "apiadmin", "admin", actor="test", via="test", now_us=int(env.clock.now * 1e6)
+        )
+    auth = {"Authorization": f"Bearer {token}"}
+    bad = env.client.put("/api/v1/inventory", json={"csv": "hostname\nws 1\n"}, headers=auth)
+    assert bad.status_code == 422 and "csv:" in bad.json()["detail"]
+    good = env.client.put(
+        "/api/v1/inventory", json={"csv": INVENTORY.format(machine=MACHINE)}, headers=auth
+    )
+    assert good.status_code == 200 and good.json() == {"imported": 3}
+    listed = env.client.get("/api/v1/inventory", headers=auth).json()
+    assert {h["hostname"] for h in listed["inventory"]} == {"ws-a", "ws-renamed", "ws-gone"}
+    assert all(h["compliance"]["state"] == "never_enrolled" for h in listed["inventory"])
+    key = public_key_string(Ed25519PrivateKey.generate().public_key())
+    made = env.client.post("/api/v1/signers", json={"public_key": key, "name": "V"}, headers=auth)
+    assert made.status_code == 200, made.text
+    dup = env.client.post("/api/v1/signers", json={"public_key": key, "name": "W"}, headers=auth)
+    assert dup.status_code == 409
+    junk = env.client.post("/api/v1/signers", json={"public_key": "x", "name": "W"}, headers=auth)
+    assert junk.status_code == 422
+    keyid = made.json()["keyid"]
+    assert env.client.delete(f"/api/v1/signers/{keyid}", headers=auth).status_code == 200
+    assert env.client.delete(f"/api/v1/signers/{keyid}", headers=auth).status_code == 404
