@@ -63,7 +63,33 @@ def run_lint(args: argparse.Namespace) -> int:
             f"ok: {path}: {rules} rule{'s' if rules != 1 else ''}, {exemptions} exemption"
             f"{'s' if exemptions != 1 else ''}"
         )
+        warning = expiry_warning(policy, datetime.now(UTC))
+        if warning:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
     return status
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def expiry_warning(policy: Policy, now: datetime) -> str | None:
+    """A warning when the policy has expired or expires within :data:`EXPIRY_WARNING_DAYS`
+    (agents refuse an expired policy that is new to them, and drop its exemptions)."""
+    expires = policy.meta.expires
+    if expires is None:
+        return None
+    if expires <= now:
+        return (
+            f"[meta] expires {_time(expires)} is past: agents refuse it as a new policy "
+            "(fix: set a later expires, bump the serial and sign again)"
+        )
+    days = (expires - now).days
+    if days < EXPIRY_WARNING_DAYS:
+        return (
+            f"[meta] expires {_time(expires)}, in {days} day{'s' if days != 1 else ''} "
+            "(fix: issue a new serial with a later expires before then)"
+        )
+    return None
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ also requires the file's own threshold of its own keys, as agents do when rotati
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ def register(verbs: Any) -> None:
     )
     sign.add_argument("file", type=Path, metavar="FILE")
     sign.add_argument("--key", type=Path, required=True, metavar="K.key", help="private key")
+    sign.add_argument(
+        "--allow-expired",
+        action="store_true",
+        help="sign a policy whose [meta] expires is past (agents will refuse it as new)",
+    )
     _add_type(sign)
     sign.set_defaults(func=run_sign)
 
@@ -134,6 +140,17 @@ def run_sign(args: argparse.Namespace) -> int:
     kind: str = args.type
     data = _read_input(args.file, kind)
     what = _check_content(data, kind, str(args.file))
+    if kind == "policy":
+        policy = load_policy(data, str(args.file))
+        expires = policy.meta.expires
+        if expires is not None and expires <= datetime.now(UTC):
+            stamp = expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if not getattr(args, "allow_expired", False):
+                raise UsageError(
+                    f"{args.file}: [meta] expires {stamp} is past; agents would refuse it "
+                    "(fix: set a later expires, or pass --allow-expired to sign it anyway)"
+                )
+            print(f"warning: {args.file}: signing an expired policy ({stamp})", file=sys.stderr)
     key = load_private_key(args.key)
     sig_path = _sig_path(args.file)
     existing = _read_envelope(sig_path)

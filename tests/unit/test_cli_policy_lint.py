@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,35 @@ def test_lint_without_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         main(["policy", "lint"])
     assert info.value.code == 2
     assert "FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("expires", "warned"),
+    [
+        (timedelta(days=-3), "is past"),
+        (timedelta(days=10), "in 9 days"),
+        (timedelta(days=400), None),
+        (None, None),
+    ],
+)
+def test_lint_warns_on_expired_or_soon_expiring_policies(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    expires: timedelta | None,
+    warned: str | None,
+) -> None:
+    """A warning, not a problem: the exit stays 0 (issue 13)."""
+    text = NAVY.read_text()
+    text = re.sub(r"(?m)^expires\s*=.*\n", "", text)
+    if expires is not None:
+        moment = (datetime.now(UTC) + expires).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = text.replace("[meta]\n", f"[meta]\nexpires = {moment}\n", 1)
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    assert main(["policy", "lint", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: ")
+    if warned is None:
+        assert err == ""
+    else:
+        assert len(err.strip().splitlines()) == 1 and warned in err and "fix:" in err

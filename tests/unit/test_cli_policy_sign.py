@@ -109,7 +109,15 @@ def test_a_signed_policy_that_has_expired_is_verified_false(
     path.write_bytes(
         POLICY.replace(b'title = "CLI test"', b'expires = 2025-02-01T00:00:00Z\ntitle = "x"')
     )
-    assert cli(capsys, "policy", "sign", "policy.toml", "--key", "alice.key")[0] == 0
+    # Signing it is refused (issue 13) unless asked for explicitly.
+    code, out, err = cli(capsys, "policy", "sign", "policy.toml", "--key", "alice.key")
+    assert code == 2 and out == ""
+    assert "2025-02-01" in one_line(err) and "--allow-expired" in err
+    assert not (work / "policy.toml.sig").exists()
+    code, _, err = cli(
+        capsys, "policy", "sign", "policy.toml", "--key", "alice.key", "--allow-expired"
+    )
+    assert code == 0 and "signing an expired policy" in err
     code, out, _ = cli(capsys, "policy", "verify", "policy.toml", "--trust", "alice.pub")
     assert code == 1
     assert "verified false" in out and "expired at 2025-02-01" in out
