@@ -204,6 +204,46 @@ def _file_rejection(
     return {"kind": verdict.kind, "reason": f"{path}: {verdict.reason}", "origin": "file"}
 
 
+def trusted_keys(config: AgentConfig, learnt: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The config's trusted keys by key id, each named: by the collector's signer registry
+    when the reporter has heard it (``learnt``), else by the comment of its ``.pub`` line
+    (keygen writes the key's name there), else unnamed."""
+    from proscribe.core.errors import ProscribeError
+    from proscribe.core.policy.keys import key_id, parse_public_key
+
+    out: list[dict[str, Any]] = []
+    for entry in config.policy.trusted_keys:
+        try:
+            keyid = key_id(parse_public_key(entry))
+        except ProscribeError as err:
+            out.append({"keyid": None, "name": None, "error": str(err).splitlines()[0]})
+            continue
+        comment = _pub_comment(entry)
+        registry = (learnt or {}).get(keyid)
+        out.append(
+            {
+                "keyid": keyid,
+                "name": registry or comment,
+                "named_by": "collector signer registry"
+                if registry
+                else (".pub comment" if comment else None),
+            }
+        )
+    return out
+
+
+def _pub_comment(entry: str) -> str | None:
+    text = entry.strip()
+    if not text.startswith("ed25519:"):
+        try:
+            lines = Path(text).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return None
+        text = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")), "")
+    parts = text.split(None, 1)
+    return parts[1].strip()[:200] if len(parts) == 2 and parts[1].strip() else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)
     saved = read_status(config.status_path)
@@ -213,6 +253,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = _status_from_disk(config)
         if saved is not None:
             status["last_status_at"] = saved.get("written_at")
+    reporter = status.get("reporter") if isinstance(status.get("reporter"), dict) else None
+    learnt = (reporter or {}).get("signer_names")
+    status["trusted_keys"] = trusted_keys(config, learnt if isinstance(learnt, dict) else None)
     if args.json:
         json.dump(status, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
@@ -243,6 +286,14 @@ def _print_status(status: dict[str, Any]) -> None:
         extra = f" ({backend})" if backend and backend != state else ""
         detail = f" — {info['detail']}" if info.get("detail") else ""
         out.write(f"sensor:    {name}: {state}{extra}{detail}\n")
+    keys = status.get("trusted_keys") or []
+    for i, key in enumerate(keys):
+        label = "trust:" if i == 0 else ""
+        if key.get("keyid") is None:
+            out.write(f"{label:11}{_safe(str(key.get('error')))}\n")
+            continue
+        name = _safe(str(key["name"])) if key.get("name") else "(unnamed)"
+        out.write(f"{label:11}{name} — key {key['keyid'][:16]}…\n")
     policy = status.get("policy", {})
     if policy.get("error"):
         out.write(f"policy:    {policy['error']}\n")

@@ -146,6 +146,7 @@ class Reporter:
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.enrollments = 0
+        self.signer_names: dict[str, str] = {}  # key id → name, from the collector's registry
         self.dead_lettered = 0  # events this reporter took out of delivery (the spool counts all)
         self._isolation = Isolation(retry_interval=self.config.suspect_retry)
         self._written_status: dict[str, Any] | None = None
@@ -185,6 +186,7 @@ class Reporter:
             "clock_offset_s": round(self.identity.clock_offset, 1),
             "dead_lettered": self.dead_lettered,
             "isolating": self._isolation.describe(),
+            "signer_names": dict(self.signer_names),
         }
 
     # -- the loop ---------------------------------------------------------------------------
@@ -479,6 +481,13 @@ class Reporter:
             return
         self._ok()
         self.last_heartbeat = now
+        names = reply.json().get("signers")
+        if isinstance(names, dict):
+            self.signer_names = {
+                str(k)[:64]: str(v)[:300]
+                for k, v in list(names.items())[:256]
+                if isinstance(v, str)
+            }
         policy = reply.json().get("policy")
         if isinstance(policy, dict):
             sha = policy.get("sha256")

@@ -44,6 +44,7 @@ from proscribe.collector.storage.agents import (
 from proscribe.collector.storage.events import insert_events_isolated
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import current_policy, current_policy_ref
+from proscribe.collector.storage.signers import list_signers
 from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def build_agent_router() -> APIRouter:
                 int(state.settings.heartbeat_window * 1_000_000),
             )
             current = current_policy_ref(conn)
+            names = {s.keyid: s.describe() for s in list_signers(conn)}
         if regressed:
             log.warning("host %s reports a lower policy serial than before", signed.agent.agent_id)
         return SafeJSONResponse(
@@ -207,6 +209,9 @@ def build_agent_router() -> APIRouter:
                     "serial": current[0] if current else None,
                     "sha256": current[1] if current else None,
                 },
+                # Who the signing keys are (the collector's signer registry), so that
+                # `agent status` can name its trusted keys. Names only: trust is the agent's.
+                "signers": names,
             }
         )
 

@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proscribe.cli import main
+from proscribe.core.policy.keys import public_key_string
 from tests.support.agent_harness import write_secret
 
 KEY = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
@@ -160,3 +162,28 @@ def test_status_counts_dead_letters(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "2 pending" in (out := capsys.readouterr().out) and "dead-lettered 1" in out
     assert main(["agent", "events", "--config", str(path)]) == 0
     assert "(poison: HTTP 500: boom when sent alone)" in capsys.readouterr().out
+
+
+def test_status_names_the_trusted_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each trusted key by key id and name: the .pub comment (keygen writes the key's name)
+    here; the collector's signer registry wins once the reporter has heard it (issue 13)."""
+    from proscribe.core.policy.keys import generate_keypair, key_id, parse_public_key
+
+    _key, pub = generate_keypair(tmp_path / "vera-lind")
+    bare = public_key_string(Ed25519PrivateKey.generate().public_key())
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[policy]\nfile = "{tmp_path / "policy.toml"}"\ntrusted_keys = ["{pub}", "{bare}"]\n'
+    )
+    assert main(["agent", "status", "--json", "--config", str(path)]) == 0
+    keys = json.loads(capsys.readouterr().out)["trusted_keys"]
+    assert keys[0] == {
+        "keyid": key_id(parse_public_key(str(pub))),
+        "name": "vera-lind",
+        "named_by": ".pub comment",
+    }
+    assert keys[1]["name"] is None
+    assert main(["agent", "status", "--config", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "trust:     vera-lind — key " in text and "(unnamed) — key " in text

@@ -440,6 +440,10 @@ def test_signers_are_named_on_the_report_cover(env: DashboardEnv, tmp_path: Path
     assert added.returncode == 0, added.stderr
     again = _cli(env, tmp_path, "signer", "add", text, "--name", "Someone Else")
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    # Agents hear the names in the heartbeat's answer (for `agent status`).
+    agent = env.enroll("ws-named")
+    reply = env.signed(*agent, "POST", "/api/v1/heartbeat", b"{}")
+    assert reply.json()["signers"] == {key_id(key.public_key()): "Vera Lind (CISO)"}
     viewer = env.login("vera")
     page = viewer.get("/report").text
     assert "Vera Lind (CISO)" in page
