@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from proscribe.collector.api.deps import (
@@ -28,7 +28,7 @@ from proscribe.collector.api.deps import (
 )
 from proscribe.collector.api.errors import ApiError, error_responses, invalid_parameter
 from proscribe.collector.api.responses import SafeJSONResponse
-from proscribe.collector.api.schema import PolicyUpload, clean_text
+from proscribe.collector.api.schema import PolicyUpload
 from proscribe.collector.compliance import FleetHost, fleet
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
@@ -44,26 +44,30 @@ _READ_ERRORS = error_responses(401, 403, 422)
 _ADMIN_ERRORS = error_responses(401, 403, 422)
 
 
+# Stated in the schema (not only checked by a validator), so clients know NUL is refused.
+_NO_NUL = r"^[^\x00]*$"
+
+
 class InventoryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    csv: Annotated[str, Field(max_length=32 * 1024 * 1024)]
+    csv: Annotated[str, Field(max_length=32 * 1024 * 1024, pattern=_NO_NUL)]
 
 
 class SignerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    public_key: Annotated[str, Field(max_length=128), AfterValidator(clean_text)]
-    name: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)]
-    role: Annotated[str, Field(max_length=256), AfterValidator(clean_text)] = ""
+    public_key: Annotated[str, Field(max_length=128, pattern=_NO_NUL)]
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)]
+    role: Annotated[str, Field(max_length=256, pattern=_NO_NUL)] = ""
 
 
 class SecretIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: Annotated[str, Field(max_length=256), AfterValidator(clean_text)] = ""
+    label: Annotated[str, Field(max_length=256, pattern=_NO_NUL)] = ""
     max_uses: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     # Seconds from now; the secret stops working then.
     expires_in: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
     host_pattern: (
-        Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)] | None
+        Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)] | None
     ) = None
 
 
