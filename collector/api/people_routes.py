@@ -66,9 +66,7 @@ class SecretIn(BaseModel):
     max_uses: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     # Seconds from now; the secret stops working then.
     expires_in: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
-    host_pattern: (
-        Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)] | None
-    ) = None
+    host_pattern: Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)] | None = None
 
 
 def verified_upload(upload: PolicyUpload, state: StateDep) -> tuple[VerifiedUpload, bytes, bytes]:

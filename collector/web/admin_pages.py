@@ -1,5 +1,5 @@
 """Admin actions in the dashboard: create and revoke enroll secrets, revoke an agent, add a
-user, reset a user's credentials, disable a user.
+user, reset a user's credentials, disable a user, import the inventory.
 
 Every action is a POST with the session's CSRF token, needs the admin role (a viewer gets the
 403 page, and never sees the links), and is appended to the audit hash chain in the same
@@ -19,6 +19,7 @@ from proscribe.collector.api.deps import ReadConn, StateDep, WriteConn
 from proscribe.collector.storage import admin_actions, audit
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import users as user_store
+from proscribe.collector.storage.inventory import InventoryError, list_inventory, parse_csv
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Admin, CheckedForm, Site, Visitor
@@ -40,6 +41,7 @@ def register(router: APIRouter, site: Site) -> None:
             "agents": webq.agents_with_last_seen(conn),
             "audit": audit.list_audit(conn, 15),
             "users": user_store.list_users(conn),
+            "inventory": list_inventory(conn),
             "new_secret": None,
             "credentials": None,
             "notice": request.query_params.get("done", ""),
@@ -63,6 +65,19 @@ def register(router: APIRouter, site: Site) -> None:
         )
         new_secret = {"id": secret_id, "secret": secret, "label": label}
         return admin_page(request, visitor, conn, {"new_secret": new_secret})
+
+    @router.post("/admin/inventory", include_in_schema=False)
+    def import_inventory(
+        visitor: Admin, form: CheckedForm, state: StateDep, conn: WriteConn
+    ) -> Response:
+        try:
+            entries = parse_csv(form.get("csv", "").removeprefix("\ufeff"), "pasted CSV")
+        except InventoryError as err:
+            raise PageError(400, "Inventory not imported", str(err)) from err
+        count = admin_actions.import_inventory(
+            conn, entries, actor=visitor.principal.name, via="dashboard", now_us=state.now_us()
+        )
+        return RedirectResponse(f"/hosts?imported={count}", status_code=303)
 
     @router.post("/admin/enroll-secrets/{secret_id}/revoke", include_in_schema=False)
     def revoke_secret(

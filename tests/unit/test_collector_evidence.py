@@ -483,3 +483,24 @@ def test_inventory_and_signers_through_the_people_api(env: DashboardEnv) -> None
     keyid = made.json()["keyid"]
     assert env.client.delete(f"/api/v1/signers/{keyid}", headers=auth).status_code == 200
     assert env.client.delete(f"/api/v1/signers/{keyid}", headers=auth).status_code == 404
+
+
+def test_dashboard_imports_the_inventory_and_shows_never_enrolled(env: DashboardEnv) -> None:
+    env.enroll("ws-a")
+    viewer = env.login("vera")
+    refused = viewer.post("/admin/inventory", data={"csv": "x", "csrf": env.csrf("/")})
+    assert refused.status_code == 403  # viewers cannot
+    env.login("adam")
+    bad = env.client.post(
+        "/admin/inventory", data={"csv": "hostname,asset_id\nws-a,1\n", "csrf": env.csrf("/admin")}
+    )
+    assert bad.status_code == 400 and "owner, group" in bad.text
+    done = env.client.post(
+        "/admin/inventory",
+        data={"csv": INVENTORY.format(machine=MACHINE), "csrf": env.csrf("/admin")},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    page = env.client.get("/hosts").text
+    assert "never enrolled" in page and "ws-gone" in page and "A-1" in page
+    assert "matched by hostname" in page
