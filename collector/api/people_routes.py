@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from proscribe.collector.api.deps import (
@@ -28,7 +28,7 @@ from proscribe.collector.api.deps import (
 )
 from proscribe.collector.api.errors import ApiError, error_responses, invalid_parameter
 from proscribe.collector.api.responses import SafeJSONResponse
-from proscribe.collector.api.schema import PolicyUpload
+from proscribe.collector.api.schema import PolicyUpload, PublicKeyText
 from proscribe.collector.compliance import FleetHost, fleet
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
@@ -44,6 +44,13 @@ _READ_ERRORS = error_responses(401, 403, 422)
 _ADMIN_ERRORS = error_responses(401, 403, 422)
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON's true is not a count (pydantic's lax mode would read it as 1); 12.0 is."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
 # Stated in the schema (not only checked by a validator), so clients know NUL is refused.
 _NO_NUL = r"^[^\x00]*$"
 
@@ -55,7 +62,7 @@ class InventoryIn(BaseModel):
 
 class SignerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    public_key: Annotated[str, Field(max_length=128, pattern=_NO_NUL)]
+    public_key: PublicKeyText
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)]
     role: Annotated[str, Field(max_length=256, pattern=_NO_NUL)] = ""
 
@@ -63,9 +70,11 @@ class SignerIn(BaseModel):
 class SecretIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: Annotated[str, Field(max_length=256, pattern=_NO_NUL)] = ""
-    max_uses: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_uses: Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_not_bool)] | None = None
     # Seconds from now; the secret stops working then.
-    expires_in: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+    expires_in: (
+        Annotated[int, Field(ge=1, le=10 * 365 * 86400), BeforeValidator(_not_bool)] | None
+    ) = None
     host_pattern: Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)] | None = None
 
 
