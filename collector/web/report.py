@@ -29,6 +29,7 @@ from proscribe.collector.compliance import (
 )
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
+from proscribe.collector.storage.hosts import HARMLESS_DROPS
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
 from proscribe.collector.storage.signers import Signer, signers_by_keyid
@@ -129,6 +130,24 @@ class ComplianceReport:
     fleet: Fleet | None = None  # every host's compliance state now (compliance.fleet)
     period: PeriodCoverage | None = None  # enforcement over the period, from the history
     group: str | None = None  # the inventory group the report is scoped to
+
+    @property
+    def health_totals(self) -> dict[str, dict[str, int]]:
+        """Drops and fail-open decisions summed over the hosts (their cumulative counters as
+        of their last heartbeat; folded repeats, which lose nothing, left out)."""
+        drops: dict[str, int] = {}
+        fail_open: dict[str, int] = {}
+        for h in self.fleet.hosts if self.fleet else ():
+            health = h.host.health if h.host is not None else None
+            if not isinstance(health, dict):
+                continue
+            for target, section in ((drops, "drops"), (fail_open, "fail_open")):
+                values = health.get(section)
+                if isinstance(values, dict):
+                    for reason, n in values.items():
+                        if isinstance(n, int) and n and reason not in HARMLESS_DROPS:
+                            target[reason] = target.get(reason, 0) + n
+        return {"drops": drops, "fail_open": fail_open}
 
     @property
     def headline(self) -> str:
@@ -374,6 +393,7 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
             "heartbeat_window_s": report.heartbeat_window_s,
         },
         "headline": report.headline,
+        "health_totals": report.health_totals,
         "scope": {
             "group": report.group,
             "from": "inventory" if report.fleet and report.fleet.has_inventory else "enrolled",

@@ -174,6 +174,11 @@ def test_enforcing_needs_current_serial_live_sensor_and_no_failures(env: Dashboa
     with env.db.read() as conn:
         kinds = [h.kind for h in host_history_entries(conn, agent[0])]
     assert kinds.count("failures") == 1
+    # Summed in the report (folded repeats lose nothing and are left out).
+    assert _report(env).health_totals == {  # type: ignore[attr-defined]
+        "drops": {"spool.full": 3},
+        "fail_open": {"timeouts": 2},
+    }
 
 
 def test_goodbye_shows_stopped_with_who_not_reporting(env: DashboardEnv) -> None:
