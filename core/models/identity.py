@@ -41,7 +41,7 @@ _NAME_KEYS = ("name", "basename", "finetune", "organization", "repo_url", "url",
 @dataclass(frozen=True, slots=True)
 class ModelIdentity:
     path: str
-    format: str  # gguf | safetensors | hf-config | ollama-manifest | weights
+    format: str  # gguf | safetensors | hf-config | ollama-manifest | weights | blob
     names: tuple[tuple[str, str], ...] = ()  # (where it was read, value)
     architectures: tuple[tuple[str, str], ...] = ()
     digests: tuple[str, ...] = ()  # "sha256:<hex>" of blobs this file is or references
@@ -277,6 +277,8 @@ def identify(path: str) -> ModelIdentity | None:
             found = _ollama_manifest(loaded[0], path, loaded[1])
     if found is None and name.lower().endswith(WEIGHT_SUFFIXES) and st.st_size >= 1024:
         found = ModelIdentity(path, "weights", bytes_read=16)
+    if found is None and _store_context(path)[1]:
+        found = ModelIdentity(path, "blob", bytes_read=16)  # judged by its digest only
     if found is None:
         return None
     return _with_context(found, path)
@@ -285,7 +287,7 @@ def identify(path: str) -> ModelIdentity | None:
 def _with_context(found: ModelIdentity, path: str) -> ModelIdentity | None:
     names, digests = _store_context(path)
     extra_archs: list[tuple[str, str]] = []
-    if found.format in ("safetensors", "weights", "gguf"):
+    if found.format in ("safetensors", "weights", "gguf", "blob"):
         # The config.json beside the weights (an HF snapshot, a folder given to vLLM).
         sibling = os.path.join(os.path.dirname(path), "config.json")
         loaded = _read_json(sibling) if os.path.basename(path) != "config.json" else None
