@@ -42,6 +42,7 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
 from proscribe.agent.heartbeat import Heartbeat
+from proscribe.agent.model_parts import ModelPart, build_models_for
 from proscribe.agent.optional_parts import (
     DnsPart,
     DnsParts,
@@ -94,11 +95,13 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        models: ModelPart | None = None,
     ) -> None:
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
         self.hostname = hostname
+        self.models = models
 
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
@@ -109,6 +112,8 @@ class PolicyChange:
 
             # drops the cached verdicts of the old policy
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
+        if self.models is not None:
+            self.models.policy_changed()  # judge the model files again by the new rules
 
 
 class Daemon:
@@ -129,6 +134,7 @@ class Daemon:
         hostname: str,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
+        models: ModelPart | None = None,
     ) -> None:
         self.config = config
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
@@ -142,6 +148,7 @@ class Daemon:
         self.clock = clock
         self.started_at = clock()
         self.reporter = reporter  # None without one, or once it could not start
+        self.models = models  # None when [models] sensor = "off"
         self.errors = 0  # written by the daemon's own thread only
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -175,7 +182,7 @@ class Daemon:
             "mode": self.config.agent.mode,
             "hostname": self.hostname,
             "config": str(self.config.source),
-            "sensors": {"process": process, "dns": dns},
+            "sensors": {"process": process, "dns": dns, "models": self._models_stats()},
             "policy": self.policy.status(),
             "spool": spool,
             "drops": {
@@ -187,8 +194,20 @@ class Daemon:
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
-            "errors": self.errors + self.sensor.errors + self.policy.errors,
+            "errors": self.errors
+            + self.sensor.errors
+            + self.policy.errors
+            + (self.models.errors if self.models is not None else 0),
         }
+
+    def _models_stats(self) -> dict[str, Any]:
+        if self.models is None:
+            return {"state": "off"}
+        try:
+            return self.models.stats()
+        except Exception:
+            log.debug("model sensor stats unavailable", exc_info=True)
+            return {"state": "unknown"}
 
     def write_status(self) -> None:
         try:
@@ -204,6 +223,12 @@ class Daemon:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
+        if self.models is not None:
+            try:
+                self.models.start()
+            except Exception:
+                log.exception("model sensor could not start; local models are not watched")
+                self.models = None
         if self.reporter is not None:
             try:
                 self.reporter.start()
@@ -244,7 +269,7 @@ class Daemon:
         """systemd's keep-alive, sent from this loop (so a hung loop starves it) and only while
         the process sensor's threads live: without them the agent no longer enforces, and a
         starved watchdog makes systemd restart it."""
-        if self.sensor.healthy():
+        if self.sensor.healthy() and (self.models is None or self.models.healthy()):
             self.systemd.notify("WATCHDOG=1")
         elif not self._watchdog_withheld:
             self._watchdog_withheld = True
@@ -266,7 +291,8 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | None], ...] = (
+        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | None], ...] = (
+            ("models", self.models),
             ("reporter", self.reporter),
             ("dns", self.dns),
             ("exec_deny", self.exec_guard),
@@ -355,11 +381,16 @@ def build(
         hostname=hostname,
         users=users,
     )
+    # Local AI models: files judged by content, and the programs that load them (issue 12).
+    models = build_models_for(
+        config, policy=in_force, evidence=evidence, killer=guard.killer, users=users,
+        hostname=hostname, procfs=procfs,
+    )  # fmt: skip
     policy = PolicySource(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname),
+        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, models),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -389,4 +420,5 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        models=models,
     )

@@ -1,4 +1,4 @@
-"""``proscribe agent run|check|status|events``: the daemon and what it has to say.
+"""``proscribe agent run|check|status|events|quarantine``: the daemon and what it has to say.
 
 ``run`` takes the state directory's lock (``proscribe.agent.state_lock``) before it builds
 anything, so a second agent on the same directory exits 2 naming the first one's pid.
@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
     events.add_argument("--json", action="store_true", help="one JSON array")
     events.add_argument("--limit", type=int, default=50, help="newest N events (default 50)")
     events.set_defaults(func=cmd_events)
+
+    from .agent_quarantine import register_quarantine
+
+    register_quarantine(verbs, _config_arg)
 
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help()
