@@ -8,7 +8,6 @@ pid. GGUF files are written by llama.cpp's own writer (the ``gguf`` package).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
