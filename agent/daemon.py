@@ -42,6 +42,7 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
 from proscribe.agent.heartbeat import Heartbeat
+from proscribe.agent.inbox import drain_inbox
 from proscribe.agent.model_parts import ModelPart, build_models_for
 from proscribe.agent.optional_parts import (
     DnsPart,
@@ -135,6 +136,7 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
         models: ModelPart | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
         self.config = config
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
@@ -149,6 +151,7 @@ class Daemon:
         self.started_at = clock()
         self.reporter = reporter  # None without one, or once it could not start
         self.models = models  # None when [models] sensor = "off"
+        self.evidence = evidence  # for events other commands leave in state_dir/inbox
         self.errors = 0  # written by the daemon's own thread only
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -235,6 +238,7 @@ class Daemon:
             except Exception:
                 log.exception("reporter could not start; events stay in the spool")
                 self.reporter = None
+        self._drain_inbox()
         self.write_status()
 
     def run(self) -> None:
@@ -258,12 +262,23 @@ class Daemon:
                     log.exception("folding repeats failed (continuing)")
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
+                    self._drain_inbox()
                     self.write_status()
                 if watchdog is not None and time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + watchdog
                     self._feed_watchdog()
         finally:
             self.shutdown()
+
+    def _drain_inbox(self) -> None:
+        """Findings other commands (``scan --report``) left for this agent to send."""
+        if self.evidence is None:
+            return
+        try:
+            drain_inbox(self.config.state_dir, self.evidence)
+        except Exception:
+            self.errors += 1
+            log.exception("draining the inbox failed (continuing)")
 
     def _feed_watchdog(self) -> None:
         """systemd's keep-alive, sent from this loop (so a hung loop starves it) and only while
@@ -421,4 +436,5 @@ def build(
         reporter=reporter,
         hostname=hostname,
         models=models,
+        evidence=evidence,
     )

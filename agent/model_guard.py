@@ -39,7 +39,7 @@ from proscribe.core.events import clip
 from proscribe.core.models.identity import ModelIdentity, identify
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 
-__all__ = ["HASH_MAX_BYTES", "ModelGuard", "QuarantinePart", "loaders_of"]
+__all__ = ["HASH_MAX_BYTES", "ModelGuard", "QuarantinePart", "file_section", "loaders_of"]
 
 log = logging.getLogger(__name__)
 
@@ -207,37 +207,13 @@ class ModelGuard:
             self._judged[key] = (sha, decision)
         if decision is None or identity is None:
             return None
-        section = self._file_section(path, st, owner, identity)
+        section = file_section(path, st, owner, identity)
         self._record_file(compiled, decision, section, source)
         if decision.exempted_by is not None:
             return None
         with self._lock:
             self._denied[(st.st_dev, st.st_ino)] = (path, decision, section, identity)
         return (st.st_dev, st.st_ino), decision
-
-    def _file_section(
-        self, path: str, st: os.stat_result, owner: str, identity: ModelIdentity
-    ) -> dict[str, Any]:
-        sha256 = next((d[7:] for d in identity.digests if d.startswith("sha256:")), "")
-        if not sha256 and st.st_size <= HASH_MAX_BYTES:
-            sha256 = _sha256(path) or ""
-        model = identity.to_dict()
-        section: dict[str, Any] = {
-            "path": clip(path),
-            "owner": owner,
-            "uid": st.st_uid,
-            "size": st.st_size,
-            "mtime": datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "model": {
-                "format": model["format"],
-                "name": clip(str(model["name"])),
-                "evidence": [clip(line) for line in identity.evidence(8)],
-                "digests": list(identity.digests)[:16],
-            },
-        }
-        if sha256:
-            section["sha256"] = sha256
-        return section
 
     def _record_file(
         self, compiled: CompiledPolicy, decision: Decision, section: dict[str, Any], source: str
@@ -387,6 +363,31 @@ class ModelGuard:
         self.counts.add("quarantined")
         with self._lock:
             self._denied.pop(key, None)
+
+
+def file_section(
+    path: str, st: os.stat_result, owner: str, identity: ModelIdentity
+) -> dict[str, Any]:
+    """The event's ``file`` object for a model file (the guard's and ``scan --report``'s)."""
+    sha256 = next((d[7:] for d in identity.digests if d.startswith("sha256:")), "")
+    if not sha256 and st.st_size <= HASH_MAX_BYTES:
+        sha256 = _sha256(path) or ""
+    section: dict[str, Any] = {
+        "path": clip(path),
+        "owner": owner,
+        "uid": st.st_uid,
+        "size": st.st_size,
+        "mtime": datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "format": identity.format,
+            "name": clip(identity.display_name),
+            "evidence": [clip(line) for line in identity.evidence(8)],
+            "digests": list(identity.digests)[:16],
+        },
+    }
+    if sha256:
+        section["sha256"] = sha256
+    return section
 
 
 def _sha256(path: str, limit: int | None = HASH_MAX_BYTES) -> str | None:

@@ -37,7 +37,7 @@ from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.models.stores import ENV_KEYS, SYSTEM_STORES, user_stores
 from proscribe.core.models.walk import BIG_FILE, walk, worth_reading
 
-__all__ = ["ModelSensor", "Store", "discover_stores", "mapped_files"]
+__all__ = ["ModelSensor", "Store", "discover_stores", "mapped_files", "user_environments"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Store:
     owner: str  # the user whose store it is ("" for system stores and configured directories)
 
 
-def _user_environments(procfs: Path, uids: set[int]) -> dict[int, list[dict[str, str]]]:
+def user_environments(procfs: Path, uids: set[int]) -> dict[int, list[dict[str, str]]]:
     """The model-store variables set in each user's processes (distinct sets only)."""
     found: dict[int, list[dict[str, str]]] = {}
     try:
@@ -102,7 +102,7 @@ def discover_stores(
             and p.pw_dir.startswith("/")
             and p.pw_dir not in ("/", "/nonexistent")
         ]
-        environments = _user_environments(procfs, {p.pw_uid for p in accounts})
+        environments = user_environments(procfs, {p.pw_uid for p in accounts})
         for account in accounts:
             for env in [{}, *environments.get(account.pw_uid, [])]:
                 candidates += [

@@ -53,6 +53,7 @@ def walk(root: str, *, max_files: int = 1_000_000, one_fs: bool = True) -> Itera
             entries = os.scandir(folder)
         except OSError:
             continue
+        subdirs: list[str] = []
         with entries:
             for entry in entries:
                 seen += 1
@@ -64,10 +65,14 @@ def walk(root: str, *, max_files: int = 1_000_000, one_fs: bool = True) -> Itera
                             continue
                         if one_fs and entry.stat(follow_symlinks=False).st_dev != top.st_dev:
                             continue
-                        stack.append(entry.path)
+                        subdirs.append(entry.path)
                     elif entry.is_file(follow_symlinks=True) and worth_reading(
                         entry.path, entry.stat(follow_symlinks=True).st_size
                     ):  # is_file follows links: HF snapshots are links to blobs
                         yield entry.path
                 except OSError:
                     continue
+        # a Hugging Face repository's snapshots (named files) before its blobs (the same files
+        # by hash): whoever deduplicates by inode reports the name people know
+        subdirs.sort(key=lambda p: os.path.basename(p) != "blobs")
+        stack.extend(subdirs)
