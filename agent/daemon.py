@@ -416,6 +416,7 @@ def build(
         spool=spool,
         process=sensor,
         dns=dns,
+        models=models,
     )
     reporter = build_reporter_for(
         config,

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,8 +164,11 @@ class ModelGuard:
             self._checks.submit((self.clock(), path))
 
     def on_mapped(self, pid: int, path: str, inode: int, dev: int) -> None:
-        """A process maps a big file not seen before (the sensor's maps look)."""
-        found = self.judge(path, "maps")
+        """A process maps a big file not seen before (the sensor's maps look). It is read
+        through the process's own root (``/proc/PID/root``): the agent's ``/tmp`` (systemd's
+        PrivateTmp) or a container's file system is not the process's."""
+        seen_as = f"{self.killer.procfs}/{pid}/root{path}"
+        found = self.judge(path, "maps", read_at=seen_as)
         if found is not None and found[1].action in ("block", "quarantine"):
             self.stop_loaders({found[0]: path})
 
@@ -177,13 +181,17 @@ class ModelGuard:
         return {"denied_files": len(self._denied), **self.counts.snapshot()}
 
     # -- judging files -----------------------------------------------------------------------
-    def judge(self, path: str, source: str) -> tuple[tuple[int, int], Decision] | None:
-        """The decision for a denied (not exempted) file, recorded once per version."""
+    def judge(
+        self, path: str, source: str, read_at: str | None = None
+    ) -> tuple[tuple[int, int], Decision] | None:
+        """The decision for a denied (not exempted) file, recorded once per version;
+        ``read_at`` is where the agent reads ``path`` when it differs."""
         compiled = self.policy.compiled
         if compiled is None or not len(compiled.models):
             return None
+        where = read_at or path
         try:
-            st = os.stat(path)
+            st = os.stat(where)
         except OSError:
             return None
         key: FileKey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -195,7 +203,7 @@ class ModelGuard:
             if decision is None or decision.exempted_by is not None:
                 return None
             return (st.st_dev, st.st_ino), decision
-        identity = identify(path)
+        identity = identify(where)
         self.counts.add("files_read")
         owner = self.users.name(st.st_uid)
         decision = None
@@ -207,7 +215,10 @@ class ModelGuard:
             self._judged[key] = (sha, decision)
         if decision is None or identity is None:
             return None
-        section = file_section(path, st, owner, identity)
+        if read_at is not None:  # the event names the path as the program sees it
+            identity = replace(identity, path=path)
+        section = file_section(where, st, owner, identity)
+        section["path"] = clip(path)
         self._record_file(compiled, decision, section, source)
         if decision.exempted_by is not None:
             return None

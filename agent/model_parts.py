@@ -51,6 +51,10 @@ class ModelPart:
         return {**self.sensor.stats(), **self.guard.stats()}
 
     @property
+    def state(self) -> str:
+        return self.sensor.state
+
+    @property
     def errors(self) -> int:
         return self.sensor.errors
 

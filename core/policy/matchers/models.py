@@ -22,6 +22,14 @@ from proscribe.core.policy.model import ModelRule
 __all__ = ["ModelMatch", "ModelMatcher"]
 
 
+_CRITERION = {
+    "families": "family",
+    "architectures": "architecture",
+    "names": "name glob",
+    "digests": "digest",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ModelMatch:
     rule_index: int
@@ -33,7 +41,8 @@ class ModelMatch:
 
     @property
     def explanation(self) -> str:
-        return f"model {self.criterion[:-1]} {self.pattern!r} matched {self.field} = {self.value!r}"
+        what = _CRITERION[self.criterion]
+        return f"model {what} {self.pattern!r} matched {self.field} = {self.value!r}"
 
 
 class ModelMatcher:
