@@ -9,10 +9,11 @@ order, and passes each one what it needs; :class:`Daemon` runs them.
                                          ├─► ProcessGuard ◄── ProcessSensor (netlink | poll)
                                          │     Killer, Notifier, Enricher (the /proc reader)
                                          ├─► DnsParts*: DnsGuard ◄── DNS sensor, DoH watch
+                                         ├─► ModelPart*: ModelGuard ◄── ModelSensor
                                          └─► TamperRecorder
     ExecDenyGuard* ── on_denied ─► ProcessGuard.record_exec_denial
     PolicySource(PolicyInForce, on_tamper=TamperRecorder,
-                 on_change=PolicyChange(ProcessSensor, ExecDenyGuard))
+                 on_change=PolicyChange(ProcessSensor, ExecDenyGuard, ModelPart))
     Heartbeat(PolicySource, Spool, sensors) ─► Reporter*(Spool, IdentityStore, doorbell,
                                                          on_policy=PolicySource.offer)
     Daemon(all of the above)                                        * optional parts
