@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,57 +58,78 @@ class QuarantinePart(Protocol):
 
 def loaders_of(
     procfs: Path, targets: dict[tuple[int, int], str], skip: int
-) -> list[tuple[int, tuple[int, int], str]]:
-    """``(pid, (device, inode), how)`` for every process mapping or holding open a target.
+) -> Iterator[tuple[int, tuple[int, int], str]]:
+    """``(pid, (device, inode), how)`` for each process mapping or holding open a target,
+    newest process first (after an open, the opener is most likely the newest), yielded as
+    found so the first can be acted on before the rest of ``/proc`` is read.
 
     Maps give the device as major:minor of the file system, which ``st_dev`` agrees with on
     ordinary file systems; an inode match with the same path counts too (btrfs subvolumes)."""
-    found: list[tuple[int, tuple[int, int], str]] = []
     if not targets:
-        return found
-    inodes = {ino: key for key, ino_path in targets.items() for ino in (key[1],)}
+        return
+    inodes = {key[1]: key for key in targets}
+    needles = [f" {ino} ".encode() for ino in inodes]
     paths = {path: key for key, path in targets.items()}
     try:
-        pids = [int(n) for n in os.listdir(procfs) if n.isdigit()]
+        pids = sorted((int(n) for n in os.listdir(procfs) if n.isdigit()), reverse=True)
     except OSError:
-        return found
+        return
     for pid in pids:
         if pid == skip:
             continue
-        hit: tuple[tuple[int, int], str] | None = None
-        try:
-            with open(f"{procfs}/{pid}/maps", "rb") as handle:
-                for line in handle.read().split(b"\n"):
-                    parts = line.split(None, 5)
-                    if len(parts) < 6 or parts[4] == b"0":
-                        continue
-                    inode = int(parts[4])
-                    if inode not in inodes:
-                        continue
-                    major, _, minor = parts[3].partition(b":")
-                    dev = os.makedev(int(major, 16), int(minor, 16))
-                    path = os.fsdecode(parts[5])
-                    if (dev, inode) in targets or paths.get(path) == inodes[inode]:
-                        hit = (inodes[inode], "mapped")
-                        break
-        except (OSError, ValueError):
-            pass
+        hit = _mapped_target(f"{procfs}/{pid}/maps", needles, inodes, targets, paths)
         if hit is None:
-            try:
-                fds = os.listdir(f"{procfs}/{pid}/fd")
-            except OSError:
-                fds = []
-            for fd in fds:
-                try:
-                    st = os.stat(f"{procfs}/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) in targets:
-                    hit = ((st.st_dev, st.st_ino), "open")
-                    break
+            hit = _open_target(f"{procfs}/{pid}/fd", targets)
         if hit is not None:
-            found.append((pid, hit[0], hit[1]))
-    return found
+            yield pid, hit[0], hit[1]
+
+
+def _mapped_target(
+    maps: str,
+    needles: list[bytes],
+    inodes: dict[int, tuple[int, int]],
+    targets: dict[tuple[int, int], str],
+    paths: dict[str, tuple[int, int]],
+) -> tuple[tuple[int, int], str] | None:
+    try:
+        with open(maps, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    if not any(needle in data for needle in needles):
+        return None  # the common case: one substring search, no parsing
+    for line in data.split(b"\n"):
+        parts = line.split(None, 5)
+        if len(parts) < 6 or parts[4] == b"0":
+            continue
+        try:
+            inode = int(parts[4])
+            if inode not in inodes:
+                continue
+            major, _, minor = parts[3].partition(b":")
+            dev = os.makedev(int(major, 16), int(minor, 16))
+        except ValueError:
+            continue
+        if (dev, inode) in targets or paths.get(os.fsdecode(parts[5])) == inodes[inode]:
+            return inodes[inode], "mapped"
+    return None
+
+
+def _open_target(
+    fd_dir: str, targets: dict[tuple[int, int], str]
+) -> tuple[tuple[int, int], str] | None:
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            st = os.stat(f"{fd_dir}/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in targets:
+            return (st.st_dev, st.st_ino), "open"
+    return None
 
 
 class ModelGuard:
@@ -138,7 +159,7 @@ class ModelGuard:
         self._denied: dict[tuple[int, int], _Denied] = {}
         self._acted: set[tuple[int, float, str]] = set()  # (pid, start time, rule)
         self._checks: BackgroundWorker[tuple[float, str]] = BackgroundWorker(
-            self._check_later, name="model-runtimes", maxsize=4096, poll_interval=0.05
+            self._check_later, name="model-runtimes", maxsize=4096
         )
 
     def start(self) -> None:

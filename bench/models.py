@@ -244,6 +244,14 @@ def sweep_cost(root: Path) -> tuple[float, float, float, int]:
     return total / sweep_s, total / floor_s, read / total, opened
 
 
+def sweeps_done(state: Path) -> int:
+    try:
+        status = json.loads((state / "status.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(((status.get("sensors") or {}).get("models") or {}).get("sweeps", 0))
+
+
 def idle(agent: subprocess.Popen[bytes], seconds: float) -> tuple[float, float]:
     proc = psutil.Process(agent.pid)
     t0 = proc.cpu_times()
@@ -278,6 +286,9 @@ def main() -> None:
             latencies = file_to_event(store, state, token, args.samples)
             kills = kill_latency(store, token, args.samples)
             by_name = name_kill_latency(base, token, args.samples)
+            deadline = time.monotonic() + 600
+            while sweeps_done(state) < 1 and time.monotonic() < deadline:
+                time.sleep(1.0)  # idle means after the first sweep of the tree ended
             time.sleep(2.0)
             cpu, rss = idle(agent, args.seconds)
         finally:
