@@ -8,6 +8,8 @@ pid. GGUF files are written by llama.cpp's own writer (the ``gguf`` package).
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -105,7 +107,9 @@ def test_found_by_content_and_its_runtime_killed(tmp_path: Path, procs: Procs) -
         found = _model_events(state)[0]
         assert found["rule"] == "deepseek-models" and found["action"] == "reported"
         section = found["file"]
-        assert section["path"] == str(model) and section["owner"] == "root"
+        assert (
+            section["path"] == str(model) and section["owner"] == pwd.getpwuid(os.getuid()).pw_name
+        )
         assert section["size"] == model.stat().st_size and len(section["sha256"]) == 64
         assert f"GGUF general.name = 'DeepSeek R1 Distill {token}'" in section["model"]["evidence"]
 

@@ -7,6 +7,8 @@ API of the real collector app."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,7 +97,8 @@ def test_host_page_and_report_show_model_findings(
     assert "Local AI models (1)" in page
     assert "DeepSeek R1 Distill Qwen 7B" in page and str(model) in page
     assert "GGUF general.name = &#39;DeepSeek R1 Distill Qwen 7B&#39;" in page
-    assert "would_block" in page and "root" in page
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    assert "would_block" in page and owner in page
     with env.db.read() as conn:
         now = int(datetime.now(UTC).timestamp() * 1_000_000)
         text = report_text(
@@ -108,7 +111,7 @@ def test_host_page_and_report_show_model_findings(
         )  # fmt: skip
     models = json.loads(text)["models"]
     assert len(models) == 1 and models[0]["path"] == str(model)
-    assert models[0]["owner"] == "root" and models[0]["actions"] == {
+    assert models[0]["owner"] == owner and models[0]["actions"] == {
         "reported": 1,
         "would_block": 1,
     }

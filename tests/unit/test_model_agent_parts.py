@@ -1,0 +1,171 @@
+"""The agent's model parts on their own: [models] config, the inbox, quarantine, store
+discovery from users' real process environments, exemptions in the model guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from proscribe.agent.config import load_agent_config
+from proscribe.agent.enforce.kill import Killer
+from proscribe.agent.evidence import Evidence, HostSection
+from proscribe.agent.inbox import drain_inbox, write_inbox
+from proscribe.agent.model_guard import ModelGuard
+from proscribe.agent.model_quarantine import Quarantine
+from proscribe.agent.sensors.enrich import Enricher
+from proscribe.agent.sensors.models import discover_stores
+from proscribe.agent.sensors.users import UserNames
+from proscribe.core.errors import ConfigError, UsageError
+from proscribe.core.events import Event, new_event
+from proscribe.core.policy.loader import load_policy
+from proscribe.core.policy.matchers import CompiledPolicy
+from tests.support.models import write_gguf
+
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+class ListSpool:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def append(self, event: Event) -> bool:
+        self.events.append(event)
+        return True
+
+    def bump_count(self, event_id: str, n: int = 1) -> bool:
+        return False
+
+
+def test_models_config_defaults_and_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("")
+    models = load_agent_config(path).models
+    assert models.sensor == "on" and models.user_stores and models.maps_interval == 10.0
+    for text, says in (
+        ('[models]\ndirs = ["srv/models"]\n', "models.dirs"),
+        ('[models]\nsensor = "yes"\n', "models.sensor"),
+        ("[models]\nmaps_interval = 0\n", "models.maps_interval"),
+        ("[models]\nwatch = true\n", "watch"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_agent_config(path)
+        assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_inbox_commits_good_events_and_isolates_bad_ones(tmp_path: Path) -> None:
+    spool = ListSpool()
+    evidence = Evidence(spool, HostSection("this-host"))
+    good = new_event("model", rule="m", action="reported", file={"path": "/x"})
+    write_inbox(tmp_path, [good, {"kind": "nonsense", "id": "1"}])
+    (tmp_path / "inbox" / "broken.json").write_text("{not json")
+    assert drain_inbox(tmp_path, evidence) == 1
+    assert spool.events[0]["id"] == good["id"]
+    assert spool.events[0]["host"]["hostname"] == "this-host"
+    assert [p.name for p in (tmp_path / "inbox").iterdir()] == ["rejected"]
+    assert (tmp_path / "inbox" / "rejected" / "broken.json").exists()
+    assert (tmp_path / "inbox").stat().st_mode & 0o777 == 0o700
+
+
+def test_quarantine_moves_on_the_same_file_system_and_restores(tmp_path: Path) -> None:
+    q = Quarantine(tmp_path / "q", tmp_path / "state" / "quarantine.jsonl")
+    model = tmp_path / "home" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    model.chmod(0o640)
+    record = q.move(str(model), "ab" * 32, "rule-a")
+    assert not model.exists() and (tmp_path / "q").stat().st_mode & 0o777 == 0o700
+    [listed] = q.records()
+    assert listed["id"] == record and listed["path"] == str(model) and listed["mode"] == 0o640
+    model.write_bytes(b"new file at the same place")
+    with pytest.raises(UsageError, match="exists again"):
+        q.restore(record)
+    model.unlink()
+    q.restore(record)
+    assert model.read_bytes() == b"weights" and model.stat().st_mode & 0o777 == 0o640
+    assert q.records() == []
+    with pytest.raises(UsageError, match="no file with id"):
+        q.restore(record)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):
+        q.move(str(tmp_path / "fifo"), "", "rule-a")
+
+
+def test_stores_come_from_each_users_process_environment(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    moved = tmp_path / "big-disk" / "ollama"
+    moved.mkdir(parents=True)
+    me = pwd.getpwuid(os.getuid())
+    account = pwd.struct_passwd((ME, "x", me.pw_uid, me.pw_gid, "", str(home), "/bin/sh"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        env={"OLLAMA_MODELS": str(moved), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        stores = discover_stores(system=False, passwd=lambda: [account])
+    finally:
+        holder.kill()
+        holder.wait()
+    found = {s.path: (s.what, s.owner) for s in stores}
+    assert found[str(moved)] == ("Ollama", ME)
+    assert found[str(home / ".cache" / "huggingface")] == ("Hugging Face cache", ME)
+    assert str(home / ".ollama" / "models") not in found  # not there: not watched
+
+
+class _InForce:
+    def __init__(self, text: str) -> None:
+        self.compiled = CompiledPolicy.compile(load_policy(text.encode()))
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+POLICY = f"""[meta]
+schema = 1
+id = "t"
+serial = 1
+issued = 2026-01-01T00:00:00Z
+title = "t"
+[[model]]
+id = "m"
+families = ["deepseek"]
+action = "quarantine"
+[[exemption]]
+id = "lab"
+rules = ["m"]
+users = ["{ME}"]
+"""
+
+
+def test_an_exempted_owner_is_recorded_and_nothing_is_done(tmp_path: Path) -> None:
+    spool = ListSpool()
+    moved: list[str] = []
+
+    class Recorder:
+        def move(self, path: str, sha256: str, rule: str) -> str:
+            moved.append(path)
+            return "id"
+
+    guard = ModelGuard(
+        policy=_InForce(POLICY),  # type: ignore[arg-type]
+        evidence=Evidence(spool, HostSection("h")),
+        killer=Killer(Enricher()),
+        users=UserNames(),
+        mode="enforce",
+        hostname="h",
+        quarantine=Recorder(),
+    )
+    model = write_gguf(tmp_path / "m.gguf", name="DeepSeek R1")
+    guard.on_file(str(model), "watch")
+    guard.on_file(str(model), "sweep")  # the same version: not recorded twice
+    assert [e["action"] for e in spool.events] == ["exempted"]
+    assert "exempted by lab" in spool.events[0]["detail"] and moved == []
+    assert json.loads(json.dumps(spool.events[0]))["file"]["owner"] == ME
