@@ -109,6 +109,9 @@ def discover_stores(
                     Store(path, what, account.pw_name)
                     for path, what in user_stores(account.pw_dir, env)
                 ]
+            moved = _lmstudio_home(account.pw_dir)
+            if moved:
+                candidates.append(Store(moved, "LM Studio (moved)", account.pw_name))
     seen: set[str] = set()
     out = []
     for store in candidates:
@@ -118,6 +121,16 @@ def discover_stores(
         if os.path.isdir(store.path):
             out.append(store)
     return out
+
+
+def _lmstudio_home(home: str) -> str:
+    """LM Studio's home when the user moved it: ``~/.lmstudio-home-pointer`` holds the path."""
+    try:
+        with open(os.path.join(home, ".lmstudio-home-pointer"), "rb") as handle:
+            text = os.fsdecode(handle.read(4096)).strip()
+    except OSError:
+        return ""
+    return text if text.startswith("/") and "\n" not in text else ""
 
 
 def mapped_files(procfs: Path, skip: int) -> Iterable[tuple[int, str, int, int]]:

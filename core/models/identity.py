@@ -235,13 +235,36 @@ def _ollama_manifest(document: object, path: str, read: int) -> ModelIdentity | 
         return None
     parts = PurePosixPath(path).parts
     names: list[tuple[str, str]] = []
+    archs: list[tuple[str, str]] = []
     if "manifests" in parts:
         at = len(parts) - 1 - parts[::-1].index("manifests")
         rest = parts[at + 1 :]
         if len(rest) >= 2:
             model = "/".join(rest[:-1])
             names.append(("Ollama manifest", f"{model}:{rest[-1]}"))
-    return ModelIdentity(path, "ollama-manifest", tuple(names), (), tuple(digests), read)
+        # What the model blob says about itself: a copy (`ollama cp deepseek-r1 myr1`) names
+        # the same blob, whatever the copy is called.
+        store = os.path.join("/", *parts[:at]) if parts[0] == "/" else os.path.join(*parts[:at])
+        for digest in digests[:2]:
+            blob = os.path.join(store, "blobs", "sha256-" + digest[7:])
+            opened = _open_regular(blob)
+            if opened is None:
+                continue
+            fd, _st = opened
+            try:
+                magic = os.read(fd, 4)
+                os.lseek(fd, 0, os.SEEK_SET)
+                inner = _gguf(fd, blob) if magic == b"GGUF" else None
+            except OSError:
+                inner = None
+            finally:
+                os.close(fd)
+            if inner is not None:
+                label = f"model blob {digest[7:19]}…: "
+                names += [(label + f, v) for f, v in inner.names]
+                archs += [(label + f, v) for f, v in inner.architectures]
+                read += inner.bytes_read
+    return ModelIdentity(path, "ollama-manifest", tuple(names), tuple(archs), tuple(digests), read)
 
 
 def identify(path: str) -> ModelIdentity | None:

@@ -77,6 +77,11 @@ def test_packs_find_deepseek_however_it_is_named(tmp_path: Path, pack: str) -> N
         tmp_path / "ollama", "deepseek-r1", "7b", write_gguf_bytes(tmp_path / "o")
     )
     denied.append(identify(str(manifest)))  # type: ignore[arg-type]
+    # `ollama cp` of a DeepSeek model under a bland name: its blob says what it is
+    copy, _ = ollama_store(
+        tmp_path / "ollama", "myr1", "latest", write_gguf_bytes(tmp_path / "c", name="DeepSeek R1")
+    )
+    denied.append(identify(str(copy)))  # type: ignore[arg-type]
     for identity in denied:
         decision = compiled.check_model(identity, "h", "ann", NOW)
         assert decision is not None and decision.rule_id == "deepseek-models", identity

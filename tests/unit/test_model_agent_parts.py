@@ -103,6 +103,9 @@ def test_stores_come_from_each_users_process_environment(tmp_path: Path) -> None
     (home / ".cache" / "huggingface").mkdir(parents=True)
     moved = tmp_path / "big-disk" / "ollama"
     moved.mkdir(parents=True)
+    lms = tmp_path / "big-disk" / "lmstudio"
+    lms.mkdir()
+    (home / ".lmstudio-home-pointer").write_text(f"{lms}\n")
     me = pwd.getpwuid(os.getuid())
     account = pwd.struct_passwd((ME, "x", me.pw_uid, me.pw_gid, "", str(home), "/bin/sh"))
     holder = subprocess.Popen(
@@ -116,6 +119,7 @@ def test_stores_come_from_each_users_process_environment(tmp_path: Path) -> None
         holder.wait()
     found = {s.path: (s.what, s.owner) for s in stores}
     assert found[str(moved)] == ("Ollama", ME)
+    assert found[str(lms)] == ("LM Studio (moved)", ME)
     assert found[str(home / ".cache" / "huggingface")] == ("Hugging Face cache", ME)
     assert str(home / ".ollama" / "models") not in found  # not there: not watched
 

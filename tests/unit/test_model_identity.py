@@ -174,6 +174,9 @@ def test_ollama_manifest_and_blob(tmp_path: Path) -> None:
     by_blob = identify(str(blob))
     assert by_blob is not None and by_blob.digests == (digest,)
     assert ("GGUF general.name", "DeepSeek R1 Distill Qwen 7B") in by_blob.names
+    # the copy's manifest (ollama cp) says what its blob says
+    label = f"model blob {digest[7:19]}…: GGUF general.name"
+    assert (label, "DeepSeek R1 Distill Qwen 7B") in found.names
 
 
 def test_vllm_folder_with_config_and_bin_weights(tmp_path: Path) -> None:
