@@ -19,6 +19,7 @@ A file judged allowed is not read again until it changes or the policy does.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from proscribe.agent.sensors.enrich import process_ref
 from proscribe.agent.sensors.users import UserNames
 from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.events import clip
+from proscribe.core.fs import atomic_write
 from proscribe.core.models.identity import ModelIdentity, identify
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 HASH_MAX_BYTES = 64 * 1024 * 1024
 RECHECKS = (0.0, 0.2, 0.5, 1.0)  # seconds after an open: a runtime opens, reads, then maps
 MAX_CACHE = 200_000
+MAX_MEMORY_BYTES = 32 * 1024 * 1024
 
 FileKey = tuple[int, int, int, int]  # device, inode, size, mtime_ns
 _Denied = tuple[str, Decision, dict[str, Any], ModelIdentity]  # path, why, event section, what
@@ -143,6 +146,7 @@ class ModelGuard:
         mode: str,
         hostname: str,
         quarantine: QuarantinePart | None = None,
+        memory: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -152,6 +156,7 @@ class ModelGuard:
         self.mode = mode
         self.hostname = hostname
         self.quarantine = quarantine
+        self.memory = memory  # files judged allowed, kept across restarts (a resumable sweep)
         self.clock = clock
         self.counts = Counters()
         self._lock = threading.Lock()
@@ -163,10 +168,43 @@ class ModelGuard:
         )
 
     def start(self) -> None:
+        self._load_memory()
         self._checks.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._checks.stop(timeout)
+        self.save_memory()
+
+    # -- what was judged allowed, across restarts -------------------------------------------
+    def _load_memory(self) -> None:
+        """Files judged allowed by this same policy before a restart are not opened again
+        (until they change): a sweep cut short by a stop resumes where it was."""
+        if self.memory is None:
+            return
+        try:
+            with open(self.memory, "rb") as handle:
+                document = json.loads(handle.read(MAX_MEMORY_BYTES))
+            sha = str(document["policy"])
+            keys = document["allowed"][:MAX_CACHE]
+            with self._lock:
+                for key in keys:
+                    self._judged[(int(key[0]), int(key[1]), int(key[2]), int(key[3]))] = (sha, None)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            log.warning("%s not used (%s); every file will be read again", self.memory, err)
+
+    def save_memory(self) -> None:
+        compiled = self.policy.compiled
+        if self.memory is None or compiled is None:
+            return
+        sha = compiled.policy.sha256
+        with self._lock:
+            allowed = [list(k) for k, (s, d) in self._judged.items() if s == sha and d is None]
+        try:
+            atomic_write(self.memory, json.dumps({"policy": sha, "allowed": allowed}))
+        except OSError as err:
+            log.warning("could not save %s: %s", self.memory, err)
 
     # -- the sensor's callbacks --------------------------------------------------------------
     def on_file(self, path: str, source: str) -> None:

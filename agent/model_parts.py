@@ -84,6 +84,7 @@ def build_models_for(
         mode=config.agent.mode,
         hostname=hostname,
         quarantine=quarantine,
+        memory=config.state_dir / "models-allowed.json",
     )
     sensor = ModelSensor(
         on_file=guard.on_file,
@@ -100,5 +101,6 @@ def build_models_for(
         files_per_second=section.sweep_files_per_second,
         maps_interval=section.maps_interval,
         procfs=procfs,
+        on_swept=guard.save_memory,
     )
     return ModelPart(sensor, guard)

@@ -200,6 +200,7 @@ class ModelSensor:
         maps_interval: float,
         procfs: Path = Path("/proc"),
         rediscover_interval: float = 60.0,
+        on_swept: Callable[[], None] = lambda: None,  # after each sweep (the guard saves)
     ) -> None:
         self.on_file = on_file
         self.on_open = on_open
@@ -210,6 +211,7 @@ class ModelSensor:
         self.maps_interval = maps_interval
         self.procfs = procfs
         self.rediscover_interval = rediscover_interval
+        self.on_swept = on_swept
         self.counts = Counters(("files_seen", "swept", "sweeps", "watch_errors", "mapped_new"))
         self.queue: BackgroundWorker[str] = BackgroundWorker(
             self._from_watch, name="model-files", maxsize=65536
@@ -355,6 +357,11 @@ class ModelSensor:
             if roots:
                 self._sweep(roots)
                 self.counts.add("sweeps")
+                try:
+                    self.on_swept()
+                except Exception:
+                    self.errors += 1
+                    log.exception("after the sweep (continuing)")
             self._sweep_now.wait(min(self.rediscover_interval, max(0.1, next_full - now)))
             self._sweep_now.clear()
 

@@ -173,3 +173,36 @@ def test_an_exempted_owner_is_recorded_and_nothing_is_done(tmp_path: Path) -> No
     assert [e["action"] for e in spool.events] == ["exempted"]
     assert "exempted by lab" in spool.events[0]["detail"] and moved == []
     assert json.loads(json.dumps(spool.events[0]))["file"]["owner"] == ME
+
+
+def test_files_judged_allowed_are_not_read_again_after_a_restart(tmp_path: Path) -> None:
+    def guard() -> ModelGuard:
+        return ModelGuard(
+            policy=_InForce(POLICY),  # type: ignore[arg-type]
+            evidence=Evidence(ListSpool(), HostSection("h")),
+            killer=Killer(Enricher()),
+            users=UserNames(),
+            mode="enforce",
+            hostname="h",
+            memory=tmp_path / "models-allowed.json",
+        )
+
+    llama = write_gguf(tmp_path / "a.gguf", name="Llama 3")
+    first = guard()
+    first.start()
+    first.on_file(str(llama), "sweep")
+    first.stop()
+    assert first.counts.snapshot()["files_read"] == 1
+    assert (tmp_path / "models-allowed.json").stat().st_mode & 0o777 == 0o600
+    second = guard()
+    second.start()
+    second.on_file(str(llama), "sweep")
+    assert second.counts.snapshot().get("files_read", 0) == 0  # remembered: not opened
+    write_gguf(llama, name="DeepSeek R1 now")  # changed: read again, and denied
+    second.on_file(str(llama), "sweep")
+    second.stop()
+    assert second.counts.snapshot()["files_read"] == 1
+    (tmp_path / "models-allowed.json").write_text("{broken")
+    third = guard()
+    third.start()  # a damaged memory is ignored: everything is read again
+    third.stop()
