@@ -253,6 +253,8 @@ def sweeps_done(state: Path) -> int:
 
 
 def idle(agent: subprocess.Popen[bytes], seconds: float) -> tuple[float, float]:
+    if agent.poll() is not None:
+        raise SystemExit(f"the agent (pid {agent.pid}) exited with {agent.returncode}")
     proc = psutil.Process(agent.pid)
     t0 = proc.cpu_times()
     time.sleep(seconds)
