@@ -401,9 +401,12 @@ class ModelGuard:
             return
         section = dict(entry[2])
         real = os.path.realpath(path)
-        sha256 = _sha256(real, limit=None) or ""
         compiled = self.policy.compiled
         try:
+            if os.path.islink(path) and os.stat(real).st_uid != os.lstat(path).st_uid:
+                # a link cannot get someone else's file moved: only its own owner's
+                raise OSError(f"{path} links to {real}, which another user owns; not moved")
+            sha256 = _sha256(real, limit=None) or ""
             record_id = self.quarantine.move(real, sha256, decision.rule_id)
         except OSError as err:
             self.counts.add("quarantine_failed")

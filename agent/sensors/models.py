@@ -315,6 +315,18 @@ class ModelSensor:
             )
         return added
 
+    def _forget_gone(self) -> None:
+        """Stores deleted since they were watched are forgotten, so that one made again (a
+        re-installed runtime) is found and watched by the next discovery."""
+        for path in [p for p in self._watched if not os.path.isdir(p)]:
+            watch = self._watched.pop(path)
+            if watch is not None:
+                try:
+                    self._observer.unschedule(watch)
+                except (KeyError, OSError):
+                    pass
+            log.info("no longer watching %s (gone)", path)
+
     def _from_watch(self, item: str) -> None:
         self.counts.add("files_seen")
         if item.startswith("\0dir\0"):
@@ -341,6 +353,7 @@ class ModelSensor:
             if now >= next_rediscover:
                 next_rediscover = now + self.rediscover_interval
                 try:
+                    self._forget_gone()
                     added = self._watch_new(self.stores())
                 except Exception:
                     self.errors += 1

@@ -206,3 +206,72 @@ def test_files_judged_allowed_are_not_read_again_after_a_restart(tmp_path: Path)
     third = guard()
     third.start()  # a damaged memory is ignored: everything is read again
     third.stop()
+
+
+QUARANTINE_POLICY = """[meta]
+schema = 1
+id = "t"
+serial = 1
+issued = 2026-01-01T00:00:00Z
+title = "t"
+[[model]]
+id = "m"
+families = ["deepseek"]
+action = "quarantine"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_link_cannot_get_another_users_file_quarantined(tmp_path: Path) -> None:
+    spool = ListSpool()
+    guard = ModelGuard(
+        policy=_InForce(QUARANTINE_POLICY),  # type: ignore[arg-type]
+        evidence=Evidence(spool, HostSection("h")),
+        killer=Killer(Enricher()),
+        users=UserNames(),
+        mode="enforce",
+        hostname="h",
+        quarantine=Quarantine(tmp_path / "q", tmp_path / "q.jsonl"),
+    )
+    theirs = write_gguf(tmp_path / "theirs" / "m.gguf", name="DeepSeek R1")
+    os.chown(theirs, 65534, 65534)
+    link = tmp_path / "store" / "m.gguf"
+    link.parent.mkdir()
+    link.symlink_to(theirs)
+    guard.on_file(str(link), "watch")
+    assert theirs.exists()
+    assert [e["action"] for e in spool.events] == ["reported", "failed"]
+    assert "another user owns; not moved" in spool.events[1]["detail"]
+    mine = write_gguf(tmp_path / "store" / "mine.gguf", name="DeepSeek V3")
+    guard.on_file(str(mine), "watch")
+    assert not mine.exists() and spool.events[-1]["action"] == "quarantined"
+
+
+def test_a_store_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    from proscribe.agent.sensors.models import ModelSensor, Store
+
+    store = tmp_path / "ollama"
+    store.mkdir()
+    seen: list[str] = []
+    sensor = ModelSensor(
+        on_file=lambda path, source: seen.append(path),
+        on_open=lambda path: None,
+        on_mapped=lambda *a: None,
+        stores=lambda: [Store(str(store), "Ollama", ME)] if store.is_dir() else [],
+        sweep_interval=3600,
+        files_per_second=1000,
+        maps_interval=3600,
+    )
+    sensor.start()
+    try:
+        store.rmdir()
+        sensor._forget_gone()
+        assert sensor.stats()["stores_watched"] == 0
+        store.mkdir()
+        sensor._watch_new(sensor.stores())
+        (store / "m.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+        from tests.support.waits import wait_for
+
+        assert wait_for(lambda: str(store / "m.gguf") in seen, timeout=5)
+    finally:
+        sensor.stop()
