@@ -145,12 +145,19 @@ def test_monitor_mode_reports_and_kills_nothing(tmp_path: Path, procs: Procs) ->
         assert runtime.poll() is None
 
 
-def test_sweep_finds_what_was_there_before_start(tmp_path: Path) -> None:
+def test_sweep_finds_what_was_there_before_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, store, state, token = _setup(tmp_path)
     model = write_gguf(store / "old" / "weights", name=f"DeepSeek {token}", tensor_bytes=2 << 20)
     with running_agent(config, tmp_path / "agent.log"):
         assert wait_for(lambda: _model_events(state), timeout=10)
+        time.sleep(1.0)  # a status interval
+        assert main(["agent", "status", "--config", str(config)]) == 0
+        assert "sensor:    models: running (1 stores watched" in capsys.readouterr().out
     assert _model_events(state)[0]["file"]["path"] == str(model)
+    assert main(["agent", "events", "--config", str(config)]) == 0
+    assert f"model   reported    deepseek-models  {model}" in capsys.readouterr().out
 
 
 def test_quarantine_moves_records_and_restores(
