@@ -133,12 +133,16 @@ def _lmstudio_home(home: str) -> str:
     return text if text.startswith("/") and "\n" not in text else ""
 
 
-def mapped_files(procfs: Path, skip: int) -> Iterable[tuple[int, str, int, int]]:
-    """``(pid, path, inode, device major:minor as one int)`` of every file a process maps."""
-    try:
-        pids = [int(n) for n in os.listdir(procfs) if n.isdigit()]
-    except OSError:
-        return
+def mapped_files(
+    procfs: Path, skip: int, pids: Iterable[int] | None = None
+) -> Iterable[tuple[int, str, int, int]]:
+    """``(pid, path, inode, device major:minor as one int)`` of every file a process maps
+    (every process, or those of ``pids``)."""
+    if pids is None:
+        try:
+            pids = [int(n) for n in os.listdir(procfs) if n.isdigit()]
+        except OSError:
+            return
     for pid in pids:
         if pid == skip:
             continue
@@ -224,6 +228,8 @@ class ModelSensor:
         self._pending_roots: list[str] = []
         self._lock = threading.Lock()
         self._mapped_seen: set[tuple[int, int, int]] = set()  # (pid, device, inode)
+        self._vmsize: dict[int, int] = {}  # pid -> virtual size (pages) when maps were read
+        self._grow_pages = max(1, BIG_FILE // os.sysconf("SC_PAGE_SIZE"))
         self.state = "off"
         self.errors = 0
 
@@ -407,10 +413,35 @@ class ModelSensor:
                 self.errors += 1
                 log.exception("reading mapped files failed (continuing)")
 
+    def _grown(self) -> list[int]:
+        """Processes whose maps must be read: new ones, and those whose virtual size grew by
+        1 MiB or more since their maps were last read (mapping a model grows it by the file's
+        size). Reading every process's maps costs the kernel far more than its ``statm``."""
+        try:
+            pids = [int(n) for n in os.listdir(self.procfs) if n.isdigit()]
+        except OSError:
+            return []
+        wanted = []
+        sizes: dict[int, int] = {}
+        for pid in pids:
+            try:
+                with open(f"{self.procfs}/{pid}/statm", "rb") as handle:
+                    size = int(handle.read(64).split(None, 1)[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            base = self._vmsize.get(pid)
+            if base is None or size - base >= self._grow_pages:
+                wanted.append(pid)
+                sizes[pid] = size
+            else:
+                sizes[pid] = min(base, size)  # shrank: growing back is seen
+        self._vmsize = sizes
+        return wanted
+
     def look_at_mapped_files(self, me: int) -> None:
         current: set[tuple[int, int, int]] = set()
         big: dict[tuple[int, int], bool] = {}
-        for pid, path, inode, dev in mapped_files(self.procfs, me):
+        for pid, path, inode, dev in mapped_files(self.procfs, me, self._grown()):
             key = (pid, dev, inode)
             current.add(key)
             if key in self._mapped_seen:
@@ -425,4 +456,4 @@ class ModelSensor:
             if size_ok:
                 self.counts.add("mapped_new")
                 self.on_mapped(pid, path, inode, dev)
-        self._mapped_seen = current
+        self._mapped_seen = {k for k in self._mapped_seen if k[0] in self._vmsize} | current
