@@ -34,7 +34,7 @@ from typing import Any
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.worker import BackgroundWorker
-from proscribe.core.models.stores import ENV_KEYS, SYSTEM_STORES, user_stores
+from proscribe.core.models.stores import ENV_KEYS, SWEPT_ONLY, SYSTEM_STORES, user_stores
 from proscribe.core.models.walk import BIG_FILE, walk, worth_reading
 
 __all__ = ["ModelSensor", "Store", "discover_stores", "mapped_files", "user_environments"]
@@ -50,6 +50,7 @@ class Store:
     path: str
     what: str  # "Ollama", "Hugging Face cache", "configured directory", …
     owner: str  # the user whose store it is ("" for system stores and configured directories)
+    watch: bool = True  # False: swept only (big trees such as /opt: inotify watches are finite)
 
 
 def user_environments(procfs: Path, uids: set[int]) -> dict[int, list[dict[str, str]]]:
@@ -94,6 +95,7 @@ def discover_stores(
     ]
     if system:
         candidates += [Store(path, what, "") for path, what in SYSTEM_STORES]
+        candidates += [Store(path, what, "", watch=False) for path, what in SWEPT_ONLY]
     if users:
         accounts = [
             p
@@ -264,7 +266,8 @@ class ModelSensor:
     def stats(self) -> dict[str, Any]:
         return {
             "state": self.state,
-            "stores_watched": len(self._watched),
+            "stores_watched": sum(1 for w in self._watched.values() if w is not None),
+            "stores_swept": len(self._watched),
             "queue": self.queue.depth(),
             **self.counts.snapshot(),
         }
@@ -298,6 +301,10 @@ class ModelSensor:
         ]
         for store in stores:
             if store.path in self._watched:
+                continue
+            if not store.watch:
+                self._watched[store.path] = None  # swept, and seen by the maps look
+                added.append(store.path)
                 continue
             # a store inside another watched one is covered by its recursive watch
             if any(store.path.startswith(w.rstrip("/") + "/") for w in self._watched):

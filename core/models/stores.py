@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ENV_KEYS", "SYSTEM_STORES", "user_stores"]
+__all__ = ["ENV_KEYS", "SWEPT_ONLY", "SYSTEM_STORES", "user_stores"]
 
 # Variables read from a user's processes that move a store.
 ENV_KEYS = (
@@ -34,6 +34,11 @@ SYSTEM_STORES: tuple[tuple[str, str], ...] = (
     ("/var/lib/docker/volumes/docker-model-runner-models/_data", "Docker Model Runner"),
     ("/root/.cache/huggingface", "Hugging Face cache (root)"),
 )
+
+# Where models are put by hand (`vllm serve /srv/models/x`): swept, not watched (a recursive
+# watch of /opt could use up the inotify watches); a program loading from them is seen by what
+# it maps.
+SWEPT_ONLY: tuple[tuple[str, str], ...] = (("/srv", "/srv"), ("/opt", "/opt"))
 
 
 def user_stores(home: str, env: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -273,5 +274,38 @@ def test_a_store_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None
         from tests.support.waits import wait_for
 
         assert wait_for(lambda: str(store / "m.gguf") in seen, timeout=5)
+    finally:
+        sensor.stop()
+
+
+def test_swept_only_stores_are_swept_not_watched(tmp_path: Path) -> None:
+    from proscribe.agent.sensors.models import ModelSensor, Store
+
+    if os.path.isdir("/opt"):
+        found = {s.path: s.watch for s in discover_stores(users=False)}
+        assert found["/opt"] is False
+    tree = tmp_path / "opt"
+    (tree / "models").mkdir(parents=True)
+    (tree / "models" / "old.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    seen: list[tuple[str, str]] = []
+    sensor = ModelSensor(
+        on_file=lambda path, source: seen.append((path, source)),
+        on_open=lambda path: None,
+        on_mapped=lambda *a: None,
+        stores=lambda: [Store(str(tree), "/opt", "", watch=False)],
+        sweep_interval=3600,
+        files_per_second=1000,
+        maps_interval=3600,
+    )
+    sensor.start()
+    try:
+        from tests.support.waits import wait_for
+
+        assert wait_for(lambda: seen, timeout=5)
+        assert seen == [(str(tree / "models" / "old.gguf"), "sweep")]
+        (tree / "models" / "new.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+        time.sleep(1.0)
+        assert len(seen) == 1  # not watched: the next sweep finds it
+        assert sensor.stats()["stores_watched"] == 0 and sensor.stats()["stores_swept"] == 1
     finally:
         sensor.stop()
