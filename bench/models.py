@@ -263,6 +263,31 @@ def idle(agent: subprocess.Popen[bytes], seconds: float) -> tuple[float, float]:
     return cpu, proc.memory_info().rss / 2**20
 
 
+def sensor_alone(tree: Path, seconds: float) -> float:
+    """CPU (% of a core) of the model sensor alone, in this process, watching ``tree`` after
+    its sweep: what the whole-agent comparison measures through the host's noise."""
+    from proscribe.agent.sensors.models import ModelSensor, Store
+
+    sensor = ModelSensor(
+        on_file=lambda *a: None,
+        on_open=lambda path: None,
+        on_mapped=lambda *a: None,
+        stores=lambda: [Store(str(tree), "tree", "")],
+        sweep_interval=86400,
+        files_per_second=100_000,
+        maps_interval=10,
+    )
+    sensor.start()
+    try:
+        while sensor.counts.snapshot().get("sweeps", 0) < 1:
+            time.sleep(0.2)
+        t0, c0 = time.monotonic(), time.process_time()
+        time.sleep(seconds)
+        return (time.process_time() - c0) / (time.monotonic() - t0) * 100
+    finally:
+        sensor.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=100_000)
@@ -302,6 +327,7 @@ def main() -> None:
         finally:
             stop(peer)
         floor = watchdog_floor(base / "store", args.samples)
+        alone = sensor_alone(tree, args.seconds)
         print(line("file closed -> model event (agent)", latencies))
         print(line("file closed -> handler (bare watchdog, peer)", floor))
         if latencies and floor:
@@ -320,6 +346,11 @@ def main() -> None:
             f"CPU {cpu:.2f}% of a core, RSS {rss:.1f} MiB; models off (peer): "
             f"CPU {cpu_off:.2f}%, RSS {rss_off:.1f} MiB; RSS growth {rss - rss_off:+.1f} MiB"
         )
+        print(
+            f"the model sensor alone (in-process, watches on {args.files} files, maps look "
+            f"every 10 s): CPU {alone:.2f}% of a core"
+        )
+        print(f"load average during the run: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
