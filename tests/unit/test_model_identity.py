@@ -10,6 +10,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proscribe.core.models.gguf import MAX_READ, read_gguf_header
 from proscribe.core.models.identity import identify
@@ -217,3 +219,26 @@ def test_user_stores_follow_the_users_environment() -> None:
     assert "/home/ann/.lmstudio" in stores
     default = dict(user_stores("/home/bo/", {}))
     assert "/home/bo/.ollama/models" in default and "/home/bo/.cache/huggingface" in default
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096), st.sampled_from([b"", b"GGUF\x03\x00\x00\x00", b"{"]))
+def test_any_bytes_are_read_without_an_exception(tail: bytes, head: bytes) -> None:
+    header = read_gguf_header(io.BytesIO(head + tail))
+    assert header is None or header.bytes_read <= MAX_READ
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=8, max_size=2048))
+def test_any_file_is_identified_or_not_without_an_exception(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("x.safetensors", "config.json", "x.gguf"):
+            path = Path(folder) / name
+            path.write_bytes(struct.pack("<Q", len(data)) + data if name[0] == "x" else data)
+            identify(str(path))
+        manifests = Path(folder) / "manifests" / "r" / "l" / "m"
+        manifests.mkdir(parents=True)
+        (manifests / "t").write_bytes(b"{" + data)
+        identify(str(manifests / "t"))
