@@ -291,8 +291,8 @@ class Daemon:
             self._watchdog_withheld = True
             self.errors += 1
             log.error(
-                "a process sensor thread died; withholding the systemd watchdog keep-alive "
-                "so that the service is restarted"
+                "a sensor thread (process or models) died; withholding the systemd watchdog "
+                "keep-alive so that the service is restarted"
             )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
