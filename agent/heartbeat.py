@@ -138,6 +138,7 @@ class Heartbeat:
         process: ProcessSensorPart,
         dns: SensorState,
         exec_guard: StatsPart | None = None,
+        models: SensorState | None = None,  # None: [models] sensor = "off"
     ) -> None:
         self.hostname = hostname
         self.mode = mode
@@ -146,6 +147,7 @@ class Heartbeat:
         self.process = process
         self.dns = dns
         self.exec_guard = exec_guard
+        self.models = models
 
     def health(self, policy: Mapping[str, Any], spool_dropped: Mapping[str, int]) -> dict[str, Any]:
         dns: Mapping[str, Any] = {"state": self.dns.state}
@@ -173,7 +175,11 @@ class Heartbeat:
             "os": os_name(),
             "mode": self.mode,
             "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
-            "sensors": {"process": self.process.state, "dns": self.dns.state},
+            "sensors": {
+                "process": self.process.state,
+                "dns": self.dns.state,
+                "models": self.models.state if self.models is not None else "off",
+            },
             "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
             "health": self.health(policy, spool.dropped),
             "time": datetime.now(UTC).isoformat(),

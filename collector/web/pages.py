@@ -25,6 +25,7 @@ from proscribe.collector.storage.policies import highest_serial
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.chart import violations_chart
 from proscribe.collector.web.export import stream_csv, stream_json
+from proscribe.collector.web.models import model_findings
 from proscribe.collector.web.report import load_policy_view
 from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
 from proscribe.collector.web.security import PageError
@@ -283,6 +284,7 @@ def register(router: APIRouter, site: Site) -> None:
                     now_us=now_us,
                     window_us=window_us,
                 ),
+                "models": model_findings(conn, agent_id=agent_id),
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },

@@ -36,6 +36,7 @@ from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies
 from proscribe.collector.web import queries as webq
+from proscribe.collector.web.models import ModelFinding, model_findings, model_findings_json
 from proscribe.collector.web.render import STATIC, build_environment, render
 from proscribe.collector.web.rollup import BLOCKED_ACTIONS, action_class
 from proscribe.core.errors import PolicyError
@@ -127,6 +128,7 @@ class ComplianceReport:
     stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
     hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
     rule_ids: tuple[str, ...] | None = None
+    models: list[ModelFinding] = field(default_factory=list)  # add_model_findings()
     fleet: Fleet | None = None  # every host's compliance state now (compliance.fleet)
     period: PeriodCoverage | None = None  # enforcement over the period, from the history
     group: str | None = None  # the inventory group the report is scoped to
@@ -316,7 +318,13 @@ def build_report(
     if view is not None:
         moment = datetime.fromtimestamp(until_us / 1_000_000, UTC)
         report.exemptions_active, report.exemptions_expired = view.exemptions(moment)
+    add_model_findings(conn, report)
     return report
+
+
+def add_model_findings(conn: Connection, report: ComplianceReport) -> None:
+    """The report's local AI models section (collector/web/models.py), kept on its own."""
+    report.models = model_findings(conn, since_us=report.since_us, until_us=report.until_us)
 
 
 def report_html(
@@ -435,6 +443,7 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
             }
             for a in report.stale_hosts
         ],
+        "models": model_findings_json(report.models),
         "violations": violations,
     }
 
