@@ -20,10 +20,13 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.sync_api import Page, sync_playwright
 
+from proscribe.collector.storage.admin_actions import add_signer
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.audit import append_audit
+from proscribe.core.policy.keys import key_id
 from tests.support.devserver import CollectorProcess
 from tests.support.sample import (
     create_user,
@@ -111,7 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         url = f"sqlite:///{folder / 'collector.db'}"
         db = prepare_database(url)
         now = time.time()
-        store_sample_policies(db, now)
+        signer = Ed25519PrivateKey.generate()
+        store_sample_policies(db, now, signer)
+        with db.write() as conn:  # the signing key, named in the registry
+            add_signer(
+                conn,
+                key_id(signer.public_key()),
+                name="Dana Reyes",
+                role="CISO",
+                actor="compliance-admin",
+                via="cli",
+                now_us=int(now * 1e6),
+            )
         fleet = enroll_fleet(db, 40, now)
         fill_events(db, fleet, args.events, now=now, days=30)
         password = create_user(db, "compliance-admin", "admin")

@@ -163,6 +163,18 @@ def enroll_fleet(db: Database, n_hosts: int, now: float, seed: int = 7) -> Fleet
             stale = i % 11 == 5
             serial = 1 if i % 7 == 3 else 2
             seen = now - (rng.uniform(3 * 3600, 3 * DAY) if stale else rng.uniform(5, 120))
+            dropped = rng.randint(1, 40) if i % 13 == 4 else 0
+            health = {
+                "guard": "fanotify" if i % 4 == 0 else "netlink",
+                "drops": {"spool.full": dropped},
+                "fail_open": {"timeouts": 0, "overloads": 0},
+                "sensors": {
+                    "process": {"state": "running", "alive": True},
+                    "dns": {"state": "running", "alive": True},
+                },
+                "policy_rejections": 0,
+                "last_policy_rejection": None,
+            }
             record_heartbeat(
                 conn,
                 HeartbeatRecord(
@@ -175,11 +187,17 @@ def enroll_fleet(db: Database, n_hosts: int, now: float, seed: int = 7) -> Fleet
                     policy_serial=serial,
                     policy_sha256=hashlib.sha256(sample_policy(serial, now)).hexdigest(),
                     policy_stale=False,
-                    sensors={"process": "netlink", "dns": "capture", "models": "running"},
+                    sensors={"process": "running", "dns": "running", "models": "running"},
                     spool_depth=rng.randint(0, 3),
                     spool_bytes=rng.randint(0, 4000),
-                    dropped=rng.randint(1, 40) if i % 13 == 4 else 0,
+                    dropped=dropped,
                     agent_time=_iso(seen),
+                    machine_id=hashlib.sha256(name.encode()).hexdigest()[:32],
+                    health=health,
+                    # One host was stopped cleanly (systemctl stop) a minute ago.
+                    goodbye_by="SIGTERM from systemd (systemctl stop or shutdown)"
+                    if i == 6
+                    else None,
                 ),
                 int(seen * 1e6),
             )
