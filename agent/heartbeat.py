@@ -10,7 +10,8 @@ compliance officer needs from the host without logging in to it:
 * ``guard``: the active guard, strongest first — the pre-exec guard's own name when it runs
   (``"fanotify"``, or whatever its ``stats()`` says under ``guard``/``backend``, e.g.
   ``"bpf"``), else the process sensor's backend (``"netlink"`` or ``"poll"``), else ``"off"``;
-* ``drops``: per-reason counts, ``"<where>.<reason>"`` (process sensor queue, spool), cumulative;
+* ``drops``: per-reason counts, ``"<where>.<reason>"`` (process sensor queue, DNS part when its
+  stats carry a ``drops`` map, spool, exec guard reports), cumulative;
 * ``fail_open``: decisions the pre-exec guard let through because it could not decide in time
   (``timeouts``, ``overloads``), cumulative;
 * ``sensors``: each sensor's state and whether its threads are alive;
@@ -84,6 +85,7 @@ def health_section(
     drops: dict[str, int] = {}
     for where, counts in (
         ("process_sensor", process.get("drops")),
+        ("dns", dns.get("drops")),  # when the DNS part counts its drops by reason
         ("spool", spool_dropped),
         ("exec_deny", {"reports_dropped": (exec_deny or {}).get("reports_dropped", 0)}),
     ):

@@ -35,9 +35,10 @@ def test_the_strongest_running_guard_is_named() -> None:
 
 def test_drops_fail_open_liveness_and_rejection_are_reported() -> None:
     fan = {"running": True, "timeouts": 4, "overloads": 1, "reports_dropped": 2}
-    health = _health(fan, process_alive=False)
+    health = _health(fan, process_alive=False, dns={"state": "off", "drops": {"queue_full": 5}})
     assert health["drops"] == {
         "process_sensor.queue_full": 3,
+        "dns.queue_full": 5,
         "spool.full": 2,
         "spool.folded": 9,
         "exec_deny.reports_dropped": 2,
