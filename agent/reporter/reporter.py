@@ -311,7 +311,11 @@ class Reporter:
             return False
         agent_id = reply.json().get("agent_id")
         if reply.status != 200 or not isinstance(agent_id, str) or not 0 < len(agent_id) <= 200:
-            hint = " (fix: check collector.enroll_secret_file)" if reply.status == 401 else ""
+            hint = {
+                401: " (fix: check collector.enroll_secret_file)",
+                403: " (this machine or key is banned after a revocation, or the secret is not "
+                "for this host: an admin must lift the ban or issue a secret)",
+            }.get(reply.status, "")
             self._fail(f"enroll refused: HTTP {reply.status} {reply.error or ''}{hint}".strip())
             return False
         self.identity.set_agent_id(agent_id)

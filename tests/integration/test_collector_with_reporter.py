@@ -89,3 +89,61 @@ def test_reporter_delivers_spool_and_survives_revocation(tmp_path: Path) -> None
         finally:
             spool.close()
             db.dispose()
+
+
+def test_a_revoked_machine_cannot_come_back_under_a_new_key_until_unbanned(tmp_path: Path) -> None:
+    """Measured on main: a revoked agent made a new key, re-enrolled with the fleet secret in
+    about a second and delivered its pending events. Now its machine is banned: the new key is
+    refused, its events wait in its spool, and only an admin's unban lets them in."""
+    from proscribe.collector.storage import admin_actions
+
+    machine = "5eed" * 8
+    with CollectorProcess(tmp_path / "srv") as server:
+        db = open_database(server.database_url)
+        with db.write() as conn:
+            secret = create_enroll_secret(conn, "e2e", 0)[1]
+        secret_file = write_secret(tmp_path / "enroll.secret", secret + "\n")
+        spool = Spool(tmp_path / "spool.db")
+        reporter = reporter_for_url(
+            spool,
+            url=server.url,
+            ca_file=None,
+            enroll_secret_file=secret_file,
+            state_dir=tmp_path / "state",
+            host_facts={
+                "hostname": "ws-rogue",
+                "os": "linux",
+                "agent_version": "t",
+                "machine_id": machine,
+            },
+        )
+
+        def event() -> dict[str, object]:
+            return new_event(
+                "process", rule="deepseek-desktop", action="killed", process={"pid": 7}
+            )
+
+        try:
+            spool.append(event())
+            assert _drain(reporter, spool)
+            first_agent = reporter.status()["agent_id"]
+            with db.write() as conn:
+                assert admin_actions.revoke_agent(
+                    conn, first_agent, actor="admin", via="test", now_us=1
+                )
+            for _ in range(10):
+                spool.append(event())
+            for _ in range(6):  # revoked_agent → a new key → enrollment refused, repeatedly
+                reporter.run_once()
+                reporter._blocked_until = 0.0
+            assert spool.stats().depth == 10
+            assert "403 machine_banned" in str(reporter.status()["last_error"])
+            assert _scalar(server.database_url, "SELECT count(*) FROM events") == 1
+            with db.write() as conn:
+                assert admin_actions.lift_ban(conn, machine, actor="admin", via="test", now_us=2)
+            assert _drain(reporter, spool)
+            assert _scalar(server.database_url, "SELECT count(*) FROM events") == 11
+            assert reporter.status()["agent_id"] != first_agent
+        finally:
+            spool.close()
+            db.dispose()
