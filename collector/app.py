@@ -33,6 +33,7 @@ from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.state import CollectorState
 from proscribe.collector.apidocs import install_api_docs
 from proscribe.collector.config import CollectorSettings
+from proscribe.collector.forward.runner import ForwardRunner
 from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
@@ -71,10 +72,13 @@ def create_app(
         )
         purger = _NoncePurger(app.state.collector)
         app.state.nonce_purger = purger
+        forwarding = ForwardRunner(db, settings.forwards, clock)
+        forwarding.start()
         log.info("collector ready on %s (%s)", settings.source, db.dialect)
         try:
             yield
         finally:
+            forwarding.stop()
             if database is None:
                 db.dispose()
 
