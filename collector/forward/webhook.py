@@ -79,7 +79,8 @@ class HttpPoster:
         self.settings = settings
         self.clock = clock
         self.session = requests.Session()
-        self.session.verify = settings.ca_file or True
+        # Per request: a Session's own verify is overridden by REQUESTS_CA_BUNDLE.
+        self.verify: str | bool = settings.ca_file or True
         self.where = redact_url(settings.url)
 
     def post(self, body: bytes, headers: dict[str, str]) -> requests.Response:
@@ -94,6 +95,7 @@ class HttpPoster:
                 headers=sent,
                 timeout=self.settings.timeout,
                 allow_redirects=False,
+                verify=self.verify,
             )
         except requests.RequestException as err:
             raise Unavailable(f"{self.where}: {type(err).__name__}: {err}") from err
