@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -98,7 +99,9 @@ class HttpPoster:
                 verify=self.verify,
             )
         except requests.RequestException as err:
-            raise Unavailable(f"{self.where}: {type(err).__name__}: {err}") from err
+            raise Unavailable(
+                f"{self.where}: {type(err).__name__}: {self._redact(str(err))}"
+            ) from err
         if 200 <= reply.status_code < 300:
             return reply
         text = reply.text[:200].replace("\n", " ")
@@ -106,6 +109,15 @@ class HttpPoster:
         if reply.status_code in REFUSING:
             raise Refused(problem)
         raise Unavailable(problem, _retry_after(reply.headers.get("Retry-After")))
+
+    def _redact(self, text: str) -> str:
+        """requests names the URL in its errors; its path and query may be the secret."""
+        parts = urlsplit(self.settings.url)
+        secret = parts.path + (f"?{parts.query}" if parts.query else "")
+        for value in (self.settings.url, secret, parts.path):
+            if len(value) > 1:
+                text = text.replace(value, "/…")
+        return text
 
     def close(self) -> None:
         self.session.close()
