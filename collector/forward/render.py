@@ -93,6 +93,19 @@ def _put(doc: dict[str, Any], dotted: str, value: Any) -> None:
     where[leaf] = value
 
 
+def _iso(epoch: Any) -> str | None:
+    """Seconds since the epoch as RFC 3339 UTC (ECS dates), None when absent."""
+    if epoch is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromtimestamp(float(epoch), UTC)
+    except (TypeError, ValueError, OverflowError, OSError) as err:
+        raise RenderError(f"process.start_time: {err}") from err
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def to_ecs(event: Event) -> dict[str, Any]:
     """The event as an ECS document (nested objects, ECS 8.11 field names)."""
     host = section(event, "host")
@@ -142,10 +155,13 @@ def to_ecs(event: Event) -> dict[str, Any]:
         ("process.real_user.id", None if process.get("uid") is None else str(process["uid"])),
         ("process.user.id", None if process.get("euid") is None else str(process["euid"])),
         ("process.hash.sha256", process.get("sha256")),
+        ("proscribe.process.argv0", process.get("argv0")),
+        ("process.start", _iso(process.get("start_time"))),
         ("dns.question.name", dns.get("qname")),
         ("dns.question.type", dns.get("qtype")),
         ("destination.address", dns.get("resolver")),
         ("file.path", file.get("path")),
+        ("file.hash.sha256", file.get("sha256")),
         ("message", event.get("detail") or summary(event)),
         ("observer.vendor", "Proscribe"),
         ("observer.product", "Proscribe"),
