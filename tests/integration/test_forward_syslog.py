@@ -6,6 +6,7 @@ cursor; a poison event is dead-lettered and never blocks the rest."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from proscribe.collector.storage.tables import forward_dead_letters
 from proscribe.core.events import new_event
 from tests.support.clock import ManualClock
 from tests.support.forward_env import events, forwarding_collector
-from tests.support.rsyslog import Rsyslog, available, sd_params
+from tests.support.rsyslog import Rsyslog, available, sd_params, tls_available
+from tests.support.tls_files import self_signed
 from tests.support.waits import wait_for
 
 pytestmark = [
@@ -242,3 +244,29 @@ def test_only_one_replica_forwards_a_destination(tmp_path: Path, receiver: Rsysl
         b.destination.close()
         assert wait_for(lambda: len(receiver.received()) >= 10, timeout=30)
     assert len(_ids(receiver)) == 10
+
+
+@pytest.mark.skipif(not tls_available(), reason="apt-get install rsyslog-openssl")
+def test_tls_to_rsyslog_and_a_certificate_it_does_not_trust(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "rsyslog-tls")
+    other, _ = self_signed(tmp_path, "someone-else")
+    with Rsyslog(tmp_path / "rsyslog", tls=(cert, key)) as receiver:
+        url = f"tls://127.0.0.1:{receiver.port}"
+        forwards = [
+            {**_forward(receiver.port)[0], "url": url, "ca_file": str(cert), "format": "cef"},
+            {**_forward(receiver.port)[0], "name": "untrusted", "url": url, "ca_file": str(other)},
+        ]
+        with forwarding_collector(tmp_path, forwards) as env:
+            posted = events(12)
+            env.post(posted)
+            assert wait_for(lambda: env.status()["siem"].lag_events == 0, timeout=30)
+            assert wait_for(lambda: len(receiver.received()) >= 12, timeout=30)
+            assert wait_for(lambda: env.status()["untrusted"].last_error, timeout=30)
+            untrusted = env.status()["untrusted"]
+    assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.last_error or "")
+    assert untrusted.sent == 0 and untrusted.lag_events == 12
+    got = receiver.received()
+    assert len(got) == 12  # only the trusted forwarder's
+    ids = [re.search(r"externalId=([0-9a-f-]+)", r.msg).group(1) for r in got]  # type: ignore[union-attr]
+    assert ids == [e["id"] for e in posted]
+    assert got[0].msg.startswith("CEF:0|Proscribe|Proscribe|")

@@ -40,6 +40,13 @@ def available() -> bool:
     return Path(RSYSLOGD).is_file()
 
 
+def tls_available() -> bool:
+    """rsyslog's OpenSSL network driver (Debian package rsyslog-openssl)."""
+    return Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so").is_file() or any(
+        Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so")
+    )
+
+
 @dataclass(frozen=True)
 class Received:
     pri: str
@@ -53,7 +60,10 @@ class Received:
 
 
 class Rsyslog:
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, port: int | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """``tls``: (certificate, key) to receive TLS with rsyslog's OpenSSL driver."""
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_tcp_port()
@@ -63,9 +73,21 @@ class Rsyslog:
         self.log = folder / "rsyslogd.stderr"
         work = folder / "work"
         work.mkdir(exist_ok=True)
+        driver = ""
+        imtcp = 'module(load="imtcp")\n'
+        if tls is not None:
+            cert, key = tls
+            driver = (
+                f' defaultNetstreamDriver="ossl" defaultNetstreamDriverCAFile="{cert}"'
+                f' defaultNetstreamDriverCertFile="{cert}" defaultNetstreamDriverKeyFile="{key}"'
+            )
+            imtcp = (
+                'module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" '
+                'streamDriver.authMode="anon")\n'
+            )
         self.conf.write_text(
-            f'global(workDirectory="{work}" maxMessageSize="64k")\n'
-            'module(load="imtcp")\n'
+            f'global(workDirectory="{work}" maxMessageSize="64k"{driver})\n'
+            f"{imtcp}"
             f'template(name="fields" type="string" string="{_TEMPLATE}\\n")\n'
             'ruleset(name="in") {\n'
             f'  action(type="omfile" file="{self.out}" template="fields")\n'
