@@ -5,6 +5,7 @@
   ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
 * ``report``  — ``report --since 30d --format html|json|csv``
 * ``forward`` — ``forward status [--json]``
+* ``backup``  — ``backup --to FILE`` (SQLite, online)
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from proscribe.cli.collector import admin, forward, report, serve
+from proscribe.cli.collector import admin, backup, forward, report, serve
 
-VERB_MODULES = (serve, admin, report, forward)
+VERB_MODULES = (serve, admin, report, forward, backup)
 
 
 def register(sub: Any) -> None:
