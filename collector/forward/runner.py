@@ -126,6 +126,8 @@ class Forwarder:
                 to_send.append((row, self.destination.render(parse_body(row.body))))
             except RenderError as err:
                 dead.append((row, f"cannot render: {err}"))
+            except Exception as err:  # a shape no check foresaw: still this event's alone
+                dead.append((row, f"cannot render: {type(err).__name__}: {err}"))
         try:
             sent = self._deliver(to_send, dead)
         except Unavailable as err:
@@ -171,7 +173,12 @@ class Forwarder:
         if gap > 0:
             self._wait(gap)
         self._next_send = self.clock() + 1.0 / self.settings.rate
-        self.destination.send(items)
+        try:
+            self.destination.send(items)
+        except (Unavailable, Refused):
+            raise
+        except Exception as err:  # content the sender cannot handle: isolate it, never loop
+            raise Refused(f"{type(err).__name__}: {err}") from err
 
     def _backoff(self, retry_after: float | None) -> float:
         self._retry = min(self.settings.retry_max, max(FIRST_RETRY_S, self._retry * 2))

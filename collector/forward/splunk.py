@@ -21,7 +21,7 @@ import dataclasses
 import json
 from typing import Any
 
-from proscribe.collector.forward.render import epoch_seconds, section, to_ecs
+from proscribe.collector.forward.render import RenderError, epoch_seconds, section, to_ecs
 from proscribe.collector.forward.settings import ForwardSettings
 from proscribe.collector.forward.webhook import HttpPoster
 from proscribe.core.events import Event
@@ -43,7 +43,12 @@ class SplunkHecDestination:
             "sourcetype": "proscribe:ecs" if ecs else "proscribe:event",
             "event": to_ecs(event) if ecs else event,
         }
-        return json.dumps(wrapper, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(wrapper, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RenderError(f"not encodable as UTF-8: {err.reason}") from err
+        return text
 
     def send(self, items: list[str]) -> None:
         self.poster.post(

@@ -140,6 +140,15 @@ def _cef_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("=", "\\=").replace("\n", "\\n").replace("\r", "\\r")
 
 
+def _millis(epoch: Any) -> int | None:
+    if epoch is None:
+        return None
+    try:
+        return int(float(epoch) * 1000)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise RenderError(f"process.start_time: {err}") from err
+
+
 def cef_extension(event: Event) -> list[tuple[str, str]]:
     """The CEF extension pairs (the mapping docs/integrations.md shows)."""
     host = section(event, "host")
@@ -171,10 +180,7 @@ def cef_extension(event: Event) -> list[tuple[str, str]]:
         ("sproc", process.get("name")),
         ("dproc", process.get("argv0")),
         ("flexDate1Label", "processStart"),
-        (
-            "flexDate1",
-            None if process.get("start_time") is None else int(float(process["start_time"]) * 1000),
-        ),
+        ("flexDate1", _millis(process.get("start_time"))),
         ("cs5Label", "exe"),
         ("cs5", process.get("exe")),
         ("cs6Label", "cmdline"),

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import requests
 
 from proscribe.collector.forward.base import Refused, Unavailable, redact_url
-from proscribe.collector.forward.render import section, summary, to_ecs
+from proscribe.collector.forward.render import RenderError, section, summary, to_ecs
 from proscribe.collector.forward.settings import ForwardSettings
 from proscribe.core.events import Event
 
@@ -145,6 +145,15 @@ def teams_section(event: Event) -> dict[str, Any]:
     }
 
 
+def _encodable(item: Any) -> None:
+    """A value that cannot become UTF-8 JSON (a lone surrogate) fails here, for this event
+    alone, not later for its whole batch."""
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError) as err:
+        raise RenderError(f"not encodable as UTF-8 JSON: {err}") from err
+
+
 class WebhookDestination:
     def __init__(self, settings: ForwardSettings) -> None:
         self.settings = settings
@@ -152,14 +161,18 @@ class WebhookDestination:
 
     def render(self, event: Event) -> Any:
         fmt = self.settings.format
+        item: Any
         if fmt == "ecs":
-            return json.dumps(to_ecs(event), ensure_ascii=False, separators=(",", ":"))
-        if fmt == "slack":
-            return slack_line(event)
-        if fmt == "teams":
-            return teams_section(event)
-        section(event, "host")  # the one shape check json needs
-        return event
+            item = json.dumps(to_ecs(event), ensure_ascii=False, separators=(",", ":"))
+        elif fmt == "slack":
+            item = slack_line(event)
+        elif fmt == "teams":
+            item = teams_section(event)
+        else:
+            section(event, "host")  # the one shape check json needs
+            item = event
+        _encodable(item)
+        return item
 
     def body(self, items: list[Any]) -> tuple[bytes, str]:
         fmt = self.settings.format

@@ -195,3 +195,26 @@ def test_webhook_signature_verifies_and_detects_tampering() -> None:
     assert not verify(b"t" * 32, body, header, now=1_700_000_100)
     assert not verify(secret, body, header, now=1_700_001_000)  # replayed too late
     assert not verify(secret, body, "garbage", now=1_700_000_000)
+
+
+@pytest.mark.parametrize("fmt", ["json", "slack", "teams", "ecs"])
+def test_webhook_and_hec_renders_refuse_what_cannot_be_sent(fmt: str) -> None:
+    from proscribe.collector.forward.settings import ForwardSettings
+    from proscribe.collector.forward.splunk import SplunkHecDestination
+    from proscribe.collector.forward.webhook import WebhookDestination
+
+    event = parse_body(json.dumps(new_event("process", rule="r", action="killed", detail="\ud800")))
+    hook = WebhookDestination(ForwardSettings("h", "webhook", "https://h.example/x", fmt))
+    with pytest.raises(RenderError):
+        hook.render(event)
+    if fmt in ("json", "ecs"):
+        hec = SplunkHecDestination(
+            ForwardSettings("s", "splunk-hec", "https://h.example/x", fmt, secret=b"t" * 16)
+        )
+        with pytest.raises(RenderError):
+            hec.render(event)
+    bad_start = {**full_event(), "process": {**full_event()["process"], "start_time": "soon"}}
+    with pytest.raises(RenderError, match="start_time"):
+        cef(bad_start)
+    with pytest.raises(RenderError, match="start_time"):
+        to_ecs(bad_start)
