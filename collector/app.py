@@ -37,6 +37,7 @@ from proscribe.collector.forward.runner import ForwardRunner
 from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
+from proscribe.collector.storage.buckets import purge_idle as purge_idle_buckets
 from proscribe.collector.web import build_dashboard
 from proscribe.core import __version__
 
@@ -68,7 +69,7 @@ def create_app(
             clock=clock,
             metrics=metrics,
             authenticator=AgentAuthenticator(clock),
-            enroll_limiter=EnrollRateLimiter(settings.enroll, clock),
+            enroll_limiter=EnrollRateLimiter(settings.enroll, clock, db),
         )
         purger = _NoncePurger(app.state.collector)
         app.state.nonce_purger = purger
@@ -133,7 +134,8 @@ class _NoncePurger:
     def run(self) -> None:
         with self._state.db.write() as conn:
             purged = purge_nonces(conn, self._state.now_us())
-        log.debug("purged %d expired nonces", purged)
+            idle = purge_idle_buckets(conn, self._state.now_us())
+        log.debug("purged %d expired nonces, %d idle rate buckets", purged, idle)
 
 
 class _NoncePurgeMiddleware:

@@ -305,7 +305,7 @@ def _problem_line(err: ValidationError, source: str, data: dict[str, Any]) -> st
 
 @dataclass(frozen=True, slots=True)
 class EnrollLimits:
-    """Token-bucket sizes for ``POST /api/v1/enroll`` (per replica, in memory)."""
+    """Token-bucket sizes for ``POST /api/v1/enroll`` (shared by replicas: database rows)."""
 
     per_ip_burst: float = 10.0
     per_ip_rate: float = 0.5

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -204,4 +205,14 @@ forward_dead_letters = Table(
     Column("reason", String(1024), nullable=False),
     Column("time_us", BigInteger, nullable=False),
     Index("ix_forward_dead_letters_forwarder", "forwarder", "seq"),
+)
+
+# Token buckets every replica shares: enrollment per address and global, failed sign-ins per
+# address and per user name (collector/storage/buckets.py). Migration 0007.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("stamp_us", BigInteger, nullable=False, index=True),
 )
