@@ -114,3 +114,25 @@ def test_forwarding_from_postgresql_to_rsyslog(tmp_path: Path) -> None:
         assert wait_for(lambda: len(receiver.received()) >= 40, timeout=30)
         assert wait_for(lambda: env.status()["siem"].lag_events == 0)
     assert [sd_params(r.sd)["id"] for r in receiver.received()] == [e["id"] for e in posted]
+
+
+@pytest.mark.skipif(not available(), reason="rsyslog is not installed")
+def test_two_replicas_forward_each_event_once(tmp_path: Path) -> None:
+    """Both replicas have the same [[forward]] table; the lease lets one forward it."""
+    with throwaway_database("proscribe_fwd") as url, Rsyslog(tmp_path / "rsyslog") as receiver:
+        table = [{"name": "siem", "kind": "syslog", "url": f"tcp://127.0.0.1:{receiver.port}"}]
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with (
+            forwarding_collector(tmp_path / "a", table, database_url=url) as a,
+            forwarding_collector(tmp_path / "b", table, database_url=url) as b,
+        ):
+            posted = events(30)
+            a.post(posted[:15])
+            b.post(posted[15:])
+            assert wait_for(lambda: len(receiver.received()) >= 30, timeout=30)
+            assert wait_for(lambda: a.status()["siem"].lag_events == 0)
+            holder = a.status()["siem"].lease_owner
+            assert holder is not None and holder == b.status()["siem"].lease_owner
+    ids = [sd_params(r.sd)["id"] for r in receiver.received()]
+    assert ids == [e["id"] for e in posted]  # once each, in order
