@@ -19,6 +19,7 @@ received bytes unwritten loses them (RELP would close that gap; see docs/limitat
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import ssl
@@ -43,11 +44,15 @@ _VALUE_CAPS = (2048, 256, 64)
 
 def _printable(text: str, limit: int) -> str:
     """RFC 5424 header fields are 1*PRINTUSASCII (33-126); others become ``_``."""
+    if text and text.isascii() and text.isprintable() and " " not in text:
+        return text[:limit]
     cleaned = "".join(c if 33 <= ord(c) <= 126 else "_" for c in text)[:limit]
     return cleaned or "-"
 
 
 def _sd_escape(value: str) -> str:
+    if "\\" not in value and '"' not in value and "]" not in value:
+        return value
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
@@ -96,8 +101,17 @@ def _sd_params(event: Event) -> list[tuple[str, str]]:
     return [(name, str(value)) for name, value in pairs if value is not None and value != ""]
 
 
+_RFC5424_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
 def _timestamp(event: Event) -> str:
+    """The event's time as RFC 5424 wants it (UTC, at most 6 fractional digits). Stored times
+    were checked at ingest; the agent's own ``…sss.mmmZ`` form is already right."""
     from datetime import UTC, datetime
+
+    given = event.get("time")
+    if isinstance(given, str) and _RFC5424_TIME.fullmatch(given):
+        return given
 
     moment = datetime.fromtimestamp(epoch_seconds(event), UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
