@@ -226,3 +226,23 @@ def test_splunk_hec_bad_token_is_retried_not_dead_lettered(tmp_path: Path) -> No
             status = env.status()["splunk"]
     assert status.dead_letters == 0 and status.lag_events == 2
     assert "HTTP 403" in (status.last_error or "")
+
+
+def test_start_now_skips_what_was_stored_before_and_a_restart_keeps_the_cursor(
+    tmp_path: Path, secret_file: Path, receiver: WebhookReceiver
+) -> None:
+    with forwarding_collector(tmp_path, []) as env:
+        env.post(events(4))  # stored before the destination was configured
+        agent = env.agent
+    forwards = _hook(receiver, start="now")
+    with forwarding_collector(tmp_path, forwards, agent=agent) as env:
+        assert wait_for(lambda: env.status()["hook"].started, timeout=30)
+        later = events(3, start=4)
+        env.post(later)
+        assert wait_for(lambda: _settled(env), timeout=30)
+    # "now" applies when the row is made; the next start resumes from the cursor
+    with forwarding_collector(tmp_path, forwards, agent=agent) as env:
+        more = events(2, start=7)
+        env.post(more)
+        assert wait_for(lambda: _settled(env), timeout=30)
+    assert _delivered_ids(receiver) == [e["id"] for e in later + more]
