@@ -25,53 +25,13 @@ from proscribe.collector.forward.runner import Forwarder
 from proscribe.collector.forward.syslog import SyslogDestination
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.events import insert_events
-from proscribe.core.events import new_event
 from tests.support.clock import ManualClock
+from tests.support.forward_env import event_rows
 from tests.support.rsyslog import Rsyslog
 from tests.support.webhook_receiver import Behaviour, WebhookReceiver
 
 N = 20_000
 RUNS = 3
-
-
-def _rows(n: int) -> list[dict[str, Any]]:
-    import json
-
-    rows = []
-    for i in range(n):
-        event = new_event(
-            "process",
-            rule="deepseek-desktop",
-            action="killed",
-            policy={"id": "us-navy-deepseek-2025", "serial": 2, "sha256": "ab" * 32},
-            host={"agent_id": "a" * 32, "hostname": f"ws-{i % 500}", "os": "linux"},
-            process={
-                "pid": 1000 + i,
-                "ppid": 1,
-                "name": "deepseek",
-                "exe": "/opt/deepseek/deepseek",
-                "cmdline": ["deepseek", "--chat", f"--session={i}"],
-                "user": "alice",
-                "uid": 1000,
-                "euid": 1000,
-            },
-        )
-        rows.append(
-            {
-                "event_id": event["id"],
-                "agent_id": "a" * 32,
-                "time_us": i,
-                "received_us": i,
-                "hostname": event["host"]["hostname"],
-                "username": "alice",
-                "rule": event["rule"],
-                "kind": "process",
-                "action": "killed",
-                "severity": "high",
-                "body": json.dumps(event, separators=(",", ":")),
-            }
-        )
-    return rows
 
 
 class Discard:
@@ -120,7 +80,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-forward-"))
     db = open_database(f"sqlite:///{folder / 'c.db'}")
     upgrade(db)
-    rows = _rows(N)
+    rows = event_rows(N)
     with db.write() as conn:
         insert_events(conn, rows)
     bodies = [r["body"] for r in rows]

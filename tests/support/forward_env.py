@@ -57,6 +57,46 @@ def events(n: int, *, start: int = 0, **over: Any) -> list[Event]:
     ]
 
 
+def event_rows(n: int, *, agent_id: str = "a" * 32) -> list[dict[str, Any]]:
+    """``n`` stored-event rows (columns of the events table), for filling a database directly
+    when the test is about what happens after storage."""
+    rows = []
+    for i in range(n):
+        event = new_event(
+            "process",
+            rule="deepseek-desktop",
+            action="killed",
+            policy={"id": "us-navy-deepseek-2025", "serial": 2, "sha256": "ab" * 32},
+            host={"agent_id": agent_id, "hostname": f"ws-{i % 500}", "os": "linux"},
+            process={
+                "pid": 1000 + i,
+                "ppid": 1,
+                "name": "deepseek",
+                "exe": "/opt/deepseek/deepseek",
+                "cmdline": ["deepseek", "--chat", f"--session={i}"],
+                "user": "alice",
+                "uid": 1000,
+                "euid": 1000,
+            },
+        )
+        rows.append(
+            {
+                "event_id": event["id"],
+                "agent_id": agent_id,
+                "time_us": i,
+                "received_us": i,
+                "hostname": event["host"]["hostname"],
+                "username": "alice",
+                "rule": event["rule"],
+                "kind": "process",
+                "action": "killed",
+                "severity": "high",
+                "body": json.dumps(event, separators=(",", ":")),
+            }
+        )
+    return rows
+
+
 @contextlib.contextmanager
 def forwarding_collector(
     folder: Path,
