@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -168,11 +169,12 @@ class Forwarder:
         return sent
 
     def _send(self, items: list[Any]) -> None:
-        """Send, never faster than ``rate`` requests per second."""
-        gap = self._next_send - self.clock()
+        """Send, never faster than ``rate`` requests per second (real time: the pacing is for
+        the destination, whatever clock the events are stamped with)."""
+        gap = self._next_send - time.monotonic()
         if gap > 0:
             self._wait(gap)
-        self._next_send = self.clock() + 1.0 / self.settings.rate
+        self._next_send = time.monotonic() + 1.0 / self.settings.rate
         try:
             self.destination.send(items)
         except (Unavailable, Refused):
