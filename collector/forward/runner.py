@@ -113,7 +113,8 @@ class Forwarder:
         if not self.store.acquire(now_us):
             return LEASE_S / 3
         cursor = self.store.cursor()
-        batch = self.store.next_batch(cursor, self.settings.batch_size, now)
+        # gaps settle in real time (transactions in flight end), whatever the app's clock
+        batch = self.store.next_batch(cursor, self.settings.batch_size, time.monotonic())
         if not batch:
             return POLL_S
         to_send: list[tuple[EventRow, Any]] = []
