@@ -29,7 +29,7 @@ from proscribe.core.events import SEVERITIES
 
 log = logging.getLogger(__name__)
 
-POLL_S = 1.0
+POLL_S = 0.25  # idle: a read per round (the lease is renewed at half its time)
 FIRST_RETRY_S = 1.0
 
 

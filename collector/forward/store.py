@@ -65,6 +65,7 @@ class ForwardStore:
         self.name = name
         self.owner = owner
         self._gap: _Gap | None = None
+        self._renew_after_us = 0
         self.gaps_given_up = 0
 
     # --- the row and the lease ---------------------------------------------------------------
@@ -97,7 +98,10 @@ class ForwardStore:
             )
 
     def acquire(self, now_us: int) -> bool:
-        """Take or renew the lease; False while another replica holds it."""
+        """Take or renew the lease; False while another replica holds it. A lease held for
+        more than half its time yet is not written again (an idle round is then reads only)."""
+        if now_us < self._renew_after_us:
+            return True
         until = now_us + int(LEASE_S * 1_000_000)
         with self.db.write(durable=False) as conn:
             result = conn.execute(
@@ -112,9 +116,12 @@ class ForwardStore:
                 )
                 .values(lease_owner=self.owner, lease_until_us=until)
             )
-            return bool(result.rowcount)
+            held = bool(result.rowcount)
+        self._renew_after_us = now_us + int(LEASE_S * 500_000) if held else 0
+        return held
 
     def release(self) -> None:
+        self._renew_after_us = 0
         with self.db.write(durable=False) as conn:
             conn.execute(
                 update(forward_state)
@@ -236,6 +243,7 @@ class ForwardStore:
                 .values(**values)
             )
             if not result.rowcount:
+                self._renew_after_us = 0  # the lease is someone else's now
                 return False
             if dead:
                 conn.execute(

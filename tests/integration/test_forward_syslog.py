@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from proscribe.collector.config import settings_from_mapping
-from proscribe.collector.forward.runner import Forwarder
+from proscribe.collector.forward.runner import POLL_S, Forwarder
 from proscribe.collector.forward.settings import ForwardSettings
 from proscribe.collector.forward.store import ForwardStore
 from proscribe.collector.storage.events import insert_events
@@ -237,7 +237,7 @@ def test_only_one_replica_forwards_a_destination(tmp_path: Path, receiver: Rsysl
         assert not b.store.acquire(int(clock.now * 1e6))
         assert b.run_round() > 0 and ForwardStore(env.db, "siem", "x").cursor() == 0
         clock.advance(31)  # a stopped renewing: its lease expires, b takes over
-        assert b.run_round() == 1.0
+        assert b.run_round() == POLL_S
         # a's late cursor update is fenced by the lease
         assert not a.store.advance(10, sent=10, skipped=0, dead=[], now_us=0)
         a.destination.close()
