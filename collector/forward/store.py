@@ -17,7 +17,7 @@ its transaction id) has ended — then the number was rolled back or consumed by
 (a writer stuck in a transaction for that long) is passed with a warning and counted.
 
 **One replica at a time.** Replicas on one database share the row; the one holding the lease
-(``lease_owner``, until ``lease_until_us``) forwards, and renews it each round. The cursor
+(``lease_owner``, until ``lease_until_us``) forwards, and renews it at half its time. The cursor
 update is fenced by the lease (``WHERE lease_owner = me``), so a replica that lost its lease
 while a batch was in flight cannot move the cursor; its batch is then sent twice (same ids).
 """
