@@ -279,10 +279,7 @@ class SyslogDestination:
     def _connect(self) -> socket.socket:
         sock = self._sock
         if sock is not None:
-            # A syslog receiver never writes: readable means it closed (or reset) the
-            # connection, which the next send would find out only after losing a batch.
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
+            if self._alive(sock):
                 return sock
             self.close()
         raw = socket.create_connection((self.host, self.port), timeout=self.settings.timeout)
@@ -294,6 +291,24 @@ class SyslogDestination:
                 raise
         self._sock = raw
         return raw
+
+    def _alive(self, sock: socket.socket) -> bool:
+        """A syslog receiver sends no data: a readable socket has been closed or reset (which
+        the next send would find out only after losing a batch) — or, over TLS 1.3, holds
+        the server's session tickets, which a non-blocking read consumes."""
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return True
+        sock.setblocking(False)
+        try:
+            return bool(sock.recv(4096))
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.settings.timeout)
 
     def send(self, items: list[bytes]) -> None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.forward.runner import POLL_S, Forwarder
 from proscribe.collector.forward.settings import ForwardSettings
 from proscribe.collector.forward.store import ForwardStore
+from proscribe.collector.forward.syslog import SyslogDestination
 from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.tables import forward_dead_letters
 from proscribe.core.events import new_event
@@ -270,3 +272,39 @@ def test_tls_to_rsyslog_and_a_certificate_it_does_not_trust(tmp_path: Path) -> N
     ids = [re.search(r"externalId=([0-9a-f-]+)", r.msg).group(1) for r in got]  # type: ignore[union-attr]
     assert ids == [e["id"] for e in posted]
     assert got[0].msg.startswith("CEF:0|Proscribe|Proscribe|")
+
+
+@pytest.mark.skipif(not tls_available(), reason="apt-get install rsyslog-openssl")
+def test_one_tls_connection_serves_many_batches_and_a_closed_one_is_replaced(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path, "rsyslog-tls")
+    with Rsyslog(tmp_path / "rsyslog", tls=(cert, key)) as receiver:
+        settings = settings_from_mapping(
+            {
+                "forward": [
+                    {
+                        "name": "s",
+                        "kind": "syslog",
+                        "ca_file": str(cert),
+                        "url": f"tls://127.0.0.1:{receiver.port}",
+                    }
+                ]
+            }
+        ).forwards[0]
+        dest = SyslogDestination(settings)
+        batches = [events(5, start=5 * i) for i in range(3)]
+        dest.send([dest.render(e) for e in batches[0]])
+        first = dest._sock
+        time.sleep(0.3)  # TLS 1.3 session tickets arrive: readable, yet alive
+        dest.send([dest.render(e) for e in batches[1]])
+        assert dest._sock is first
+        receiver.stop()
+        receiver.start()  # the old connection is gone: found before sending, not after
+        assert wait_for(lambda: not dest._alive(first), timeout=10)
+        dest.send([dest.render(e) for e in batches[2]])
+        assert dest._sock is not first
+        dest.close()
+        assert wait_for(lambda: len(receiver.received()) >= 15, timeout=30)
+    ids = [re.search(r'id="([0-9a-f-]+)"', r.sd).group(1) for r in receiver.received()]  # type: ignore[union-attr]
+    assert ids == [e["id"] for batch in batches for e in batch]
