@@ -4,7 +4,7 @@
 * ``admin``   — ``enroll-secret create|list|revoke``, ``agent list|revoke``,
   ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
 * ``report``  — ``report --since 30d --format html|json|csv``
-* ``forward`` — ``forward status [--json]``
+* ``forward`` — ``forward status [--json]``, ``forward test NAME``
 * ``backup``  — ``backup --to FILE`` (SQLite, online)
 """
 

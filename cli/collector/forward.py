@@ -1,5 +1,7 @@
 """``proscribe collector forward status``: each ``[[forward]]`` destination's cursor, lag,
-counts, last error and which replica forwards it, read from the shared database."""
+counts, last error and which replica forwards it, read from the shared database.
+``forward test NAME``: send one synthetic event to a destination now, to check its address,
+trust, secret and format before relying on it (nothing is stored, no cursor moves)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proscribe.cli.collector.common import add_config_argument, open_migrated, settings_from_args
+from proscribe.core.errors import ProscribeError, UsageError
+
+
+class DeliveryFailed(ProscribeError):
+    """The destination did not take the test event."""
+
+    exit_code = 1
 
 
 def register(verbs: Any) -> None:
@@ -22,6 +31,12 @@ def register(verbs: Any) -> None:
     status.add_argument("--json", action="store_true")
     add_config_argument(status)
     status.set_defaults(func=forward_status)
+    test = actions.add_parser(
+        "test", help="send one synthetic event to a destination now (nothing stored)"
+    )
+    test.add_argument("name", help="the [[forward]] table's name")
+    add_config_argument(test)
+    test.set_defaults(func=forward_test)
 
     def usage(_args: argparse.Namespace) -> int:
         forward.print_help(sys.stderr)
@@ -70,4 +85,39 @@ def forward_status(args: argparse.Namespace) -> int:
         print("recent dead letters:")
         for d in dead:
             print(f"  {_when(d['time_us'])} {d['forwarder']} event {d['event_id']}: {d['reason']}")
+    return 0
+
+
+def forward_test(args: argparse.Namespace) -> int:
+    from proscribe.collector.forward.base import Refused, Unavailable, redact_url
+    from proscribe.collector.forward.runner import make_destination
+    from proscribe.core.events import new_event
+
+    settings = settings_from_args(args)
+    chosen = [f for f in settings.forwards if f.name == args.name]
+    if not chosen:
+        names = ", ".join(f.name for f in settings.forwards) or "none"
+        raise UsageError(
+            f"{settings.source}: no [[forward]] table named {args.name!r} (fix: one of {names})"
+        )
+    forward = chosen[0]
+    event = new_event(
+        "health",
+        rule=None,
+        action="reported",
+        severity="critical",  # above any min_severity
+        host={"agent_id": "forward-test", "hostname": "proscribe-collector", "os": "linux"},
+        detail=f"proscribe collector forward test {forward.name}: ignore",
+    )
+    destination = make_destination(forward)
+    try:
+        destination.send([destination.render(event)])
+    except (Unavailable, Refused) as err:
+        raise DeliveryFailed(f"forward test {forward.name}: {err}") from err
+    finally:
+        destination.close()
+    print(
+        f"sent a test event (id {event['id']}) to {forward.name} "
+        f"({forward.kind}, {forward.format}) at {redact_url(forward.url)}"
+    )
     return 0

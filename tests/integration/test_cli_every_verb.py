@@ -155,6 +155,7 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("collector", "audit", "verify"): ["--config", "collector.toml"],
     ("collector", "report"): ["--since", "30d", "--config", "collector.toml"],
     ("collector", "forward", "status"): ["--config", "collector.toml"],
+    ("collector", "forward", "test"): ["nosuch", "--config", "collector.toml"],
     ("collector", "backup"): ["--to", "backup.db", "--config", "collector.toml"],
 }
 NOT_RUN = {

@@ -248,3 +248,33 @@ def test_start_now_skips_what_was_stored_before_and_a_restart_keeps_the_cursor(
         env.post(more)
         assert wait_for(lambda: _settled(env), timeout=30)
     assert _delivered_ids(receiver) == [e["id"] for e in later + more]
+
+
+def test_forward_test_sends_one_synthetic_event_and_reports_a_failure(
+    tmp_path: Path, secret_file: Path, receiver: WebhookReceiver
+) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "c.db"}"\n'
+        f'[[forward]]\nname = "hook"\nkind = "webhook"\nurl = "{receiver.url}"\n'
+        f'ca_file = "{receiver.cert}"\nsecret_file = "hook.key"\n'
+        f'[[forward]]\nname = "down"\nkind = "syslog"\nurl = "tcp://127.0.0.1:1"\n'
+    )
+    cli = [sys.executable, "-m", "proscribe.cli", "collector", "forward", "test"]
+    ok = subprocess.run([*cli, "hook", "--config", str(config)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("sent a test event (id ")
+    (request,) = receiver.accepted()
+    (event,) = json.loads(request.body)["events"]
+    assert event["kind"] == "health" and "forward test hook" in event["detail"]
+    assert request.signature_ok is True
+    down = subprocess.run([*cli, "down", "--config", str(config)], capture_output=True, text=True)
+    assert down.returncode == 1 and "forward test down: syslog 127.0.0.1:1" in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
+    unknown = subprocess.run(
+        [*cli, "nope", "--config", str(config)], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "fix: one of hook, down" in unknown.stderr
