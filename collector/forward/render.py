@@ -21,11 +21,12 @@ ECS_CATEGORY = {
     "process": ["process"],
     "dns": ["network"],
     "file": ["file"],
+    "model": ["file"],
     "tamper": ["configuration"],
     "health": ["host"],
 }
 # Actions that prevented something (ECS event.type "denied"); the others are "info".
-PREVENTED = ("killed", "denied", "sinkholed")
+PREVENTED = ("killed", "denied", "sinkholed", "quarantined")
 
 
 class RenderError(ValueError):
@@ -49,6 +50,29 @@ def section(event: Event, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RenderError(f"{name} is not an object")
     return value
+
+
+def _model(file: dict[str, Any]) -> dict[str, Any]:
+    model = file.get("model")
+    if model is None:
+        return {}
+    if not isinstance(model, dict):
+        raise RenderError("file.model is not an object")
+    return model
+
+
+def model_of(event: Event) -> dict[str, Any]:
+    """``file.model`` of the event, ``{}`` when absent."""
+    return _model(section(event, "file"))
+
+
+def joined(value: Any, sep: str = " ") -> str | None:
+    """A list field as one string (syslog and CEF values), None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise RenderError("a list field is not a list")
+    return sep.join(str(v) for v in value) or None
 
 
 def epoch_seconds(event: Event) -> float:
@@ -113,6 +137,7 @@ def to_ecs(event: Event) -> dict[str, Any]:
     process = section(event, "process")
     dns = section(event, "dns")
     file = section(event, "file")
+    model = _model(file)
     epoch_seconds(event)  # a time that does not parse is a render error here, not downstream
     action = event.get("action")
     doc: dict[str, Any] = {"@timestamp": event.get("time"), "ecs": {"version": ECS_VERSION}}
@@ -162,6 +187,15 @@ def to_ecs(event: Event) -> dict[str, Any]:
         ("destination.address", dns.get("resolver")),
         ("file.path", file.get("path")),
         ("file.hash.sha256", file.get("sha256")),
+        ("file.owner", file.get("owner")),
+        ("file.uid", None if file.get("uid") is None else str(file["uid"])),
+        ("file.size", file.get("size")),
+        ("file.mtime", file.get("mtime")),
+        ("proscribe.model.format", model.get("format")),
+        ("proscribe.model.name", model.get("name")),
+        ("proscribe.model.evidence", model.get("evidence")),
+        ("proscribe.model.digests", model.get("digests")),
+        ("proscribe.quarantine.id", file.get("quarantine")),
         ("message", event.get("detail") or summary(event)),
         ("observer.vendor", "Proscribe"),
         ("observer.product", "Proscribe"),

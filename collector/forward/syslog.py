@@ -29,7 +29,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proscribe.collector.forward.base import Unavailable
-from proscribe.collector.forward.render import RenderError, epoch_seconds, section, summary
+from proscribe.collector.forward.render import (
+    RenderError,
+    epoch_seconds,
+    joined,
+    model_of,
+    section,
+    summary,
+)
 from proscribe.collector.forward.settings import ForwardSettings
 from proscribe.core import __version__
 from proscribe.core.events import Event
@@ -63,6 +70,7 @@ def _sd_params(event: Event) -> list[tuple[str, str]]:
     process = section(event, "process")
     dns = section(event, "dns")
     file = section(event, "file")
+    model = model_of(event)
     cmdline = process.get("cmdline")
     if cmdline is not None and not isinstance(cmdline, list):
         raise RenderError("process.cmdline is not a list")
@@ -96,6 +104,15 @@ def _sd_params(event: Event) -> list[tuple[str, str]]:
         ("resolver", dns.get("resolver")),
         ("file_path", file.get("path")),
         ("file_sha256", file.get("sha256")),
+        ("file_owner", file.get("owner")),
+        ("file_uid", file.get("uid")),
+        ("file_size", file.get("size")),
+        ("file_mtime", file.get("mtime")),
+        ("model_format", model.get("format")),
+        ("model_name", model.get("name")),
+        ("model_evidence", joined(model.get("evidence"), "; ")),
+        ("model_digests", joined(model.get("digests"))),
+        ("quarantine", file.get("quarantine")),
         ("detail", event.get("detail")),
     ]
     return [(name, str(value)) for name, value in pairs if value is not None and value != ""]
@@ -170,6 +187,7 @@ def cef_extension(event: Event) -> list[tuple[str, str]]:
     process = section(event, "process")
     dns = section(event, "dns")
     file = section(event, "file")
+    model = model_of(event)
     cmdline = process.get("cmdline")
     pairs: list[tuple[str, Any]] = [
         ("rt", int(epoch_seconds(event) * 1000)),
@@ -206,6 +224,15 @@ def cef_extension(event: Event) -> list[tuple[str, str]]:
         ("cs3Label", "processSha256"),
         ("cs3", process.get("sha256")),
         ("fileHash", file.get("sha256")),
+        ("fsize", file.get("size")),
+        ("fileModificationTime", file.get("mtime")),
+        ("proscribeFileOwner", file.get("owner")),
+        ("proscribeFileUid", file.get("uid")),
+        ("proscribeModelFormat", model.get("format")),
+        ("proscribeModelName", model.get("name")),
+        ("proscribeModelEvidence", joined(model.get("evidence"), "; ")),
+        ("proscribeModelDigests", joined(model.get("digests"))),
+        ("proscribeQuarantineId", file.get("quarantine")),
         ("dhost", dns.get("qname")),
         ("flexString1Label", "qtype"),
         ("flexString1", dns.get("qtype")),

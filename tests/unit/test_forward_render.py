@@ -72,7 +72,21 @@ def full_event() -> dict[str, Any]:
             "start_time": 1769591643.5,
         },
         "dns": {"qname": "chat.deepseek.com", "qtype": "AAAA", "resolver": "127.0.0.53"},
-        "file": {"path": "/home/alice/ds.AppImage", "sha256": "c3" * 32},
+        "file": {
+            "path": "/home/alice/ds.AppImage",
+            "sha256": "c3" * 32,
+            "owner": "alice",
+            "uid": 1002,
+            "size": 4096,
+            "mtime": "2026-01-27T10:00:00Z",
+            "model": {
+                "format": "gguf",
+                "name": "DeepSeek-R1-Distill",
+                "evidence": ["general.name", "general.architecture"],
+                "digests": ["d4" * 32],
+            },
+            "quarantine": "q-0001",
+        },
         "detail": "the detail",
         "count": 3,
     }
@@ -112,6 +126,10 @@ def test_the_table_covers_every_schema_field_and_names_what_the_code_emits() -> 
     assert ecs["event"]["severity"] == 99 and ecs["event"]["type"] == ["denied"]
     assert cef_keys["cs3"] == "b2" * 32 and cef_keys["fileHash"] == "c3" * 32
     assert cef_keys["rt"] == "1769591643120" and cef_keys["cn3"] == "1001"
+    assert sd["file_uid"] == "1002" and ecs["file"]["uid"] == "1002"
+    assert sd["model_evidence"] == "general.name; general.architecture"
+    assert ecs["proscribe"]["model"]["digests"] == ["d4" * 32]
+    assert cef_keys["proscribeModelName"] == "DeepSeek-R1-Distill" and cef_keys["fsize"] == "4096"
 
 
 def test_sd_values_escape_quote_backslash_and_bracket() -> None:
