@@ -77,6 +77,28 @@ def _events() -> list[dict[str, Any]]:
             now=now,
             **common,
         ),
+        new_event(
+            "model",
+            rule="deepseek-weights",
+            action="quarantined",
+            file={
+                "path": "/home/alice/models/deepseek-r1.gguf",
+                "owner": "alice",
+                "uid": 1000,
+                "size": 4_920_000_000,
+                "mtime": "2025-12-01T10:00:00Z",
+                "sha256": "ef" * 32,
+                "model": {
+                    "format": "gguf",
+                    "name": "DeepSeek-R1-Distill-Qwen-7B",
+                    "evidence": ["GGUF general.name = DeepSeek-R1-Distill-Qwen-7B"],
+                    "digests": ["sha256:" + "ef" * 32],
+                },
+                "quarantine": "q-20251203-0001",
+            },
+            now=now,
+            **common,
+        ),
         new_event("tamper", rule=None, action="reported", detail="policy file edited", now=now),
         new_event("health", rule=None, action="failed", severity="low", detail="x", now=now),
     ]
