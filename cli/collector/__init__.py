@@ -5,6 +5,8 @@
   ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
 * ``report``  — ``report --since 30d --format html|json|csv [--group G]``
 * ``evidence`` — ``inventory import|list``, ``signer add|list|retire``
+* ``forward`` — ``forward status [--json]``, ``forward test NAME``
+* ``backup``  — ``backup --to FILE`` (SQLite, online)
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from proscribe.cli.collector import admin, evidence, report, serve
+from proscribe.cli.collector import admin, backup, evidence, forward, report, serve
 
-VERB_MODULES = (serve, admin, report, evidence)
+VERB_MODULES = (serve, admin, report, evidence, forward, backup)
 
 
 def register(sub: Any) -> None:
