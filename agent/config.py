@@ -119,7 +119,7 @@ class ModelsSection:
     system_stores: bool = True  # /usr/share/ollama, /var/lib/docker's model store, …
     sweep_interval: float = 6 * 3600.0  # seconds between sweeps (one also runs at start)
     sweep_files_per_second: int = 2000  # the sweep's I/O budget (files opened per second)
-    maps_interval: float = 5.0  # seconds between looks at every process's mapped files
+    maps_interval: float = 10.0  # seconds between looks at every process's mapped files
     quarantine_dir: Path | None = None  # None: state_dir/quarantine (same file system only)
 
 
@@ -314,7 +314,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         sweep_files_per_second=r.integer(
             m, "models.sweep_files_per_second", 2000, low=1, high=1_000_000
         ),
-        maps_interval=r.number(m, "models.maps_interval", 5.0, low=0.1, high=86400),
+        maps_interval=r.number(m, "models.maps_interval", 10.0, low=0.1, high=86400),
         quarantine_dir=r.optional_path(m, "models.quarantine_dir", base),
     )
 

@@ -275,7 +275,7 @@ def sensor_alone(tree: Path, seconds: float) -> float:
         stores=lambda: [Store(str(tree), "tree", "")],
         sweep_interval=86400,
         files_per_second=100_000,
-        maps_interval=5,
+        maps_interval=10,
     )
     sensor.start()
     try:
@@ -303,7 +303,7 @@ def main() -> None:
         make_tree(tree, args.files, token)
         per_s, floor_per_s, bytes_per_file, opened = sweep_cost(tree)
         models = f'[models]\ndirs = ["{store}", "{tree}"]\nuser_stores = false\n'
-        models += "system_stores = false\nmaps_interval = 5\n"
+        models += "system_stores = false\nmaps_interval = 10\n"
         on, off = base / "on", base / "off"
         on.mkdir()
         off.mkdir()
@@ -348,7 +348,7 @@ def main() -> None:
         )
         print(
             f"the model sensor alone (in-process, watches on {args.files} files, maps look "
-            f"every 5 s): CPU {alone:.2f}% of a core"
+            f"every 10 s): CPU {alone:.2f}% of a core"
         )
         print(f"load average during the run: {os.getloadavg()[0]:.2f}")
     finally:

@@ -48,7 +48,7 @@ def test_models_config_defaults_and_one_line_errors(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text("")
     models = load_agent_config(path).models
-    assert models.sensor == "on" and models.user_stores and models.maps_interval == 5.0
+    assert models.sensor == "on" and models.user_stores and models.maps_interval == 10.0
     for text, says in (
         ('[models]\ndirs = ["srv/models"]\n', "models.dirs"),
         ('[models]\nsensor = "yes"\n', "models.sensor"),
