@@ -42,6 +42,7 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
 from proscribe.agent.heartbeat import Heartbeat
+from proscribe.agent.kernel_guard import KernelGuard
 from proscribe.agent.optional_parts import (
     DnsPart,
     DnsParts,
@@ -94,7 +95,9 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        kernel: KernelGuard | None = None,
     ) -> None:
+        self.kernel = kernel
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
@@ -103,6 +106,8 @@ class PolicyChange:
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
         log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
+        if self.kernel is not None:
+            self.kernel.refresh()  # the kernel's maps first: new execs are judged at once
         self.sensor.request_sweep(full=True)  # judge every running process by the new rules
         if self.exec_guard is not None:
             from proscribe.agent.enforce.exec_deny import policy_decider
@@ -127,6 +132,7 @@ class Daemon:
         exec_guard: ExecGuardPart | None,
         reporter: ReporterPart | None,
         hostname: str,
+        kernel: KernelGuard | None = None,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
     ) -> None:
@@ -138,6 +144,7 @@ class Daemon:
         self.guard = guard
         self.dns = dns
         self.exec_guard = exec_guard
+        self.kernel = kernel
         self.hostname = hostname
         self.clock = clock
         self.started_at = clock()
@@ -152,6 +159,20 @@ class Daemon:
         return self.dns.state
 
     # -- status ------------------------------------------------------------------------------
+    def active_guard(self) -> str:
+        """Which guard stops a denied program here, strongest first: ``bpf`` (killed in the
+        kernel at exec), ``fanotify`` (refused before exec, on the guarded mounts only, with
+        the process sensor for the rest), ``netlink`` or ``poll`` (killed by the process
+        sensor after it started), ``off``; ``monitor`` in monitor mode (nothing is stopped)."""
+        if self.config.agent.mode != "enforce":
+            return "monitor"
+        if self.kernel is not None and self.kernel.active:
+            return "bpf"
+        if self.exec_guard is not None:
+            return "fanotify"
+        backend = self.sensor.backend
+        return backend if backend in ("netlink", "poll") else "off"
+
     def status(self) -> dict[str, Any]:
         process = self.sensor.stats()
         dns: dict[str, Any] = {"state": self.dns.state}
@@ -185,6 +206,10 @@ class Daemon:
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
+            "guard": {
+                "active": self.active_guard(),
+                "kernel": self.kernel.stats() if self.kernel is not None else {"state": "off"},
+            },
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors + self.sensor.errors + self.policy.errors,
@@ -202,6 +227,8 @@ class Daemon:
         self.policy.start()
         if self.exec_guard is not None:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
+        if self.kernel is not None:
+            self.kernel.start()  # "required" and unavailable: stops the agent, loudly
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
         if self.reporter is not None:
@@ -266,10 +293,13 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | None], ...] = (
+        parts: tuple[
+            tuple[str, ReporterPart | DnsPart | ExecGuardPart | KernelGuard | None], ...
+        ] = (
             ("reporter", self.reporter),
             ("dns", self.dns),
             ("exec_deny", self.exec_guard),
+            ("kernel_guard", self.kernel),
         )
         for name, part in parts:
             if part is not None:
@@ -323,6 +353,16 @@ def build(
 
     users = UserNames()  # uid -> account name, one cache for every reader
     reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
+    guard: ProcessGuard  # built just below; the kernel guard's reports go to it
+    kernel = KernelGuard(
+        config.enforce.kernel_guard,
+        mode=config.agent.mode,
+        policy=in_force,
+        hostname=hostname,
+        # late-bound: the process guard, built next, records what the kernel reports
+        on_report=lambda report: guard.record_kernel_report(report),  # noqa: PLW0108
+        procfs=procfs,
+    )
     guard = ProcessGuard(
         policy=in_force,
         evidence=evidence,
@@ -332,6 +372,8 @@ def build(
         mode=config.agent.mode,
         hostname=hostname,
         kill_children=config.enforce.kill_children,
+        kernel=kernel,
+        users=users.name,
     )
     sensor = ProcessSensor(
         config.sensors.process,
@@ -359,7 +401,7 @@ def build(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname),
+        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, kernel),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -389,4 +431,5 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        kernel=kernel,
     )

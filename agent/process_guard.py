@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.enforce.kill import Killer, KillOutcome
@@ -38,11 +38,20 @@ from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
 if TYPE_CHECKING:
+    from proscribe.agent.enforce.bpf.guard import KernelReport
     from proscribe.agent.enforce.exec_verdicts import ExecRequest, ExecVerdict
 
 __all__ = ["ProcessGuard"]
 
 log = logging.getLogger(__name__)
+
+
+class KernelCoverage(Protocol):
+    """What the process guard asks of the kernel exec guard (``agent/kernel_guard.py``)."""
+
+    def covers(self, facts: ProcessFacts) -> bool: ...
+
+    def learn(self, facts: ProcessFacts, rule_id: str) -> bool: ...
 
 
 class ProcessGuard:
@@ -57,6 +66,8 @@ class ProcessGuard:
         mode: str,
         hostname: str,
         kill_children: bool = False,
+        kernel: KernelCoverage | None = None,
+        users: Callable[[int], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -66,6 +77,8 @@ class ProcessGuard:
         self.mode = mode
         self.hostname = hostname
         self.kill_children = kill_children
+        self.kernel = kernel
+        self.users = users
         self.counts = Counters()  # the checker, the exec guard's reporter and the daemon loop
         self.repeats = RepeatFolder(evidence, window, counts=self.counts, clock=clock)
 
@@ -96,6 +109,9 @@ class ProcessGuard:
             # read without the user (the fast path): exemptions by user need it
             facts = self.killer.enricher.with_user(facts)
             decisions = compiled.check_process(facts, self.hostname, now)
+        if self._kernel_handles(facts, decisions):
+            self.counts.add("kernel_handled")
+            return
         to_kill: tuple[Decision, Event] | None = None
         for decision in decisions:
             action = self.event_action(decision)
@@ -104,6 +120,70 @@ class ProcessGuard:
                 to_kill = (decision, event)
         if to_kill is not None:
             self._enforce(compiled, facts, *to_kill)
+
+    def _kernel_handles(self, facts: ProcessFacts, decisions: list[Decision]) -> bool:
+        """The kernel exec guard killed this exec and reports it itself (one exec, one event);
+        a file denied by hash is taught to the kernel for its next exec."""
+        if self.kernel is None or self.mode != "enforce":
+            return False
+        blocks = [d for d in decisions if d.action == "block" and d.exempted_by is None]
+        for decision in blocks:
+            if decision.field == "sha256":
+                self.kernel.learn(facts, decision.rule_id)
+        return len(blocks) == len(decisions) and self.kernel.covers(facts)
+
+    def record_kernel_report(self, report: KernelReport) -> None:
+        """The kernel exec guard's report (on its reader thread): a ``process`` event with what
+        the kernel knew at the exec (or at the executable mapping, for ``ld.so FILE``), folded
+        per (rule, executable, user). ``killed`` is true: the signal was sent from the killed
+        process's own context, which was alive by definition."""
+        compiled = self.policy.compiled
+        rule = compiled.policy.rule(report.rule_id) if compiled is not None else None
+        severity = str(getattr(rule, "severity", "high"))
+        action = "killed" if report.killed else "would_block"
+        user = self.users(report.uid) if self.users is not None else ""
+        exe = report.filename or report.name
+        facts = ProcessFacts(
+            pid=report.pid,
+            ppid=report.ppid,
+            name=report.comm,
+            exe=exe,
+            user=user,
+            uid=report.uid,
+        )
+        what = {
+            "comm": f"comm {report.comm!r}",
+            "exe_name": f"executable file name {report.name!r}",
+            "inode": f"file {report.name!r} (device {report.dev}, inode {report.ino})",
+            "loaded_name": f"file {report.name!r} run through the dynamic loader",
+        }.get(report.why, report.why)
+        when = "at exec" if report.kind == "exec" else "when mapped executable (dynamic loader)"
+        detail = (
+            f"rule {report.rule_id}: {what} is denied; killed in the kernel {when} "
+            f"by the eBPF exec guard (seen by kernel)"
+        )
+
+        def build() -> Event:
+            return self.evidence.event(
+                "process",
+                rule=report.rule_id or None,
+                action=action,
+                severity=severity,
+                judged_by=compiled,
+                process=process_ref(facts),
+                detail=detail,
+            )
+
+        rule_key = f"{report.rule_id}/{action}"
+        recorded = self.repeats.record(
+            (rule_key, report.name, report.dev, report.ino, report.uid),
+            build,
+            occurrence=(rule_key, report.pid, report.boot_ns),
+        )
+        if recorded.kind == "first":
+            self.counts.add(action if recorded.stored else "unspooled")
+        if report.killed:
+            self.counts.add("kill_ok")
 
     def _record(
         self,

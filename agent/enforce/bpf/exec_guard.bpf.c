@@ -5,7 +5,7 @@
  *   names   - LPM trie keyed by a lower-cased file name: exact names end with their NUL
  *             (prefix length counts it), name prefixes ("deepseek*") do not;
  *   inodes  - (device, inode) of denied files, for path and hash rules; entries from a hash
- *             also carry the file's ctime and lapse once the file is changed;
+ *             also carry the file's ctime (ns) and lapse once the file is changed;
  *   loaders - (device, inode) of the dynamic loaders (ld.so), whose FILE argument is judged.
  *
  * Hooks:
@@ -155,9 +155,15 @@ static __always_inline struct verdict *judge_file(struct file *file, struct file
 	if (!v)
 		return 0;
 	if (v->flags & FLAG_CHECK_CTIME) {
-		if (bpf_core_field_exists(inode->i_ctime_sec) &&
-		    BPF_CORE_READ(inode, i_ctime_sec) != v->ctime)
-			return 0; /* changed since it was hashed: the agent judges it again */
+		/* ctime in nanoseconds: any change to the file (a rewrite with the mtime restored
+		 * included) makes the entry lapse and the agent judges the file again */
+		if (bpf_core_field_exists(inode->i_ctime_sec)) {
+			/* the top bits of i_ctime_nsec are flags (multigrain timestamps, 6.13+) */
+			__s64 ctime = BPF_CORE_READ(inode, i_ctime_sec) * 1000000000LL +
+				      (BPF_CORE_READ(inode, i_ctime_nsec) & 0x3fffffff);
+			if (ctime != v->ctime)
+				return 0;
+		}
 	}
 	return v;
 }
@@ -225,8 +231,10 @@ int guard_exec(struct bpf_raw_tracepoint_args *ctx)
 		act(task, file, KIND_EXEC, WHY_INODE, v, &fk, filename);
 		return 0;
 	}
+	/* comm is the name exec was called with (a symlink's own name, say), cut to 15
+	 * characters: judged only when shorter, as then it is the whole name */
 	bpf_get_current_comm(comm, sizeof(comm));
-	v = judge_name(comm, 0);
+	v = comm[14] == 0 ? judge_name(comm, 0) : 0;
 	if (v) {
 		act(task, file, KIND_EXEC, WHY_COMM, v, &fk, filename);
 		return 0;

@@ -199,7 +199,7 @@ class KernelExecGuard:
 
     def learn_file(self, fid: FileId, rule_id: str, ctime: int) -> bool:
         """Deny ``fid`` in the kernel from now on (its hash matched ``rule_id``) while its
-        ctime stays ``ctime`` (seconds); False when the rule is not the kernel's to apply."""
+        ctime stays ``ctime`` (nanoseconds); False when the rule is not the kernel's to apply."""
         with self._lock:
             if rule_id not in self._rules:
                 return False

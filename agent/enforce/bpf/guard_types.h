@@ -56,6 +56,7 @@ struct inode {
 	unsigned long i_ino;
 	struct super_block *i_sb;
 	__s64 i_ctime_sec;
+	__u32 i_ctime_nsec;
 };
 
 struct dentry {
