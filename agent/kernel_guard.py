@@ -157,7 +157,10 @@ class KernelGuard:
         if facts.start_time < guard.attached_at - _ATTACH_MARGIN:
             return False
         exe = clean_exe(facts.exe)
-        return guard.covers(basename(exe), self._file_id(facts.pid))
+        found = self._file_id(facts.pid, exe)
+        if found is None:
+            return guard.covers(basename(exe), None)
+        return guard.covers(basename(exe), *found)
 
     def learn(self, facts: ProcessFacts, rule_id: str) -> bool:
         """The process sensor found ``facts``' executable denied by its hash: deny that file
@@ -173,13 +176,20 @@ class KernelGuard:
             return False
         return guard.learn_file(file_id(st), rule_id, st.st_ctime_ns)
 
-    def _file_id(self, pid: int) -> FileId | None:
+    def _file_id(self, pid: int, exe: str) -> tuple[FileId, int] | None:
+        """The executable's identity and ctime: through /proc while the process lives, else
+        the file at its path (a process the kernel killed is usually gone already)."""
         from proscribe.agent.enforce.bpf.plan import file_id
 
-        try:
-            return file_id(os.stat(self.procfs / str(pid) / "exe"))
-        except OSError:
-            return None
+        for path in (self.procfs / str(pid) / "exe", Path(exe) if exe else None):
+            if path is None:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            return file_id(st), st.st_ctime_ns
+        return None
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"state": self.state, "detail": self.detail}

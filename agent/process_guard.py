@@ -127,10 +127,11 @@ class ProcessGuard:
         if self.kernel is None or self.mode != "enforce":
             return False
         blocks = [d for d in decisions if d.action == "block" and d.exempted_by is None]
+        covered = len(blocks) == len(decisions) and self.kernel.covers(facts)
         for decision in blocks:
-            if decision.field == "sha256":
+            if decision.field == "sha256":  # after judging this exec: it ran, the next will not
                 self.kernel.learn(facts, decision.rule_id)
-        return len(blocks) == len(decisions) and self.kernel.covers(facts)
+        return covered
 
     def record_kernel_report(self, report: KernelReport) -> None:
         """The kernel exec guard's report (on its reader thread): a ``process`` event with what

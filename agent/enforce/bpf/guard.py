@@ -213,12 +213,18 @@ class KernelExecGuard:
                 self._in_files[fid] = value
             return True
 
-    def covers(self, exe_name: str, fid: FileId | None) -> bool:
-        """Whether the kernel denies an exec of this file (by its own name or its identity)."""
+    def covers(self, exe_name: str, fid: FileId | None, ctime_ns: int | None = None) -> bool:
+        """Whether the kernel denies an exec of this file: by its own name, by its identity
+        (path rules), or as a learned hash while its ctime is still ``ctime_ns``."""
         plan = self.plan
         if exe_name and plan.covers_name(exe_name) is not None:
             return True
-        return fid is not None and fid in self._in_files
+        if fid is None:
+            return False
+        if fid in plan.files:
+            return True
+        learned = self._learned.get(fid)
+        return learned is not None and learned[1] == ctime_ns
 
     # -- reports --------------------------------------------------------------------------
     def start(self) -> None:
