@@ -362,6 +362,7 @@ def build(
         # late-bound: the process guard, built next, records what the kernel reports
         on_report=lambda report: guard.record_kernel_report(report),  # noqa: PLW0108
         procfs=procfs,
+        boot_time=reader.boot_time,
     )
     guard = ProcessGuard(
         policy=in_force,

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proscribe.agent.policy_source import PolicyInForce
+from proscribe.agent.sensors.enrich import read_boot_time
 from proscribe.core.errors import ConfigError
-from proscribe.core.policy.matchers.process import ProcessFacts, basename, clean_exe
+from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename, clean_exe
 
 if TYPE_CHECKING:
     from proscribe.agent.enforce.bpf.guard import KernelExecGuard, KernelReport
@@ -40,8 +41,9 @@ __all__ = ["KernelGuard"]
 
 log = logging.getLogger(__name__)
 
-# an exec seen by the process sensor this long before the guard attached was not the kernel's
-_ATTACH_MARGIN = 0.05
+# /proc's start times are whole clock ticks, rounded down: a process whose start time is not
+# after the attach may have started before it, and is the process sensor's to judge
+_ATTACH_MARGIN = 0.0
 
 
 class KernelGuard:
@@ -54,6 +56,7 @@ class KernelGuard:
         hostname: str,
         on_report: Callable[[KernelReport], None],
         procfs: Path = Path("/proc"),
+        boot_time: float | None = None,
         refresh_interval: float = 60.0,
     ) -> None:
         self.choice = choice
@@ -62,6 +65,8 @@ class KernelGuard:
         self.hostname = hostname
         self.on_report = on_report
         self.procfs = procfs
+        # the btime the process sensor's start times were computed with (its Enricher's)
+        self.boot_time = read_boot_time(procfs) if boot_time is None else boot_time
         self.refresh_interval = refresh_interval
         self.state = "off"
         self.detail = ""
@@ -154,9 +159,15 @@ class KernelGuard:
         guard = self._guard
         if guard is None or facts.start_time is None:
             return False
-        if facts.start_time < guard.attached_at - _ATTACH_MARGIN:
+        # both since boot: /proc's start time is boot-relative, while the epoch time in facts
+        # is that plus /proc/stat's btime (whole seconds, off by up to one)
+        if facts.start_time - self.boot_time < guard.attached_at - _ATTACH_MARGIN:
             return False
         exe = clean_exe(facts.exe)
+        # comm as the kernel judged it: whole when shorter than 15 characters (a process the
+        # kernel killed is often read as it dies, without an exe)
+        if len(facts.name) < COMM_MAX and guard.covers(facts.name, None):
+            return True
         found = self._file_id(facts.pid, exe)
         if found is None:
             return guard.covers(basename(exe), None)

@@ -9,9 +9,12 @@ executable within the window fold into the first one's count.
 The pre-exec guard's refusals are process events too: :meth:`ProcessGuard.record_exec_denial`
 records them (folded per rule and executable) on the exec guard's reporting thread.
 
-Recording the outcome: the event committed before acting already carries the intended action
-(``killed`` in enforce mode for a ``block`` rule; ``would_block`` in monitor mode; ``reported``
-for a ``report`` rule; ``exempted`` when an exemption applies). The kill is then attempted; when
+Recording the outcome: the event committed before acting already carries the action
+(``killed`` in enforce mode for a ``block`` rule — only once the process, pinned by a pidfd when
+the sensor first saw it, has been stopped with SIGSTOP, so it cannot exit on its own between the
+event and the SIGKILL; ``exited`` when it had already exited,
+which reports do not count as a block; ``would_block`` in monitor mode; ``reported`` for a
+``report`` rule; ``exempted`` when an exemption applies). The kill is then attempted; when
 it does not happen — the target is protected (pid 1, the agent, its parent, a kernel thread) or
 the signal fails — a follow-up event with action ``failed``, the same rule and process, and a
 detail naming the original event id is committed. A process that exited (or whose pid was
@@ -109,21 +112,28 @@ class ProcessGuard:
             # read without the user (the fast path): exemptions by user need it
             facts = self.killer.enricher.with_user(facts)
             decisions = compiled.check_process(facts, self.hostname, now)
-        if self._kernel_handles(facts, decisions):
+        if sighting.source != "comm" and self._kernel_handles(facts, decisions):
             self.counts.add("kernel_handled")
             return
         to_kill: tuple[Decision, Event] | None = None
+        running: bool | None = None
         for decision in decisions:
             action = self.event_action(decision)
+            if action == "killed":
+                if running is None:  # stopped before the event, so that it is true
+                    running = self.killer.hold(facts.pid, facts.start_time, sighting.pidfd)
+                if not running:
+                    action = "exited"
             event = self._record(compiled, facts, decision, action, sighting)
             if event is not None and action == "killed" and to_kill is None:
                 to_kill = (decision, event)
         if to_kill is not None:
-            self._enforce(compiled, facts, *to_kill)
+            self._enforce(compiled, facts, *to_kill, pidfd=sighting.pidfd)
 
     def _kernel_handles(self, facts: ProcessFacts, decisions: list[Decision]) -> bool:
         """The kernel exec guard killed this exec and reports it itself (one exec, one event);
-        a file denied by hash is taught to the kernel for its next exec."""
+        a file denied by hash is taught to the kernel for its next exec. Never for a comm
+        change: the kernel judges names at exec only."""
         if self.kernel is None or self.mode != "enforce":
             return False
         blocks = [d for d in decisions if d.action == "block" and d.exempted_by is None]
@@ -197,6 +207,8 @@ class ProcessGuard:
         """Commit the event (or fold it into its series' count); None for a duplicate."""
         rule_key = f"{decision.rule_id}/{action}"
 
+        outcome = "; it had exited before it could be killed" if action == "exited" else ""
+
         def build() -> Event:
             return self.evidence.event(
                 "process",
@@ -205,7 +217,7 @@ class ProcessGuard:
                 severity=decision.severity,
                 judged_by=compiled,
                 process=process_ref(facts),
-                detail=f"{decision.explanation} (seen by {sighting.source})",
+                detail=f"{decision.explanation} (seen by {sighting.source}){outcome}",
             )
 
         # The series a repeat folds into: the executable, or the name when it could not be
@@ -214,7 +226,9 @@ class ProcessGuard:
         recorded = self.repeats.record(
             (rule_key, facts.exe or f"comm:{facts.name}"),
             build,
-            occurrence=(rule_key, facts.pid, facts.start_time),
+            # one process under one rule is one occurrence whatever the action (its fork and
+            # its exec, a sweep, a re-check: the same process, judged again)
+            occurrence=(decision.rule_id, facts.pid, facts.start_time),
         )
         if recorded.kind == "first":
             if recorded.stored:
@@ -277,12 +291,18 @@ class ProcessGuard:
         self.repeats.flush(force=force)
 
     def _enforce(
-        self, compiled: CompiledPolicy, facts: ProcessFacts, decision: Decision, event: Event
+        self,
+        compiled: CompiledPolicy,
+        facts: ProcessFacts,
+        decision: Decision,
+        event: Event,
+        *,
+        pidfd: int = -1,
     ) -> None:
         rule = compiled.policy.rule(decision.rule_id)
         children = self.kill_children or bool(getattr(rule, "kill_children", False))
         env = session_env(facts.pid, self.killer.procfs) if self.notifier.enabled else {}
-        outcome = self.killer.kill(facts.pid, facts.start_time, children=children)
+        outcome = self.killer.kill(facts.pid, facts.start_time, children=children, pidfd=pidfd)
         if outcome.killed:
             self.counts.add("kill_ok")
             self.notifier.tell(

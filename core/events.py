@@ -5,14 +5,16 @@ committed to the spool, and is the idempotency key end to end::
 
     {"id": "uuid4", "time": "2025-01-28T09:14:03.120Z", "kind": "process|dns|file|tamper|health",
      "rule": "deepseek-web", "policy": {"id": "…", "serial": 7, "sha256": "…"},
-     "action": "reported|would_block|killed|denied|sinkholed|exempted", "severity": "high",
+     "action": "reported|would_block|killed|exited|denied|sinkholed|exempted", "severity": "high",
      "host": {"agent_id": "…", "hostname": "…", "os": "linux"},
      "process": {"pid": 4242, "ppid": 1, "name": "…", "exe": "…", "cmdline": ["…"],
                  "user": "alice", "uid": 1000, "euid": 1000, "sha256": "…"},
      "dns": {"qname": "chat.deepseek.com", "qtype": "A", "resolver": "127.0.0.53"},
      "file": {"path": "…"}, "detail": "free text", "count": 1}
 
-``would_block`` is what monitor mode reports where enforce mode would have acted. ``count`` is the
+``would_block`` is what monitor mode reports where enforce mode would have acted. ``exited`` is a
+process a ``block`` rule matched that had already exited when the agent came to kill it: seen,
+not blocked (reports do not count it as a block). ``count`` is the
 number of occurrences folded into this event by de-duplication (1 when absent). A process's
 ``user`` and ``uid`` are its real uid (who ran it); ``euid`` is its effective uid, which differs
 for a setuid program.
@@ -33,6 +35,7 @@ EVENT_ACTIONS: Final = (
     "sinkholed",
     "exempted",
     "failed",
+    "exited",
 )
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 # The one built-in rule id (not from a policy): a connection to an encrypted DNS resolver, which

@@ -101,6 +101,13 @@ def read_small(path: str, limit: int = 65536) -> bytes:
         os.close(fd)
 
 
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def read_stat(pid: int, procfs: Path = Path("/proc")) -> StatFields | None:
     """``None`` when the process is gone or the file is unreadable."""
     try:
@@ -238,23 +245,27 @@ class Enricher:
         :meth:`with_user`.
         """
         base = f"{self.procfs}/{pid}"
-        stat = read_stat(pid, self.procfs)
-        if stat is None:
-            return None
-        cmdline: tuple[str, ...] = ()
-        try:
-            raw = read_small(f"{base}/cmdline", 256 * 1024)
-            if raw:
-                cmdline = tuple(
-                    part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")
-                )
-        except OSError:
-            pass
-        exe = ""
-        try:
-            exe = os.readlink(f"{base}/exe")
-        except OSError:
-            pass
+        # One image's facts, never a mix: an exec while they are read (comm and exe read
+        # before it, the command line after) is seen as a changed exe or comm, and read again.
+        stat: StatFields | None = None
+        for _attempt in range(3):
+            exe = _readlink(f"{base}/exe")
+            stat = read_stat(pid, self.procfs)
+            if stat is None:
+                return None
+            cmdline: tuple[str, ...] = ()
+            try:
+                raw = read_small(f"{base}/cmdline", 256 * 1024)
+                if raw:
+                    cmdline = tuple(
+                        part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")
+                    )
+            except OSError:
+                pass
+            after = read_stat(pid, self.procfs)
+            if _readlink(f"{base}/exe") == exe and (after is None or after.comm == stat.comm):
+                break
+        assert stat is not None  # the loop ran at least once and returned on None
         ids = read_ids(pid, self.procfs) if with_user else None
         sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,9 +48,13 @@ class Sighting:
     """One report that a process started (or renamed itself) and needs checking."""
 
     pid: int
-    source: str  # "exec" | "comm" | "sweep" | "poll"
+    source: str  # "exec" | "comm" | "fork" | "sweep" | "poll"
     observed: float  # time.monotonic() when the sensor learned of it
     facts: ProcessFacts | None = None  # read at once by the netlink reader (no hash yet)
+    # A pidfd opened *before* ``facts`` were read and checked alive after: it names exactly the
+    # process the facts describe, so a kill through it can never hit a process that took the
+    # pid since. -1 where pidfds are unavailable. Owned by the sensor: closed after the check.
+    pidfd: int = -1
 
 
 class ProcessSensor:
@@ -77,6 +82,8 @@ class ProcessSensor:
         # cross the queue (most programs match no rule). Not used when hashes are needed.
         self.interesting = interesting
         self.linux = platform.startswith("linux")
+        # pin each process with a pidfd before reading it (Linux 5.3+, the real /proc only)
+        self.pidfds = self.linux and hasattr(os, "pidfd_open") and procfs == Path("/proc")
         self.is_root = (os.geteuid() == 0) if is_root is None else is_root
         # the procfs reader (Linux); elsewhere psutil reads processes
         self.enricher: Enricher | None = None
@@ -208,7 +215,11 @@ class ProcessSensor:
 
     # -- threads ---------------------------------------------------------------------------
     def _netlink_loop(self) -> None:
-        from proscribe.agent.sensors._netlink_linux import PROC_EVENT_COMM, PROC_EVENT_EXEC
+        from proscribe.agent.sensors._netlink_linux import (
+            PROC_EVENT_COMM,
+            PROC_EVENT_EXEC,
+            PROC_EVENT_FORK,
+        )
 
         connector = self._connector
         own = os.getpid()
@@ -236,6 +247,10 @@ class ProcessSensor:
                     source = "exec"
                 elif event.what == PROC_EVENT_COMM and event.pid == event.tgid:
                     source = "comm"
+                elif event.what == PROC_EVENT_FORK and event.pid == event.tgid:
+                    # a new process (not a thread): a denied program's child, or the second
+                    # half of a double fork whose parent exits, is judged now, not at a sweep
+                    source = "fork"
                 else:
                     continue
                 if event.tgid != own:
@@ -251,15 +266,27 @@ class ProcessSensor:
         if self.enricher is None:
             self.submit(Sighting(pid, source, now))  # psutil platforms: the checker reads
             return
+        pidfd = self._pin(pid)
         facts = self.enricher.facts(pid, with_user=False)
-        if facts is None:
+        if facts is None or (pidfd >= 0 and not _alive(pidfd)):
+            _close(pidfd)
             self.counts.add("vanished")
             return
         if self._uninteresting(facts):
+            _close(pidfd)
             self.counts.add(source)
             self.scanner.mark(facts.pid, facts.start_time)
             return
-        self.submit(Sighting(pid, source, now, facts))
+        if not self.submit(Sighting(pid, source, now, facts, pidfd)):
+            _close(pidfd)
+
+    def _pin(self, pid: int) -> int:
+        if not self.pidfds:
+            return -1
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return -1
 
     def _uninteresting(self, facts: ProcessFacts) -> bool:
         if self.interesting is None or self.want_sha256():
@@ -294,13 +321,15 @@ class ProcessSensor:
 
     def _check_one(self, sighting: Sighting) -> None:
         """The checker's handler (on its thread)."""
-        if self._stop.is_set():
-            return  # stopping: what is still queued is re-offered by the next start's sweep
         try:
+            if self._stop.is_set():
+                return  # stopping: what is still queued is re-offered by the next start's sweep
             self._check(sighting)
         except Exception:
             self._error()
             log.exception("process check failed for pid %s (continuing)", sighting.pid)
+        finally:
+            _close(sighting.pidfd)
 
     def _check(self, sighting: Sighting) -> None:
         want = self.want_sha256()
@@ -326,3 +355,20 @@ class ProcessSensor:
         if digest is not None and self.enricher.start_time_of(facts.pid) != facts.start_time:
             return None  # the pid was reused while hashing: not this process's file
         return digest
+
+
+def _alive(pidfd: int) -> bool:
+    """Whether the pinned process still exists (a zombie counts: its pid is not free yet)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _close(pidfd: int) -> None:
+    if pidfd >= 0:
+        try:
+            os.close(pidfd)
+        except OSError:
+            pass

@@ -129,7 +129,7 @@ class KernelExecGuard:
         self._stop = threading.Event()
         self._ring = obj.ring_buffer("reports", self._record)
         self._thread: threading.Thread | None = None
-        self.attached_at = time.time()
+        self.attached_at = time.clock_gettime(time.CLOCK_BOOTTIME)  # as /proc's start times
 
     @classmethod
     def open(
@@ -153,7 +153,7 @@ class KernelExecGuard:
         except BaseException:
             obj.close()
             raise
-        guard.attached_at = time.time()
+        guard.attached_at = time.clock_gettime(time.CLOCK_BOOTTIME)
         return guard
 
     # -- maps -----------------------------------------------------------------------------
