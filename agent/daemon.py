@@ -59,6 +59,7 @@ from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.enrich import Enricher
 from proscribe.agent.sensors.process import ProcessSensor
 from proscribe.agent.sensors.users import UserNames
+from proscribe.agent.sightings import SightingBook, read_boot_id
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
 from proscribe.core import __version__
@@ -375,6 +376,7 @@ def build(
         kill_children=config.enforce.kill_children,
         kernel=kernel,
         users=users.name,
+        sightings=SightingBook(spool, read_boot_id(procfs)),
     )
     sensor = ProcessSensor(
         config.sensors.process,

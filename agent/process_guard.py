@@ -36,6 +36,7 @@ from proscribe.agent.policy_source import PolicyInForce
 from proscribe.agent.repeats import RepeatFolder
 from proscribe.agent.sensors.enrich import process_ref
 from proscribe.agent.sensors.process import Sighting
+from proscribe.agent.sightings import SightingBook
 from proscribe.core.events import Event
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
@@ -71,6 +72,7 @@ class ProcessGuard:
         kill_children: bool = False,
         kernel: KernelCoverage | None = None,
         users: Callable[[int], str] | None = None,
+        sightings: SightingBook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -82,6 +84,7 @@ class ProcessGuard:
         self.kill_children = kill_children
         self.kernel = kernel
         self.users = users
+        self.sightings = sightings
         self.counts = Counters()  # the checker, the exec guard's reporter and the daemon loop
         self.repeats = RepeatFolder(evidence, window, counts=self.counts, clock=clock)
 
@@ -220,6 +223,11 @@ class ProcessGuard:
                 detail=f"{decision.explanation} (seen by {sighting.source}){outcome}",
             )
 
+        # Reported before this run (the agent restarted while it ran): never again.
+        sighting_key = self._sighting_key(decision.rule_id, facts)
+        if sighting_key and self.sightings is not None and self.sightings.seen(sighting_key):
+            self.counts.add("already_reported")
+            return None
         # The series a repeat folds into: the executable, or the name when it could not be
         # read (a zombie or a process exiting while it was read). A repeat is acted on without
         # waiting for its count's commit: its series' first event was committed before acting.
@@ -230,6 +238,8 @@ class ProcessGuard:
             # its exec, a sweep, a re-check: the same process, judged again)
             occurrence=(decision.rule_id, facts.pid, facts.start_time),
         )
+        if recorded.kind != "duplicate" and sighting_key is not None and self.sightings:
+            self.sightings.record(sighting_key)
         if recorded.kind == "first":
             if recorded.stored:
                 self.counts.add(action)
@@ -246,6 +256,14 @@ class ProcessGuard:
                 decision.explanation,
             )
         return recorded.event
+
+    def _sighting_key(self, rule_id: str, facts: ProcessFacts) -> str | None:
+        """The process's identity across agent restarts (boot, pid, start in clock ticks)."""
+        if self.sightings is None or facts.start_time is None:
+            return None
+        enricher = self.killer.enricher
+        ticks = round((facts.start_time - enricher.boot_time) * enricher.ticks)
+        return self.sightings.key(rule_id, facts.pid, ticks)
 
     def record_exec_denial(self, request: ExecRequest, verdict: ExecVerdict) -> None:
         """The exec guard's ``on_denied``: a ``process`` event for an exec it refused (or, in
