@@ -166,20 +166,40 @@ def read_boot_time(procfs: Path = Path("/proc")) -> float:
 
 
 class HashCache:
-    """Bounded LRU of executable digests keyed by file identity (dev, inode, mtime, size)."""
+    """Bounded LRU of executable digests keyed by file identity and state (dev, inode, mtime,
+    ctime, size). ctime is in the key because mtime can be set back (``touch -r``) after a file
+    is rewritten in place; ctime cannot be set by a user, and every write or chmod moves it."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._lock = threading.Lock()
         self.hashed = 0  # files actually read (a cache miss)
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def cached(self, exe_link: Path) -> tuple[str | None, int]:
+        """(digest, 0) when known without reading the file, else (None, its size in bytes;
+        -1 when it cannot be hashed at all: unreadable, or above the size cap)."""
+        try:
+            st = os.stat(exe_link)
+        except OSError:
+            return None, -1
+        with self._lock:
+            hit = self._entries.get(self._key(st))
+            if hit is not None:
+                self._entries.move_to_end(self._key(st))
+                return hit, 0
+        return None, (st.st_size if st.st_size <= _MAX_HASH_BYTES else -1)
 
     def digest(self, exe_link: Path) -> str | None:
         try:
             st = os.stat(exe_link)  # follows the link: the real (possibly deleted) file
         except OSError:
             return None
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        key = self._key(st)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:

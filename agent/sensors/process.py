@@ -68,6 +68,8 @@ class ProcessSensor:
         poll_interval: float = 1.0,
         sweep_interval: float = 30.0,
         queue_size: int = 4096,
+        hash_queue: int = 64,
+        hash_budget: int = 8 * 1024 * 1024 * 1024,
         want_sha256: Callable[[], bool] = lambda: False,
         interesting: Callable[[ProcessFacts], bool] | None = None,
         is_root: bool | None = None,
@@ -92,6 +94,13 @@ class ProcessSensor:
         self.scanner = ProcessScanner.for_platform(self.enricher)
         self.checker: BackgroundWorker[Sighting] = BackgroundWorker(
             self._check_one, name="proscribe-process-check", maxsize=queue_size
+        )
+        # executables to hash (for sha256 rules), read on their own thread
+        self.hash_budget = hash_budget
+        self._hash_bytes = 0
+        self._hash_lock = threading.Lock()
+        self.hasher: BackgroundWorker[tuple[Sighting, int]] = BackgroundWorker(
+            self._hash_one, name="proscribe-process-hash", maxsize=hash_queue
         )
         self.drops = Counters()  # "overflow": the kernel dropped events; "queue_full"
         self.counts = Counters()  # sightings checked, by source; "vanished"
@@ -130,6 +139,7 @@ class ProcessSensor:
         self._full_sweep = True
         self._sweep_now.set()  # the first sweep finds what started before the agent
         self.checker.start()
+        self.hasher.start()
         self._spawn(self._sweep_loop, "proscribe-process-sweep")
         if self.backend == "netlink":
             self._spawn(self._netlink_loop, "proscribe-process-netlink")
@@ -144,6 +154,7 @@ class ProcessSensor:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         self.checker.stop(max(0.0, deadline - time.monotonic()))
+        self.hasher.stop(max(0.0, deadline - time.monotonic()))
         if self._connector is not None:
             self._connector.close()
             self._connector = None
@@ -190,7 +201,7 @@ class ProcessSensor:
     @property
     def errors(self) -> int:
         """Failures the sensor survived (its threads and the checker's)."""
-        return self._errors["errors"] + self.checker.counts["errors"]
+        return self._errors["errors"] + self.checker.counts["errors"] + self.hasher.counts["errors"]
 
     def _error(self) -> None:
         self._errors.add("errors")
@@ -207,6 +218,7 @@ class ProcessSensor:
             "backend": self.backend,
             "detail": self.detail,
             "queue_depth": self.checker.depth(),
+            "hash_queue_depth": self.hasher.depth(),
             "seen": self.counts.snapshot(),
             "drops": self.drops.snapshot(),
             "errors": self.errors,
@@ -336,17 +348,66 @@ class ProcessSensor:
         facts = sighting.facts
         if facts is None:
             if self.enricher is not None:
-                facts = self.enricher.facts(sighting.pid, with_sha256=want)
+                facts = self.enricher.facts(sighting.pid, with_sha256=False)
             else:
                 facts = psutil_facts(sighting.pid, with_sha256=want)
-        elif want and facts.sha256 is None and facts.exe and self.enricher is not None:
-            facts = replace(facts, sha256=self._hash(facts))
         if facts is None:
             self.counts.add("vanished")
             return
+        if want and facts.sha256 is None and facts.exe and self.enricher is not None:
+            # Known digests are used at once; a file never hashed goes to the hasher, and the
+            # process is judged now by everything else (names, paths, command line): name and
+            # path enforcement never waits behind a large file being read.
+            digest, size = self.enricher.hashes.cached(
+                self.enricher.procfs / str(facts.pid) / "exe"
+            )
+            if digest is not None:
+                facts = replace(facts, sha256=digest)
+            elif size >= 0 and sighting.source != "hash":
+                self._queue_hash(sighting, facts, size)
         self.counts.add(sighting.source)
         self.scanner.mark(facts.pid, facts.start_time)
         self.handler(facts, sighting)
+
+    # -- hashing, off the checker's thread ---------------------------------------------------
+    def _queue_hash(self, sighting: Sighting, facts: ProcessFacts, size: int) -> None:
+        """Hand the executable to the hasher (bounded: ``hash_queue`` files and ``hash_budget``
+        bytes waiting); once hashed, the process is judged again with its digest."""
+        with self._hash_lock:
+            if self._hash_bytes + size > self.hash_budget:
+                self.drops.add("hash_budget")
+                return
+            self._hash_bytes += size
+        pidfd = -1
+        if sighting.pidfd >= 0:
+            try:
+                pidfd = os.dup(sighting.pidfd)  # the hasher's own reference to the process
+            except OSError:
+                pidfd = -1
+        job = Sighting(sighting.pid, "hash", sighting.observed, facts, pidfd)
+        if not self.hasher.submit((job, size)):
+            _close(pidfd)
+            with self._hash_lock:
+                self._hash_bytes -= size
+            self.drops.add("hash_queue_full")
+
+    def _hash_one(self, item: tuple[Sighting, int]) -> None:
+        job, size = item
+        try:
+            if self._stop.is_set() or job.facts is None:
+                return
+            if job.pidfd >= 0 and not _alive(job.pidfd):
+                return  # gone: nothing to judge
+            digest = self._hash(job.facts)
+            if digest is None:
+                return
+            again = replace(job, facts=replace(job.facts, sha256=digest))
+            if self.submit(again):
+                job = replace(job, pidfd=-1)  # the checker closes it now
+        finally:
+            with self._hash_lock:
+                self._hash_bytes -= size
+            _close(job.pidfd)
 
     def _hash(self, facts: ProcessFacts) -> str | None:
         """The executable's hash, read through /proc/PID/exe while it is still the same process."""
