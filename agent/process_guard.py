@@ -4,7 +4,8 @@ Order matters and is fixed: decide → de-duplicate → **commit the event to th
 (kill) → tell the user. The event is the evidence, so it is durable before anything happens to
 the process. De-duplication and folding of repeats follow the agent's one rule
 (:mod:`proscribe.agent.repeats`): one event per (rule, action, process); starts of the same
-executable within the window fold into the first one's count.
+executable by the same user within the window fold into the first one's count (another user's
+start is its own event: nobody disappears into someone else's count).
 
 The pre-exec guard's refusals are process events too: :meth:`ProcessGuard.record_exec_denial`
 records them (folded per rule and executable) on the exec guard's reporting thread.
@@ -232,7 +233,7 @@ class ProcessGuard:
         # read (a zombie or a process exiting while it was read). A repeat is acted on without
         # waiting for its count's commit: its series' first event was committed before acting.
         recorded = self.repeats.record(
-            (rule_key, facts.exe or f"comm:{facts.name}"),
+            (rule_key, facts.exe or f"comm:{facts.name}", facts.uid, facts.user),
             build,
             # one process under one rule is one occurrence whatever the action (its fork and
             # its exec, a sweep, a re-check: the same process, judged again)

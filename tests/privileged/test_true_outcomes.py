@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +188,27 @@ def test_a_double_forked_child_is_judged_at_sensor_latency(tmp_path: Path, procs
         sensor.stop()
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGKILL)  # our own grandchild, by pid
+
+
+def test_a_second_users_run_is_its_own_event(agent: tuple[Path, str, Path], procs: Procs) -> None:
+    state, token, _bindir = agent
+    shared = Path(tempfile.mkdtemp(prefix="proscribe-users-"))
+    try:
+        shared.chmod(0o755)
+        program = shared / f"dsk{token}-shared"
+        shutil.copy("/bin/sleep", program)
+        program.chmod(0o755)
+        by_root = [procs.start([str(program), "30"]) for _ in range(2)]
+        by_nobody = procs.start(
+            [str(program), "30"], preexec_fn=lambda: (os.setgid(65534), os.setuid(65534))
+        )
+        for proc in (*by_root, by_nobody):
+            assert proc.wait(10) == -signal.SIGKILL
+        time.sleep(1.2)  # a fold pass
+        events = [
+            e for e in spool_events(state) if (e.get("process") or {}).get("exe") == str(program)
+        ]
+        by_user = {e["process"]["user"]: e["_count"] for e in events}
+        assert by_user == {"root": 2, "nobody": 1}, events
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
