@@ -87,6 +87,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory grows with the entries, not the cap */
 	__type(key, struct file_key);
 	__type(value, struct verdict);
 } inodes SEC(".maps");
