@@ -243,6 +243,15 @@ def _print_status(status: dict[str, Any]) -> None:
         extra = f" ({backend})" if backend and backend != state else ""
         detail = f" — {info['detail']}" if info.get("detail") else ""
         out.write(f"sensor:    {name}: {state}{extra}{detail}\n")
+    guard = status.get("guard") or {}
+    if guard.get("active"):
+        kernel = guard.get("kernel") or {}
+        why = (
+            f" (eBPF guard {kernel.get('state')}: {kernel['detail']})"
+            if kernel.get("detail")
+            else ""
+        )
+        out.write(f"guard:     {guard['active']}{why}\n")
     policy = status.get("policy", {})
     if policy.get("error"):
         out.write(f"policy:    {policy['error']}\n")

@@ -26,6 +26,7 @@ import pytest
 
 from proscribe.agent.enforce.bpf.plan import resolve_loaders
 from tests.support.agent_harness import (
+    PROSCRIBE,
     Procs,
     Signer,
     events_for,
@@ -137,6 +138,11 @@ def test_status_says_the_kernel_guard_is_active(env: Env) -> None:
     assert kernel["name_prefixes"] == 1  # dsk<token>*; the user-exempt rule is the sensor's
     assert kernel["files"] == 1
     assert kernel["left_to_sensor"] == 1  # uex<token>*: an exemption by user applies
+    text = subprocess.run(
+        [*PROSCRIBE, "agent", "status", "--config", str(env.tmp / "agent.toml")],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "\nguard:     bpf\n" in text
 
 
 def test_a_denied_name_dies_before_running_and_is_one_event(env: Env, procs: Procs) -> None:
