@@ -121,7 +121,7 @@ class KernelExecGuard:
         self._rules: list[str] = []
         self._in_names: dict[tuple[str, bool], int] = {}
         self._in_files: dict[FileId, tuple[int, int, int]] = {}  # -> (rule, flags, ctime)
-        self._learned: dict[FileId, tuple[int, int]] = {}  # -> (rule, ctime) from hashes
+        self._learned: dict[FileId, tuple[str, int]] = {}  # -> (rule id, ctime) from hashes
         self.plan = GuardPlan()
         self.applied_at: float | None = None
         self.reports = 0
@@ -170,24 +170,35 @@ class KernelExecGuard:
     def apply(self, plan: GuardPlan) -> None:
         """Make the maps hold ``plan`` (plus the learned hashes of rules still in it)."""
         with self._lock:
-            self.plan = plan
-            self._rules = list(plan.rules)
-            want_names = {(n, True): r for n, r in plan.exact.items()}
-            want_names.update({(n, False): r for n, r in plan.prefixes.items()})
-            for (name, exact), rule in want_names.items():
-                if self._in_names.get((name, exact)) != rule:
-                    self._names.update(_name_key(name, exact=exact), Verdict(rule, 0, 0))
-            for name, exact in set(self._in_names) - set(want_names):
-                self._names.delete(_name_key(name, exact=exact))
-            self._in_names = want_names
-            learned = {
-                fid: (rule, FLAG_CHECK_CTIME, ctime)
-                for fid, (rule, ctime) in self._learned.items()
-                if rule < len(self._rules)
-            }
-            want_files = {**learned, **{fid: (r, 0, 0) for fid, (r, _p) in plan.files.items()}}
-            self._write_files(want_files)
-            self.applied_at = time.monotonic()
+            try:
+                self._apply(plan)
+            except BaseException:
+                # the maps hold part of it: claim nothing, the process sensor judges everything
+                self.plan = GuardPlan()
+                self._learned.clear()
+                raise
+
+    def _apply(self, plan: GuardPlan) -> None:
+        self.plan = plan
+        self._rules = list(plan.rules)
+        want_names = {(n, True): r for n, r in plan.exact.items()}
+        want_names.update({(n, False): r for n, r in plan.prefixes.items()})
+        for (name, exact), rule in want_names.items():
+            if self._in_names.get((name, exact)) != rule:
+                self._names.update(_name_key(name, exact=exact), Verdict(rule, 0, 0))
+        for name, exact in set(self._in_names) - set(want_names):
+            self._names.delete(_name_key(name, exact=exact))
+        self._in_names = want_names
+        # a learned file keeps its rule by id (numbers change with the policy); a rule that is
+        # no longer the kernel's to apply forgets its files
+        self._learned = {f: v for f, v in self._learned.items() if v[0] in self._rules}
+        learned = {
+            fid: (self._rules.index(rule_id), FLAG_CHECK_CTIME, ctime)
+            for fid, (rule_id, ctime) in self._learned.items()
+        }
+        want_files = {**learned, **{fid: (r, 0, 0) for fid, (r, _p) in plan.files.items()}}
+        self._write_files(want_files)
+        self.applied_at = time.monotonic()
 
     def _write_files(self, want: dict[FileId, tuple[int, int, int]]) -> None:
         for fid, value in want.items():
@@ -204,9 +215,9 @@ class KernelExecGuard:
             if rule_id not in self._rules:
                 return False
             rule = self._rules.index(rule_id)
-            if self._learned.get(fid) == (rule, ctime):
+            if self._learned.get(fid) == (rule_id, ctime):
                 return True
-            self._learned[fid] = (rule, ctime)
+            self._learned[fid] = (rule_id, ctime)
             if fid not in self.plan.files:
                 value = (rule, FLAG_CHECK_CTIME, ctime)
                 self._inodes.update(FileKey(fid.dev, fid.ino), Verdict(*value))
