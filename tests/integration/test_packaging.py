@@ -47,9 +47,8 @@ def _runtime_files() -> set[str]:
             if not path.is_file() or "__pycache__" in path.parts:
                 continue
             rel = path.relative_to(REPO)
-            if path.suffix in {".py", ".typed", ".html", ".css", ".svg", ".ini"}:
-                expected.add(f"proscribe/{rel.as_posix()}")
-            elif path.name.endswith(".bpf.o"):  # the kernel exec guard, compiled (not its C)
+            shipped = path.suffix in {".py", ".typed", ".html", ".css", ".svg", ".ini"}
+            if shipped or path.name.endswith(".bpf.o"):  # the kernel guard compiled, not its C
                 expected.add(f"proscribe/{rel.as_posix()}")
     for path in (REPO / "policies").iterdir():
         if path.suffix in {".toml", ".md", ".py"}:

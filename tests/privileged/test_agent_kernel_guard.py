@@ -216,3 +216,20 @@ def test_after_the_agent_stops_nothing_stays_in_the_kernel(env: Env) -> None:
     marker = env.tmp / "marker-after"
     assert subprocess.run([str(program), str(marker)], timeout=10, check=False).returncode == 0
     assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "kernel_guard", "active", "state"),
+    [("monitor", "auto", "monitor", "off"), ("enforce", "off", "netlink", "off")],
+)
+def test_status_names_the_guard_when_the_kernel_one_is_not_used(
+    tmp_path: Path, mode: str, kernel_guard: str, active: str, state: str
+) -> None:
+    signer = Signer()
+    signer.write(tmp_path / "policy.toml", policy_text(secrets.token_hex(3)))
+    config = write_config(tmp_path, signer, mode=mode, kernel_guard=kernel_guard)
+    with running_agent(config, tmp_path / "agent.log"):
+        status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["guard"]["active"] == active
+    assert status["guard"]["kernel"]["state"] == state
+    assert status["guard"]["kernel"]["detail"]  # says why
