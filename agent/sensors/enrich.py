@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -99,6 +100,43 @@ def read_small(path: str, limit: int = 65536) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# The dynamic loader run as a program ("ld.so FILE"): the process's exe and comm are the
+# loader's, so it is judged as FILE, the program it loads (docs/agent.md).
+_LOADER = re.compile(r"^ld-(linux|musl)[-\w.]*\.so(\.\d+)*$")
+_LOADER_VALUE_OPTIONS = frozenset(
+    (
+        "--library-path",
+        "--glibc-hwcaps-prepend",
+        "--glibc-hwcaps-mask",
+        "--inhibit-rpath",
+        "--audit",
+        "--preload",
+        "--argv0",
+    )
+)
+
+
+def is_loader(exe: str) -> bool:
+    return bool(_LOADER.match(exe.rsplit("/", 1)[-1]))
+
+
+def loaded_program(cmdline: tuple[str, ...], cwd: str) -> str | None:
+    """FILE of ``ld.so [OPTION]... FILE [ARGS]``, as an absolute path (relative to ``cwd``,
+    the process's working directory); None when there is none (``ld.so --list``, …)."""
+    i, args = 0, cmdline[1:]
+    while i < len(args):
+        arg = args[i]
+        if arg in _LOADER_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("--"):
+            if arg in ("--list", "--verify", "--help", "--version") or arg.startswith("--list-"):
+                return None
+            i += 1
+        else:
+            return os.path.realpath(os.path.join(cwd, arg))
+    return None
 
 
 def _readlink(path: str) -> str:
@@ -286,6 +324,10 @@ class Enricher:
             if _readlink(f"{base}/exe") == exe and (after is None or after.comm == stat.comm):
                 break
         assert stat is not None  # the loop ran at least once and returned on None
+        if exe and is_loader(exe):
+            program = loaded_program(cmdline, f"{base}/cwd")
+            if program is not None:
+                exe = program
         ids = read_ids(pid, self.procfs) if with_user else None
         sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(

@@ -32,7 +32,7 @@ from typing import Any
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
-from proscribe.agent.sensors.enrich import Enricher
+from proscribe.agent.sensors.enrich import Enricher, is_loader
 from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.policy.matchers.process import ProcessFacts
 
@@ -358,9 +358,7 @@ class ProcessSensor:
             # Known digests are used at once; a file never hashed goes to the hasher, and the
             # process is judged now by everything else (names, paths, command line): name and
             # path enforcement never waits behind a large file being read.
-            digest, size = self.enricher.hashes.cached(
-                self.enricher.procfs / str(facts.pid) / "exe"
-            )
+            digest, size = self.enricher.hashes.cached(self._exe_path(facts))
             if digest is not None:
                 facts = replace(facts, sha256=digest)
             elif size >= 0 and sighting.source != "hash":
@@ -409,10 +407,21 @@ class ProcessSensor:
                 self._hash_bytes -= size
             _close(job.pidfd)
 
+    def _exe_path(self, facts: ProcessFacts) -> Path:
+        """What to hash: /proc/PID/exe (a deleted or renamed file still reads), or FILE for a
+        program run through the dynamic loader (the exe is the loader's)."""
+        assert self.enricher is not None
+        link = self.enricher.procfs / str(facts.pid) / "exe"
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return link
+        return Path(facts.exe) if is_loader(target) and facts.exe != target else link
+
     def _hash(self, facts: ProcessFacts) -> str | None:
         """The executable's hash, read through /proc/PID/exe while it is still the same process."""
         assert self.enricher is not None
-        digest = self.enricher.hashes.digest(self.enricher.procfs / str(facts.pid) / "exe")
+        digest = self.enricher.hashes.digest(self._exe_path(facts))
         if digest is not None and self.enricher.start_time_of(facts.pid) != facts.start_time:
             return None  # the pid was reused while hashing: not this process's file
         return digest

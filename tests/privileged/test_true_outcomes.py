@@ -212,3 +212,30 @@ def test_a_second_users_run_is_its_own_event(agent: tuple[Path, str, Path], proc
         assert by_user == {"root": 2, "nobody": 1}, events
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_program_run_through_the_dynamic_loader_is_judged_as_that_program(
+    agent: tuple[Path, str, Path], procs: Procs
+) -> None:
+    """Without the eBPF guard too: ``ld.so FILE`` and ``ld.so --argv0 x ./FILE`` have the
+    loader's exe and comm; the process sensor judges FILE."""
+    state, token, bindir = agent
+    program = bindir / f"dsk{token}-viald"
+    shutil.copy("/bin/sleep", program)
+    loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    for argv, cwd in (
+        ([loader, str(program), "30"], None),
+        ([loader, "--argv0", "vim", f"./{program.name}", "30"], bindir),  # relative to its cwd
+    ):
+        proc = procs.start(argv, cwd=cwd)
+        assert proc.wait(10) == -signal.SIGKILL, argv
+
+    def judged_as_program() -> int:
+        return sum(
+            int(e["_count"])
+            for e in spool_events(state)
+            if (e.get("process") or {}).get("exe") == str(program)
+        )
+
+    # the two starts of one program by one user: one event, count 2
+    assert wait_for(lambda: judged_as_program() == 2, timeout=5), spool_events(state)
