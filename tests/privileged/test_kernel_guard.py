@@ -118,6 +118,36 @@ def test_every_way_around_a_name_is_closed(
     ]
 
 
+def test_a_copy_of_the_loader_under_another_name_is_a_loader_too(
+    guard: tuple[KernelExecGuard, list[KernelReport]], tmp_path: Path
+) -> None:
+    """The kernel knows an ELF interpreter by its header (ET_DYN without PT_INTERP), not only
+    by the installed loaders' inodes; a program that merely loads a library with a denied-looking
+    name is not one."""
+    g, reports = guard
+    t = _token()
+    plan = GuardPlan()
+    plan.exact[f"zzseek{t}"] = plan.rule_number("r")
+    plan.prefixes[f"zzlib{t}"] = plan.rule_number("r")
+    g.apply(plan)
+    program = _program(tmp_path, f"zzseek{t}")
+    viewer = tmp_path / "notes-viewer"
+    shutil.copy(os.path.realpath(LOADER), viewer)
+    marker = tmp_path / "m-copied-loader"
+    assert _run([str(viewer), str(program), str(marker)]) == -9
+    assert not marker.exists()
+    library = tmp_path / f"zzlib{t}-helper.so"
+    shutil.copy(next(Path("/usr/lib/x86_64-linux-gnu").glob("libm.so.6")), library)
+    code = f"import ctypes; ctypes.CDLL({str(library)!r})"
+    assert _run([sys.executable, "-c", code]) == 0  # a library mapped by python: not a program
+    assert wait_for(lambda: len(reports) == 1, timeout=5)
+    assert (reports[0].kind, reports[0].why, reports[0].comm) == (
+        "mmap",
+        "loaded_name",
+        "notes-viewer",
+    )
+
+
 def test_files_by_device_and_inode_whatever_their_name(
     guard: tuple[KernelExecGuard, list[KernelReport]], tmp_path: Path
 ) -> None:

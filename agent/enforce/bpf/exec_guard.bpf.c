@@ -6,7 +6,9 @@
  *             (prefix length counts it), name prefixes ("deepseek*") do not;
  *   inodes  - (device, inode) of denied files, for path and hash rules; entries from a hash
  *             also carry the file's ctime (ns) and lapse once the file is changed;
- *   loaders - (device, inode) of the dynamic loaders (ld.so), whose FILE argument is judged.
+ *   loaders - (device, inode) of the dynamic loaders (ld.so), whose FILE argument is judged;
+ *             loader_procs (set here at exec) also marks a process started from any ELF
+ *             interpreter, a copy of ld.so under another name included.
  *
  * Hooks:
  *   raw_tracepoint/sched_process_exec - the new image is in place and has not run an
@@ -98,6 +100,15 @@ struct {
 	__type(key, struct file_key);
 	__type(value, __u32);
 } loaders SEC(".maps");
+
+/* processes whose program is an ELF interpreter (ld.so, or a copy of it under another name):
+ * a shared object without PT_INTERP, started as a program. Set at exec, by tgid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} loader_procs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -214,6 +225,41 @@ static __always_inline void act(struct task_struct *task, struct file *file, __u
 	bpf_ringbuf_submit(r, 0);
 }
 
+/* Whether the exec'd file looks like an ELF interpreter: 64-bit ELF, ET_DYN, and none of its
+ * program headers within the first 256 bytes is PT_INTERP or PT_PHDR (a position-independent
+ * executable starts with PT_PHDR then PT_INTERP; ld.so starts with PT_LOAD). */
+#define ET_DYN 3
+#define PT_INTERP 3
+#define PT_PHDR 6
+static __always_inline int looks_like_loader(struct linux_binprm *bprm)
+{
+	__u8 ident[5];
+	__u16 type = 0, phnum = 0;
+	__u64 phoff = 0;
+	const char *buf = bprm->buf;
+
+	if (bpf_probe_read_kernel(ident, sizeof(ident), buf))
+		return 0;
+	if (ident[0] != 0x7f || ident[1] != 'E' || ident[2] != 'L' || ident[3] != 'F' ||
+	    ident[4] != 2)
+		return 0;
+	bpf_probe_read_kernel(&type, sizeof(type), buf + 16);
+	bpf_probe_read_kernel(&phoff, sizeof(phoff), buf + 32);
+	bpf_probe_read_kernel(&phnum, sizeof(phnum), buf + 56);
+	if (type != ET_DYN || phnum == 0)
+		return 0;
+	for (int i = 0; i < 4; i++) {
+		__u64 at = phoff + (__u64)i * 56;
+		__u32 ptype = 0;
+		if (i >= phnum || at + 4 > 256)
+			break;
+		bpf_probe_read_kernel(&ptype, sizeof(ptype), buf + (at & 0xff));
+		if (ptype == PT_INTERP || ptype == PT_PHDR)
+			return 0;
+	}
+	return 1;
+}
+
 SEC("raw_tracepoint/sched_process_exec")
 int guard_exec(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -227,6 +273,13 @@ int guard_exec(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!file)
 		return 0;
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	if (looks_like_loader(bprm)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&loader_procs, &tgid, &one, 0);
+	} else {
+		bpf_map_delete_elem(&loader_procs, &tgid);
+	}
 	v = judge_file(file, &fk);
 	if (v) {
 		act(task, file, KIND_EXEC, WHY_INODE, v, &fk, filename);
@@ -277,17 +330,20 @@ int guard_mmap(struct bpf_raw_tracepoint_args *ctx)
 		act(task, file, KIND_MMAP, WHY_INODE, v, &fk, 0);
 		return 0;
 	}
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
-	if (!exe)
-		return 0;
-	struct file_key ek = {};
-	struct inode *einode = BPF_CORE_READ(exe, f_inode);
-	if (!einode)
-		return 0;
-	ek.ino = BPF_CORE_READ(einode, i_ino);
-	ek.dev = BPF_CORE_READ(einode, i_sb, s_dev);
-	if (!bpf_map_lookup_elem(&loaders, &ek))
-		return 0;
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	if (!bpf_map_lookup_elem(&loader_procs, &tgid)) {
+		struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+		if (!exe)
+			return 0;
+		struct file_key ek = {};
+		struct inode *einode = BPF_CORE_READ(exe, f_inode);
+		if (!einode)
+			return 0;
+		ek.ino = BPF_CORE_READ(einode, i_ino);
+		ek.dev = BPF_CORE_READ(einode, i_sb, s_dev);
+		if (!bpf_map_lookup_elem(&loaders, &ek))
+			return 0;
+	}
 	v = judge_name(BPF_CORE_READ(file, f_path.dentry, d_name.name), 1);
 	if (v)
 		act(task, file, KIND_MMAP, WHY_LOADED_NAME, v, &fk, 0);

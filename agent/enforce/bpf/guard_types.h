@@ -25,6 +25,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LPM_TRIE = 11,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -103,6 +104,7 @@ struct task_struct {
 };
 
 struct linux_binprm {
+	char buf[256]; /* the file's first bytes (BINPRM_BUF_SIZE): its ELF header */
 	struct file *file;
 	const char *filename;
 };
