@@ -34,6 +34,7 @@ class Heartbeat:
         spool: Spool,
         process: SensorState,
         dns: SensorState,
+        models: SensorState | None = None,  # None: [models] sensor = "off"
     ) -> None:
         self.hostname = hostname
         self.mode = mode
@@ -41,6 +42,7 @@ class Heartbeat:
         self.spool = spool
         self.process = process
         self.dns = dns
+        self.models = models
 
     def __call__(self) -> dict[str, Any]:
         policy = self.policy.status()
@@ -51,7 +53,11 @@ class Heartbeat:
             "os": os_name(),
             "mode": self.mode,
             "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
-            "sensors": {"process": self.process.state, "dns": self.dns.state},
+            "sensors": {
+                "process": self.process.state,
+                "dns": self.dns.state,
+                "models": self.models.state if self.models is not None else "off",
+            },
             "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
             "time": datetime.now(UTC).isoformat(),
         }
