@@ -87,6 +87,7 @@ class EnforceSection:
     exec_deny_mounts: tuple[str, ...] = ()  # fanotify pre-exec deny on these mounts; () = off
     exec_deny_timeout_ms: int = 200  # answer "allow" when a decision takes longer (fail-open)
     exec_deny_cache_size: int = 4096  # verdicts cached by (dev, inode, mtime, ctime, size)
+    kernel_guard: str = "auto"  # eBPF exec guard: auto | required | off (agent/kernel_guard.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
             "exec_deny_mounts",
             "exec_deny_timeout_ms",
             "exec_deny_cache_size",
+            "kernel_guard",
         ),
     )
     enforce = EnforceSection(
@@ -252,6 +254,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         exec_deny_cache_size=r.integer(
             e, "enforce.exec_deny_cache_size", 4096, low=0, high=1_000_000
         ),
+        kernel_guard=r.choice(e, "enforce.kernel_guard", ("auto", "required", "off"), "auto"),
     )
 
     sp = r.section("spool", ("max_events", "max_bytes"))

@@ -44,6 +44,7 @@ from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
 from proscribe.agent.heartbeat import Heartbeat
 from proscribe.agent.inbox import drain_inbox
+from proscribe.agent.kernel_guard import KernelGuard
 from proscribe.agent.model_parts import ModelPart, build_models_for
 from proscribe.agent.optional_parts import (
     DnsPart,
@@ -61,6 +62,7 @@ from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.enrich import Enricher
 from proscribe.agent.sensors.process import ProcessSensor
 from proscribe.agent.sensors.users import UserNames
+from proscribe.agent.sightings import SightingBook, read_boot_id
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
 from proscribe.core import __version__
@@ -97,8 +99,10 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        kernel: KernelGuard | None = None,
         models: ModelPart | None = None,
     ) -> None:
+        self.kernel = kernel
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
@@ -108,6 +112,8 @@ class PolicyChange:
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
         log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
+        if self.kernel is not None:
+            self.kernel.refresh()  # the kernel's maps first: new execs are judged at once
         self.sensor.request_sweep(full=True)  # judge every running process by the new rules
         if self.exec_guard is not None:
             from proscribe.agent.enforce.exec_deny import policy_decider
@@ -134,6 +140,7 @@ class Daemon:
         exec_guard: ExecGuardPart | None,
         reporter: ReporterPart | None,
         hostname: str,
+        kernel: KernelGuard | None = None,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
         models: ModelPart | None = None,
@@ -147,6 +154,7 @@ class Daemon:
         self.guard = guard
         self.dns = dns
         self.exec_guard = exec_guard
+        self.kernel = kernel
         self.hostname = hostname
         self.clock = clock
         self.started_at = clock()
@@ -163,6 +171,20 @@ class Daemon:
         return self.dns.state
 
     # -- status ------------------------------------------------------------------------------
+    def active_guard(self) -> str:
+        """Which guard stops a denied program here, strongest first: ``bpf`` (killed in the
+        kernel at exec), ``fanotify`` (refused before exec, on the guarded mounts only, with
+        the process sensor for the rest), ``netlink`` or ``poll`` (killed by the process
+        sensor after it started), ``off``; ``monitor`` in monitor mode (nothing is stopped)."""
+        if self.config.agent.mode != "enforce":
+            return "monitor"
+        if self.kernel is not None and self.kernel.active:
+            return "bpf"
+        if self.exec_guard is not None:
+            return "fanotify"
+        backend = self.sensor.backend
+        return backend if backend in ("netlink", "poll") else "off"
+
     def status(self) -> dict[str, Any]:
         process = self.sensor.stats()
         dns: dict[str, Any] = {"state": self.dns.state}
@@ -196,6 +218,10 @@ class Daemon:
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
+            "guard": {
+                "active": self.active_guard(),
+                "kernel": self.kernel.stats() if self.kernel is not None else {"state": "off"},
+            },
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors
@@ -225,6 +251,8 @@ class Daemon:
         self.policy.start()
         if self.exec_guard is not None:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
+        if self.kernel is not None:
+            self.kernel.start()  # "required" and unavailable: stops the agent, loudly
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
         if self.models is not None:
@@ -307,11 +335,15 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | None], ...] = (
+        parts: tuple[
+            tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | KernelGuard | None],
+            ...,
+        ] = (
             ("models", self.models),
             ("reporter", self.reporter),
             ("dns", self.dns),
             ("exec_deny", self.exec_guard),
+            ("kernel_guard", self.kernel),
         )
         for name, part in parts:
             if part is not None:
@@ -365,6 +397,17 @@ def build(
 
     users = UserNames()  # uid -> account name, one cache for every reader
     reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
+    guard: ProcessGuard  # built just below; the kernel guard's reports go to it
+    kernel = KernelGuard(
+        config.enforce.kernel_guard,
+        mode=config.agent.mode,
+        policy=in_force,
+        hostname=hostname,
+        # late-bound: the process guard, built next, records what the kernel reports
+        on_report=lambda report: guard.record_kernel_report(report),  # noqa: PLW0108
+        procfs=procfs,
+        boot_time=reader.boot_time,
+    )
     guard = ProcessGuard(
         policy=in_force,
         evidence=evidence,
@@ -374,6 +417,9 @@ def build(
         mode=config.agent.mode,
         hostname=hostname,
         kill_children=config.enforce.kill_children,
+        kernel=kernel,
+        users=users.name,
+        sightings=SightingBook(spool, read_boot_id(procfs)),
     )
     sensor = ProcessSensor(
         config.sensors.process,
@@ -406,7 +452,9 @@ def build(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, models),
+        on_change=PolicyChange(
+            sensor, exec_guard, in_force, hostname, kernel=kernel, models=models
+        ),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -437,6 +485,7 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        kernel=kernel,
         models=models,
         evidence=evidence,
     )

@@ -257,6 +257,15 @@ def _print_status(status: dict[str, Any]) -> None:
                 f"{models.get('denied_files', 0)} denied files)"
             )
         out.write(f"sensor:    models: {models['state']}{counts}\n")
+    guard = status.get("guard") or {}
+    if guard.get("active"):
+        kernel = guard.get("kernel") or {}
+        why = (
+            f" (eBPF guard {kernel.get('state')}: {kernel['detail']})"
+            if kernel.get("detail")
+            else ""
+        )
+        out.write(f"guard:     {guard['active']}{why}\n")
     policy = status.get("policy", {})
     if policy.get("error"):
         out.write(f"policy:    {policy['error']}\n")

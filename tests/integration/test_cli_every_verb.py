@@ -156,6 +156,9 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("collector", "purge"): ["--older-than", "400d", "--dry-run", "--config", "collector.toml"],
     ("collector", "audit", "verify"): ["--config", "collector.toml"],
     ("collector", "report"): ["--since", "30d", "--config", "collector.toml"],
+    ("collector", "forward", "status"): ["--config", "collector.toml"],
+    ("collector", "forward", "test"): ["nosuch", "--config", "collector.toml"],
+    ("collector", "backup"): ["--to", "backup.db", "--config", "collector.toml"],
 }
 NOT_RUN = {
     ("agent", "run"): "a daemon: runs until stopped (its output goes to the log)",
