@@ -181,6 +181,7 @@ class Daemon:
             "drops": {
                 "process_sensor": dict(process["drops"]),
                 "spool": dict(spool["dropped"]),
+                "dns": self.dns.dropped(),  # kernel receive overflows + full queues
             },
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
@@ -370,6 +371,7 @@ def build(
         spool=spool,
         process=sensor,
         dns=dns,
+        dns_dropped=dns.dropped,
     )
     reporter = build_reporter_for(
         config,

@@ -74,9 +74,9 @@ class DnsGuard:
             decision = self._decision(name, observation.process)
             action = str(observation.action)
         else:
-            # passive capture: the question in queries, the CNAME chain in responses
+            # passive capture: every question in queries, the CNAME chain in responses
             names = (
-                (observation.qname,)
+                observation.names_to_check
                 if observation.direction == "query"
                 else tuple(observation.cname_targets)
             )

@@ -18,6 +18,7 @@ Each builder takes what it needs as arguments; none of them sees the daemon.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from proscribe.core.errors import ConfigError, ProscribeError
 
 if TYPE_CHECKING:
     from proscribe.agent.dns_guard import DnsGuard
+    from proscribe.agent.enforce.dns_redirect import DnsRedirect
     from proscribe.agent.enforce.exec_verdicts import Decide, OnDenied
     from proscribe.agent.reporter import IdentityStore
     from proscribe.agent.sensors.dns import DnsSensor, ProcessAttributor
@@ -42,6 +44,7 @@ __all__ = [
     "DnsParts",
     "ExecGuardPart",
     "ReporterPart",
+    "auto_dns_mode",
     "build_dns_for",
     "build_exec_guard_for",
     "build_identity_for",
@@ -72,6 +75,8 @@ class DnsPart(Protocol):
     def event_counts(self) -> dict[str, int]: ...
 
     def flush_repeats(self) -> None: ...
+
+    def dropped(self) -> int: ...
 
 
 class ExecGuardPart(Protocol):
@@ -138,12 +143,15 @@ class DnsParts:
         sensor: DnsSensor | None = None,
         watch: EncryptedDnsWatch | None = None,
         attributor: ProcessAttributor | None = None,
+        redirect: Callable[[int, bool], DnsRedirect] | None = None,
     ) -> None:
         self.state = state
         self.guard = guard
         self.sensor = sensor
         self.watch = watch
         self._attributor = attributor
+        self._make_redirect = redirect  # (resolver port, IPv6 resolver runs) -> the redirect
+        self.redirect: DnsRedirect | None = None
 
     def start(self) -> None:
         if self.sensor is None:
@@ -155,13 +163,32 @@ class DnsParts:
             log.error("DNS sensor could not start: %s", err)
             return
         self.state = "running"
+        if self._make_redirect is not None:
+            self._start_redirect(self._make_redirect)
         if self.watch is not None:
             try:
                 self.watch.start()
             except Exception:
                 log.exception("encrypted DNS watch could not start (DNS sensor unaffected)")
 
+    def _start_redirect(self, make: Callable[[int, bool], DnsRedirect]) -> None:
+        """Every DNS query to the resolver (nftables). Without it the resolver still answers
+        what is sent to it and capture reports the rest; the state says so."""
+        port = int(getattr(self.sensor, "port", 53))
+        ipv6 = bool(getattr(self.sensor, "ipv6", False))
+        try:
+            redirect = make(port, ipv6)
+            redirect.start()
+        except Exception as err:
+            self.state = f"running without redirect: {err}"
+            log.error("DNS redirect (nftables) not installed: %s", err)
+            return
+        self.redirect = redirect
+        self.state = "running (redirect active)"
+
     def stop(self, timeout: float = 2.0) -> None:
+        if self.redirect is not None:  # first: DNS must flow normally before the resolver stops
+            self.redirect.stop(timeout)
         if self.watch is not None:
             self.watch.stop(timeout)
         if self._attributor is not None:
@@ -177,7 +204,25 @@ class DnsParts:
             stats.update(self.sensor.stats())
         if self.watch is not None:
             stats["encrypted_dns"] = dict(self.watch.counts)
+        if self.redirect is not None:
+            stats["redirect"] = self.redirect.stats()
         return stats
+
+    def dropped(self) -> int:
+        """DNS messages lost before the agent saw them: kernel receive-buffer overflows and
+        full hand-off queues, of every DNS socket (``dns_dropped`` in the heartbeat)."""
+        if self.sensor is None:
+            return 0
+        try:
+            stats = self.sensor.stats()
+        except Exception:
+            return 0
+        parts = [stats] + [v for v in stats.values() if isinstance(v, dict)]
+        return sum(
+            int(part.get(key, 0) or 0)
+            for part in parts
+            for key in ("dropped_kernel", "dropped_queue")
+        )
 
     def event_counts(self) -> dict[str, int]:
         """The guard's counts of ``dns`` events by action (``dns_events`` in status)."""
@@ -199,9 +244,11 @@ def build_dns_for(
     """The DNS part for ``[sensors] dns``, imported lazily. When it cannot run here the agent
     goes on without it: process enforcement matters more; the reason is logged at ERROR and
     shown in status."""
-    mode = config.sensors.dns
+    mode: str = config.sensors.dns
     if mode == "off":
         return DnsParts("off")
+    if mode == "auto":
+        mode = auto_dns_mode(config)
     try:
         from proscribe.agent.dns_guard import DnsGuard
         from proscribe.agent.sensors.dns import DnsSettings, build_dns_sensor
@@ -211,8 +258,16 @@ def build_dns_for(
     guard = DnsGuard(
         policy=policy, evidence=evidence, hostname=hostname, window=config.dedupe.window
     )
+    redirect = None
     try:
         settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
+        if mode == "auto":
+            from dataclasses import replace
+
+            from proscribe.agent.enforce.dns_redirect import AGENT_MARK
+
+            settings = replace(settings, mark=AGENT_MARK)
+            redirect = _redirect_factory(config)
         sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide, users=users)
     except ProscribeError as err:
         log.error("DNS sensor (%s) not started: %s", mode, err)
@@ -221,7 +276,42 @@ def build_dns_for(
         log.exception("DNS sensor (%s) could not be built", mode)
         return DnsParts(f"failed: {err}", guard=guard)
     watch, attributor = _encrypted_dns_watch(config, guard.on_encrypted, users)
-    return DnsParts("starting", guard=guard, sensor=sensor, watch=watch, attributor=attributor)
+    return DnsParts(
+        "starting",
+        guard=guard,
+        sensor=sensor,
+        watch=watch,
+        attributor=attributor,
+        redirect=redirect,
+    )
+
+
+def auto_dns_mode(config: AgentConfig) -> str:
+    """What ``[sensors] dns = "auto"`` runs here: the enforcing resolver with capture and
+    the nftables redirect on Linux as root in enforce mode ("auto"); capture alone otherwise
+    (monitor mode must not put a resolver in the path; capture says itself why it cannot run
+    when not root)."""
+    linux_root = sys.platform.startswith("linux") and os.geteuid() == 0
+    if linux_root and config.agent.mode == "enforce":
+        return "auto"
+    return "capture"
+
+
+def _redirect_factory(config: AgentConfig) -> Callable[[int, bool], DnsRedirect]:
+    def make(port: int, ipv6: bool) -> DnsRedirect:
+        from proscribe.agent.enforce.dns_redirect import DnsRedirect
+        from proscribe.agent.sensors.dns.encrypted import resolver_table
+
+        return DnsRedirect(
+            port=port,
+            ipv6=ipv6,
+            block_encrypted=config.dns.block_encrypted,
+            ttl=config.dns.redirect_ttl,
+            refresh=config.dns.redirect_ttl / 5,
+            doh_resolvers=resolver_table(config.dns.doh_resolvers),
+        )
+
+    return make
 
 
 def _encrypted_dns_watch(

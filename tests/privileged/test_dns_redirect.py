@@ -1,0 +1,261 @@
+"""``[sensors] dns = "auto"``: the real agent, its nftables redirect, real dig and dnsmasq.
+
+Two network namespaces the test creates, joined by a veth pair: the host (the agent, dig,
+getent; resolv.conf names 10.77.X.2) and the network (dnsmasq on 10.77.X.2, the configured
+resolver, and a second dnsmasq on 10.77.X.3, "another resolver" a user may ask instead). Both
+resolvers answer every test name, so an answer that is not NXDOMAIN came from them. The
+nftables table lives in the host namespace only and goes with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from proscribe.agent.status_file import read_status
+from tests.support.agent_harness import PROSCRIBE, REPO, Procs, Signer, policy_text, spool_events
+from tests.support.waits import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.linux, pytest.mark.netns]
+
+DENIED = "chat.deepseek.com"
+ALLOWED = "allowed.example"
+LOOKALIKE = "notdeepseek.com"  # must resolve: the rule is deepseek.com and its subdomains
+
+
+@dataclass
+class Net:
+    host: str
+    peer: str
+    resolver: str
+    other: str
+
+    def inside(self) -> list[str]:
+        return ["ip", "netns", "exec", self.host]
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    started = Procs()
+    yield started
+    started.cleanup()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def net(procs: Procs) -> Iterator[Net]:
+    for tool in ("dnsmasq", "dig", "nft", "getent"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    tag = f"{os.getpid() % 100000}"
+    subnet = 10 + os.getpid() % 200
+    host, peer = f"prd-h{tag}", f"prd-p{tag}"
+    etc = Path("/etc/netns") / host
+    resolver, other = f"10.77.{subnet}.2", f"10.77.{subnet}.3"
+    _ip("netns", "add", host)
+    _ip("netns", "add", peer)
+    try:
+        _ip("-n", host, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", peer)
+        _ip("-n", host, "addr", "add", f"10.77.{subnet}.1/24", "dev", "v0")
+        _ip("-n", peer, "addr", "add", f"{resolver}/24", "dev", "v1")
+        _ip("-n", peer, "addr", "add", f"{other}/24", "dev", "v1")
+        for ns, dev in ((host, "v0"), (peer, "v1")):
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", host, "route", "add", "default", "via", resolver)
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver {resolver}\noptions timeout:2 attempts:1\n")
+        for address in (resolver, other):
+            procs.start(
+                [
+                    "ip", "netns", "exec", peer, "dnsmasq", "--no-daemon", "--no-resolv",
+                    "--no-hosts", f"--listen-address={address}", "--bind-interfaces",
+                    "--pid-file=", "--log-facility=/dev/null", "--user=root",
+                    f"--address=/{ALLOWED}/198.51.100.1", "--address=/deepseek.com/203.0.113.7",
+                    f"--address=/{LOOKALIKE}/198.51.100.2",
+                ]
+            )  # fmt: skip
+        net = Net(host, peer, resolver, other)
+        ok = wait_for(lambda: all(_dig(net, a, ALLOWED) for a in (resolver, other)), 10, 0.1)
+        assert ok, "dnsmasq did not come up"
+        yield net
+    finally:
+        _ip("netns", "del", host)
+        _ip("netns", "del", peer)
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+def _dig(net: Net, server: str, name: str, *flags: str) -> str:
+    """``dig +short``-like: the answer's addresses, or the status word when there are none."""
+    out = subprocess.run(
+        [*net.inside(), "dig", f"@{server}", name, "A", "+time=2", "+tries=1", *flags],
+        capture_output=True,
+        text=True,
+    ).stdout
+    status = next((line for line in out.splitlines() if "status:" in line), "")
+    if "NOERROR" not in status:
+        return status.split("status:")[1].split(",")[0].strip() if status else "TIMEOUT"
+    return " ".join(
+        line.split()[-1] for line in out.splitlines() if line and not line.startswith(";")
+    )
+
+
+def _agent_config(tmp: Path, signer: Signer, ttl: int = 3) -> Path:
+    policy = policy_text(
+        "redir",
+        extra='[[domain]]\nid = "deepseek-web"\nnames = ["deepseek.com"]\naction = "block"\n',
+    )
+    signer.write(tmp / "policy.toml", policy)
+    config = tmp / "agent.toml"
+    config.write_text(
+        f"""
+[agent]
+mode = "enforce"
+state_dir = "{tmp / "state"}"
+hostname = "redirect-test"
+status_interval = 0.5
+
+[policy]
+file = "{tmp / "policy.toml"}"
+trusted_keys = ["{signer.public}"]
+threshold = 1
+
+[sensors]
+process = "poll"
+poll_interval = 1
+
+[dns]
+redirect_ttl = {ttl}
+
+[enforce]
+notify = false
+"""
+    )  # dns is not set: "auto" is the default
+    return config
+
+
+def _start_agent(net: Net, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*net.inside(), *PROSCRIBE, "agent", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    status = config.parent / "state" / "status.json"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        written = read_status(status) or {}
+        state = str(((written.get("sensors") or {}).get("dns") or {}).get("state"))
+        return written.get("pid") == proc.pid and "redirect active" in state
+
+    assert wait_for(ready, 20, 0.1) and proc.poll() is None, log.read_text()
+    return proc
+
+
+def _tables(net: Net) -> str:
+    return subprocess.run(
+        [*net.inside(), "nft", "list", "tables"], capture_output=True, text=True
+    ).stdout
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        proc.wait(15)
+
+
+def test_auto_answers_every_resolver_with_the_policy(net: Net, tmp_path: Path) -> None:
+    signer = Signer()
+    config = _agent_config(tmp_path, signer)
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        assert "inet proscribe_dns" in _tables(net)
+        # the configured resolver, another one, over UDP and TCP: the policy answers
+        assert _dig(net, net.resolver, DENIED) == "NXDOMAIN"
+        assert _dig(net, net.other, DENIED) == "NXDOMAIN"
+        assert _dig(net, net.other, DENIED, "+tcp") == "NXDOMAIN"
+        assert _dig(net, "192.0.2.53", "x.deepseek.com") == "NXDOMAIN"  # no such server at all
+        # what is allowed (and a look-alike name) is answered by the resolver asked
+        assert _dig(net, net.other, ALLOWED) == "198.51.100.1"
+        assert _dig(net, net.resolver, LOOKALIKE) == "198.51.100.2"
+        assert _dig(net, net.other, ALLOWED, "+tcp") == "198.51.100.1"
+        # an application through glibc and resolv.conf
+        getent = subprocess.run([*net.inside(), "getent", "hosts", DENIED], capture_output=True)
+        assert getent.returncode == 2
+        # a bypass attempt is recorded as blocked with its process (dig)
+        dig = subprocess.Popen(
+            [*net.inside(), "dig", f"@{net.other}", "bypass.deepseek.com", "+time=2"],
+            stdout=subprocess.DEVNULL,
+        )
+        dig.wait(10)
+
+        def bypass_event() -> list[dict[str, object]]:
+            return [
+                e
+                for e in spool_events(tmp_path / "state")
+                if (e.get("dns") or {}).get("qname") == "bypass.deepseek.com"
+            ]
+
+        assert wait_for(bypass_event, 10, 0.1), spool_events(tmp_path / "state")
+        event = bypass_event()[0]
+        assert event["action"] == "sinkholed"
+        assert event["rule"] == "deepseek-web"
+        assert (event.get("process") or {}).get("name") == "dig"
+        assert (event.get("process") or {}).get("pid") == dig.pid
+    finally:
+        _stop(agent)
+    # a clean stop removes the table: the resolvers answer again at once
+    assert "proscribe_dns" not in _tables(net)
+    assert _dig(net, net.other, "after.deepseek.com") == "203.0.113.7"
+
+
+def test_a_crashed_agent_never_breaks_resolution(net: Net, tmp_path: Path) -> None:
+    signer = Signer()
+    config = _agent_config(tmp_path, signer, ttl=3)
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    assert _dig(net, net.other, DENIED) == "NXDOMAIN"
+    # renewals keep it alive well past the ttl
+    time.sleep(4)
+    assert _dig(net, net.other, "still.deepseek.com") == "NXDOMAIN"
+    _stop(agent, signal.SIGKILL)  # no cleanup runs: the table stays, its liveness lapses
+    assert "inet proscribe_dns" in _tables(net)
+    started = time.monotonic()
+    resumed = wait_for(lambda: _dig(net, net.other, ALLOWED) == "198.51.100.1", 10, 0.2)
+    assert resumed, "DNS did not resume after the agent died"
+    assert time.monotonic() - started < 4.5  # ttl 3 s (+ the conntrack of the last query)
+    assert _dig(net, net.other, "after.deepseek.com") == "203.0.113.7"
+    # the next start replaces the stale table and enforces again
+    agent = _start_agent(net, config, tmp_path / "agent2.log")
+    try:
+        assert _dig(net, net.other, DENIED) == "NXDOMAIN"
+        assert _tables(net).count("proscribe_dns") == 1
+    finally:
+        _stop(agent)
+
+
+def test_a_deleted_table_is_put_back(net: Net, tmp_path: Path) -> None:
+    signer = Signer()
+    config = _agent_config(tmp_path, signer, ttl=3)
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        subprocess.run(
+            [*net.inside(), "nft", "delete", "table", "inet", "proscribe_dns"], check=True
+        )
+        assert wait_for(lambda: "proscribe_dns" in _tables(net), 5, 0.1)
+        assert wait_for(lambda: _dig(net, net.other, DENIED) == "NXDOMAIN", 5, 0.2)
+    finally:
+        _stop(agent)
