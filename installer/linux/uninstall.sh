@@ -71,6 +71,11 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now proscribe-collector-purge.timer >/dev/null 2>&1 || true
   fi
 fi
+# The agent's DNS redirect (dns = "auto"): removed at the agent's stop and inert within
+# [dns] redirect_ttl once it is gone; deleted here too, whatever was left.
+if [ -z "$ROOT" ] && [ "$UNIT" = proscribe-agent.service ] && command -v nft >/dev/null 2>&1; then
+  nft delete table inet proscribe_dns >/dev/null 2>&1 || true
+fi
 
 files=() dirs=() trees=() states=() users=() resolvs=()
 while IFS= read -r line; do

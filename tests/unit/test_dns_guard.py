@@ -40,12 +40,14 @@ class _Policy:
         return datetime.now(UTC)
 
 
-def _observation(process: dict[str, Any] | None, reason: str | None = None) -> DnsObservation:
+def _observation(
+    process: dict[str, Any] | None, reason: str | None = None, name: str = "chat.deepseek.com"
+) -> DnsObservation:
     return DnsObservation(
-        qname="chat.deepseek.com",
+        qname=name,
         qtype="A",
         direction="query",
-        names_to_check=("chat.deepseek.com",),
+        names_to_check=(name,),
         src_ip="127.0.0.1",
         src_port=40000,
         dst_ip="127.0.0.1",
@@ -104,6 +106,30 @@ def test_repeats_after_the_event_was_sent_travel_in_one_new_event(tmp_path: Path
     # another process asking the same name is its own event
     guard.on_observation(_observation({**proc, "pid": 4243}))
     assert [e["process"]["pid"] for e in _dns_events(spool)] == [4242, 4243]
+
+
+def test_a_thousand_random_subdomains_are_one_event(tmp_path: Path) -> None:
+    """Measured in the issue: one process asking 1,000 random subdomains made 1,000 events."""
+    guard, spool = _guard(tmp_path)
+    proc = {"pid": 4242, "name": "curl", "exe": "/usr/bin/curl", "user": "alice"}
+    for i in range(1000):
+        guard.on_observation(_observation(proc, name=f"r{i:04d}x.deepseek.com"))
+    guard.flush_repeats()
+    (event,) = _dns_events(spool)
+    assert event["_count"] == 1000
+    assert event["dns"]["qname"] == "r0000x.deepseek.com"
+    # another process is its own event; a look-alike name is none
+    guard.on_observation(_observation({**proc, "pid": 4243}, name="a.deepseek.com"))
+    guard.on_observation(_observation(proc, name="deepseek.com.example"))
+    assert [e["process"]["pid"] for e in _dns_events(spool)] == [4242, 4243]
+    # once sent, the window's later names travel in one event naming a sample of them
+    spool.ack([e.id for e in spool.pending()])
+    for i in range(50):
+        guard.on_observation(_observation(proc, name=f"s{i}.deepseek.com"))
+    guard.flush_repeats()
+    (later,) = _dns_events(spool)
+    assert later["_count"] == 50
+    assert "names in this window: r0000x.deepseek.com, r0001x.deepseek.com" in later["detail"]
 
 
 def test_an_unattributed_query_says_why(tmp_path: Path) -> None:
