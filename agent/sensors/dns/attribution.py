@@ -153,7 +153,7 @@ class ProcessAttributor:
         # (transport, ip, port) -> (inode, pid, fd)
         self._by_address: dict[tuple[str, str, int], tuple[int, int, str]] = {}
         self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
-        self._newest_pid = 0
+        self._known_pids: set[int] = set()  # the pids of the previous scan
         self._last_full_scan = -1e9
         self._full_scan_interval = full_scan_interval
         self.skipped_scans = 0
@@ -242,8 +242,9 @@ class ProcessAttributor:
 
         1. the few pids that recently owned query sockets (a stub resolver or a browser opens
            a fresh socket per query);
-        2. pids newer than any seen before (the sender of a fresh query is usually a young
-           process such as ``dig`` or ``curl``), newest first;
+        2. pids that were not there at the previous scan (the sender of a fresh query is
+           usually a young process such as ``dig`` or ``curl``), highest first — by presence,
+           not by number, so this still works once pids have wrapped around;
         3. every pid, at most once per ``full_scan_interval``: a full scan costs milliseconds
            per hundred processes, and the capture thread must keep up with the traffic.
         """
@@ -257,12 +258,13 @@ class ProcessAttributor:
             pids = sorted((int(p) for p in os.listdir(self._proc) if p.isdigit()), reverse=True)
         except OSError:
             return None
-        newest_known = self._newest_pid
-        if pids:
-            self._newest_pid = max(self._newest_pid, pids[0])
-        for pid in pids:
-            if pid <= newest_known:
-                break
+        # Pids not present at the previous scan, whatever their number: after the pid counter
+        # wraps a new process has a *smaller* pid than older ones, so "newer than the largest
+        # seen" would never match again.
+        known = self._known_pids
+        self._known_pids = set(pids)
+        fresh = [pid for pid in pids if pid not in known]
+        for pid in fresh:
             if self._scan_pid(pid, target):
                 return pid
         now = self._clock()
@@ -271,8 +273,7 @@ class ProcessAttributor:
             return None
         self._last_full_scan = now
         for pid in pids:
-            known = pid <= newest_known and pid not in self._recent_owners
-            if known and self._scan_pid(pid, target):
+            if pid in known and pid not in self._recent_owners and self._scan_pid(pid, target):
                 return pid
         return None
 
