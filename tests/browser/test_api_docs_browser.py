@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.devserver import CollectorProcess
 
+pytestmark = [pytest.mark.browser]
+
 
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
