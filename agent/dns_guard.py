@@ -152,27 +152,48 @@ class DnsGuard:
         who = "" if connection.process else (
             f" (process not attributed: {connection.attribution_reason or 'unknown'})"
         )  # fmt: skip
-        event = self.evidence.event(
-            "dns",
-            rule=ENCRYPTED_DNS_RULE,
-            action="reported",
-            severity="medium",
-            judged_by=self.policy.compiled,
-            process=connection.process,
-            dns={
-                "qname": connection.provider or connection.resolver[0],
-                "qtype": connection.protocol,
-                "resolver": resolver,
-            },
-            detail=(
-                f"{connection.description}: queries sent this way are invisible to the DNS "
-                "sensor and the proxy, so domain rules cannot see them (turn DNS over HTTPS "
-                f"off by browser policy){who}"
-            ),
-        )
-        if self.evidence.commit(event):
+        if connection.blocked:
+            action = "denied"
+            why = (
+                "rejected by the agent's firewall rule ([dns] block_encrypted), so the client "
+                "falls back to plain DNS, which the policy answers"
+            )
+        else:
+            action = "reported"
+            why = (
+                "queries sent this way are invisible to the DNS sensor and the proxy, so "
+                "domain rules cannot see them (turn DNS over HTTPS off by browser policy)"
+            )
+        compiled = self.policy.compiled
+
+        def build() -> Event:
+            return self.evidence.event(
+                "dns",
+                rule=ENCRYPTED_DNS_RULE,
+                action=action,
+                severity="medium",
+                judged_by=compiled,
+                process=connection.process,
+                dns={
+                    "qname": connection.provider or connection.resolver[0],
+                    "qtype": connection.protocol,
+                    "resolver": resolver,
+                },
+                detail=f"{connection.description}: {why}{who}",
+            )
+
+        if connection.blocked:
+            # a browser retries: one event per process and resolver per window, counted
+            pid = (connection.process or {}).get("pid")
+            recorded = self.repeats.record((ENCRYPTED_DNS_RULE, action, pid, resolver), build)
+            if recorded.kind != "first":
+                return
+            stored = recorded.stored
+        else:
+            stored = self.evidence.commit(build())
+        if stored:
             self.counts.add("encrypted_dns")
-            log.warning("encrypted DNS: %s%s", connection.description, who)
+            log.warning("encrypted DNS %s: %s%s", action, connection.description, who)
         else:
             self.counts.add("unspooled")
 

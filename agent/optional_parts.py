@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from proscribe.agent.reporter import IdentityStore
     from proscribe.agent.sensors.dns import DnsSensor, ProcessAttributor
     from proscribe.agent.sensors.dns.encrypted import EncryptedDnsConnection, EncryptedDnsWatch
+    from proscribe.agent.sensors.dns.encrypted_block import EncryptedDnsBlocker
 
 __all__ = [
     "DnsPart",
@@ -143,14 +144,17 @@ class DnsParts:
         sensor: DnsSensor | None = None,
         watch: EncryptedDnsWatch | None = None,
         attributor: ProcessAttributor | None = None,
-        redirect: Callable[[int, bool], DnsRedirect] | None = None,
+        redirect: Callable[[int, bool, int | None, int | None], DnsRedirect] | None = None,
+        blocker: EncryptedDnsBlocker | None = None,
     ) -> None:
         self.state = state
         self.guard = guard
         self.sensor = sensor
         self.watch = watch
         self._attributor = attributor
-        self._make_redirect = redirect  # (resolver port, IPv6 resolver runs) -> the redirect
+        # (resolver port, IPv6 resolver runs, encrypted-DNS queue, log group) -> the redirect
+        self._make_redirect = redirect
+        self.blocker = blocker
         self.redirect: DnsRedirect | None = None
 
     def start(self) -> None:
@@ -171,14 +175,42 @@ class DnsParts:
             except Exception:
                 log.exception("encrypted DNS watch could not start (DNS sensor unaffected)")
 
-    def _start_redirect(self, make: Callable[[int, bool], DnsRedirect]) -> None:
+    def _start_redirect(
+        self, make: Callable[[int, bool, int | None, int | None], DnsRedirect]
+    ) -> None:
         """Every DNS query to the resolver (nftables). Without it the resolver still answers
-        what is sent to it and capture reports the rest; the state says so."""
+        what is sent to it and capture reports the rest; the state says so.
+
+        Encrypted-DNS attempts go through the agent's queue (exact attribution) where the
+        kernel has nftables' ``queue`` expression; else the kernel rejects them and copies
+        each to an NFLOG group the agent reads (uid always, process when still findable)."""
         port = int(getattr(self.sensor, "port", 53))
         ipv6 = bool(getattr(self.sensor, "ipv6", False))
+        queue: int | None = None
+        if self.blocker is not None:
+            try:
+                self.blocker.start()
+                queue = self.blocker.queue
+            except Exception as err:  # rejected all the same, but not reported per attempt
+                log.error("encrypted DNS queue not bound (%s): attempts rejected unreported", err)
+                self.blocker = None
         try:
-            redirect = make(port, ipv6)
-            redirect.start()
+            try:
+                redirect = make(port, ipv6, queue, None)
+                redirect.start()
+            except Exception as err:
+                if queue is None or self.blocker is None:
+                    raise
+                log.info("nftables queue unavailable (%s); encrypted DNS reported via NFLOG", err)
+                self.blocker.stop(final=False)
+                group: int | None = self.blocker.queue
+                try:
+                    self.blocker.start(log_only=True)
+                except Exception as log_err:
+                    log.error("NFLOG not available (%s): attempts rejected unreported", log_err)
+                    self.blocker, group = None, None
+                redirect = make(port, ipv6, None, group)
+                redirect.start()
         except Exception as err:
             self.state = f"running without redirect: {err}"
             log.error("DNS redirect (nftables) not installed: %s", err)
@@ -189,6 +221,8 @@ class DnsParts:
     def stop(self, timeout: float = 2.0) -> None:
         if self.redirect is not None:  # first: DNS must flow normally before the resolver stops
             self.redirect.stop(timeout)
+        if self.blocker is not None:
+            self.blocker.stop(timeout)
         if self.watch is not None:
             self.watch.stop(timeout)
         if self._attributor is not None:
@@ -206,6 +240,8 @@ class DnsParts:
             stats["encrypted_dns"] = dict(self.watch.counts)
         if self.redirect is not None:
             stats["redirect"] = self.redirect.stats()
+        if self.blocker is not None:
+            stats["encrypted_dns_blocked"] = self.blocker.stats()
         return stats
 
     def dropped(self) -> int:
@@ -276,6 +312,9 @@ def build_dns_for(
         log.exception("DNS sensor (%s) could not be built", mode)
         return DnsParts(f"failed: {err}", guard=guard)
     watch, attributor = _encrypted_dns_watch(config, guard.on_encrypted, users)
+    blocker = None
+    if redirect is not None and config.dns.block_encrypted:
+        blocker = _encrypted_dns_blocker(config, guard.on_encrypted, users)
     return DnsParts(
         "starting",
         guard=guard,
@@ -283,6 +322,36 @@ def build_dns_for(
         watch=watch,
         attributor=attributor,
         redirect=redirect,
+        blocker=blocker,
+    )
+
+
+def _encrypted_dns_blocker(
+    config: AgentConfig,
+    on_connection: Callable[[EncryptedDnsConnection], None],
+    users: UserNames,
+) -> EncryptedDnsBlocker:
+    """Reads the attempts the redirect's rules queue (attributed, rejected, reported)."""
+    from proscribe.agent.enforce.dns_redirect import DEFAULT_QUEUE, REJECT_MARK
+    from proscribe.agent.sensors.dns import ProcessAttributor
+    from proscribe.agent.sensors.dns.encrypted import resolver_table
+    from proscribe.agent.sensors.dns.encrypted_block import EncryptedDnsBlocker
+
+    lookup = ProcessAttributor(users=users)  # its own: the watch's runs on another thread
+
+    def attribute(
+        transport: str, local: tuple[str, int], remote: tuple[str, int]
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        found = lookup.attribute(transport, local, remote)
+        return found.process, found.reason
+
+    return EncryptedDnsBlocker(
+        on_connection,
+        attribute,
+        queue=DEFAULT_QUEUE,
+        reject_mark=REJECT_MARK,
+        resolvers=resolver_table(config.dns.doh_resolvers),
+        on_stop=lookup.close,
     )
 
 
@@ -297,8 +366,10 @@ def auto_dns_mode(config: AgentConfig) -> str:
     return "capture"
 
 
-def _redirect_factory(config: AgentConfig) -> Callable[[int, bool], DnsRedirect]:
-    def make(port: int, ipv6: bool) -> DnsRedirect:
+def _redirect_factory(
+    config: AgentConfig,
+) -> Callable[[int, bool, int | None, int | None], DnsRedirect]:
+    def make(port: int, ipv6: bool, queue: int | None, log_group: int | None) -> DnsRedirect:
         from proscribe.agent.enforce.dns_redirect import DnsRedirect
         from proscribe.agent.sensors.dns.encrypted import resolver_table
 
@@ -307,6 +378,8 @@ def _redirect_factory(config: AgentConfig) -> Callable[[int, bool], DnsRedirect]
             ipv6=ipv6,
             block_encrypted=config.dns.block_encrypted,
             ttl=config.dns.redirect_ttl,
+            queue=queue,
+            log_group=log_group,
             refresh=config.dns.redirect_ttl / 5,
             doh_resolvers=resolver_table(config.dns.doh_resolvers),
         )

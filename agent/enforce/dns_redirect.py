@@ -10,13 +10,16 @@ table ``inet proscribe_dns``::
         meta nfproto ipv6 meta l4proto @alive th dport 53 dnat ip6 to [::1]:PORT }
     chain filter_out { type filter hook output priority 0;      # block_encrypted only
         meta mark MARK return
-        meta l4proto @alive th dport 853 ... reject             # DoT (and DoQ)
-        ip daddr @doh4 meta l4proto @alive th dport 443 ... reject }   # known DoH resolvers
+        meta mark REJECT_MARK ... reject                        # the agent's verdict
+        meta l4proto @alive th dport 853 queue num Q bypass     # DoT (and DoQ)
+        ip daddr @doh4 meta l4proto @alive th dport 443 queue num Q bypass }  # known DoH
 
 so a program asking any resolver, at any address, as any user, is answered by the policy. The
 agent's proxy marks its upstream sockets (``SO_MARK``) and is let through. Rejections are
-``tcp reset`` / ICMP port-unreachable so clients fall back to port 53 at once, and each one is
-copied to NFLOG group ``log_group`` for the agent to report (``encrypted_log.py``).
+``tcp reset`` / ICMP port-unreachable so clients fall back to port 53 at once. Each attempt's
+first packet goes through the agent's queue first (``sensors/dns/encrypted_block.py``): it is
+attributed while the sender's socket is still connecting, handed back with ``REJECT_MARK`` and
+rejected on its second pass, and reported as ``denied`` with its process.
 
 **Crash safety.** Every rule needs ``meta l4proto @alive``: the set's two elements carry a
 timeout (``ttl``, 15 s) that the agent renews every ``refresh`` seconds (one atomic batch:
@@ -43,7 +46,8 @@ from proscribe.agent.counters import Counters
 
 __all__ = [
     "AGENT_MARK",
-    "DEFAULT_LOG_GROUP",
+    "DEFAULT_QUEUE",
+    "REJECT_MARK",
     "TABLE",
     "DnsRedirect",
     "NftRunner",
@@ -54,7 +58,8 @@ log = logging.getLogger(__name__)
 
 TABLE = "proscribe_dns"
 AGENT_MARK = 0x70726F73  # "pros": SO_MARK on the agent's own upstream sockets
-DEFAULT_LOG_GROUP = 5353  # NFLOG group the encrypted-DNS rejections are copied to
+DEFAULT_QUEUE = 5353  # NFQUEUE number the encrypted-DNS attempts are read from
+REJECT_MARK = 0x70726F74  # "prot": the agent's verdict on a queued attempt: reject it
 _FAMILY = "inet"
 
 
@@ -83,20 +88,13 @@ def _rule(table: str, chain: str, expr: list[dict[str, Any]]) -> dict[str, Any]:
     return {"add": {"rule": {"family": _FAMILY, "table": table, "chain": chain, "expr": expr}}}
 
 
-def _rejects(log_group: int | None, label: str) -> list[list[dict[str, Any]]]:
-    """Expressions after the match: a copy to NFLOG, then reject (TCP reset / ICMP)."""
-    logged: list[dict[str, Any]] = []
-    if log_group is not None:
-        logged = [{"log": {"group": log_group, "prefix": label}}]
+def _rejects(expr: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``expr`` then reject: TCP reset for TCP, ICMP port-unreachable for UDP."""
     return [
+        [*expr, _match({"meta": {"key": "l4proto"}}, "tcp"), {"reject": {"type": "tcp reset"}}],
         [
-            _match({"meta": {"key": "l4proto"}}, "tcp"),
-            *logged,
-            {"reject": {"type": "tcp reset"}},
-        ],
-        [
+            *expr,
             _match({"meta": {"key": "l4proto"}}, "udp"),
-            *logged,
             {"reject": {"type": "icmpx", "expr": "port-unreachable"}},
         ],
     ]
@@ -110,7 +108,9 @@ def redirect_commands(
     ttl: int = 15,
     block_encrypted: bool = False,
     doh_resolvers: Iterable[str] = (),
-    log_group: int | None = DEFAULT_LOG_GROUP,
+    queue: int | None = DEFAULT_QUEUE,
+    reject_mark: int = REJECT_MARK,
+    log_group: int | None = None,
     table: str = TABLE,
 ) -> list[dict[str, Any]]:
     """The whole table as one batch: an old copy replaced, then every set, chain and rule."""
@@ -197,12 +197,25 @@ def redirect_commands(
             }
         )
         cmds.append(_rule(table, "filter_out", [own, {"return": None}]))
-        for tail in _rejects(log_group, "proscribe-dot "):
-            cmds.append(_rule(table, "filter_out", [_ALIVE, _dport(853), *tail]))
+        attempts = [[_ALIVE, _dport(853)]]
         for set_name, proto in (("doh4", "ip"), ("doh6", "ip6")):
             address = _match({"payload": {"protocol": proto, "field": "daddr"}}, f"@{set_name}")
-            for tail in _rejects(log_group, "proscribe-doh "):
-                cmds.append(_rule(table, "filter_out", [_ALIVE, address, _dport(443), *tail]))
+            attempts.append([_ALIVE, address, _dport(443)])
+        if queue is None:  # reject at once; a copy to NFLOG when there is a group
+            logged = []
+            if log_group is not None:
+                logged = [{"log": {"group": log_group, "queue-threshold": 1}}]
+            for expr in attempts:
+                for rule in _rejects([*expr, *logged]):
+                    cmds.append(_rule(table, "filter_out", rule))
+        else:
+            # the agent reads the first packet (attributing its sender), hands it back marked,
+            # and the second pass rejects it; with no reader the queue lets it through
+            for rule in _rejects([_match({"meta": {"key": "mark"}}, reject_mark)]):
+                cmds.append(_rule(table, "filter_out", rule))
+            for expr in attempts:
+                queued = {"queue": {"num": queue, "flags": ["bypass"]}}
+                cmds.append(_rule(table, "filter_out", [*expr, queued]))
     cmds.append(
         {
             "add": {
@@ -250,7 +263,8 @@ class DnsRedirect:
         refresh: float = 3.0,
         block_encrypted: bool = False,
         doh_resolvers: Iterable[str] = (),
-        log_group: int | None = DEFAULT_LOG_GROUP,
+        queue: int | None = DEFAULT_QUEUE,
+        log_group: int | None = None,
         table: str = TABLE,
         on_restored: Callable[[str], None] | None = None,
     ) -> None:
@@ -264,6 +278,7 @@ class DnsRedirect:
             ttl=ttl,
             block_encrypted=block_encrypted,
             doh_resolvers=doh_resolvers,
+            queue=queue,
             log_group=log_group,
             table=table,
         )

@@ -9,14 +9,17 @@ nftables table lives in the host namespace only and goes with it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,7 +114,7 @@ def _dig(net: Net, server: str, name: str, *flags: str) -> str:
     )
 
 
-def _agent_config(tmp: Path, signer: Signer, ttl: int = 3) -> Path:
+def _agent_config(tmp: Path, signer: Signer, ttl: int = 3, dns_extra: str = "") -> Path:
     policy = policy_text(
         "redir",
         extra='[[domain]]\nid = "deepseek-web"\nnames = ["deepseek.com"]\naction = "block"\n',
@@ -137,6 +140,7 @@ poll_interval = 1
 
 [dns]
 redirect_ttl = {ttl}
+{dns_extra}
 
 [enforce]
 notify = false
@@ -257,5 +261,108 @@ def test_a_deleted_table_is_put_back(net: Net, tmp_path: Path) -> None:
         )
         assert wait_for(lambda: "proscribe_dns" in _tables(net), 5, 0.1)
         assert wait_for(lambda: _dig(net, net.other, DENIED) == "NXDOMAIN", 5, 0.2)
+    finally:
+        _stop(agent)
+
+
+LISTENER = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.close()
+for port in (443, 853):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+CLIENT = """
+import json, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+started = time.monotonic()
+try:
+    socket.create_connection((host, port), timeout=3).close()
+    result = "connected"
+except ConnectionRefusedError:
+    result = "refused"
+except OSError as err:
+    result = type(err).__name__
+print(json.dumps({"result": result, "seconds": time.monotonic() - started}))
+"""
+
+
+def _connect(net: Net, host: str, port: int) -> tuple[str, float, int]:
+    proc = subprocess.Popen(
+        [*net.inside(), sys.executable, "-c", CLIENT, host, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=10)
+    found = json.loads(out)
+    return found["result"], found["seconds"], proc.pid
+
+
+@pytest.fixture
+def listeners(net: Net, procs: Procs) -> None:
+    """TCP 443 and 853 answered on both peer addresses (an unblocked connect succeeds)."""
+    proc = procs.start(
+        ["ip", "netns", "exec", net.peer, sys.executable, "-c", LISTENER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+
+
+def test_encrypted_dns_is_rejected_at_once_and_reported_with_its_process(
+    net: Net, listeners: None, tmp_path: Path
+) -> None:
+    signer = Signer()
+    config = _agent_config(tmp_path, signer, dns_extra=f'doh_resolvers = ["{net.other}"]')
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        dot, dot_seconds, dot_pid = _connect(net, net.resolver, 853)
+        assert dot == "refused" and dot_seconds < 0.5  # a reset: the client falls back now
+        doh, doh_seconds, doh_pid = _connect(net, net.other, 443)
+        assert doh == "refused" and doh_seconds < 0.5
+        # HTTPS to an address that is no DoH resolver is left alone
+        assert _connect(net, net.resolver, 443)[0] == "connected"
+
+        def denied() -> dict[str, dict[str, Any]]:
+            return {
+                e["dns"]["qtype"]: e
+                for e in spool_events(tmp_path / "state")
+                if e.get("rule") == "encrypted-dns"
+            }
+
+        assert wait_for(lambda: {"DoT", "DoH"} <= set(denied()), 10), denied()
+        events = denied()
+        assert events["DoT"]["dns"]["resolver"] == f"{net.resolver}:853"
+        assert events["DoH"]["dns"]["resolver"] == f"{net.other}:443"
+        assert {e["action"] for e in events.values()} == {"denied"}
+        status = read_status(tmp_path / "state" / "status.json") or {}
+        mode = status["sensors"]["dns"]["encrypted_dns_blocked"]["mode"]
+        if mode == "queue":  # the kernel has nftables' queue: read while still connecting
+            assert events["DoT"]["process"]["pid"] == dot_pid
+            assert events["DoH"]["process"]["pid"] == doh_pid
+        else:  # NFLOG copies (no CONFIG_NFT_QUEUE): the sender's uid, the socket often gone
+            for event in events.values():
+                assert event.get("process") or "belonged to uid 0" in event["detail"]
+    finally:
+        _stop(agent)
+    # once the agent is stopped, nothing is rejected
+    assert _connect(net, net.resolver, 853)[0] == "connected"
+
+
+def test_encrypted_dns_blocking_can_be_turned_off(
+    net: Net, listeners: None, tmp_path: Path
+) -> None:
+    signer = Signer()
+    config = _agent_config(tmp_path, signer, dns_extra="block_encrypted = false")
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        assert _connect(net, net.resolver, 853)[0] == "connected"
+        assert _dig(net, net.other, DENIED) == "NXDOMAIN"  # the redirect itself still holds
     finally:
         _stop(agent)
