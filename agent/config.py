@@ -87,6 +87,9 @@ class EnforceSection:
     exec_deny_mounts: tuple[str, ...] = ()  # fanotify pre-exec deny on these mounts; () = off
     exec_deny_timeout_ms: int = 200  # answer "allow" when a decision takes longer (fail-open)
     exec_deny_cache_size: int = 4096  # verdicts cached by (dev, inode, mtime, ctime, size)
+    # managed Chromium/Chrome/Edge/Firefox policies from the domain rules (Linux; the
+    # installer turns it on: agent/enforce/browser_policy.py)
+    browser_policies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
             "exec_deny_mounts",
             "exec_deny_timeout_ms",
             "exec_deny_cache_size",
+            "browser_policies",
         ),
     )
     enforce = EnforceSection(
@@ -240,6 +244,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         exec_deny_cache_size=r.integer(
             e, "enforce.exec_deny_cache_size", 4096, low=0, high=1_000_000
         ),
+        browser_policies=r.boolean(e, "enforce.browser_policies", False),
     )
 
     sp = r.section("spool", ("max_events", "max_bytes"))

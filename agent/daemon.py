@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from proscribe.agent.browser_guard import BrowserGuard, build_browser_guard
 from proscribe.agent.config import AgentConfig
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
@@ -94,11 +95,13 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        browsers: BrowserGuard | None = None,
     ) -> None:
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
         self.hostname = hostname
+        self.browsers = browsers
 
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
@@ -109,6 +112,8 @@ class PolicyChange:
 
             # drops the cached verdicts of the old policy
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
+        if self.browsers is not None:
+            self.browsers.on_policy(compiled)  # managed browser policies follow the policy
 
 
 class Daemon:
@@ -129,7 +134,9 @@ class Daemon:
         hostname: str,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
+        browsers: BrowserGuard | None = None,
     ) -> None:
+        self.browsers = browsers
         self.config = config
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
         self.spool = spool
@@ -186,6 +193,7 @@ class Daemon:
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
+            "browser_policies": self.browsers.status() if self.browsers is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors + self.sensor.errors + self.policy.errors,
@@ -234,6 +242,8 @@ class Daemon:
                     log.exception("folding repeats failed (continuing)")
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
+                    if self.browsers is not None:
+                        self.browsers.check()  # a changed or removed file: restored, recorded
                     self.write_status()
                 if watchdog is not None and time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + watchdog
@@ -344,6 +354,12 @@ def build(
         want_sha256=in_force.needs_sha256,
         interesting=guard.matches,
     )
+    browsers = build_browser_guard(
+        config.enforce.browser_policies,
+        evidence=evidence,
+        policy=in_force,
+        enforce=config.agent.mode == "enforce",
+    )
     dns = (
         build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname, users=users)
         if with_dns
@@ -360,7 +376,7 @@ def build(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname),
+        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, browsers),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -391,4 +407,5 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        browsers=browsers,
     )
