@@ -370,7 +370,7 @@ def _redirect_factory(
     config: AgentConfig,
 ) -> Callable[[int, bool, int | None, int | None], DnsRedirect]:
     def make(port: int, ipv6: bool, queue: int | None, log_group: int | None) -> DnsRedirect:
-        from proscribe.agent.enforce.dns_redirect import DnsRedirect
+        from proscribe.agent.enforce.dns_redirect import DnsRedirect, stub_resolver_uids
         from proscribe.agent.sensors.dns.encrypted import resolver_table
 
         return DnsRedirect(
@@ -380,6 +380,7 @@ def _redirect_factory(
             ttl=config.dns.redirect_ttl,
             queue=queue,
             log_group=log_group,
+            exempt_uids=stub_resolver_uids(),
             refresh=config.dns.redirect_ttl / 5,
             doh_resolvers=resolver_table(config.dns.doh_resolvers),
         )

@@ -48,10 +48,12 @@ __all__ = [
     "AGENT_MARK",
     "DEFAULT_QUEUE",
     "REJECT_MARK",
+    "STUB_RESOLVER_ACCOUNTS",
     "TABLE",
     "DnsRedirect",
     "NftRunner",
     "redirect_commands",
+    "stub_resolver_uids",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,25 @@ AGENT_MARK = 0x70726F73  # "pros": SO_MARK on the agent's own upstream sockets
 DEFAULT_QUEUE = 5353  # NFQUEUE number the encrypted-DNS attempts are read from
 REJECT_MARK = 0x70726F74  # "prot": the agent's verdict on a queued attempt: reject it
 _FAMILY = "inet"
+
+
+# Accounts local stub resolvers run as on Debian, Ubuntu and Fedora.
+STUB_RESOLVER_ACCOUNTS = ("systemd-resolve", "dnsmasq", "unbound", "bind", "named", "pdns")
+
+
+def stub_resolver_uids(accounts: Iterable[str] = STUB_RESOLVER_ACCOUNTS) -> list[int]:
+    """The uids of those accounts that exist here (none may be root)."""
+    import pwd
+
+    uids = []
+    for account in accounts:
+        try:
+            uid = pwd.getpwnam(account).pw_uid
+        except KeyError:
+            continue
+        if uid != 0:
+            uids.append(uid)
+    return uids
 
 
 class NftRunner(Protocol):
@@ -111,9 +132,15 @@ def redirect_commands(
     queue: int | None = DEFAULT_QUEUE,
     reject_mark: int = REJECT_MARK,
     log_group: int | None = None,
+    exempt_uids: Iterable[int] = (),
     table: str = TABLE,
 ) -> list[dict[str, Any]]:
-    """The whole table as one batch: an old copy replaced, then every set, chain and rule."""
+    """The whole table as one batch: an old copy replaced, then every set, chain and rule.
+
+    ``exempt_uids``: local stub resolvers' accounts (systemd-resolved, dnsmasq, unbound,
+    named): their upstream queries leave as asked. Applications' queries to the stub are
+    still redirected, and the agent's resolver forwards them to the stub (its upstream), so
+    the stub's own forward must not come back to the agent (a loop)."""
     ident = {"family": _FAMILY, "name": table}
     cmds: list[dict[str, Any]] = [
         {"add": {"table": dict(ident)}},  # so that the delete cannot fail
@@ -146,6 +173,10 @@ def redirect_commands(
     ]
     own = _match({"meta": {"key": "mark"}}, mark)
     cmds.append(_rule(table, "nat_out", [own, {"return": None}]))
+    uids = sorted(set(exempt_uids))
+    if uids:
+        stub = _match({"meta": {"key": "skuid"}}, {"set": uids} if len(uids) > 1 else uids[0])
+        cmds.append(_rule(table, "nat_out", [stub, {"return": None}]))
     cmds.append(
         _rule(
             table,
@@ -265,6 +296,7 @@ class DnsRedirect:
         doh_resolvers: Iterable[str] = (),
         queue: int | None = DEFAULT_QUEUE,
         log_group: int | None = None,
+        exempt_uids: Iterable[int] = (),
         table: str = TABLE,
         on_restored: Callable[[str], None] | None = None,
     ) -> None:
@@ -280,6 +312,7 @@ class DnsRedirect:
             doh_resolvers=doh_resolvers,
             queue=queue,
             log_group=log_group,
+            exempt_uids=exempt_uids,
             table=table,
         )
         self._renew = renew_commands(ttl, table)

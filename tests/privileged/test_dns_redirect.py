@@ -366,3 +366,40 @@ def test_encrypted_dns_blocking_can_be_turned_off(
         assert _dig(net, net.other, DENIED) == "NXDOMAIN"  # the redirect itself still holds
     finally:
         _stop(agent)
+
+
+def test_a_local_stub_resolver_upstream_does_not_loop(
+    net: Net, procs: Procs, tmp_path: Path
+) -> None:
+    """systemd-resolved's set-up: resolv.conf names a local stub, so the agent's resolver
+    forwards to the stub, and the stub's own upstream query must leave as asked (its account
+    is exempt) instead of coming back to the agent for ever."""
+    import pwd
+
+    try:
+        pwd.getpwnam("dnsmasq")
+    except KeyError:
+        pytest.skip("needs the dnsmasq account (apt-get install dnsmasq)")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    procs.start(
+        [
+            # as its own account from the start, like systemd-resolved (a stub started as
+            # root opens its upstream sockets as root: docs/limitations.md)
+            *net.inside(), "setpriv", "--reuid=dnsmasq", "--regid=65534", "--clear-groups",
+            "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service",
+            "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
+            "--listen-address=127.0.0.2", "--bind-interfaces", "--pid-file=",
+            "--log-facility=/dev/null", "--user=dnsmasq", f"--server={net.resolver}",
+        ]
+    )  # fmt: skip
+    signer = Signer()
+    config = _agent_config(tmp_path, signer, dns_extra='upstreams = ["127.0.0.2"]')
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        assert wait_for(lambda: _dig(net, "127.0.0.2", ALLOWED) == "198.51.100.1", 10, 0.2)
+        assert _dig(net, net.other, ALLOWED) == "198.51.100.1"  # via agent → stub → resolver
+        assert _dig(net, "127.0.0.2", DENIED) == "NXDOMAIN"
+        assert _dig(net, net.other, DENIED) == "NXDOMAIN"
+    finally:
+        _stop(agent)
