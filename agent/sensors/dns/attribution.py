@@ -153,7 +153,8 @@ class ProcessAttributor:
         # (transport, ip, port) -> (inode, pid, fd)
         self._by_address: dict[tuple[str, str, int], tuple[int, int, str]] = {}
         self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
-        self._known_pids: set[int] = set()  # the pids of the previous scan
+        self._first_seen: dict[int, float] = {}  # pid -> when a scan first listed it
+        self._young_for = 2.0
         self._last_full_scan = -1e9
         self._full_scan_interval = full_scan_interval
         self.skipped_scans = 0
@@ -242,9 +243,9 @@ class ProcessAttributor:
 
         1. the few pids that recently owned query sockets (a stub resolver or a browser opens
            a fresh socket per query);
-        2. pids that were not there at the previous scan (the sender of a fresh query is
-           usually a young process such as ``dig`` or ``curl``), highest first — by presence,
-           not by number, so this still works once pids have wrapped around;
+        2. young pids, first listed within the last 2 s (the sender of a fresh query is
+           usually a young process such as ``dig`` or ``curl``), newest first — by when they
+           appeared, not by number, so this still works once pids have wrapped around;
         3. every pid, at most once per ``full_scan_interval``: a full scan costs milliseconds
            per hundred processes, and the capture thread must keep up with the traffic.
         """
@@ -258,22 +259,39 @@ class ProcessAttributor:
             pids = sorted((int(p) for p in os.listdir(self._proc) if p.isdigit()), reverse=True)
         except OSError:
             return None
-        # Pids not present at the previous scan, whatever their number: after the pid counter
-        # wraps a new process has a *smaller* pid than older ones, so "newer than the largest
-        # seen" would never match again.
-        known = self._known_pids
-        self._known_pids = set(pids)
-        fresh = [pid for pid in pids if pid not in known]
-        for pid in fresh:
+        # Young pids: first seen within ``young_for`` seconds, whatever their number (after the
+        # pid counter wraps a new process has a *smaller* pid than older ones, so "newer than
+        # the largest seen" never matches again), newest first. Not merely "absent at the
+        # previous scan": at 50 queries a second a scan often lists a dig that has not opened
+        # its socket yet, and it must still count as young at the next lookup.
+        now = self._clock()
+        first_seen = self._first_seen
+        alive = set(pids)
+        for pid in [p for p in first_seen if p not in alive]:
+            del first_seen[pid]
+        for pid in pids:
+            if pid not in first_seen:
+                first_seen[pid] = now
+        # newest first; among pids first listed together (the first scan lists them all),
+        # the higher pid first (without a wrap, the younger)
+        young = sorted(
+            (p for p, seen in first_seen.items() if now - seen <= self._young_for),
+            key=lambda p: (-first_seen[p], -p),
+        )
+        for pid in young:
             if self._scan_pid(pid, target):
                 return pid
-        now = self._clock()
+        young_set = set(young)
         if now - self._last_full_scan < self._full_scan_interval:
             self.skipped_scans += 1
             return None
         self._last_full_scan = now
         for pid in pids:
-            if pid in known and pid not in self._recent_owners and self._scan_pid(pid, target):
+            if (
+                pid not in young_set
+                and pid not in self._recent_owners
+                and self._scan_pid(pid, target)
+            ):
                 return pid
         return None
 
