@@ -138,3 +138,50 @@ def test_an_unattributed_query_says_why(tmp_path: Path) -> None:
     (event,) = _dns_events(spool)
     assert "process" not in event or event["process"] is None
     assert "process not attributed: socket closed before lookup" in event["detail"]
+
+
+def test_capture_reports_a_denied_name_in_any_question(tmp_path: Path) -> None:
+    """Measured in the issue: a 10-question query with the denied name fifth was not
+    reported by capture (only the first question was checked)."""
+    import dns.message
+    import dns.name
+    import dns.rdataclass
+    import dns.rdatatype
+
+    from proscribe.agent.sensors.dns.message import parse_message
+
+    names = [f"q{i}.allowed.example" for i in range(10)]
+    names[4] = "chat.deepseek.com"
+    message = dns.message.make_query(names[0], "A")
+    for name in names[1:]:
+        message.find_rrset(
+            message.question, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.A,
+            create=True,
+        )  # fmt: skip
+    facts = parse_message(message.to_wire())
+    assert facts.qname == "q0.allowed.example" and facts.questions[4] == "chat.deepseek.com"
+    observation = DnsObservation.from_facts(
+        facts, src=("127.0.0.1", 40000), dst=("127.0.0.1", 53), transport="udp", time=time.time()
+    )
+    guard, spool = _guard(tmp_path)
+    guard.on_observation(observation)
+    (event,) = _dns_events(spool)
+    assert event["rule"] == "deepseek-web" and event["action"] == "reported"
+    # the same ten questions without it: nothing
+    names[4] = "deepseek.com.example"
+    innocent = dns.message.make_query(names[0], "A")
+    for name in names[1:]:
+        innocent.find_rrset(
+            innocent.question, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.A,
+            create=True,
+        )  # fmt: skip
+    guard.on_observation(
+        DnsObservation.from_facts(
+            parse_message(innocent.to_wire()),
+            src=("127.0.0.1", 40001),
+            dst=("127.0.0.1", 53),
+            transport="udp",
+            time=time.time(),
+        )
+    )
+    assert len(_dns_events(spool)) == 1
