@@ -123,6 +123,7 @@ class DnsProxy:
         clock: Callable[[], float] = time.time,
         queue_size: int = 10_000,
         mark: int | None = None,
+        attribute_unmatched: bool = True,
     ) -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode must be enforce or monitor, not {mode!r}")
@@ -139,6 +140,10 @@ class DnsProxy:
         # SO_MARK on every upstream socket: the agent's nftables redirect lets marked packets
         # through (its own queries must reach the real resolvers, not come back to it).
         self._mark = mark
+        # False (the agent): a query no rule matches (nor its CNAMEs) is neither attributed
+        # nor delivered, as the agent records nothing about it: the lookup was a third of the
+        # per-query cost. True: every query is attributed and delivered (for tools and tests).
+        self._attribute_unmatched = attribute_unmatched
         # Drained every 20 ms: a wake-up per query would hand the GIL to the consumer each time.
         self._delivery: BackgroundWorker[DnsObservation] = BackgroundWorker(
             on_observation, name="dns-proxy-deliver", maxsize=queue_size, poll_interval=0.02
@@ -416,7 +421,7 @@ class DnsProxy:
         transport: str,
     ) -> bytes:
         """Decide the answer's CNAME targets; emit the observation; return what to send."""
-        if attribution is None:
+        if attribution is None and self._attribute_unmatched:
             attribution = self._attribute(transport, observation.client)
         if _CNAME_IN not in answer:
             # No CNAME record can be in there: skip the parse, keep the question's names.
@@ -436,6 +441,8 @@ class DnsProxy:
         for target in cname_targets:
             verdict = self._verdict(target, None)
             if verdict is not None:
+                if attribution is None:
+                    attribution = self._attribute(transport, observation.client)
                 verdict = self._verdict(target, attribution)
             if verdict is None:
                 continue
@@ -447,6 +454,8 @@ class DnsProxy:
                 return answer
             if observation.verdict is None:
                 observation.set_verdict(verdict, target)
+        if observation.verdict is None and not self._attribute_unmatched:
+            return answer  # nothing matched: nothing to record
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return answer
 
@@ -462,7 +471,7 @@ class DnsProxy:
         pending = _Pending(client, observation.msg_id, data, observation, None, time.monotonic(), 0)
         self._send_upstream(pending)
         self._counts["forwarded"] += 1
-        if attribution is None:
+        if attribution is None and self._attribute_unmatched:
             attribution = self._attribute("udp", client)  # while the upstream works
         pending.attribution = attribution
 
@@ -591,7 +600,7 @@ class DnsProxy:
         reply, observation, attribution = self._first_query_step(data, client, "tcp", server)
         if observation is None:
             return reply
-        if attribution is None:
+        if attribution is None and self._attribute_unmatched:
             attribution = self._attribute("tcp", client, server)
         self._counts["forwarded"] += 1
         for upstream in self._upstreams:

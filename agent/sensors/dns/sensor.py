@@ -174,6 +174,7 @@ def _build(
             attributor=attributor,
             mode="enforce" if settings.enforce else "monitor",
             mark=settings.mark,
+            attribute_unmatched=False,  # the agent records only what a rule matches
         )
     raise DnsSensorUnavailable(f'[sensors] dns = {mode!r}: use "auto", "capture", "proxy" or "off"')
 
