@@ -41,6 +41,7 @@ REASON_NO_OWNER = "socket owner not found (process exited or lives in another pi
 REASON_FORWARDED = "forwarded by a local stub resolver; the application's query carries the process"
 _MAX_CACHE = 65536
 _RECENT_OWNERS = 16
+_YOUNG_SCANNED = 32  # at most this many young pids scanned per lookup (the newest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +278,7 @@ class ProcessAttributor:
         young = sorted(
             (p for p, seen in first_seen.items() if now - seen <= self._young_for),
             key=lambda p: (-first_seen[p], -p),
-        )
+        )[:_YOUNG_SCANNED]
         for pid in young:
             if self._scan_pid(pid, target):
                 return pid
