@@ -243,6 +243,9 @@ def _print_status(status: dict[str, Any]) -> None:
         extra = f" ({backend})" if backend and backend != state else ""
         detail = f" — {info['detail']}" if info.get("detail") else ""
         out.write(f"sensor:    {name}: {state}{extra}{detail}\n")
+    dns_lost = (status.get("drops") or {}).get("dns")
+    if isinstance(dns_lost, int) and dns_lost:
+        out.write(f"dns loss:  {dns_lost} message(s) dropped before the agent saw them\n")
     policy = status.get("policy", {})
     if policy.get("error"):
         out.write(f"policy:    {policy['error']}\n")
