@@ -146,7 +146,9 @@ class DnsParts:
         attributor: ProcessAttributor | None = None,
         redirect: Callable[[int, bool, int | None, int | None], DnsRedirect] | None = None,
         blocker: EncryptedDnsBlocker | None = None,
+        fallback: str | None = None,
     ) -> None:
+        self._fallback = fallback  # auto fell back to capture: why (shown in the state)
         self.state = state
         self.guard = guard
         self.sensor = sensor
@@ -166,7 +168,7 @@ class DnsParts:
             self.state = f"failed: {err}"
             log.error("DNS sensor could not start: %s", err)
             return
-        self.state = "running"
+        self.state = "running" if self._fallback is None else f"running ({self._fallback})"
         if self._make_redirect is not None:
             self._start_redirect(self._make_redirect)
         if self.watch is not None:
@@ -186,6 +188,10 @@ class DnsParts:
         each to an NFLOG group the agent reads (uid always, process when still findable)."""
         port = int(getattr(self.sensor, "port", 53))
         ipv6 = bool(getattr(self.sensor, "ipv6", False))
+        resolver_error = getattr(self.sensor, "resolver_error", None)
+        if resolver_error:
+            self.state = f"capture only, nothing redirected: {resolver_error}"
+            return
         queue: int | None = None
         if self.blocker is not None:
             try:
@@ -295,6 +301,7 @@ def build_dns_for(
         policy=policy, evidence=evidence, hostname=hostname, window=config.dedupe.window
     )
     redirect = None
+    fallback: str | None = None
     try:
         settings = DnsSettings.from_config(config.dns, enforce=config.agent.mode == "enforce")
         if mode == "auto":
@@ -304,7 +311,20 @@ def build_dns_for(
 
             settings = replace(settings, mark=AGENT_MARK)
             redirect = _redirect_factory(config)
-        sensor = build_dns_sensor(mode, settings, guard.on_observation, guard.decide, users=users)
+        try:
+            sensor = build_dns_sensor(
+                mode, settings, guard.on_observation, guard.decide, users=users
+            )
+        except ProscribeError as err:
+            if mode != "auto":
+                raise
+            # e.g. no upstream to forward to: capture alone, and the state says why
+            log.error("DNS resolver not built (%s); capture only, nothing redirected", err)
+            redirect = None
+            fallback = f"capture only, nothing redirected: {err}"
+            sensor = build_dns_sensor(
+                "capture", settings, guard.on_observation, guard.decide, users=users
+            )
     except ProscribeError as err:
         log.error("DNS sensor (%s) not started: %s", mode, err)
         return DnsParts(f"unavailable: {err}", guard=guard)
@@ -323,6 +343,7 @@ def build_dns_for(
         attributor=attributor,
         redirect=redirect,
         blocker=blocker,
+        fallback=fallback,
     )
 
 

@@ -443,3 +443,46 @@ def test_dig_at_50_per_second_is_attributed(net: Net, tmp_path: Path) -> None:
         assert attributed >= 98, (attributed, found.get(0))
     finally:
         _stop(agent)
+
+
+def test_a_taken_resolver_address_leaves_capture_running_and_nothing_redirected(
+    net: Net, tmp_path: Path, procs: Procs
+) -> None:
+    """Another resolver already on 127.0.0.1:53: the agent must not redirect DNS to a
+    resolver it does not run; capture still reports, and status says why."""
+    squatter = procs.start(
+        [*net.inside(), sys.executable, "-c",
+         "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind(('127.0.0.1', 53)); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == b"ready"
+    signer = Signer()
+    config = _agent_config(tmp_path, signer)
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen(
+            [*net.inside(), *PROSCRIBE, "agent", "run", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+        status = tmp_path / "state" / "status.json"
+
+        def dns_state() -> str:
+            written = read_status(status) or {}
+            if written.get("pid") != agent.pid:
+                return ""
+            return str(((written.get("sensors") or {}).get("dns") or {}).get("state"))
+
+        assert wait_for(lambda: "capture only" in dns_state(), 20, 0.1), log.read_text()
+        assert "proscribe_dns" not in _tables(net)
+        assert _dig(net, net.other, DENIED) == "203.0.113.7"  # answered as asked, reported
+        assert wait_for(
+            lambda: any(
+                e.get("rule") == "deepseek-web" and e["action"] == "reported"
+                for e in spool_events(tmp_path / "state")
+            ),
+            10,
+        )
+    finally:
+        _stop(agent)

@@ -209,6 +209,7 @@ class AutoSensor:
         self.capture = capture
         self.proxies = proxies
         self.ipv6 = False  # whether the [::1] resolver runs (the redirect's IPv6 rule needs it)
+        self.resolver_error: str | None = None  # why the resolver is not running, if it is not
         self._running: list[DnsProxy] = []
         self._skip_addresses: set[tuple[str, int]] = set()
         self._skip_ports: set[int] = set()
@@ -227,7 +228,16 @@ class AutoSensor:
         )
 
     def start(self) -> None:
-        self.proxies[0].start()  # the one that must run: its failure is the sensor's
+        """Start the resolver(s) and capture. A resolver that cannot bind (the address is
+        taken) leaves capture alone running (``resolver_error`` says why; no redirect)."""
+        self.resolver_error = None
+        try:
+            self.proxies[0].start()
+        except Exception as err:
+            self.resolver_error = str(err)
+            log.error("DNS resolver not started (%s); capture only, nothing redirected", err)
+            self.capture.start()
+            return
         self._running = [self.proxies[0]]
         for extra in self.proxies[1:]:
             try:
@@ -302,3 +312,8 @@ class _ManagedSensor:
     @property
     def port(self) -> int:
         return int(getattr(self.inner, "port", 53))
+
+    @property
+    def resolver_error(self) -> str | None:
+        error = getattr(self.inner, "resolver_error", None)
+        return None if error is None else str(error)
