@@ -486,3 +486,31 @@ def test_a_taken_resolver_address_leaves_capture_running_and_nothing_redirected(
         )
     finally:
         _stop(agent)
+
+
+def test_ipv6_queries_to_another_resolver_are_answered_by_the_policy(
+    net: Net, tmp_path: Path, procs: Procs
+) -> None:
+    _ip("-n", net.host, "addr", "add", "fd77::1/64", "dev", "v0", "nodad")
+    _ip("-n", net.peer, "addr", "add", "fd77::3/64", "dev", "v1", "nodad")
+    procs.start(
+        [
+            "ip", "netns", "exec", net.peer, "dnsmasq", "--no-daemon", "--no-resolv",
+            "--no-hosts", "--listen-address=fd77::3", "--bind-interfaces", "--pid-file=",
+            "--log-facility=/dev/null", "--user=root", f"--address=/{ALLOWED}/198.51.100.1",
+            "--address=/deepseek.com/203.0.113.7",
+        ]
+    )  # fmt: skip
+    assert wait_for(lambda: _dig(net, "fd77::3", ALLOWED) == "198.51.100.1", 10, 0.2)
+    assert _dig(net, "fd77::3", DENIED) == "203.0.113.7"  # before the agent: answered
+    signer = Signer()
+    config = _agent_config(tmp_path, signer)
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        status = read_status(tmp_path / "state" / "status.json") or {}
+        assert "redirect active" in status["sensors"]["dns"]["state"]
+        assert _dig(net, "fd77::3", DENIED) == "NXDOMAIN"
+        assert _dig(net, "fd77::3", DENIED, "+tcp") == "NXDOMAIN"
+        assert _dig(net, "fd77::3", ALLOWED) == "198.51.100.1"
+    finally:
+        _stop(agent)
