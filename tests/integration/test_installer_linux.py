@@ -286,10 +286,17 @@ def test_unit_is_hardened_and_passes_systemd_analyze_verify(
     assert directives["AmbientCapabilities"] == directives["CapabilityBoundingSet"]
     for key, value in {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only",
-        "ReadWritePaths": "/var/lib/proscribe", "PrivateTmp": "yes", "Restart": "on-failure",
+        "PrivateTmp": "yes", "Restart": "on-failure",
         "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30",
     }.items():  # fmt: skip
         assert directives[key] == value, key
+    # writable: the state directory, and the browsers' policy folders only where they exist
+    state, *browsers = directives["ReadWritePaths"].split()
+    assert state == "/var/lib/proscribe"
+    assert browsers == [
+        "-/etc/chromium/policies", "-/etc/opt/chrome/policies", "-/etc/opt/edge/policies",
+        "-/etc/firefox/policies",
+    ]  # fmt: skip
 
     # systemd-analyze checks that ExecStart exists: point it at the staged binary.
     unit = tmp_path / "proscribe-agent.service"
