@@ -118,6 +118,20 @@ class DedupeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelsSection:
+    """The model sensor (agent/sensors/models.py): local AI model files judged by content."""
+
+    sensor: Literal["on", "off"] = "on"
+    dirs: tuple[str, ...] = ()  # more directories to watch and sweep (e.g. /srv/models)
+    user_stores: bool = True  # every local user's stores (homes, HF_HOME, OLLAMA_MODELS, …)
+    system_stores: bool = True  # /usr/share/ollama, /var/lib/docker's model store, …
+    sweep_interval: float = 6 * 3600.0  # seconds between sweeps (one also runs at start)
+    sweep_files_per_second: int = 2000  # the sweep's I/O budget (files opened per second)
+    maps_interval: float = 10.0  # seconds between looks at every process's mapped files
+    quarantine_dir: Path | None = None  # None: state_dir/quarantine (same file system only)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     source: Path
     agent: AgentSection = field(default_factory=AgentSection)
@@ -128,6 +142,7 @@ class AgentConfig:
     spool: SpoolSection = field(default_factory=SpoolSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dedupe: DedupeSection = field(default_factory=DedupeSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
 
     @property
     def state_dir(self) -> Path:
@@ -173,7 +188,9 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: invalid TOML: {err} (fix: correct the syntax there)") from err
     r = _Reader(path, doc)
     base = path.absolute().parent
-    r.only_sections("agent", "policy", "collector", "sensors", "enforce", "spool", "dns", "dedupe")
+    r.only_sections(
+        "agent", "policy", "collector", "sensors", "enforce", "spool", "dns", "dedupe", "models"
+    )
 
     a = r.section("agent", ("mode", "state_dir", "hostname", "status_interval"))
     agent = AgentSection(
@@ -292,6 +309,36 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
     dd = r.section("dedupe", ("window",))
     dedupe = DedupeSection(window=r.number(dd, "dedupe.window", 300.0, low=0, high=86400))
 
+    m = r.section(
+        "models",
+        (
+            "sensor",
+            "dirs",
+            "user_stores",
+            "system_stores",
+            "sweep_interval",
+            "sweep_files_per_second",
+            "maps_interval",
+            "quarantine_dir",
+        ),
+    )
+    model_dirs = r.string_list(m, "models.dirs")
+    for folder in model_dirs:
+        if not folder.startswith("/"):
+            raise r.error("models.dirs", f"{folder!r} is not absolute", 'write e.g. "/srv/models"')
+    models = ModelsSection(
+        sensor=r.choice(m, "models.sensor", ("on", "off"), "on"),
+        dirs=model_dirs,
+        user_stores=r.boolean(m, "models.user_stores", True),
+        system_stores=r.boolean(m, "models.system_stores", True),
+        sweep_interval=r.number(m, "models.sweep_interval", 6 * 3600.0, low=10, high=30 * 86400),
+        sweep_files_per_second=r.integer(
+            m, "models.sweep_files_per_second", 2000, low=1, high=1_000_000
+        ),
+        maps_interval=r.number(m, "models.maps_interval", 10.0, low=0.1, high=86400),
+        quarantine_dir=r.optional_path(m, "models.quarantine_dir", base),
+    )
+
     return AgentConfig(
         source=path,
         agent=agent,
@@ -302,6 +349,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         spool=spool,
         dns=dns,
         dedupe=dedupe,
+        models=models,
     )
 
 

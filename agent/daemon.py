@@ -9,10 +9,11 @@ order, and passes each one what it needs; :class:`Daemon` runs them.
                                          ├─► ProcessGuard ◄── ProcessSensor (netlink | poll)
                                          │     Killer, Notifier, Enricher (the /proc reader)
                                          ├─► DnsParts*: DnsGuard ◄── DNS sensor, DoH watch
+                                         ├─► ModelPart*: ModelGuard ◄── ModelSensor
                                          └─► TamperRecorder
     ExecDenyGuard* ── on_denied ─► ProcessGuard.record_exec_denial
     PolicySource(PolicyInForce, on_tamper=TamperRecorder,
-                 on_change=PolicyChange(ProcessSensor, ExecDenyGuard))
+                 on_change=PolicyChange(ProcessSensor, ExecDenyGuard, ModelPart))
     Heartbeat(PolicySource, Spool, sensors) ─► Reporter*(Spool, IdentityStore, doorbell,
                                                          on_policy=PolicySource.offer)
     Daemon(all of the above)                                        * optional parts
@@ -43,6 +44,8 @@ from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
 from proscribe.agent.heartbeat import Heartbeat
+from proscribe.agent.inbox import drain_inbox
+from proscribe.agent.model_parts import ModelPart, build_models_for
 from proscribe.agent.optional_parts import (
     DnsPart,
     DnsParts,
@@ -95,12 +98,14 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        models: ModelPart | None = None,
         browsers: BrowserGuard | None = None,
     ) -> None:
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
         self.hostname = hostname
+        self.models = models
         self.browsers = browsers
 
     def __call__(self, compiled: CompiledPolicy) -> None:
@@ -112,6 +117,8 @@ class PolicyChange:
 
             # drops the cached verdicts of the old policy
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
+        if self.models is not None:
+            self.models.policy_changed()  # judge the model files again by the new rules
         if self.browsers is not None:
             self.browsers.on_policy(compiled)  # managed browser policies follow the policy
 
@@ -134,6 +141,8 @@ class Daemon:
         hostname: str,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
+        models: ModelPart | None = None,
+        evidence: Evidence | None = None,
         browsers: BrowserGuard | None = None,
     ) -> None:
         self.browsers = browsers
@@ -149,6 +158,8 @@ class Daemon:
         self.clock = clock
         self.started_at = clock()
         self.reporter = reporter  # None without one, or once it could not start
+        self.models = models  # None when [models] sensor = "off"
+        self.evidence = evidence  # for events other commands leave in state_dir/inbox
         self.errors = 0  # written by the daemon's own thread only
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -182,7 +193,7 @@ class Daemon:
             "mode": self.config.agent.mode,
             "hostname": self.hostname,
             "config": str(self.config.source),
-            "sensors": {"process": process, "dns": dns},
+            "sensors": {"process": process, "dns": dns, "models": self._models_stats()},
             "policy": self.policy.status(),
             "spool": spool,
             "drops": {
@@ -196,8 +207,20 @@ class Daemon:
             "browser_policies": self.browsers.status() if self.browsers is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
-            "errors": self.errors + self.sensor.errors + self.policy.errors,
+            "errors": self.errors
+            + self.sensor.errors
+            + self.policy.errors
+            + (self.models.errors if self.models is not None else 0),
         }
+
+    def _models_stats(self) -> dict[str, Any]:
+        if self.models is None:
+            return {"state": "off"}
+        try:
+            return self.models.stats()
+        except Exception:
+            log.debug("model sensor stats unavailable", exc_info=True)
+            return {"state": "unknown"}
 
     def write_status(self) -> None:
         try:
@@ -213,12 +236,19 @@ class Daemon:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
+        if self.models is not None:
+            try:
+                self.models.start()
+            except Exception:
+                log.exception("model sensor could not start; local models are not watched")
+                self.models = None
         if self.reporter is not None:
             try:
                 self.reporter.start()
             except Exception:
                 log.exception("reporter could not start; events stay in the spool")
                 self.reporter = None
+        self._drain_inbox()
         self.write_status()
 
     def run(self) -> None:
@@ -242,6 +272,7 @@ class Daemon:
                     log.exception("folding repeats failed (continuing)")
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
+                    self._drain_inbox()
                     if self.browsers is not None:
                         self.browsers.check()  # a changed or removed file: restored, recorded
                     self.write_status()
@@ -251,18 +282,28 @@ class Daemon:
         finally:
             self.shutdown()
 
+    def _drain_inbox(self) -> None:
+        """Findings other commands (``scan --report``) left for this agent to send."""
+        if self.evidence is None:
+            return
+        try:
+            drain_inbox(self.config.state_dir, self.evidence)
+        except Exception:
+            self.errors += 1
+            log.exception("draining the inbox failed (continuing)")
+
     def _feed_watchdog(self) -> None:
         """systemd's keep-alive, sent from this loop (so a hung loop starves it) and only while
         the process sensor's threads live: without them the agent no longer enforces, and a
         starved watchdog makes systemd restart it."""
-        if self.sensor.healthy():
+        if self.sensor.healthy() and (self.models is None or self.models.healthy()):
             self.systemd.notify("WATCHDOG=1")
         elif not self._watchdog_withheld:
             self._watchdog_withheld = True
             self.errors += 1
             log.error(
-                "a process sensor thread died; withholding the systemd watchdog keep-alive "
-                "so that the service is restarted"
+                "a sensor thread (process or models) died; withholding the systemd watchdog "
+                "keep-alive so that the service is restarted"
             )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -277,7 +318,8 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | None], ...] = (
+        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | None], ...] = (
+            ("models", self.models),
             ("reporter", self.reporter),
             ("dns", self.dns),
             ("exec_deny", self.exec_guard),
@@ -372,11 +414,16 @@ def build(
         hostname=hostname,
         users=users,
     )
+    # Local AI models: files judged by content, and the programs that load them (issue 12).
+    models = build_models_for(
+        config, policy=in_force, evidence=evidence, killer=guard.killer, users=users,
+        hostname=hostname, procfs=procfs,
+    )  # fmt: skip
     policy = PolicySource(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, browsers),
+        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, models, browsers),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -387,6 +434,7 @@ def build(
         spool=spool,
         process=sensor,
         dns=dns,
+        models=models,
         dns_dropped=dns.dropped,
     )
     reporter = build_reporter_for(
@@ -407,5 +455,7 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        models=models,
+        evidence=evidence,
         browsers=browsers,
     )

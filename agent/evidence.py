@@ -106,6 +106,7 @@ class Evidence:
         detail: str,
         process: dict[str, Any] | None = None,
         dns: dict[str, Any] | None = None,
+        file: dict[str, Any] | None = None,
     ) -> Event:
         """A new event (fresh id and time) from this host, judged by the policy ``judged_by``."""
         return new_event(
@@ -117,6 +118,7 @@ class Evidence:
             host=self.host(),
             process=process,
             dns=dns,
+            file=file,
             detail=detail,
         )
 

@@ -36,6 +36,7 @@ class Heartbeat:
         process: SensorState,
         dns: SensorState,
         dns_dropped: Callable[[], int] | None = None,
+        models: SensorState | None = None,  # None: [models] sensor = "off"
     ) -> None:
         self.hostname = hostname
         self.mode = mode
@@ -44,11 +45,16 @@ class Heartbeat:
         self.process = process
         self.dns = dns
         self.dns_dropped = dns_dropped
+        self.models = models
 
     def __call__(self) -> dict[str, Any]:
         policy = self.policy.status()
         spool = self.spool.stats()
-        sensors: dict[str, Any] = {"process": self.process.state, "dns": self.dns.state}
+        sensors: dict[str, Any] = {
+            "process": self.process.state,
+            "dns": self.dns.state,
+            "models": self.models.state if self.models is not None else "off",
+        }
         if self.dns_dropped is not None:
             # DNS messages lost before the agent saw them (kernel overflows, full queues)
             sensors["dns_dropped"] = self.dns_dropped()

@@ -1,4 +1,4 @@
-"""``proscribe agent run|check|status|events``: the daemon and what it has to say.
+"""``proscribe agent run|check|status|events|quarantine``: the daemon and what it has to say.
 
 ``run`` takes the state directory's lock (``proscribe.agent.state_lock``) before it builds
 anything, so a second agent on the same directory exits 2 naming the first one's pid.
@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
     events.add_argument("--json", action="store_true", help="one JSON array")
     events.add_argument("--limit", type=int, default=50, help="newest N events (default 50)")
     events.set_defaults(func=cmd_events)
+
+    from .agent_quarantine import register_quarantine
+
+    register_quarantine(verbs, _config_arg)
 
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help()
@@ -243,6 +247,16 @@ def _print_status(status: dict[str, Any]) -> None:
         extra = f" ({backend})" if backend and backend != state else ""
         detail = f" — {info['detail']}" if info.get("detail") else ""
         out.write(f"sensor:    {name}: {state}{extra}{detail}\n")
+    models = sensors.get("models")
+    if isinstance(models, dict) and models.get("state"):
+        counts = ""
+        if models.get("state") == "running":
+            counts = (
+                f" ({models.get('stores_watched', 0)} stores watched, "
+                f"{models.get('swept', 0)} files swept, "
+                f"{models.get('denied_files', 0)} denied files)"
+            )
+        out.write(f"sensor:    models: {models['state']}{counts}\n")
     dns_lost = (status.get("drops") or {}).get("dns")
     if isinstance(dns_lost, int) and dns_lost:
         out.write(f"dns loss:  {dns_lost} message(s) dropped before the agent saw them\n")
@@ -316,7 +330,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     for r in rows:
         e = r.event
         proc = e.get("process") or {}
-        what = proc.get("name") or proc.get("exe") or (e.get("dns") or {}).get("qname") or ""
+        what = (
+            proc.get("name")
+            or proc.get("exe")
+            or (e.get("dns") or {}).get("qname")
+            or (e.get("file") or {}).get("path")
+            or ""
+        )
         pid = f" pid {proc['pid']}" if proc.get("pid") is not None else ""
         count = f" x{r.count}" if r.count > 1 else ""
         why = f"  ({_safe(r.error)})" if r.state == "dead" and r.error else ""

@@ -67,6 +67,7 @@ def scoped_pack(pack: bytes, work: Path) -> ScopedPack:
     domains = list(data.get("domain", []))
     kept += [rule["id"] for rule in domains]
     left_out += [rule["id"] for rule in data.get("file", [])]
+    left_out += [rule["id"] for rule in data.get("model", [])]  # would judge every home
     tables: list[tuple[str, dict[str, Any]]] = [("meta", meta)]
     if "defaults" in data:
         tables.append(("defaults", data["defaults"]))

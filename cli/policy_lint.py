@@ -22,7 +22,14 @@ from typing import Any
 
 from proscribe.core.errors import LintIssue
 from proscribe.core.policy.loader import lint_policy, load_policy, read_policy_bytes
-from proscribe.core.policy.model import DomainRule, Exemption, FileRule, Policy, ProcessRule
+from proscribe.core.policy.model import (
+    DomainRule,
+    Exemption,
+    FileRule,
+    ModelRule,
+    Policy,
+    ProcessRule,
+)
 
 
 def register(verbs: Any) -> None:
@@ -123,9 +130,11 @@ def describe(policy: Policy, now: datetime) -> list[str]:
     return lines
 
 
-def _describe_rule(rule: ProcessRule | DomainRule | FileRule) -> list[str]:
-    kind = {ProcessRule: "process", DomainRule: "domain", FileRule: "file"}[type(rule)]
-    effect = {"block": "BLOCK", "report": "report"}[rule.action]
+def _describe_rule(rule: ProcessRule | DomainRule | FileRule | ModelRule) -> list[str]:
+    kind = {ProcessRule: "process", DomainRule: "domain", FileRule: "file", ModelRule: "model"}[
+        type(rule)
+    ]
+    effect = {"block": "BLOCK", "report": "report", "quarantine": "QUARANTINE"}[rule.action]
     lines = [f"  [{kind}] {rule.id}: {effect}, severity {rule.severity}"]
     if isinstance(rule, ProcessRule):
         _criteria(lines, "names (comm/argv0/exe, any case)", rule.names)
@@ -139,6 +148,15 @@ def _describe_rule(rule: ProcessRule | DomainRule | FileRule) -> list[str]:
             n[1:] + " (exact)" if n.startswith("=") else n + " (+ subdomains)" for n in rule.names
         ]
         _criteria(lines, "domains", tuple(shown))
+    elif isinstance(rule, ModelRule):
+        _criteria(lines, "families (in name fields, any case)", rule.families)
+        _criteria(lines, "architectures", rule.architectures)
+        _criteria(lines, "names (model's own name fields)", rule.names)
+        _criteria(lines, "blob digests", rule.digests)
+        if rule.action == "block":
+            lines.append("      stops programs that load it")
+        elif rule.action == "quarantine":
+            lines.append("      stops programs that load it and moves the file to quarantine")
     else:
         _criteria(lines, "files", rule.globs)
     if rule.directives:
@@ -222,6 +240,7 @@ def policy_to_json(policy: Policy, now: datetime) -> dict[str, Any]:
         "process": [table(r) for r in policy.process],
         "domain": [table(r) for r in policy.domain],
         "file": [table(r) for r in policy.file],
+        "model": [table(r) for r in policy.model],
         "exemptions": [table(e) for e in policy.exemptions],
         "sha256": policy.sha256,
         "source": policy.source,

@@ -1,8 +1,9 @@
 """``proscribe policy test FILE``: what would this policy flag on this host, right now?
 
 A dry run for the person writing a policy: the file is loaded and linted (no signature needed),
-this host's processes are listed with psutil and the file globs are expanded for the current
-user (their ``$HOME`` and environment), and every match is printed with its explanation. Nothing
+this host's processes are listed with psutil, the file globs are expanded for the current
+user (their ``$HOME`` and environment) and that user's model stores are read by content
+(``[[model]]`` rules), and every match is printed with its explanation. Nothing
 is killed, blocked or reported. Exit 1 when something would violate, 0 when nothing does, 2
 when the file is bad.
 
@@ -32,6 +33,9 @@ from typing import Any
 import psutil
 
 from proscribe.core.errors import LintIssue, PolicyError
+from proscribe.core.models.identity import identify
+from proscribe.core.models.stores import user_stores
+from proscribe.core.models.walk import walk
 from proscribe.core.policy.loader import load_policy_file
 from proscribe.core.policy.matchers import CompiledPolicy, Decision, ProcessFacts
 
@@ -83,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     report = Report()
     _check_processes(compiled, host, now, report)
     _check_files(compiled, host, user, home, os.environ, now, report)
+    _check_models(compiled, host, user, home, os.environ, now, report)
     violations = [f for f in report.findings if f.decision.exempted_by is None]
     if args.json:
         _print_json(compiled, host, now, report)
@@ -180,6 +185,29 @@ def _check_files(
                 report.findings.append(Finding("file", path, decision))
 
 
+def _check_models(
+    compiled: CompiledPolicy,
+    host: str,
+    user: str | None,
+    home: str,
+    env: Mapping[str, str],
+    now: datetime,
+    report: Report,
+) -> None:
+    """The current user's model stores, read by content (``[[model]]`` rules)."""
+    if not len(compiled.models):
+        return
+    for root, _what in user_stores(home, env):
+        for path in walk(root, max_files=MAX_FILES_PER_GLOB):
+            report.files_checked += 1
+            identity = identify(path)
+            if identity is None:
+                continue
+            decision = compiled.check_model(identity, host, user, now)
+            if decision is not None:
+                report.findings.append(Finding("model", path, decision))
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -208,7 +236,9 @@ def _print_text(compiled: CompiledPolicy, now: datetime, report: Report) -> None
 
 def _verb(d: Decision) -> str:
     if d.action == "block":
-        return {"process": "kill", "dns": "sinkhole", "file": "report"}[d.kind]
+        return {"process": "kill", "dns": "sinkhole", "file": "report", "model": "block"}[d.kind]
+    if d.action == "quarantine":
+        return "quarantine"
     return "report"
 
 

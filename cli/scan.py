@@ -1,8 +1,14 @@
-"""``proscribe scan [--policy FILE] [--json] [--config FILE]``: a one-shot audit of this host.
+"""``proscribe scan [--policy FILE] [--json] [--report] [--config FILE]``: a one-shot audit.
 
-Checks every running process and, for every local user with a home directory, the files the
-policy's ``[[file]]`` globs name. Exit 1 when something violates (an exempted match does not
-count), 0 when nothing does, 2 on bad input. Nothing is killed or reported to a collector.
+Checks every running process; for every local user with a home directory, the files the
+policy's ``[[file]]`` globs name (``[[file]]`` rules are read only here and by ``policy test``:
+the agent does not evaluate them); and the model files in every user's model stores, the system
+stores and the agent's ``[models] dirs``, read by content for ``[[model]]`` rules. Each user's
+environment is that user's own: ``HOME`` and ``USER`` plus ``HF_HOME``, ``OLLAMA_MODELS`` and the
+other store variables read from the environment of that user's running processes. Exit 1 when
+something violates (an exempted match does not count), 0 when nothing does, 2 on bad input.
+Nothing is killed. With ``--report`` the findings are handed to the agent (its
+``state_dir/inbox``), which sends them to the collector as it sends its own events.
 
 Which policy:
 
@@ -51,12 +57,18 @@ def register(sub: Any) -> None:
         "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="agent config (for its policy)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="hand the findings to the agent (--config's state directory), which sends them "
+        "to the collector",
+    )
     parser.set_defaults(func=run)
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # "process" | "file"
+    kind: str  # "process" | "file" | "model"
     subject: dict[str, Any]
     decision: Decision
 
@@ -132,9 +144,18 @@ def _processes(compiled: CompiledPolicy, host: str, now: datetime) -> tuple[list
     return findings, scanned
 
 
+def _environments() -> dict[int, dict[str, str]]:
+    """Each user's model-store variables, from that user's own processes (the first set)."""
+    from proscribe.agent.sensors.models import user_environments
+
+    uids = {p.pw_uid for p in pwd.getpwall()}
+    return {uid: envs[0] for uid, envs in user_environments(Path("/proc"), uids).items() if envs}
+
+
 def _files(compiled: CompiledPolicy, host: str, now: datetime) -> tuple[list[Finding], int]:
     if not compiled.policy.file:
         return [], 0
+    environments = _environments()
     findings: list[Finding] = []
     scanned = 0
     homes: set[str] = set()
@@ -144,7 +165,7 @@ def _files(compiled: CompiledPolicy, host: str, now: datetime) -> tuple[list[Fin
         if not home or home in homes or not os.path.isdir(home):
             continue
         homes.add(home)
-        env = {"HOME": home, "USER": entry.pw_name}
+        env = {**environments.get(entry.pw_uid, {}), "HOME": home, "USER": entry.pw_name}
         for pattern in compiled.expand_file_globs(home, env):
             for n, path in enumerate(glob.iglob(pattern, recursive=True)):
                 if n >= MAX_FILES_PER_GLOB:
@@ -161,13 +182,56 @@ def _files(compiled: CompiledPolicy, host: str, now: datetime) -> tuple[list[Fin
     return findings, scanned
 
 
+def _models(
+    compiled: CompiledPolicy, host: str, now: datetime, dirs: tuple[str, ...]
+) -> tuple[list[Finding], int]:
+    if not compiled.policy.model:
+        return [], 0
+    from proscribe.agent.model_guard import file_section
+    from proscribe.agent.sensors.models import discover_stores
+    from proscribe.core.models.identity import identify
+    from proscribe.core.models.walk import walk
+
+    findings: list[Finding] = []
+    scanned = 0
+    seen: set[tuple[int, int]] = set()
+    for store in discover_stores(dirs=dirs):
+        for path in walk(store.path):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:  # a blob and its snapshot link, a nested store
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            scanned += 1
+            identity = identify(path)
+            if identity is None:
+                continue
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = str(st.st_uid)
+            decision = compiled.check_model(identity, host, owner, now)
+            if decision is not None:
+                section = file_section(path, st, owner, identity)
+                findings.append(Finding("model", {**section, "user": owner}, decision))
+    return findings, scanned
+
+
 def run(args: argparse.Namespace) -> int:
     policy, origin, host = _load(args)
     compiled = CompiledPolicy.compile(policy)
     now = datetime.now(UTC)
+    config = load_agent_config(args.config) if args.report or args.policy is None else None
     process_findings, n_processes = _processes(compiled, host, now)
     file_findings, n_files = _files(compiled, host, now)
-    findings = process_findings + file_findings
+    dirs = config.models.dirs if config is not None else ()
+    model_findings, n_models = _models(compiled, host, now, dirs)
+    findings = process_findings + file_findings + model_findings
+    if args.report:
+        assert config is not None
+        _report(config.state_dir, policy, compiled, host, findings)
     violations = [f for f in findings if f.decision.exempted_by is None]
     if args.json:
         json.dump(
@@ -180,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                     "stale": compiled.stale(now),
                 },
                 "host": host,
-                "scanned": {"processes": n_processes, "files": n_files},
+                "scanned": {"processes": n_processes, "files": n_files, "models": n_models},
                 "violations": [f.to_dict() for f in violations],
                 "exempted": [f.to_dict() for f in findings if f.decision.exempted_by],
             },
@@ -190,18 +254,59 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(f"policy {policy.meta.id} serial {policy.meta.serial} from {origin}")
-        print(f"scanned {n_processes} processes and {n_files} files on {host}")
+        print(
+            f"scanned {n_processes} processes, {n_files} files and {n_models} model store files "
+            f"on {host}"
+        )
         for f in findings:
             what = (
                 f"pid {f.subject['pid']} {_safe(f.subject['name'] or f.subject['exe'])} "
                 f"({f.subject['user']})"
                 if f.kind == "process"
                 else _safe(f.subject["path"])
+                + (f" ({_safe(f.subject['model']['name'])})" if f.kind == "model" else "")
             )
             label = f"EXEMPT ({f.decision.exempted_by})" if f.decision.exempted_by else "VIOLATION"
             print(f"{label:<10} {f.kind:<7} {what}: {_safe(f.decision.explanation)}")
         print(f"{len(violations)} violation(s)")
     return 1 if violations else 0
+
+
+def _report(
+    state_dir: Path, policy: Policy, compiled: CompiledPolicy, host: str, found: list[Finding]
+) -> None:
+    """Hand the findings to the agent as events (agent/inbox.py); it sends them."""
+    from proscribe.agent.inbox import write_inbox
+    from proscribe.core.events import new_event
+
+    events = []
+    section = {"id": policy.meta.id, "serial": policy.meta.serial, "sha256": policy.sha256}
+    for f in found:
+        d = f.decision
+        file: dict[str, Any] | None = None
+        if f.kind == "file":
+            file = {"path": f.subject["path"], "owner": f.subject["user"]}
+        elif f.kind == "model":
+            file = {k: v for k, v in f.subject.items() if k != "user"}
+        events.append(
+            new_event(
+                f.kind,
+                rule=d.rule_id,
+                action="exempted" if d.exempted_by else "reported",
+                severity=d.severity,
+                policy=section,
+                process=dict(f.subject) if f.kind == "process" else None,
+                file=file,  # the agent adds its host section when it takes them
+                detail=f"{d.explanation} (found by proscribe scan)",
+            )
+        )
+    if not state_dir.is_dir():
+        raise ConfigError(
+            f"{state_dir}: the agent's state directory does not exist (fix: install and start "
+            "the agent, or pass the --config it runs with)"
+        )
+    path = write_inbox(state_dir, events)
+    print(f"{len(events)} finding(s) handed to the agent ({path})", file=sys.stderr)
 
 
 def _safe(text: str) -> str:

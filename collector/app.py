@@ -33,9 +33,11 @@ from proscribe.collector.api.responses import SafeJSONResponse
 from proscribe.collector.api.state import CollectorState
 from proscribe.collector.apidocs import install_api_docs
 from proscribe.collector.config import CollectorSettings
+from proscribe.collector.forward.runner import ForwardRunner
 from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
+from proscribe.collector.storage.buckets import purge_idle as purge_idle_buckets
 from proscribe.collector.web import build_dashboard
 from proscribe.core import __version__
 
@@ -67,14 +69,17 @@ def create_app(
             clock=clock,
             metrics=metrics,
             authenticator=AgentAuthenticator(clock),
-            enroll_limiter=EnrollRateLimiter(settings.enroll, clock),
+            enroll_limiter=EnrollRateLimiter(settings.enroll, clock, db),
         )
         purger = _NoncePurger(app.state.collector)
         app.state.nonce_purger = purger
+        forwarding = ForwardRunner(db, settings.forwards, clock)
+        forwarding.start()
         log.info("collector ready on %s (%s)", settings.source, db.dialect)
         try:
             yield
         finally:
+            forwarding.stop()
             if database is None:
                 db.dispose()
 
@@ -129,7 +134,8 @@ class _NoncePurger:
     def run(self) -> None:
         with self._state.db.write() as conn:
             purged = purge_nonces(conn, self._state.now_us())
-        log.debug("purged %d expired nonces", purged)
+            idle = purge_idle_buckets(conn, self._state.now_us())
+        log.debug("purged %d expired nonces, %d idle rate buckets", purged, idle)
 
 
 class _NoncePurgeMiddleware:

@@ -28,6 +28,11 @@
     access     = "loopback"   # | "token" (Authorization: Bearer, token_file) | "open"
     token_file = "/etc/proscribe/metrics.token"
 
+    [[forward]]               # any number: syslog, webhook, splunk-hec destinations
+    name = "siem"             # (keys: collector/forward/settings.py, docs/integrations.md)
+    kind = "syslog"
+    url  = "tls://siem.example:6514"
+
 :class:`CollectorFile` is the file's schema (a pydantic model): sections and keys (unknown ones
 are refused, so a typo never silently disables something), types (strict: ``"12"`` is not a
 number and ``true`` is not 1), ranges and the rules between keys. The files it names are then
@@ -48,6 +53,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from proscribe.collector.forward.settings import (
+    ForwardFile,
+    ForwardProblem,
+    ForwardSettings,
+    default_format,
+    fix_for,
+)
 from proscribe.core.errors import ConfigError, KeyFileError
 from proscribe.core.netaddr import is_loopback
 
@@ -56,6 +68,7 @@ DEFAULT_DB_NAME = "collector.db"
 DEFAULT_HEARTBEAT_WINDOW = 180.0
 MIN_SESSION_KEY_BYTES = 32
 MIN_METRICS_TOKEN_BYTES = 16
+MIN_FORWARD_SECRET_BYTES = 16
 _MAX_CONFIG_BYTES = 256 * 1024
 _DATABASE_SCHEMES = ("sqlite://", "postgresql+psycopg://")
 
@@ -193,6 +206,22 @@ class CollectorFile(BaseModel):
     policy: PolicyFile = PolicyFile()
     enroll: EnrollFile = EnrollFile()
     metrics: MetricsFile = MetricsFile()
+    forward: tuple[ForwardFile, ...] = ()
+
+    @field_validator("forward", mode="before")
+    @classmethod
+    def _forward_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ConfigProblem("forward", "write each destination as a [[forward]] table")
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CollectorFile:
+        names = [f.name for f in self.forward]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigProblem("forward", f"two [[forward]] tables are named {name!r}")
+        return self
 
 
 _FIXES = {
@@ -205,11 +234,46 @@ _FIXES = {
     "policy.threshold": "between 1 and the number of trusted_keys",
     "metrics.access": 'one of "loopback", "token", "open"',
     "metrics.token_file": 'set access = "token" and token_file together, or neither',
+    "forward": "one [[forward]] table per destination, each with its own name",
 }
 
 
-def _problem_line(err: ValidationError, source: str) -> str:
+def _forward_line(err: ValidationError, source: str, data: dict[str, Any]) -> str | None:
+    """A problem inside a ``[[forward]]`` table, named by the table's place and name."""
+    first = err.errors()[0]
+    loc = list(first["loc"])
+    if len(loc) < 2 or loc[0] != "forward" or not isinstance(loc[1], int):
+        return None
+    index = loc[1]
+    tables = data.get("forward")
+    raw = tables[index] if isinstance(tables, list) and index < len(tables) else None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    where = f"[[forward]] #{index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ForwardProblem):
+        return f"{source}: {where} {cause.key}: {cause} (fix: {fix_for(cause.key)})"
+    if len(loc) == 2:
+        if first["type"] in ("model_type", "model_attributes_type"):
+            return f"{source}: {where} must be a table (fix: write it as [[forward]] and keys)"
+        return f"{source}: {where}: {first['msg']} (fix: see docs/integrations.md)"
+    key = ".".join(str(p) for p in loc[2:])
+    if first["type"] == "extra_forbidden":
+        return (
+            f"{source}: {where}: unknown key {key} "
+            f"(fix: use one of {', '.join(ForwardFile.model_fields)})"
+        )
+    if first["type"] == "missing":
+        return f"{source}: {where}: {key} is missing (fix: {fix_for(key)})"
+    problem = str(cause) if first["type"] == "value_error" and cause else first["msg"]
+    problem = problem[0].lower() + problem[1:] if problem else "invalid"
+    return f"{source}: {where} {key} = {first.get('input')!r}: {problem} (fix: {fix_for(key)})"
+
+
+def _problem_line(err: ValidationError, source: str, data: dict[str, Any]) -> str:
     """The first problem of ``err`` as one line: file, key, problem, fix."""
+    forward = _forward_line(err, source, data)
+    if forward is not None:
+        return forward
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
     kind = first["type"]
@@ -241,7 +305,7 @@ def _problem_line(err: ValidationError, source: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EnrollLimits:
-    """Token-bucket sizes for ``POST /api/v1/enroll`` (per replica, in memory)."""
+    """Token-bucket sizes for ``POST /api/v1/enroll`` (shared by replicas: database rows)."""
 
     per_ip_burst: float = 10.0
     per_ip_rate: float = 0.5
@@ -277,6 +341,7 @@ class CollectorSettings:
     session_key: bytes | None = field(default=None, repr=False)
     api_docs: bool = False
     metrics: MetricsAccess = field(default_factory=MetricsAccess)
+    forwards: tuple[ForwardSettings, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -310,7 +375,7 @@ def settings_from_mapping(
     try:
         parsed = CollectorFile.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_problem_line(err, source)) from err
+        raise ConfigError(_problem_line(err, source, data)) from err
     server = parsed.server
     host, port = _parse_listen(server.listen)
     cert = _existing_file(server.tls_cert, "server.tls_cert", source, base)
@@ -348,6 +413,43 @@ def settings_from_mapping(
         session_key=session_key,
         api_docs=server.api_docs,
         metrics=MetricsAccess(metrics.access, token),
+        forwards=tuple(_forward_settings(f, source, base) for f in parsed.forward),
+    )
+
+
+def _forward_settings(table: ForwardFile, source: str, base: Path) -> ForwardSettings:
+    """Read the table's secret and check its CA file, naming the table in any problem."""
+    where = f"[[forward]] {table.name!r}"
+    secret = None
+    if table.secret_file:
+        secret = _secret_file(
+            table.secret_file, f"{where} secret_file", source, base, MIN_FORWARD_SECRET_BYTES
+        )
+    ca_file = None
+    if table.ca_file:
+        ca_path = _resolve(table.ca_file, base)
+        try:
+            ssl.create_default_context(cafile=str(ca_path))
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(
+                f"{source}: {where} ca_file = {table.ca_file!r}: not a readable PEM CA file "
+                f"({getattr(err, 'strerror', None) or err}) (fix: {fix_for('ca_file')})"
+            ) from err
+        ca_file = str(ca_path)
+    return ForwardSettings(
+        name=table.name,
+        kind=table.kind,
+        url=table.url,
+        format=table.format or default_format(table.kind),
+        ca_file=ca_file,
+        secret=secret,
+        min_severity=table.min_severity,
+        batch_size=table.batch_size,
+        rate=table.rate,
+        retry_max=table.retry_max,
+        timeout=table.timeout,
+        start=table.start,
+        facility=table.facility,
     )
 
 

@@ -166,7 +166,10 @@ def _judge_one(
         "time_us": time_us,
         "received_us": now_us,
         "hostname": host["hostname"],
-        "username": event.process.user if event.process else None,
+        # who ran it; for a model file found on disk, whose file it is
+        "username": event.process.user
+        if event.process
+        else (event.file.owner if event.file else None),
         "rule": event.rule,
         "kind": event.kind,
         "action": event.action,

@@ -3,14 +3,23 @@
 An event is a JSON object. Its ``id`` (uuid4) is generated once, at detection, before the event is
 committed to the spool, and is the idempotency key end to end::
 
-    {"id": "uuid4", "time": "2025-01-28T09:14:03.120Z", "kind": "process|dns|file|tamper|health",
+    {"id": "uuid4", "time": "2025-01-28T09:14:03.120Z", "kind": "process|dns|file|model|…",
      "rule": "deepseek-web", "policy": {"id": "…", "serial": 7, "sha256": "…"},
-     "action": "reported|would_block|killed|denied|sinkholed|exempted", "severity": "high",
+     "action": "reported|would_block|killed|denied|sinkholed|exempted|quarantined|failed",
+     "severity": "high",
      "host": {"agent_id": "…", "hostname": "…", "os": "linux"},
      "process": {"pid": 4242, "ppid": 1, "name": "…", "exe": "…", "cmdline": ["…"],
                  "user": "alice", "uid": 1000, "euid": 1000, "sha256": "…"},
      "dns": {"qname": "chat.deepseek.com", "qtype": "A", "resolver": "127.0.0.53"},
-     "file": {"path": "…"}, "detail": "free text", "count": 1}
+     "file": {"path": "…", "owner": "alice", "uid": 1000, "size": 1, "mtime": "…", "sha256": "…",
+              "model": {"format": "gguf", "name": "…", "evidence": ["GGUF general.name = …"],
+                        "digests": ["sha256:…"]}},
+     "detail": "free text", "count": 1}
+
+A ``model`` event is a local AI model a ``[[model]]`` rule denies (agent/model_guard.py): the
+file found (``file``; ``action`` reported, quarantined, or would_block for a quarantine in
+monitor mode) or a program that loads it (``process`` and ``file``; killed, would_block,
+reported).
 
 ``would_block`` is what monitor mode reports where enforce mode would have acted. ``count`` is the
 number of occurrences folded into this event by de-duplication (1 when absent). A process's
@@ -24,7 +33,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
-KINDS: Final = ("process", "dns", "file", "tamper", "health")
+KINDS: Final = ("process", "dns", "file", "model", "tamper", "health")
 EVENT_ACTIONS: Final = (
     "reported",
     "would_block",
@@ -33,6 +42,7 @@ EVENT_ACTIONS: Final = (
     "sinkholed",
     "exempted",
     "failed",
+    "quarantined",
 )
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 # The one built-in rule id (not from a policy): a connection to an encrypted DNS resolver, which

@@ -4,6 +4,8 @@
 * ``admin``   — ``enroll-secret create|list|revoke``, ``agent list|revoke``,
   ``user add|list|reset|disable``, ``purge --older-than AGE``, ``audit verify``
 * ``report``  — ``report --since 30d --format html|json|csv``
+* ``forward`` — ``forward status [--json]``, ``forward test NAME``
+* ``backup``  — ``backup --to FILE`` (SQLite, online)
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from proscribe.cli.collector import admin, report, serve
+from proscribe.cli.collector import admin, backup, forward, report, serve
 
-VERB_MODULES = (serve, admin, report)
+VERB_MODULES = (serve, admin, report, forward, backup)
 
 
 def register(sub: Any) -> None:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
 
 from proscribe.collector.api.agent_auth import AuthenticatedAgent, decode_public_key
 from proscribe.collector.api.body import decode_content, read_body, require_json
@@ -85,7 +86,8 @@ async def enroll_request(request: Request) -> EnrollRequest:
     async: the body is read as it streams (capped), like every agent body."""
     state = await get_state(request)
     client = request.client.host if request.client else "unknown"
-    wait = state.enroll_limiter.check(client)
+    # a database write (the shared buckets): off the event loop
+    wait = await run_in_threadpool(state.enroll_limiter.check, client)
     if wait:
         raise ApiError(
             429, "rate_limited", "too many enrollments", {"Retry-After": str(int(wait) + 1)}

@@ -20,6 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from proscribe.collector.api.deps import StateDep, bearer
 from proscribe.collector.api.errors import ApiError, error_responses
 from proscribe.collector.api.responses import SafeJSONResponse
+from proscribe.collector.forward.status import forward_status
+from proscribe.collector.forward.status import render_metrics as render_forward_metrics
 from proscribe.collector.storage.agents import count_agents
 from proscribe.core.netaddr import is_loopback
 
@@ -79,7 +81,10 @@ def build_ops_router() -> APIRouter:
         """Prometheus text format."""
         with state.db.read() as conn:
             agents = count_agents(conn)
+            forwarding = forward_status(conn, state.settings.forwards, state.now_us())
         body = state.metrics.render({"proscribe_agents": ("Enrolled, non-revoked agents.", agents)})
+        if forwarding:
+            body += render_forward_metrics(forwarding)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     return router

@@ -1,8 +1,11 @@
 """Token buckets for enrollment (one per client address plus one global) and for failed
 dashboard sign-ins (one per client address and one per user name).
 
-In memory, per replica: with N replicas the global rate is N times the configured one, which
-is fine for a flood guard (the enroll secret and the password are the actual gates).
+Shared by replicas: the buckets that decide are rows in the database
+(:mod:`proscribe.collector.storage.buckets`), so N replicas behind a load balancer allow what
+one would — an attacker spreading guesses over replicas gains nothing. Enrollment also keeps
+the same buckets in memory in front of the database ones: they refuse a flood before it
+becomes database writes (at most ``global_rate`` writes a second per replica get through).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from proscribe.collector.config import EnrollLimits
+from proscribe.collector.storage import Database, to_us
+from proscribe.collector.storage import buckets as shared
 
 _MAX_TRACKED = 10_000
 
@@ -55,9 +60,12 @@ def lru_bucket(
 
 
 class EnrollRateLimiter:
-    def __init__(self, limits: EnrollLimits, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, limits: EnrollLimits, clock: Callable[[], float], db: Database | None = None
+    ) -> None:
         self._limits = limits
         self._clock = clock
+        self._db = db
         self._lock = threading.Lock()
         self._global = TokenBucket(limits.global_rate, limits.global_burst, clock())
         self._per_ip: OrderedDict[str, TokenBucket] = OrderedDict()
@@ -65,13 +73,17 @@ class EnrollRateLimiter:
     def check(self, client: str) -> float:
         """0 to proceed, else the Retry-After in seconds."""
         now = self._clock()
+        limits = self._limits
         with self._lock:
-            limits = self._limits
             bucket = lru_bucket(self._per_ip, client, limits.per_ip_rate, limits.per_ip_burst, now)
-            wait = bucket.take(now)
-            if wait:
-                return wait
-            return self._global.take(now)
+            wait = bucket.take(now) or self._global.take(now)
+        if wait or self._db is None:
+            return wait
+        now_us = to_us(now)
+        with self._db.write(durable=False) as conn:
+            return shared.take(
+                conn, f"enroll:ip:{client}", limits.per_ip_rate, limits.per_ip_burst, now_us
+            ) or shared.take(conn, "enroll:global", limits.global_rate, limits.global_burst, now_us)
 
 
 # Failed sign-ins: 10 at once, then one more every 30 s per address and every 60 s per name.
@@ -84,27 +96,26 @@ class LoginThrottle:
     """Guesses cost tokens; a sign-in is refused (429) while the address or the name has
     none left. Only failures take tokens, so people who type their password right are never
     slowed; an attacker gets ~2 guesses a minute per address, and no more than one a minute
-    per name from any number of addresses (the price: someone guessing a name can keep its
-    owner out for as long as they keep guessing)."""
+    per name from any number of addresses — and of replicas: the buckets are database rows
+    (the price: someone guessing a name can keep its owner out for as long as they keep
+    guessing)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+    @staticmethod
+    def _keys(client: str, name: str) -> tuple[tuple[str, float], tuple[str, float]]:
+        return (
+            (f"login:ip:{client}", LOGIN_IP_RATE),
+            (f"login:name:{name.casefold()}", LOGIN_NAME_RATE),
+        )
 
-    def _bucket(self, key: tuple[str, str], now: float) -> TokenBucket:
-        rate = LOGIN_IP_RATE if key[0] == "ip" else LOGIN_NAME_RATE
-        return lru_bucket(self._buckets, key, rate, LOGIN_BURST, now)
-
-    def wait(self, client: str, name: str, now: float) -> float:
+    def wait(self, db: Database, client: str, name: str, now: float) -> float:
         """Seconds until a sign-in may be tried (0: now); takes nothing."""
-        with self._lock:
-            waits = []
-            for key in (("ip", client), ("name", name.casefold())):
-                bucket = self._bucket(key, now)
-                waits.append(bucket.peek(now))
-            return max(waits)
+        with db.read() as conn:
+            return max(
+                shared.peek(conn, key, rate, LOGIN_BURST, to_us(now))
+                for key, rate in self._keys(client, name)
+            )
 
-    def failed(self, client: str, name: str, now: float) -> None:
-        with self._lock:
-            for key in (("ip", client), ("name", name.casefold())):
-                self._bucket(key, now).take(now)
+    def failed(self, db: Database, client: str, name: str, now: float) -> None:
+        with db.write(durable=False) as conn:
+            for key, rate in self._keys(client, name):
+                shared.take(conn, key, rate, LOGIN_BURST, to_us(now))

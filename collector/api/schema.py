@@ -115,10 +115,26 @@ class DnsInfo(BaseModel):
     resolver: Text | None = None
 
 
+class ModelInfo(BaseModel):
+    """What a model file says it is (core/models/identity.py)."""
+
+    model_config = _STRICT
+    format: Short | None = None
+    name: Text | None = None
+    evidence: Annotated[list[Text], Field(max_length=16)] | None = None
+    digests: Annotated[list[Short], Field(max_length=16)] | None = None
+
+
 class FileInfo(BaseModel):
     model_config = _STRICT
     path: Text
     sha256: Hex | None = None
+    owner: Text | None = None
+    uid: Count | None = None
+    size: Count | None = None
+    mtime: Short | None = None
+    model: ModelInfo | None = None
+    quarantine: Short | None = None  # the quarantine record's id, when the file was moved
 
 
 class EventIn(BaseModel):

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from proscribe.collector.storage.tables import events, hosts
 
-VIOLATION_KINDS = ("process", "dns", "file", "tamper")
+VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
 MAX_PAGE = 1000
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -171,4 +172,47 @@ audit_log = Table(
     # never forks); the loser retries on the new head.
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("hash", String(64), nullable=False),
+)
+
+# One row per [[forward]] destination: its cursor (every event with seq <= cursor_seq was
+# sent, skipped by min_severity, or dead-lettered), its counts, its last error and the lease
+# that lets one replica at a time forward it. Migration 0006.
+forward_state = Table(
+    "forward_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("cursor_seq", BigInteger, nullable=False),
+    Column("sent", BigInteger, nullable=False, default=0),
+    Column("skipped", BigInteger, nullable=False, default=0),
+    Column("dead_letters", BigInteger, nullable=False, default=0),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=False, default=0),
+    Column("last_sent_us", BigInteger, nullable=True),
+    Column("last_error", String(1024), nullable=True),
+    Column("last_error_us", BigInteger, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+# The events a forwarder could not render or its destination refused for good, skipped so
+# they never block the others (migration 0006).
+forward_dead_letters = Table(
+    "forward_dead_letters",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("forwarder", String(64), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("reason", String(1024), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Index("ix_forward_dead_letters_forwarder", "forwarder", "seq"),
+)
+
+# Token buckets every replica shares: enrollment per address and global, failed sign-ins per
+# address and per user name (collector/storage/buckets.py). Migration 0007.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("stamp_us", BigInteger, nullable=False, index=True),
 )

@@ -85,7 +85,7 @@ def register(router: APIRouter, site: Site) -> None:
         password = values.get("password", "")[:1024]
         client = request.client.host if request.client else "unknown"
         now = state.clock()
-        wait = site.login_throttle.wait(client, name, now)
+        wait = site.login_throttle.wait(state.db, client, name, now)
         if wait > 0:
             log.warning("dashboard login throttled for %r from %s", name[:64], client)
             seconds = max(1, math.ceil(wait))
@@ -101,7 +101,7 @@ def register(router: APIRouter, site: Site) -> None:
 
         principal = principal_for_password(conn, name, password)
         if principal is None:
-            site.login_throttle.failed(client, name, now)
+            site.login_throttle.failed(state.db, client, name, now)
             log.info("dashboard login failed for %r", name[:64])
             return login_page(request, state, next_path, "Wrong user name or password.", 401)
         response = RedirectResponse(next_path, status_code=303)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from proscribe.collector.api.deps import ReadConn, StateDep, WriteConn
+from proscribe.collector.forward.status import forward_status, recent_dead_letters
 from proscribe.collector.storage import admin_actions, audit
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import users as user_store
@@ -35,11 +36,14 @@ def register(router: APIRouter, site: Site) -> None:
     ) -> Response:
         """The admin page; after a change, ``conn`` is the write transaction that made it, so
         the page shows it (a read opened earlier would still see the state before)."""
+        state = request.app.state.collector
         context: dict[str, Any] = {
             "secrets": agent_store.list_enroll_secrets(conn),
             "agents": webq.agents_with_last_seen(conn),
             "audit": audit.list_audit(conn, 15),
             "users": user_store.list_users(conn),
+            "forwarding": forward_status(conn, state.settings.forwards, state.now_us()),
+            "forward_dead": recent_dead_letters(conn, 10),
             "new_secret": None,
             "credentials": None,
             "notice": request.query_params.get("done", ""),

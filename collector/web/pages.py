@@ -24,6 +24,7 @@ from proscribe.collector.storage.policies import highest_serial
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.chart import violations_chart
 from proscribe.collector.web.export import stream_csv, stream_json
+from proscribe.collector.web.models import model_findings
 from proscribe.collector.web.report import load_policy_view
 from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
 from proscribe.collector.web.security import PageError
@@ -285,6 +286,7 @@ def register(router: APIRouter, site: Site) -> None:
                 "next_link": next_link,
                 "current": highest_serial(conn),
                 "history": host_history_entries(conn, agent_id, limit=100),
+                "models": model_findings(conn, agent_id=agent_id),
                 "now_us": now_us,
                 "window": state.settings.heartbeat_window,
             },

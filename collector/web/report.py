@@ -26,6 +26,7 @@ from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
 from proscribe.collector.storage.tables import events, policies
 from proscribe.collector.web import queries as webq
+from proscribe.collector.web.models import ModelFinding, model_findings, model_findings_json
 from proscribe.collector.web.render import STATIC, build_environment, render
 from proscribe.collector.web.rollup import BLOCKED_ACTIONS, action_class
 from proscribe.core.errors import PolicyError
@@ -110,6 +111,7 @@ class ComplianceReport:
     stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
     hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
     rule_ids: tuple[str, ...] | None = None
+    models: list[ModelFinding] = field(default_factory=list)  # add_model_findings()
 
 
 def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) -> list[Any]:
@@ -240,7 +242,13 @@ def build_report(
     if view is not None:
         moment = datetime.fromtimestamp(until_us / 1_000_000, UTC)
         report.exemptions_active, report.exemptions_expired = view.exemptions(moment)
+    add_model_findings(conn, report)
     return report
+
+
+def add_model_findings(conn: Connection, report: ComplianceReport) -> None:
+    """The report's local AI models section (collector/web/models.py), kept on its own."""
+    report.models = model_findings(conn, since_us=report.since_us, until_us=report.until_us)
 
 
 def report_html(
@@ -323,6 +331,7 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
             }
             for a in report.stale_hosts
         ],
+        "models": model_findings_json(report.models),
         "violations": violations,
     }
 

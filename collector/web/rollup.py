@@ -35,7 +35,7 @@ DAY_US = 86_400 * 1_000_000
 BATCH = 50_000
 PG_RESCAN_MARGIN = 5_000  # sequence numbers re-read on PostgreSQL (late commits)
 
-BLOCKED_ACTIONS = frozenset({"killed", "denied", "sinkholed"})
+BLOCKED_ACTIONS = frozenset({"killed", "denied", "sinkholed", "quarantined"})
 REPORTED_ACTIONS = frozenset({"reported", "would_block"})
 
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from proscribe.core.models.identity import normalize
 from proscribe.core.policy import names
 from proscribe.core.policy._checks import Table
 from proscribe.core.policy.globs import compile_glob
 from proscribe.core.policy.model import (
+    MODEL_ACTIONS,
     Action,
     Defaults,
     DomainRule,
     Exemption,
     FileRule,
+    ModelAction,
+    ModelRule,
     ProcessRule,
     Severity,
 )
@@ -45,13 +49,16 @@ class RuleBuilder:
         self.exemption_ids: set[str] = set()
         self.regex_count = 0
 
-    def _common(self, t: Table) -> tuple[str | None, Action, Severity, str, tuple[str, ...], str]:
+    def _common(
+        self, t: Table, actions: tuple[str, ...] = ()
+    ) -> tuple[str | None, Action, Severity, str, tuple[str, ...], str]:
         rule_id = t.identifier("id", required=True)
         if rule_id is not None:
             if rule_id in self.rule_ids:
                 t.issue("id", f"duplicate rule id {rule_id!r}", "rule ids must be unique")
             self.rule_ids.add(rule_id)
-        action = t.action("action") or self.defaults.action
+        # a model rule reads its own action (one more choice); others read it here
+        action = self.defaults.action if actions else (t.action("action") or self.defaults.action)
         severity = t.severity("severity") or self.defaults.severity
         message = t.text("message") or ""
         description = t.text("description") or ""
@@ -161,6 +168,50 @@ class RuleBuilder:
             rule_id, tuple(globs), "report", severity, message, directives, description, t.line
         )
 
+    def model(self, t: Table) -> ModelRule | None:
+        t.unknown_keys((*_RULE_COMMON, "families", "architectures", "names", "digests"))
+        rule_id, default, severity, message, directives, description = self._common(
+            t, actions=MODEL_ACTIONS
+        )
+        action = cast("ModelAction", t.choice("action", MODEL_ACTIONS) or default)
+        families = []
+        for family in t.strings("families"):
+            word = normalize(family)
+            if len(word) < 3:
+                t.issue(
+                    "families",
+                    f"family {family!r} has fewer than 3 letters or digits",
+                    "name the family, e.g. deepseek, qwen, glm (matched inside name fields)",
+                )
+            else:
+                families.append(word)
+        architectures = [a.lower() for a in t.strings("architectures")]
+        names = _globs(t, "names", path=False, ignore_case=True)
+        digests = []
+        for digest in t.strings("digests"):
+            hexpart = digest.lower().removeprefix("sha256:")
+            if not _SHA256.match(hexpart):
+                t.issue("digests", f"{digest!r} is not sha256:<64 hex>", "copy it from the store")
+            else:
+                digests.append(f"sha256:{hexpart}")
+        if not (families or architectures or names or digests or _has_any(t, "model")):
+            t.issue(None, "rule has no criteria", "give families, architectures, names or digests")
+        if rule_id is None:
+            return None
+        return ModelRule(
+            rule_id,
+            tuple(dict.fromkeys(families)),
+            tuple(dict.fromkeys(architectures)),
+            tuple(names),
+            tuple(dict.fromkeys(digests)),
+            action,
+            severity,
+            message,
+            directives,
+            description,
+            t.line,
+        )
+
     def exemption(self, t: Table) -> Exemption | None:
         t.unknown_keys(("id", "rules", "hosts", "users", "expires", "reason"))
         ex_id = t.identifier("id", required=True)
@@ -225,6 +276,7 @@ _CRITERIA = {
     "process": ("names", "paths", "cmdline", "sha256"),
     "domain": ("names",),
     "file": ("globs",),
+    "model": ("families", "architectures", "names", "digests"),
 }
 
 

@@ -28,7 +28,7 @@ from proscribe.core.policy.model import (
 
 __all__ = ["lint_policy", "load_policy", "load_policy_file", "read_policy_bytes"]
 
-_TOP_KEYS = ("meta", "defaults", "process", "domain", "file", "exemption")
+_TOP_KEYS = ("meta", "defaults", "process", "domain", "file", "model", "exemption")
 _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
 
 
@@ -101,6 +101,7 @@ def _with(policy: Policy, *, sha256: str, source: str) -> Policy:
         exemptions=policy.exemptions,
         sha256=sha256,
         source=source,
+        model=policy.model,
     )
 
 
@@ -155,12 +156,13 @@ class _PolicyBuilder:
         )
         domain = tuple(r for r in (rules.domain(t) for t in root.array("domain")) if r is not None)
         files = tuple(r for r in (rules.file(t) for t in root.array("file")) if r is not None)
+        models = tuple(r for r in (rules.model(t) for t in root.array("model")) if r is not None)
         exemptions = tuple(
             e for e in (rules.exemption(t) for t in root.array("exemption")) if e is not None
         )
         if meta is None or self.issues:
             return None
-        return Policy(meta, defaults, process, domain, files, exemptions)
+        return Policy(meta, defaults, process, domain, files, exemptions, model=models)
 
     def meta(self, t: Table) -> Meta | None:
         t.unknown_keys(

@@ -18,6 +18,9 @@ Action = Literal["report", "block"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 ACTIONS: tuple[Action, ...] = ("report", "block")
+# A model rule may also move the file aside (agent/model_quarantine.py); never delete it.
+ModelAction = Literal["report", "block", "quarantine"]
+MODEL_ACTIONS: tuple[ModelAction, ...] = ("report", "block", "quarantine")
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 SCHEMA_VERSION = 1
 MAX_POLICY_BYTES = 1024 * 1024
@@ -93,6 +96,24 @@ class FileRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRule:
+    """``[[model]]``: a local AI model judged by what its files say about themselves
+    (:mod:`proscribe.core.models.identity`), wherever it is and whatever it is called."""
+
+    id: str
+    families: tuple[str, ...] = ()  # normalized words found in a name field or architecture
+    architectures: tuple[str, ...] = ()  # exact, any case: GGUF general.architecture, model_type…
+    names: tuple[str, ...] = ()  # case-insensitive globs on the model's own name fields
+    digests: tuple[str, ...] = ()  # "sha256:<hex>" of blobs (Ollama, OCI, Hugging Face LFS)
+    action: ModelAction = "report"  # block: stop runtimes that load it; quarantine: also move it
+    severity: Severity = "high"
+    message: str = ""
+    directives: tuple[str, ...] = ()
+    description: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Exemption:
     id: str
     rules: tuple[str, ...]  # rule ids; "*" = every rule
@@ -103,7 +124,7 @@ class Exemption:
     line: int | None = None
 
 
-Rule = ProcessRule | DomainRule | FileRule
+Rule = ProcessRule | DomainRule | FileRule | ModelRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +137,10 @@ class Policy:
     exemptions: tuple[Exemption, ...] = ()
     sha256: str = ""  # hex digest of the exact file bytes this policy was parsed from
     source: str = ""  # file name it was read from (for messages)
+    model: tuple[ModelRule, ...] = ()
 
     def rules(self) -> tuple[Rule, ...]:
-        return (*self.process, *self.domain, *self.file)
+        return (*self.process, *self.domain, *self.file, *self.model)
 
     def rule(self, rule_id: str) -> Rule | None:
         for r in self.rules():

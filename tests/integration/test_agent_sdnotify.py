@@ -86,12 +86,23 @@ def test_keepalive_is_withheld_while_the_sensor_is_unhealthy(tmp_path: Path) -> 
         sock.bind(str(path))
         sock.settimeout(0.2)
         healthy = [True]
+        models_healthy = [True]
         fake = SimpleNamespace(
             sensor=SimpleNamespace(healthy=lambda: healthy[0]),
+            models=SimpleNamespace(healthy=lambda: models_healthy[0]),
             systemd=SystemdNotifier(str(path), 1_000_000),
             errors=0,
             _watchdog_withheld=False,
         )
+        Daemon._feed_watchdog(fake)  # type: ignore[arg-type]
+        assert sock.recv(64) == b"WATCHDOG=1"
+        models_healthy[0] = False  # a model sensor thread died: withheld too
+        Daemon._feed_watchdog(fake)  # type: ignore[arg-type]
+        with pytest.raises(TimeoutError):
+            sock.recv(64)
+        models_healthy[0] = True
+        fake._watchdog_withheld = False
+        fake.errors = 0
         Daemon._feed_watchdog(fake)  # type: ignore[arg-type]
         assert sock.recv(64) == b"WATCHDOG=1"
         healthy[0] = False

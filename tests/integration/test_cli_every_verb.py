@@ -142,6 +142,8 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("agent", "check"): ["--config", "agent.toml"],
     ("agent", "status"): ["--config", "agent.toml"],
     ("agent", "events"): ["--config", "agent.toml", "--limit", "500"],
+    ("agent", "quarantine", "list"): ["--config", "agent.toml"],
+    ("agent", "quarantine", "restore"): ["no-such-id", "--config", "agent.toml"],
     ("collector", "migrate"): ["--config", "collector.toml"],
     ("collector", "enroll-secret", "create"): ["--config", "collector.toml"],
     ("collector", "enroll-secret", "list"): ["--config", "collector.toml"],
@@ -155,6 +157,9 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("collector", "purge"): ["--older-than", "400d", "--dry-run", "--config", "collector.toml"],
     ("collector", "audit", "verify"): ["--config", "collector.toml"],
     ("collector", "report"): ["--since", "30d", "--config", "collector.toml"],
+    ("collector", "forward", "status"): ["--config", "collector.toml"],
+    ("collector", "forward", "test"): ["nosuch", "--config", "collector.toml"],
+    ("collector", "backup"): ["--to", "backup.db", "--config", "collector.toml"],
 }
 NOT_RUN = {
     ("agent", "run"): "a daemon: runs until stopped (its output goes to the log)",

@@ -107,10 +107,12 @@ def event(
     return body
 
 
-def make_env(tmp_path: Path, url: str | None = None) -> Iterator[DashboardEnv]:
+def make_env(
+    tmp_path: Path, url: str | None = None, config: dict[str, Any] | None = None
+) -> Iterator[DashboardEnv]:
     """The body of each test module's ``env`` fixture: a migrated database (SQLite in
     ``tmp_path`` unless ``url`` is given) with a viewer (vera), an admin (adam) and an enroll
-    secret, and the real app around it."""
+    secret, and the real app around it (``config``: more collector.toml sections)."""
     url = url or f"sqlite:///{tmp_path / 'collector.db'}"
     db = prepare_database(url)
     passwords = {
@@ -121,6 +123,7 @@ def make_env(tmp_path: Path, url: str | None = None) -> Iterator[DashboardEnv]:
         _id, secret = create_enroll_secret(conn, "tests", int(time.time() * 1e6))
     db.dispose()
     clock = ManualClock()
-    app = create_app(settings_from_mapping({"database": {"url": url}}), clock=clock)
+    settings = settings_from_mapping({"database": {"url": url}, **(config or {})}, base=tmp_path)
+    app = create_app(settings, clock=clock)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield DashboardEnv(app, client, clock, url, passwords, secret)

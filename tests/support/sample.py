@@ -39,9 +39,17 @@ RULES = (
     ("deepseek-desktop", "process", 0.16),
     ("deepseek-local-runtime", "process", 0.12),
     ("deepseek-model-argument", "process", 0.07),
-    ("deepseek-ollama-models", "file", 0.05),
-    ("deepseek-huggingface-cache", "file", 0.03),
+    ("deepseek-models", "model", 0.08),
 )
+# What the model guard (agent/model_guard.py) records: a file in a store, read by content.
+MODEL_FILES = (
+    ("~/.ollama/models/blobs/sha256-{digest}", "gguf", "DeepSeek R1 Distill Qwen 7B", "qwen2"),
+    ("~/.cache/huggingface/hub/models--unsloth--DeepSeek-R1-Distill-Llama-8B-GGUF/snapshots/"
+     "3f1c0b7e9a2d4c6b8e0f1a2b3c4d5e6f7a8b9c0d/DeepSeek-R1-Distill-Llama-8B-Q4_K_M.gguf",
+     "gguf", "DeepSeek R1 Distill Llama 8B", "llama"),
+    ("~/.lmstudio/models/my-models/assistant/model.gguf", "gguf", "DeepSeek V2 Lite Chat",
+     "deepseek2"),
+)  # fmt: skip
 QNAMES = ("chat.deepseek.com", "api.deepseek.com", "cdn.deepseek.com", "deepseek.com")
 USERS = ("alice", "bob", "chen", "dmitri", "erin", "farah", "gus", "hana", "ivan", "jo")
 
@@ -167,7 +175,7 @@ def enroll_fleet(db: Database, n_hosts: int, now: float, seed: int = 7) -> Fleet
                     policy_serial=serial,
                     policy_sha256=hashlib.sha256(sample_policy(serial, now)).hexdigest(),
                     policy_stale=False,
-                    sensors={"process": "netlink", "dns": "capture", "files": "watchdog"},
+                    sensors={"process": "netlink", "dns": "capture", "models": "running"},
                     spool_depth=rng.randint(0, 3),
                     spool_bytes=rng.randint(0, 4000),
                     dropped=rng.randint(1, 40) if i % 13 == 4 else 0,
@@ -191,7 +199,7 @@ def make_event(rng: random.Random, t: float, agent_id: str, hostname: str) -> di
     user = "alice" if hostname.startswith("ai-lab-") and rng.random() < 0.6 else rng.choice(USERS)
     blocked = rng.random() < 0.62
     action = (
-        {"dns": "sinkholed", "process": "killed", "file": "reported"}[kind]
+        {"dns": "sinkholed", "process": "killed", "model": "killed"}[kind]
         if blocked
         else ("reported")
     )
@@ -221,12 +229,44 @@ def make_event(rng: random.Random, t: float, agent_id: str, hostname: str) -> di
         body["process"] = {"pid": pid, "name": "firefox", "exe": "/usr/lib/firefox/firefox",
                            "cmdline": [], "user": user}  # fmt: skip
     else:
-        body["file"] = {
-            "path": f"/home/{user}/.ollama/models/manifests/registry.ollama.ai/library/"
-            "deepseek-r1/7b"
-        }
-        body["process"] = {"user": user}
+        body["file"] = model_file(rng, user, t)
+        if action == "killed":  # a runtime that mapped it, stopped by pid
+            body["process"] = {
+                "pid": pid, "ppid": 1, "name": "ollama", "exe": "/usr/local/bin/ollama",
+                "cmdline": ["/usr/local/bin/ollama", "runner", "--model", body["file"]["path"]],
+                "user": user,
+            }  # fmt: skip
+            body["detail"] = (
+                f"rule deepseek-models: model family 'deepseek' matched GGUF general.name = "
+                f"{body['file']['model']['name']!r}; pid {pid} has it mapped"
+            )
+        else:  # the file itself, found by the watch or the sweep
+            body["detail"] = (
+                f"rule deepseek-models: model family 'deepseek' matched GGUF general.name = "
+                f"{body['file']['model']['name']!r} (found by watch)"
+            )
     return body
+
+
+def model_file(rng: random.Random, user: str, t: float) -> dict[str, Any]:
+    """A ``file`` section as the model guard writes it."""
+    template, fmt, name, arch = rng.choice(MODEL_FILES)
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    path = template.replace("~", f"/home/{user}", 1).replace("{digest}", digest)
+    return {
+        "path": path,
+        "owner": user,
+        "uid": 1000 + USERS.index(user),
+        "size": 4_683_073_536,
+        "mtime": _iso(t - 3 * DAY)[:19] + "Z",
+        "sha256": digest,
+        "model": {
+            "format": fmt,
+            "name": name,
+            "evidence": [f"GGUF general.name = {name!r}", f"GGUF general.architecture = {arch!r}"],
+            "digests": [f"sha256:{digest}"] if "blobs" in path else [],
+        },
+    }
 
 
 def event_row(body: dict[str, Any], received_us: int) -> dict[str, Any]:
@@ -237,7 +277,8 @@ def event_row(body: dict[str, Any], received_us: int) -> dict[str, Any]:
         "time_us": received_us,
         "received_us": received_us,
         "hostname": body["host"]["hostname"],
-        "username": (body.get("process") or {}).get("user"),
+        "username": (body.get("process") or {}).get("user")
+        or (body.get("file") or {}).get("owner"),
         "rule": body["rule"],
         "kind": body["kind"],
         "action": body["action"],

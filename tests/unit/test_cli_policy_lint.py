@@ -44,7 +44,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "p.toml") -> Path:
 def test_lint_clean_pack(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "lint", str(NAVY)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"ok: {NAVY}: 9 rules, 0 exemptions\n"
+    assert out == f"ok: {NAVY}: 7 rules, 0 exemptions\n"
     assert err == ""
 
 

@@ -126,21 +126,16 @@ def test_navy_pack_ignores_other_models() -> None:
     assert compiled(NAVY).check_process(facts, "host1", NOW) == []
 
 
-def test_navy_pack_reports_model_files() -> None:
+def test_navy_pack_judges_model_files_by_content_and_keeps_one_scan_only_file_rule() -> None:
+    # Model files by content: tests/unit/test_match_models.py. No model store glob is left.
     policy = compiled(NAVY)
+    assert [r.id for r in policy.policy.model] == ["deepseek-models"]
+    assert [r.id for r in policy.policy.file] == ["deepseek-desktop-install"]
     home = "/home/alice"
-    paths = [
-        f"{home}/.ollama/models/manifests/registry.ollama.ai/library/deepseek-r1/7b",
-        f"{home}/.cache/huggingface/hub/models--deepseek-ai--DeepSeek-V3",
-        f"{home}/.cache/huggingface/hub/models--unsloth--DeepSeek-R1-GGUF",
-        f"{home}/.lmstudio/models/lmstudio-community/DeepSeek-R1-Distill-Qwen-7B-GGUF/m.gguf",
-    ]
-    for path in paths:
-        decision = policy.check_file(path, "host1", "alice", NOW, home=home)
-        assert decision is not None, path
-        assert decision.action == "report"
-    other = f"{home}/.ollama/models/manifests/registry.ollama.ai/library/llama3/8b"
-    assert policy.check_file(other, "host1", "alice", NOW, home=home) is None
+    decision = policy.check_file(f"{home}/Downloads/dsh-latest-x64", "h", "alice", NOW, home=home)
+    assert decision is not None and decision.action == "report"
+    manifest = f"{home}/.ollama/models/manifests/registry.ollama.ai/library/deepseek-r1/7b"
+    assert policy.check_file(manifest, "host1", "alice", NOW, home=home) is None
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Compiled matchers: decide whether a process, a domain or a file is denied, and explain why.
+"""Compiled matchers: is a process, a domain, a file or a model denied, and why?
 
 Build one :class:`CompiledPolicy` per accepted policy and ask it; it is pure (no I/O, ``now``
 injected). The individual matchers are public for benchmarks and tools that need only one kind.
@@ -10,6 +10,7 @@ from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.core.policy.matchers.domain import DomainMatch, DomainMatcher
 from proscribe.core.policy.matchers.exemptions import ExemptionSet
 from proscribe.core.policy.matchers.files import FileMatch, FileMatcher, GlobExpansion
+from proscribe.core.policy.matchers.models import ModelMatch, ModelMatcher
 from proscribe.core.policy.matchers.process import ProcessFacts, ProcessMatch, ProcessMatcher
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "FileMatch",
     "FileMatcher",
     "GlobExpansion",
+    "ModelMatch",
+    "ModelMatcher",
     "ProcessFacts",
     "ProcessMatch",
     "ProcessMatcher",

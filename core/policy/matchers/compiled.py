@@ -17,13 +17,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from proscribe.core.models.identity import ModelIdentity
 from proscribe.core.policy.matchers.domain import DomainMatch, DomainMatcher
 from proscribe.core.policy.matchers.exemptions import ExemptionSet
 from proscribe.core.policy.matchers.files import FileMatch, FileMatcher
+from proscribe.core.policy.matchers.models import ModelMatch, ModelMatcher
 from proscribe.core.policy.matchers.process import ProcessFacts, ProcessMatch, ProcessMatcher
-from proscribe.core.policy.model import Action, DomainRule, FileRule, Policy, ProcessRule, Severity
+from proscribe.core.policy.model import (
+    DomainRule,
+    FileRule,
+    ModelAction,
+    ModelRule,
+    Policy,
+    ProcessRule,
+    Severity,
+)
 
-Kind = Literal["process", "dns", "file"]
+Kind = Literal["process", "dns", "file", "model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +42,14 @@ class Decision:
 
     rule_id: str
     kind: Kind
-    action: Action
+    action: ModelAction  # "quarantine" only from a model rule
     severity: Severity
     message: str
     directives: tuple[str, ...]
     exempted_by: str | None  # exemption id, or None when the rule is enforced
     explanation: str  # "rule deepseek-desktop: name glob 'deepseek*' matched comm 'deepseek'"
-    field: str  # process: name|argv0|exe_name|path|cmdline|sha256; dns: "domain"; file: "path"
+    field: str  # process: name|argv0|exe_name|path|cmdline|sha256; dns: "domain"; file: "path";
+    # model: where the value was read ("GGUF general.name", "Ollama manifest", "blob")
     pattern: str  # the glob, regex, digest or list entry that matched
     value: str = ""  # what it matched (comm, exe, query name, file path, matched text)
 
@@ -50,13 +61,14 @@ class Decision:
 class CompiledPolicy:
     """The matchers and exemptions of one :class:`Policy`."""
 
-    __slots__ = ("_domains", "_exemptions", "_files", "_processes", "policy")
+    __slots__ = ("_domains", "_exemptions", "_files", "_models", "_processes", "policy")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._processes = ProcessMatcher(policy.process)
         self._domains = DomainMatcher.from_rules(policy.domain)
         self._files = FileMatcher(policy.file)
+        self._models = ModelMatcher(policy.model)
         self._exemptions = ExemptionSet(policy.exemptions, policy.meta.expires)
 
     @classmethod
@@ -82,6 +94,10 @@ class CompiledPolicy:
     @property
     def files(self) -> FileMatcher:
         return self._files
+
+    @property
+    def models(self) -> ModelMatcher:
+        return self._models
 
     @property
     def processes(self) -> ProcessMatcher:
@@ -145,6 +161,20 @@ class CompiledPolicy:
                 first = decision
         return first
 
+    def check_model(
+        self, identity: ModelIdentity, host: str, user: str | None, now: datetime
+    ) -> Decision | None:
+        """The decision for a model file owned by ``user``: the first rule not exempted, else
+        the first exempted one, else None."""
+        first: Decision | None = None
+        for m in self._models.match_all(identity):
+            decision = self._decide(self.policy.model[m.rule_index], "model", m, host, user, now)
+            if decision.exempted_by is None:
+                return decision
+            if first is None:
+                first = decision
+        return first
+
     def expand_file_globs(self, home: str | None, env: Mapping[str, str] | None) -> list[str]:
         """Concrete glob patterns a file scanner should look at for one user."""
         return self._files.expand(home, env or {})
@@ -153,9 +183,9 @@ class CompiledPolicy:
 
     def _decide(
         self,
-        rule: ProcessRule | DomainRule | FileRule,
+        rule: ProcessRule | DomainRule | FileRule | ModelRule,
         kind: Kind,
-        match: ProcessMatch | DomainMatch | FileMatch,
+        match: ProcessMatch | DomainMatch | FileMatch | ModelMatch,
         host: str,
         user: str | None,
         now: datetime,
@@ -165,6 +195,8 @@ class CompiledPolicy:
             field, pattern, value = match.field, match.pattern, match.value
         elif isinstance(match, DomainMatch):
             field, pattern, value = "domain", match.entry, match.query
+        elif isinstance(match, ModelMatch):
+            field, pattern, value = match.field, match.pattern, match.value
         else:
             field, pattern, value = "path", match.glob, match.path
         explanation = f"rule {rule.id}: {match.explanation}"
