@@ -38,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from proscribe.agent.browser_guard import BrowserGuard, build_browser_guard
 from proscribe.agent.config import AgentConfig
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
@@ -101,6 +102,7 @@ class PolicyChange:
         hostname: str,
         kernel: KernelGuard | None = None,
         models: ModelPart | None = None,
+        browsers: BrowserGuard | None = None,
     ) -> None:
         self.kernel = kernel
         self.sensor = sensor
@@ -108,6 +110,7 @@ class PolicyChange:
         self.policy = policy
         self.hostname = hostname
         self.models = models
+        self.browsers = browsers
 
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
@@ -122,6 +125,8 @@ class PolicyChange:
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
         if self.models is not None:
             self.models.policy_changed()  # judge the model files again by the new rules
+        if self.browsers is not None:
+            self.browsers.on_policy(compiled)  # managed browser policies follow the policy
 
 
 class Daemon:
@@ -145,7 +150,9 @@ class Daemon:
         systemd: SystemdNotifier | None = None,
         models: ModelPart | None = None,
         evidence: Evidence | None = None,
+        browsers: BrowserGuard | None = None,
     ) -> None:
+        self.browsers = browsers
         self.config = config
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
         self.spool = spool
@@ -214,6 +221,7 @@ class Daemon:
             "drops": {
                 "process_sensor": dict(process["drops"]),
                 "spool": dict(spool["dropped"]),
+                "dns": self.dns.dropped(),  # kernel receive overflows + full queues
             },
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
@@ -222,6 +230,7 @@ class Daemon:
                 "active": self.active_guard(),
                 "kernel": self.kernel.stats() if self.kernel is not None else {"state": "off"},
             },
+            "browser_policies": self.browsers.status() if self.browsers is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors
@@ -292,6 +301,8 @@ class Daemon:
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
                     self._drain_inbox()
+                    if self.browsers is not None:
+                        self.browsers.check()  # a changed or removed file: restored, recorded
                     self.write_status()
                 if watchdog is not None and time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + watchdog
@@ -431,6 +442,12 @@ def build(
         want_sha256=in_force.needs_sha256,
         interesting=guard.matches,
     )
+    browsers = build_browser_guard(
+        config.enforce.browser_policies,
+        evidence=evidence,
+        policy=in_force,
+        enforce=config.agent.mode == "enforce",
+    )
     dns = (
         build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname, users=users)
         if with_dns
@@ -453,7 +470,7 @@ def build(
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
         on_change=PolicyChange(
-            sensor, exec_guard, in_force, hostname, kernel=kernel, models=models
+            sensor, exec_guard, in_force, hostname, kernel=kernel, models=models, browsers=browsers
         ),
         recheck_interval=config.policy.recheck_interval,
     )
@@ -466,6 +483,7 @@ def build(
         process=sensor,
         dns=dns,
         models=models,
+        dns_dropped=dns.dropped,
     )
     reporter = build_reporter_for(
         config,
@@ -488,4 +506,5 @@ def build(
         kernel=kernel,
         models=models,
         evidence=evidence,
+        browsers=browsers,
     )

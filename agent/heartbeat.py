@@ -6,6 +6,7 @@ Built from the parts it describes (policy, spool, sensors) and handed to the rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ class Heartbeat:
         spool: Spool,
         process: SensorState,
         dns: SensorState,
+        dns_dropped: Callable[[], int] | None = None,
         models: SensorState | None = None,  # None: [models] sensor = "off"
     ) -> None:
         self.hostname = hostname
@@ -42,22 +44,27 @@ class Heartbeat:
         self.spool = spool
         self.process = process
         self.dns = dns
+        self.dns_dropped = dns_dropped
         self.models = models
 
     def __call__(self) -> dict[str, Any]:
         policy = self.policy.status()
         spool = self.spool.stats()
+        sensors: dict[str, Any] = {
+            "process": self.process.state,
+            "dns": self.dns.state,
+            "models": self.models.state if self.models is not None else "off",
+        }
+        if self.dns_dropped is not None:
+            # DNS messages lost before the agent saw them (kernel overflows, full queues)
+            sensors["dns_dropped"] = self.dns_dropped()
         return {
             "agent_version": __version__,
             "hostname": self.hostname,
             "os": os_name(),
             "mode": self.mode,
             "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
-            "sensors": {
-                "process": self.process.state,
-                "dns": self.dns.state,
-                "models": self.models.state if self.models is not None else "off",
-            },
+            "sensors": sensors,
             "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
             "time": datetime.now(UTC).isoformat(),
         }

@@ -266,6 +266,9 @@ def _print_status(status: dict[str, Any]) -> None:
             else ""
         )
         out.write(f"guard:     {guard['active']}{why}\n")
+    dns_lost = (status.get("drops") or {}).get("dns")
+    if isinstance(dns_lost, int) and dns_lost:
+        out.write(f"dns loss:  {dns_lost} message(s) dropped before the agent saw them\n")
     policy = status.get("policy", {})
     if policy.get("error"):
         out.write(f"policy:    {policy['error']}\n")
