@@ -43,6 +43,8 @@ setup(
             "migrations/versions/*.py",
         ],
         "proscribe.collector.web": ["templates/*.html", "static/*"],
+        # the kernel exec guard's compiled BPF object (built by its build.sh, checked in CI)
+        "proscribe.agent.enforce.bpf": ["*.bpf.o"],
         **{f"proscribe.{part}": ["py.typed"] for part in ("core", "agent", "cli")},
     },
     include_package_data=False,

@@ -39,7 +39,7 @@ MAX_CONFIG_BYTES = 256 * 1024
 
 Mode = Literal["enforce", "monitor"]
 ProcessSensorChoice = Literal["auto", "netlink", "poll", "off"]
-DnsSensorChoice = Literal["capture", "proxy", "off"]
+DnsSensorChoice = Literal["auto", "capture", "proxy", "off"]
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class CollectorSection:
 @dataclass(frozen=True, slots=True)
 class SensorsSection:
     process: ProcessSensorChoice = "auto"
-    dns: DnsSensorChoice = "capture"
+    dns: DnsSensorChoice = "auto"
     poll_interval: float = 1.0  # seconds between psutil polls in poll mode
     sweep_interval: float = 30.0  # seconds between safety-net sweeps in netlink mode
     queue_size: int = 4096  # events buffered between the sensor and the checker
@@ -87,6 +87,10 @@ class EnforceSection:
     exec_deny_mounts: tuple[str, ...] = ()  # fanotify pre-exec deny on these mounts; () = off
     exec_deny_timeout_ms: int = 200  # answer "allow" when a decision takes longer (fail-open)
     exec_deny_cache_size: int = 4096  # verdicts cached by (dev, inode, mtime, ctime, size)
+    kernel_guard: str = "auto"  # eBPF exec guard: auto | required | off (agent/kernel_guard.py)
+    # managed Chromium/Chrome/Edge/Firefox policies from the domain rules (Linux; the
+    # installer turns it on: agent/enforce/browser_policy.py)
+    browser_policies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,11 @@ class DnsSection:
     interfaces: tuple[str, ...] = ()  # capture interfaces; empty = all
     watch_encrypted: bool = True  # report DoT / DoH connections (Linux; sensors/dns/encrypted.py)
     doh_resolvers: tuple[str, ...] = ()  # more DoH resolver addresses beyond the built-in list
+    # dns = "auto" in enforce mode: reject DoT (port 853) and the DoH resolvers' port 443
+    block_encrypted: bool = True
+    # seconds the redirect outlives the agent (renewed every ttl/5): after a crash DNS flows
+    # normally again within this time
+    redirect_ttl: int = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +237,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
     s = r.section("sensors", ("process", "dns", "poll_interval", "sweep_interval", "queue_size"))
     sensors = SensorsSection(
         process=r.choice(s, "sensors.process", ("auto", "netlink", "poll", "off"), "auto"),
-        dns=r.choice(s, "sensors.dns", ("capture", "proxy", "off"), "capture"),
+        dns=r.choice(s, "sensors.dns", ("auto", "capture", "proxy", "off"), "auto"),
         poll_interval=r.number(s, "sensors.poll_interval", 1.0, low=0.05, high=3600),
         sweep_interval=r.number(s, "sensors.sweep_interval", 30.0, low=1, high=86400),
         queue_size=r.integer(s, "sensors.queue_size", 4096, low=16, high=1_000_000),
@@ -242,6 +251,8 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
             "exec_deny_mounts",
             "exec_deny_timeout_ms",
             "exec_deny_cache_size",
+            "kernel_guard",
+            "browser_policies",
         ),
     )
     enforce = EnforceSection(
@@ -252,6 +263,8 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         exec_deny_cache_size=r.integer(
             e, "enforce.exec_deny_cache_size", 4096, low=0, high=1_000_000
         ),
+        kernel_guard=r.choice(e, "enforce.kernel_guard", ("auto", "required", "off"), "auto"),
+        browser_policies=r.boolean(e, "enforce.browser_policies", False),
     )
 
     sp = r.section("spool", ("max_events", "max_bytes"))
@@ -263,7 +276,16 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
     )
 
     d = r.section(
-        "dns", ("proxy_listen", "upstreams", "interfaces", "watch_encrypted", "doh_resolvers")
+        "dns",
+        (
+            "proxy_listen",
+            "upstreams",
+            "interfaces",
+            "watch_encrypted",
+            "doh_resolvers",
+            "block_encrypted",
+            "redirect_ttl",
+        ),
     )
     listen = r.string(d, "dns.proxy_listen", "127.0.0.1:53")
     r.host_port("dns.proxy_listen", listen, default_port=None)
@@ -276,6 +298,8 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         interfaces=r.string_list(d, "dns.interfaces"),
         watch_encrypted=r.boolean(d, "dns.watch_encrypted", True),
         doh_resolvers=r.string_list(d, "dns.doh_resolvers"),
+        block_encrypted=r.boolean(d, "dns.block_encrypted", True),
+        redirect_ttl=r.integer(d, "dns.redirect_ttl", 15, low=3, high=600),
     )
     for address in dns.doh_resolvers:
         try:

@@ -38,12 +38,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from proscribe.agent.browser_guard import BrowserGuard, build_browser_guard
 from proscribe.agent.config import AgentConfig
 from proscribe.agent.enforce.kill import Killer
 from proscribe.agent.enforce.notify import Notifier
 from proscribe.agent.evidence import Evidence, HostSection, TamperRecorder
-from proscribe.agent.heartbeat import Heartbeat, stopped_by
+from proscribe.agent.heartbeat import Heartbeat, active_guard, stopped_by
 from proscribe.agent.inbox import drain_inbox
+from proscribe.agent.kernel_guard import KernelGuard
 from proscribe.agent.model_parts import ModelPart, build_models_for
 from proscribe.agent.optional_parts import (
     DnsPart,
@@ -61,6 +63,7 @@ from proscribe.agent.sdnotify import SystemdNotifier
 from proscribe.agent.sensors.enrich import Enricher
 from proscribe.agent.sensors.process import ProcessSensor
 from proscribe.agent.sensors.users import UserNames
+from proscribe.agent.sightings import SightingBook, read_boot_id
 from proscribe.agent.spool import Spool
 from proscribe.agent.status_file import write_status
 from proscribe.core import __version__
@@ -97,17 +100,23 @@ class PolicyChange:
         exec_guard: ExecGuardPart | None,
         policy: PolicyInForce,
         hostname: str,
+        kernel: KernelGuard | None = None,
         models: ModelPart | None = None,
+        browsers: BrowserGuard | None = None,
     ) -> None:
+        self.kernel = kernel
         self.sensor = sensor
         self.exec_guard = exec_guard
         self.policy = policy
         self.hostname = hostname
         self.models = models
+        self.browsers = browsers
 
     def __call__(self, compiled: CompiledPolicy) -> None:
         meta = compiled.policy.meta
         log.info("policy in force: %s serial %s (%s)", meta.id, meta.serial, compiled.policy.sha256)
+        if self.kernel is not None:
+            self.kernel.refresh()  # the kernel's maps first: new execs are judged at once
         self.sensor.request_sweep(full=True)  # judge every running process by the new rules
         if self.exec_guard is not None:
             from proscribe.agent.enforce.exec_deny import policy_decider
@@ -116,6 +125,8 @@ class PolicyChange:
             self.exec_guard.set_decider(policy_decider(compiled, self.hostname, self.policy.now))
         if self.models is not None:
             self.models.policy_changed()  # judge the model files again by the new rules
+        if self.browsers is not None:
+            self.browsers.on_policy(compiled)  # managed browser policies follow the policy
 
 
 class Daemon:
@@ -134,11 +145,14 @@ class Daemon:
         exec_guard: ExecGuardPart | None,
         reporter: ReporterPart | None,
         hostname: str,
+        kernel: KernelGuard | None = None,
         clock: Callable[[], float] = time.time,
         systemd: SystemdNotifier | None = None,
         models: ModelPart | None = None,
         evidence: Evidence | None = None,
+        browsers: BrowserGuard | None = None,
     ) -> None:
+        self.browsers = browsers
         self.config = config
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_env()
         self.spool = spool
@@ -147,6 +161,7 @@ class Daemon:
         self.guard = guard
         self.dns = dns
         self.exec_guard = exec_guard
+        self.kernel = kernel
         self.hostname = hostname
         self.clock = clock
         self.started_at = clock()
@@ -164,6 +179,15 @@ class Daemon:
         return self.dns.state
 
     # -- status ------------------------------------------------------------------------------
+    def active_guard(self) -> str:
+        """Which guard stops a denied program here (:func:`heartbeat.active_guard`)."""
+        return active_guard(
+            mode=self.config.agent.mode,
+            kernel_active=self.kernel is not None and self.kernel.active,
+            exec_guard=self.exec_guard is not None,
+            process_backend=self.sensor.backend,
+        )
+
     def status(self) -> dict[str, Any]:
         process = self.sensor.stats()
         dns: dict[str, Any] = {"state": self.dns.state}
@@ -193,10 +217,16 @@ class Daemon:
             "drops": {
                 "process_sensor": dict(process["drops"]),
                 "spool": dict(spool["dropped"]),
+                "dns": self.dns.dropped(),  # kernel receive overflows + full queues
             },
             "enforcement": self.guard.counts.snapshot(),
             "dns_events": self.dns.event_counts(),
             "exec_deny": self.exec_guard.stats() if self.exec_guard is not None else None,
+            "guard": {
+                "active": self.active_guard(),
+                "kernel": self.kernel.stats() if self.kernel is not None else {"state": "off"},
+            },
+            "browser_policies": self.browsers.status() if self.browsers is not None else None,
             "reporter": reporter,
             "last_upload": (reporter or {}).get("last_upload"),
             "errors": self.errors
@@ -226,6 +256,8 @@ class Daemon:
         self.policy.start()
         if self.exec_guard is not None:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
+        if self.kernel is not None:
+            self.kernel.start()  # "required" and unavailable: stops the agent, loudly
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
         if self.models is not None:
@@ -265,6 +297,8 @@ class Daemon:
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.config.agent.status_interval
                     self._drain_inbox()
+                    if self.browsers is not None:
+                        self.browsers.check()  # a changed or removed file: restored, recorded
                     self.write_status()
                 if watchdog is not None and time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + watchdog
@@ -312,11 +346,15 @@ class Daemon:
             return
         self._stopped.set()
         self.systemd.notify("STOPPING=1")
-        parts: tuple[tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | None], ...] = (
+        parts: tuple[
+            tuple[str, ReporterPart | DnsPart | ExecGuardPart | ModelPart | KernelGuard | None],
+            ...,
+        ] = (
             ("models", self.models),
             ("reporter", self.reporter),
             ("dns", self.dns),
             ("exec_deny", self.exec_guard),
+            ("kernel_guard", self.kernel),
         )
         for name, part in parts:
             if part is not None:
@@ -375,6 +413,17 @@ def build(
 
     users = UserNames()  # uid -> account name, one cache for every reader
     reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
+    guard: ProcessGuard  # built just below; the kernel guard's reports go to it
+    kernel = KernelGuard(
+        config.enforce.kernel_guard,
+        mode=config.agent.mode,
+        policy=in_force,
+        hostname=hostname,
+        # late-bound: the process guard, built next, records what the kernel reports
+        on_report=lambda report: guard.record_kernel_report(report),  # noqa: PLW0108
+        procfs=procfs,
+        boot_time=reader.boot_time,
+    )
     guard = ProcessGuard(
         policy=in_force,
         evidence=evidence,
@@ -384,6 +433,9 @@ def build(
         mode=config.agent.mode,
         hostname=hostname,
         kill_children=config.enforce.kill_children,
+        kernel=kernel,
+        users=users.name,
+        sightings=SightingBook(spool, read_boot_id(procfs)),
     )
     sensor = ProcessSensor(
         config.sensors.process,
@@ -394,6 +446,12 @@ def build(
         queue_size=config.sensors.queue_size,
         want_sha256=in_force.needs_sha256,
         interesting=guard.matches,
+    )
+    browsers = build_browser_guard(
+        config.enforce.browser_policies,
+        evidence=evidence,
+        policy=in_force,
+        enforce=config.agent.mode == "enforce",
     )
     dns = (
         build_dns_for(config, policy=in_force, evidence=evidence, hostname=hostname, users=users)
@@ -416,7 +474,9 @@ def build(
         in_force,
         config.policy.file,
         on_tamper=TamperRecorder(evidence),
-        on_change=PolicyChange(sensor, exec_guard, in_force, hostname, models),
+        on_change=PolicyChange(
+            sensor, exec_guard, in_force, hostname, kernel=kernel, models=models, browsers=browsers
+        ),
         recheck_interval=config.policy.recheck_interval,
     )
     policy.load_file()
@@ -428,7 +488,9 @@ def build(
         process=sensor,
         dns=dns,
         exec_guard=exec_guard,
+        kernel=kernel,
         models=models,
+        dns_dropped=dns.dropped,
     )
     reporter = build_reporter_for(
         config,
@@ -448,6 +510,8 @@ def build(
         exec_guard=exec_guard,
         reporter=reporter,
         hostname=hostname,
+        kernel=kernel,
         models=models,
         evidence=evidence,
+        browsers=browsers,
     )

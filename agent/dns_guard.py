@@ -5,8 +5,9 @@ to sinkhole) and deliver every observation to :meth:`DnsGuard.on_observation` on
 thread. Here a matched name becomes a ``dns`` event committed to the spool: with the action the
 proxy took (``sinkholed``, ``would_block``, ``reported``, ``exempted``) or, for passive capture,
 which never blocks, ``reported``/``exempted``. Repeats follow the agent's one rule
-(:mod:`proscribe.agent.repeats`): one event per (rule, action, process, name) and window, the
-window's later queries folded into its count — never one event per query.
+(:mod:`proscribe.agent.repeats`): one event per (rule, action, process) and window whatever
+the names, the window's later queries folded into its count (with a sample of the names) —
+never one event per query or per name.
 An unattributed query says why in ``detail``; a stub resolver's forwarded copy is labelled.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,9 @@ __all__ = ["ENCRYPTED_DNS_RULE", "DnsGuard"]
 
 log = logging.getLogger(__name__)
 
+_SAMPLE_NAMES = 5  # names kept per series for the detail of its events
+_SAMPLE_SERIES = 4096
+
 
 class DnsGuard:
     def __init__(
@@ -48,6 +53,7 @@ class DnsGuard:
         self.hostname = hostname
         self.counts = Counters()  # the sensor's delivery thread, the watch and the daemon loop
         self.repeats = RepeatFolder(evidence, window, counts=self.counts, clock=clock)
+        self._samples: OrderedDict[tuple[str, str, object], list[str]] = OrderedDict()
 
     def _decision(self, name: str, process: ProcessRef | None) -> Decision | None:
         compiled = self.policy.compiled
@@ -74,9 +80,9 @@ class DnsGuard:
             decision = self._decision(name, observation.process)
             action = str(observation.action)
         else:
-            # passive capture: the question in queries, the CNAME chain in responses
+            # passive capture: every question in queries, the CNAME chain in responses
             names = (
-                (observation.qname,)
+                observation.names_to_check
                 if observation.direction == "query"
                 else tuple(observation.cname_targets)
             )
@@ -110,7 +116,25 @@ class DnsGuard:
             )
 
         who = (process or {}).get("pid") or (process or {}).get("exe") or observation.client[0]
-        recorded = self.repeats.record((found.rule_id, action, who, name), build)
+        # One series per (rule, action, process), however many names: 1,000 random
+        # subdomains asked by one program are one event counting 1,000, not 1,000 events. A
+        # sample of the names goes in the detail of the events that carry repeats.
+        series = (found.rule_id, action, who)
+        sample = self._samples.get(series)
+        if sample is None:
+            sample = self._samples[series] = []
+            while len(self._samples) > _SAMPLE_SERIES:
+                self._samples.popitem(last=False)
+        if name not in sample and len(sample) < _SAMPLE_NAMES:
+            sample.append(name)
+
+        def build_sampled() -> Event:
+            event = build()
+            if len(sample) > 1:
+                event["detail"] = f"{event['detail']} (names in this window: {', '.join(sample)})"
+            return event
+
+        recorded = self.repeats.record(series, build_sampled)
         if recorded.kind != "first":
             return
         if recorded.stored:
@@ -128,27 +152,48 @@ class DnsGuard:
         who = "" if connection.process else (
             f" (process not attributed: {connection.attribution_reason or 'unknown'})"
         )  # fmt: skip
-        event = self.evidence.event(
-            "dns",
-            rule=ENCRYPTED_DNS_RULE,
-            action="reported",
-            severity="medium",
-            judged_by=self.policy.compiled,
-            process=connection.process,
-            dns={
-                "qname": connection.provider or connection.resolver[0],
-                "qtype": connection.protocol,
-                "resolver": resolver,
-            },
-            detail=(
-                f"{connection.description}: queries sent this way are invisible to the DNS "
-                "sensor and the proxy, so domain rules cannot see them (turn DNS over HTTPS "
-                f"off by browser policy){who}"
-            ),
-        )
-        if self.evidence.commit(event):
+        if connection.blocked:
+            action = "denied"
+            why = (
+                "rejected by the agent's firewall rule ([dns] block_encrypted), so the client "
+                "falls back to plain DNS, which the policy answers"
+            )
+        else:
+            action = "reported"
+            why = (
+                "queries sent this way are invisible to the DNS sensor and the proxy, so "
+                "domain rules cannot see them (turn DNS over HTTPS off by browser policy)"
+            )
+        compiled = self.policy.compiled
+
+        def build() -> Event:
+            return self.evidence.event(
+                "dns",
+                rule=ENCRYPTED_DNS_RULE,
+                action=action,
+                severity="medium",
+                judged_by=compiled,
+                process=connection.process,
+                dns={
+                    "qname": connection.provider or connection.resolver[0],
+                    "qtype": connection.protocol,
+                    "resolver": resolver,
+                },
+                detail=f"{connection.description}: {why}{who}",
+            )
+
+        if connection.blocked:
+            # a browser retries: one event per process and resolver per window, counted
+            pid = (connection.process or {}).get("pid")
+            recorded = self.repeats.record((ENCRYPTED_DNS_RULE, action, pid, resolver), build)
+            if recorded.kind != "first":
+                return
+            stored = recorded.stored
+        else:
+            stored = self.evidence.commit(build())
+        if stored:
             self.counts.add("encrypted_dns")
-            log.warning("encrypted DNS: %s%s", connection.description, who)
+            log.warning("encrypted DNS %s: %s%s", action, connection.description, who)
         else:
             self.counts.add("unspooled")
 

@@ -7,9 +7,8 @@ handed to the reporter as its ``heartbeat_source``; nothing here starts or owns 
 The ``health`` section (additive to the wire schema; an older collector ignores it) is what a
 compliance officer needs from the host without logging in to it:
 
-* ``guard``: the active guard, strongest first — the pre-exec guard's own name when it runs
-  (``"fanotify"``, or whatever its ``stats()`` says under ``guard``/``backend``, e.g.
-  ``"bpf"``), else the process sensor's backend (``"netlink"`` or ``"poll"``), else ``"off"``;
+* ``guard``: the active guard by :func:`active_guard` (the rule ``agent status`` uses too):
+  ``bpf``, ``fanotify``, ``netlink``, ``poll``, ``off``, or ``monitor`` in monitor mode;
 * ``drops``: per-reason counts, ``"<where>.<reason>"`` (process sensor queue, DNS part when its
   stats carry a ``drops`` map, spool, exec guard reports), cumulative;
 * ``fail_open``: decisions the pre-exec guard let through because it could not decide in time
@@ -26,7 +25,7 @@ host as *stopped*, not as an outage.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -52,6 +51,13 @@ class StatsPart(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class KernelActive(Protocol):
+    """The kernel (eBPF) guard as the heartbeat sees it: whether it is enforcing."""
+
+    @property
+    def active(self) -> bool: ...
+
+
 class ProcessSensorPart(SensorState, StatsPart, Protocol):
     def healthy(self) -> bool: ...
 
@@ -62,18 +68,26 @@ def _ints(values: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.items() if isinstance(v, int) and v}
 
 
-def active_guard(process: Mapping[str, Any], exec_deny: Mapping[str, Any] | None) -> str:
-    """The strongest guard running: the pre-exec guard's name, else the process sensor's."""
-    if exec_deny and exec_deny.get("running"):
-        name = exec_deny.get("guard") or exec_deny.get("backend") or "fanotify"
-        return str(name)
-    if process.get("state") == "running":
-        return str(process.get("backend") or "poll")
-    return "off"
+def active_guard(
+    *, mode: str, kernel_active: bool, exec_guard: bool, process_backend: str | None
+) -> str:
+    """Which guard stops a denied program here, strongest first: ``bpf`` (killed in the
+    kernel at exec), ``fanotify`` (refused before exec, on the guarded mounts only, with the
+    process sensor for the rest), ``netlink`` or ``poll`` (killed by the process sensor after
+    it started), ``off``; ``monitor`` in monitor mode (nothing is stopped). The one rule for
+    ``agent status`` and the heartbeat."""
+    if mode != "enforce":
+        return "monitor"
+    if kernel_active:
+        return "bpf"
+    if exec_guard:
+        return "fanotify"
+    return process_backend if process_backend in ("netlink", "poll") else "off"
 
 
 def health_section(
     *,
+    guard: str,
     process: Mapping[str, Any],
     process_alive: bool,
     dns: Mapping[str, Any],
@@ -112,7 +126,7 @@ def health_section(
         f"{last.get('kind')}: {last.get('reason')}"[:1000] if isinstance(last, Mapping) else None
     )
     return {
-        "guard": active_guard(process, exec_deny),
+        "guard": guard,
         "drops": drops,
         "fail_open": fail_open,
         "sensors": sensors,
@@ -140,6 +154,8 @@ class Heartbeat:
         process: ProcessSensorPart,
         dns: SensorState,
         exec_guard: StatsPart | None = None,
+        kernel: KernelActive | None = None,
+        dns_dropped: Callable[[], int] | None = None,
         models: SensorState | None = None,  # None: [models] sensor = "off"
     ) -> None:
         self.hostname = hostname
@@ -149,6 +165,8 @@ class Heartbeat:
         self.process = process
         self.dns = dns
         self.exec_guard = exec_guard
+        self.kernel = kernel
+        self.dns_dropped = dns_dropped
         self.models = models
 
     def health(self, policy: Mapping[str, Any], spool_dropped: Mapping[str, int]) -> dict[str, Any]:
@@ -159,29 +177,45 @@ class Heartbeat:
                 dns = stats()
             except Exception:  # a DNS part that cannot count still has a state
                 dns = {"state": self.dns.state}
-        return health_section(
-            process=self.process.stats(),
+        process = self.process.stats()
+        guard = active_guard(
+            mode=self.mode,
+            kernel_active=self.kernel is not None and self.kernel.active,
+            exec_guard=self.exec_guard is not None,
+            process_backend=process.get("backend"),
+        )
+        health = health_section(
+            guard=guard,
+            process=process,
             process_alive=self.process.healthy(),
             dns=dns,
             exec_deny=self.exec_guard.stats() if self.exec_guard is not None else None,
             spool_dropped=spool_dropped,
             policy=policy,
         )
+        lost = self.dns_dropped() if self.dns_dropped is not None else 0
+        if lost:  # DNS messages lost before the agent saw them: a drop like any other
+            health["drops"]["dns.lost"] = int(lost)
+        return health
 
     def __call__(self) -> dict[str, Any]:
         policy = self.policy.status()
         spool = self.spool.stats()
+        sensors: dict[str, Any] = {
+            "process": self.process.state,
+            "dns": self.dns.state,
+            "models": self.models.state if self.models is not None else "off",
+        }
+        if self.dns_dropped is not None:
+            # DNS messages lost before the agent saw them (kernel overflows, full queues)
+            sensors["dns_dropped"] = self.dns_dropped()
         return {
             "agent_version": __version__,
             "hostname": self.hostname,
             "os": os_name(),
             "mode": self.mode,
             "policy": {k: policy.get(k) for k in ("id", "serial", "sha256", "expires", "stale")},
-            "sensors": {
-                "process": self.process.state,
-                "dns": self.dns.state,
-                "models": self.models.state if self.models is not None else "off",
-            },
+            "sensors": sensors,
             "spool": {"depth": spool.depth, "bytes": spool.bytes, "dropped": spool.dropped_total},
             "health": self.health(policy, spool.dropped),
             "time": datetime.now(UTC).isoformat(),

@@ -4,14 +4,18 @@ Order matters and is fixed: decide → de-duplicate → **commit the event to th
 (kill) → tell the user. The event is the evidence, so it is durable before anything happens to
 the process. De-duplication and folding of repeats follow the agent's one rule
 (:mod:`proscribe.agent.repeats`): one event per (rule, action, process); starts of the same
-executable within the window fold into the first one's count.
+executable by the same user within the window fold into the first one's count (another user's
+start is its own event: nobody disappears into someone else's count).
 
 The pre-exec guard's refusals are process events too: :meth:`ProcessGuard.record_exec_denial`
 records them (folded per rule and executable) on the exec guard's reporting thread.
 
-Recording the outcome: the event committed before acting already carries the intended action
-(``killed`` in enforce mode for a ``block`` rule; ``would_block`` in monitor mode; ``reported``
-for a ``report`` rule; ``exempted`` when an exemption applies). The kill is then attempted; when
+Recording the outcome: the event committed before acting already carries the action
+(``killed`` in enforce mode for a ``block`` rule — only once the process, pinned by a pidfd when
+the sensor first saw it, has been stopped with SIGSTOP, so it cannot exit on its own between the
+event and the SIGKILL; ``exited`` when it had already exited,
+which reports do not count as a block; ``would_block`` in monitor mode; ``reported`` for a
+``report`` rule; ``exempted`` when an exemption applies). The kill is then attempted; when
 it does not happen — the target is protected (pid 1, the agent, its parent, a kernel thread) or
 the signal fails — a follow-up event with action ``failed``, the same rule and process, and a
 detail naming the original event id is committed. A process that exited (or whose pid was
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.enforce.kill import Killer, KillOutcome
@@ -33,16 +37,26 @@ from proscribe.agent.policy_source import PolicyInForce
 from proscribe.agent.repeats import RepeatFolder
 from proscribe.agent.sensors.enrich import process_ref
 from proscribe.agent.sensors.process import Sighting
+from proscribe.agent.sightings import SightingBook
 from proscribe.core.events import Event
 from proscribe.core.policy.matchers.compiled import CompiledPolicy, Decision
 from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename
 
 if TYPE_CHECKING:
+    from proscribe.agent.enforce.bpf.guard import KernelReport
     from proscribe.agent.enforce.exec_verdicts import ExecRequest, ExecVerdict
 
 __all__ = ["ProcessGuard"]
 
 log = logging.getLogger(__name__)
+
+
+class KernelCoverage(Protocol):
+    """What the process guard asks of the kernel exec guard (``agent/kernel_guard.py``)."""
+
+    def covers(self, facts: ProcessFacts) -> bool: ...
+
+    def learn(self, facts: ProcessFacts, rule_id: str) -> bool: ...
 
 
 class ProcessGuard:
@@ -57,6 +71,9 @@ class ProcessGuard:
         mode: str,
         hostname: str,
         kill_children: bool = False,
+        kernel: KernelCoverage | None = None,
+        users: Callable[[int], str] | None = None,
+        sightings: SightingBook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -66,6 +83,9 @@ class ProcessGuard:
         self.mode = mode
         self.hostname = hostname
         self.kill_children = kill_children
+        self.kernel = kernel
+        self.users = users
+        self.sightings = sightings
         self.counts = Counters()  # the checker, the exec guard's reporter and the daemon loop
         self.repeats = RepeatFolder(evidence, window, counts=self.counts, clock=clock)
 
@@ -96,14 +116,89 @@ class ProcessGuard:
             # read without the user (the fast path): exemptions by user need it
             facts = self.killer.enricher.with_user(facts)
             decisions = compiled.check_process(facts, self.hostname, now)
+        if sighting.source != "comm" and self._kernel_handles(facts, decisions):
+            self.counts.add("kernel_handled")
+            return
         to_kill: tuple[Decision, Event] | None = None
+        running: bool | None = None
         for decision in decisions:
             action = self.event_action(decision)
+            if action == "killed":
+                if running is None:  # stopped before the event, so that it is true
+                    running = self.killer.hold(facts.pid, facts.start_time, sighting.pidfd)
+                if not running:
+                    action = "exited"
             event = self._record(compiled, facts, decision, action, sighting)
             if event is not None and action == "killed" and to_kill is None:
                 to_kill = (decision, event)
         if to_kill is not None:
-            self._enforce(compiled, facts, *to_kill)
+            self._enforce(compiled, facts, *to_kill, pidfd=sighting.pidfd)
+
+    def _kernel_handles(self, facts: ProcessFacts, decisions: list[Decision]) -> bool:
+        """The kernel exec guard killed this exec and reports it itself (one exec, one event);
+        a file denied by hash is taught to the kernel for its next exec. Never for a comm
+        change: the kernel judges names at exec only."""
+        if self.kernel is None or self.mode != "enforce":
+            return False
+        blocks = [d for d in decisions if d.action == "block" and d.exempted_by is None]
+        covered = len(blocks) == len(decisions) and self.kernel.covers(facts)
+        for decision in blocks:
+            if decision.field == "sha256":  # after judging this exec: it ran, the next will not
+                self.kernel.learn(facts, decision.rule_id)
+        return covered
+
+    def record_kernel_report(self, report: KernelReport) -> None:
+        """The kernel exec guard's report (on its reader thread): a ``process`` event with what
+        the kernel knew at the exec (or at the executable mapping, for ``ld.so FILE``), folded
+        per (rule, executable, user). ``killed`` is true: the signal was sent from the killed
+        process's own context, which was alive by definition."""
+        compiled = self.policy.compiled
+        rule = compiled.policy.rule(report.rule_id) if compiled is not None else None
+        severity = str(getattr(rule, "severity", "high"))
+        action = "killed" if report.killed else "would_block"
+        user = self.users(report.uid) if self.users is not None else ""
+        exe = report.filename or report.name
+        facts = ProcessFacts(
+            pid=report.pid,
+            ppid=report.ppid,
+            name=report.comm,
+            exe=exe,
+            user=user,
+            uid=report.uid,
+        )
+        what = {
+            "comm": f"comm {report.comm!r}",
+            "exe_name": f"executable file name {report.name!r}",
+            "inode": f"file {report.name!r} (device {report.dev}, inode {report.ino})",
+            "loaded_name": f"file {report.name!r} run through the dynamic loader",
+        }.get(report.why, report.why)
+        when = "at exec" if report.kind == "exec" else "when mapped executable (dynamic loader)"
+        detail = (
+            f"rule {report.rule_id}: {what} is denied; killed in the kernel {when} "
+            f"by the eBPF exec guard (seen by kernel)"
+        )
+
+        def build() -> Event:
+            return self.evidence.event(
+                "process",
+                rule=report.rule_id or None,
+                action=action,
+                severity=severity,
+                judged_by=compiled,
+                process=process_ref(facts),
+                detail=detail,
+            )
+
+        rule_key = f"{report.rule_id}/{action}"
+        recorded = self.repeats.record(
+            (rule_key, report.name, report.dev, report.ino, report.uid),
+            build,
+            occurrence=(rule_key, report.pid, report.boot_ns),
+        )
+        if recorded.kind == "first":
+            self.counts.add(action if recorded.stored else "unspooled")
+        if report.killed:
+            self.counts.add("kill_ok")
 
     def _record(
         self,
@@ -116,6 +211,8 @@ class ProcessGuard:
         """Commit the event (or fold it into its series' count); None for a duplicate."""
         rule_key = f"{decision.rule_id}/{action}"
 
+        outcome = "; it had exited before it could be killed" if action == "exited" else ""
+
         def build() -> Event:
             return self.evidence.event(
                 "process",
@@ -124,17 +221,26 @@ class ProcessGuard:
                 severity=decision.severity,
                 judged_by=compiled,
                 process=process_ref(facts),
-                detail=f"{decision.explanation} (seen by {sighting.source})",
+                detail=f"{decision.explanation} (seen by {sighting.source}){outcome}",
             )
 
+        # Reported before this run (the agent restarted while it ran): never again.
+        sighting_key = self._sighting_key(decision.rule_id, facts)
+        if sighting_key and self.sightings is not None and self.sightings.seen(sighting_key):
+            self.counts.add("already_reported")
+            return None
         # The series a repeat folds into: the executable, or the name when it could not be
         # read (a zombie or a process exiting while it was read). A repeat is acted on without
         # waiting for its count's commit: its series' first event was committed before acting.
         recorded = self.repeats.record(
-            (rule_key, facts.exe or f"comm:{facts.name}"),
+            (rule_key, facts.exe or f"comm:{facts.name}", facts.uid, facts.user),
             build,
-            occurrence=(rule_key, facts.pid, facts.start_time),
+            # one process under one rule is one occurrence whatever the action (its fork and
+            # its exec, a sweep, a re-check: the same process, judged again)
+            occurrence=(decision.rule_id, facts.pid, facts.start_time),
         )
+        if recorded.kind != "duplicate" and sighting_key is not None and self.sightings:
+            self.sightings.record(sighting_key)
         if recorded.kind == "first":
             if recorded.stored:
                 self.counts.add(action)
@@ -151,6 +257,14 @@ class ProcessGuard:
                 decision.explanation,
             )
         return recorded.event
+
+    def _sighting_key(self, rule_id: str, facts: ProcessFacts) -> str | None:
+        """The process's identity across agent restarts (boot, pid, start in clock ticks)."""
+        if self.sightings is None or facts.start_time is None:
+            return None
+        enricher = self.killer.enricher
+        ticks = round((facts.start_time - enricher.boot_time) * enricher.ticks)
+        return self.sightings.key(rule_id, facts.pid, ticks)
 
     def record_exec_denial(self, request: ExecRequest, verdict: ExecVerdict) -> None:
         """The exec guard's ``on_denied``: a ``process`` event for an exec it refused (or, in
@@ -196,12 +310,18 @@ class ProcessGuard:
         self.repeats.flush(force=force)
 
     def _enforce(
-        self, compiled: CompiledPolicy, facts: ProcessFacts, decision: Decision, event: Event
+        self,
+        compiled: CompiledPolicy,
+        facts: ProcessFacts,
+        decision: Decision,
+        event: Event,
+        *,
+        pidfd: int = -1,
     ) -> None:
         rule = compiled.policy.rule(decision.rule_id)
         children = self.kill_children or bool(getattr(rule, "kill_children", False))
         env = session_env(facts.pid, self.killer.procfs) if self.notifier.enabled else {}
-        outcome = self.killer.kill(facts.pid, facts.start_time, children=children)
+        outcome = self.killer.kill(facts.pid, facts.start_time, children=children, pidfd=pidfd)
         if outcome.killed:
             self.counts.add("kill_ok")
             self.notifier.tell(

@@ -300,6 +300,18 @@ def _print_status(status: dict[str, Any]) -> None:
                 f"{models.get('denied_files', 0)} denied files)"
             )
         out.write(f"sensor:    models: {models['state']}{counts}\n")
+    guard = status.get("guard") or {}
+    if guard.get("active"):
+        kernel = guard.get("kernel") or {}
+        why = (
+            f" (eBPF guard {kernel.get('state')}: {kernel['detail']})"
+            if kernel.get("detail")
+            else ""
+        )
+        out.write(f"guard:     {guard['active']}{why}\n")
+    dns_lost = (status.get("drops") or {}).get("dns")
+    if isinstance(dns_lost, int) and dns_lost:
+        out.write(f"dns loss:  {dns_lost} message(s) dropped before the agent saw them\n")
     keys = status.get("trusted_keys") or []
     for i, key in enumerate(keys):
         label = "trust:" if i == 0 else ""

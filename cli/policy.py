@@ -11,7 +11,7 @@ import argparse
 import importlib
 from typing import Any
 
-VERB_MODULES = ("policy_lint", "policy_sign", "policy_test")
+VERB_MODULES = ("policy_lint", "policy_sign", "policy_test", "policy_export")
 
 
 def register(sub: Any) -> None:

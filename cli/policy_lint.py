@@ -1,7 +1,9 @@
 """``proscribe policy lint`` and ``proscribe policy show``.
 
 ``lint FILE…`` prints every problem as ``file:line: message (fix: …)`` and exits 1 when there is
-any, 0 with ``ok: FILE: N rules, M exemptions`` when the file is clean, and 2 when a file cannot
+any, 0 with ``ok: FILE: N rules, M exemptions`` when the file is clean (after ``warning:`` lines
+for process names that match a program installed in this host's system paths — /usr/bin, /bin,
+/usr/sbin, /sbin, /usr/local/bin — which a block rule would kill), and 2 when a file cannot
 be read at all. ``show FILE [--json]`` summarizes a valid policy for people (rules, what they
 match, what they do, the directives they cite, exemptions and expiry) or as JSON for tools; an
 invalid file is a usage error there (its problems on stderr, exit 2), since there is nothing to
@@ -15,12 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from proscribe.core.errors import LintIssue
+from proscribe.core.policy.globs import compile_glob
 from proscribe.core.policy.loader import lint_policy, load_policy, read_policy_bytes
 from proscribe.core.policy.model import (
     DomainRule,
@@ -65,14 +69,16 @@ def run_lint(args: argparse.Namespace) -> int:
             status = 1
             continue
         policy = load_policy(data, str(path))
+        for warning in system_program_clashes(policy, str(path)):
+            print(_safe(warning))
+        expiry = expiry_warning(policy, datetime.now(UTC))
+        if expiry:
+            print(_safe(f"warning: {path}: {expiry}"))
         rules, exemptions = len(policy.rules()), len(policy.exemptions)
         print(
             f"ok: {path}: {rules} rule{'s' if rules != 1 else ''}, {exemptions} exemption"
             f"{'s' if exemptions != 1 else ''}"
         )
-        warning = expiry_warning(policy, datetime.now(UTC))
-        if warning:
-            print(f"warning: {path}: {warning}", file=sys.stderr)
     return status
 
 
@@ -97,6 +103,38 @@ def expiry_warning(policy: Policy, now: datetime) -> str | None:
             "(fix: issue a new serial with a later expires before then)"
         )
     return None
+
+
+SYSTEM_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")
+
+
+def system_program_clashes(
+    policy: Policy, source: str, dirs: tuple[str, ...] = SYSTEM_DIRS
+) -> list[str]:
+    """Warnings for process name globs that match a program installed in this host's standard
+    system paths: a ``block`` rule would kill it (and with ``kill_children`` what it started)."""
+    installed: dict[str, str] = {}
+    for directory in dirs:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            installed.setdefault(name.lower(), f"{directory}/{name}")
+    warnings = []
+    for rule in policy.process:
+        for glob in rule.names:
+            regex = compile_glob(glob, path=False, ignore_case=True)
+            hits = sorted(path for low, path in installed.items() if regex.match(low))
+            if not hits:
+                continue
+            where = f"{source}:{rule.line}" if rule.line else source
+            shown = ", ".join(hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
+            warnings.append(
+                f"warning: {where}: rule {rule.id}: name {glob!r} matches {shown}, installed "
+                "on this host (fix: drop the name, or qualify it with paths or sha256)"
+            )
+    return warnings
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -166,6 +204,7 @@ def _describe_rule(rule: ProcessRule | DomainRule | FileRule | ModelRule) -> lis
         _criteria(lines, "names (comm/argv0/exe, any case)", rule.names)
         _criteria(lines, "paths", rule.paths)
         _criteria(lines, "cmdline regex", rule.cmdline)
+        _criteria(lines, "cmdline only for programs", rule.programs)
         _criteria(lines, "sha256", rule.sha256)
         if rule.kill_children and rule.action == "block":
             lines.append("      also kills its child processes")

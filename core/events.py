@@ -5,7 +5,7 @@ committed to the spool, and is the idempotency key end to end::
 
     {"id": "uuid4", "time": "2025-01-28T09:14:03.120Z", "kind": "process|dns|file|model|…",
      "rule": "deepseek-web", "policy": {"id": "…", "serial": 7, "sha256": "…"},
-     "action": "reported|would_block|killed|denied|sinkholed|exempted|quarantined|failed",
+     "action": "reported|would_block|killed|exited|denied|sinkholed|exempted|quarantined|failed",
      "severity": "high",
      "host": {"agent_id": "…", "hostname": "…", "os": "linux"},
      "process": {"pid": 4242, "ppid": 1, "name": "…", "exe": "…", "cmdline": ["…"],
@@ -21,7 +21,9 @@ file found (``file``; ``action`` reported, quarantined, or would_block for a qua
 monitor mode) or a program that loads it (``process`` and ``file``; killed, would_block,
 reported).
 
-``would_block`` is what monitor mode reports where enforce mode would have acted. ``count`` is the
+``would_block`` is what monitor mode reports where enforce mode would have acted. ``exited`` is a
+process a ``block`` rule matched that had already exited when the agent came to kill it: seen,
+not blocked (reports do not count it as a block). ``count`` is the
 number of occurrences folded into this event by de-duplication (1 when absent). A process's
 ``user`` and ``uid`` are its real uid (who ran it); ``euid`` is its effective uid, which differs
 for a setuid program.
@@ -42,6 +44,7 @@ EVENT_ACTIONS: Final = (
     "sinkholed",
     "exempted",
     "failed",
+    "exited",
     "quarantined",
 )
 SEVERITIES: Final = ("low", "medium", "high", "critical")

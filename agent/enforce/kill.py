@@ -2,10 +2,12 @@
 
 Safety rules, checked on every call:
 
-* the pid must still be the process that was judged: its start time (``/proc/PID/stat`` field
-  22) must equal the one recorded at detection, otherwise the pid was reused and nothing is sent;
-  where ``pidfd_open`` exists the check is made on a pidfd and the signal goes through the same
-  pidfd, so the pid cannot be recycled between check and kill;
+* the pid must still be the process that was judged. Best: the process sensor pinned it with a
+  pidfd *before* reading it (``Sighting.pidfd``), and the signal goes through that pidfd — an
+  innocent process that took the pid since (even within the same clock tick, which a start-time
+  check cannot tell apart) is never signalled. Without one, its start time (``/proc/PID/stat``
+  field 22) must equal the one recorded at detection, checked on a pidfd opened now;
+* a process that already exited (gone, or a zombie) is reported as ``gone``, never ``killed``;
 * never the agent itself, its parent, pid 1, or a kernel thread (``PF_KTHREAD``, or ppid 2).
 
 With ``children=True`` the descendants (found by walking ``/proc/*/stat`` ppid links before the
@@ -18,6 +20,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ __all__ = ["KillOutcome", "Killer"]
 log = logging.getLogger(__name__)
 
 KTHREADD_PID = 2
+_HOLD_WAIT = 0.05  # seconds to wait for a SIGSTOP to take effect
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,53 @@ class Killer:
             return "protected: kernel thread"
         return None
 
-    def kill(self, pid: int, start_time: float | None, *, children: bool = False) -> KillOutcome:
+    def running(self, pid: int, start_time: float | None, pidfd: int = -1) -> bool:
+        """Whether the judged process still runs (not exited, not a zombie): with a pidfd the
+        pidfd's process, else the pid if its start time is still the judged one."""
+        stat = read_stat(pid, self.procfs)
+        if stat is None or stat.state in ("Z", "X", "x"):
+            return False
+        if pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(pidfd, 0)
+            except OSError:
+                return False
+            return True
+        return start_time is not None and abs(self.enricher.start_time(stat) - start_time) < 1e-6
+
+    def hold(self, pid: int, start_time: float | None, pidfd: int = -1) -> bool:
+        """Stop the judged process where it stands (SIGSTOP through its pidfd) and say whether
+        it is still there to be killed. Once stopped it cannot exit on its own, so the event
+        committed next can say ``killed`` truthfully; False means it had already exited.
+        Without a pidfd only :meth:`running` can be asked."""
+        if pidfd < 0 or not self.running(pid, start_time, pidfd):
+            return pidfd < 0 and self.running(pid, start_time, pidfd)
+        if self.protected_reason(pid, read_stat(pid, self.procfs)):
+            return True  # never stopped; the kill refuses it and says why
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        except OSError:
+            return False
+        deadline = time.monotonic() + _HOLD_WAIT
+        while True:
+            stat = read_stat(pid, self.procfs)
+            if stat is None or stat.state in ("Z", "X", "x"):
+                return False
+            if stat.state in ("T", "t") or time.monotonic() >= deadline:
+                return True  # stopped (or in D state: the SIGKILL waits for it there)
+            time.sleep(0.0005)
+
+    def kill(
+        self,
+        pid: int,
+        start_time: float | None,
+        *,
+        children: bool = False,
+        pidfd: int = -1,
+    ) -> KillOutcome:
+        """Kill ``pid`` if it is still the judged process. ``pidfd``: a pidfd opened when the
+        process was first seen (before it was read), which names it exactly; the signal goes
+        through it, so an innocent process that took the pid since is never signalled."""
         stat = read_stat(pid, self.procfs)
         protected = self.protected_reason(pid, stat)
         if protected:
@@ -79,10 +129,14 @@ class Killer:
             return KillOutcome(pid, False, protected)
         if stat is None:
             return KillOutcome(pid, False, "gone")
-        if start_time is None:
+        if start_time is None and pidfd < 0:
             return KillOutcome(pid, False, "error: no start time recorded; refusing to guess")
         descendants = self._descendants(pid) if children else []
-        outcome = self._kill_one(pid, start_time)
+        if pidfd >= 0:
+            outcome = self._kill_pinned(pid, pidfd)
+        else:
+            assert start_time is not None
+            outcome = self._kill_one(pid, start_time)
         if not children:
             return outcome
         killed_children: list[int] = []
@@ -100,6 +154,18 @@ class Killer:
         if stat is None:
             return None
         return abs(self.enricher.start_time(stat) - start_time) < 1e-6
+
+    def _kill_pinned(self, pid: int, pidfd: int) -> KillOutcome:
+        stat = read_stat(pid, self.procfs)
+        if stat is None or stat.state in ("Z", "X", "x"):
+            return KillOutcome(pid, False, "gone")  # exited on its own (a zombie, or reaped)
+        try:
+            signal.pidfd_send_signal(pidfd, self.sig)
+        except ProcessLookupError:
+            return KillOutcome(pid, False, "gone")
+        except OSError as err:
+            return KillOutcome(pid, False, f"error: {err.strerror or err}")
+        return KillOutcome(pid, True, "killed")
 
     def _kill_one(self, pid: int, start_time: float) -> KillOutcome:
         pidfd = -1

@@ -105,14 +105,19 @@ def _parse_event(data: bytes, body: int, size: int) -> ProcEvent | None:
 
 
 # Classic BPF run by the kernel on each message before it is queued: keep only exec and comm
-# events, so the fork and exit events (most of the traffic) never wake the agent nor fill the
-# socket buffer. BPF_ABS loads are big-endian, the event code is host order: compare with the
-# byte-swapped code.
+# events and the fork events of new processes (not threads: child pid == child tgid), so exit
+# events and thread creations (most of the traffic) never wake the agent nor fill the socket
+# buffer. BPF_ABS loads are big-endian, the event code is host order: compare with the
+# byte-swapped code (the pid comparison is an equality, so byte order does not matter).
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
+_BPF_JEQ_X = 0x1D
+_BPF_TAX = 0x07
 _BPF_RET_K = 0x06
 _SO_ATTACH_FILTER = 26
 _WHAT_OFFSET = _HEADERS  # proc_event.what
+_FORK_CHILD_PID = _HEADERS + 16 + 8  # after what, cpu, timestamp: parent pid, tgid, child pid
+_FORK_CHILD_TGID = _FORK_CHILD_PID + 4
 
 
 def _wire_code(what: int) -> int:
@@ -121,11 +126,16 @@ def _wire_code(what: int) -> int:
 
 def filter_program() -> list[tuple[int, int, int, int]]:
     return [
-        (_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET),
-        (_BPF_JEQ_K, 2, 0, _wire_code(PROC_EVENT_EXEC)),
-        (_BPF_JEQ_K, 1, 0, _wire_code(PROC_EVENT_COMM)),
-        (_BPF_RET_K, 0, 0, 0),  # drop
-        (_BPF_RET_K, 0, 0, 0xFFFF),  # keep (whole message)
+        (_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET),  # 0
+        (_BPF_JEQ_K, 7, 0, _wire_code(PROC_EVENT_EXEC)),  # 1 -> 9 keep
+        (_BPF_JEQ_K, 6, 0, _wire_code(PROC_EVENT_COMM)),  # 2 -> 9 keep
+        (_BPF_JEQ_K, 0, 4, _wire_code(PROC_EVENT_FORK)),  # 3 -> 4, else 8 drop
+        (_BPF_LD_W_ABS, 0, 0, _FORK_CHILD_PID),  # 4
+        (_BPF_TAX, 0, 0, 0),  # 5
+        (_BPF_LD_W_ABS, 0, 0, _FORK_CHILD_TGID),  # 6
+        (_BPF_JEQ_X, 1, 0, 0),  # 7: a new process -> 9 keep, a thread -> 8 drop
+        (_BPF_RET_K, 0, 0, 0),  # 8 drop
+        (_BPF_RET_K, 0, 0, 0xFFFF),  # 9 keep (whole message)
     ]
 
 

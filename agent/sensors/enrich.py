@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -101,6 +102,50 @@ def read_small(path: str, limit: int = 65536) -> bytes:
         os.close(fd)
 
 
+# The dynamic loader run as a program ("ld.so FILE"): the process's exe and comm are the
+# loader's, so it is judged as FILE, the program it loads (docs/agent.md).
+_LOADER = re.compile(r"^ld-(linux|musl)[-\w.]*\.so(\.\d+)*$")
+_LOADER_VALUE_OPTIONS = frozenset(
+    (
+        "--library-path",
+        "--glibc-hwcaps-prepend",
+        "--glibc-hwcaps-mask",
+        "--inhibit-rpath",
+        "--audit",
+        "--preload",
+        "--argv0",
+    )
+)
+
+
+def is_loader(exe: str) -> bool:
+    return bool(_LOADER.match(exe.rsplit("/", 1)[-1]))
+
+
+def loaded_program(cmdline: tuple[str, ...], cwd: str) -> str | None:
+    """FILE of ``ld.so [OPTION]... FILE [ARGS]``, as an absolute path (relative to ``cwd``,
+    the process's working directory); None when there is none (``ld.so --list``, …)."""
+    i, args = 0, cmdline[1:]
+    while i < len(args):
+        arg = args[i]
+        if arg in _LOADER_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("--"):
+            if arg in ("--list", "--verify", "--help", "--version") or arg.startswith("--list-"):
+                return None
+            i += 1
+        else:
+            return os.path.realpath(os.path.join(cwd, arg))
+    return None
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def read_stat(pid: int, procfs: Path = Path("/proc")) -> StatFields | None:
     """``None`` when the process is gone or the file is unreadable."""
     try:
@@ -159,20 +204,40 @@ def read_boot_time(procfs: Path = Path("/proc")) -> float:
 
 
 class HashCache:
-    """Bounded LRU of executable digests keyed by file identity (dev, inode, mtime, size)."""
+    """Bounded LRU of executable digests keyed by file identity and state (dev, inode, mtime,
+    ctime, size). ctime is in the key because mtime can be set back (``touch -r``) after a file
+    is rewritten in place; ctime cannot be set by a user, and every write or chmod moves it."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._lock = threading.Lock()
         self.hashed = 0  # files actually read (a cache miss)
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def cached(self, exe_link: Path) -> tuple[str | None, int]:
+        """(digest, 0) when known without reading the file, else (None, its size in bytes;
+        -1 when it cannot be hashed at all: unreadable, or above the size cap)."""
+        try:
+            st = os.stat(exe_link)
+        except OSError:
+            return None, -1
+        with self._lock:
+            hit = self._entries.get(self._key(st))
+            if hit is not None:
+                self._entries.move_to_end(self._key(st))
+                return hit, 0
+        return None, (st.st_size if st.st_size <= _MAX_HASH_BYTES else -1)
 
     def digest(self, exe_link: Path) -> str | None:
         try:
             st = os.stat(exe_link)  # follows the link: the real (possibly deleted) file
         except OSError:
             return None
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        key = self._key(st)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
@@ -238,23 +303,31 @@ class Enricher:
         :meth:`with_user`.
         """
         base = f"{self.procfs}/{pid}"
-        stat = read_stat(pid, self.procfs)
-        if stat is None:
-            return None
-        cmdline: tuple[str, ...] = ()
-        try:
-            raw = read_small(f"{base}/cmdline", 256 * 1024)
-            if raw:
-                cmdline = tuple(
-                    part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")
-                )
-        except OSError:
-            pass
-        exe = ""
-        try:
-            exe = os.readlink(f"{base}/exe")
-        except OSError:
-            pass
+        # One image's facts, never a mix: an exec while they are read (comm and exe read
+        # before it, the command line after) is seen as a changed exe or comm, and read again.
+        stat: StatFields | None = None
+        for _attempt in range(3):
+            exe = _readlink(f"{base}/exe")
+            stat = read_stat(pid, self.procfs)
+            if stat is None:
+                return None
+            cmdline: tuple[str, ...] = ()
+            try:
+                raw = read_small(f"{base}/cmdline", 256 * 1024)
+                if raw:
+                    cmdline = tuple(
+                        part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")
+                    )
+            except OSError:
+                pass
+            after = read_stat(pid, self.procfs)
+            if _readlink(f"{base}/exe") == exe and (after is None or after.comm == stat.comm):
+                break
+        assert stat is not None  # the loop ran at least once and returned on None
+        if exe and is_loader(exe):
+            program = loaded_program(cmdline, f"{base}/cwd")
+            if program is not None:
+                exe = program
         ids = read_ids(pid, self.procfs) if with_user else None
         sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
         return ProcessFacts(

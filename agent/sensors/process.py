@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
-from proscribe.agent.sensors.enrich import Enricher
+from proscribe.agent.sensors.enrich import Enricher, is_loader
 from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.policy.matchers.process import ProcessFacts
 
@@ -47,9 +48,13 @@ class Sighting:
     """One report that a process started (or renamed itself) and needs checking."""
 
     pid: int
-    source: str  # "exec" | "comm" | "sweep" | "poll"
+    source: str  # "exec" | "comm" | "fork" | "sweep" | "poll"
     observed: float  # time.monotonic() when the sensor learned of it
     facts: ProcessFacts | None = None  # read at once by the netlink reader (no hash yet)
+    # A pidfd opened *before* ``facts`` were read and checked alive after: it names exactly the
+    # process the facts describe, so a kill through it can never hit a process that took the
+    # pid since. -1 where pidfds are unavailable. Owned by the sensor: closed after the check.
+    pidfd: int = -1
 
 
 class ProcessSensor:
@@ -63,6 +68,8 @@ class ProcessSensor:
         poll_interval: float = 1.0,
         sweep_interval: float = 30.0,
         queue_size: int = 4096,
+        hash_queue: int = 64,
+        hash_budget: int = 8 * 1024 * 1024 * 1024,
         want_sha256: Callable[[], bool] = lambda: False,
         interesting: Callable[[ProcessFacts], bool] | None = None,
         is_root: bool | None = None,
@@ -77,6 +84,8 @@ class ProcessSensor:
         # cross the queue (most programs match no rule). Not used when hashes are needed.
         self.interesting = interesting
         self.linux = platform.startswith("linux")
+        # pin each process with a pidfd before reading it (Linux 5.3+, the real /proc only)
+        self.pidfds = self.linux and hasattr(os, "pidfd_open") and procfs == Path("/proc")
         self.is_root = (os.geteuid() == 0) if is_root is None else is_root
         # the procfs reader (Linux); elsewhere psutil reads processes
         self.enricher: Enricher | None = None
@@ -85,6 +94,13 @@ class ProcessSensor:
         self.scanner = ProcessScanner.for_platform(self.enricher)
         self.checker: BackgroundWorker[Sighting] = BackgroundWorker(
             self._check_one, name="proscribe-process-check", maxsize=queue_size
+        )
+        # executables to hash (for sha256 rules), read on their own thread
+        self.hash_budget = hash_budget
+        self._hash_bytes = 0
+        self._hash_lock = threading.Lock()
+        self.hasher: BackgroundWorker[tuple[Sighting, int]] = BackgroundWorker(
+            self._hash_one, name="proscribe-process-hash", maxsize=hash_queue
         )
         self.drops = Counters()  # "overflow": the kernel dropped events; "queue_full"
         self.counts = Counters()  # sightings checked, by source; "vanished"
@@ -123,6 +139,7 @@ class ProcessSensor:
         self._full_sweep = True
         self._sweep_now.set()  # the first sweep finds what started before the agent
         self.checker.start()
+        self.hasher.start()
         self._spawn(self._sweep_loop, "proscribe-process-sweep")
         if self.backend == "netlink":
             self._spawn(self._netlink_loop, "proscribe-process-netlink")
@@ -137,6 +154,7 @@ class ProcessSensor:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         self.checker.stop(max(0.0, deadline - time.monotonic()))
+        self.hasher.stop(max(0.0, deadline - time.monotonic()))
         if self._connector is not None:
             self._connector.close()
             self._connector = None
@@ -183,7 +201,7 @@ class ProcessSensor:
     @property
     def errors(self) -> int:
         """Failures the sensor survived (its threads and the checker's)."""
-        return self._errors["errors"] + self.checker.counts["errors"]
+        return self._errors["errors"] + self.checker.counts["errors"] + self.hasher.counts["errors"]
 
     def _error(self) -> None:
         self._errors.add("errors")
@@ -200,6 +218,7 @@ class ProcessSensor:
             "backend": self.backend,
             "detail": self.detail,
             "queue_depth": self.checker.depth(),
+            "hash_queue_depth": self.hasher.depth(),
             "seen": self.counts.snapshot(),
             "drops": self.drops.snapshot(),
             "errors": self.errors,
@@ -208,7 +227,11 @@ class ProcessSensor:
 
     # -- threads ---------------------------------------------------------------------------
     def _netlink_loop(self) -> None:
-        from proscribe.agent.sensors._netlink_linux import PROC_EVENT_COMM, PROC_EVENT_EXEC
+        from proscribe.agent.sensors._netlink_linux import (
+            PROC_EVENT_COMM,
+            PROC_EVENT_EXEC,
+            PROC_EVENT_FORK,
+        )
 
         connector = self._connector
         own = os.getpid()
@@ -236,6 +259,10 @@ class ProcessSensor:
                     source = "exec"
                 elif event.what == PROC_EVENT_COMM and event.pid == event.tgid:
                     source = "comm"
+                elif event.what == PROC_EVENT_FORK and event.pid == event.tgid:
+                    # a new process (not a thread): a denied program's child, or the second
+                    # half of a double fork whose parent exits, is judged now, not at a sweep
+                    source = "fork"
                 else:
                     continue
                 if event.tgid != own:
@@ -251,15 +278,27 @@ class ProcessSensor:
         if self.enricher is None:
             self.submit(Sighting(pid, source, now))  # psutil platforms: the checker reads
             return
+        pidfd = self._pin(pid)
         facts = self.enricher.facts(pid, with_user=False)
-        if facts is None:
+        if facts is None or (pidfd >= 0 and not _alive(pidfd)):
+            _close(pidfd)
             self.counts.add("vanished")
             return
         if self._uninteresting(facts):
+            _close(pidfd)
             self.counts.add(source)
             self.scanner.mark(facts.pid, facts.start_time)
             return
-        self.submit(Sighting(pid, source, now, facts))
+        if not self.submit(Sighting(pid, source, now, facts, pidfd)):
+            _close(pidfd)
+
+    def _pin(self, pid: int) -> int:
+        if not self.pidfds:
+            return -1
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return -1
 
     def _uninteresting(self, facts: ProcessFacts) -> bool:
         if self.interesting is None or self.want_sha256():
@@ -294,35 +333,112 @@ class ProcessSensor:
 
     def _check_one(self, sighting: Sighting) -> None:
         """The checker's handler (on its thread)."""
-        if self._stop.is_set():
-            return  # stopping: what is still queued is re-offered by the next start's sweep
         try:
+            if self._stop.is_set():
+                return  # stopping: what is still queued is re-offered by the next start's sweep
             self._check(sighting)
         except Exception:
             self._error()
             log.exception("process check failed for pid %s (continuing)", sighting.pid)
+        finally:
+            _close(sighting.pidfd)
 
     def _check(self, sighting: Sighting) -> None:
         want = self.want_sha256()
         facts = sighting.facts
         if facts is None:
             if self.enricher is not None:
-                facts = self.enricher.facts(sighting.pid, with_sha256=want)
+                facts = self.enricher.facts(sighting.pid, with_sha256=False)
             else:
                 facts = psutil_facts(sighting.pid, with_sha256=want)
-        elif want and facts.sha256 is None and facts.exe and self.enricher is not None:
-            facts = replace(facts, sha256=self._hash(facts))
         if facts is None:
             self.counts.add("vanished")
             return
+        if want and facts.sha256 is None and facts.exe and self.enricher is not None:
+            # Known digests are used at once; a file never hashed goes to the hasher, and the
+            # process is judged now by everything else (names, paths, command line): name and
+            # path enforcement never waits behind a large file being read.
+            digest, size = self.enricher.hashes.cached(self._exe_path(facts))
+            if digest is not None:
+                facts = replace(facts, sha256=digest)
+            elif size >= 0 and sighting.source != "hash":
+                self._queue_hash(sighting, facts, size)
         self.counts.add(sighting.source)
         self.scanner.mark(facts.pid, facts.start_time)
         self.handler(facts, sighting)
 
+    # -- hashing, off the checker's thread ---------------------------------------------------
+    def _queue_hash(self, sighting: Sighting, facts: ProcessFacts, size: int) -> None:
+        """Hand the executable to the hasher (bounded: ``hash_queue`` files and ``hash_budget``
+        bytes waiting); once hashed, the process is judged again with its digest."""
+        with self._hash_lock:
+            if self._hash_bytes + size > self.hash_budget:
+                self.drops.add("hash_budget")
+                return
+            self._hash_bytes += size
+        pidfd = -1
+        if sighting.pidfd >= 0:
+            try:
+                pidfd = os.dup(sighting.pidfd)  # the hasher's own reference to the process
+            except OSError:
+                pidfd = -1
+        job = Sighting(sighting.pid, "hash", sighting.observed, facts, pidfd)
+        if not self.hasher.submit((job, size)):
+            _close(pidfd)
+            with self._hash_lock:
+                self._hash_bytes -= size
+            self.drops.add("hash_queue_full")
+
+    def _hash_one(self, item: tuple[Sighting, int]) -> None:
+        job, size = item
+        try:
+            if self._stop.is_set() or job.facts is None:
+                return
+            if job.pidfd >= 0 and not _alive(job.pidfd):
+                return  # gone: nothing to judge
+            digest = self._hash(job.facts)
+            if digest is None:
+                return
+            again = replace(job, facts=replace(job.facts, sha256=digest))
+            if self.submit(again):
+                job = replace(job, pidfd=-1)  # the checker closes it now
+        finally:
+            with self._hash_lock:
+                self._hash_bytes -= size
+            _close(job.pidfd)
+
+    def _exe_path(self, facts: ProcessFacts) -> Path:
+        """What to hash: /proc/PID/exe (a deleted or renamed file still reads), or FILE for a
+        program run through the dynamic loader (the exe is the loader's)."""
+        assert self.enricher is not None
+        link = self.enricher.procfs / str(facts.pid) / "exe"
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return link
+        return Path(facts.exe) if is_loader(target) and facts.exe != target else link
+
     def _hash(self, facts: ProcessFacts) -> str | None:
         """The executable's hash, read through /proc/PID/exe while it is still the same process."""
         assert self.enricher is not None
-        digest = self.enricher.hashes.digest(self.enricher.procfs / str(facts.pid) / "exe")
+        digest = self.enricher.hashes.digest(self._exe_path(facts))
         if digest is not None and self.enricher.start_time_of(facts.pid) != facts.start_time:
             return None  # the pid was reused while hashing: not this process's file
         return digest
+
+
+def _alive(pidfd: int) -> bool:
+    """Whether the pinned process still exists (a zombie counts: its pid is not free yet)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _close(pidfd: int) -> None:
+    if pidfd >= 0:
+        try:
+            os.close(pidfd)
+        except OSError:
+            pass

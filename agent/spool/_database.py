@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sightings (
+    key     TEXT PRIMARY KEY,
+    boot_id TEXT NOT NULL,
+    seen    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sightings_seen ON sightings(seen);
 """
 
 

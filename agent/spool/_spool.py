@@ -34,6 +34,7 @@ from ._records import (
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+MAX_SIGHTINGS = 100_000  # processes remembered as reported (about 100 bytes each)
 _COLUMNS = "id, body, size, state, count, created, error"
 
 
@@ -101,6 +102,7 @@ class Spool:
         conn, moved = open_database(self.path, clock(), recover=recover)
         self._conn: sqlite3.Connection | None = conn
         self.corrupt_moved_to = moved
+        self._sighting_boot: str | None = None  # the boot whose sightings are kept
         # Ids handed to the reporter and not yet acknowledged: never folded or evicted under it.
         self._in_flight: set[str] = set()
         # Fold keys that have more than one pending row: what a fold pass has to visit.
@@ -500,6 +502,45 @@ class Spool:
             corrupt_replaced=int(counters.get("corrupt_replaced", 0)),
             corrupt_salvaged=int(counters.get("corrupt_salvaged", 0)),
         )
+
+    # -- sightings ---------------------------------------------------------------------------
+    # What was already reported, kept across agent restarts: one process (boot id, pid, start
+    # time) under one rule is reported once, however often the agent restarts and sweeps.
+
+    def sighted(self, key: str) -> bool:
+        """Whether ``key`` was recorded (by :meth:`record_sighting`) in this spool."""
+        with self._lock:
+            try:
+                row = self._db().execute("SELECT 1 FROM sightings WHERE key = ?", (key,))
+                return row.fetchone() is not None
+            except sqlite3.Error:
+                return False  # judged again rather than lost
+
+    def record_sighting(self, key: str, boot_id: str) -> None:
+        """Remember ``key``; sightings of other boots are forgotten (their processes are gone)
+        and at most ``max_sightings`` are kept, the oldest forgotten first."""
+
+        def work(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO sightings(key, boot_id, seen) VALUES (?, ?, ?)",
+                (key, boot_id, self._clock()),
+            )
+            if cursor.rowcount and self._sighting_boot != boot_id:
+                db.execute("DELETE FROM sightings WHERE boot_id != ?", (boot_id,))
+                self._sighting_boot = boot_id
+            over = db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] - MAX_SIGHTINGS
+            if over > 0:
+                db.execute(
+                    "DELETE FROM sightings WHERE key IN "
+                    "(SELECT key FROM sightings ORDER BY seen LIMIT ?)",
+                    (over,),
+                )
+
+        try:
+            with self._lock:
+                self._locked_write(work)
+        except (sqlite3.Error, SpoolError):
+            log.warning("could not record a sighting in %s (it may be reported again)", self.path)
 
     # -- lifetime ---------------------------------------------------------------------------
 

@@ -35,10 +35,17 @@ from proscribe.collector.policy_upload import VerifiedUpload, verify_upload
 from proscribe.collector.storage import admin_actions, audit, queries, to_us
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage.inventory import InventoryError, parse_csv
-from proscribe.collector.storage.policies import StoredPolicy, highest_serial, store_policy
+from proscribe.collector.storage.policies import (
+    StoredPolicy,
+    current_policy,
+    highest_serial,
+    store_policy,
+)
 from proscribe.collector.storage.signers import SignerExists, list_signers
 from proscribe.core.errors import KeyFileError
+from proscribe.core.policy.export import export_policy
 from proscribe.core.policy.keys import key_id, parse_public_key
+from proscribe.core.policy.loader import load_policy
 
 _READ_ERRORS = error_responses(401, 403, 422)
 _ADMIN_ERRORS = error_responses(401, 403, 422)
@@ -235,6 +242,37 @@ def build_people_router() -> APIRouter:
             now_us=now_us,
         )
         return {"id": verified.policy_id, "serial": verified.serial, "sha256": verified.sha256}
+
+    @router.get(
+        "/policy/export",
+        tags=["reports"],
+        responses={
+            200: {
+                "description": "the blocked domains of the policy in force, as a resolver loads",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **error_responses(401, 403, 404, 422, s404="no_policy: none uploaded yet"),
+        },
+    )
+    def export_policy_in_force(
+        _principal: ViewerDep,
+        conn: ReadConn,
+        format: Literal["rpz", "unbound", "dnsmasq", "hosts", "adblock"],
+    ) -> Response:
+        """The current policy's ``block`` domain rules for a central resolver (RPZ for BIND,
+        Unbound, PowerDNS and Knot; unbound; dnsmasq; hosts; adblock for AdGuard Home and
+        Pi-hole), so devices without the agent are held to the same ban. A resolver fetches
+        it with a viewer's bearer token; ``ETag`` is the policy's sha256 and serial."""
+        stored = current_policy(conn)
+        if stored is None:
+            raise ApiError(404, "no_policy", "no policy has been uploaded yet")
+        policy = load_policy(stored.policy, f"policy serial {stored.serial}")
+        tag = f'"{stored.sha256}-{stored.serial}-{format}"'
+        return Response(
+            export_policy(policy, format),
+            media_type="text/plain; charset=utf-8",
+            headers={"ETag": tag, "X-Policy-Serial": str(stored.serial)},
+        )
 
     @router.get("/enroll-secrets", tags=["admin"], responses=error_responses(401, 403))
     def list_secrets(_principal: AdminDep, conn: ReadConn) -> dict[str, Any]:

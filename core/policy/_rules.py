@@ -74,7 +74,9 @@ class RuleBuilder:
         return rule_id, action, severity, message, tuple(directives), description
 
     def process(self, t: Table) -> ProcessRule | None:
-        t.unknown_keys((*_RULE_COMMON, "names", "paths", "cmdline", "sha256", "kill_children"))
+        t.unknown_keys(
+            (*_RULE_COMMON, "names", "paths", "cmdline", "sha256", "kill_children", "programs")
+        )
         rule_id, action, severity, message, directives, description = self._common(t)
         globs_names = _globs(t, "names", path=False, ignore_case=True)
         globs_paths = _globs(t, "paths", path=True, ignore_case=False)
@@ -101,6 +103,13 @@ class RuleBuilder:
             else:
                 digests.append(digest.lower())
         kill_children = t.boolean("kill_children") or False
+        programs = _globs(t, "programs", path=False, ignore_case=True)
+        if programs and not cmdline:
+            t.issue(
+                "programs",
+                "programs only says which programs the cmdline regexes apply to",
+                "add cmdline regexes, or ban the programs themselves with names",
+            )
         if not (globs_names or globs_paths or cmdline or digests or _has_any(t, "process")):
             t.issue(None, "rule has no criteria", "give names, paths, cmdline or sha256")
         if rule_id is None:
@@ -118,6 +127,7 @@ class RuleBuilder:
             description,
             kill_children,
             t.line,
+            tuple(programs),
         )
 
     def domain(self, t: Table) -> DomainRule | None:

@@ -69,6 +69,9 @@ class ProcessRule:
     description: str = ""
     kill_children: bool = False
     line: int | None = None
+    # case-insensitive globs on the executable's own name (exe basename, or comm — never argv0):
+    # the programs the cmdline regexes apply to, which then search the arguments only
+    programs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

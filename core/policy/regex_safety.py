@@ -118,15 +118,20 @@ def compile_cmdline_regex(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
+_SPACES = str.maketrans("\n\r\t\v\f\x85\u2028\u2029", "        ")
+
+
 def cmdline_window(argv: Sequence[str]) -> str:
-    """The text a command-line regex is searched in: arguments joined by spaces, at most
-    :data:`MAX_CMDLINE_MATCH_CHARS` characters.
+    """The text a command-line regex is searched in: arguments joined by spaces (line breaks
+    inside an argument become spaces too), at most :data:`MAX_CMDLINE_MATCH_CHARS` characters.
 
     A longer command line keeps its head and its tail (the program is at the start, the
     model or file argument usually at the end), joined by a space, so padding the middle of a
     command line does not push those out of view.
     """
-    text = " ".join(argv)
+    # an argument may hold line breaks (a quoted note): they are spaces here, so a pattern's
+    # "." spans them and a newline cannot split a command line out of a regex's reach
+    text = " ".join(argv).translate(_SPACES)
     if len(text) <= MAX_CMDLINE_MATCH_CHARS:
         return text
     half = (MAX_CMDLINE_MATCH_CHARS - 1) // 2

@@ -13,7 +13,7 @@ re-parses the output as a self-check). Errors are one line on stderr, exit statu
 Usage::
 
     render_config.py agent --collector-url URL --trusted-key ed25519:… [--trusted-key K.pub]
-                           [--threshold N] [--mode enforce|monitor] [--dns capture|proxy|off]
+                           [--threshold N] [--mode enforce|monitor] [--dns auto|capture|proxy|off]
                            [--platform linux|macos|windows] [-o FILE]
     render_config.py collector --listen HOST:PORT [--tls-cert F --tls-key F]
                                [--database-url URL] [--trusted-key …] [-o FILE]
@@ -165,7 +165,7 @@ def render_agent(
     collector_url: str | None = None,
     ca_file: str | None = None,
     enroll_secret_file: str | None = None,
-    dns: str = "capture",
+    dns: str = "auto",
     dns_proxy_listen: str | None = None,
     process: str = "auto",
     policy_file: str | None = None,
@@ -203,7 +203,7 @@ def render_agent(
         f"process = {toml_string(process)}",
         f"dns     = {toml_string(dns)}",
     ]
-    if dns == "proxy" and dns_proxy_listen:
+    if dns in ("auto", "proxy") and dns_proxy_listen:
         lines += ["", "[dns]", f"proxy_listen = {toml_string(dns_proxy_listen)}"]
     text = "\n".join(lines) + "\n"
     tomllib.loads(text)  # self-check: never hand out a file the daemon cannot parse
@@ -284,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--collector-url")
     agent.add_argument("--ca-file")
     agent.add_argument("--enroll-secret-file")
-    agent.add_argument("--dns", choices=("capture", "proxy", "off"), default="capture")
+    agent.add_argument("--dns", choices=("auto", "capture", "proxy", "off"), default="auto")
     agent.add_argument("--dns-proxy-listen")
     agent.add_argument("--process", choices=("auto", "netlink", "poll", "off"), default="auto")
     agent.add_argument("--policy-file")

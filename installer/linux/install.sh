@@ -47,7 +47,8 @@ Agent configuration (written to /etc/proscribe/agent.toml):
   --trusted-key KEY       policy signing key: "ed25519:…" or a .pub file (repeatable)
   --threshold N           signatures needed on a policy (default 1)
   --mode MODE             enforce (default) or monitor (never kills, denies or sinkholes)
-  --dns MODE              capture (default), proxy or off
+  --dns MODE              auto (default: resolver + capture + nftables redirect in enforce
+                          mode, capture in monitor mode), capture, proxy or off
   --dns-proxy-listen H:P  where the DNS proxy listens (default 127.0.0.1:53)
   --point-resolver        with --dns proxy: point the system resolver at the proxy, keeping the
                           original servers as fallback (/etc/resolv.conf; or a systemd-resolved
@@ -144,7 +145,7 @@ fi
 [ "$FORCE_CONFIG" = yes ] || FORCE_CONFIG=""
 [ "$BEHIND_PROXY" = yes ] || BEHIND_PROXY=""
 
-: "${COMPONENT:=agent}" "${PY:=python3}" "${THRESHOLD:=1}" "${MODE:=enforce}" "${DNS:=capture}"
+: "${COMPONENT:=agent}" "${PY:=python3}" "${THRESHOLD:=1}" "${MODE:=enforce}" "${DNS:=auto}"
 : "${LISTEN:=127.0.0.1:8443}"
 case "$COMPONENT" in agent|collector) ;; *) die "--component must be agent or collector" ;; esac
 if [ -n "$RETENTION" ]; then
@@ -152,7 +153,7 @@ if [ -n "$RETENTION" ]; then
   [[ "$RETENTION" =~ ^[1-9][0-9]{0,5}$ ]] || die "--retention $RETENTION: give a whole number of days, e.g. 400"
 fi
 case "$MODE" in enforce|monitor) ;; *) die "--mode must be enforce or monitor, got '$MODE'" ;; esac
-case "$DNS" in capture|proxy|off) ;; *) die "--dns must be capture, proxy or off, got '$DNS'" ;; esac
+case "$DNS" in auto|capture|proxy|off) ;; *) die "--dns must be auto, capture, proxy or off, got '$DNS'" ;; esac
 [ "$POINT_RESOLVER" = 0 ] || [ "$DNS" = proxy ] || die "--point-resolver needs --dns proxy (the resolver is pointed at the agent's DNS proxy)"
 case "$THRESHOLD" in ''|*[!0-9]*) die "--threshold must be a positive integer" ;; esac
 [ -n "$WHEEL" ] && { [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"; WHEEL=$(cd "$(dirname "$WHEEL")" && pwd)/$(basename "$WHEEL"); }
@@ -351,8 +352,8 @@ lock_file() {
 capabilities() {  # the minimal set for this mode; the unit file explains each one
   local caps="CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH"
   [ "$MODE" = enforce ] && caps="$caps CAP_KILL"
-  [ "$DNS" = capture ] && caps="$caps CAP_NET_RAW"
-  [ "$DNS" = proxy ] && caps="$caps CAP_NET_BIND_SERVICE"
+  case "$DNS" in auto|capture) caps="$caps CAP_NET_RAW" ;; esac
+  case "$DNS" in auto|proxy) caps="$caps CAP_NET_BIND_SERVICE" ;; esac
   printf '%s' "$caps"
 }
 
@@ -530,7 +531,7 @@ read_back_modes() {
   local modes
   modes=$(render_py -c 'import sys, tomllib
 d = tomllib.load(open(sys.argv[1], "rb"))
-print(d.get("agent", {}).get("mode", "enforce"), d.get("sensors", {}).get("dns", "capture"),
+print(d.get("agent", {}).get("mode", "enforce"), d.get("sensors", {}).get("dns", "auto"),
       len(d.get("policy", {}).get("trusted_keys", [])))' \
     "$(r "$CONFIG")") || die "$CONFIG: not valid TOML (fix: correct it, or rerun with --force-config)"
   read -r MODE DNS KEY_COUNT <<<"$modes"

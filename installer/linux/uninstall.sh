@@ -71,6 +71,21 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now proscribe-collector-purge.timer >/dev/null 2>&1 || true
   fi
 fi
+# The agent's DNS redirect (dns = "auto"): removed at the agent's stop and inert within
+# [dns] redirect_ttl once it is gone; deleted here too, whatever was left.
+if [ -z "$ROOT" ] && [ "$UNIT" = proscribe-agent.service ] && command -v nft >/dev/null 2>&1; then
+  nft delete table inet proscribe_dns >/dev/null 2>&1 || true
+fi
+# Managed browser policies the agent wrote ([enforce] browser_policies): its own files only.
+if [ "$UNIT" = proscribe-agent.service ]; then
+  for f in /etc/chromium/policies/managed/proscribe.json \
+           /etc/opt/chrome/policies/managed/proscribe.json \
+           /etc/opt/edge/policies/managed/proscribe.json; do
+    rm -f "$ROOT$f"
+  done
+  ff="$ROOT/etc/firefox/policies/policies.json"
+  if [ -f "$ff" ] && grep -q '"proscribe":' "$ff"; then rm -f "$ff"; fi
+fi
 
 files=() dirs=() trees=() states=() users=() resolvs=()
 while IFS= read -r line; do

@@ -44,7 +44,12 @@ def test_heartbeat_and_events_carry_what_build_wired(
     try:
         beat = wait_for(lambda: collector.heartbeats[-1] if collector.heartbeats else None, 10)
         assert beat is not None, collector.log
-        assert beat["sensors"] == {"process": "running", "dns": "off", "models": "running"}
+        assert beat["sensors"] == {
+            "process": "running",
+            "dns": "off",
+            "models": "running",
+            "dns_dropped": 0,
+        }
         assert (beat["hostname"], beat["mode"]) == ("test-host", "enforce")
         assert beat["policy"]["serial"] == 2
         (agent_id,) = collector.agents

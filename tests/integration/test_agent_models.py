@@ -182,3 +182,24 @@ def test_quarantine_moves_records_and_restores(
     assert model.read_bytes() == original
     assert main(["agent", "quarantine", "restore", records[0]["id"], "--config", str(config)]) == 2
     assert "no file with id" in capsys.readouterr().err
+
+
+def test_ollama_runner_loading_a_blob_by_hash_is_killed(tmp_path: Path, procs: Procs) -> None:
+    from tests.support.models import ollama_store, write_gguf_bytes
+
+    config, store, state, token = _setup(tmp_path)
+    with running_agent(config, tmp_path / "agent.log"):
+        data = write_gguf_bytes(tmp_path / "x.gguf", arch="qwen2", name=f"DeepSeek R1 {token}")
+        # `ollama pull deepseek-r1` then `ollama cp deepseek-r1 myr1`: two manifests, one blob
+        _manifest, blob = ollama_store(store / "ollama", "deepseek-r1", "7b", data)
+        copy, _ = ollama_store(store / "ollama", "myr1", "latest", data)
+        assert wait_for(
+            lambda: {str(blob), str(copy)} <= {e["file"]["path"] for e in _model_events(state)},
+            timeout=10,
+        )
+        # `ollama runner --model …/blobs/sha256-…`: the command line names no model
+        runner = _mapper(procs, blob)
+        assert wait_for(lambda: runner.poll() is not None, timeout=5)
+    killed = [e for e in _model_events(state) if e["action"] == "killed"]
+    assert killed[0]["process"]["pid"] == runner.pid
+    assert killed[0]["file"]["model"]["digests"] == ["sha256:" + blob.name[7:]]

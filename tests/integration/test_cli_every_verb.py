@@ -134,6 +134,7 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("keygen",): ["keys/new-signer"],
     ("policy", "lint"): [str(NAVY)],
     ("policy", "show"): [str(NAVY)],
+    ("policy", "export"): [str(NAVY), "--format", "rpz"],
     ("policy", "sign"): ["signed.toml", "--key", "keys/signer.key"],
     ("policy", "verify"): ["policy.toml", "--trust", "keys/signer.pub"],
     ("policy", "test"): [str(NAVY)],

@@ -96,7 +96,7 @@ def test_role_template_matches_the_shared_generator(settings: dict[str, object])
         "proscribe_ca_file": "ca.pem" if settings.get("ca") else "",
         "proscribe_enroll_secret_file": "s" if settings.get("secret") else "",
         "proscribe_process_sensor": "auto",
-        "proscribe_dns": settings.get("dns", "capture"),
+        "proscribe_dns": settings.get("dns", "auto"),
         "proscribe_dns_proxy_listen": settings.get("listen", ""),
     }
     # Ansible's template module: trim_blocks on, trailing newline kept.

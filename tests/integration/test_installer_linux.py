@@ -236,7 +236,7 @@ def test_install_writes_config_secret_and_modes(
     assert config.collector.url == "http://127.0.0.1:8443"
     assert config.collector.ca_file == Path("/etc/proscribe/ca.pem")
     assert config.collector.enroll_secret_file == Path("/etc/proscribe/enroll.secret")
-    assert config.sensors.dns == "capture"
+    assert config.sensors.dns == "auto"  # the default: resolver + capture + redirect
     # It says what it did and that systemd was left alone in a staging root.
     assert "wrote /etc/proscribe/agent.toml" in stdout
     assert "did not touch systemd" in stdout
@@ -275,15 +275,28 @@ def test_unit_is_hardened_and_passes_systemd_analyze_verify(
         "/opt/proscribe/bin/proscribe agent run --config /etc/proscribe/agent.toml"
     )
     caps = set(directives["CapabilityBoundingSet"].split())
-    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_KILL",
-                    "CAP_NET_RAW"}  # fmt: skip
+    assert caps == {
+        "CAP_NET_ADMIN",
+        "CAP_SYS_PTRACE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_KILL",
+        "CAP_NET_RAW",
+        "CAP_NET_BIND_SERVICE",
+    }  # fmt: skip  (dns = "auto")
     assert directives["AmbientCapabilities"] == directives["CapabilityBoundingSet"]
     for key, value in {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only",
-        "ReadWritePaths": "/var/lib/proscribe", "PrivateTmp": "yes", "Restart": "on-failure",
+        "PrivateTmp": "yes", "Restart": "on-failure",
         "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30",
     }.items():  # fmt: skip
         assert directives[key] == value, key
+    # writable: the state directory, and the browsers' policy folders only where they exist
+    state, *browsers = directives["ReadWritePaths"].split()
+    assert state == "/var/lib/proscribe"
+    assert browsers == [
+        "-/etc/chromium/policies", "-/etc/opt/chrome/policies", "-/etc/opt/edge/policies",
+        "-/etc/firefox/policies",
+    ]  # fmt: skip
 
     # systemd-analyze checks that ExecStart exists: point it at the staged binary.
     unit = tmp_path / "proscribe-agent.service"
@@ -312,7 +325,7 @@ def test_reinstall_upgrades_in_place_keeps_state_and_config(
     assert (state / "spool.sqlite").read_bytes() == b"spooled events"
     assert (state / "agent.key").read_bytes() == b"agent private key"
     assert not marker.exists()  # the venv was replaced, not patched
-    # The unit follows the config in place (enforce + capture), not the ignored flags.
+    # The unit follows the config in place (enforce + auto), not the ignored flags.
     unit = root / "etc/systemd/system/proscribe-agent.service"
     assert {"CAP_KILL", "CAP_NET_RAW"} <= unit_caps(unit)
 

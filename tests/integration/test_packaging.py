@@ -47,7 +47,8 @@ def _runtime_files() -> set[str]:
             if not path.is_file() or "__pycache__" in path.parts:
                 continue
             rel = path.relative_to(REPO)
-            if path.suffix in {".py", ".typed", ".html", ".css", ".svg", ".ini"}:
+            shipped = path.suffix in {".py", ".typed", ".html", ".css", ".svg", ".ini"}
+            if shipped or path.name.endswith(".bpf.o"):  # the kernel guard compiled, not its C
                 expected.add(f"proscribe/{rel.as_posix()}")
     for path in (REPO / "policies").iterdir():
         if path.suffix in {".toml", ".md", ".py"}:
@@ -65,6 +66,7 @@ def test_the_wheel_holds_the_runtime_packages_and_nothing_else(wheel: Path) -> N
     for fixture in ("devserver", "simulate", "sample"):
         assert not [n for n in names if n.endswith(f"/{fixture}.py")], fixture
     assert "proscribe/collector/migrations/versions/0001_initial.py" in names
+    assert "proscribe/agent/enforce/bpf/exec_guard.bpf.o" in names
     assert "proscribe/policies/us-navy-deepseek-2025.toml" in names
 
 

@@ -96,7 +96,11 @@ def write_config(
     process: str = "auto",
     extra: str = "",
     hostname: str = "test-host",
+    kernel_guard: str = "off",
 ) -> Path:
+    """An agent config under ``tmp``. The eBPF exec guard is ``off`` unless asked for: most
+    agent tests exercise the process sensor's own kill (the fallback), which the kernel guard
+    would otherwise pre-empt; tests/privileged/test_kernel_guard.py runs it for real."""
     config = tmp / "agent.toml"
     config.write_text(
         f"""
@@ -119,6 +123,7 @@ sweep_interval = 5
 
 [enforce]
 notify = false
+kernel_guard = "{kernel_guard}"
 {extra}
 """
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proscribe.agent.heartbeat import health_section
+from proscribe.agent.heartbeat import active_guard, health_section
 from proscribe.agent.reporter.identity import machine_identity
 
 PROCESS = {"state": "running", "backend": "netlink", "drops": {"queue_full": 3}}
@@ -12,6 +12,7 @@ PROCESS = {"state": "running", "backend": "netlink", "drops": {"queue_full": 3}}
 
 def _health(exec_deny: dict[str, object] | None, **over: object) -> dict[str, object]:
     args: dict[str, object] = {
+        "guard": "netlink",
         "process": PROCESS,
         "process_alive": True,
         "dns": {"state": "off"},
@@ -23,14 +24,24 @@ def _health(exec_deny: dict[str, object] | None, **over: object) -> dict[str, ob
     return health_section(**args)  # type: ignore[arg-type]
 
 
-def test_the_strongest_running_guard_is_named() -> None:
-    assert _health(None)["guard"] == "netlink"
-    fan = {"running": True, "timeouts": 4, "overloads": 1, "reports_dropped": 0}
-    assert _health(fan)["guard"] == "fanotify"
-    assert _health({**fan, "guard": "bpf"})["guard"] == "bpf"
-    assert _health({**fan, "running": False})["guard"] == "netlink"
-    stopped = {**PROCESS, "state": "stopped"}
-    assert _health(None, process=stopped)["guard"] == "off"
+def test_the_strongest_guard_is_named_by_the_one_rule() -> None:
+    def guard(**over: object) -> str:
+        args: dict[str, object] = {
+            "mode": "enforce",
+            "kernel_active": False,
+            "exec_guard": False,
+            "process_backend": "netlink",
+        }
+        args.update(over)
+        return active_guard(**args)  # type: ignore[arg-type]
+
+    assert guard() == "netlink"
+    assert guard(process_backend="poll") == "poll"
+    assert guard(exec_guard=True) == "fanotify"
+    assert guard(exec_guard=True, kernel_active=True) == "bpf"
+    assert guard(mode="monitor", kernel_active=True) == "monitor"
+    assert guard(process_backend=None) == "off"
+    assert _health(None)["guard"] == "netlink"  # the section carries what it was given
 
 
 def test_drops_fail_open_liveness_and_rejection_are_reported() -> None:

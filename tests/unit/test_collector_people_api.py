@@ -452,3 +452,29 @@ def test_a_true_bug_is_a_generic_500_json_without_traceback(tmp_path: Path) -> N
     assert resp.json() == {"error": "internal_error", "detail": "see the collector's log"}
     assert "secret internals" not in resp.text
     assert "Traceback" not in resp.text
+
+
+# --- policy export for central resolvers ------------------------------------------------------
+
+
+def test_policy_export_serves_the_policy_in_force(env: PeopleApiEnv) -> None:
+    assert env.get("/api/v1/policy/export", None, format="rpz").status_code == 401
+    none_yet = env.get("/api/v1/policy/export", env.viewer, format="rpz")
+    assert none_yet.status_code == 404 and none_yet.json()["error"] == "no_policy"
+    auth = {"Authorization": f"Bearer {env.admin}"}
+    assert env.client.put(
+        "/api/v1/policy", json=_signed_pack(env.signer, 4), headers=auth
+    ).is_success
+    rpz = env.get("/api/v1/policy/export", env.viewer, format="rpz")
+    assert rpz.status_code == 200 and rpz.headers["content-type"].startswith("text/plain")
+    assert "*.deepseek.com CNAME ." in rpz.text and "serial 4" in rpz.text
+    assert rpz.headers["X-Policy-Serial"] == "4"
+    hosts = env.get("/api/v1/policy/export", env.viewer, format="hosts")
+    assert "0.0.0.0 deepseek.com" in hosts.text
+    bad = env.get("/api/v1/policy/export", env.viewer, format="bind")
+    assert bad.status_code == 422
+    # a newer policy is served as soon as it is in force
+    assert env.client.put(
+        "/api/v1/policy", json=_signed_pack(env.signer, 5), headers=auth
+    ).is_success
+    assert "serial 5" in env.get("/api/v1/policy/export", env.admin, format="adblock").text

@@ -36,7 +36,7 @@ def rules_for(policy: CompiledPolicy, exe: str, *args: str) -> list[str]:
 def test_only_programs_under_the_work_directory_match(work: str) -> None:
     policy = compiled(Path(work))
     assert rules_for(policy, f"{work}/bin/deepseek") == ["deepseek-desktop"]
-    assert rules_for(policy, f"{work}/deep/er/dsh") == ["deepseek-desktop"]
+    assert rules_for(policy, f"{work}/deep/er/DeepSeek Harness") == ["deepseek-desktop"]
     # The same names anywhere else, including a sibling whose path starts the same way.
     for outside in (
         "/usr/local/bin/deepseek",

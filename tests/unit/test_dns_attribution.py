@@ -108,3 +108,38 @@ def test_reasons_when_not_found(tmp_path: Path) -> None:
     assert attributor.attribute("udp", ("127.0.0.1", 1)).reason == REASON_NO_SOCKET
     assert attributor.attribute("udp", ("127.0.0.1", 40003)).reason == REASON_NO_OWNER
     assert attributor.attribute("udp", ("not-an-ip", 1)).process is None
+
+
+def _add_process(proc: Path, pid: int, comm: str, inode: int) -> None:
+    base = proc / str(pid)
+    (base / "fd").mkdir(parents=True)
+    fields = f"S 1 {pid} {pid} 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 500 0 0"
+    (base / "stat").write_text(f"{pid} ({comm}) {fields}")
+    (base / "comm").write_text(comm + "\n")
+    (base / "cmdline").write_bytes(comm.encode() + b"\0")
+    (base / "status").write_text(f"Name:\t{comm}\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\n")
+    os.symlink(f"/usr/bin/{comm}", base / "exe")
+    os.symlink(f"socket:[{inode}]", base / "fd" / "3")
+
+
+def test_a_new_process_after_pid_wraparound_is_found_without_a_full_scan(
+    tmp_path: Path,
+) -> None:
+    """Measured in the issue: once pids had wrapped, "pids newer than any seen" never matched
+    and only the rate-limited full scan was left (6 of 20 dig queries at 20/s attributed)."""
+    proc = make_procfs(tmp_path)
+    now = [0.0]
+    attributor = ProcessAttributor(
+        proc, use_sock_diag=False, clock=lambda: now[0], full_scan_interval=3600
+    )
+    assert attributor.attribute("udp", ("127.0.0.1", 40000)).process is not None  # full scan
+    # a dig started after the wrap: a smaller pid than every process seen so far
+    udp = proc / "net" / "udp"
+    udp.write_text(udp.read_text() + _line("0100007F:A000", "00000000:0000", 1000, 901))
+    _add_process(proc, 12, "dig", 901)
+    found = attributor.attribute("udp", ("127.0.0.1", 0xA000))
+    assert found.process is not None and found.process["pid"] == 12, found
+    # and the next one, again lower, while the full scan is still rate-limited
+    udp.write_text(udp.read_text() + _line("0100007F:A001", "00000000:0000", 1000, 902))
+    _add_process(proc, 9, "dig", 902)
+    assert (attributor.attribute("udp", ("127.0.0.1", 0xA001)).process or {}).get("pid") == 9

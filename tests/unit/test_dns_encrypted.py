@@ -179,3 +179,60 @@ def test_the_watch_polls_less_often_on_a_host_with_many_sockets(tmp_path: Path) 
     assert watch.next_wait(0.001) == 5.0  # 1 ms a poll: the normal pace
     assert watch.next_wait(0.030) == pytest.approx(15.0)  # 30 ms: 0.2% of a core at most
     assert watch.counts["interval_ms"] == 15000
+
+
+def test_queued_attempt_is_attributed_before_it_is_handed_back_to_be_rejected() -> None:
+    """The queue path (kernels with nftables' queue): the sender is looked up while its
+    socket still connects, then the packet goes back with the reject mark; DoT, DoQ and DoH
+    are told apart by port and transport."""
+    import socket as socket_module
+    import struct
+
+    from proscribe.agent.sensors.dns._nfqueue_linux import QueuedPacket
+    from proscribe.agent.sensors.dns.encrypted_block import EncryptedDnsBlocker, parse_ip_packet
+
+    def ipv4(proto: int, dst: str, dport: int) -> bytes:
+        header = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, proto, 0,
+            socket_module.inet_aton("10.0.0.1"), socket_module.inet_aton(dst),
+        )  # fmt: skip
+        return header + struct.pack("!HH", 40000, dport) + bytes(16)
+
+    steps: list[str] = []
+    reported = []
+
+    class Queue:
+        def read(self) -> list[QueuedPacket]:
+            return []
+
+        def verdict(self, packet_id: int, verdict: int, mark: int | None = None) -> None:
+            steps.append(f"verdict {packet_id} {verdict} {mark}")
+
+        def close(self) -> None:
+            pass
+
+    def attribute(transport: str, local: tuple[str, int], remote: tuple[str, int]) -> Any:
+        steps.append(f"attribute {transport} {local} {remote}")
+        return {"pid": 7, "name": "firefox"}, None
+
+    blocker = EncryptedDnsBlocker(
+        reported.append, attribute, queue=1, reject_mark=99, resolvers={"1.1.1.1": "Cloudflare"}
+    )
+    queue = Queue()
+    blocker.handle(queue, QueuedPacket(5, socket_module.AF_INET, ipv4(6, "9.9.9.10", 853), 1000))
+    assert steps == [
+        "attribute tcp ('10.0.0.1', 40000) ('9.9.9.10', 853)",
+        "verdict 5 4 99",  # NF_REPEAT with the reject mark: the next pass rejects it
+    ]
+    blocker.handle(queue, QueuedPacket(6, socket_module.AF_INET, ipv4(17, "9.9.9.10", 853), 0))
+    blocker.handle(queue, QueuedPacket(7, socket_module.AF_INET, ipv4(6, "1.1.1.1", 443), 0))
+    blocker.handle(queue, QueuedPacket(8, socket_module.AF_INET, ipv4(17, "1.1.1.1", 443), 0))
+    assert [(c.protocol, c.provider, c.blocked) for c in reported] == [
+        ("DoT", None, True), ("DoQ", None, True), ("DoH", "Cloudflare", True),
+        ("DoH", "Cloudflare", True),
+    ]  # fmt: skip
+    assert reported[0].process == {"pid": 7, "name": "firefox"}
+    # not an IP packet: still handed back to be rejected, counted
+    blocker.handle(queue, QueuedPacket(9, socket_module.AF_INET, b"\x45", 0))
+    assert steps[-1] == "verdict 9 4 99" and blocker.stats()["not_parsed"] == 1
+    assert parse_ip_packet(socket_module.AF_INET, ipv4(1, "1.1.1.1", 0)) is None  # ICMP

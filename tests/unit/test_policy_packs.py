@@ -100,7 +100,8 @@ def test_third_party_endpoints_are_reported_exactly() -> None:
             ProcessFacts(pid=10, name="DeepSeek Harnes", exe="/opt/x/DeepSeek Harness"),
             "deepseek-desktop",
         ),
-        (ProcessFacts(pid=11, name="dsh", exe="/usr/local/bin/dsh"), "deepseek-desktop"),
+        # the CLI dsh by its path (its name is also Debian's distributed shell: not banned)
+        (ProcessFacts(pid=11, name="dsh", exe="/opt/deepseek/bin/dsh"), "deepseek-desktop"),
         (
             ProcessFacts(pid=12, name="ollama", cmdline=("ollama", "run", "deepseek-r1:7b")),
             "deepseek-local-runtime",
@@ -119,6 +120,11 @@ def test_navy_pack_blocks_deepseek_processes(facts: ProcessFacts, rule: str) -> 
     decisions = compiled(NAVY).check_process(facts, "host1", NOW)
     assert rule in {d.rule_id for d in decisions}
     assert all(d.action == "block" for d in decisions if d.rule_id == rule)
+
+
+def test_navy_pack_leaves_debians_dsh_alone() -> None:
+    facts = ProcessFacts(pid=15, name="dsh", exe="/usr/bin/dsh", cmdline=("dsh", "-a", "w"))
+    assert compiled(NAVY).check_process(facts, "host1", NOW) == []
 
 
 def test_navy_pack_ignores_other_models() -> None:

@@ -46,4 +46,4 @@ def test_the_readme_agent_config_loads(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(block.replace("BASE64…", "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="))
     loaded = load_agent_config(config)
-    assert loaded.agent.mode == "enforce" and loaded.sensors.dns == "capture"
+    assert loaded.agent.mode == "enforce" and loaded.sensors.dns == "auto"

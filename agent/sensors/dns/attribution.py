@@ -41,6 +41,7 @@ REASON_NO_OWNER = "socket owner not found (process exited or lives in another pi
 REASON_FORWARDED = "forwarded by a local stub resolver; the application's query carries the process"
 _MAX_CACHE = 65536
 _RECENT_OWNERS = 16
+_YOUNG_SCANNED = 32  # at most this many young pids scanned per lookup (the newest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,8 @@ class ProcessAttributor:
         # (transport, ip, port) -> (inode, pid, fd)
         self._by_address: dict[tuple[str, str, int], tuple[int, int, str]] = {}
         self._recent_owners: OrderedDict[int, None] = OrderedDict()  # pids that sent queries
-        self._newest_pid = 0
+        self._first_seen: dict[int, float] = {}  # pid -> when a scan first listed it
+        self._young_for = 2.0
         self._last_full_scan = -1e9
         self._full_scan_interval = full_scan_interval
         self.skipped_scans = 0
@@ -242,8 +244,9 @@ class ProcessAttributor:
 
         1. the few pids that recently owned query sockets (a stub resolver or a browser opens
            a fresh socket per query);
-        2. pids newer than any seen before (the sender of a fresh query is usually a young
-           process such as ``dig`` or ``curl``), newest first;
+        2. young pids, first listed within the last 2 s (the sender of a fresh query is
+           usually a young process such as ``dig`` or ``curl``), newest first — by when they
+           appeared, not by number, so this still works once pids have wrapped around;
         3. every pid, at most once per ``full_scan_interval``: a full scan costs milliseconds
            per hundred processes, and the capture thread must keep up with the traffic.
         """
@@ -257,22 +260,39 @@ class ProcessAttributor:
             pids = sorted((int(p) for p in os.listdir(self._proc) if p.isdigit()), reverse=True)
         except OSError:
             return None
-        newest_known = self._newest_pid
-        if pids:
-            self._newest_pid = max(self._newest_pid, pids[0])
+        # Young pids: first seen within ``young_for`` seconds, whatever their number (after the
+        # pid counter wraps a new process has a *smaller* pid than older ones, so "newer than
+        # the largest seen" never matches again), newest first. Not merely "absent at the
+        # previous scan": at 50 queries a second a scan often lists a dig that has not opened
+        # its socket yet, and it must still count as young at the next lookup.
+        now = self._clock()
+        first_seen = self._first_seen
+        alive = set(pids)
+        for pid in [p for p in first_seen if p not in alive]:
+            del first_seen[pid]
         for pid in pids:
-            if pid <= newest_known:
-                break
+            if pid not in first_seen:
+                first_seen[pid] = now
+        # newest first; among pids first listed together (the first scan lists them all),
+        # the higher pid first (without a wrap, the younger)
+        young = sorted(
+            (p for p, seen in first_seen.items() if now - seen <= self._young_for),
+            key=lambda p: (-first_seen[p], -p),
+        )[:_YOUNG_SCANNED]
+        for pid in young:
             if self._scan_pid(pid, target):
                 return pid
-        now = self._clock()
+        young_set = set(young)
         if now - self._last_full_scan < self._full_scan_interval:
             self.skipped_scans += 1
             return None
         self._last_full_scan = now
         for pid in pids:
-            known = pid <= newest_known and pid not in self._recent_owners
-            if known and self._scan_pid(pid, target):
+            if (
+                pid not in young_set
+                and pid not in self._recent_owners
+                and self._scan_pid(pid, target)
+            ):
                 return pid
         return None
 

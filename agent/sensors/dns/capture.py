@@ -79,6 +79,8 @@ class DnsCapture:
             on_observation, name="dns-capture-deliver", maxsize=queue_size, poll_interval=0.05
         )
         self._socket_factory = socket_factory
+        # (src, dst) -> True: not this sensor's to see (auto mode: what the resolver handles)
+        self._skip: Callable[[tuple[str, int], tuple[str, int]], bool] | None = None
         self._clock = clock
         self._sock: socket.socket | None = None
         # (transport, client, msg id) -> the query's attribution, reused for its response,
@@ -107,9 +109,14 @@ class DnsCapture:
                 "unattributed",
                 "forwarded",
                 "callback_errors",
+                "skipped",
             ),
             0,
         )
+
+    def set_skip(self, skip: Callable[[tuple[str, int], tuple[str, int]], bool]) -> None:
+        """Packets for which ``skip(src, dst)`` is true are counted (``skipped``) and left."""
+        self._skip = skip
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -193,6 +200,9 @@ class DnsCapture:
             return
         if segment is None:
             counts["not_dns"] += 1
+            return
+        if self._skip is not None and self._skip(segment.src, segment.dst):
+            counts["skipped"] += 1
             return
         if segment.partial:
             counts["tcp_partial"] += 1

@@ -80,6 +80,7 @@ class EncryptedDnsConnection:
     process: dict[str, Any] | None
     attribution_reason: str | None
     time: float
+    blocked: bool = False  # rejected by the agent's nftables rule (encrypted_block.py)
 
     @property
     def description(self) -> str:

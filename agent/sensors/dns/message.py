@@ -20,6 +20,7 @@ import dns.rcode
 import dns.rdatatype
 
 MAX_CNAME_CHAIN = 16  # longer chains are cut here; resolvers give up well before this
+MAX_QUESTIONS = 64  # more is malformed here (the proxy answers FORMERR, capture counts it)
 
 
 class MalformedDnsMessage(ValueError):
@@ -39,12 +40,15 @@ class DnsMessageFacts:
     truncated: bool
     answer_names: tuple[str, ...]  # owner names of answer records
     cname_targets: tuple[str, ...]  # every CNAME target in the answer chain, in order
+    # every question's name, the first one (``qname``) first: a message may ask several, and a
+    # resolver may answer them all, so each one is checked (not only the first)
+    questions: tuple[str, ...] = ()
 
     @property
     def names_to_check(self) -> tuple[str, ...]:
-        """The question name, then each CNAME target not already listed."""
+        """The question names, then each CNAME target not already listed."""
         seen = [self.qname]
-        for name in self.cname_targets:
+        for name in (*self.questions, *self.cname_targets):
             if name not in seen:
                 seen.append(name)
         return tuple(seen)
@@ -119,12 +123,17 @@ def parse_message(payload: bytes) -> DnsMessageFacts:
         msg_id, flags, qdcount, ancount, _ns, _ar = _HEADER.unpack_from(payload)
         if qdcount < 1:
             raise MalformedDnsMessage("no question section")
+        if qdcount > MAX_QUESTIONS:
+            raise MalformedDnsMessage(f"{qdcount} questions (at most {MAX_QUESTIONS} are read)")
         qname, offset = read_name(payload, 12)
         qtype, _qclass = _QUESTION.unpack_from(payload, offset)
         offset += 4
+        questions = [qname]
         for _ in range(qdcount - 1):
-            _name, offset = read_name(payload, offset)
+            name, offset = read_name(payload, offset)
             offset += 4
+            if name not in questions:
+                questions.append(name)
         answer_names: list[str] = []
         cname_targets: list[str] = []
         for _ in range(ancount if flags & _QR else 0):
@@ -152,4 +161,5 @@ def parse_message(payload: bytes) -> DnsMessageFacts:
         truncated=bool(flags & _TC),
         answer_names=tuple(answer_names),
         cname_targets=tuple(cname_targets),
+        questions=tuple(questions),
     )

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import functools
 import logging
+import os
 import random
 import socket
 import struct
@@ -58,6 +59,8 @@ _SOA = "proscribe.invalid. hostmaster.proscribe.invalid. 1 3600 600 86400 {ttl}"
 _SWEEP_SECONDS = 0.25
 # TYPE=CNAME CLASS=IN as they appear after an owner name; absent -> the answer has no CNAME.
 _CNAME_IN = struct.pack("!HH", 5, 1)
+_SO_MARK = getattr(socket, "SO_MARK", 36)
+_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h: the address before the redirect (TCP)
 _RCODE_TEXT = {int(code): dns.rcode.to_text(code) for code in dns.rcode.Rcode if int(code) < 16}
 
 
@@ -119,6 +122,8 @@ class DnsProxy:
         blocked_ttl: int = BLOCKED_TTL,
         clock: Callable[[], float] = time.time,
         queue_size: int = 10_000,
+        mark: int | None = None,
+        attribute_unmatched: bool = True,
     ) -> None:
         if mode not in ("enforce", "monitor"):
             raise ValueError(f"mode must be enforce or monitor, not {mode!r}")
@@ -132,6 +137,13 @@ class DnsProxy:
         self._timeout = timeout
         self._blocked_ttl = blocked_ttl
         self._clock = clock
+        # SO_MARK on every upstream socket: the agent's nftables redirect lets marked packets
+        # through (its own queries must reach the real resolvers, not come back to it).
+        self._mark = mark
+        # False (the agent): a query no rule matches (nor its CNAMEs) is neither attributed
+        # nor delivered, as the agent records nothing about it: the lookup was a third of the
+        # per-query cost. True: every query is attributed and delivered (for tools and tests).
+        self._attribute_unmatched = attribute_unmatched
         # Drained every 20 ms: a wake-up per query would hand the GIL to the consumer each time.
         self._delivery: BackgroundWorker[DnsObservation] = BackgroundWorker(
             on_observation, name="dns-proxy-deliver", maxsize=queue_size, poll_interval=0.02
@@ -163,6 +175,7 @@ class DnsProxy:
                 "forwarded_by_stub",
                 "decide_errors",
                 "late_answers",
+                "upstream_refused",
             ),
             0,
         )
@@ -201,6 +214,7 @@ class DnsProxy:
 
     def stats(self) -> dict[str, int]:
         counts = dict(self._counts)
+        counts["dropped_kernel"] = _udp_socket_drops(self._udp_sock)
         counts["pending"] = len(self._pending)
         counts["dropped_queue"] = sum(self._delivery.drops.snapshot().values())
         counts["callback_errors"] = self._delivery.counts["errors"]
@@ -258,14 +272,41 @@ class DnsProxy:
         loop = asyncio.get_running_loop()
         # Upstreams first: a query may arrive as soon as the client endpoint exists.
         for index, upstream in enumerate(self._upstreams):
+            sock = self._upstream_socket(upstream, socket.SOCK_DGRAM)
+            try:
+                sock.connect(upstream)
+            except OSError:
+                sock.close()
+                raise
             transport, _ = await loop.create_datagram_endpoint(
-                functools.partial(_UpstreamProtocol, self, index), remote_addr=upstream
+                functools.partial(_UpstreamProtocol, self, index), sock=sock
             )
             self._upstream_transports.append(transport)
         self._client, _ = await loop.create_datagram_endpoint(
             lambda: _ClientProtocol(self), sock=self._udp_sock
         )
         await asyncio.start_server(self._serve_tcp, sock=self._tcp_sock)
+
+    def _upstream_socket(self, upstream: tuple[str, int], kind: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+        sock = socket.socket(family, kind)
+        try:
+            if self._mark is not None:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, self._mark)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def local_ports(self) -> set[int]:
+        """The local ports of the upstream UDP sockets (the capture skips their traffic)."""
+        ports = set()
+        for transport in self._upstream_transports:
+            name = transport.get_extra_info("sockname")
+            if name:
+                ports.add(int(name[1]))
+        return ports
 
     # -- decisions and attribution ----------------------------------------------------------
 
@@ -277,10 +318,12 @@ class DnsProxy:
             self._counts["decide_errors"] += 1
             return None
 
-    def _attribute(self, transport: str, client: tuple[str, int]) -> Attribution:
+    def _attribute(
+        self, transport: str, client: tuple[str, int], server: tuple[str, int] | None = None
+    ) -> Attribution:
         if self._attributor is None:
             return Attribution(None, "attribution disabled")
-        found = self._attributor.attribute(transport, client, self.address)
+        found = self._attributor.attribute(transport, client, server or self.address)
         if found.forwarded:
             self._counts["forwarded_by_stub"] += 1
         elif found.process is None:
@@ -310,7 +353,11 @@ class DnsProxy:
         self._delivery.submit(observation)
 
     def _first_query_step(
-        self, data: bytes, client: tuple[str, int], transport: str
+        self,
+        data: bytes,
+        client: tuple[str, int],
+        transport: str,
+        server: tuple[str, int] | None = None,
     ) -> tuple[bytes | None, DnsObservation | None, Attribution | None]:
         """Common start for UDP and TCP: ``(reply now, observation, attribution)``.
 
@@ -333,17 +380,29 @@ class DnsProxy:
             self._counts["canary"] += 1
             return self._reply_blocked(data, None), None, None
         attribution: Attribution | None = None
-        verdict = self._verdict(facts.qname, None)
-        if verdict is not None:
-            attribution = self._attribute(transport, client)
-            verdict = self._verdict(facts.qname, attribution)
+        # Every question of the message, not only the first: a resolver may answer them all.
+        verdict: NameVerdict | None = None
+        matched = facts.qname
+        for name in facts.questions:
+            found = self._verdict(name, None)
+            if found is None:
+                continue
+            if attribution is None:
+                attribution = self._attribute(transport, client, server)
+            found = self._verdict(name, attribution)
+            if found is None:
+                continue
+            if verdict is None or (found.block and not verdict.block):
+                verdict, matched = found, name
+            if found.block:
+                break
         if verdict is not None and verdict.block:
             self._counts["would_block" if self._mode == "monitor" else "blocked"] += 1
             if self._mode == "enforce":
-                self._emit(observation, attribution, verdict, facts.qname)
+                self._emit(observation, attribution, verdict, matched)
                 return self._reply_blocked(data, verdict.rule_id), None, None
         if verdict is not None:
-            observation.set_verdict(verdict, facts.qname, self._action(verdict))
+            observation.set_verdict(verdict, matched, self._action(verdict))
         return None, observation, attribution
 
     def _reply_blocked(self, query: bytes, rule_id: str | None) -> bytes | None:
@@ -362,7 +421,7 @@ class DnsProxy:
         transport: str,
     ) -> bytes:
         """Decide the answer's CNAME targets; emit the observation; return what to send."""
-        if attribution is None:
+        if attribution is None and self._attribute_unmatched:
             attribution = self._attribute(transport, observation.client)
         if _CNAME_IN not in answer:
             # No CNAME record can be in there: skip the parse, keep the question's names.
@@ -382,6 +441,8 @@ class DnsProxy:
         for target in cname_targets:
             verdict = self._verdict(target, None)
             if verdict is not None:
+                if attribution is None:
+                    attribution = self._attribute(transport, observation.client)
                 verdict = self._verdict(target, attribution)
             if verdict is None:
                 continue
@@ -393,6 +454,8 @@ class DnsProxy:
                 return answer
             if observation.verdict is None:
                 observation.set_verdict(verdict, target)
+        if observation.verdict is None and not self._attribute_unmatched:
+            return answer  # nothing matched: nothing to record
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return answer
 
@@ -408,7 +471,7 @@ class DnsProxy:
         pending = _Pending(client, observation.msg_id, data, observation, None, time.monotonic(), 0)
         self._send_upstream(pending)
         self._counts["forwarded"] += 1
-        if attribution is None:
+        if attribution is None and self._attribute_unmatched:
             attribution = self._attribute("udp", client)  # while the upstream works
         pending.attribution = attribution
 
@@ -457,7 +520,13 @@ class DnsProxy:
 
     async def _tcp_exchange(self, upstream: tuple[str, int], query: bytes) -> bytes:
         async def exchange() -> bytes:
-            reader, writer = await asyncio.open_connection(upstream[0], upstream[1])
+            sock = self._upstream_socket(upstream, socket.SOCK_STREAM)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, upstream)
+            except BaseException:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_connection(sock=sock)
             try:
                 writer.write(struct.pack("!H", len(query)) + query)
                 await writer.drain()
@@ -468,6 +537,29 @@ class DnsProxy:
 
         return await asyncio.wait_for(exchange(), self._timeout)
 
+    def on_upstream_error(self, index: int, exc: Exception) -> None:
+        """The kernel reported an ICMP error for upstream ``index`` (port unreachable:
+        nothing listens there): its pending queries go to the next upstream, or get SERVFAIL
+        now rather than after the timeout."""
+        if not isinstance(exc, ConnectionRefusedError):
+            return
+        self._counts["upstream_refused"] += 1
+        failed = [key for key, p in self._pending.items() if key[0] == index]
+        for key in failed:
+            self._fail_over(self._pending.pop(key))
+
+    def _fail_over(self, pending: _Pending) -> None:
+        if pending.upstream_index + 1 < len(self._upstreams):
+            pending.upstream_index += 1
+            pending.started = time.monotonic()
+            self._send_upstream(pending)
+            return
+        self._counts["servfail"] += 1
+        self._emit(pending.observation, pending.attribution, None, None)
+        reply = _header_only_error(pending.query, dns.rcode.SERVFAIL)
+        if reply and self._client is not None:
+            self._client.sendto(reply, pending.client)
+
     def _sweep(self) -> None:
         """Retry timed-out queries on the next upstream; SERVFAIL when none is left."""
         assert self._loop is not None
@@ -475,24 +567,15 @@ class DnsProxy:
         deadline = time.monotonic() - self._timeout
         expired = [key for key, p in self._pending.items() if p.started < deadline]
         for key in expired:
-            pending = self._pending.pop(key)
             self._counts["upstream_timeouts"] += 1
-            if pending.upstream_index + 1 < len(self._upstreams):
-                pending.upstream_index += 1
-                pending.started = time.monotonic()
-                self._send_upstream(pending)
-                continue
-            self._counts["servfail"] += 1
-            self._emit(pending.observation, pending.attribution, None, None)
-            reply = _header_only_error(pending.query, dns.rcode.SERVFAIL)
-            if reply and self._client is not None:
-                self._client.sendto(reply, pending.client)
+            self._fail_over(self._pending.pop(key))
 
     # -- TCP ----------------------------------------------------------------------------------
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = (peer[0], peer[1])
+        server = _original_destination(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -501,7 +584,7 @@ class DnsProxy:
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 self._counts["tcp_queries"] += 1
-                reply = await self._answer_tcp(data, client)
+                reply = await self._answer_tcp(data, client, server)
                 if reply is None:
                     return
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -511,12 +594,14 @@ class DnsProxy:
         finally:
             writer.close()
 
-    async def _answer_tcp(self, data: bytes, client: tuple[str, int]) -> bytes | None:
-        reply, observation, attribution = self._first_query_step(data, client, "tcp")
+    async def _answer_tcp(
+        self, data: bytes, client: tuple[str, int], server: tuple[str, int] | None = None
+    ) -> bytes | None:
+        reply, observation, attribution = self._first_query_step(data, client, "tcp", server)
         if observation is None:
             return reply
-        if attribution is None:
-            attribution = self._attribute("tcp", client)
+        if attribution is None and self._attribute_unmatched:
+            attribution = self._attribute("tcp", client, server)
         self._counts["forwarded"] += 1
         for upstream in self._upstreams:
             try:
@@ -528,6 +613,42 @@ class DnsProxy:
         self._counts["servfail"] += 1
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return _header_only_error(data, dns.rcode.SERVFAIL)
+
+
+def _udp_socket_drops(sock: socket.socket | None) -> int:
+    """Datagrams the kernel dropped on ``sock`` (receive buffer full): the ``drops`` column of
+    ``/proc/net/udp`` or ``udp6`` for the socket's inode; 0 when unknown."""
+    if sock is None or sock.fileno() < 0:
+        return 0
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        table = "udp6" if sock.family == socket.AF_INET6 else "udp"
+        with open(f"/proc/net/{table}", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 13 and fields[9] == inode:
+                    return int(fields[12])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _original_destination(sock: Any) -> tuple[str, int] | None:
+    """Where a redirected TCP client meant to connect (``SO_ORIGINAL_DST``): its socket is
+    connected there, which is what the attribution lookup must ask about. ``None`` when the
+    connection was not redirected or the option is unavailable."""
+    if sock is None or getattr(sock, "family", None) != socket.AF_INET:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port = struct.unpack_from("!H", raw, 2)[0]
+    address = socket.inet_ntoa(raw[4:8])
+    local = sock.getsockname()
+    if (address, port) == (local[0], local[1]):
+        return None
+    return address, port
 
 
 def _client_udp_limit(query: bytes) -> int:
@@ -565,3 +686,7 @@ class _UpstreamProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("DNS proxy upstream %d error: %s", self._index, exc)
+        try:
+            self._proxy.on_upstream_error(self._index, exc)
+        except Exception:
+            log.exception("DNS proxy: unexpected error handling an upstream error")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from proscribe.agent.sensors.users import UserNames
 from proscribe.core.errors import ConfigError
 
 __all__ = [
+    "AutoSensor",
     "DnsSensor",
     "DnsSensorUnavailable",
     "DnsSettings",
@@ -52,6 +53,8 @@ class DnsSettings:
     # capture: deliver observations no rule matches (the daemon ignores them; off saves CPU)
     unmatched: bool = False
     resolv_conf: Path = Path("/etc/resolv.conf")
+    # SO_MARK for the proxy's upstream sockets (auto mode: the redirect lets them through)
+    mark: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -86,7 +89,7 @@ def system_upstreams(
 class DnsSensor(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 2.0) -> None: ...
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, Any]: ...
 
 
 def build_dns_sensor(
@@ -123,7 +126,7 @@ def _build(
     decide: Decide,
     attribute_if: Callable[[DnsObservation], bool] | None,
     attributor: ProcessAttributor,
-) -> DnsCapture | DnsProxy:
+) -> DnsCapture | DnsProxy | AutoSensor:
     if mode == "capture":
         if not sys.platform.startswith("linux"):
             raise DnsSensorUnavailable(
@@ -149,6 +152,8 @@ def _build(
             interfaces=settings.interfaces,
             plain_responses=settings.plain_responses,
         )
+    if mode == "auto":
+        return _build_auto(settings, on_observation, decide, attribute_if, attributor)
     if mode == "proxy":
         upstreams: Sequence[tuple[str, int]] = settings.upstreams or system_upstreams(
             settings.resolv_conf, exclude=settings.proxy_listen
@@ -168,15 +173,112 @@ def _build(
             on_observation,
             attributor=attributor,
             mode="enforce" if settings.enforce else "monitor",
+            mark=settings.mark,
+            attribute_unmatched=False,  # the agent records only what a rule matches
         )
-    raise DnsSensorUnavailable(f'[sensors] dns = {mode!r}: use "capture", "proxy" or "off"')
+    raise DnsSensorUnavailable(f'[sensors] dns = {mode!r}: use "auto", "capture", "proxy" or "off"')
+
+
+def _build_auto(
+    settings: DnsSettings,
+    on_observation: ObservationSink,
+    decide: Decide,
+    attribute_if: Callable[[DnsObservation], bool] | None,
+    attributor: ProcessAttributor,
+) -> AutoSensor:
+    """The enforcing resolver on the proxy address (and on ``[::1]`` at the same port, for
+    the IPv6 redirect) with capture beside it. Capture leaves alone what the resolver
+    handles: queries to the resolver and the resolver's own upstream queries."""
+    proxy = _build("proxy", settings, on_observation, decide, attribute_if, attributor)
+    assert isinstance(proxy, DnsProxy)
+    proxies = [proxy]
+    if settings.proxy_listen[0] == "127.0.0.1":
+        v6 = replace(settings, proxy_listen=("::1", settings.proxy_listen[1]))
+        extra = _build("proxy", v6, on_observation, decide, attribute_if, attributor)
+        assert isinstance(extra, DnsProxy)
+        proxies.append(extra)
+    capture = _build("capture", settings, on_observation, decide, attribute_if, attributor)
+    assert isinstance(capture, DnsCapture)
+    return AutoSensor(capture, proxies)
+
+
+class AutoSensor:
+    """Capture and the enforcing resolver(s) as one sensor (``[sensors] dns = "auto"``)."""
+
+    def __init__(self, capture: DnsCapture, proxies: list[DnsProxy]) -> None:
+        self.capture = capture
+        self.proxies = proxies
+        self.ipv6 = False  # whether the [::1] resolver runs (the redirect's IPv6 rule needs it)
+        self.resolver_error: str | None = None  # why the resolver is not running, if it is not
+        self._running: list[DnsProxy] = []
+        self._skip_addresses: set[tuple[str, int]] = set()
+        self._skip_ports: set[int] = set()
+        capture.set_skip(self._skip)
+
+    @property
+    def port(self) -> int:
+        return self.proxies[0].address[1]
+
+    def _skip(self, src: tuple[str, int], dst: tuple[str, int]) -> bool:
+        return (
+            dst in self._skip_addresses
+            or src in self._skip_addresses
+            or src[1] in self._skip_ports
+            or dst[1] in self._skip_ports
+        )
+
+    def start(self) -> None:
+        """Start the resolver(s) and capture. A resolver that cannot bind (the address is
+        taken) leaves capture alone running (``resolver_error`` says why; no redirect)."""
+        self.resolver_error = None
+        try:
+            self.proxies[0].start()
+        except Exception as err:
+            self.resolver_error = str(err)
+            log.error("DNS resolver not started (%s); capture only, nothing redirected", err)
+            self.capture.start()
+            return
+        self._running = [self.proxies[0]]
+        for extra in self.proxies[1:]:
+            try:
+                extra.start()
+            except Exception as err:  # no IPv6 loopback here: IPv6 queries are not redirected
+                log.info("DNS resolver on %s not started (%s)", extra.address, err)
+                continue
+            self._running.append(extra)
+        self.ipv6 = len(self._running) > 1
+        for proxy in self._running:
+            self._skip_addresses.add(proxy.address)
+            self._skip_ports |= proxy.local_ports()
+        try:
+            self.capture.start()
+        except BaseException:
+            for proxy in self._running:
+                proxy.stop()
+            raise
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.capture.stop(timeout)
+        for proxy in self._running:
+            proxy.stop(timeout)
+        self._running = []
+
+    def stats(self) -> dict[str, Any]:
+        proxy = self.proxies[0].stats()
+        for extra in self._running[1:]:
+            for key, value in extra.stats().items():
+                proxy[key] = proxy.get(key, 0) + value
+        return {"capture": self.capture.stats(), "proxy": proxy}
 
 
 class _ManagedSensor:
     """Translates a start failure into one clear line; closes the attributor it owns."""
 
     def __init__(
-        self, inner: DnsCapture | DnsProxy, mode: str, attributor: ProcessAttributor | None
+        self,
+        inner: DnsCapture | DnsProxy | AutoSensor,
+        mode: str,
+        attributor: ProcessAttributor | None,
     ) -> None:
         self.inner = inner
         self.mode = mode
@@ -200,5 +302,18 @@ class _ManagedSensor:
         if self._attributor is not None:
             self._attributor.close()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self.inner.stats()
+
+    @property
+    def ipv6(self) -> bool:
+        return bool(getattr(self.inner, "ipv6", False))
+
+    @property
+    def port(self) -> int:
+        return int(getattr(self.inner, "port", 53))
+
+    @property
+    def resolver_error(self) -> str | None:
+        error = getattr(self.inner, "resolver_error", None)
+        return None if error is None else str(error)

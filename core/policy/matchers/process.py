@@ -142,6 +142,8 @@ class _Rule:
     paths_any: re.Pattern[str] | None
     cmdline: tuple[tuple[str, re.Pattern[str]], ...]
     sha256: frozenset[str]
+    programs: re.Pattern[str] | None  # the cmdline applies only to these programs' arguments
+    program_prefixes: tuple[re.Pattern[str], ...]  # for a comm cut to 15 characters
 
 
 def _compile_rule(index: int, rule: ProcessRule) -> _Rule:
@@ -158,6 +160,12 @@ def _compile_rule(index: int, rule: ProcessRule) -> _Rule:
         paths_any=compile_globs(rule.paths, path=True, ignore_case=False) if paths else None,
         cmdline=tuple((p, compile_cmdline_regex(p)) for p in rule.cmdline),
         sha256=frozenset(h.lower() for h in rule.sha256),
+        programs=(
+            compile_globs(rule.programs, path=False, ignore_case=True) if rule.programs else None
+        ),
+        program_prefixes=tuple(
+            re.compile(glob_prefix_regex(p), re.IGNORECASE) for p in rule.programs
+        ),
     )
 
 
@@ -235,6 +243,7 @@ class ProcessMatcher:
             return []
 
         joined: str | None = None
+        arguments: str | None = None
         found: list[ProcessMatch] = []
         for rule in rules:
             hit = None
@@ -244,10 +253,14 @@ class ProcessMatcher:
                 hit = _match_path(rule, exe)
             if hit is None and rule.index in sha_rules and facts.sha256:
                 hit = ProcessMatch(rule.index, rule.id, "sha256", facts.sha256.lower(), exe)
-            if hit is None and rule.cmdline:
+            if hit is None and rule.cmdline and rule.programs is None:
                 if joined is None:
                     joined = cmdline_window(facts.cmdline)
                 hit = _match_cmdline(rule, joined)
+            elif hit is None and rule.programs is not None and _is_program(rule, facts, exe):
+                if arguments is None:  # argv[0] is the caller's choice: never judged
+                    arguments = cmdline_window(facts.cmdline[1:])
+                hit = _match_cmdline(rule, arguments)
             if hit is not None:
                 found.append(hit)
         return found
@@ -269,6 +282,22 @@ def _match_names(
             if regex.match(comm):
                 return ProcessMatch(rule.index, rule.id, "name", pattern, comm, True)
     return None
+
+
+def _is_program(rule: _Rule, facts: ProcessFacts, exe: str) -> bool:
+    """The process runs one of the rule's programs: its executable's own name, or its comm (the
+    name the kernel took from the file exec'd, e.g. a script's; never argv[0]). comm cut to 15
+    characters is compared as the start of the program's name."""
+    assert rule.programs is not None
+    name = basename(exe)
+    if name and rule.programs.match(name):
+        return True
+    comm = facts.name
+    if not comm:
+        return False
+    if rule.programs.match(comm):
+        return True
+    return len(comm) == COMM_MAX and any(p.match(comm) for p in rule.program_prefixes)
 
 
 def _match_path(rule: _Rule, exe: str) -> ProcessMatch | None:

@@ -1,0 +1,1 @@
+"""The kernel exec guard (eBPF) and the generic libbpf binding it is loaded with."""
