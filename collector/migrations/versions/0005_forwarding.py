@@ -1,7 +1,7 @@
 """Forwarding: each [[forward]] destination's cursor, lease and counts, and its dead letters.
 
-Revision ID: 0006
-Revises: 0004 (rechained after 0004 when the evidence branch merged; 0005 is not used yet)
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-03
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None

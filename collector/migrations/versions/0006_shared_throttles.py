@@ -1,7 +1,7 @@
 """Token buckets in the database: enrollment and sign-in throttles shared by replicas.
 
-Revision ID: 0007
-Revises: 0006 (to be rechained with 0004 and 0005 when the branches merge)
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
