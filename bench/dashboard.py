@@ -27,7 +27,7 @@ import requests
 from sqlalchemy import func, select
 
 from proscribe.collector.storage import open_database
-from proscribe.collector.storage.queries import VIOLATION_KINDS
+from proscribe.collector.storage.counts import VIOLATION_KINDS
 from proscribe.collector.storage.tables import events
 from tests.support.devserver import CollectorProcess
 from tests.support.sample import (

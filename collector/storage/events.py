@@ -2,7 +2,9 @@
 
 ``INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING event_id`` on both databases: the ids
 that come back were stored by this call; the rest were already there (a retried batch after a
-lost acknowledgement, or two replicas racing on the same batch) and are duplicates.
+lost acknowledgement, or two replicas racing on the same batch) and are duplicates. The
+violations among the stored rows are counted in the same transaction (storage/counts.py), and a
+purge takes off what it deletes.
 
 A row the database itself refuses (PostgreSQL's btree indexes take at most ~2700 bytes per
 entry, so a 4096-character rule of multi-byte text fails there while SQLite takes it) must not
@@ -20,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from proscribe.collector.storage import counts
 from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import events, host_history
 
@@ -35,7 +38,9 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
         .returning(events.c.event_id)
     )
     result = conn.execute(stmt, list(rows))
-    return {str(row[0]) for row in result}
+    stored = {str(row[0]) for row in result}
+    counts.add(conn, counts.tally(r for r in rows if r["event_id"] in stored))
+    return stored
 
 
 # SQLSTATE classes that concern one row's values, not the database: data exception (22),
@@ -111,7 +116,21 @@ def purge_chunk(conn: Connection, cutoff_us: int, chunk: int = PURGE_CHUNK) -> t
     old_events = (
         select(events.c.seq).where(events.c.time_us < cutoff_us).limit(chunk).scalar_subquery()
     )
-    gone_events = conn.execute(delete(events).where(events.c.seq.in_(old_events))).rowcount
+    gone = conn.execute(
+        delete(events)
+        .where(events.c.seq.in_(old_events))
+        .returning(
+            events.c.time_us,
+            events.c.kind,
+            events.c.action,
+            events.c.severity,
+            events.c.rule,
+            events.c.hostname,
+            events.c.username,
+        )
+    ).all()
+    counts.subtract(conn, counts.tally(dict(row._mapping) for row in gone))
+    gone_events = len(gone)
     old_history = (
         select(host_history.c.seq)
         .where(host_history.c.time_us < cutoff_us)

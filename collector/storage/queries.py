@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
+from proscribe.collector.storage.counts import VIOLATION_KINDS
 from proscribe.collector.storage.tables import events, hosts
 
-VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
 MAX_PAGE = 1000
 
 

@@ -271,3 +271,19 @@ rate_buckets = Table(
     Column("tokens", Float, nullable=False),
     Column("stamp_us", BigInteger, nullable=False, index=True),
 )
+
+# Violations counted at ingest, in the same transaction as the events (see storage/counts.py):
+# what the overview groups by, per UTC day. Text parts of the key are cut to KEY_CHARS
+# characters ("" for none) so a key stays well under PostgreSQL's btree entry limit.
+violation_counts = Table(
+    "violation_counts",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("action", String(16), primary_key=True),
+    Column("severity", String(16), primary_key=True),
+    Column("rule", String(128), primary_key=True),
+    Column("hostname", String(128), primary_key=True),
+    Column("username", String(128), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)

@@ -68,7 +68,6 @@ def register(router: APIRouter, site: Site) -> None:
     def login_form(
         request: Request, state: StateDep, next: Annotated[str, Query(max_length=2000)] = "/"
     ) -> Response:
-        site.rollup.warm(state.db)  # start counting while the person signs in
         return login_page(request, state, next)
 
     @router.post("/login", include_in_schema=False)

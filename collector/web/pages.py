@@ -1,6 +1,6 @@
 """The read-only pages (viewer role): overview, violations and their export, hosts, a host,
-policy. Each page does bounded work: the overview reads the in-memory rollup plus aggregates
-over the host table; the violations page is one keyset page through an index."""
+policy. Each page does bounded work: the overview reads the violation counts kept at ingest
+plus aggregates over the host table; the violations page is one keyset page through an index."""
 
 from __future__ import annotations
 
@@ -23,17 +23,17 @@ from proscribe.collector.storage import queries, to_us
 from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.policies import highest_serial
 from proscribe.collector.web import queries as webq
+from proscribe.collector.web import rollup
 from proscribe.collector.web.chart import violations_chart
 from proscribe.collector.web.export import stream_csv, stream_json
 from proscribe.collector.web.models import model_findings
 from proscribe.collector.web.report import load_policy_view
-from proscribe.collector.web.rollup import DAY_US, PeriodCounts, ViolationRollup
+from proscribe.collector.web.rollup import DAY_US, PeriodCounts
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
 from proscribe.core.events import EVENT_ACTIONS, KINDS, SEVERITIES
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
-OVERVIEW_WAIT_S = 2.0  # how long the overview waits for the rollup's first build
 PAGE_SIZES = (25, 50, 100, 200)
 
 
@@ -70,7 +70,6 @@ def fetch_page(
     flt: queries.ViolationFilter,
     cursor: str | None,
     limit: int,
-    rollup: ViolationRollup | None,
     now_us: int,
 ) -> queries.ViolationPage:
     """One page of violations. A filter led by an indexed column (host, user, rule, agent)
@@ -78,22 +77,17 @@ def fetch_page(
     rollup says hold a match (those columns have no index of their own)."""
     indexed = flt.host or flt.user or flt.rule or flt.agent_id
     low_cardinality = flt.kind or flt.action or flt.severity
-    if rollup is None or indexed or not low_cardinality or flt.kind == "health":
+    if indexed or not low_cardinality or flt.kind == "health":
         return queries.list_violations(conn, flt, cursor=cursor or None, limit=limit)
     first = None if flt.since_us is None else flt.since_us // DAY_US
     last = None if flt.until_us is None else flt.until_us // DAY_US
-    days = rollup.days_with(flt.kind, flt.action, flt.severity, first, last)
-    # The newest rows may not be folded yet (stored after this request's refresh): always
-    # look at today and tomorrow (agents' clocks run ahead) too.
-    now_day = now_us // DAY_US
-    recent = [d for d in (now_day + 1, now_day) if last is None or d <= last]
-    days = sorted(set(days) | set(recent), reverse=True)
+    days = rollup.days_with(conn, flt.kind, flt.action, flt.severity, first, last)
     return webq.violations_in_days(conn, flt, days, cursor=cursor or None, limit=limit)
 
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    counts: PeriodCounts | None  # None while the rollup's first build is still running
+    counts: PeriodCounts
     coverage: webq.Coverage
     current_serial: int | None
 
@@ -112,10 +106,7 @@ def register(router: APIRouter, site: Site) -> None:
             raise PageError(400, "Bad period", f"period must be one of {', '.join(PERIODS)}")
         now_us = state.now_us()
         today = now_us // DAY_US
-        counts = None
-        if site.rollup.warm(state.db, wait=OVERVIEW_WAIT_S):
-            site.rollup.refresh(conn)
-            counts = site.rollup.period(today - days + 1, today)
+        counts = rollup.period(conn, today - days + 1, today)
         current = highest_serial(conn)
         cover = webq.coverage(
             conn,
@@ -124,10 +115,8 @@ def register(router: APIRouter, site: Site) -> None:
             current_serial=current,
         )
         data = Overview(counts, cover, current)
-        chart = None
-        if data.counts is not None:
-            series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
-            chart = violations_chart(series, title=f"Violations per day, last {days} days (UTC)")
+        series: list[tuple[int, Counter[str]]] = sorted(data.counts.per_day.items())
+        chart = violations_chart(series, title=f"Violations per day, last {days} days (UTC)")
         return site.page(
             "overview.html",
             visitor,
@@ -139,10 +128,9 @@ def register(router: APIRouter, site: Site) -> None:
                 "coverage": data.coverage,
                 "current_serial": data.current_serial,
                 "chart": chart,
-                "counted_up_to": site.rollup.counted_up_to,
-                "top_rules": data.counts.rules.most_common(10) if data.counts else [],
-                "top_hosts": data.counts.hosts.most_common(10) if data.counts else [],
-                "top_users": data.counts.users.most_common(10) if data.counts else [],
+                "top_rules": data.counts.rules.most_common(10),
+                "top_hosts": data.counts.hosts.most_common(10),
+                "top_users": data.counts.users.most_common(10),
                 "window": state.settings.heartbeat_window,
             },
         )
@@ -174,13 +162,9 @@ def register(router: APIRouter, site: Site) -> None:
         }
         if form.error:  # the form again, as typed, with the reason above it
             return site.page("violations.html", visitor, "violations", context, status=400)
-        rollup = None
-        if site.rollup.warm(state.db):  # never wait for the rollup's first build
-            site.rollup.refresh(conn)
-            context["hints"] = {name: site.rollup.known(name) for name in context["hints"]}
-            rollup = site.rollup
+        context["hints"] = {name: rollup.known(conn, name) for name in context["hints"]}
         try:
-            page = fetch_page(conn, form.flt, cursor, limit, rollup, state.now_us())
+            page = fetch_page(conn, form.flt, cursor, limit, state.now_us())
         except queries.BadCursor as err:
             raise PageError(400, "Bad page link", "The page cursor is not valid.") from err
         context["items"] = page.items

@@ -29,9 +29,10 @@ from proscribe.collector.compliance import (
 )
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
+from proscribe.collector.storage.counts import VIOLATION_KINDS
 from proscribe.collector.storage.hosts import HARMLESS_DROPS
 from proscribe.collector.storage.policies import current_policy
-from proscribe.collector.storage.queries import VIOLATION_KINDS, HostCoverage
+from proscribe.collector.storage.queries import HostCoverage
 from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies

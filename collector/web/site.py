@@ -20,7 +20,6 @@ from proscribe.collector.api.ratelimit import LoginThrottle
 from proscribe.collector.storage.users import Principal
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.render import render
-from proscribe.collector.web.rollup import ViolationRollup
 from proscribe.collector.web.security import LoginRequired, PageError
 from proscribe.collector.web.session import SESSION_COOKIE, Session, SessionSigner
 
@@ -50,7 +49,6 @@ class Site:
     def __init__(self, env: Environment, signer: SessionSigner) -> None:
         self.env = env
         self.signer = signer
-        self.rollup = ViolationRollup()
         self.login_throttle = LoginThrottle()
 
     def page(

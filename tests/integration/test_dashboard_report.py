@@ -13,17 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, func, select
 
-from proscribe.collector.storage import queries
+from proscribe.collector.storage import counts, queries
+from proscribe.collector.storage.events import purge_chunk
 from proscribe.collector.storage.policies import current_policy
-from proscribe.collector.storage.tables import events
+from proscribe.collector.storage.tables import events, violation_counts
+from proscribe.collector.web import rollup
 from proscribe.collector.web.chart import nice_ceiling, violations_chart
 from proscribe.collector.web.pages import fetch_page
 from proscribe.collector.web.report import build_report, report_text
-from proscribe.collector.web.rollup import DAY_US, ViolationRollup
+from proscribe.collector.web.rollup import DAY_US
 from proscribe.core.policy.envelope import parse_envelope
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import JSON, DashboardEnv, event, make_env
 from tests.support.postgres import throwaway_database
 from tests.support.sample import store_sample_policies
 
@@ -194,25 +196,51 @@ def test_overview_numbers_match_the_database_and_follow_new_events(env: Dashboar
     assert "blocked 4" in page
 
 
-def test_rollup_is_incremental_and_rebuilds_after_a_purge(env: DashboardEnv) -> None:
+def truth(conn: Connection) -> dict[tuple[object, ...], int]:
+    """The counts table's rows recomputed from the events themselves."""
+    found: dict[tuple[object, ...], int] = {}
+    for row in conn.execute(select(events)).mappings():
+        key = counts.key_of(dict(row))
+        if key is not None:
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def table(conn: Connection) -> dict[tuple[object, ...], int]:
+    vc = violation_counts
+    cols = (vc.c.day, vc.c.kind, vc.c.action, vc.c.severity, vc.c.rule, vc.c.hostname)
+    return {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(*cols, vc.c.username, vc.c.n))}
+
+
+def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: DashboardEnv) -> None:
     populate(env)
-    rollup = ViolationRollup()
     today = int(env.clock.now * 1e6) // DAY_US
     with env.db.read() as conn:
-        assert rollup.refresh(conn) == 7
-        assert rollup.refresh(conn) == 0
-    assert rollup.period(today - 89, today).total == 7
-    assert rollup.period(today - 29, today).rules["deepseek-web"] == 2
-    background = ViolationRollup()
-    assert background.warm(env.db, wait=30) and background.ready
-    assert background.period(today - 89, today).total == 7
-    assert background.counted_up_to == rollup.counted_up_to
-    with env.db.write() as conn:
-        oldest = conn.execute(select(func.min(events.c.seq))).scalar_one()
-        conn.execute(delete(events).where(events.c.seq == oldest))
+        assert table(conn) == truth(conn) and counts.total(conn) == 7
+        assert rollup.period(conn, today - 89, today).total == 7
+        assert rollup.period(conn, today - 29, today).rules["deepseek-web"] == 2
+    # A batch sent again (a lost acknowledgement) stores nothing and counts nothing; a long
+    # rule is counted under its first KEY_CHARS characters.
+    lab = env.enroll("ws-dup")
+    batch = [event(when=env.clock.now - 60, rule="r" * 1000), event(when=env.clock.now - 61)]
+    env.post_events(lab, batch)  # type: ignore[arg-type]
+    again = json.dumps({"events": batch}).encode()
+    reply = env.signed(*lab, "POST", "/api/v1/events", again, headers=JSON)
+    assert [r["status"] for r in reply.json()["results"]] == ["duplicate", "duplicate"]
     with env.db.read() as conn:
-        rollup.refresh(conn)
-    assert rollup.period(today - 89, today).total == 6
+        assert table(conn) == truth(conn) and counts.total(conn) == 9
+    # The purge takes off what it deletes, in its own transaction.
+    cutoff = int((env.clock.now - 20 * 86400) * 1e6)
+    with env.db.write() as conn:
+        before = conn.execute(
+            select(func.count()).select_from(events).where(events.c.time_us < cutoff)
+        ).scalar_one()
+        assert before > 0
+        purge_chunk(conn, cutoff)
+    with env.db.read() as conn:
+        assert table(conn) == truth(conn)
+        assert counts.total(conn) == rollup.period(conn, today - 89, today + 1).total
+        assert all(n > 0 for n in table(conn).values())
 
 
 def test_chart_is_plain_svg() -> None:
@@ -239,10 +267,8 @@ def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(
             for i in range(40)
         ],
     )
-    rollup = ViolationRollup()
     now_us = int(now * 1e6)
     with env.db.read() as conn:
-        rollup.refresh(conn)
         for kind, action, severity in (
             ("process", "failed", None),
             (None, "denied", None),
@@ -262,12 +288,12 @@ def test_kind_and_action_filters_read_only_matching_days_with_the_same_answer(
                     break
             cursor = None
             while True:
-                page = fetch_page(conn, flt, cursor, 3, rollup, now_us)
+                page = fetch_page(conn, flt, cursor, 3, now_us)
                 got += [e["id"] for e in page.items]
                 if not (cursor := page.next_cursor):
                     break
             assert got == expected, (kind, action, severity)
         nothing = queries.ViolationFilter(since_us=now_us - 30 * DAY_US, action="would_block")
-        assert rollup.days_with(None, "would_block", None, None, None) == []
-        assert rollup.days_with("process", "failed", "high", None, None) != []
-        assert fetch_page(conn, nothing, None, 50, rollup, now_us).items == []
+        assert rollup.days_with(conn, None, "would_block", None, None, None) == []
+        assert rollup.days_with(conn, "process", "failed", "high", None, None) != []
+        assert fetch_page(conn, nothing, None, 50, now_us).items == []

@@ -1,0 +1,82 @@
+"""Violation counts every replica agrees on: a table kept at ingest, in the events' transaction.
+
+Each stored violation adds one to its row of :data:`tables.violation_counts` (UTC day × kind ×
+action × severity × rule × host × user) by ``INSERT … ON CONFLICT DO UPDATE SET n = n +
+excluded.n`` in the same transaction as the event insert, on SQLite and PostgreSQL alike: a
+duplicate event id stores nothing and counts nothing, a rolled-back batch counts nothing, and
+concurrent writers on PostgreSQL each add under the row lock (keys are upserted in sorted order
+so two batches never wait on each other crosswise). A purge subtracts what it deleted in the
+same transaction as the delete. Migration 0007 fills the table from the events already stored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, select, update
+
+from proscribe.collector.storage.dialect import dialect_insert
+from proscribe.collector.storage.tables import violation_counts as vc
+
+DAY_US = 86_400 * 1_000_000
+KEY_CHARS = 128
+VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
+
+Key = tuple[int, str, str, str, str, str, str]
+
+
+def key_of(row: Mapping[str, Any]) -> Key | None:
+    """The counts row an event belongs to, or ``None`` when it is not a violation."""
+    if row["kind"] not in VIOLATION_KINDS:
+        return None
+    return (
+        int(row["time_us"]) // DAY_US,
+        str(row["kind"]),
+        str(row["action"]),
+        str(row["severity"]),
+        str(row.get("rule") or "")[:KEY_CHARS],
+        str(row.get("hostname") or "")[:KEY_CHARS],
+        str(row.get("username") or "")[:KEY_CHARS],
+    )
+
+
+def tally(rows: Iterable[Mapping[str, Any]]) -> Counter[Key]:
+    found: Counter[Key] = Counter()
+    for row in rows:
+        key = key_of(row)
+        if key is not None:
+            found[key] += 1
+    return found
+
+
+_COLUMNS = ("day", "kind", "action", "severity", "rule", "hostname", "username")
+
+
+def add(conn: Connection, counts: Counter[Key]) -> None:
+    """Add ``counts`` to the table (in the caller's transaction)."""
+    if not counts:
+        return
+    values = [
+        {**dict(zip(_COLUMNS, key, strict=True)), "n": n} for key, n in sorted(counts.items())
+    ]
+    stmt = dialect_insert(conn, vc)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(_COLUMNS), set_={"n": vc.c.n + stmt.excluded.n}
+    )
+    # One statement per key, in key order: a multi-row upsert's lock order is the planner's.
+    for value in values:
+        conn.execute(stmt, value)
+
+
+def subtract(conn: Connection, counts: Counter[Key]) -> None:
+    """Take ``counts`` off the table (a purge), dropping rows that reach zero."""
+    for key, n in sorted(counts.items()):
+        match = and_(*(vc.c[name] == value for name, value in zip(_COLUMNS, key, strict=True)))
+        conn.execute(update(vc).where(match).values(n=vc.c.n - n))
+        conn.execute(delete(vc).where(match, vc.c.n <= 0))
+
+
+def total(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.sum(vc.c.n), 0))).scalar_one())
