@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proscribe.collector.storage import Database, open_database, upgrade
+from proscribe.collector.storage import Database, counts, open_database, upgrade
 from proscribe.collector.storage.agents import enroll_agent
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import StoredPolicy, store_policy
@@ -345,6 +345,8 @@ def fill_events(
         raw.commit()
     finally:
         raw.close()
+    with db.write() as conn:  # rows written straight to the table: count them in one pass
+        counts.recount(conn)
 
 
 _ROW_COLUMNS = (
