@@ -21,7 +21,7 @@ from proscribe.collector.storage.dialect import dialect_insert
 from proscribe.collector.storage.tables import violation_counts as vc
 
 DAY_US = 86_400 * 1_000_000
-KEY_CHARS = 128
+KEY_CHARS = 128  # = the longest policy rule id (core/policy/_checks.py _ID): rules match exactly
 VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
 
 Key = tuple[int, str, str, str, str, str, str]

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from proscribe.collector.storage.tables import events, violation_counts
 from proscribe.collector.web import rollup
 from proscribe.collector.web.chart import nice_ceiling, violations_chart
 from proscribe.collector.web.pages import fetch_page
+from proscribe.collector.web.report import _conditions as report_conditions
+from proscribe.collector.web.report import _totals as report_totals
 from proscribe.collector.web.report import build_report, report_text
 from proscribe.collector.web.rollup import DAY_US
 from proscribe.core.policy.envelope import parse_envelope
@@ -229,6 +232,33 @@ def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: Dashb
     assert [r["status"] for r in reply.json()["results"]] == ["duplicate", "duplicate"]
     with env.db.read() as conn:
         assert table(conn) == truth(conn) and counts.total(conn) == 9
+    # Report totals: whole days from the counts, the partial days at the edges from the
+    # events; the same as grouping the events, for periods cut anywhere in a day.
+    now_us = int(env.clock.now * 1e6)
+    with env.db.read() as conn:
+        for since_us, until_us in (
+            (now_us - 45 * DAY_US - 3_600_000_000, now_us),
+            (now_us - 3 * DAY_US + 123, now_us - 2 * DAY_US + 456),
+            (now_us - 50 * DAY_US, now_us - 30 * DAY_US),
+            (today * DAY_US - 30 * DAY_US, (today + 1) * DAY_US),
+        ):
+            for rule_ids in (None, ("deepseek-web", "deepseek-desktop")):
+                by_action, by_rule = report_totals(conn, since_us, until_us, rule_ids)
+                where = report_conditions(since_us, until_us, rule_ids)
+                grouped = conn.execute(
+                    select(events.c.action, events.c.rule, func.count())
+                    .where(*where)
+                    .group_by(events.c.action, events.c.rule)
+                ).all()
+                assert +by_action == Counter(
+                    {a: sum(n for a2, _r, n in grouped if a2 == a) for a, _r, _n in grouped}
+                )
+                assert +by_rule == Counter(
+                    {
+                        (r or "")[: counts.KEY_CHARS]: sum(n for _a, r2, n in grouped if r2 == r)
+                        for _a, r, _n in grouped
+                    }
+                )
     # The purge takes off what it deletes, in its own transaction.
     cutoff = int((env.clock.now - 20 * 86400) * 1e6)
     with env.db.write() as conn:
