@@ -7,7 +7,7 @@ with ``requests`` and measures the overview and filtered violations pages end to
 (client-side wall clock, keep-alive connection, after warm-up).
 
 Peer measured in the same run: the overview's aggregations done the naive way (GROUP BY over
-the last 30 days in SQL on the same database), which is what the violation counts table (kept at ingest) replaces.
+the last 30 days in SQL on the same database), which the violation counts table replaces.
 
     .venv/bin/python -m bench.dashboard [--events 1000000] [--db /tmp/dash.db] [--requests 60]
 
