@@ -61,17 +61,14 @@ def add(conn: Connection, counts: Counter[Key]) -> None:
     values = [
         {**dict(zip(_COLUMNS, key, strict=True)), "n": n} for key, n in sorted(counts.items())
     ]
-    # One multi-row statement per chunk, rows in key order (PostgreSQL takes the row locks in
-    # VALUES order, so two batches never wait on each other crosswise); keys are unique here.
-    for start in range(0, len(values), _CHUNK):
-        stmt = dialect_insert(conn, vc).values(values[start : start + _CHUNK])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_COLUMNS), set_={"n": vc.c.n + stmt.excluded.n}
-        )
-        conn.execute(stmt)
-
-
-_CHUNK = 500  # 8 parameters a row: well under SQLite's 32,766
+    # One statement, executed for every row in key order (PostgreSQL takes the row locks in
+    # that order, so two batches never wait on each other crosswise). A fixed statement is
+    # compiled once and cached: a VALUES list of varying length would be compiled per batch.
+    stmt = dialect_insert(conn, vc)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(_COLUMNS), set_={"n": vc.c.n + stmt.excluded.n}
+    )
+    conn.execute(stmt, values)
 
 
 def subtract(conn: Connection, counts: Counter[Key]) -> None:
