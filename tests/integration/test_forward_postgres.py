@@ -39,7 +39,7 @@ def _row(n: int) -> dict[str, Any]:
         "agent_id": "a",
         "time_us": n,
         "received_us": n,
-        "hostname": "h",
+        "hostname": f"h{n}",  # one counts row each: concurrent writers of one row queue
         "username": None,
         "rule": "r",
         "kind": "process",
