@@ -448,8 +448,9 @@ def test_dig_at_50_per_second_is_attributed(net: Net, tmp_path: Path) -> None:
         dns = dns_status()
         if dns.get("attribution") == "ebpf":
             # the kernel's sender map (written before the query leaves): the target
-            assert attributed >= 99, (attributed, found.get(0))
-            assert dns.get("attributed_by_kernel", 0) >= 99, dns
+            by_name = {name: pid for pid, name in found.items()}
+            wrong = {n: (p, by_name.get(n)) for p, n in digs.items() if found.get(p) != n}
+            assert attributed >= 99, (attributed, wrong, dns)
         else:
             # /proc only (no eBPF here: the reason is in status): measured 100 of 100 in 5 of
             # 6 runs on the loaded 2-core VM; once 98 (docs/limitations.md)

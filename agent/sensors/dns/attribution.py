@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from proscribe.agent.sensors.enrich import Enricher, ProcessRef, process_ref
 from proscribe.agent.sensors.users import UserNames
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 if TYPE_CHECKING:
     from proscribe.agent.sensors.dns._sockdiag_linux import SockDiag
@@ -47,6 +48,10 @@ _YOUNG_SCANNED = 32  # at most this many young pids scanned per lookup (the newe
 class _Sender(Protocol):
     @property
     def pid(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def comm(self) -> str: ...
 
 
 class SenderLookup(Protocol):
@@ -213,8 +218,17 @@ class ProcessAttributor:
             if sender is not None:
                 self.kernel_hits += 1
                 process = self.describe(sender.pid)
-                if process is not None:
-                    return self._judge(sender.pid, process)
+                if process is None:
+                    # gone already (dig exits within a millisecond of an instant answer): what
+                    # the kernel recorded as it sent is still exact - pid, real uid, name
+                    facts = ProcessFacts(
+                        pid=sender.pid,
+                        name=sender.comm,
+                        uid=sender.uid,
+                        user=self._reader.users.name(sender.uid),
+                    )
+                    process = process_ref(facts)
+                return self._judge(sender.pid, process)
         key = (transport, client[0], client[1])
         cached = self._by_address.get(key)
         if cached is not None:

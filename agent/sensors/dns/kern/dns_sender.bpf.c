@@ -16,6 +16,13 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+/* The one kernel field read, relocated against the running kernel's BTF (CO-RE). */
+struct task_struct {
+	struct task_struct *group_leader;
+	char comm[16];
+} __attribute__((preserve_access_index));
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -50,6 +57,7 @@ struct {
 static __always_inline void remember(void *ctx, __u32 user_port)
 {
 	struct sender s = {};
+	struct task_struct *leader;
 	__u64 cookie;
 
 	if (user_port != bpf_htons(53))
@@ -58,7 +66,9 @@ static __always_inline void remember(void *ctx, __u32 user_port)
 	s.pid = bpf_get_current_pid_tgid() >> 32;
 	s.uid = (__u32)bpf_get_current_uid_gid();
 	s.ktime = bpf_ktime_get_ns();
-	bpf_get_current_comm(s.comm, sizeof(s.comm));
+	/* the process's name (its main thread's comm), not the sending thread's ("isc-net-0000") */
+	leader = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), group_leader);
+	BPF_CORE_READ_STR_INTO(&s.comm, leader, comm);
 	bpf_map_update_elem(&socks, &cookie, &s, BPF_ANY);
 }
 
