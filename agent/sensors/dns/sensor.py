@@ -69,6 +69,7 @@ class DnsSettings:
             upstreams=tuple(parse_host_port(u, "dns.upstreams") for u in dns_section.upstreams),
             interfaces=tuple(dns_section.interfaces),
             enforce=enforce,
+            kernel_attribution=dns_section.kernel_attribution,
         )
 
 
@@ -128,7 +129,7 @@ def build_dns_sensor(
 def open_sender_map(settings: DnsSettings) -> tuple[SenderMap | None, str | None]:
     """The kernel's sender map when it can run here, else ``None`` and why (one line)."""
     if not settings.kernel_attribution:
-        return None, "off in the configuration"
+        return None, "off in the configuration ([dns] kernel_attribution = false)"
     if settings.procfs != Path("/proc"):
         return None, "not with a substitute /proc"
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
