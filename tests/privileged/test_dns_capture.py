@@ -320,7 +320,7 @@ def test_dig_at_50_per_second_with_an_instant_resolver_is_attributed() -> None:
                     o.qname: o for o in sink.items if o.direction == "query" and o.dst_ip == INSTANT
                 }
 
-        wait_for(lambda: len(queries()) >= 100, 5, 0.05)
+        wait_for(lambda: len(queries()) >= 100, 20, 0.05)  # a loaded machine: wait, then judge
         seen = queries()
 
         def owner(name: str) -> dict[str, object]:
