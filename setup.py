@@ -45,6 +45,8 @@ setup(
         "proscribe.collector.web": ["templates/*.html", "static/*"],
         # the kernel exec guard's compiled BPF object (built by its build.sh, checked in CI)
         "proscribe.agent.enforce.bpf": ["*.bpf.o"],
+        # the DNS sender map's compiled BPF object (kern/build.sh, checked in CI)
+        "proscribe.agent.sensors.dns": ["kern/*.bpf.o"],
         **{f"proscribe.{part}": ["py.typed"] for part in ("core", "agent", "cli")},
     },
     include_package_data=False,

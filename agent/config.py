@@ -111,6 +111,8 @@ class DnsSection:
     # seconds the redirect outlives the agent (renewed every ttl/5): after a crash DNS flows
     # normally again within this time
     redirect_ttl: int = 15
+    # attribute queries from the kernel's sender map (eBPF cgroup programs; Linux, root) first
+    kernel_attribution: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
             "doh_resolvers",
             "block_encrypted",
             "redirect_ttl",
+            "kernel_attribution",
         ),
     )
     listen = r.string(d, "dns.proxy_listen", "127.0.0.1:53")
@@ -300,6 +303,7 @@ def parse_agent_config(data: bytes, path: Path) -> AgentConfig:
         doh_resolvers=r.string_list(d, "dns.doh_resolvers"),
         block_encrypted=r.boolean(d, "dns.block_encrypted", True),
         redirect_ttl=r.integer(d, "dns.redirect_ttl", 15, low=3, high=600),
+        kernel_attribution=r.boolean(d, "dns.kernel_attribution", True),
     )
     for address in dns.doh_resolvers:
         try:

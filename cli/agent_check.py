@@ -25,6 +25,7 @@ def check_agent_config(config: AgentConfig) -> str:
     """Raise the ConfigError ``agent run`` would raise; else one line saying what was checked."""
     from proscribe.agent.daemon import load_trust
     from proscribe.agent.reporter import check_collector_url
+    from proscribe.agent.reporter.identity import check_secret_file_private
 
     trust = load_trust(config)
     parts = [
@@ -54,6 +55,10 @@ def check_agent_config(config: AgentConfig) -> str:
                     f"{config.source}: collector.enroll_secret_file {secret} is empty "
                     "(fix: write the secret from 'proscribe collector enroll-secret create')"
                 )
+            try:
+                check_secret_file_private(secret)  # agent run refuses a secret others can read
+            except ConfigError as err:
+                raise ConfigError(f"{config.source}: {err}") from err
         parts.append(f"collector {collector.url}")
     parts.append(f"state dir {config.state_dir}")
     return f"ok: {config.source}: {', '.join(parts)}"

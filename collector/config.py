@@ -450,6 +450,7 @@ def _forward_settings(table: ForwardFile, source: str, base: Path) -> ForwardSet
         timeout=table.timeout,
         start=table.start,
         facility=table.facility,
+        lease=table.lease,
     )
 
 

@@ -12,8 +12,10 @@ block every event behind that one, so the reporter searches:
    in the second half, which is halved in turn; if it fails, the poison is in the first half.
    Every event stored on the way is acknowledged as usual;
 3. a single event that fails alone becomes a *suspect*. It is dead-lettered only on evidence
-   that the collector is otherwise healthy: some other events request succeeded during the
-   search. Without that yet, the next pending event is sent alone as a probe. When nothing
+   that the collector is otherwise healthy: another events request succeeded *after* the
+   suspect failed, and the suspect, sent alone once more after that success, fails again (a
+   collector that was failing for everything and has recovered takes it then). Until another
+   request succeeds, the next pending event is sent alone as a probe. When nothing
    else is pending there is nothing to prove with: the suspects are parked (left out of
    batches, retried alone every ``retry_interval`` seconds in case the fault was passing) and
    the reporter idles without backing off, so heartbeats go on; the next event to arrive is
@@ -77,7 +79,7 @@ class Isolation:
     active: bool = False
     window: int = 0  # how many events (after the suspects) the next batch holds
     remaining: int = 0  # the first `remaining` of them hold a poison event
-    healthy: bool = False  # an events request was stored during this search
+    confirm: bool = False  # a request was stored after the suspects failed: resend each alone
     suspects: dict[str, tuple[int, str]] = field(default_factory=dict)  # id -> (size, reason)
     _streak_key: tuple[str, int] | None = None
     _streak: int = 0
@@ -108,6 +110,12 @@ class Isolation:
             return spool.pending(limit=limit, max_bytes=max_bytes)
         held = sum(size for size, _ in self.suspects.values())
         rows = spool.pending(limit=self.window + len(self.suspects), max_bytes=max_bytes + held)
+        if self.confirm:  # the suspects' second chance, alone, after a success
+            again = [row for row in rows if row.id in self.suspects][:1]
+            if again:
+                return again
+            self.confirm = False  # no longer pending (acknowledged some other way)
+            self.suspects = {}
         batch = [row for row in rows if row.id not in self.suspects][: self.window]
         if batch or not self.parked or self.clock() < self._retry_at:
             return batch
@@ -122,8 +130,11 @@ class Isolation:
             self._streak_key = key
             if kind == "server" and self._streak < self.repeats:
                 return Step(retry_now=False)
-            self.active, self.healthy, self.suspects = True, False, {}
-        if batch[0].id in self.suspects:  # a parked suspect, retried: still failing
+            self.active, self.suspects, self.confirm = True, {}, False
+        if batch[0].id in self.suspects:
+            if self.confirm:  # failed alone again although another request was stored since
+                return self._dead_one(batch[0].id, reason)
+            # a parked suspect, retried: still failing
             return Step(retry_now=False, backoff=False, note=f"{reason}; still held back")
         if len(batch) > 1:
             self.remaining = len(batch)
@@ -131,9 +142,7 @@ class Isolation:
             return Step(retry_now=True, note=f"{reason}; trying the first {self.window}")
         self.suspects[batch[0].id] = (batch[0].size, reason)
         self.remaining = 0
-        if self.healthy:
-            return self._finish(f"{reason}; event {batch[0].id} fails alone")
-        if len(self.suspects) >= self.max_suspects:
+        if len(self.suspects) >= self.max_suspects:  # no success since they failed
             self.reset()
             return Step(retry_now=False, note=f"{reason} for every event alone: collector fault")
         self.window = 1  # probe: is it this event, or the collector?
@@ -145,28 +154,34 @@ class Isolation:
         self._streak_key, self._streak = None, 0
         if not self.active:
             return Step(retry_now=True)
-        self.healthy = True
         retried = [row.id for row in batch if row.id in self.suspects]
         for event_id in retried:  # a parked suspect went through: the fault had passed
             del self.suspects[event_id]
         self.remaining -= len(batch) - len(retried)
-        if self.suspects:  # something else was stored: the suspects are the poison
-            return self._finish("other events were stored meanwhile")
+        if self.suspects:  # something else was stored: each suspect gets one more try alone
+            self.confirm = True
+            return Step(retry_now=True, note="other events were stored meanwhile")
+        self.confirm = False
         if self.remaining <= 0:
             self.reset()
         else:
             self.window = max(1, self.remaining // 2)
         return Step(retry_now=True)
 
-    def _finish(self, note: str) -> Step:
+    def _dead_one(self, event_id: str, reason: str) -> Step:
+        first = self.suspects.pop(event_id)[1]
         dead = {
-            event_id: f"poison: {reason} when sent alone, while other events were stored"
-            for event_id, (_size, reason) in self.suspects.items()
+            event_id: f"poison: {first} when sent alone, and again after other events were stored"
         }
-        self.reset()
-        return Step(retry_now=True, dead=dead, note=note)
+        if not self.suspects:
+            self.confirm = False
+            if self.remaining <= 0:
+                self.reset()
+            else:
+                self.window = max(1, self.remaining // 2)
+        return Step(retry_now=True, dead=dead, note=f"{reason}; event {event_id} fails alone")
 
     def reset(self) -> None:
         """Abandon the search: nothing is dead-lettered, the suspects go back into batches."""
-        self.active, self.healthy, self.window, self.remaining = False, False, 0, 0
-        self.suspects = {}
+        self.active, self.window, self.remaining = False, 0, 0
+        self.suspects, self.confirm = {}, False

@@ -23,7 +23,7 @@ from typing import Any
 from proscribe.collector.forward.base import Destination, Refused, Unavailable, redact_url
 from proscribe.collector.forward.render import RenderError, parse_body
 from proscribe.collector.forward.settings import ForwardSettings
-from proscribe.collector.forward.store import LEASE_S, EventRow, ForwardStore
+from proscribe.collector.forward.store import EventRow, ForwardStore
 from proscribe.collector.storage import Database, to_us
 from proscribe.core.events import SEVERITIES
 
@@ -65,7 +65,7 @@ class Forwarder:
         wait: Callable[[float], Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = ForwardStore(db, settings.name, owner)
+        self.store = ForwardStore(db, settings.name, owner, settings.lease)
         self.clock = clock
         self.destination = destination or make_destination(settings)
         self._stop = threading.Event()
@@ -111,7 +111,7 @@ class Forwarder:
             self.store.ensure(now_us, self.settings.start)
             self._ready = True
         if not self.store.acquire(now_us):
-            return LEASE_S / 3
+            return self.settings.lease / 3
         cursor = self.store.cursor()
         # gaps settle in real time (transactions in flight end), whatever the app's clock
         batch = self.store.next_batch(cursor, self.settings.batch_size, time.monotonic())
@@ -144,7 +144,7 @@ class Forwarder:
             batch[-1].seq, sent=sent, skipped=skipped, dead=dead, now_us=to_us(self.clock())
         )
         if not moved:
-            return LEASE_S / 3
+            return self.settings.lease / 3
         return 0.0 if len(batch) == self.settings.batch_size else POLL_S
 
     def _deliver(

@@ -18,6 +18,8 @@ refused) and the checked settings a forwarder runs with.
     timeout    = 10                            # seconds per connection/request
     start      = "beginning"                   # a new forwarder: "beginning" | "now"
     facility   = 10                            # syslog facility (10: authpriv)
+    lease      = 30                            # seconds a replica that died keeps this
+                                               # destination before another replica takes over
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ForwardFile(BaseModel):
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     start: Literal["beginning", "now"] = "beginning"
     facility: Annotated[int, Field(ge=0, le=23)] = 10
+    lease: Annotated[float, Field(ge=2, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _rules(self) -> ForwardFile:
@@ -108,6 +111,7 @@ _FIXES = {
     "timeout": "seconds, more than 0",
     "start": '"beginning" (send every stored event) or "now"',
     "facility": "0 to 23 (10: authpriv, 13: log audit, 16-23: local0-local7)",
+    "lease": "seconds, 2 to 3600: how long a dead replica keeps the destination",
 }
 
 
@@ -132,6 +136,7 @@ class ForwardSettings:
     timeout: float = 10.0
     start: str = "beginning"
     facility: int = 10
+    lease: float = 30.0
 
     @property
     def min_rank(self) -> int:

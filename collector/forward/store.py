@@ -35,7 +35,7 @@ from proscribe.collector.storage.tables import events, forward_dead_letters, for
 
 log = logging.getLogger(__name__)
 
-LEASE_S = 30.0
+LEASE_S = 30.0  # the default of [[forward]] lease
 GAP_GRACE_S = 0.5  # a writer that took its seq has its transaction id well within this
 GAP_GIVE_UP_S = 600.0
 MAX_REASON = 1000
@@ -60,8 +60,9 @@ class _Gap:
 class ForwardStore:
     """The database side of one forwarder (``name``), as replica ``owner``."""
 
-    def __init__(self, db: Database, name: str, owner: str) -> None:
+    def __init__(self, db: Database, name: str, owner: str, lease_s: float = LEASE_S) -> None:
         self.db = db
+        self.lease_s = lease_s
         self.name = name
         self.owner = owner
         self._gap: _Gap | None = None
@@ -102,7 +103,7 @@ class ForwardStore:
         more than half its time yet is not written again (an idle round is then reads only)."""
         if now_us < self._renew_after_us:
             return True
-        until = now_us + int(LEASE_S * 1_000_000)
+        until = now_us + int(self.lease_s * 1_000_000)
         with self.db.write(durable=False) as conn:
             result = conn.execute(
                 update(forward_state)
@@ -117,7 +118,7 @@ class ForwardStore:
                 .values(lease_owner=self.owner, lease_until_us=until)
             )
             held = bool(result.rowcount)
-        self._renew_after_us = now_us + int(LEASE_S * 500_000) if held else 0
+        self._renew_after_us = now_us + int(self.lease_s * 500_000) if held else 0
         return held
 
     def release(self) -> None:

@@ -315,7 +315,14 @@ preflight() {  # preflight PYTHON; prints the refusal and returns 1
         --state-dir "$tmp/state")
   [ -n "$COLLECTOR_URL" ] && args+=(--collector-url "$COLLECTOR_URL")
   [ -n "$CA_FILE" ] && args+=(--ca-file "$(abs_path "$CA_FILE")")
-  [ -n "$SECRET_FILE" ] && args+=(--enroll-secret-file "$(abs_path "$SECRET_FILE")")
+  if [ -n "$SECRET_FILE" ]; then
+    # checked as it will be installed (a 0600 copy); unreadable: the agent's own line says so
+    if install -m 0600 "$SECRET_FILE" "$tmp/enroll.secret" 2>/dev/null; then
+      args+=(--enroll-secret-file "$tmp/enroll.secret")
+    else
+      args+=(--enroll-secret-file "$(abs_path "$SECRET_FILE")")
+    fi
+  fi
   for k in "${TRUSTED_KEYS[@]}"; do args+=(--trusted-key "$k"); trust+=(--trust "$k"); done
   if ! out=$("$py" "$COMMON_DIR/render_config.py" "${args[@]}" -o "$tmp/agent.toml" 2>&1) \
      || ! out=$("$py" -m proscribe.cli agent check --config "$tmp/agent.toml" 2>&1); then

@@ -1,6 +1,7 @@
 """The real ``proscribe collector serve`` killed with SIGKILL while it forwards a backlog to
 rsyslogd, then started again: every event arrives, and the only duplicates are of the batch
-that was in flight (same ids). The restarted process waits out the dead one's lease (30 s)."""
+that was in flight (same ids). The restarted process waits out the dead one's lease
+(``lease = 3`` seconds here; 30 by default)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from proscribe.collector.forward.store import LEASE_S
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.events import insert_events
 from proscribe.collector.storage.tables import forward_state
@@ -26,6 +26,7 @@ pytestmark = [
 ]
 N = 3000
 BATCH = 100
+LEASE_S = 3
 
 
 def test_sigkill_mid_backlog_loses_nothing(tmp_path: Path) -> None:
@@ -45,6 +46,7 @@ def test_sigkill_mid_backlog_loses_nothing(tmp_path: Path) -> None:
         table = (
             f'[[forward]]\nname = "siem"\nkind = "syslog"\n'
             f'url = "tcp://127.0.0.1:{receiver.port}"\nbatch_size = {BATCH}\nrate = 10.0\n'
+            f"lease = {LEASE_S}\n"
         )
         collector = CollectorProcess(tmp_path / "run", url, extra_toml=table)
         collector.start()
@@ -54,7 +56,7 @@ def test_sigkill_mid_backlog_loses_nothing(tmp_path: Path) -> None:
             at_kill = cursor()
             assert at_kill < N  # killed mid-backlog
             collector.start()
-            assert wait_for(lambda: cursor() >= N, timeout=LEASE_S + 90)
+            assert wait_for(lambda: cursor() >= N, timeout=LEASE_S + 60)
             assert wait_for(lambda: len(receiver.received()) >= N, timeout=30)
         finally:
             collector.stop()

@@ -67,6 +67,7 @@ def test_the_wheel_holds_the_runtime_packages_and_nothing_else(wheel: Path) -> N
         assert not [n for n in names if n.endswith(f"/{fixture}.py")], fixture
     assert "proscribe/collector/migrations/versions/0001_initial.py" in names
     assert "proscribe/agent/enforce/bpf/exec_guard.bpf.o" in names
+    assert "proscribe/agent/sensors/dns/kern/dns_sender.bpf.o" in names
     assert "proscribe/policies/us-navy-deepseek-2025.toml" in names
 
 

@@ -435,12 +435,27 @@ def test_dig_at_50_per_second_is_attributed(net: Net, tmp_path: Path) -> None:
                 if e.get("rule") == "deepseek-web"
             }
 
-        wait_for(lambda: len(by_pid()) >= 100, 10, 0.2)
+        # a loaded machine can take seconds to commit the last events: wait, then judge them
+        wait_for(lambda: len(by_pid()) >= 100, 30, 0.2)
         found = by_pid()
         attributed = sum(1 for pid, name in digs.items() if found.get(pid) == name)
-        # measured: 100 of 100 in 5 of 6 runs on the loaded 2-core VM; once 98 (one query
-        # named the wrong dig: docs/limitations.md). The target is 99.
-        assert attributed >= 98, (attributed, found.get(0))
+        status = tmp_path / "state" / "status.json"
+
+        def dns_status() -> dict[str, Any]:
+            sensors = (read_status(status) or {}).get("sensors") or {}
+            return dict(sensors.get("dns") or {})
+
+        wait_for(lambda: dns_status().get("attributed_by_kernel", 0) >= 99, 3, 0.2)
+        dns = dns_status()
+        if dns.get("attribution") == "ebpf":
+            # the kernel's sender map (written before the query leaves): the target
+            by_name = {name: pid for pid, name in found.items()}
+            wrong = {n: (p, by_name.get(n)) for p, n in digs.items() if found.get(p) != n}
+            assert attributed >= 99, (attributed, wrong, dns)
+        else:
+            # /proc only (no eBPF here: the reason is in status): measured 100 of 100 in 5 of
+            # 6 runs on the loaded 2-core VM; once 98 (docs/limitations.md)
+            assert attributed >= 98, (attributed, found.get(0), dns)
     finally:
         _stop(agent)
 

@@ -137,6 +137,20 @@ def test_check_refuses_with_the_agents_own_message(
     assert expected in text and "Traceback" not in text
 
 
+def test_check_refuses_a_secret_others_can_read_as_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "secret"
+    write_secret(secret, "s3cret\n")
+    secret.chmod(0o644)
+    extra = f'[collector]\nurl = "http://127.0.0.1:1"\nenroll_secret_file = "{secret}"\n'
+    code, text = check(tmp_path, capsys, extra)
+    assert code == 2 and len(text.splitlines()) == 1, text
+    assert "readable by group or others (mode 0644)" in text and f"chmod 600 {secret}" in text
+    secret.chmod(0o600)
+    assert check(tmp_path, capsys, extra)[0] == 0
+
+
 def test_check_refuses_an_empty_trust_list(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ from proscribe.agent.sensors.dns.attribution import (
     ProcessAttributor,
     SocketTable,
 )
+from proscribe.agent.sensors.dns.sender_map import Sender
 
 UDP_HEADER = (
     "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout"
@@ -143,3 +144,45 @@ def test_a_new_process_after_pid_wraparound_is_found_without_a_full_scan(
     udp.write_text(udp.read_text() + _line("0100007F:A001", "00000000:0000", 1000, 902))
     _add_process(proc, 9, "dig", 902)
     assert (attributor.attribute("udp", ("127.0.0.1", 0xA001)).process or {}).get("pid") == 9
+
+
+class _KernelRecord:
+    """Stands in for the kernel's sender map (tests/privileged/test_dns_sender_map.py loads
+    the real one): (transport, ip, port) -> what the BPF program recorded."""
+
+    def __init__(self, entries: dict[tuple[str, str, int], Sender]) -> None:
+        self.entries = entries
+        self.closed = False
+
+    def lookup(self, transport: str, ip: str, port: int) -> Sender | None:
+        return self.entries.get((transport, ip, port))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_kernel_record_comes_first_and_outlives_its_process() -> None:
+    gone = 2**22 + 17  # above pid_max's default: no such process
+    kernel = _KernelRecord(
+        {
+            ("udp", "127.0.0.1", 40001): Sender(os.getpid(), os.getuid(), "python3"),
+            ("udp", "127.0.0.1", 40002): Sender(gone, 0, "dig"),
+        }
+    )
+    attributor = ProcessAttributor(senders=kernel)
+    assert attributor.source == "ebpf"
+    live = attributor.attribute("udp", ("127.0.0.1", 40001))
+    assert live.process is not None and live.process["pid"] == os.getpid()
+    exited = attributor.attribute("udp", ("127.0.0.1", 40002))
+    assert exited.process is not None
+    process = exited.process
+    assert (process["pid"], process["name"], process["uid"]) == (gone, "dig", 0)
+    assert attributor.kernel_hits == 2
+    # not in the map: the /proc lookup answers (no such socket here)
+    missing = attributor.attribute("udp", ("127.0.0.1", 40003))
+    assert missing.process is None and attributor.kernel_hits == 2
+    # the agent's own forwarded queries stay "forwarded", whichever source named them
+    attributor.add_forwarder_pid(os.getpid())
+    assert attributor.attribute("udp", ("127.0.0.1", 40001)).forwarded
+    attributor.close()
+    assert kernel.closed and attributor.source == "proc"

@@ -11,6 +11,7 @@ from proscribe.agent.sensors.dns import (
     DnsSensorUnavailable,
     DnsSettings,
     build_dns_sensor,
+    open_sender_map,
     parse_host_port,
     system_upstreams,
 )
@@ -51,6 +52,7 @@ class Section:
     proxy_listen: str = "127.0.0.1:5353"
     upstreams: tuple[str, ...] = ("10.0.0.2",)
     interfaces: tuple[str, ...] = ("eth0",)
+    kernel_attribution: bool = False
 
 
 def test_from_config() -> None:
@@ -58,6 +60,15 @@ def test_from_config() -> None:
     assert settings.proxy_listen == ("127.0.0.1", 5353)
     assert settings.upstreams == (("10.0.0.2", 53),)
     assert settings.interfaces == ("eth0",) and not settings.enforce
+    assert not settings.kernel_attribution
+
+
+def test_kernel_attribution_off_or_impossible_says_why(tmp_path: Path) -> None:
+    """The /proc lookup alone, with the reason status shows; the sender map is not loaded."""
+    off = open_sender_map(DnsSettings(kernel_attribution=False))
+    assert off == (None, "off in the configuration ([dns] kernel_attribution = false)")
+    fake_proc = open_sender_map(DnsSettings(procfs=tmp_path))
+    assert fake_proc == (None, "not with a substitute /proc")
 
 
 def test_proxy_without_any_upstream_is_one_clear_line(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def _load(*tables: dict[str, Any], base: Path | None = None) -> Any:
         ({**SYSLOG, "url": "tcp://h"}, r"url: must be tcp://HOST:PORT"),
         ({**SYSLOG, "format": "slack"}, r"format: 'slack' is not a format of kind 'syslog'"),
         ({**SYSLOG, "batch_size": 0}, r"batch_size = 0: .*fix: 1 to 500"),
+        ({**SYSLOG, "lease": 1.0}, r"lease = 1.0: .*fix: seconds, 2 to 3600"),
         ({**SYSLOG, "batch_size": "10"}, r"batch_size = '10': input should be a valid integer"),
         ({**SYSLOG, "name": "Bad Name"}, r"#1 \('Bad Name'\) name = 'Bad Name'"),
         ({"kind": "syslog", "url": "tcp://h:1"}, r"#1: name is missing \(fix: lower-case"),
@@ -108,4 +109,5 @@ def test_from_toml_file_with_defaults(tmp_path: Path) -> None:
         ("chat", "webhook", "slack"),
     ]
     assert forwards[0].batch_size == 100 and forwards[0].start == "beginning"
+    assert forwards[0].lease == 30.0
     assert forwards[1].min_rank == 2

@@ -1,9 +1,11 @@
 """A small, generic binding of Debian's ``libbpf.so.1`` through ctypes.
 
 Enough to load a compiled BPF object from memory, reach its maps by name, attach its programs
-where their section names say (``raw_tracepoint/…``, ``kprobe/…``, ``tracepoint/…``) and read a
+where their section names say (``raw_tracepoint/…``, ``kprobe/…``, ``tracepoint/…``) or to
+a cgroup (``cgroup/…``, ``cgroup_skb/…``) and read a
 ring buffer. Nothing here knows what the programs do: the exec guard
-(:mod:`proscribe.agent.enforce.bpf.guard`) and, later, other kernel parts build on it.
+(:mod:`proscribe.agent.enforce.bpf.guard`) and the DNS sender map
+(:mod:`proscribe.agent.sensors.dns.sender_map`) build on it.
 
 Every failure is a :class:`BpfUnavailable` carrying one line saying what failed and why
 (``errno`` text), so a caller can fall back and show the reason in ``agent status``.
@@ -57,6 +59,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
         "bpf_map__fd": (c_int, [vp]),
         "bpf_program__attach": (vp, [vp]),
+        "bpf_program__attach_cgroup": (vp, [vp, c_int]),
         "bpf_link__destroy": (c_int, [vp]),
         "bpf_map_update_elem": (c_int, [c_int, vp, vp, ctypes.c_uint64]),
         "bpf_map_lookup_elem": (c_int, [c_int, vp, vp]),
@@ -213,6 +216,18 @@ class BpfObject:
         link = self.lib.bpf_program__attach(ptr)
         if not link:
             raise BpfUnavailable(f"{self.name}: cannot attach {program}: {_why(0)}")
+        self._links.append(link)
+
+    def attach_cgroup(self, program: str, cgroup_fd: int) -> None:
+        """Attach a ``cgroup/…`` or ``cgroup_skb/…`` program to the cgroup v2 directory open
+        as ``cgroup_fd`` (a link: detached by :meth:`close` or when this process exits)."""
+        ptr = self.lib.bpf_object__find_program_by_name(self._obj, program.encode())
+        if not ptr:
+            raise BpfUnavailable(f"{self.name}: no program named {program!r}")
+        ctypes.set_errno(0)
+        link = self.lib.bpf_program__attach_cgroup(ptr, cgroup_fd)
+        if not link:
+            raise BpfUnavailable(f"{self.name}: cannot attach {program} to the cgroup: {_why(0)}")
         self._links.append(link)
 
     def ring_buffer(self, map_name: str, on_record: Callable[[bytes], None]) -> RingBuffer:

@@ -18,6 +18,7 @@ from proscribe.agent.sensors.dns.sensor import (
     DnsSensorUnavailable,
     DnsSettings,
     build_dns_sensor,
+    open_sender_map,
     parse_host_port,
     system_upstreams,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ProcessRef",
     "blocked_response",
     "build_dns_sensor",
+    "open_sender_map",
     "parse_host_port",
     "parse_message",
     "system_upstreams",

@@ -23,10 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proscribe.agent.sensors.enrich import Enricher, ProcessRef, process_ref
 from proscribe.agent.sensors.users import UserNames
+from proscribe.core.policy.matchers.process import ProcessFacts
 
 if TYPE_CHECKING:
     from proscribe.agent.sensors.dns._sockdiag_linux import SockDiag
@@ -42,6 +43,23 @@ REASON_FORWARDED = "forwarded by a local stub resolver; the application's query 
 _MAX_CACHE = 65536
 _RECENT_OWNERS = 16
 _YOUNG_SCANNED = 32  # at most this many young pids scanned per lookup (the newest)
+
+
+class _Sender(Protocol):
+    @property
+    def pid(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def comm(self) -> str: ...
+
+
+class SenderLookup(Protocol):
+    """What the attributor asks first (:class:`~.sender_map.SenderMap`)."""
+
+    def lookup(self, transport: str, ip: str, port: int) -> _Sender | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +155,13 @@ class ProcessAttributor:
         use_sock_diag: bool | None = None,
         full_scan_interval: float = 0.25,
         users: UserNames | None = None,
+        senders: SenderLookup | None = None,
     ) -> None:
         self._procfs = procfs
+        # The kernel's record of each query's sender (sender_map.SenderMap), asked first.
+        self._senders = senders
+        self.kernel_hits = 0
+        self.kernel_error: str | None = None  # why the sender map is not used
         self._reader = Enricher(procfs, users=users)
         self._proc = str(procfs)  # string joins: pathlib costs microseconds per lookup
         self._sockets = SocketTable(procfs)
@@ -162,7 +185,16 @@ class ProcessAttributor:
         self._processes: dict[int, tuple[float, ProcessRef]] = {}
         self.scans = 0
 
+    @property
+    def source(self) -> str:
+        """Which attribution is active: "ebpf" (the kernel's sender map, /proc as fallback)
+        or "proc" (socket tables and /proc only)."""
+        return "ebpf" if self._senders is not None else "proc"
+
     def close(self) -> None:
+        if self._senders is not None:
+            self._senders.close()
+            self._senders = None
         if self._diag is not None:
             self._diag.close()
             self._diag = None
@@ -181,6 +213,22 @@ class ProcessAttributor:
         names that socket inode, the inode still owns the address (a socket never changes
         its port), so the answer is exact without asking the kernel again.
         """
+        if self._senders is not None:
+            sender = self._senders.lookup(transport, client[0], client[1])
+            if sender is not None:
+                self.kernel_hits += 1
+                process = self.describe(sender.pid)
+                if process is None:
+                    # gone already (dig exits within a millisecond of an instant answer): what
+                    # the kernel recorded as it sent is still exact - pid, real uid, name
+                    facts = ProcessFacts(
+                        pid=sender.pid,
+                        name=sender.comm,
+                        uid=sender.uid,
+                        user=self._reader.users.name(sender.uid),
+                    )
+                    process = process_ref(facts)
+                return self._judge(sender.pid, process)
         key = (transport, client[0], client[1])
         cached = self._by_address.get(key)
         if cached is not None:
@@ -220,6 +268,9 @@ class ProcessAttributor:
         process = self.describe(pid)
         if process is None:
             return Attribution(None, REASON_NO_OWNER)
+        return self._judge(pid, process)
+
+    def _judge(self, pid: int, process: ProcessRef) -> Attribution:
         if pid in self._forwarder_pids or process.get("name") in self._stub_names:
             return Attribution(None, REASON_FORWARDED, forwarded=True)
         return Attribution(process)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from proscribe.agent.sensors.dns.attribution import ProcessAttributor
 from proscribe.agent.sensors.dns.capture import DnsCapture
 from proscribe.agent.sensors.dns.observation import Decide, DnsObservation, ObservationSink
 from proscribe.agent.sensors.dns.proxy import DnsProxy
+from proscribe.agent.sensors.dns.sender_map import BpfUnavailable, SenderMap
 from proscribe.agent.sensors.users import UserNames
 from proscribe.core.errors import ConfigError
 
@@ -55,6 +57,8 @@ class DnsSettings:
     resolv_conf: Path = Path("/etc/resolv.conf")
     # SO_MARK for the proxy's upstream sockets (auto mode: the redirect lets them through)
     mark: int | None = None
+    # attribute from the kernel's sender map (eBPF, root, real /proc); /proc stays the fallback
+    kernel_attribution: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,6 +69,7 @@ class DnsSettings:
             upstreams=tuple(parse_host_port(u, "dns.upstreams") for u in dns_section.upstreams),
             interfaces=tuple(dns_section.interfaces),
             enforce=enforce,
+            kernel_attribution=dns_section.kernel_attribution,
         )
 
 
@@ -109,14 +114,31 @@ def build_dns_sensor(
     """
     owned = attributor is None
     if attributor is None:
-        attributor = ProcessAttributor(settings.procfs, users=users)
+        senders, why = open_sender_map(settings)
+        attributor = ProcessAttributor(settings.procfs, users=users, senders=senders)
+        attributor.kernel_error = why
     try:
         inner = _build(mode, settings, on_observation, decide, attribute_if, attributor)
     except BaseException:
         if owned:
             attributor.close()
         raise
-    return _ManagedSensor(inner, mode, attributor if owned else None)
+    return _ManagedSensor(inner, mode, attributor, owned=owned)
+
+
+def open_sender_map(settings: DnsSettings) -> tuple[SenderMap | None, str | None]:
+    """The kernel's sender map when it can run here, else ``None`` and why (one line)."""
+    if not settings.kernel_attribution:
+        return None, "off in the configuration ([dns] kernel_attribution = false)"
+    if settings.procfs != Path("/proc"):
+        return None, "not with a substitute /proc"
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return None, "needs root on Linux"
+    try:
+        return SenderMap(), None
+    except BpfUnavailable as err:
+        log.info("DNS attribution from /proc only: %s", err)
+        return None, str(err)
 
 
 def _build(
@@ -163,7 +185,6 @@ def _build(
                 f"[dns] upstreams: none given and no usable nameserver in {settings.resolv_conf}; "
                 'list the real resolvers, e.g. upstreams = ["9.9.9.9:53"]'
             )
-        import os
 
         attributor.add_forwarder_pid(os.getpid())
         return DnsProxy(
@@ -278,11 +299,14 @@ class _ManagedSensor:
         self,
         inner: DnsCapture | DnsProxy | AutoSensor,
         mode: str,
-        attributor: ProcessAttributor | None,
+        attributor: ProcessAttributor,
+        *,
+        owned: bool,
     ) -> None:
         self.inner = inner
         self.mode = mode
         self._attributor = attributor
+        self._owned = owned
 
     def start(self) -> None:
         try:
@@ -299,11 +323,16 @@ class _ManagedSensor:
 
     def stop(self, timeout: float = 2.0) -> None:
         self.inner.stop(timeout)
-        if self._attributor is not None:
+        if self._owned:
             self._attributor.close()
 
     def stats(self) -> dict[str, Any]:
-        return self.inner.stats()
+        stats = dict(self.inner.stats())
+        stats["attribution"] = self._attributor.source
+        if self._attributor.kernel_error is not None:
+            stats["attribution_fallback_reason"] = self._attributor.kernel_error
+        stats["attributed_by_kernel"] = self._attributor.kernel_hits
+        return stats
 
     @property
     def ipv6(self) -> bool:
