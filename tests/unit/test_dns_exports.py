@@ -22,6 +22,7 @@ EXPECTED = {
     "ProcessRef",
     "blocked_response",
     "build_dns_sensor",
+    "open_sender_map",
     "parse_host_port",
     "parse_message",
     "system_upstreams",
