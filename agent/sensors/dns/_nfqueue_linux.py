@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["NF_ACCEPT", "NF_DROP", "NF_REPEAT", "NfLog", "NfQueue", "QueuedPacket"]
@@ -61,6 +62,24 @@ def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
         found[kind & 0x7FFF] = data[offset + _NLATTR.size : offset + length]
         offset += (length + 3) & ~3
     return found
+
+
+def _nfnl_messages(data: bytes, wanted: int) -> Iterator[tuple[int, dict[int, bytes]]]:
+    """``(family, attributes)`` of each netfilter netlink message of type ``wanted`` in one
+    receive; a truncated header ends the walk."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            return
+        if kind == wanted:
+            family = data[offset + _NLMSGHDR.size]
+            yield family, _attrs(data[: offset + length], offset + _NLMSGHDR.size + _NFGENMSG.size)
+        offset += (length + 3) & ~3
+
+
+def _uid(raw: bytes | None) -> int | None:
+    return struct.unpack("!I", raw)[0] if raw and len(raw) == 4 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,26 +152,17 @@ class NfQueue:
         except TimeoutError:
             return []
         packets: list[QueuedPacket] = []
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                break
-            if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-                family = data[offset + _NLMSGHDR.size]
-                attrs = _attrs(data[: offset + length], offset + _NLMSGHDR.size + _NFGENMSG.size)
-                header = attrs.get(NFQA_PACKET_HDR)
-                if header is not None and len(header) >= 4:
-                    uid = attrs.get(NFQA_UID)
-                    packets.append(
-                        QueuedPacket(
-                            struct.unpack_from("!I", header)[0],
-                            family,
-                            attrs.get(NFQA_PAYLOAD, b""),
-                            struct.unpack("!I", uid)[0] if uid and len(uid) == 4 else None,
-                        )
+        for family, attrs in _nfnl_messages(data, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET):
+            header = attrs.get(NFQA_PACKET_HDR)
+            if header is not None and len(header) >= 4:
+                packets.append(
+                    QueuedPacket(
+                        struct.unpack_from("!I", header)[0],
+                        family,
+                        attrs.get(NFQA_PAYLOAD, b""),
+                        _uid(attrs.get(NFQA_UID)),
                     )
-            offset += (length + 3) & ~3
+                )
         return packets
 
     def verdict(self, packet_id: int, verdict: int, mark: int | None = None) -> None:
@@ -219,24 +229,10 @@ class NfLog(NfQueue):
         except TimeoutError:
             return []
         packets: list[QueuedPacket] = []
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                break
-            if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-                family = data[offset + _NLMSGHDR.size]
-                attrs = _attrs(data[: offset + length], offset + _NLMSGHDR.size + _NFGENMSG.size)
-                uid = attrs.get(NFULA_UID)
-                packets.append(
-                    QueuedPacket(
-                        -1,
-                        family,
-                        attrs.get(NFULA_PAYLOAD, b""),
-                        struct.unpack("!I", uid)[0] if uid and len(uid) == 4 else None,
-                    )
-                )
-            offset += (length + 3) & ~3
+        for family, attrs in _nfnl_messages(data, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET):
+            packets.append(
+                QueuedPacket(-1, family, attrs.get(NFULA_PAYLOAD, b""), _uid(attrs.get(NFULA_UID)))
+            )
         return packets
 
     def verdict(self, packet_id: int, verdict: int, mark: int | None = None) -> None:
