@@ -358,8 +358,9 @@ class ProcessSensor:
             # Known digests are used at once; a file never hashed goes to the hasher, and the
             # process is judged now by everything else (names, paths, command line): name and
             # path enforcement never waits behind a large file being read.
-            digest, size = self.enricher.hashes.cached(self._exe_path(facts))
-            if digest is not None:
+            path = self._exe_path(facts)
+            digest, size = self.enricher.hashes.cached(path) if path else (None, -1)
+            if digest is not None and path is not None and self._same_image(facts, path, digest):
                 facts = replace(facts, sha256=digest)
             elif size >= 0 and sighting.source != "hash":
                 self._queue_hash(sighting, facts, size)
@@ -407,22 +408,44 @@ class ProcessSensor:
                 self._hash_bytes -= size
             _close(job.pidfd)
 
-    def _exe_path(self, facts: ProcessFacts) -> Path:
+    def _exe_path(self, facts: ProcessFacts) -> Path | None:
         """What to hash: /proc/PID/exe (a deleted or renamed file still reads), or FILE for a
-        program run through the dynamic loader (the exe is the loader's)."""
+        program run through the dynamic loader (the exe is the loader's). None when the process
+        now runs another image than the one ``facts`` were read from: it exec'd since (a fork
+        sighting read just before the exec, say), and the new image's digest must not be joined
+        to the old image's facts; that exec is judged on its own sighting."""
         assert self.enricher is not None
         link = self.enricher.procfs / str(facts.pid) / "exe"
         try:
             target = os.readlink(link)
         except OSError:
-            return link
-        return Path(facts.exe) if is_loader(target) and facts.exe != target else link
+            return link  # gone: nothing reads through it
+        if is_loader(target) and facts.exe != target:
+            return Path(facts.exe)
+        return link if target == facts.exe else None
+
+    def _same_image(self, facts: ProcessFacts, path: Path, digest: str) -> bool:
+        """After reading ``digest`` through ``path``: the process had not exec'd another file
+        meanwhile. Once it is gone, the file at its path must be the one read."""
+        assert self.enricher is not None
+        if path != self.enricher.procfs / str(facts.pid) / "exe":
+            return True  # FILE of a loader run: read by its path, not through the process
+        try:
+            return os.readlink(path) == facts.exe
+        except OSError:
+            return self.enricher.hashes.cached(Path(facts.exe))[0] == digest
 
     def _hash(self, facts: ProcessFacts) -> str | None:
-        """The executable's hash, read through /proc/PID/exe while it is still the same process."""
+        """The executable's hash, read through /proc/PID/exe while it is still the same process
+        running the same image."""
         assert self.enricher is not None
-        digest = self.enricher.hashes.digest(self._exe_path(facts))
-        if digest is not None and self.enricher.start_time_of(facts.pid) != facts.start_time:
+        path = self._exe_path(facts)
+        if path is None:
+            return None
+        digest = self.enricher.hashes.digest(path)
+        if digest is None or not self._same_image(facts, path, digest):
+            return None
+        if self.enricher.start_time_of(facts.pid) != facts.start_time:
             return None  # the pid was reused while hashing: not this process's file
         return digest
 

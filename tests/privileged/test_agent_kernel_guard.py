@@ -192,7 +192,8 @@ def test_a_hash_match_is_taught_to_the_kernel(env: Env, procs: Procs) -> None:
     second = procs.start([str(env.hashed), "30"])
     assert second.wait(10) == -signal.SIGKILL
     events = _events(env, second.pid, settle=0.2)
-    assert len(events) == 1 and "killed in the kernel" in events[0]["detail"], events
+    told = [(e["action"], e["detail"], e["process"]) for e in events]  # the whole of each
+    assert len(events) == 1 and "killed in the kernel" in events[0]["detail"], told
 
 
 def test_an_exemption_by_user_is_left_to_the_sensor(env: Env, procs: Procs) -> None:

@@ -14,6 +14,7 @@ from proscribe.agent.sensors.enrich import (
     process_ref,
     read_ids,
 )
+from proscribe.agent.sensors.process import ProcessSensor, Sighting
 from proscribe.collector.api.schema import EventIn
 from proscribe.core.events import MAX_CMDLINE_ITEMS, MAX_STRING, new_event
 from proscribe.core.policy.matchers.process import ProcessFacts
@@ -109,3 +110,42 @@ def test_process_ref_is_clipped_to_the_wire_limits() -> None:
     facts = ProcessFacts(pid=1, name="n", exe="/x", cmdline=tuple(["a" * 5000] * 300), user="u")
     ref = process_ref(facts)
     assert len(ref["cmdline"]) == MAX_CMDLINE_ITEMS and len(ref["cmdline"][0]) == MAX_STRING
+
+
+def _sensor_seeing(
+    tmp_path: Path, exe_now: Path, facts_exe: Path
+) -> tuple[list[ProcessFacts], ProcessSensor, Sighting]:
+    """A sensor over a fabricated /proc whose process now runs ``exe_now``, handed facts read
+    while it ran ``facts_exe`` (a fork sighting read just before the child's exec)."""
+    root = tmp_path / "proc"
+    fake_proc(root, 4242, exe=exe_now, cmdline=b"x\0")
+    enricher = Enricher(root)
+    assert enricher.hashes.digest(exe_now) is not None  # the new image's digest is known
+    seen: list[ProcessFacts] = []
+    sensor = ProcessSensor(
+        "off",
+        lambda facts, sighting: seen.append(facts),
+        procfs=root,
+        enricher=enricher,
+        want_sha256=lambda: True,
+    )
+    facts = ProcessFacts(
+        pid=4242, name="x", exe=str(facts_exe), start_time=enricher.start_time_of(4242)
+    )
+    return seen, sensor, Sighting(4242, "fork", 0.0, facts)
+
+
+def test_a_digest_is_joined_only_to_facts_of_the_image_it_was_read_from(tmp_path: Path) -> None:
+    """The image changed between reading facts and reading the digest: the digest of the new
+    file must not be joined to the old facts (the new exec is judged on its own sighting)."""
+    denied, launcher = tmp_path / "denied-bin", tmp_path / "python3"
+    denied.write_bytes(b"\x7fELF denied")
+    launcher.write_bytes(b"\x7fELF launcher")
+    seen, sensor, sighting = _sensor_seeing(tmp_path, exe_now=denied, facts_exe=launcher)
+    sensor._check(sighting)
+    assert [f.sha256 for f in seen] == [None]
+    assert sensor._hash(sighting.facts) is None  # type: ignore[arg-type]
+
+    same, sensor, sighting = _sensor_seeing(tmp_path / "b", exe_now=denied, facts_exe=denied)
+    sensor._check(sighting)
+    assert [f.sha256 for f in same] == [hashlib.sha256(denied.read_bytes()).hexdigest()]
