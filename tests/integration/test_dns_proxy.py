@@ -65,14 +65,16 @@ def upstream() -> Iterator[tuple[str, int]]:
             "--cname=alias.example,target.example",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
-        assert wait_for(lambda: answers("127.0.0.1", port), 5), "dnsmasq did not start"
+        if not wait_for(lambda: answers("127.0.0.1", port), 5):
+            proc.kill()
+            pytest.fail(f"dnsmasq did not start on port {port}: {proc.communicate()[1]!r}")
         yield ("127.0.0.1", port)
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
 
 
 class Recorder:

@@ -18,7 +18,18 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port on ``host`` that nothing is bound to at the moment (for DNS servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port on ``host`` free for UDP and for TCP at the moment: DNS servers (dnsmasq, unbound)
+    listen on both and refuse to start when the TCP side is taken (a UDP-only check let a busy
+    machine's outgoing connection hold the TCP port now and then)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _attempt in range(50):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError(f"no port on {host} free for both UDP and TCP after 50 tries")
