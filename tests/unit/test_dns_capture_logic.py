@@ -58,6 +58,23 @@ def test_app_query_to_stub_and_the_stubs_forward(
     assert sensor.stats()["forwarded"] == 1 and sensor.stats()["attributed"] == 1
 
 
+def test_a_stubs_forward_to_a_second_loopback_resolver_but_not_a_retry_to_the_same(
+    capture: tuple[DnsCapture, list[DnsObservation]],
+) -> None:
+    """resolved (127.0.0.53) forwarding to a local dnsmasq (127.0.0.1) whose socket is gone
+    is a forward; the same question asked of the same stub again is an application's."""
+    sensor, seen = capture
+    app = udp4(("127.0.0.1", 40000), ("127.0.0.53", 53), QUERY)
+    forward = udp4(("127.0.0.1", 50000), ("127.0.0.1", 53), QUERY)
+    retry = udp4(("127.0.0.1", 50001), ("127.0.0.53", 53), QUERY)
+    for packet in (app, forward, retry):
+        sensor.handle_packet(packet, ("lo", IP, 0, 772, b""))
+    sensor.stop()
+    assert seen[0].process is not None
+    assert seen[1].forwarded and seen[1].attribution_reason == REASON_STUB_FORWARD
+    assert not seen[2].forwarded and seen[2].process is None
+
+
 def test_unrelated_unattributable_query_is_not_called_forwarded(
     capture: tuple[DnsCapture, list[DnsObservation]],
 ) -> None:

@@ -86,7 +86,8 @@ class DnsCapture:
         # (transport, client, msg id) -> the query's attribution, reused for its response,
         # whose client socket may already be closed by the time it is read.
         self._recent: dict[tuple[str, tuple[str, int], int], Attribution] = {}
-        self._stub_questions: dict[tuple[str, str], float] = {}  # (qname, qtype) -> time
+        # (qname, qtype) -> (time, the loopback resolver it was asked of)
+        self._stub_questions: dict[tuple[str, str], tuple[float, str]] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -241,12 +242,20 @@ class DnsCapture:
 
     def _attribute(self, observation: DnsObservation) -> None:
         """Fill in who sent it (in place: the observation is not handed out yet)."""
-        if observation.direction == "query" and is_loopback(observation.dst_ip):
+        stub_forward = self._is_stub_forward(observation)  # before this query is remembered
+        if (
+            observation.direction == "query"
+            and is_loopback(observation.dst_ip)
+            and not stub_forward  # a forward keeps the question filed under the first stub
+        ):
             # An application's query to a local stub: remember it, so that the stub's forward
             # of the same question can be recognized even if the stub's socket is gone.
             if len(self._stub_questions) >= _RECENT_QUERIES:
                 self._stub_questions.clear()
-            self._stub_questions[(observation.qname, observation.qtype)] = observation.time
+            self._stub_questions[(observation.qname, observation.qtype)] = (
+                observation.time,
+                observation.dst_ip,
+            )
         if self._attributor is None:
             observation.set_attribution(None, "attribution disabled")
             return
@@ -263,7 +272,7 @@ class DnsCapture:
                 else (observation.src_ip, observation.src_port)
             )
             found = self._attributor.attribute(observation.transport, observation.client, server)
-            if found.process is None and not found.forwarded and self._is_stub_forward(observation):
+            if found.process is None and not found.forwarded and stub_forward:
                 found = Attribution(None, REASON_STUB_FORWARD, forwarded=True)
             if is_query:
                 if len(self._recent) >= _RECENT_QUERIES:
@@ -278,9 +287,16 @@ class DnsCapture:
         observation.set_attribution(found.process, found.reason, forwarded=found.forwarded)
 
     def _is_stub_forward(self, observation: DnsObservation) -> bool:
-        """A query to a non-loopback server repeating a question an application just asked a
-        loopback stub resolver (within ``STUB_FORWARD_WINDOW`` seconds)."""
-        if observation.direction != "query" or is_loopback(observation.dst_ip):
+        """A query repeating a question an application just asked a loopback stub resolver
+        (within ``STUB_FORWARD_WINDOW`` seconds), sent to another server than that stub: the
+        stub's forward, to an upstream anywhere, a second loopback resolver included (resolved
+        forwarding to a local dnsmasq, say). Consulted only when the sender was not found."""
+        if observation.direction != "query":
             return False
         asked = self._stub_questions.get((observation.qname, observation.qtype))
-        return asked is not None and 0 <= observation.time - asked <= STUB_FORWARD_WINDOW
+        if asked is None:
+            return False
+        when, stub = asked
+        if stub == observation.dst_ip:
+            return False  # the same stub asked again: an application's retry, not a forward
+        return 0 <= observation.time - when <= STUB_FORWARD_WINDOW
