@@ -93,6 +93,86 @@ class _Pending:
 
 def blocked_response(query: bytes, rule_id: str | None, ttl: int = BLOCKED_TTL) -> bytes:
     """NXDOMAIN for ``query`` with a negative-TTL SOA and, under EDNS, EDE 15 naming the rule."""
+    fast = _blocked_response_fast(query, rule_id, ttl)
+    if fast is not None:
+        return fast
+    return _blocked_response_dnspython(query, rule_id, ttl)
+
+
+_SOA_NAMES = b"\x09proscribe\x07invalid\x00\x0ahostmaster\x09proscribe\x07invalid\x00"
+_SOA_TIMERS = struct.Struct("!IIIII")
+_RR_HEAD = struct.Struct("!HHIH")  # type, class, ttl, rdlength (after the owner name)
+_OPT_TYPE = 41
+_OPT_PADDING = 12
+_EDE_OPTION = 15
+_EDE_BLOCKED = 15
+_MAKE_RESPONSE_PAYLOAD = 8192  # what dns.message.make_response offers when the query has EDNS
+
+
+def _blocked_response_fast(query: bytes, rule_id: str | None, ttl: int) -> bytes | None:
+    """The same answer as :func:`_blocked_response_dnspython`, built from the query's bytes
+    for the common shape (standard query, one question without compression, no answer or
+    authority records, at most an OPT record without padding); ``None`` for anything else.
+    dnspython takes ~0.4 ms per blocked answer here, most of the cost of a denied query."""
+    size = len(query)
+    if size < 17:
+        return None
+    msg_id, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHHHH", query)
+    if flags & 0xF800 or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None  # a response, another opcode, or a shape left to dnspython
+    offset = 12
+    while True:
+        if offset >= size:
+            return None
+        label = query[offset]
+        if label == 0:
+            offset += 1
+            break
+        if label > 63:
+            return None  # compression (or a bad label) in a query's only name: dnspython
+        offset += 1 + label
+    end = offset + 4  # QTYPE, QCLASS
+    if end > size:
+        return None
+    payload: int | None = None
+    if arcount:
+        # One additional record: only an OPT with the root owner is handled here.
+        if end + 11 > size or query[end] != 0:
+            return None
+        rtype, rclass, _ttl, rdlen = _RR_HEAD.unpack_from(query, end + 1)
+        if rtype != _OPT_TYPE or end + 11 + rdlen != size:
+            return None
+        position = end + 11
+        while position < size:
+            if position + 4 > size:
+                return None
+            code, length = struct.unpack_from("!HH", query, position)
+            if code == _OPT_PADDING:
+                return None  # make_response pads the answer (RFC 8467): dnspython does that
+            position += 4 + length
+        if position != size:
+            return None
+        payload = rclass
+    out_flags = 0x8000 | (flags & 0x0100) | 0x0080 | 3  # QR, RD copied, RA, NXDOMAIN
+    soa = _SOA_NAMES + _SOA_TIMERS.pack(1, 3600, 600, 86400, ttl)
+    parts = [
+        struct.pack("!HHHHHH", msg_id, out_flags, 1, 0, 1, 0 if payload is None else 1),
+        query[12:end],
+        b"\xc0\x0c",  # the SOA's owner: the question name
+        _RR_HEAD.pack(6, 1, ttl, len(soa)),
+        soa,
+    ]
+    if payload is not None:
+        if rule_id is not None:
+            text = f"blocked by policy rule {rule_id}".encode()
+            option = struct.pack("!HHH", _EDE_OPTION, 2 + len(text), _EDE_BLOCKED) + text
+            parts += [b"\x00", _RR_HEAD.pack(_OPT_TYPE, max(payload, 512), 0, len(option)), option]
+        else:
+            parts += [b"\x00", _RR_HEAD.pack(_OPT_TYPE, _MAKE_RESPONSE_PAYLOAD, 0, 0)]
+    return b"".join(parts)
+
+
+def _blocked_response_dnspython(query: bytes, rule_id: str | None, ttl: int) -> bytes:
     request = dns.message.from_wire(query, ignore_trailing=True)
     response = dns.message.make_response(request)
     response.set_rcode(dns.rcode.NXDOMAIN)
