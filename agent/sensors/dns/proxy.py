@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import random
+import select
+import selectors
 import socket
 import struct
 import threading
@@ -254,7 +257,11 @@ class DnsProxy:
         self._view = memoryview(self._buffer)
         self._pending: dict[tuple[int, int], _Pending] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        self._counts: dict[str, int] = dict.fromkeys(
+        # One count dict per thread (the UDP thread, the asyncio thread serving TCP), so an
+        # increment is never lost to a thread switch; stats() adds them up.
+        self._count_dicts: list[dict[str, int]] = []
+        self._thread_counts = _ThreadCounts(
+            self._count_dicts,
             (
                 "queries",
                 "tcp_queries",
@@ -275,8 +282,11 @@ class DnsProxy:
                 "upstream_refused",
                 "send_errors",
             ),
-            0,
         )
+        self._udp_thread: threading.Thread | None = None
+        self._stopping = False
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -287,31 +297,71 @@ class DnsProxy:
             return self._bound
         return self._listen
 
+    @property
+    def _counts(self) -> dict[str, int]:
+        """This thread's counts."""
+        return self._thread_counts.counts
+
     def start(self) -> None:
         self._bind()
+        # Upstream sockets before any thread: a query may arrive as soon as the loop runs.
+        for upstream in self._upstreams:
+            sock = self._upstream_socket(upstream, socket.SOCK_DGRAM)
+            try:
+                sock.connect(upstream)
+            except OSError as err:
+                sock.close()
+                self._close_sockets()
+                raise ConfigError(
+                    f"[dns] upstreams {upstream[0]}:{upstream[1]}: {err.strerror}; give a "
+                    "reachable resolver address"
+                ) from err
+            self._upstream_socks.append(sock)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stopping = False
         self._delivery.start()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(ready,), name="dns-proxy", daemon=True
+            target=self._run, args=(ready,), name="dns-proxy-tcp", daemon=True
         )
         self._thread.start()
         if not ready.wait(5.0):
             raise RuntimeError("DNS proxy loop did not start")
+        self._udp_thread = threading.Thread(target=self._run_udp, name="dns-proxy", daemon=True)
+        self._udp_thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
+        self._stopping = True
+        if self._udp_thread is not None:
+            if self._wake_w is not None:
+                try:
+                    self._wake_w.send(b"\0")
+                except OSError:
+                    pass
+            self._udp_thread.join(timeout)
+            self._udp_thread = None
         loop = self._loop
         if loop is not None and self._thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout)
         self._thread = None
         self._delivery.stop(timeout)
-        for sock in (self._udp_sock, self._tcp_sock):
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in (self._udp_sock, self._tcp_sock, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
+        for sock in self._upstream_socks:
+            sock.close()
 
     def stats(self) -> dict[str, int]:
-        counts = dict(self._counts)
+        counts: dict[str, int] = {}
+        for per_thread in list(self._count_dicts):
+            for key, value in list(per_thread.items()):
+                counts[key] = counts.get(key, 0) + value
         counts["dropped_kernel"] = _udp_socket_drops(self._udp_sock)
         counts["pending"] = len(self._pending)
         counts["dropped_queue"] = sum(self._delivery.drops.snapshot().values())
@@ -353,36 +403,49 @@ class DnsProxy:
         assert loop is not None
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._open_endpoints())
-            loop.call_later(_SWEEP_SECONDS, self._sweep)
+            loop.run_until_complete(asyncio.start_server(self._serve_tcp, sock=self._tcp_sock))
             ready.set()
             loop.run_forever()
         except Exception:
-            log.exception("DNS proxy loop failed")
+            log.exception("DNS proxy TCP loop failed")
         finally:
-            for sock in [self._udp_sock, *self._upstream_socks]:
-                if sock is not None and sock.fileno() >= 0:
-                    loop.remove_reader(sock.fileno())
-            for sock in self._upstream_socks:
-                sock.close()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
 
-    async def _open_endpoints(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Upstreams first: a query may arrive as soon as the client endpoint exists.
-        for index, upstream in enumerate(self._upstreams):
-            sock = self._upstream_socket(upstream, socket.SOCK_DGRAM)
-            try:
-                sock.connect(upstream)
-            except OSError:
-                sock.close()
-                raise
-            self._upstream_socks.append(sock)
-            loop.add_reader(sock.fileno(), self._drain_upstream, index, sock)
-        assert self._udp_sock is not None
-        loop.add_reader(self._udp_sock.fileno(), self._drain_client, self._udp_sock)
-        await asyncio.start_server(self._serve_tcp, sock=self._tcp_sock)
+    def _run_udp(self) -> None:
+        """The UDP loop: one poller over the client socket, the upstream sockets and the wake-up
+        socket; each ready socket is drained; the timeout sweep runs every ``_SWEEP_SECONDS``.
+        Its own thread and no asyncio: asyncio's loop iteration (selector keys, handles,
+        contexts) cost more than the query's own handling."""
+        assert self._udp_sock is not None and self._wake_r is not None
+        handlers: dict[int, Callable[[], None]] = {
+            self._udp_sock.fileno(): functools.partial(self._drain_client, self._udp_sock),
+            self._wake_r.fileno(): self._drain_wake,
+        }
+        for index, sock in enumerate(self._upstream_socks):
+            handlers[sock.fileno()] = functools.partial(self._drain_upstream, index, sock)
+        poll = _poller(handlers)
+        next_sweep = time.monotonic() + _SWEEP_SECONDS
+        try:
+            while not self._stopping:
+                for handler in poll(max(0.0, next_sweep - time.monotonic())):
+                    handler()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP_SECONDS
+                    try:
+                        self._sweep()
+                    except Exception:
+                        log.exception("DNS proxy: the timeout sweep failed")
+        except Exception:
+            log.exception("DNS proxy UDP loop failed")
+
+    def _drain_wake(self) -> None:
+        assert self._wake_r is not None
+        try:
+            self._wake_r.recv(64)
+        except OSError:
+            pass
 
     def _upstream_socket(self, upstream: tuple[str, int], kind: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
@@ -671,11 +734,10 @@ class DnsProxy:
             self._counts["late_answers"] += 1
             return
         answer = pending.query[:2] + data[2:]
-        if data[2] & 0x02:  # TC: ask again over TCP
+        if data[2] & 0x02:  # TC: ask again over TCP (on the asyncio thread)
             self._counts["tcp_fallbacks"] += 1
-            task = asyncio.ensure_future(self._tcp_fallback(pending, answer))
-            self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
-            task.add_done_callback(self._tasks.discard)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._start_tcp_fallback, pending, answer)
             return
         self._relay(pending, answer)
 
@@ -690,6 +752,11 @@ class DnsProxy:
         )
         if reply:
             self._send_client(reply, pending.client)
+
+    def _start_tcp_fallback(self, pending: _Pending, truncated: bytes) -> None:
+        task = asyncio.ensure_future(self._tcp_fallback(pending, truncated))
+        self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
+        task.add_done_callback(self._tasks.discard)
 
     async def _tcp_fallback(self, pending: _Pending, truncated: bytes) -> None:
         upstream = self._upstreams[pending.upstream_index]
@@ -745,8 +812,6 @@ class DnsProxy:
 
     def _sweep(self) -> None:
         """Retry timed-out queries on the next upstream; SERVFAIL when none is left."""
-        assert self._loop is not None
-        self._loop.call_later(_SWEEP_SECONDS, self._sweep)
         deadline = time.monotonic() - self._timeout
         expired = [key for key, p in self._pending.items() if p.started < deadline]
         for key in expired:
@@ -805,6 +870,39 @@ class DnsProxy:
         observation = observation or make_observation()
         self._emit(observation, attribution, observation.verdict, observation.matched_name)
         return _header_only_error(data, dns.rcode.SERVFAIL)
+
+
+class _ThreadCounts(threading.local):
+    """A count dict per thread, each registered in ``registry`` when first used."""
+
+    def __init__(self, registry: list[dict[str, int]], keys: Sequence[str]) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(keys, 0)
+        registry.append(self.counts)
+
+
+def _poller(handlers: dict[int, Callable[[], None]]) -> Callable[[float], list[Callable[[], None]]]:
+    """``poll(timeout) -> [handler of each ready fd]`` over ``handlers``' descriptors: epoll
+    where there is one (Linux), else the platform's default selector."""
+    if hasattr(select, "epoll"):
+        epoll = select.epoll()
+        for fd in handlers:
+            epoll.register(fd, select.EPOLLIN)
+
+        def poll_epoll(timeout: float) -> list[Callable[[], None]]:
+            try:
+                return [handlers[fd] for fd, _events in epoll.poll(timeout)]
+            except InterruptedError:
+                return []
+
+        return poll_epoll
+    selector = selectors.DefaultSelector()
+    for fd, handler in handlers.items():
+        selector.register(fd, selectors.EVENT_READ, handler)
+
+    def poll_selector(timeout: float) -> list[Callable[[], None]]:
+        return [key.data for key, _events in selector.select(timeout)]
+
+    return poll_selector
 
 
 def _udp_socket_drops(sock: socket.socket | None) -> int:
