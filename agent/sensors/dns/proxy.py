@@ -1,6 +1,7 @@
 """The enforcing resolver: a forwarding DNS proxy that sinkholes denied names.
 
-One asyncio loop in its own thread serves UDP and TCP on the listen address. For each query:
+UDP is served by its own thread (a plain epoll loop), TCP and the TCP retries of truncated
+answers by an asyncio loop in a second thread, on the same listen address. For each query:
 
 1. parse it (malformed: FORMERR if there is a header to answer, else dropped; counted);
 2. ``use-application-dns.net`` (Firefox's DoH canary) gets NXDOMAIN at once;
@@ -16,12 +17,14 @@ Either way the client is attributed before it gets its reply, so its socket is s
 Each query that matters yields one :class:`DnsObservation` handed to ``on_observation`` off the
 hot path.
 
-The UDP sockets are read by the loop's own readers (``add_reader``), not asyncio datagram
-transports: each wake-up drains the socket (up to ``_BATCH`` datagrams, non-blocking
-``recvfrom_into`` into one preallocated buffer). asyncio's transport reads every datagram into a
-fresh 256 KiB buffer, which glibc serves with ``mmap``/``mremap``/``munmap``: three syscalls
-and page faults per datagram, the largest cost the profile showed. A query no rule matches
-builds no observation at all (the agent records nothing about it).
+The UDP sockets are not asyncio datagram transports: each wake-up drains a ready socket (up to
+``_BATCH`` datagrams, non-blocking ``recvfrom_into`` into one preallocated buffer). asyncio's
+transport reads every datagram into a fresh 256 KiB buffer, which glibc serves with
+``mmap``/``mremap``/``munmap``: three syscalls and page faults per datagram, the largest cost
+the profile showed; its loop iteration was the next one. A query no rule matches, answered
+without a CNAME, builds no observation at all (the agent records nothing about it), and the
+NXDOMAIN for a denied name is written from the query's bytes (dnspython only for unusual
+shapes).
 """
 
 from __future__ import annotations
