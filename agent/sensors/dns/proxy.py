@@ -359,6 +359,7 @@ class DnsProxy:
                 sock.close()
         for sock in self._upstream_socks:
             sock.close()
+        self._upstream_socks = []  # start() again opens new ones (and binds anew)
 
     def stats(self) -> dict[str, int]:
         counts: dict[str, int] = {}
