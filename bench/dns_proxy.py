@@ -12,12 +12,21 @@ the latency added over querying the upstream directly, the ratio proscribe/dnsma
 highest sustained rate (dnsperf unthrottled), and the proxy's CPU. Also: the share of proxied
 denied queries (the ones the agent records) attributed to the dnsperf pid under load.
 
-Run: .venv/bin/python -m bench.dns_proxy [--qps 1000] [--seconds 5]
+The machine is shared and noisy, so the servers are measured in ``--rounds`` interleaved rounds
+(each round measures every server once, in a rotated order; the added latency is against the
+same round's upstream figure) and the medians are printed with the spread (min-max) beside
+them. ``--before FILE`` also runs the ``DnsProxy`` of another copy of ``proxy.py`` (e.g.
+``git show main:agent/sensors/dns/proxy.py > /tmp/before.py``) in the same rounds, for
+before/after figures measured side by side.
+
+Run: .venv/bin/python -m bench.dns_proxy [--qps 1000] [--seconds 3] [--rounds 5] [--before F]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import re
 import shutil
 import statistics
@@ -27,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, NameVerdict, ProcessAttributor
 from proscribe.core.policy.matchers.domain import DomainMatcher
@@ -99,13 +109,49 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def load_proxy_class(path: Path) -> Any:
+    """``DnsProxy`` from another copy of proxy.py (the ``--before`` figures)."""
+    spec = importlib.util.spec_from_file_location("dns_proxy_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--before {path}: not a Python file; give a copy of proxy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.DnsProxy
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """``median (min-max)``."""
+    if not values:
+        return "n/a"
+    return (
+        fmt.format(statistics.median(values))
+        + " ("
+        + fmt.format(min(values))
+        + "-"
+        + fmt.format(max(values))
+        + ")"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qps", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", type=Path, help="another proxy.py to measure alongside")
     args = parser.parse_args()
     if shutil.which("dnsperf") is None or shutil.which("dnsmasq") is None:
         print("needs dnsperf and dnsmasq (apt-get install dnsperf dnsmasq)")
+        return 2
+    if args.before is not None and not args.before.is_file():
+        print(f"--before {args.before}: no such file; give a copy of proxy.py")
         return 2
 
     names = denylist()
@@ -137,79 +183,119 @@ def main() -> int:
         return NameVerdict(block=True, rule_id=match.rule_id) if match else None
 
     attributor = ProcessAttributor()
-    proxy = DnsProxy(
-        ("127.0.0.1", 0),
-        [("127.0.0.1", up_port)],
-        decide,
-        on_observation,
-        attributor=attributor,
-        attribute_unmatched=False,  # as the agent runs it (sensors/dns/sensor.py)
-    )
-    proxy.start()
-    targets = {"upstream": up_port, "proscribe": proxy.address[1], "dnsmasq": peer_port}
+    classes: dict[str, Any] = {"proscribe": DnsProxy}
+    if args.before is not None:
+        classes["before"] = load_proxy_class(args.before)
+    proxies = {
+        name: cls(
+            ("127.0.0.1", 0),
+            [("127.0.0.1", up_port)],
+            decide,
+            on_observation,
+            attributor=attributor,
+            attribute_unmatched=False,  # as the agent runs it (sensors/dns/sensor.py)
+        )
+        for name, cls in classes.items()
+    }
+    for proxy in proxies.values():
+        proxy.start()
+    targets = {"upstream": up_port}
+    targets.update({name: proxy.address[1] for name, proxy in proxies.items()})
+    targets["dnsmasq"] = peer_port
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     try:
         print(
             f"denylist: {len(names)} names; load: {args.qps} qps for {args.seconds:.0f} s; "
-            "95% allowed names (forwarded), 5% denied"
+            f"95% allowed names (forwarded), 5% denied; {args.rounds} interleaved rounds; "
+            f"load average at start {os.getloadavg()[0]:.1f}"
         )
-        results: dict[str, dict[str, float]] = {}
-        for name, port in targets.items():
+        for port in targets.values():
             dnsperf(port, queries, 200, 1, False)  # warm-up
-            with lock:
-                observations.clear()
-            cpu0, wall0 = time.process_time(), time.monotonic()
-            latencies, summary, pid = dnsperf(port, queries, args.qps, args.seconds, True)
-            cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
-            row = {
-                "p50": pct(latencies, 0.50) * 1e3,
-                "p99": pct(latencies, 0.99) * 1e3,
-                "mean": statistics.fmean(latencies) * 1e3 if latencies else float("nan"),
-                "lost": summary["lost"],
-                "sent": summary["sent"],
-            }
-            if name == "proscribe":
-                time.sleep(0.2)
+        order = list(targets)
+        for round_no in range(args.rounds):
+            shift = round_no % len(order)
+            for name in order[shift:] + order[:shift]:
+                port = targets[name]
                 with lock:
-                    total = len(observations)
-                    right = sum(1 for o in observations if o.process and o.process["pid"] == pid)
-                row["attributed"] = right / total if total else float("nan")
-                row["cpu"] = cpu
-            _lat, maxed, _pid = dnsperf(port, queries, None, args.seconds, False)
-            row["max_qps"] = maxed["qps"]
-            results[name] = row
+                    observations.clear()
+                cpu_pid = peer.pid if name == "dnsmasq" else upstream.pid
+                cpu0, wall0 = time.process_time(), time.monotonic()
+                ext0 = cpu_seconds(cpu_pid)
+                latencies, summary, pid = dnsperf(port, queries, args.qps, args.seconds, True)
+                wall = time.monotonic() - wall0
+                row = {
+                    "p50": pct(latencies, 0.50) * 1e3,
+                    "p99": pct(latencies, 0.99) * 1e3,
+                    "lost": summary["lost"],
+                }
+                if name in proxies:
+                    row["cpu"] = (time.process_time() - cpu0) / wall
+                    time.sleep(0.2)
+                    with lock:
+                        total = len(observations)
+                        right = sum(
+                            1 for o in observations if o.process and o.process["pid"] == pid
+                        )
+                    row["attributed"] = right / total if total else float("nan")
+                elif name == "dnsmasq":
+                    row["cpu"] = (cpu_seconds(cpu_pid) - ext0) / wall
+                _lat, maxed, _pid = dnsperf(port, queries, None, args.seconds, False)
+                row["max_qps"] = maxed["qps"]
+                rows[name].append(row)
+            print(f"round {round_no + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})")
 
-        base = results["upstream"]
+        for r in range(args.rounds):  # added latency against the same round's upstream
+            base = rows["upstream"][r]
+            for name in targets:
+                rows[name][r]["added50"] = rows[name][r]["p50"] - base["p50"]
+                rows[name][r]["added99"] = rows[name][r]["p99"] - base["p99"]
+
+        def column(name: str, key: str) -> list[float]:
+            return [row[key] for row in rows[name] if key in row]
+
+        print(f"\nmedians over {args.rounds} rounds, (min-max) across rounds; latency in ms")
         print(
-            f"\n{'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} "
-            f"{'lost':>6} {'max qps':>9}"
+            f"{'server':<10} {'p50':>20} {'p99':>20} {'added p50':>20} {'added p99':>20} "
+            f"{'max qps':>22} {'CPU at ' + str(args.qps) + ' qps':>18}"
         )
-        for name, row in results.items():
-            added50 = row["p50"] - base["p50"] if name != "upstream" else 0.0
-            added99 = row["p99"] - base["p99"] if name != "upstream" else 0.0
-            row["added50"], row["added99"] = added50, added99
+        for name in targets:
+            cpu = column(name, "cpu")
             print(
-                f"{name:<10} {row['p50']:8.3f} {row['p99']:8.3f} {added50:8.3f} {added99:8.3f} "
-                f"{row['lost']:6.0f} {row['max_qps']:9.0f}"
+                f"{name:<10} {spread(column(name, 'p50')):>20} {spread(column(name, 'p99')):>20} "
+                f"{spread(column(name, 'added50')):>20} {spread(column(name, 'added99')):>20} "
+                f"{spread(column(name, 'max_qps'), '{:.0f}'):>22} "
+                f"{spread([c * 100 for c in cpu], '{:.1f}%') if cpu else 'n/a':>18}"
             )
-        ours, peer_row = results["proscribe"], results["dnsmasq"]
-
-        def ratio(a: float, b: float) -> str:
-            return f"{a / b:.2f}" if b > 0 else "n/a"
-
+        print("\nratio to dnsmasq (per round, then the median and spread):")
+        for name in proxies:
+            ratios = {
+                key: [
+                    ours[key] / theirs[key]
+                    for ours, theirs in zip(rows[name], rows["dnsmasq"], strict=True)
+                    if theirs[key] > 0
+                ]
+                for key in ("added50", "added99", "max_qps")
+            }
+            print(
+                f"  {name}: added p50 {spread(ratios['added50'], '{:.2f}')}x, "
+                f"added p99 {spread(ratios['added99'], '{:.2f}')}x, "
+                f"max qps {spread(ratios['max_qps'], '{:.2f}')}x"
+            )
+        for name in proxies:
+            attributed = [a * 100 for a in column(name, "attributed")]
+            print(
+                f"{name}: denied queries attributed to the dnsperf pid under load: "
+                f"{spread(attributed, '{:.1f}%')}"
+            )
         print(
-            f"\nratio proscribe/dnsmasq: added p50 {ratio(ours['added50'], peer_row['added50'])}, "
-            f"added p99 {ratio(ours['added99'], peer_row['added99'])}, "
-            f"max qps {ratio(ours['max_qps'], peer_row['max_qps'])}"
+            f"targets: added <= 0.1 ms p50 / 1 ms p99 at {args.qps} qps; max qps >= 0.35x "
+            "dnsmasq; attribution >= 95%"
         )
-        print(f"proscribe proxy CPU at {args.qps} qps: {ours['cpu'] * 100:.1f}% of a core")
-        print(
-            "denied queries attributed to the dnsperf pid under load: "
-            f"{ours['attributed'] * 100:.1f}%"
-        )
-        print(f"targets: added <= 0.3 ms p50 / 2 ms p99 at {args.qps} qps; attribution >= 95%")
-        print(f"proxy stats: {proxy.stats()}")
+        print(f"lost queries (all runs): { {n: sum(column(n, 'lost')) for n in targets} }")
+        print(f"proxy stats: {proxies['proscribe'].stats()}")
     finally:
-        proxy.stop()
+        for proxy in proxies.values():
+            proxy.stop()
         attributor.close()
         for proc in (upstream, peer):
             proc.kill()

@@ -11,7 +11,9 @@ table ``inet proscribe_dns``::
     chain filter_out { type filter hook output priority 0;      # block_encrypted only
         meta mark MARK return
         meta mark REJECT_MARK ... reject                        # the agent's verdict
-        meta l4proto @alive th dport 853 queue num Q bypass     # DoT (and DoQ)
+        meta l4proto @alive tcp dport 853 tcp flags & (syn|ack) == syn queue num Q bypass
+        meta l4proto @alive tcp dport 853 meta length > 100 queue num Q bypass  # ClientHello
+        meta l4proto @alive udp dport 853 queue num Q bypass    # DoQ
         ip daddr @doh4 meta l4proto @alive th dport 443 queue num Q bypass }  # known DoH
 
 so a program asking any resolver, at any address, as any user, is answered by the policy. The
@@ -19,7 +21,11 @@ agent's proxy marks its upstream sockets (``SO_MARK``) and is let through. Rejec
 ``tcp reset`` / ICMP port-unreachable so clients fall back to port 53 at once. Each attempt's
 first packet goes through the agent's queue first (``sensors/dns/encrypted_block.py``): it is
 attributed while the sender's socket is still connecting, handed back with ``REJECT_MARK`` and
-rejected on its second pass, and reported as ``denied`` with its process.
+rejected on its second pass, and reported as ``denied`` with its process. TCP to 853 is the
+exception: its SYN is queued and accepted (attributed), and its first packet carrying data,
+the TLS ClientHello, is the one rejected, after the agent read its ALPN (DoT or DoH served on
+853). Without the ``queue`` expression (``log_group``), the kernel rejects on its own and
+copies the same packets to NFLOG.
 
 **Crash safety.** Every rule needs ``meta l4proto @alive``: the set's two elements carry a
 timeout (``ttl``, 15 s) that the agent renews every ``refresh`` seconds (one atomic batch:
@@ -99,6 +105,14 @@ def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
 _ALIVE = _match({"meta": {"key": "l4proto"}}, "@alive")
 # nftables accepts a port in dnat only after a protocol match it recognises (not a set lookup)
 _TCP_OR_UDP = _match({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]})
+
+
+# A SYN (not a SYN-ACK): the start of a connection.
+_SYN_ONLY = _match(
+    {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "ack"]]}, "syn"
+)
+# More than any IPv4/IPv6 plus TCP header (40 + 60 bytes): the packet carries data.
+_HAS_DATA = {"match": {"op": ">", "left": {"meta": {"key": "length"}}, "right": 100}}
 
 
 def _dport(port: int) -> dict[str, Any]:
@@ -228,7 +242,13 @@ def redirect_commands(
             }
         )
         cmds.append(_rule(table, "filter_out", [own, {"return": None}]))
-        attempts = [[_ALIVE, _dport(853)]]
+        # TLS to 853 (DoT, or DoH served there): the handshake passes, the first packet with
+        # data (the ClientHello, whose ALPN tells DoT from DoH) is rejected; the SYN is seen
+        # (copied or queued) so that the attempt is attributed and reported even if it fails
+        tls = [_ALIVE, _match({"meta": {"key": "l4proto"}}, "tcp"), _dport(853)]
+        # everything else on its first packet: UDP 853 (DoQ), the DoH resolvers' 443
+        udp_853 = [_ALIVE, _match({"meta": {"key": "l4proto"}}, "udp"), _dport(853)]
+        attempts = []
         for set_name, proto in (("doh4", "ip"), ("doh6", "ip6")):
             address = _match({"payload": {"protocol": proto, "field": "daddr"}}, f"@{set_name}")
             attempts.append([_ALIVE, address, _dport(443)])
@@ -236,16 +256,28 @@ def redirect_commands(
             logged = []
             if log_group is not None:
                 logged = [{"log": {"group": log_group, "queue-threshold": 1}}]
+                cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, *logged]))
+            cmds.append(
+                _rule(
+                    table,
+                    "filter_out",
+                    [*tls, _HAS_DATA, *logged, {"reject": {"type": "tcp reset"}}],
+                )
+            )
+            cmds.append(_rule(table, "filter_out", _rejects([*udp_853, *logged])[1]))
             for expr in attempts:
                 for rule in _rejects([*expr, *logged]):
                     cmds.append(_rule(table, "filter_out", rule))
         else:
-            # the agent reads the first packet (attributing its sender), hands it back marked,
-            # and the second pass rejects it; with no reader the queue lets it through
+            # the agent reads the packet (attributing its sender) and hands it back: a SYN to
+            # 853 accepted, anything else marked, and the second pass rejects it; with no
+            # reader the queue lets it through
             for rule in _rejects([_match({"meta": {"key": "mark"}}, reject_mark)]):
                 cmds.append(_rule(table, "filter_out", rule))
-            for expr in attempts:
-                queued = {"queue": {"num": queue, "flags": ["bypass"]}}
+            queued = {"queue": {"num": queue, "flags": ["bypass"]}}
+            cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, queued]))
+            cmds.append(_rule(table, "filter_out", [*tls, _HAS_DATA, queued]))
+            for expr in [udp_853, *attempts]:
                 cmds.append(_rule(table, "filter_out", [*expr, queued]))
     cmds.append(
         {

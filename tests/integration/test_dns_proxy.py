@@ -469,3 +469,52 @@ def test_kernel_drops_on_the_resolver_socket_are_counted(upstream: tuple[str, in
         release.set()
         sock.close()
         server.stop()
+
+
+def test_as_the_agent_runs_it_only_what_matched_is_recorded(upstream: tuple[str, int]) -> None:
+    """``attribute_unmatched=False`` (the agent): an allowed answer is relayed without an
+    observation, but a CNAME to a denied name (over UDP and over TCP) and a denied question
+    are still blocked, attributed and recorded, with the time the query came in."""
+    recorder = Recorder()
+    attributor = ProcessAttributor()
+    server = DnsProxy(
+        ("127.0.0.1", 0),
+        [upstream],
+        recorder.decide,
+        recorder,
+        attributor=attributor,
+        attribute_unmatched=False,
+    )
+    server.start()
+    try:
+        port = server.address[1]
+        _pid, out = dig(port, "allowed.example")
+        assert "status: NOERROR" in out and "198.51.100.1" in out
+        _pid, out = dig(port, "alias.example")  # a CNAME, to an allowed name
+        assert "198.51.100.2" in out
+        before = time.time()
+        pid, out = dig(port, "cloak.example")
+        assert "status: NXDOMAIN" in out and "203.0.113.7" not in out
+        observation = recorder.wait_for("cloak.example")
+        assert observation.matched_name == "api.deepseek.com"
+        assert observation.action == "sinkholed"
+        assert observation.process is not None and observation.process["pid"] == pid
+        assert before - 1 <= observation.time <= time.time()
+        tcp_pid, out = dig(port, "+tcp", "cloak.example")
+        assert "status: NXDOMAIN" in out
+        assert wait_for(lambda: any(o.transport == "tcp" for o in recorder.observations), 3), (
+            recorder.observations
+        )
+        pid, out = dig(port, "chat.deepseek.com")
+        assert "status: NXDOMAIN" in out
+        assert recorder.wait_for("chat.deepseek.com").process["pid"] == pid  # type: ignore[index]
+        time.sleep(0.1)
+        with recorder.lock:
+            names = sorted(o.qname for o in recorder.observations)
+        assert names == ["chat.deepseek.com", "cloak.example", "cloak.example"]
+        stats = server.stats()
+        assert stats["forwarded"] == 4 and stats["cname_blocked"] == 2 and stats["blocked"] == 1
+        assert tcp_pid > 0
+    finally:
+        server.stop()
+        attributor.close()

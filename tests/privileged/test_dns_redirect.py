@@ -270,8 +270,16 @@ import socket, sys, threading
 def serve(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.close()
+    while True:  # each connection held until the client closes it (no FIN racing a reset)
+        c, _ = s.accept(); c.settimeout(5)
+        threading.Thread(target=hold, args=(c,), daemon=True).start()
+def hold(c):
+    try:
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
 for port in (443, 853):
     threading.Thread(target=serve, args=(port,), daemon=True).start()
 print("ready", flush=True)
@@ -291,6 +299,43 @@ except OSError as err:
     result = type(err).__name__
 print(json.dumps({"result": result, "seconds": time.monotonic() - started}))
 """
+
+
+TLS_CLIENT = """
+import json, socket, ssl, sys, time
+host, port, alpn = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+if alpn != "-":
+    context.set_alpn_protocols(alpn.split(","))
+started = time.monotonic()
+try:
+    with socket.create_connection((host, port), timeout=3) as raw:
+        with context.wrap_socket(raw, server_hostname="dns.example"):
+            result = "handshake"
+except ConnectionResetError:
+    result = "reset"
+except ConnectionRefusedError:
+    result = "refused"
+except ssl.SSLError as err:
+    result = "tls error: " + str(err)
+except OSError as err:
+    result = type(err).__name__
+print(json.dumps({"result": result, "seconds": time.monotonic() - started}))
+"""
+
+
+def _tls(net: Net, host: str, port: int, alpn: str) -> tuple[str, float, int]:
+    """A real TLS client (Python's ssl) offering ``alpn`` (comma-separated, ``-``: none)."""
+    proc = subprocess.Popen(
+        [*net.inside(), sys.executable, "-c", TLS_CLIENT, host, str(port), alpn],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=10)
+    found = json.loads(out)
+    return found["result"], found["seconds"], proc.pid
 
 
 def _connect(net: Net, host: str, port: int) -> tuple[str, float, int]:
@@ -322,8 +367,9 @@ def test_encrypted_dns_is_rejected_at_once_and_reported_with_its_process(
     config = _agent_config(tmp_path, signer, dns_extra=f'doh_resolvers = ["{net.other}"]')
     agent = _start_agent(net, config, tmp_path / "agent.log")
     try:
-        dot, dot_seconds, dot_pid = _connect(net, net.resolver, 853)
-        assert dot == "refused" and dot_seconds < 0.5  # a reset: the client falls back now
+        # TLS to 853: the handshake passes, the ClientHello is reset: the client falls back now
+        dot, dot_seconds, dot_pid = _tls(net, net.resolver, 853, "-")
+        assert dot == "reset" and dot_seconds < 0.5, (dot, dot_seconds)
         doh, doh_seconds, doh_pid = _connect(net, net.other, 443)
         assert doh == "refused" and doh_seconds < 0.5
         # HTTPS to an address that is no DoH resolver is left alone
@@ -529,3 +575,45 @@ def test_ipv6_queries_to_another_resolver_are_answered_by_the_policy(
         assert _dig(net, "fd77::3", ALLOWED) == "198.51.100.1"
     finally:
         _stop(agent)
+
+
+def test_tls_on_853_is_labelled_dot_or_doh_by_its_alpn(
+    net: Net, listeners: None, tmp_path: Path
+) -> None:
+    """DoH served on port 853 is DoH, DoT is DoT: real TLS clients offering ALPN ``dot`` and
+    ``h2,http/1.1``, each reset at its ClientHello; a connection that sends no ClientHello is
+    reported as DoT by its port once its hold runs out."""
+    third = net.other.rsplit(".", 1)[0] + ".4"
+    _ip("-n", net.peer, "addr", "add", f"{third}/24", "dev", "v1")
+    signer = Signer()
+    config = _agent_config(tmp_path, signer)
+    agent = _start_agent(net, config, tmp_path / "agent.log")
+    try:
+        dot = _tls(net, net.resolver, 853, "dot")
+        doh = _tls(net, net.other, 853, "h2,http/1.1")
+        for result, seconds, _pid in (dot, doh):
+            assert result == "reset" and seconds < 0.5, (result, seconds)
+        assert _connect(net, third, 853)[0] == "connected"  # the handshake alone passes
+
+        def denied() -> dict[str, dict[str, Any]]:
+            return {
+                e["dns"]["resolver"]: e
+                for e in spool_events(tmp_path / "state")
+                if e.get("rule") == "encrypted-dns"
+            }
+
+        wanted = {f"{net.resolver}:853", f"{net.other}:853", f"{third}:853"}
+        assert wait_for(lambda: wanted <= set(denied()), 10), denied()
+        events = denied()
+        first, second = events[f"{net.resolver}:853"], events[f"{net.other}:853"]
+        plain = events[f"{third}:853"]
+        assert first["dns"]["qtype"] == "DoT" and "(TLS ALPN dot)" in first["detail"]
+        assert second["dns"]["qtype"] == "DoH", second
+        assert "DNS over HTTPS" in second["detail"]
+        assert "(TLS ALPN h2, http/1.1)" in second["detail"]
+        assert plain["dns"]["qtype"] == "DoT"
+        assert "no TLS ClientHello read" in plain["detail"]
+        assert {e["action"] for e in events.values()} == {"denied"}
+    finally:
+        _stop(agent)
+    assert "proscribe_dns" not in _tables(net)  # stopped: the rules are gone

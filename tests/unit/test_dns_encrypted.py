@@ -5,6 +5,7 @@ schema."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,22 +182,63 @@ def test_the_watch_polls_less_often_on_a_host_with_many_sockets(tmp_path: Path) 
     assert watch.counts["interval_ms"] == 15000
 
 
+def client_hello(alpn: list[str] | None) -> bytes:
+    """The first bytes a real TLS client (Python's ssl, OpenSSL) sends: its ClientHello."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="dns.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_client_hello_alpn_tells_dot_from_doh() -> None:
+    from proscribe.agent.sensors.dns.encrypted_block import client_hello_alpn, label_tls_853
+
+    cases = [
+        (["dot"], ("dot",), "DoT"),
+        (["h2", "http/1.1"], ("h2", "http/1.1"), "DoH"),
+        (["http/1.1"], ("http/1.1",), "DoH"),
+        (["dot", "h2"], ("dot", "h2"), "DoT"),  # says dot: DoT
+        (None, (), "DoT"),  # no ALPN (kdig, older stubs): DoT, RFC 7858
+    ]
+    for offered, alpn, label in cases:
+        hello = client_hello(offered)
+        assert client_hello_alpn(hello) == alpn, offered
+        assert label_tls_853(client_hello_alpn(hello)) == label
+    hello = client_hello(["h2"])
+    # cut before its extensions end (a ClientHello split over segments): not read
+    assert client_hello_alpn(hello[:60]) is None
+    assert client_hello_alpn(b"") is None
+    assert client_hello_alpn(b"GET / HTTP/1.1\r\n\r\n") is None  # not TLS
+    assert label_tls_853(None) == "DoT"
+
+
 def test_queued_attempt_is_attributed_before_it_is_handed_back_to_be_rejected() -> None:
     """The queue path (kernels with nftables' queue): the sender is looked up while its
-    socket still connects, then the packet goes back with the reject mark; DoT, DoQ and DoH
-    are told apart by port and transport."""
+    socket still connects. A TCP SYN to 853 is handed back accepted and the ClientHello that
+    follows is the packet handed back with the reject mark, labelled by its ALPN; DoQ and DoH
+    (443) are rejected on their first packet, labelled by port and transport. A SYN whose
+    ClientHello never comes is reported as DoT once held long enough."""
     import socket as socket_module
     import struct
 
+    from proscribe.agent.sensors.dns import encrypted_block
     from proscribe.agent.sensors.dns._nfqueue_linux import QueuedPacket
     from proscribe.agent.sensors.dns.encrypted_block import EncryptedDnsBlocker, parse_ip_packet
 
-    def ipv4(proto: int, dst: str, dport: int) -> bytes:
+    def ipv4(proto: int, dst: str, dport: int, data: bytes = b"", sport: int = 40000) -> bytes:
         header = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, proto, 0,
+            "!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 0, 0, 64, proto, 0,
             socket_module.inet_aton("10.0.0.1"), socket_module.inet_aton(dst),
         )  # fmt: skip
-        return header + struct.pack("!HH", 40000, dport) + bytes(16)
+        return header + struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, 0, 0, 0, 0) + data
 
     steps: list[str] = []
     reported = []
@@ -219,20 +261,37 @@ def test_queued_attempt_is_attributed_before_it_is_handed_back_to_be_rejected() 
         reported.append, attribute, queue=1, reject_mark=99, resolvers={"1.1.1.1": "Cloudflare"}
     )
     queue = Queue()
-    blocker.handle(queue, QueuedPacket(5, socket_module.AF_INET, ipv4(6, "9.9.9.10", 853), 1000))
+    af = socket_module.AF_INET
+    blocker.handle(queue, QueuedPacket(5, af, ipv4(6, "9.9.9.10", 853), 1000))
     assert steps == [
         "attribute tcp ('10.0.0.1', 40000) ('9.9.9.10', 853)",
-        "verdict 5 4 99",  # NF_REPEAT with the reject mark: the next pass rejects it
+        "verdict 5 1 None",  # the SYN goes on: NF_ACCEPT
     ]
-    blocker.handle(queue, QueuedPacket(6, socket_module.AF_INET, ipv4(17, "9.9.9.10", 853), 0))
-    blocker.handle(queue, QueuedPacket(7, socket_module.AF_INET, ipv4(6, "1.1.1.1", 443), 0))
-    blocker.handle(queue, QueuedPacket(8, socket_module.AF_INET, ipv4(17, "1.1.1.1", 443), 0))
-    assert [(c.protocol, c.provider, c.blocked) for c in reported] == [
-        ("DoT", None, True), ("DoQ", None, True), ("DoH", "Cloudflare", True),
-        ("DoH", "Cloudflare", True),
-    ]  # fmt: skip
+    assert reported == []  # waiting for the ClientHello
+    hello = client_hello(["h2", "http/1.1"])
+    blocker.handle(queue, QueuedPacket(6, af, ipv4(6, "9.9.9.10", 853, hello), 1000))
+    assert steps[-1] == "verdict 6 4 99"  # NF_REPEAT with the reject mark: the next pass rejects
+    assert [(c.protocol, c.alpn) for c in reported] == [("DoH", ("h2", "http/1.1"))]
     assert reported[0].process == {"pid": 7, "name": "firefox"}
+    assert "(TLS ALPN h2, http/1.1)" in reported[0].description
+    blocker.handle(queue, QueuedPacket(7, af, ipv4(17, "9.9.9.10", 853), 0))
+    blocker.handle(queue, QueuedPacket(8, af, ipv4(6, "1.1.1.1", 443), 0))
+    blocker.handle(queue, QueuedPacket(9, af, ipv4(17, "1.1.1.1", 443), 0))
+    assert [(c.protocol, c.provider, c.blocked) for c in reported[1:]] == [
+        ("DoQ", None, True), ("DoH", "Cloudflare", True), ("DoH", "Cloudflare", True),
+    ]  # fmt: skip
+    # a SYN whose connection is refused: reported as DoT when its hold runs out
+    blocker.handle(queue, QueuedPacket(10, af, ipv4(6, "9.9.9.11", 853, sport=40001), 1000))
+    blocker.report_expired()
+    assert len(reported) == 4
+    blocker._monotonic = lambda: time.monotonic() + encrypted_block._HOLD_SECONDS + 1
+    blocker.report_expired()
+    assert [(c.protocol, c.resolver, c.alpn) for c in reported[4:]] == [
+        ("DoT", ("9.9.9.11", 853), None)
+    ]
+    assert "labelled by its port" in reported[4].description
+    assert blocker.stats()["tls_read"] == 1 and blocker.stats()["no_client_hello"] == 1
     # not an IP packet: still handed back to be rejected, counted
-    blocker.handle(queue, QueuedPacket(9, socket_module.AF_INET, b"\x45", 0))
-    assert steps[-1] == "verdict 9 4 99" and blocker.stats()["not_parsed"] == 1
-    assert parse_ip_packet(socket_module.AF_INET, ipv4(1, "1.1.1.1", 0)) is None  # ICMP
+    blocker.handle(queue, QueuedPacket(11, af, b"\x45", 0))
+    assert steps[-1] == "verdict 11 4 99" and blocker.stats()["not_parsed"] == 1
+    assert parse_ip_packet(af, ipv4(1, "1.1.1.1", 0)) is None  # ICMP

@@ -81,6 +81,9 @@ class EncryptedDnsConnection:
     attribution_reason: str | None
     time: float
     blocked: bool = False  # rejected by the agent's nftables rule (encrypted_block.py)
+    # TLS to port 853: the ClientHello's ALPN that labelled it (() = it offered none); None
+    # when no ClientHello was read (the label is then the port's)
+    alpn: tuple[str, ...] | None = None
 
     @property
     def description(self) -> str:
@@ -88,7 +91,15 @@ class EncryptedDnsConnection:
             self.protocol
         ]
         who = f" ({self.provider})" if self.provider else ""
-        return f"{name} to {self.resolver[0]}:{self.resolver[1]}{who}"
+        if self.alpn:
+            how = f" (TLS ALPN {', '.join(self.alpn)})"
+        elif self.alpn is not None:
+            how = " (TLS ClientHello without ALPN)"
+        elif self.blocked and self.protocol == "DoT":
+            how = " (no TLS ClientHello read: labelled by its port)"
+        else:
+            how = ""
+        return f"{name} to {self.resolver[0]}:{self.resolver[1]}{who}{how}"
 
 
 def _address(text: str) -> tuple[str, int]:
