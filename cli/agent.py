@@ -1,11 +1,12 @@
-"""``proscribe agent run|check|status|events|quarantine``: the daemon and what it has to say.
+"""``proscribe agent run|check|status|events|requeue|quarantine``: the daemon and its evidence.
 
 ``run`` takes the state directory's lock (``proscribe.agent.state_lock``) before it builds
 anything, so a second agent on the same directory exits 2 naming the first one's pid.
 ``check`` makes ``run``'s checks and starts nothing (``cli/agent_check.py``; installers use it).
 ``status`` and ``events`` read the config only to find the state directory; they work whether
 or not the daemon runs (status comes from ``status.json`` when the daemon is alive, else from
-the spool and the policy state on disk).
+the spool and the policy state on disk). ``requeue`` puts dead letters back into delivery
+(the spool is shared with a running daemon through SQLite's WAL, as ``events`` reads it).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def register(sub: Any) -> None:
     events.add_argument("--json", action="store_true", help="one JSON array")
     events.add_argument("--limit", type=int, default=50, help="newest N events (default 50)")
     events.set_defaults(func=cmd_events)
+
+    requeue = verbs.add_parser(
+        "requeue", help="send dead-lettered events again (once the collector takes them)"
+    )
+    _config_arg(requeue)
+    requeue.add_argument("ids", nargs="*", metavar="ID", help="event ids ('agent events' shows)")
+    requeue.add_argument("--all", action="store_true", help="every dead letter in the spool")
+    requeue.set_defaults(func=cmd_requeue)
 
     from .agent_quarantine import register_quarantine
 
@@ -348,7 +357,8 @@ def _print_status(status: dict[str, Any]) -> None:
         out.write(
             f"spool:     {spool.get('depth', 0)} pending ({spool.get('bytes', 0)} bytes), "
             f"dropped {sum(dropped.values())}{f' {dropped}' if dropped else ''}, "
-            f"dead-lettered {spool.get('dead_lettered', 0)}\n"
+            f"dead-lettered {spool.get('dead_lettered', 0)}"
+            f"{f' (requeued {requeued})' if (requeued := spool.get('requeued')) else ''}\n"
         )
     drops = (status.get("drops") or {}).get("process_sensor") or {}
     if drops:
@@ -404,6 +414,40 @@ def cmd_events(args: argparse.Namespace) -> int:
             f"{e.get('time')}  {r.state:<7} {e.get('kind'):<7} {e.get('action'):<11} "
             f"{e.get('rule') or '-'}  {_safe(what)}{pid}{count}{why}"
         )
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Dead letters back into delivery: the running agent (or the next start) sends them in
+    their original order; the collector stores an event id once, so nothing is doubled."""
+    if bool(args.ids) == bool(args.all):
+        raise UsageError(
+            "name the dead-lettered events to send again, or --all "
+            "(fix: 'proscribe agent events' shows them, state 'dead')"
+        )
+    config = load_agent_config(args.config)
+    if not config.spool_path.exists():
+        print(
+            f"proscribe: error: {config.spool_path}: no spool yet, so no dead letters",
+            file=sys.stderr,
+        )
+        return 1
+    from proscribe.agent.spool import Spool
+
+    spool = Spool(config.spool_path, recover=False)  # never move it from under a daemon
+    try:
+        requeued = spool.requeue(None if args.all else args.ids)
+    finally:
+        spool.close()
+    print(f"requeued {len(requeued)} dead-lettered event(s); the agent sends them again")
+    missing = [i for i in dict.fromkeys(args.ids) if i not in set(requeued)]
+    if missing:
+        print(
+            f"proscribe: error: not dead letters in {config.spool_path}: {', '.join(missing)} "
+            "(fix: 'proscribe agent events' lists the spool; state 'dead' can be requeued)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

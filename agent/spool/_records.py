@@ -44,6 +44,7 @@ class SpoolStats:
     dropped: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     dead_lettered: int = 0
+    requeued: int = 0  # dead letters put back into delivery (``agent requeue``)
     last_ack_time: float | None = None
     stored_rows: int = 0
     stored_bytes: int = 0
@@ -65,6 +66,7 @@ class SpoolStats:
             "dropped_total": self.dropped_total,
             "sent": self.sent,
             "dead_lettered": self.dead_lettered,
+            "requeued": self.requeued,
             "last_ack_time": self.last_ack_time,
             "stored_rows": self.stored_rows,
             "stored_bytes": self.stored_bytes,

@@ -411,6 +411,44 @@ class Spool:
         """Take events out of delivery for good (the collector refused them), keeping the why."""
         return self._settle(list(ids), DEAD, reason[:500], "dead_lettered")
 
+    def requeue(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Put dead letters back into delivery (all of them, or those of ``ids``), in their
+        original order (a row keeps its place in the sequence); returns the ids requeued. An id
+        that is not a dead letter (pending, sent, evicted, unknown) is left alone. A collector
+        that still refuses one dead-letters it again."""
+        wanted = None if ids is None else list(dict.fromkeys(ids))
+        now = self._clock()
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            if wanted is None:
+                found = [r[0] for r in db.execute("SELECT id FROM events WHERE state = ?", (DEAD,))]
+            else:
+                found = []
+                for start in range(0, len(wanted), 500):
+                    chunk = wanted[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    found += [
+                        r[0]
+                        for r in db.execute(
+                            f"SELECT id FROM events WHERE state = ? AND id IN ({marks})",  # noqa: S608
+                            (DEAD, *chunk),
+                        )
+                    ]
+            for start in range(0, len(found), 500):
+                chunk = found[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"UPDATE events SET state = ?, state_time = ?, error = NULL"  # noqa: S608
+                    f" WHERE state = ? AND id IN ({marks})",
+                    (PENDING, now, DEAD, *chunk),
+                )
+            if found:
+                self._bump(db, "requeued", len(found))
+            return found
+
+        with self._lock:
+            return list(self._locked_write(work))
+
     def _settle(self, ids: list[str], state: str, error: str | None, counter: str) -> int:
         if not ids:
             return 0
@@ -493,6 +531,7 @@ class Spool:
             dropped=dropped,
             sent=int(counters.get("sent", 0)),
             dead_lettered=int(counters.get("dead_lettered", 0)),
+            requeued=int(counters.get("requeued", 0)),
             last_ack_time=float(last_ack) if last_ack is not None else None,
             stored_rows=rows,
             stored_bytes=used,

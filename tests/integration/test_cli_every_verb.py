@@ -142,6 +142,7 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("agent", "check"): ["--config", "agent.toml"],
     ("agent", "status"): ["--config", "agent.toml"],
     ("agent", "events"): ["--config", "agent.toml", "--limit", "500"],
+    ("agent", "requeue"): ["no-such-id", "--config", "agent.toml"],
     ("agent", "quarantine", "list"): ["--config", "agent.toml"],
     ("agent", "quarantine", "restore"): ["no-such-id", "--config", "agent.toml"],
     ("collector", "migrate"): ["--config", "collector.toml"],

@@ -280,3 +280,42 @@ def test_a_held_back_event_is_retried_and_goes_when_the_fault_passes(
     assert set(server.events) == {lone["id"]}
     assert spool.stats().dead_lettered == 0
     assert reporter.status()["isolating"] is None
+
+
+def test_dead_letters_requeued_once_the_collector_takes_them_arrive_once_in_order(
+    tmp_path: Path, make: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The collector refused two events (a bug on its side, say); once it is fixed,
+    ``proscribe agent requeue`` puts them back and each arrives exactly once, oldest first."""
+    from proscribe.cli import main
+    from tests.unit.test_agent_cli import config
+
+    state = tmp_path / "state"
+    state.mkdir()
+    server, reporter, spool = make(400, state)
+    events = [good(i) for i in range(20)]
+    refused = [events[3]["id"], events[11]["id"]]
+    server.poison = set(refused)
+    assert all(spool.append_many(events))
+    drain(reporter, spool)
+    assert set(dead_rows(spool)) == set(refused)
+
+    server.poison = set()  # the collector is fixed
+    agent_toml = config(tmp_path)
+    assert main(["agent", "requeue", "--config", str(agent_toml), refused[0], "no-such-id"]) == 1
+    out, err = capsys.readouterr()
+    assert "requeued 1 " in out and "no-such-id" in err and len(err.splitlines()) == 1
+    assert main(["agent", "requeue", "--all", "--config", str(agent_toml)]) == 0
+    assert "requeued 1 " in capsys.readouterr().out  # the other one
+    assert main(["agent", "requeue", "--config", str(agent_toml)]) == 2  # neither ids nor --all
+    capsys.readouterr()
+
+    posts_before = len(server.event_posts())
+    drain(reporter, spool)
+    assert spool.stats().depth == 0 and not dead_rows(spool)
+    assert set(server.events) == {e["id"] for e in events}
+    assert server.duplicates == 0 and all(n <= 1 for n in server.store_count.values())
+    resent = [p for p in server.event_posts()[posts_before:] if p.status == 200]
+    assert sum(p.n_events for p in resent) == 2
+    assert list(server.events)[-2:] == refused  # stored in their original order
+    assert spool.stats().requeued == 2
