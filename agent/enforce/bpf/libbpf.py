@@ -57,6 +57,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_object__close": (None, [vp]),
         "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
         "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_program__set_autoload": (c_int, [vp, ctypes.c_bool]),
         "bpf_map__fd": (c_int, [vp]),
         "bpf_program__attach": (vp, [vp]),
         "bpf_program__attach_cgroup": (vp, [vp, c_int]),
@@ -183,9 +184,12 @@ class RingBuffer:
 class BpfObject:
     """A compiled BPF object opened from bytes and loaded into the kernel (CO-RE relocations
     resolved against the running kernel's BTF); :meth:`attach` attaches programs by name,
-    :meth:`close` detaches them all and unloads."""
+    :meth:`close` detaches them all and unloads. The programs named in ``skip`` are not
+    loaded (the kernel never sees them; attaching one fails)."""
 
-    def __init__(self, data: bytes, *, name: str = "bpf object") -> None:
+    def __init__(
+        self, data: bytes, *, name: str = "bpf object", skip: tuple[str, ...] = ()
+    ) -> None:
         self.lib = load_libbpf()
         self.name = name
         # libbpf keeps pointing into the buffer while the object lives
@@ -196,6 +200,11 @@ class BpfObject:
             raise BpfUnavailable(f"{name}: cannot open: {_why(0)}")
         self._obj: int | None = obj
         self._links: list[int] = []
+        for program in skip:
+            ptr = self.lib.bpf_object__find_program_by_name(obj, program.encode())
+            if not ptr or self.lib.bpf_program__set_autoload(ptr, False) != 0:
+                self.close()
+                raise BpfUnavailable(f"{name}: cannot leave out program {program!r}")
         ctypes.set_errno(0)
         rc = self.lib.bpf_object__load(obj)
         if rc != 0:
