@@ -318,6 +318,12 @@ class KernelExecGuard:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def program_fds(self) -> dict[str, int]:
+        """The attached programs' file descriptors, by name (the bench reads their run-time
+        statistics)."""
+        names = ("guard_exec", MMAP_HOOKS[self.mmap_hook])
+        return {name: self._obj.program_fd(name) for name in names}
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.plan.summary(),
