@@ -138,6 +138,7 @@ def test_status_says_the_kernel_guard_is_active(env: Env) -> None:
     assert kernel["name_prefixes"] == 1  # dsk<token>*; the user-exempt rule is the sensor's
     assert kernel["files"] == 1
     assert kernel["left_to_sensor"] == 1  # uex<token>*: an exemption by user applies
+    assert kernel["mmap_hook"] == "mmap_lock"  # not sys_enter: system calls do not pay
     text = subprocess.run(
         [*PROSCRIBE, "agent", "status", "--config", str(env.tmp / "agent.toml")],
         capture_output=True, text=True, check=True, timeout=60,

@@ -355,7 +355,7 @@ static __always_inline int judge_mmap(struct task_struct *task, unsigned long pr
  * (vm_mmap_pgoff, after the file is resolved and before anything is mapped). The lock is also
  * taken by page faults that miss the per-VMA lock, munmap, mprotect, brk, /proc readers...: a
  * read lock, another system call or another task's address space returns at once. A SIGKILL
- * sent here makes the killable lock fail: the mapping is never made.
+ * sent here kills the task on its way back to user space: FILE's code never runs.
  * Older kernels pass (mm, memcg_path, write): the path's pointer, never 0, takes the bool's
  * place and read locks are looked at too (args[2] cannot be read: the kernel refuses to attach
  * a program that reads past the tracepoint's arguments); orig_ax still limits it to mmap(2). */
