@@ -19,7 +19,11 @@ Printed side by side from one run (root, Linux with BTF):
 3. **Map memory** for a 10,000-name policy (the kernel's ``memlock`` figure per map), and the
    **time from a policy change to the maps in force** (TOML parse + plan + map writes).
 
-fapolicyd is measured by ``bench/exec_deny.py`` (it needs its own mount namespace set-up).
+fapolicyd (Debian's, permissive, when installed) runs through the exec rounds as one more
+condition, set up as ``bench/exec_deny.py`` does (private /run, /var/log, /var/lib/fapolicyd
+and /etc/fapolicyd; it marks only a private ramfs holding its copy of ``/bin/true``, checked
+from its fanotify fdinfo); afterwards, with no guard, the ramfs and tmpfs copies are timed
+against each other so that the file system's share can be taken out of fapolicyd's ratio.
 
     .venv/bin/python -m bench.exec_guard [--starts 1000] [--rounds 20] [--batch 50]
 """
@@ -122,8 +126,14 @@ def markers(starts: int, work: Path) -> dict[str, int]:
         guard.close()
 
 
-def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Exec times per condition, in round-robin batches on a private tmpfs."""
+def overhead(
+    rounds: int, batch: int, work: Path, host_ns: str
+) -> tuple[dict[str, list[float]], dict[str, str], str | None]:
+    """Exec times per condition, in round-robin batches on a private tmpfs (fapolicyd's on a
+    private ramfs, the only file system type it is told to watch); then, with no guard at all,
+    the same two mounts against each other. The third value says why fapolicyd was not
+    measured (None when it was)."""
+    from bench.exec_deny import fapolicyd
     from proscribe.agent.enforce.bpf.guard import KernelExecGuard
     from proscribe.agent.enforce.bpf.plan import GuardPlan
     from proscribe.agent.enforce.exec_deny import ExecDenyGuard, policy_decider
@@ -132,10 +142,15 @@ def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]
 
     mnt = work / "mnt"
     mnt.mkdir()
+    fapo = work / "fapo"
+    fapo.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "bench", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "ramfs", "-o", "size=16m", "ramfs", str(fapo)], check=True)
     try:
         true = mnt / "true"
         shutil.copy("/bin/true", true)
+        ramfs_true = fapo / "true"
+        shutil.copy("/bin/true", ramfs_true)
         plan = GuardPlan()
         for i in range(10_000):
             plan.exact[f"zzbulk{i:05d}"] = plan.rule_number(f"rule{i % 50}")
@@ -144,11 +159,11 @@ def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]
         from datetime import UTC, datetime
 
         decide = policy_decider(compiled, "bench-host", lambda: datetime.now(UTC))
-        conditions = ("none", "bpf", "bpf sys_enter", "fanotify")
-        times: dict[str, list[float]] = {c: [] for c in conditions}
-        times.update({f"cpu {c}": [] for c in conditions})
-        rounds_med: dict[str, list[float]] = {c: [] for c in conditions}
-        rounds_med.update({f"cpu {c}": [] for c in conditions})
+        every = ("none", "bpf", "bpf sys_enter", "fanotify", "fapolicyd", "tmpfs", "ramfs")
+        times: dict[str, list[float]] = {c: [] for c in every}
+        times.update({f"cpu {c}": [] for c in every})
+        rounds_med: dict[str, list[float]] = {c: [] for c in every}
+        rounds_med.update({f"cpu {c}": [] for c in every})
         dd: dict[str, list[float]] = {"none": [], "bpf": [], "bpf sys_enter": []}
         hooks: dict[str, str] = {}
 
@@ -166,6 +181,7 @@ def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]
         def measure(cond: str) -> None:
             kernel = kernels.get(cond)
             fan = None
+            tool = ramfs_true if cond in ("fapolicyd", "ramfs") else true
             if kernel is not None:
                 for program in kernel.program_fds():
                     kernel._obj.attach(program)
@@ -173,8 +189,8 @@ def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]
                 fan = ExecDenyGuard([mnt], decide, cache_size=4096)
                 fan.start()
             try:
-                _spawn_times(true, 5)  # warm-up (and the fanotify cache)
-                batch_times, cpu_times = _spawn_times(true, batch)
+                _spawn_times(tool, 5)  # warm-up (and the fanotify cache)
+                batch_times, cpu_times = _spawn_times(tool, batch)
                 times[cond].extend(batch_times)
                 times[f"cpu {cond}"].extend(cpu_times)
                 rounds_med[cond].append(statistics.median(batch_times))
@@ -188,20 +204,30 @@ def overhead(rounds: int, batch: int, work: Path) -> tuple[dict[str, list[float]
                     fan.stop()
 
         try:
-            for r in range(rounds):
-                for i in range(len(conditions)):
-                    measure(conditions[(r + i) % len(conditions)])
+            # fapolicyd (permissive) runs through the whole loop, marking only the ramfs
+            with fapolicyd(work, fapo, host_ns) as why_not:
+                conditions = ["none", "bpf", "bpf sys_enter", "fanotify"]
+                if why_not is None:
+                    conditions.append("fapolicyd")
+                for r in range(rounds):
+                    for i in range(len(conditions)):
+                        measure(conditions[(r + i) % len(conditions)])
         finally:
             for kernel in kernels.values():
                 kernel.close()
+        # no guard at all: what the file system alone changes (fapolicyd's copy is on ramfs)
+        for r in range(max(4, rounds // 5)):
+            for cond in ("tmpfs", "ramfs") if r % 2 else ("ramfs", "tmpfs"):
+                measure(cond)
         for cond, meds in rounds_med.items():
             times[f"rounds {cond}"] = meds
         times["dd bpf sys_enter"] = dd["bpf sys_enter"]
         times["dd none"] = dd["none"]
         times["dd bpf"] = dd["bpf"]
-        return times, hooks
+        return times, hooks, why_not
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", str(fapo)], check=False)
 
 
 def sizes_and_speed() -> dict[str, float]:
@@ -302,7 +328,8 @@ def main() -> int:
         return 2
     if os.environ.get("PROSCRIBE_BENCH_NS") != "1":
         # a private mount namespace: the tmpfs and the fanotify mark never reach the host
-        env = dict(os.environ, PROSCRIBE_BENCH_NS="1")
+        host_ns = os.readlink("/proc/self/ns/mnt")
+        env = dict(os.environ, PROSCRIBE_BENCH_NS="1", PROSCRIBE_BENCH_HOST_NS=host_ns)
         cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m"]
         argv = [*cmd, "bench.exec_guard", *sys.argv[1:]]
         return subprocess.run(argv, env=env, check=False).returncode
@@ -311,17 +338,21 @@ def main() -> int:
         print(f"1. markers in {args.starts} starts each (0 expected):")
         for way, count in markers(args.starts, work).items():
             print(f"   {way:24s} {count}")
-        times, hooks = overhead(args.rounds, args.batch, work)
+        host_ns = os.environ.get("PROSCRIBE_BENCH_HOST_NS", "")
+        times, hooks, why_not = overhead(args.rounds, args.batch, work, host_ns)
         print(f"2. per exec of /bin/true, {args.rounds} x {args.batch} round-robin (medians):")
         shown = ", ".join(f"{cond} on {hook}" for cond, hook in hooks.items())
-        print(f"   (the mapping check: {shown})")
+        print(f"   (the mapping check: {shown}; fapolicyd permissive, its copy on ramfs)")
+        shown_conditions = ["none", "bpf", "bpf sys_enter", "fanotify"]
+        if why_not is None:
+            shown_conditions.append("fapolicyd")
         for metric, prefix in (("wall time, spawn to reap", ""), ("child CPU time", "cpu ")):
             base = statistics.median(times[f"{prefix}none"])
             print(
                 f"   {metric:26s} median µs  ratio   per round, to that round's none:"
                 " median [middle half] lowest-highest"
             )
-            for cond in ("none", "bpf", "bpf sys_enter", "fanotify"):
+            for cond in shown_conditions:
                 med = statistics.median(times[f"{prefix}{cond}"])
                 pairs = zip(
                     times[f"rounds {prefix}{cond}"], times[f"rounds {prefix}none"], strict=True
@@ -332,6 +363,16 @@ def main() -> int:
                     f"     {cond:24s} {med:9.1f}  {med / base:.3f}   {q[1]:.3f} "
                     f"[{q[0]:.3f}-{q[2]:.3f}] {per_round[0]:.2f}-{per_round[-1]:.2f}"
                 )
+            fs = statistics.median(times[f"{prefix}ramfs"]) / statistics.median(
+                times[f"{prefix}tmpfs"]
+            )
+            line = f"     afterwards, no guard: ramfs / tmpfs {fs:.3f}"
+            if why_not is None:
+                fap = statistics.median(times[f"{prefix}fapolicyd"]) / base
+                line += f"; fapolicyd's ratio with that taken out {fap / fs:.3f}"
+            print(line)
+        if why_not is not None:
+            print(f"   fapolicyd not measured: {why_not}")
         dd0 = statistics.median(times["dd none"])
         for cond in ("bpf", "bpf sys_enter"):
             dd1 = statistics.median(times[f"dd {cond}"])
