@@ -217,7 +217,7 @@ def test_policy_change_updates_the_maps_and_close_detaches(tmp_path: Path) -> No
 
 
 def test_the_mapping_check_uses_the_lock_tracepoint_and_falls_back_to_sys_enter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """auto: the mmap_lock tracepoint where the kernel takes it (this kernel does); where it
     refuses it, sys_enter, and the stats say so and why. The refusal is simulated at attach
@@ -244,6 +244,9 @@ def test_the_mapping_check_uses_the_lock_tracepoint_and_falls_back_to_sys_enter(
         assert stats["mmap_hook"] == "sys_enter"
         assert stats["mmap_hook_detail"] == (
             "mmap_lock refused: cannot attach guard_mmap: ENOENT (No such file or directory)"
+        )
+        assert "loader check on sys_enter, every system call pays (mmap_lock refused" in (
+            caplog.text
         )
         t = _token()
         plan = GuardPlan()

@@ -169,7 +169,8 @@ class KernelExecGuard:
             if first is not None:
                 guard.mmap_hook_detail = f"{hooks[0]} refused: {first}"
                 log.warning(
-                    "exec guard: mapping check on sys_enter (every system call pays): %s", first
+                    "kernel exec guard: loader check on sys_enter, every system call pays (%s)",
+                    guard.mmap_hook_detail,
                 )
             return guard
         assert first is not None
