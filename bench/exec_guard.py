@@ -8,14 +8,22 @@ Printed side by side from one run (root, Linux with BTF):
    (``exec -a``), and as a renamed copy denied by its hash (learned by device and inode, as the
    agent does after the first sighting). Expected: 0 markers.
 2. **Per-exec overhead**: posix_spawn→waitpid of ``/bin/true`` on a private tmpfs, round-robin
-   batches with no guard, with the eBPF guard (10,000 names in its trie) and with the fanotify
-   pre-exec guard marking that tmpfs (cache warm). Medians, and the ratio to no guard measured
-   in the same run. The mmap hook runs on every system call (raw ``sys_enter``), so a
-   syscall-bound loop (``dd bs=1``, two syscalls per byte) is timed too.
+   batches (the order rotates each round) with no guard, with the eBPF guard (10,000 names in
+   its trie) as the agent attaches it (the mapping check on the ``mmap_lock_start_locking``
+   tracepoint), with the eBPF guard forced onto its fallback hook (raw ``sys_enter``, which
+   routes every system call through the tracing entry path) and with the fanotify pre-exec
+   guard marking that tmpfs (cache warm). Medians, the ratio to no guard measured in the same
+   run, and the spread of that ratio over the rounds (each round's median / the same round's
+   unguarded median: lowest, middle half, highest). A syscall-bound loop (``dd bs=1``, two
+   syscalls per byte) is timed with each eBPF hook too.
 3. **Map memory** for a 10,000-name policy (the kernel's ``memlock`` figure per map), and the
    **time from a policy change to the maps in force** (TOML parse + plan + map writes).
 
-fapolicyd is measured by ``bench/exec_deny.py`` (it needs its own mount namespace set-up).
+fapolicyd (Debian's, permissive, when installed) runs through the exec rounds as one more
+condition, set up as ``bench/exec_deny.py`` does (private /run, /var/log, /var/lib/fapolicyd
+and /etc/fapolicyd; it marks only a private ramfs holding its copy of ``/bin/true``, checked
+from its fanotify fdinfo); afterwards, with no guard, the ramfs and tmpfs copies are timed
+against each other so that the file system's share can be taken out of fapolicyd's ratio.
 
     .venv/bin/python -m bench.exec_guard [--starts 1000] [--rounds 20] [--batch 50]
 """
@@ -42,18 +50,23 @@ out = []
 for i in range(n):
     t0 = time.perf_counter_ns()
     pid = os.posix_spawn(tool, [tool], {})
-    os.waitpid(pid, 0)
-    out.append((time.perf_counter_ns() - t0) / 1000)
-print(" ".join(f"{x:.1f}" for x in out))
+    _pid, _status, ru = os.wait4(pid, 0)
+    wall = (time.perf_counter_ns() - t0) / 1000
+    out.append(f"{wall:.1f}/{(ru.ru_utime + ru.ru_stime) * 1e6:.0f}")
+print(" ".join(out))
 """
 
 
-def _spawn_times(tool: Path, n: int) -> list[float]:
+def _spawn_times(tool: Path, n: int) -> tuple[list[float], list[float]]:
+    """Per exec: the wall time from spawn to reap, and the CPU time the child used (user +
+    system, from wait4: the exec itself, ld.so and the guard's programs, which run in the
+    child; time spent waiting for a CPU taken by other work is not in it)."""
     out = subprocess.run(
         [sys.executable, "-c", EXEC_LOOP, str(n), str(tool)],
         capture_output=True, text=True, check=True, timeout=600,
     ).stdout  # fmt: skip
-    return [float(x) for x in out.split()]
+    pairs = [item.split("/") for item in out.split()]
+    return [float(w) for w, _c in pairs], [float(c) for _w, c in pairs]
 
 
 def _dd_seconds() -> float:
@@ -80,6 +93,7 @@ def markers(starts: int, work: Path) -> dict[str, int]:
     marks = work / "marks"
     marks.mkdir()
     guard = KernelExecGuard.open(lambda report: None)
+    print(f"   (mapping check on {guard.mmap_hook})")
     try:
         guard.set_loaders(resolve_loaders())
         plan = GuardPlan()
@@ -112,8 +126,14 @@ def markers(starts: int, work: Path) -> dict[str, int]:
         guard.close()
 
 
-def overhead(rounds: int, batch: int, work: Path) -> dict[str, list[float]]:
-    """Exec times per condition, in round-robin batches on a private tmpfs."""
+def overhead(
+    rounds: int, batch: int, work: Path, host_ns: str
+) -> tuple[dict[str, list[float]], dict[str, str], str | None]:
+    """Exec times per condition, in round-robin batches on a private tmpfs (fapolicyd's on a
+    private ramfs, the only file system type it is told to watch); then, with no guard at all,
+    the same two mounts against each other. The third value says why fapolicyd was not
+    measured (None when it was)."""
+    from bench.exec_deny import fapolicyd
     from proscribe.agent.enforce.bpf.guard import KernelExecGuard
     from proscribe.agent.enforce.bpf.plan import GuardPlan
     from proscribe.agent.enforce.exec_deny import ExecDenyGuard, policy_decider
@@ -122,10 +142,15 @@ def overhead(rounds: int, batch: int, work: Path) -> dict[str, list[float]]:
 
     mnt = work / "mnt"
     mnt.mkdir()
+    fapo = work / "fapo"
+    fapo.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "bench", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "ramfs", "-o", "size=16m", "ramfs", str(fapo)], check=True)
     try:
         true = mnt / "true"
         shutil.copy("/bin/true", true)
+        ramfs_true = fapo / "true"
+        shutil.copy("/bin/true", ramfs_true)
         plan = GuardPlan()
         for i in range(10_000):
             plan.exact[f"zzbulk{i:05d}"] = plan.rule_number(f"rule{i % 50}")
@@ -134,32 +159,75 @@ def overhead(rounds: int, batch: int, work: Path) -> dict[str, list[float]]:
         from datetime import UTC, datetime
 
         decide = policy_decider(compiled, "bench-host", lambda: datetime.now(UTC))
-        times: dict[str, list[float]] = {"none": [], "bpf": [], "fanotify": []}
-        dd: dict[str, list[float]] = {"none": [], "bpf": []}
-        for _ in range(rounds):
-            _spawn_times(true, 5)
-            times["none"].extend(_spawn_times(true, batch))
-            dd["none"].append(_dd_seconds())
-            kernel = KernelExecGuard.open(lambda report: None)
+        every = ("none", "bpf", "bpf sys_enter", "fanotify", "fapolicyd", "tmpfs", "ramfs")
+        times: dict[str, list[float]] = {c: [] for c in every}
+        times.update({f"cpu {c}": [] for c in every})
+        rounds_med: dict[str, list[float]] = {c: [] for c in every}
+        rounds_med.update({f"cpu {c}": [] for c in every})
+        dd: dict[str, list[float]] = {"none": [], "bpf": [], "bpf sys_enter": []}
+        hooks: dict[str, str] = {}
+
+        # both guards loaded once with their maps filled (as in the agent), attached only
+        # for their own batches
+        kernels = {
+            "bpf": KernelExecGuard.open(lambda report: None),
+            "bpf sys_enter": KernelExecGuard.open(lambda report: None, mmap_hook="sys_enter"),
+        }
+        for cond, kernel in kernels.items():
+            hooks[cond] = kernel.mmap_hook
+            kernel.apply(plan)
+            kernel._obj.detach()
+
+        def measure(cond: str) -> None:
+            kernel = kernels.get(cond)
+            fan = None
+            tool = ramfs_true if cond in ("fapolicyd", "ramfs") else true
+            if kernel is not None:
+                for program in kernel.program_fds():
+                    kernel._obj.attach(program)
+            elif cond == "fanotify":
+                fan = ExecDenyGuard([mnt], decide, cache_size=4096)
+                fan.start()
             try:
-                kernel.apply(plan)
-                _spawn_times(true, 5)  # warm-up after attaching
-                times["bpf"].extend(_spawn_times(true, batch))
-                dd["bpf"].append(_dd_seconds())
+                _spawn_times(tool, 5)  # warm-up (and the fanotify cache)
+                batch_times, cpu_times = _spawn_times(tool, batch)
+                times[cond].extend(batch_times)
+                times[f"cpu {cond}"].extend(cpu_times)
+                rounds_med[cond].append(statistics.median(batch_times))
+                rounds_med[f"cpu {cond}"].append(statistics.median(cpu_times))
+                if cond in dd:
+                    dd[cond].append(_dd_seconds())
             finally:
+                if kernel is not None:
+                    kernel._obj.detach()
+                if fan is not None:
+                    fan.stop()
+
+        try:
+            # fapolicyd (permissive) runs through the whole loop, marking only the ramfs
+            with fapolicyd(work, fapo, host_ns) as why_not:
+                conditions = ["none", "bpf", "bpf sys_enter", "fanotify"]
+                if why_not is None:
+                    conditions.append("fapolicyd")
+                for r in range(rounds):
+                    for i in range(len(conditions)):
+                        measure(conditions[(r + i) % len(conditions)])
+        finally:
+            for kernel in kernels.values():
                 kernel.close()
-            fan = ExecDenyGuard([mnt], decide, cache_size=4096)
-            fan.start()
-            try:
-                _spawn_times(true, 2)  # warm its cache
-                times["fanotify"].extend(_spawn_times(true, batch))
-            finally:
-                fan.stop()
+        # no guard at all: what the file system alone changes (fapolicyd's copy is on ramfs)
+        for r in range(max(4, rounds // 5)):
+            for cond in ("tmpfs", "ramfs") if r % 2 else ("ramfs", "tmpfs"):
+                measure(cond)
+        for cond, meds in rounds_med.items():
+            times[f"rounds {cond}"] = meds
+        times["dd bpf sys_enter"] = dd["bpf sys_enter"]
         times["dd none"] = dd["none"]
         times["dd bpf"] = dd["bpf"]
-        return times
+        return times, hooks, why_not
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", str(fapo)], check=False)
 
 
 def sizes_and_speed() -> dict[str, float]:
@@ -199,18 +267,69 @@ def sizes_and_speed() -> dict[str, float]:
         guard.close()
 
 
+def program_time(execs: int, work: Path) -> dict[str, tuple[float, float]]:
+    """The guard's programs as the kernel times them (BPF run-time statistics, enabled for
+    the host while this runs): runs and nanoseconds per exec of /bin/true, each hook."""
+    from proscribe.agent.enforce.bpf.guard import KernelExecGuard
+    from proscribe.agent.enforce.bpf.libbpf import enable_run_time_stats
+    from proscribe.agent.enforce.bpf.plan import GuardPlan, resolve_loaders
+
+    plan = GuardPlan()
+    for i in range(10_000):
+        plan.exact[f"zzbulk{i:05d}"] = plan.rule_number(f"rule{i % 50}")
+    true = work / "true"
+    shutil.copy("/bin/true", true)
+    found: dict[str, tuple[float, float]] = {}
+    stats_fd = enable_run_time_stats()
+    try:
+        for hook in ("mmap_lock", "sys_enter"):
+            guard = KernelExecGuard.open(lambda report: None, mmap_hook=hook)
+            try:
+                guard.set_loaders(resolve_loaders())
+                guard.apply(plan)
+                fds = guard.program_fds()
+
+                def read(fds: dict[str, int] = fds) -> dict[str, tuple[int, int]]:
+                    out = {}
+                    for name, fd in fds.items():
+                        info = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                        fields = dict(line.split(":", 1) for line in info if ":" in line)
+                        out[name] = (int(fields["run_cnt"]), int(fields["run_time_ns"]))
+                    return out
+
+                before = read()
+                _spawn_times(true, execs)
+                after = read()
+                for name in fds:
+                    runs = after[name][0] - before[name][0]
+                    ns = after[name][1] - before[name][1]
+                    found[f"{name} ({hook})"] = (runs / execs, ns / execs)
+            finally:
+                guard.close()
+    finally:
+        os.close(stats_fd)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument(
+        "--program-time",
+        action="store_true",
+        help="also time the guard's programs with the kernel's BPF run-time statistics "
+        "(a host-wide setting while it runs: every BPF program on the host pays two clock reads)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (BPF, a private tmpfs)", file=sys.stderr)
         return 2
     if os.environ.get("PROSCRIBE_BENCH_NS") != "1":
         # a private mount namespace: the tmpfs and the fanotify mark never reach the host
-        env = dict(os.environ, PROSCRIBE_BENCH_NS="1")
+        host_ns = os.readlink("/proc/self/ns/mnt")
+        env = dict(os.environ, PROSCRIBE_BENCH_NS="1", PROSCRIBE_BENCH_HOST_NS=host_ns)
         cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m"]
         argv = [*cmd, "bench.exec_guard", *sys.argv[1:]]
         return subprocess.run(argv, env=env, check=False).returncode
@@ -219,24 +338,58 @@ def main() -> int:
         print(f"1. markers in {args.starts} starts each (0 expected):")
         for way, count in markers(args.starts, work).items():
             print(f"   {way:24s} {count}")
-        times = overhead(args.rounds, args.batch, work)
-        base = statistics.median(times["none"])
-        print(f"2. per exec of /bin/true, {args.rounds} x {args.batch} round-robin (median µs):")
-        for cond in ("none", "bpf", "fanotify"):
-            med = statistics.median(times[cond])
-            print(f"   {cond:10s} {med:8.1f} µs   ratio to none {med / base:.3f}")
+        host_ns = os.environ.get("PROSCRIBE_BENCH_HOST_NS", "")
+        times, hooks, why_not = overhead(args.rounds, args.batch, work, host_ns)
+        print(f"2. per exec of /bin/true, {args.rounds} x {args.batch} round-robin (medians):")
+        shown = ", ".join(f"{cond} on {hook}" for cond, hook in hooks.items())
+        print(f"   (the mapping check: {shown}; fapolicyd permissive, its copy on ramfs)")
+        shown_conditions = ["none", "bpf", "bpf sys_enter", "fanotify"]
+        if why_not is None:
+            shown_conditions.append("fapolicyd")
+        for metric, prefix in (("wall time, spawn to reap", ""), ("child CPU time", "cpu ")):
+            base = statistics.median(times[f"{prefix}none"])
+            print(
+                f"   {metric:26s} median µs  ratio   per round, to that round's none:"
+                " median [middle half] lowest-highest"
+            )
+            for cond in shown_conditions:
+                med = statistics.median(times[f"{prefix}{cond}"])
+                pairs = zip(
+                    times[f"rounds {prefix}{cond}"], times[f"rounds {prefix}none"], strict=True
+                )
+                per_round = sorted(m / n for m, n in pairs)
+                q = statistics.quantiles(per_round, n=4, method="inclusive")
+                print(
+                    f"     {cond:24s} {med:9.1f}  {med / base:.3f}   {q[1]:.3f} "
+                    f"[{q[0]:.3f}-{q[2]:.3f}] {per_round[0]:.2f}-{per_round[-1]:.2f}"
+                )
+            fs = statistics.median(times[f"{prefix}ramfs"]) / statistics.median(
+                times[f"{prefix}tmpfs"]
+            )
+            line = f"     afterwards, no guard: ramfs / tmpfs {fs:.3f}"
+            if why_not is None:
+                fap = statistics.median(times[f"{prefix}fapolicyd"]) / base
+                line += f"; fapolicyd's ratio with that taken out {fap / fs:.3f}"
+            print(line)
+        if why_not is not None:
+            print(f"   fapolicyd not measured: {why_not}")
         dd0 = statistics.median(times["dd none"])
-        dd1 = statistics.median(times["dd bpf"])
-        print(
-            f"   dd bs=1 x 300k (600k syscalls): none {dd0 * 1000:.0f} ms, bpf "
-            f"{dd1 * 1000:.0f} ms, ratio {dd1 / dd0:.3f}"
-        )
+        for cond in ("bpf", "bpf sys_enter"):
+            dd1 = statistics.median(times[f"dd {cond}"])
+            print(
+                f"   dd bs=1 x 300k (600k syscalls): none {dd0 * 1000:.0f} ms, {cond} "
+                f"{dd1 * 1000:.0f} ms, ratio {dd1 / dd0:.3f}"
+            )
         figures = sizes_and_speed()
         print("3. a 10,000-name policy:")
         for key, value in figures.items():
             unit = "ms" if key.endswith(" s") else "bytes"
             shown = value * 1000 if unit == "ms" else value
             print(f"   {key:24s} {shown:12.1f} {unit}")
+        if args.program_time:
+            print("4. the guard's programs per exec of /bin/true (kernel BPF run-time stats):")
+            for name, (runs, ns) in program_time(500, work).items():
+                print(f"   {name:34s} {runs:6.1f} runs  {ns / 1000:6.2f} µs")
     return 0
 
 

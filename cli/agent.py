@@ -317,6 +317,9 @@ def _print_status(status: dict[str, Any]) -> None:
             if kernel.get("detail")
             else ""
         )
+        if kernel.get("mmap_hook") == "sys_enter":  # the fallback: every system call pays
+            fallback = kernel.get("mmap_hook_detail") or "forced"
+            why += f" (loader check on sys_enter, every system call pays: {fallback})"
         out.write(f"guard:     {guard['active']}{why}\n")
     dns_lost = (status.get("drops") or {}).get("dns")
     if isinstance(dns_lost, int) and dns_lost:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from proscribe.agent.enforce.bpf.guard import KernelExecGuard, KernelReport
+from proscribe.agent.enforce.bpf.guard import BpfUnavailable, KernelExecGuard, KernelReport
+from proscribe.agent.enforce.bpf.libbpf import BpfObject
 from proscribe.agent.enforce.bpf.plan import GuardPlan, file_id, resolve_loaders
 from tests.support.waits import wait_for
 
@@ -28,10 +29,13 @@ pytestmark = [pytest.mark.root, pytest.mark.linux]
 LOADER = next(iter(resolve_loaders().values()), "/lib64/ld-linux-x86-64.so.2")
 
 
-@pytest.fixture
-def guard() -> Iterator[tuple[KernelExecGuard, list[KernelReport]]]:
+@pytest.fixture(params=["mmap_lock", "sys_enter"])
+def guard(request: pytest.FixtureRequest) -> Iterator[tuple[KernelExecGuard, list[KernelReport]]]:
+    """The guard with each executable-mapping hook: the tracepoint on the address-space lock
+    (used wherever the kernel has it) and the sys_enter fallback."""
     reports: list[KernelReport] = []
-    g = KernelExecGuard.open(reports.append)
+    g = KernelExecGuard.open(reports.append, mmap_hook=request.param)
+    assert g.mmap_hook == request.param and g.stats()["mmap_hook"] == request.param
     g.set_loaders(resolve_loaders())
     g.start()
     try:
@@ -210,6 +214,52 @@ def test_policy_change_updates_the_maps_and_close_detaches(tmp_path: Path) -> No
         g.close()
     assert _run([str(program), str(tmp_path / "m3")]) == 0  # nothing stays in the kernel
     assert (tmp_path / "m3").exists()
+
+
+def test_the_mapping_check_uses_the_lock_tracepoint_and_falls_back_to_sys_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auto: the mmap_lock tracepoint where the kernel takes it (this kernel does); where it
+    refuses it, sys_enter, and the stats say so and why. The refusal is simulated at attach
+    time; both objects are really loaded and attached."""
+    g = KernelExecGuard.open(lambda report: None)
+    try:
+        assert g.mmap_hook == "mmap_lock" and "mmap_hook_detail" not in g.stats()
+    finally:
+        g.close()
+    real_attach = BpfObject.attach
+
+    def refuse_lock_hook(self: BpfObject, program: str) -> None:
+        if program == "guard_mmap":
+            raise BpfUnavailable("cannot attach guard_mmap: ENOENT (No such file or directory)")
+        real_attach(self, program)
+
+    monkeypatch.setattr(BpfObject, "attach", refuse_lock_hook)
+    reports: list[KernelReport] = []
+    g = KernelExecGuard.open(reports.append)
+    try:
+        g.set_loaders(resolve_loaders())
+        g.start()
+        stats = g.stats()
+        assert stats["mmap_hook"] == "sys_enter"
+        assert stats["mmap_hook_detail"] == (
+            "mmap_lock refused: cannot attach guard_mmap: ENOENT (No such file or directory)"
+        )
+        assert "loader check on sys_enter, every system call pays (mmap_lock refused" in (
+            caplog.text
+        )
+        t = _token()
+        plan = GuardPlan()
+        plan.exact[f"zzseek{t}"] = plan.rule_number("r")
+        g.apply(plan)
+        marker = tmp_path / "m"
+        assert _run([LOADER, str(_program(tmp_path, f"zzseek{t}")), str(marker)]) == -9
+        assert not marker.exists()
+        assert wait_for(lambda: [r.kind for r in reports] == ["mmap"], timeout=5)
+    finally:
+        g.close()
+    with pytest.raises(BpfUnavailable, match="cannot attach guard_mmap"):
+        KernelExecGuard.open(print, mmap_hook="mmap_lock")
 
 
 def test_without_root_it_says_why_in_one_line() -> None:

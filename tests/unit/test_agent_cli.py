@@ -201,3 +201,21 @@ def test_status_names_the_trusted_keys(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["agent", "status", "--config", str(path)]) == 0
     text = capsys.readouterr().out
     assert "trust:     vera-lind — key " in text and "(unnamed) — key " in text
+
+
+def test_status_text_says_when_the_loader_check_fell_back_to_sys_enter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The kernel guard's loader check on its fallback hook costs every system call: the text
+    status says so and why; on the mmap_lock tracepoint it says only ``bpf``."""
+    from proscribe.cli.agent import _print_status
+
+    kernel = {"state": "running", "detail": "", "mmap_hook": "mmap_lock"}
+    _print_status({"running": True, "pid": 1, "guard": {"active": "bpf", "kernel": kernel}})
+    assert "\nguard:     bpf\n" in capsys.readouterr().out
+    kernel.update(mmap_hook="sys_enter", mmap_hook_detail="mmap_lock refused: ENOENT")
+    _print_status({"running": True, "pid": 1, "guard": {"active": "bpf", "kernel": kernel}})
+    assert (
+        "\nguard:     bpf (loader check on sys_enter, every system call pays: "
+        "mmap_lock refused: ENOENT)\n"
+    ) in capsys.readouterr().out

@@ -13,9 +13,17 @@
  * Hooks:
  *   raw_tracepoint/sched_process_exec - the new image is in place and has not run an
  *       instruction: judge comm, the executable's own file name and its (device, inode);
- *   raw_tracepoint/sys_enter (mmap only) - an executable mapping of a denied file (the loader
- *       case "ld.so FILE": the loader maps FILE itself). kprobes and fentry are not used: many
- *       kernels (this project's CI among them) are built without them or refuse them.
+ *   raw_tracepoint/mmap_lock_start_locking (mmap(2) only) - an executable mapping of a denied
+ *       file (the loader case "ld.so FILE": the loader maps FILE itself). The tracepoint fires
+ *       when a task takes its address space's lock; guard_mmap looks only at a write lock taken
+ *       inside mmap(2) (the system call number and arguments are in the task's saved registers).
+ *       Nothing else pays: no system call is routed through the tracing entry path.
+ *   raw_tracepoint/sys_enter (mmap only) - guard_mmap_syscall, the same check for a kernel
+ *       without that tracepoint or bpf_task_pt_regs (< 5.15): the agent attaches it only when
+ *       guard_mmap cannot be. Attached, it sends every system call of every process through
+ *       the kernel's syscall-tracing path (1.2-1.6x on a syscall-bound loop).
+ *   kprobes, fentry and BPF-LSM are not used: kernels built without kprobes (the one this
+ *   project's CI runs on) or that refuse the others (EPERM) are common.
  * A denied process is sent SIGKILL (bpf_send_signal: it dies on its way back to user space)
  * and reported through the ring buffer.
  */
@@ -301,23 +309,16 @@ int guard_exec(struct bpf_raw_tracepoint_args *ctx)
 
 /* mmap(2) of a file with PROT_EXEC: denied by (device, inode), or - when the mapping process is
  * a dynamic loader run as a program ("ld.so FILE", which maps FILE itself) - by FILE's name.
- * raw_syscalls/sys_enter runs for every system call: anything but mmap returns at once. */
+ * prot and fd are the system call's arguments as the task entered the kernel. */
 #define NR_MMAP 9
-SEC("raw_tracepoint/sys_enter")
-int guard_mmap(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int judge_mmap(struct task_struct *task, unsigned long prot, long fd)
 {
 	struct file_key fk = {};
 	struct verdict *v;
 	struct file *file = 0;
 
-	if (ctx->args[1] != NR_MMAP)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	unsigned long prot = BPF_CORE_READ(regs, dx);
-	long fd = (long)BPF_CORE_READ(regs, r8);
 	if (!(prot & PROT_EXEC) || fd < 0)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
@@ -348,4 +349,38 @@ int guard_mmap(struct bpf_raw_tracepoint_args *ctx)
 	if (v)
 		act(task, file, KIND_MMAP, WHY_LOADED_NAME, v, &fk, 0);
 	return 0;
+}
+
+/* mmap_lock_start_locking(mm, write): mmap(2) takes its address space's lock for writing
+ * (vm_mmap_pgoff, after the file is resolved and before anything is mapped). The lock is also
+ * taken by page faults that miss the per-VMA lock, munmap, mprotect, brk, /proc readers...: a
+ * read lock, another system call or another task's address space returns at once. A SIGKILL
+ * sent here kills the task on its way back to user space: FILE's code never runs.
+ * Older kernels pass (mm, memcg_path, write): the path's pointer, never 0, takes the bool's
+ * place and read locks are looked at too (args[2] cannot be read: the kernel refuses to attach
+ * a program that reads past the tracepoint's arguments); orig_ax still limits it to mmap(2). */
+SEC("raw_tracepoint/mmap_lock_start_locking")
+int guard_mmap(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!ctx->args[1])
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if ((void *)ctx->args[0] != (void *)task->mm)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs || regs->orig_ax != NR_MMAP)
+		return 0;
+	return judge_mmap(task, regs->dx, (long)regs->r8);
+}
+
+/* The fallback where guard_mmap cannot be attached: raw_syscalls/sys_enter runs for every
+ * system call; anything but mmap returns at once. */
+SEC("raw_tracepoint/sys_enter")
+int guard_mmap_syscall(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (ctx->args[1] != NR_MMAP)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	return judge_mmap((struct task_struct *)bpf_get_current_task(), BPF_CORE_READ(regs, dx),
+			  (long)BPF_CORE_READ(regs, r8));
 }

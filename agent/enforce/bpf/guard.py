@@ -30,7 +30,8 @@ __all__ = ["BpfUnavailable", "KernelExecGuard", "KernelReport", "object_bytes"]
 log = logging.getLogger(__name__)
 
 OBJECT = "exec_guard.bpf.o"
-PROGRAMS = ("guard_exec", "guard_mmap")
+# the executable-mapping hook, by preference: the program and the name shown in the stats
+MMAP_HOOKS = {"mmap_lock": "guard_mmap", "sys_enter": "guard_mmap_syscall"}
 FLAG_CHECK_CTIME = 1
 KIND = {1: "exec", 2: "mmap"}
 WHY = {1: "comm", 2: "exe_name", 3: "inode", 4: "loaded_name"}
@@ -130,12 +131,23 @@ class KernelExecGuard:
         self._ring = obj.ring_buffer("reports", self._record)
         self._thread: threading.Thread | None = None
         self.attached_at = time.clock_gettime(time.CLOCK_BOOTTIME)  # as /proc's start times
+        self.mmap_hook = ""  # "mmap_lock" | "sys_enter": where the mapping check runs
+        self.mmap_hook_detail = ""  # why not mmap_lock, when it fell back
 
     @classmethod
     def open(
-        cls, on_report: Callable[[KernelReport], None], *, kill: bool = True
+        cls,
+        on_report: Callable[[KernelReport], None],
+        *,
+        kill: bool = True,
+        mmap_hook: str = "auto",
     ) -> KernelExecGuard:
-        """Load, configure and attach; :class:`BpfUnavailable` with the reason otherwise."""
+        """Load, configure and attach; :class:`BpfUnavailable` with the reason otherwise.
+
+        ``mmap_hook``: ``auto`` attaches the executable-mapping check to the
+        ``mmap_lock_start_locking`` tracepoint and, only where the kernel refuses that, to
+        ``sys_enter`` (every system call pays for it); ``mmap_lock`` or ``sys_enter`` force one
+        (tests and the bench). :attr:`mmap_hook` says which is in use."""
         if not sys.platform.startswith("linux"):
             raise BpfUnavailable(f"not Linux ({sys.platform})")
         if os.geteuid() != 0:
@@ -144,15 +156,42 @@ class KernelExecGuard:
             raise BpfUnavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
         if os.uname().machine != "x86_64":
             raise BpfUnavailable(f"the guard is built for x86_64, not {os.uname().machine}")
-        obj = BpfObject(object_bytes(), name=OBJECT)
+        if mmap_hook not in ("auto", *MMAP_HOOKS):
+            raise ValueError(f"mmap_hook: {mmap_hook!r} (auto, mmap_lock or sys_enter)")
+        hooks = list(MMAP_HOOKS) if mmap_hook == "auto" else [mmap_hook]
+        first: BpfUnavailable | None = None
+        for hook in hooks:
+            try:
+                guard = cls._open(on_report, kill, hook)
+            except BpfUnavailable as err:
+                first = first or err
+                continue
+            if first is not None:
+                guard.mmap_hook_detail = f"{hooks[0]} refused: {first}"
+                log.warning(
+                    "kernel exec guard: loader check on sys_enter, every system call pays (%s)",
+                    guard.mmap_hook_detail,
+                )
+            return guard
+        assert first is not None
+        raise first
+
+    @classmethod
+    def _open(
+        cls, on_report: Callable[[KernelReport], None], kill: bool, hook: str
+    ) -> KernelExecGuard:
+        program = MMAP_HOOKS[hook]
+        others = tuple(p for p in MMAP_HOOKS.values() if p != program)
+        obj = BpfObject(object_bytes(), name=OBJECT, skip=others)
         try:
             guard = cls(obj, on_report)
             guard.set_kill(kill)
-            for program in PROGRAMS:
-                obj.attach(program)
+            obj.attach("guard_exec")
+            obj.attach(program)
         except BaseException:
             obj.close()
             raise
+        guard.mmap_hook = hook
         guard.attached_at = time.clock_gettime(time.CLOCK_BOOTTIME)
         return guard
 
@@ -280,10 +319,18 @@ class KernelExecGuard:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def program_fds(self) -> dict[str, int]:
+        """The attached programs' file descriptors, by name (the bench reads their run-time
+        statistics)."""
+        names = ("guard_exec", MMAP_HOOKS[self.mmap_hook])
+        return {name: self._obj.program_fd(name) for name in names}
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.plan.summary(),
             "learned_files": len(self._learned),
+            "mmap_hook": self.mmap_hook,
+            **({"mmap_hook_detail": self.mmap_hook_detail} if self.mmap_hook_detail else {}),
             "reports": self.reports,
             "reader": "running" if self.alive() else "stopped",
         }

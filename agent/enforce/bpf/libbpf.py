@@ -21,7 +21,14 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["BpfObject", "BpfUnavailable", "Map", "RingBuffer", "load_libbpf"]
+__all__ = [
+    "BpfObject",
+    "BpfUnavailable",
+    "Map",
+    "RingBuffer",
+    "enable_run_time_stats",
+    "load_libbpf",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_object__close": (None, [vp]),
         "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
         "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_program__set_autoload": (c_int, [vp, ctypes.c_bool]),
+        "bpf_program__fd": (c_int, [vp]),
+        "bpf_enable_stats": (c_int, [c_int]),
         "bpf_map__fd": (c_int, [vp]),
         "bpf_program__attach": (vp, [vp]),
         "bpf_program__attach_cgroup": (vp, [vp, c_int]),
@@ -180,12 +190,26 @@ class RingBuffer:
             self._ptr = None
 
 
+def enable_run_time_stats() -> int:
+    """Make the kernel count every BPF program's runs and run time (``run_cnt``,
+    ``run_time_ns``) for as long as the returned file descriptor is open: a setting of the
+    whole host, which costs every program two clock reads per run (benchmarks only)."""
+    lib = load_libbpf()
+    fd: int = lib.bpf_enable_stats(0)  # BPF_STATS_RUN_TIME
+    if fd < 0:
+        raise BpfUnavailable(f"cannot enable BPF run-time statistics: {_why(fd)}")
+    return fd
+
+
 class BpfObject:
     """A compiled BPF object opened from bytes and loaded into the kernel (CO-RE relocations
     resolved against the running kernel's BTF); :meth:`attach` attaches programs by name,
-    :meth:`close` detaches them all and unloads."""
+    :meth:`close` detaches them all and unloads. The programs named in ``skip`` are not
+    loaded (the kernel never sees them; attaching one fails)."""
 
-    def __init__(self, data: bytes, *, name: str = "bpf object") -> None:
+    def __init__(
+        self, data: bytes, *, name: str = "bpf object", skip: tuple[str, ...] = ()
+    ) -> None:
         self.lib = load_libbpf()
         self.name = name
         # libbpf keeps pointing into the buffer while the object lives
@@ -196,6 +220,11 @@ class BpfObject:
             raise BpfUnavailable(f"{name}: cannot open: {_why(0)}")
         self._obj: int | None = obj
         self._links: list[int] = []
+        for program in skip:
+            ptr = self.lib.bpf_object__find_program_by_name(obj, program.encode())
+            if not ptr or self.lib.bpf_program__set_autoload(ptr, False) != 0:
+                self.close()
+                raise BpfUnavailable(f"{name}: cannot leave out program {program!r}")
         ctypes.set_errno(0)
         rc = self.lib.bpf_object__load(obj)
         if rc != 0:
@@ -218,6 +247,15 @@ class BpfObject:
             raise BpfUnavailable(f"{self.name}: cannot attach {program}: {_why(0)}")
         self._links.append(link)
 
+    def program_fd(self, program: str) -> int:
+        """The file descriptor of a loaded program (its ``/proc/self/fdinfo`` shows its
+        run-time statistics while :func:`enable_run_time_stats` is in force)."""
+        ptr = self.lib.bpf_object__find_program_by_name(self._obj, program.encode())
+        fd: int = self.lib.bpf_program__fd(ptr) if ptr else -1
+        if fd < 0:
+            raise BpfUnavailable(f"{self.name}: no loaded program named {program!r}")
+        return fd
+
     def attach_cgroup(self, program: str, cgroup_fd: int) -> None:
         """Attach a ``cgroup/…`` or ``cgroup_skb/…`` program to the cgroup v2 directory open
         as ``cgroup_fd`` (a link: detached by :meth:`close` or when this process exits)."""
@@ -233,11 +271,15 @@ class BpfObject:
     def ring_buffer(self, map_name: str, on_record: Callable[[bytes], None]) -> RingBuffer:
         return RingBuffer(self.lib, self.map(map_name), on_record)
 
-    def close(self) -> None:
-        """Detach every program and unload the object (idempotent)."""
+    def detach(self) -> None:
+        """Detach every program; the object stays loaded with its maps (:meth:`attach` again)."""
         for link in reversed(self._links):
             self.lib.bpf_link__destroy(link)
         self._links.clear()
+
+    def close(self) -> None:
+        """Detach every program and unload the object (idempotent)."""
+        self.detach()
         if self._obj is not None:
             self.lib.bpf_object__close(self._obj)
             self._obj = None
