@@ -257,7 +257,9 @@ class Daemon:
         if self.exec_guard is not None:
             self.exec_guard.start()  # asked for explicitly: a failure stops the agent, loudly
         if self.kernel is not None:
-            self.kernel.start()  # "required" and unavailable: stops the agent, loudly
+            # its reports go to the process guard; "required" and unavailable: stops the
+            # agent, loudly
+            self.kernel.start(self.guard.record_kernel_report)
         self.sensor.start()
         self.dns.start()  # cannot fail the agent: its state says what went wrong
         if self.models is not None:
@@ -413,14 +415,11 @@ def build(
 
     users = UserNames()  # uid -> account name, one cache for every reader
     reader = Enricher(procfs, users=users)  # the procfs reader of the sensor, killer and guard
-    guard: ProcessGuard  # built just below; the kernel guard's reports go to it
-    kernel = KernelGuard(
+    kernel = KernelGuard(  # its reports go to the process guard, given at start
         config.enforce.kernel_guard,
         mode=config.agent.mode,
         policy=in_force,
         hostname=hostname,
-        # late-bound: the process guard, built next, records what the kernel reports
-        on_report=lambda report: guard.record_kernel_report(report),  # noqa: PLW0108
         procfs=procfs,
         boot_time=reader.boot_time,
     )

@@ -54,7 +54,6 @@ class KernelGuard:
         mode: str,
         policy: PolicyInForce,
         hostname: str,
-        on_report: Callable[[KernelReport], None],
         procfs: Path = Path("/proc"),
         boot_time: float | None = None,
         refresh_interval: float = 60.0,
@@ -63,7 +62,6 @@ class KernelGuard:
         self.mode = mode
         self.policy = policy
         self.hostname = hostname
-        self.on_report = on_report
         self.procfs = procfs
         # the btime the process sensor's start times were computed with (its Enricher's)
         self.boot_time = read_boot_time(procfs) if boot_time is None else boot_time
@@ -81,7 +79,9 @@ class KernelGuard:
     def active(self) -> bool:
         return self._guard is not None
 
-    def start(self) -> None:
+    def start(self, on_report: Callable[[KernelReport], None]) -> None:
+        """Load and attach (when it can); the kernel's reports go to ``on_report`` from then on
+        (the process guard's ``record_kernel_report``), on the guard's reader thread."""
         if self.choice == "off":
             self.state, self.detail = "off", "enforce.kernel_guard = off"
             return
@@ -92,7 +92,7 @@ class KernelGuard:
         from proscribe.agent.enforce.bpf.plan import resolve_loaders
 
         try:
-            guard = KernelExecGuard.open(self.on_report)
+            guard = KernelExecGuard.open(on_report)
             guard.set_loaders(resolve_loaders())
         except (BpfUnavailable, OSError) as err:
             self.state, self.detail = "unavailable", str(err)
