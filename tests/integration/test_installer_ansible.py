@@ -195,3 +195,24 @@ def test_role_installs_into_staging_root_like_install_sh(
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert version.stdout.strip() == "proscribe 0.1.0"
+
+    # Run again with a configuration the agent refuses: the play fails with the agent's own
+    # line, before agent.toml is written (the previous one stays).
+    written = (etc / "agent.toml").read_text()
+    vars_file.write_text(json.dumps({**extra, "proscribe_collector_url": "http://203.0.113.9"}))
+    refused = subprocess.run(
+        cmd, capture_output=True, text=True, env=env(tmp_path), timeout=300, check=False
+    )
+    assert refused.returncode != 0
+    assert "the agent refuses this configuration" in refused.stdout, refused.stdout[-4000:]
+    assert "plain http is allowed only to a loopback collector" in refused.stdout
+    assert (etc / "agent.toml").read_text() == written
+
+    # No trusted key: installed, and said to be not started (as install.sh does).
+    vars_file.write_text(json.dumps({**extra, "proscribe_trusted_keys": []}))
+    keyless = subprocess.run(
+        cmd, capture_output=True, text=True, env=env(tmp_path), timeout=300, check=False
+    )
+    assert keyless.returncode == 0, keyless.stdout[-4000:]
+    assert "installed but NOT started: no trusted keys" in keyless.stdout
+    assert "Not starting the service (staging root" not in keyless.stdout
