@@ -331,15 +331,23 @@ def _enroll_db_worker(args: tuple[str, int, int]) -> list[Cred]:
 # ----------------------------------------------------------------------------- heartbeats
 
 
+_FLEET: list[Cred] = []  # set before the load generator's processes fork (not pickled)
+
+
 def _heartbeat_worker(
-    args: tuple[int, int, list[Cred], int, float, float, float, int],
+    args: tuple[int, int, int, float, float, float, int],
 ) -> tuple[list[float], list[float], list[str]]:
     """Send heartbeats ``k = w, w+procs, …`` below ``total``; heartbeat k leaves at
-    ``start + k / rate`` (monotonic clock, shared by the processes) for agent ``k % len``."""
-    w, procs, creds, port, start, rate, total_f, offset = args
+    ``start + k / rate`` (monotonic clock, shared by the processes) for agent ``(k + offset)
+    % len``. Before ``start``, each agent's key is loaded and its body made once (an agent
+    holds its key and its state): what is left per request is the signature (fresh nonce and
+    time), one new connection, the request and the answer."""
+    w, procs, port, start, rate, total_f, offset = args
+    creds = _FLEET
     total = int(total_f)
-    keys = [Ed25519PrivateKey.from_private_bytes(raw) for _id, raw in creds]
-    bodies: dict[int, bytes] = {}
+    mine = {(k + offset) % len(creds) for k in range(w, total, procs)}
+    keys = {i: Ed25519PrivateKey.from_private_bytes(creds[i][1]) for i in mine}
+    bodies = {i: heartbeat_payload(i) for i in mine}
     latencies: list[float] = []
     lags: list[float] = []
     failures: list[str] = []
@@ -358,9 +366,7 @@ def _heartbeat_worker(
             return
         index = (k + offset) % len(creds)
         agent_id = creds[index][0]
-        body = bodies.get(index)
-        if body is None:
-            body = bodies[index] = heartbeat_payload(index)
+        body = bodies[index]
         # Signed now, as the agent signs each request (fresh nonce, current time).
         headers = sign_request(keys[index], agent_id, "POST", "/api/v1/heartbeat", body)
         headers["Content-Type"] = "application/json"
@@ -412,13 +418,14 @@ def heartbeats(
     offset: int = 0,
 ) -> Load:
     total = max(1, int(rate * seconds))
-    # Every process holds every key (agent k % len may land on any process); cheap (32 B each).
+    global _FLEET
+    _FLEET = creds
     cpu0 = {name: f() for name, f in meters.items()}
-    start = time.monotonic() + 1.0
+    start = time.monotonic() + 1.0 + total / 20_000  # time to load the keys it will use
     with multiprocessing.get_context("fork").Pool(procs) as pool:
         parts = pool.map(
             _heartbeat_worker,
-            [(w, procs, creds, port, start, rate, float(total), offset) for w in range(procs)],
+            [(w, procs, port, start, rate, float(total), offset) for w in range(procs)],
         )
     elapsed = time.monotonic() - start
     cpu = {name: f() - cpu0[name] for name, f in meters.items()}
@@ -673,6 +680,27 @@ def bulk_load(url: str, creds: list[Cred], target: int) -> tuple[int, float]:
         conn.execute("VACUUM ANALYZE events")
         conn.execute("VACUUM ANALYZE violation_counts")
     return missing, time.perf_counter() - started
+
+
+def storage_line(url: str) -> str:
+    """What the stored events take on disk (table, TOAST and indexes) per event."""
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM events), pg_total_relation_size('events'), "
+            "pg_indexes_size('events'), pg_total_relation_size('violation_counts'), "
+            "(SELECT count(*) FROM violation_counts), pg_total_relation_size('hosts'), "
+            "(SELECT count(*) FROM hosts)"
+        ).fetchone()
+    assert row is not None
+    n, total, indexes, vc_bytes, vc_rows, hosts_bytes, hosts = (int(x) for x in row)
+    return (
+        f"storage: events {total / 1e9:.2f} GB for {n:,} ({total / max(n, 1):.0f} bytes an "
+        f"event, of which indexes {indexes / max(n, 1):.0f}); violation_counts {vc_rows:,} rows "
+        f"{vc_bytes / 1e6:.0f} MB; hosts {hosts:,} rows {hosts_bytes / 1e6:.0f} MB"
+    )
 
 
 def sign_in(base: str, user: str, password: str) -> Any:
@@ -931,6 +959,7 @@ def _phases(
             f"in {took:.0f} s",
             flush=True,
         )
+        print("    " + storage_line(url), flush=True)
         session = sign_in(proxy.url, "auditor", password)
         cpu0 = {name: f() for name, f in meters.items()}
         times, size = report_times(session, proxy.url, args.report_repeats)
