@@ -703,6 +703,73 @@ def storage_line(url: str) -> str:
     )
 
 
+def report_breakdown(url: str) -> list[str]:
+    """Where the report's time goes: ``build_report`` and its HTML run in-process under
+    cProfile once (cumulative seconds of its parts), and the one query over every event of the
+    period (violations per agent, for the top hosts) under EXPLAIN ANALYZE."""
+    import cProfile
+    import pstats
+
+    from sqlalchemy import text
+
+    from proscribe.collector.web.report import build_report, report_html
+
+    db = open_database(url)
+    now_us = int(time.time() * 1e6)
+    profile = cProfile.Profile()
+    t0 = time.perf_counter()
+    with db.read() as conn:
+        profile.enable()
+        report = build_report(
+            conn,
+            since_us=now_us - 90 * DAY_US,
+            until_us=now_us,
+            now_us=now_us,
+            heartbeat_window_s=180,
+        )
+        built = time.perf_counter()
+        html = report_html(report, standalone=False)
+        profile.disable()
+        rendered = time.perf_counter()
+        plan = conn.execute(
+            text(
+                "EXPLAIN (ANALYZE, BUFFERS OFF) SELECT agent_id, count(*) FROM events "
+                "WHERE kind IN ('process', 'dns', 'file', 'model', 'tamper') "
+                "AND time_us >= :since AND time_us < :until GROUP BY agent_id "
+                "ORDER BY count(*) DESC LIMIT 20"
+            ),
+            {"since": now_us - 90 * DAY_US, "until": now_us},
+        ).all()
+    db.dispose()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    parts = {
+        "_totals": "totals (counts table + edge days)",
+        "_bodies": "newest 500 violations and blocks",
+        "fleet": "every host's state (fleet)",
+        "period_coverage": "coverage over the period",
+        "coverage": "coverage tiles",
+        "agents_with_last_seen": "stale hosts",
+        "add_model_findings": "model findings",
+    }
+    found = {}
+    for (filename, _line, name), row in stats.items():
+        if name in parts and "proscribe" in filename:
+            found[name] = max(found.get(name, 0.0), row[3])
+    lines = [
+        f"report in-process: build {built - t0:.2f} s, HTML {rendered - built:.2f} s "
+        f"({len(html) / 1e6:.1f} MB) under cProfile; "
+        + ", ".join(f"{parts[n]} {found[n]:.2f} s" for n in parts if n in found)
+    ]
+    total = [str(r[0]) for r in plan if "Execution Time" in str(r[0])]
+    lines.append(
+        "violations per agent over the 90 days (EXPLAIN ANALYZE): "
+        + (total[0].strip() if total else "?")
+        + "; plan: "
+        + " / ".join(str(r[0]).strip() for r in plan[:4])
+    )
+    return lines
+
+
 def sign_in(base: str, user: str, password: str) -> Any:
     import requests
 
@@ -973,6 +1040,8 @@ def _phases(
             flush=True,
         )
         print("    " + _cpu_line(cpu, len(times), "report", sum(times)), flush=True)
+        for line in report_breakdown(url):
+            print("    " + line, flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
