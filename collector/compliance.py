@@ -494,6 +494,9 @@ def host_period(
     return [g for g in gaps if g.start_us < until_us]
 
 
+IN_SLICE = 10_000  # agent ids per IN list (bind parameters per query)
+
+
 def period_coverage(
     conn: Connection,
     *,
@@ -517,20 +520,23 @@ def period_coverage(
         ).all()
         scope = [(r.agent_id, r.hostname) for r in rows]
     ids = [a for a, _h in scope if a is not None]
-    last_seen = {
-        r.agent_id: int(r.last_seen_us)
-        for r in conn.execute(
-            select(hosts.c.agent_id, hosts.c.last_seen_us).where(hosts.c.agent_id.in_(ids))
-        )
-    }
+    last_seen: dict[str, int] = {}
     history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {a: [] for a in ids}
-    for row in conn.execute(
-        select(host_history.c.agent_id, host_history.c.time_us, host_history.c.kind)
-        .add_columns(host_history.c.detail)
-        .where(host_history.c.agent_id.in_(ids), host_history.c.time_us < until_us)
-        .order_by(host_history.c.agent_id, host_history.c.time_us, host_history.c.seq)
-    ):
-        history[row.agent_id].append((int(row.time_us), row.kind, _json_dict(row.detail)))
+    # In slices: one IN list per query is one bind parameter per host, and the drivers cap
+    # those (PostgreSQL 65,535, SQLite 32,766): a fleet of 100,000 hosts failed the report.
+    for first in range(0, len(ids), IN_SLICE):
+        part = ids[first : first + IN_SLICE]
+        for r in conn.execute(
+            select(hosts.c.agent_id, hosts.c.last_seen_us).where(hosts.c.agent_id.in_(part))
+        ):
+            last_seen[r.agent_id] = int(r.last_seen_us)
+        for row in conn.execute(
+            select(host_history.c.agent_id, host_history.c.time_us, host_history.c.kind)
+            .add_columns(host_history.c.detail)
+            .where(host_history.c.agent_id.in_(part), host_history.c.time_us < until_us)
+            .order_by(host_history.c.agent_id, host_history.c.time_us, host_history.c.seq)
+        ):
+            history[row.agent_id].append((int(row.time_us), row.kind, _json_dict(row.detail)))
     out = []
     for agent_id, hostname in scope:
         if agent_id is None:

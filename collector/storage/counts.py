@@ -58,17 +58,37 @@ def add(conn: Connection, counts: Counter[Key]) -> None:
     """Add ``counts`` to the table (in the caller's transaction)."""
     if not counts:
         return
-    values = [
-        {**dict(zip(_COLUMNS, key, strict=True)), "n": n} for key, n in sorted(counts.items())
-    ]
-    # One statement, executed for every row in key order (PostgreSQL takes the row locks in
-    # that order, so two batches never wait on each other crosswise). A fixed statement is
-    # compiled once and cached: a VALUES list of varying length would be compiled per batch.
+    ordered = sorted(counts.items())
+    if conn.dialect.name == "postgresql":
+        # One statement and one round trip for the whole batch: the keys as arrays, inserted
+        # in key order (ORDER BY: PostgreSQL takes the row locks in that order, so two batches
+        # never wait on each other crosswise). Each key appears once (a Counter), as ON
+        # CONFLICT DO UPDATE requires. Was one execution per key: ~15% of an ingest.
+        params: dict[str, list[Any]] = {
+            name: [key[i] for key, _n in ordered] for i, name in enumerate(_COLUMNS)
+        }
+        params["n"] = [n for _key, n in ordered]
+        conn.execute(_PG_ADD, params)
+        return
+    values = [{**dict(zip(_COLUMNS, key, strict=True)), "n": n} for key, n in ordered]
+    # One statement, executed for every row in key order (the lock order above). A fixed
+    # statement is compiled once and cached: a VALUES list of varying length would be
+    # compiled per batch.
     stmt = dialect_insert(conn, vc)
     stmt = stmt.on_conflict_do_update(
         index_elements=list(_COLUMNS), set_={"n": vc.c.n + stmt.excluded.n}
     )
     conn.execute(stmt, values)
+
+
+_PG_ADD = text(
+    f"INSERT INTO violation_counts ({', '.join(_COLUMNS)}, n) "  # noqa: S608 - constants
+    "SELECT * FROM unnest(CAST(:day AS integer[]), CAST(:kind AS text[]), "
+    "CAST(:action AS text[]), CAST(:severity AS text[]), CAST(:rule AS text[]), "
+    "CAST(:hostname AS text[]), CAST(:username AS text[]), CAST(:n AS bigint[])) "
+    f"AS k({', '.join(_COLUMNS)}, n) ORDER BY {', '.join(_COLUMNS)} "
+    f"ON CONFLICT ({', '.join(_COLUMNS)}) DO UPDATE SET n = violation_counts.n + excluded.n"
+)
 
 
 def subtract(conn: Connection, counts: Counter[Key]) -> None:

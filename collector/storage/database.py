@@ -50,9 +50,12 @@ class Database:
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A transaction for writing; committed on success, rolled back on any exception.
 
-        ``durable=False`` (SQLite only) commits without waiting for fsync: for heartbeats and
-        nonces, whose loss in a power cut costs nothing, while acknowledged events keep full
-        durability. A later durable commit syncs the earlier ones too (one WAL).
+        ``durable=False`` commits without waiting for fsync: for heartbeats and nonces, whose
+        loss in a power cut costs nothing, while acknowledged events keep full durability. A
+        later durable commit syncs the earlier ones too (one WAL). SQLite: ``synchronous =
+        NORMAL`` for the transaction; PostgreSQL: ``SET LOCAL synchronous_commit = off`` (the
+        commit returns before its WAL is flushed; a crash of the server can lose the last
+        fraction of a second of such commits, never a durable one, and never half of one).
         """
         lock = self._write_lock or contextlib.nullcontext()
         with lock, self.engine.connect() as conn:
@@ -62,6 +65,8 @@ class Database:
                 conn.commit()  # end SQLAlchemy's autobegun transaction around the pragma
             try:
                 with conn.begin():
+                    if not durable and not self.is_sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     yield conn
             finally:
                 if relaxed:

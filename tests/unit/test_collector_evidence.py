@@ -509,3 +509,28 @@ def test_dashboard_imports_the_inventory_and_shows_never_enrolled(env: Dashboard
     page = env.client.get("/hosts").text
     assert "never enrolled" in page and "ws-gone" in page and "A-1" in page
     assert "matched by hostname" in page
+
+
+def test_period_coverage_of_a_fleet_larger_than_a_query_can_bind(env: DashboardEnv) -> None:
+    """100,000 hosts in scope (more than PostgreSQL's 65,535 and SQLite's 32,766 bind
+    parameters a query): the coverage is computed in slices, every host in it, the real ones
+    with their history; the report of a 100k fleet answered 500 before."""
+    from proscribe.collector.compliance import period_coverage
+
+    real = env.enroll("ws-real")
+    env.heartbeat(real)
+    scope = [(real[0], "ws-real")] + [(f"{i:032x}", f"ws-{i:06d}") for i in range(100_000)]
+    now_us = int(env.clock.now * 1e6)
+    period = {
+        "since_us": now_us - 3600 * 1_000_000,
+        "until_us": now_us + 1,
+        "now_us": now_us,
+        "window_us": 180_000_000,
+        "directive": None,
+    }
+    with env.db.read() as conn:
+        cover = period_coverage(conn, scope=scope, **period)
+        alone = period_coverage(conn, scope=scope[:1], **period)
+    assert len(cover.hosts) == 100_001
+    assert cover.hosts[0] == alone.hosts[0]  # the real host's history and last heartbeat
+    assert all(h.gaps for h in cover.hosts[1:])  # never heard from: a gap over the period
