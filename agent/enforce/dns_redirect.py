@@ -12,7 +12,8 @@ table ``inet proscribe_dns``::
         meta mark MARK return
         meta mark REJECT_MARK ... reject                        # the agent's verdict
         meta l4proto @alive tcp dport 853 tcp flags & (syn|ack) == syn queue num Q bypass
-        meta l4proto @alive tcp dport 853 meta length > 100 queue num Q bypass  # ClientHello
+        meta l4proto @alive tcp dport 853 ... data queue num Q bypass   # ClientHello: any
+                            # segment with data (per data offset: length > IP + TCP header)
         meta l4proto @alive udp dport 853 queue num Q bypass    # DoQ
         ip daddr @doh4 meta l4proto @alive th dport 443 queue num Q bypass }  # known DoH
 
@@ -111,8 +112,20 @@ _TCP_OR_UDP = _match({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]})
 _SYN_ONLY = _match(
     {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "ack"]]}, "syn"
 )
-# More than any IPv4/IPv6 plus TCP header (40 + 60 bytes): the packet carries data.
-_HAS_DATA = {"match": {"op": ">", "left": {"meta": {"key": "length"}}, "right": 100}}
+# A TCP segment that carries data, whatever its size: longer than its IP header (20 bytes; 40
+# for IPv6) plus its TCP header (data offset x 4), one rule per data offset. A size threshold
+# ("longer than any header") let a client that sends its TLS records in tiny segments
+# (TCP_NODELAY, a small MSS) through untouched. IP options or IPv6 extension headers count as
+# data here: such a connection to 853 is reset at its first packet after the SYN (fails closed).
+_HAS_DATA = [
+    [
+        _match({"meta": {"key": "nfproto"}}, family),
+        _match({"payload": {"protocol": "tcp", "field": "doff"}}, doff),
+        _match({"meta": {"key": "length"}}, ip_header + 4 * doff, ">"),
+    ]
+    for family, ip_header in (("ipv4", 20), ("ipv6", 40))
+    for doff in range(5, 16)
+]
 
 
 def _dport(port: int) -> dict[str, Any]:
@@ -257,13 +270,9 @@ def redirect_commands(
             if log_group is not None:
                 logged = [{"log": {"group": log_group, "queue-threshold": 1}}]
                 cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, *logged]))
-            cmds.append(
-                _rule(
-                    table,
-                    "filter_out",
-                    [*tls, _HAS_DATA, *logged, {"reject": {"type": "tcp reset"}}],
-                )
-            )
+            for data in _HAS_DATA:
+                reset = {"reject": {"type": "tcp reset"}}
+                cmds.append(_rule(table, "filter_out", [*tls, *data, *logged, reset]))
             cmds.append(_rule(table, "filter_out", _rejects([*udp_853, *logged])[1]))
             for expr in attempts:
                 for rule in _rejects([*expr, *logged]):
@@ -276,7 +285,8 @@ def redirect_commands(
                 cmds.append(_rule(table, "filter_out", rule))
             queued = {"queue": {"num": queue, "flags": ["bypass"]}}
             cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, queued]))
-            cmds.append(_rule(table, "filter_out", [*tls, _HAS_DATA, queued]))
+            for data in _HAS_DATA:
+                cmds.append(_rule(table, "filter_out", [*tls, *data, queued]))
             for expr in [udp_853, *attempts]:
                 cmds.append(_rule(table, "filter_out", [*expr, queued]))
     cmds.append(

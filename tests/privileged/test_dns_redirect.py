@@ -275,8 +275,9 @@ def serve(port):
         threading.Thread(target=hold, args=(c,), daemon=True).start()
 def hold(c):
     try:
-        while c.recv(4096):
-            pass
+        while data := c.recv(4096):
+            if data.startswith(b"ping"):  # the small-segment client's probe: answered
+                c.sendall(data)
     except OSError:
         pass
     c.close()
@@ -320,6 +321,25 @@ except ConnectionRefusedError:
     result = "refused"
 except ssl.SSLError as err:
     result = "tls error: " + str(err)
+except OSError as err:
+    result = type(err).__name__
+print(json.dumps({"result": result, "seconds": time.monotonic() - started}))
+"""
+
+
+SMALL_SEGMENTS_CLIENT = """
+import json, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+started = time.monotonic()
+try:
+    with socket.create_connection((host, port), timeout=3) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in (b"ping", b"-" * 10, b"-" * 10, b"-" * 10):  # each its own tiny segment
+            s.sendall(part)
+            time.sleep(0.05)
+        result = "answered" if s.recv(64) else "closed"
+except ConnectionResetError:
+    result = "reset"
 except OSError as err:
     result = type(err).__name__
 print(json.dumps({"result": result, "seconds": time.monotonic() - started}))
@@ -575,6 +595,32 @@ def test_ipv6_queries_to_another_resolver_are_answered_by_the_policy(
         assert _dig(net, "fd77::3", ALLOWED) == "198.51.100.1"
     finally:
         _stop(agent)
+
+
+def test_data_to_853_in_segments_too_small_for_a_client_hello_is_reset(
+    net: Net, listeners: None, tmp_path: Path
+) -> None:
+    """The handshake to 853 passes so that the ClientHello can be read: a client that sends
+    its data in tiny segments (TCP_NODELAY, a small MSS) must still be reset at its first
+    byte of data, never get an answer through."""
+    agent = _start_agent(net, _agent_config(tmp_path, Signer()), tmp_path / "agent.log")
+    try:
+        proc = subprocess.Popen(
+            [*net.inside(), sys.executable, "-c", SMALL_SEGMENTS_CLIENT, net.resolver, "853"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        found = json.loads(proc.communicate(timeout=10)[0])
+        assert found["result"] == "reset", found
+    finally:
+        _stop(agent)
+    # the same client reaches the listener without the agent (the probe can succeed)
+    proc = subprocess.Popen(
+        [*net.inside(), sys.executable, "-c", SMALL_SEGMENTS_CLIENT, net.resolver, "853"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(proc.communicate(timeout=10)[0])["result"] == "answered"
 
 
 def test_tls_on_853_is_labelled_dot_or_doh_by_its_alpn(
