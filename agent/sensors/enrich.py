@@ -139,6 +139,15 @@ def loaded_program(cmdline: tuple[str, ...], cwd: str) -> str | None:
     return None
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to, or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _readlink(path: str) -> str:
     try:
         return os.readlink(path)
@@ -218,12 +227,17 @@ class HashCache:
     def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
-    def cached(self, exe_link: Path) -> tuple[str | None, int]:
+    def cached(
+        self, exe_link: Path, expect: tuple[int, int] | None = None
+    ) -> tuple[str | None, int]:
         """(digest, 0) when known without reading the file, else (None, its size in bytes;
-        -1 when it cannot be hashed at all: unreadable, or above the size cap)."""
+        -1 when it cannot be hashed at all: unreadable, above the size cap, or not the file
+        ``expect`` names by (device, inode))."""
         try:
             st = os.stat(exe_link)
         except OSError:
+            return None, -1
+        if expect is not None and (st.st_dev, st.st_ino) != expect:
             return None, -1
         with self._lock:
             hit = self._entries.get(self._key(st))
@@ -232,26 +246,35 @@ class HashCache:
                 return hit, 0
         return None, (st.st_size if st.st_size <= _MAX_HASH_BYTES else -1)
 
-    def digest(self, exe_link: Path) -> str | None:
+    def digest(self, exe_link: Path, expect: tuple[int, int] | None = None) -> str | None:
+        """The file's digest, keyed by the state of the file actually opened (``fstat`` of the
+        open file: an exec between a ``stat`` and the ``open`` of /proc/PID/exe cannot file one
+        image's digest under another's key); None when it is not the file ``expect`` names."""
         try:
-            st = os.stat(exe_link)  # follows the link: the real (possibly deleted) file
+            fh = open(exe_link, "rb")  # noqa: SIM115 (closed below) follows the link
         except OSError:
             return None
-        key = self._key(st)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit
-        if st.st_size > _MAX_HASH_BYTES:
-            return None
-        try:
-            h = hashlib.sha256()
-            with open(exe_link, "rb") as fh:
+        with fh:
+            try:
+                st = os.fstat(fh.fileno())
+            except OSError:
+                return None
+            if expect is not None and (st.st_dev, st.st_ino) != expect:
+                return None
+            key = self._key(st)
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None:
+                    self._entries.move_to_end(key)
+                    return hit
+            if st.st_size > _MAX_HASH_BYTES:
+                return None
+            try:
+                h = hashlib.sha256()
                 while chunk := fh.read(_CHUNK):
                     h.update(chunk)
-        except OSError:
-            return None
+            except OSError:
+                return None
         value = h.hexdigest()
         with self._lock:
             self.hashed += 1
@@ -306,8 +329,10 @@ class Enricher:
         # One image's facts, never a mix: an exec while they are read (comm and exe read
         # before it, the command line after) is seen as a changed exe or comm, and read again.
         stat: StatFields | None = None
+        exe_id: tuple[int, int] | None = None
         for _attempt in range(3):
             exe = _readlink(f"{base}/exe")
+            exe_id = _file_identity(f"{base}/exe")
             stat = read_stat(pid, self.procfs)
             if stat is None:
                 return None
@@ -329,7 +354,7 @@ class Enricher:
             if program is not None:
                 exe = program
         ids = read_ids(pid, self.procfs) if with_user else None
-        sha256 = self.hashes.digest(Path(base) / "exe") if with_sha256 and exe else None
+        sha256 = self.hashes.digest(Path(base) / "exe", exe_id) if with_sha256 and exe else None
         return ProcessFacts(
             pid=pid,
             ppid=stat.ppid,
@@ -342,4 +367,5 @@ class Enricher:
             euid=ids.euid if ids is not None else None,
             sha256=sha256,
             start_time=self.start_time(stat),
+            exe_id=exe_id,
         )

@@ -358,9 +358,9 @@ class ProcessSensor:
             # Known digests are used at once; a file never hashed goes to the hasher, and the
             # process is judged now by everything else (names, paths, command line): name and
             # path enforcement never waits behind a large file being read.
-            path = self._exe_path(facts)
-            digest, size = self.enricher.hashes.cached(path) if path else (None, -1)
-            if digest is not None and path is not None and self._same_image(facts, path, digest):
+            found = self._exe_path(facts)
+            digest, size = self.enricher.hashes.cached(*found) if found else (None, -1)
+            if digest is not None and found is not None and self._same_image(facts, *found):
                 facts = replace(facts, sha256=digest)
             elif size >= 0 and sighting.source != "hash":
                 self._queue_hash(sighting, facts, size)
@@ -408,42 +408,47 @@ class ProcessSensor:
                 self._hash_bytes -= size
             _close(job.pidfd)
 
-    def _exe_path(self, facts: ProcessFacts) -> Path | None:
-        """What to hash: /proc/PID/exe (a deleted or renamed file still reads), or FILE for a
-        program run through the dynamic loader (the exe is the loader's). None when the process
-        now runs another image than the one ``facts`` were read from: it exec'd since (a fork
-        sighting read just before the exec, say), and the new image's digest must not be joined
-        to the old image's facts; that exec is judged on its own sighting."""
+    def _exe_path(self, facts: ProcessFacts) -> tuple[Path, tuple[int, int] | None] | None:
+        """What to hash, and the (device, inode) it must be: /proc/PID/exe (a deleted or renamed
+        file still reads) with the identity the facts were read with, or FILE by its path for a
+        program run through the dynamic loader (the exe is the loader's). The identity keeps a
+        digest of another image from joining these facts: a fork sighting read just before the
+        child's exec, say (that exec is judged on its own sighting). None when, without an
+        identity, the link already names another file than the facts do."""
         assert self.enricher is not None
         link = self.enricher.procfs / str(facts.pid) / "exe"
         try:
             target = os.readlink(link)
         except OSError:
-            return link  # gone: nothing reads through it
+            return link, facts.exe_id  # gone: nothing reads through it
         if is_loader(target) and facts.exe != target:
-            return Path(facts.exe)
-        return link if target == facts.exe else None
+            return Path(facts.exe), None
+        if facts.exe_id is not None:
+            return link, facts.exe_id  # checked against the file actually read
+        return (link, None) if target == facts.exe else None
 
-    def _same_image(self, facts: ProcessFacts, path: Path, digest: str) -> bool:
-        """After reading ``digest`` through ``path``: the process had not exec'd another file
-        meanwhile. Once it is gone, the file at its path must be the one read."""
+    def _same_image(self, facts: ProcessFacts, path: Path, expect: tuple[int, int] | None) -> bool:
+        """After reading through ``path``: still the image of ``facts``. With an identity the
+        read itself checked it; without one (facts not read from procfs) the link must still
+        name the facts' file (a file renamed meanwhile is not judged by hash this time; the next
+        sweep judges it again)."""
         assert self.enricher is not None
-        if path != self.enricher.procfs / str(facts.pid) / "exe":
-            return True  # FILE of a loader run: read by its path, not through the process
+        if expect is not None or path != self.enricher.procfs / str(facts.pid) / "exe":
+            return True
         try:
             return os.readlink(path) == facts.exe
         except OSError:
-            return self.enricher.hashes.cached(Path(facts.exe))[0] == digest
+            return False
 
     def _hash(self, facts: ProcessFacts) -> str | None:
         """The executable's hash, read through /proc/PID/exe while it is still the same process
         running the same image."""
         assert self.enricher is not None
-        path = self._exe_path(facts)
-        if path is None:
+        found = self._exe_path(facts)
+        if found is None:
             return None
-        digest = self.enricher.hashes.digest(path)
-        if digest is None or not self._same_image(facts, path, digest):
+        digest = self.enricher.hashes.digest(*found)
+        if digest is None or not self._same_image(facts, *found):
             return None
         if self.enricher.start_time_of(facts.pid) != facts.start_time:
             return None  # the pid was reused while hashing: not this process's file

@@ -187,7 +187,10 @@ def test_the_dynamic_loader_and_a_path_rule(env: Env, procs: Procs) -> None:
 
     # the daemon folds repeats into counts every second (later on a loaded machine)
     expected = {"deepseek-desktop": 2, "path-rule": 2}
-    assert wait_for(lambda: by_rule() == expected, timeout=10), spool_events(env.state)
+    assert wait_for(lambda: by_rule() == expected, timeout=10), (
+        by_rule(),
+        [(e["rule"], e["action"], e["_count"], e["detail"][:90]) for e in spool_events(env.state)],
+    )
     time.sleep(1.2)  # and nothing more comes: no start is counted twice
     assert by_rule() == expected, spool_events(env.state)
 

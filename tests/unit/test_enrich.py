@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from proscribe.agent.sensors.enrich import (
@@ -149,3 +150,33 @@ def test_a_digest_is_joined_only_to_facts_of_the_image_it_was_read_from(tmp_path
     same, sensor, sighting = _sensor_seeing(tmp_path / "b", exe_now=denied, facts_exe=denied)
     sensor._check(sighting)
     assert [f.sha256 for f in same] == [hashlib.sha256(denied.read_bytes()).hexdigest()]
+
+
+def test_with_the_files_identity_a_rename_keeps_the_digest_and_an_exec_drops_it(
+    tmp_path: Path,
+) -> None:
+    """Facts read from procfs carry the executable's (device, inode): a file renamed since
+    (a user renaming it in a loop to dodge the check) is still the same image, and its digest
+    joins the facts; another file (an exec since) never does, even under the old name."""
+    denied, launcher = tmp_path / "denied-bin", tmp_path / "python3"
+    denied.write_bytes(b"\x7fELF denied")
+    launcher.write_bytes(b"\x7fELF launcher")
+    digest = hashlib.sha256(denied.read_bytes()).hexdigest()
+
+    def identity(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+
+    renamed, sensor, sighting = _sensor_seeing(tmp_path / "a", exe_now=denied, facts_exe=launcher)
+    assert sighting.facts is not None
+    moved = replace(sighting.facts, exe=str(tmp_path / "old-name"), exe_id=identity(denied))
+    sensor._check(replace(sighting, facts=moved))
+    assert [f.sha256 for f in renamed] == [digest]
+    assert sensor._hash(moved) == digest
+
+    execd, sensor, sighting = _sensor_seeing(tmp_path / "b", exe_now=denied, facts_exe=denied)
+    assert sighting.facts is not None
+    before = replace(sighting.facts, exe_id=identity(launcher))  # same path, another file
+    sensor._check(replace(sighting, facts=before))
+    assert [f.sha256 for f in execd] == [None]
+    assert sensor._hash(before) is None

@@ -20,6 +20,7 @@ the glob matches. When the full name is available, only the full name is judged,
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class ProcessFacts:
     euid: int | None = None  # effective uid (differs for setuid programs); recorded, not judged
     sha256: str | None = None  # lower-case hex of the executable, when the policy needs it
     start_time: float | None = None
+    # (device, inode) of the executable as it was when these facts were read (Linux procfs): a
+    # digest read later joins these facts only if it is of that same file (no exec since)
+    exe_id: tuple[int, int] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # field name -> how an explanation refers to the value
