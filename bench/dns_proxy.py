@@ -40,6 +40,7 @@ from typing import Any
 
 from proscribe.agent.sensors.dns import DnsObservation, DnsProxy, NameVerdict, ProcessAttributor
 from proscribe.core.policy.matchers.domain import DomainMatcher
+from tests.support.child_server import cpu_seconds
 from tests.support.domain_lists import AI_LISTS, read_domain_list
 from tests.support.ports import free_udp_port
 
@@ -118,12 +119,6 @@ def load_proxy_class(path: Path) -> Any:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.DnsProxy
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(values: list[float], fmt: str = "{:.3f}") -> str:

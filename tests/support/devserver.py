@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
+from tests.support.child_server import ChildServer
 from tests.support.ports import free_tcp_port
 
 
-class CollectorProcess:
+class CollectorProcess(ChildServer):
+    stop_timeout = 15.0
+
     def __init__(
         self,
         workdir: Path,
@@ -82,40 +83,8 @@ class CollectorProcess:
         self.stop()
         raise RuntimeError("collector did not start in time")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux /proc)."""
-        if self.proc is None:
-            return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
     def kill9(self) -> None:
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> CollectorProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        _t: type[BaseException] | None,
-        _e: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> Any:
-        self.stop()
-        return None

@@ -8,16 +8,13 @@ the ``with`` block) sends SIGTERM to that child only.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
+from tests.support.child_server import ChildServer
 from tests.support.ports import free_tcp_port
 
 HAPROXY = "haproxy"
@@ -29,7 +26,7 @@ def haproxy_path() -> str | None:
     )
 
 
-class Haproxy:
+class Haproxy(ChildServer):
     def __init__(self, workdir: Path, backends: list[int], *, maxconn: int = 4000) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,33 +86,3 @@ backend replicas
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError("haproxy did not start in time")
-
-    def cpu_seconds(self) -> float:
-        if self.proc is None:
-            return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> Haproxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        _t: type[BaseException] | None,
-        _e: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> Any:
-        self.stop()
-        return None
