@@ -63,6 +63,7 @@ from proscribe.core.policy.keys import public_key_string
 from proscribe.core.wire.auth import sign_request
 from tests.support.devserver import CollectorProcess
 from tests.support.haproxy import Haproxy, haproxy_path
+from tests.support.simulate import heartbeat_body as simulated_heartbeat
 
 DB_NAME = "proscribe_fleet_bench"
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -172,23 +173,7 @@ def _url(name: str) -> str:
 
 def heartbeat_body(i: int) -> dict[str, Any]:
     """Agent ws-{i:06d}'s heartbeat, as the agent's reporter sends it (agent/heartbeat.py)."""
-    return {
-        "agent_version": "0.1.0",
-        "hostname": f"ws-{i:06d}",
-        "os": "linux",
-        "mode": "enforce",
-        "machine_id": f"{i:032x}",
-        "policy": {
-            "id": "us-navy-deepseek-2025",
-            "serial": 7,
-            "sha256": "ab" * 32,
-            "expires": "2027-11-01T00:00:00Z",
-            "stale": False,
-        },
-        "sensors": {"process": "netlink", "dns": "proxy", "file": "off"},
-        "spool": {"depth": 0, "bytes": 0, "dropped": 0},
-        "time": "2026-11-28T12:00:00.000Z",
-    }
+    return simulated_heartbeat(f"ws-{i:06d}", f"{i:032x}")
 
 
 def heartbeat_payload(i: int) -> bytes:

@@ -29,6 +29,7 @@ from proscribe.collector.storage.tables import agents
 from proscribe.core.policy.keys import public_key_string
 from proscribe.core.wire.auth import sign_request
 from tests.support.devserver import CollectorProcess
+from tests.support.simulate import heartbeat_body
 
 
 def enroll_fleet(url: str, n: int) -> list[tuple[str, Ed25519PrivateKey]]:
@@ -59,24 +60,7 @@ def enroll_fleet(url: str, n: int) -> list[tuple[str, Ed25519PrivateKey]]:
 
 
 def payload(i: int) -> bytes:
-    return json.dumps(
-        {
-            "agent_version": "0.1.0",
-            "hostname": f"ws-{i:05d}",
-            "os": "linux",
-            "mode": "enforce",
-            "policy": {
-                "id": "us-navy-deepseek-2025",
-                "serial": 7,
-                "sha256": "ab" * 32,
-                "expires": "2027-11-01T00:00:00Z",
-                "stale": False,
-            },
-            "sensors": {"process": "netlink", "dns": "proxy", "file": "off"},
-            "spool": {"depth": 0, "bytes": 0, "dropped": 0},
-            "time": "2026-11-28T12:00:00.000Z",
-        }
-    ).encode()
+    return json.dumps(heartbeat_body(f"ws-{i:05d}")).encode()
 
 
 def run(

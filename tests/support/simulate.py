@@ -21,6 +21,30 @@ from proscribe.core.policy.keys import public_key_string
 from proscribe.core.wire.auth import sign_request
 
 
+def heartbeat_body(hostname: str, machine_id: str | None = None) -> dict[str, Any]:
+    """A steady enforcing agent's heartbeat, as the agent's reporter sends it
+    (agent/heartbeat.py): the benchmarks' fleets send this."""
+    body: dict[str, Any] = {
+        "agent_version": "0.1.0",
+        "hostname": hostname,
+        "os": "linux",
+        "mode": "enforce",
+        "policy": {
+            "id": "us-navy-deepseek-2025",
+            "serial": 7,
+            "sha256": "ab" * 32,
+            "expires": "2027-11-01T00:00:00Z",
+            "stale": False,
+        },
+        "sensors": {"process": "netlink", "dns": "proxy", "file": "off"},
+        "spool": {"depth": 0, "bytes": 0, "dropped": 0},
+        "time": "2026-11-28T12:00:00.000Z",
+    }
+    if machine_id is not None:
+        body["machine_id"] = machine_id
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
