@@ -443,7 +443,8 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     finally:
         spool.close()
     print(f"requeued {len(requeued)} dead-lettered event(s); the agent sends them again")
-    missing = [i for i in dict.fromkeys(args.ids) if i not in set(requeued)]
+    done = set(requeued)
+    missing = [i for i in dict.fromkeys(args.ids) if i not in done]
     if missing:
         print(
             f"proscribe: error: not dead letters in {config.spool_path}: {', '.join(missing)} "

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MAX_SIGHTINGS = 100_000  # processes remembered as reported (about 100 bytes each)
 _COLUMNS = "id, body, size, state, count, created, error"
+_ID_CHUNK = 500  # ids bound in one statement (well below SQLite's variable limit)
+
+
+def _id_chunks(ids: list[str]) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in slices bound at once, each with its ``?,?,…`` placeholders."""
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _row(row: tuple[Any, ...]) -> SpooledEvent:
@@ -169,9 +177,7 @@ class Spool:
         return result
 
     def _delete(self, db: sqlite3.Connection, ids: list[str]) -> None:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _id_chunks(ids):
             freed = db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE id IN ({marks})",  # noqa: S608
                 chunk,
@@ -420,13 +426,13 @@ class Spool:
         now = self._clock()
 
         def work(db: sqlite3.Connection) -> list[str]:
+            requeue = "UPDATE events SET state = ?, state_time = ?, error = NULL WHERE state = ?"
             if wanted is None:
                 found = [r[0] for r in db.execute("SELECT id FROM events WHERE state = ?", (DEAD,))]
+                db.execute(requeue, (PENDING, now, DEAD))
             else:
                 found = []
-                for start in range(0, len(wanted), 500):
-                    chunk = wanted[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
+                for chunk, marks in _id_chunks(wanted):
                     found += [
                         r[0]
                         for r in db.execute(
@@ -434,14 +440,7 @@ class Spool:
                             (DEAD, *chunk),
                         )
                     ]
-            for start in range(0, len(found), 500):
-                chunk = found[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"UPDATE events SET state = ?, state_time = ?, error = NULL"  # noqa: S608
-                    f" WHERE state = ? AND id IN ({marks})",
-                    (PENDING, now, DEAD, *chunk),
-                )
+                    db.execute(f"{requeue} AND id IN ({marks})", (PENDING, now, DEAD, *chunk))
             if found:
                 self._bump(db, "requeued", len(found))
             return found
@@ -456,9 +455,7 @@ class Spool:
 
         def work(db: sqlite3.Connection) -> int:
             changed = 0
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _id_chunks(ids):
                 changed += db.execute(
                     f"UPDATE events SET state = ?, state_time = ?, error = ?"  # noqa: S608
                     f" WHERE state = ? AND id IN ({marks})",
