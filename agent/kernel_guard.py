@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proscribe.agent.policy_source import PolicyInForce
-from proscribe.agent.sensors.enrich import is_loader, read_boot_time
+from proscribe.agent.sensors.enrich import loaded_file, read_boot_time
 from proscribe.core.errors import ConfigError
 from proscribe.core.policy.matchers.process import COMM_MAX, ProcessFacts, basename, clean_exe
 
@@ -164,7 +164,7 @@ class KernelGuard:
         if facts.start_time - self.boot_time < guard.attached_at - _ATTACH_MARGIN:
             return False
         exe = clean_exe(facts.exe)
-        loaded = self._loaded_file(facts)
+        loaded = loaded_file(facts, self.procfs)
         if loaded is not None:
             # the loader's FILE: the kernel kills when the loader maps it executable (by its
             # name or its identity); the sensor must not race it to a second event
@@ -183,16 +183,6 @@ class KernelGuard:
         if found is None:
             return guard.covers(basename(exe), None)
         return guard.covers(basename(exe), *found)
-
-    def _loaded_file(self, facts: ProcessFacts) -> str | None:
-        """FILE of a program run through the dynamic loader (``ld.so FILE``: the process's exe
-        is the loader, the facts name FILE), else None. The kernel judges FILE when the loader
-        maps it, which may come after the sensor has read the process."""
-        try:
-            target = os.readlink(self.procfs / str(facts.pid) / "exe")
-        except OSError:
-            return None
-        return facts.exe if is_loader(target) and facts.exe and facts.exe != target else None
 
     def learn(self, facts: ProcessFacts, rule_id: str) -> bool:
         """The process sensor found ``facts``' executable denied by its hash: deny that file

@@ -122,6 +122,17 @@ def is_loader(exe: str) -> bool:
     return bool(_LOADER.match(exe.rsplit("/", 1)[-1]))
 
 
+def loaded_file(facts: ProcessFacts, procfs: Path = Path("/proc")) -> str | None:
+    """FILE of a program run through the dynamic loader (``ld.so FILE``: the process's exe is
+    the loader, and its facts name FILE, as :meth:`Enricher.facts` reads them); None for any
+    other program, or once the process is gone."""
+    try:
+        target = os.readlink(procfs / str(facts.pid) / "exe")
+    except OSError:
+        return None
+    return facts.exe if facts.exe and facts.exe != target and is_loader(target) else None
+
+
 def loaded_program(cmdline: tuple[str, ...], cwd: str) -> str | None:
     """FILE of ``ld.so [OPTION]... FILE [ARGS]``, as an absolute path (relative to ``cwd``,
     the process's working directory); None when there is none (``ld.so --list``, …)."""

@@ -32,7 +32,7 @@ from typing import Any
 
 from proscribe.agent.counters import Counters
 from proscribe.agent.sensors._poll import ProcessScanner, psutil_facts
-from proscribe.agent.sensors.enrich import Enricher, is_loader
+from proscribe.agent.sensors.enrich import Enricher, loaded_file
 from proscribe.agent.worker import BackgroundWorker
 from proscribe.core.policy.matchers.process import ProcessFacts
 
@@ -417,14 +417,15 @@ class ProcessSensor:
         identity, the link already names another file than the facts do."""
         assert self.enricher is not None
         link = self.enricher.procfs / str(facts.pid) / "exe"
+        loaded = loaded_file(facts, self.enricher.procfs)
+        if loaded is not None:
+            return Path(loaded), None
+        if facts.exe_id is not None:
+            return link, facts.exe_id  # checked against the file actually read
         try:
             target = os.readlink(link)
         except OSError:
-            return link, facts.exe_id  # gone: nothing reads through it
-        if is_loader(target) and facts.exe != target:
-            return Path(facts.exe), None
-        if facts.exe_id is not None:
-            return link, facts.exe_id  # checked against the file actually read
+            return link, None  # gone: nothing reads through it
         return (link, None) if target == facts.exe else None
 
     def _same_image(self, facts: ProcessFacts, path: Path, expect: tuple[int, int] | None) -> bool:
