@@ -11,11 +11,13 @@ table ``inet proscribe_dns``::
     chain filter_out { type filter hook output priority 0;      # block_encrypted only
         meta mark MARK return
         meta mark REJECT_MARK ... reject                        # the agent's verdict
-        meta l4proto @alive tcp dport 853 tcp flags & (syn|ack) == syn queue num Q bypass
-        meta l4proto @alive tcp dport 853 ... data queue num Q bypass   # ClientHello: any
-                            # segment with data (per data offset: length > IP + TCP header)
+        meta l4proto @alive tcp dport 853 jump tls_853
         meta l4proto @alive udp dport 853 queue num Q bypass    # DoQ
         ip daddr @doh4 meta l4proto @alive th dport 443 queue num Q bypass }  # known DoH
+    chain tls_853 {
+        tcp flags & (syn|ack) == syn queue num Q bypass
+        tcp doff D meta length > IP+4D queue num Q bypass }  # ClientHello: any segment with
+                                     # data, one rule per data offset D (5..15) and family
 
 so a program asking any resolver, at any address, as any user, is answered by the policy. The
 agent's proxy marks its upstream sockets (``SO_MARK``) and is let through. Rejections are
@@ -117,6 +119,7 @@ _SYN_ONLY = _match(
 # ("longer than any header") let a client that sends its TLS records in tiny segments
 # (TCP_NODELAY, a small MSS) through untouched. IP options or IPv6 extension headers count as
 # data here: such a connection to 853 is reset at its first packet after the SYN (fails closed).
+_TLS_CHAIN = "tls_853"  # TCP to port 853, jumped to from filter_out
 _HAS_DATA = [
     [
         _match({"meta": {"key": "nfproto"}}, family),
@@ -257,8 +260,12 @@ def redirect_commands(
         cmds.append(_rule(table, "filter_out", [own, {"return": None}]))
         # TLS to 853 (DoT, or DoH served there): the handshake passes, the first packet with
         # data (the ClientHello, whose ALPN tells DoT from DoH) is rejected; the SYN is seen
-        # (copied or queued) so that the attempt is attributed and reported even if it fails
+        # (copied or queued) so that the attempt is attributed and reported even if it fails.
+        # Its rules (one per TCP data offset) live in their own chain, so that every other
+        # packet leaving the host passes one rule for them, not all of them.
+        cmds.append({"add": {"chain": {"family": _FAMILY, "table": table, "name": _TLS_CHAIN}}})
         tls = [_ALIVE, _match({"meta": {"key": "l4proto"}}, "tcp"), _dport(853)]
+        to_tls_chain = _rule(table, "filter_out", [*tls, {"jump": {"target": _TLS_CHAIN}}])
         # everything else on its first packet: UDP 853 (DoQ), the DoH resolvers' 443
         udp_853 = [_ALIVE, _match({"meta": {"key": "l4proto"}}, "udp"), _dport(853)]
         attempts = []
@@ -269,10 +276,11 @@ def redirect_commands(
             logged = []
             if log_group is not None:
                 logged = [{"log": {"group": log_group, "queue-threshold": 1}}]
-                cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, *logged]))
+                cmds.append(_rule(table, _TLS_CHAIN, [_SYN_ONLY, *logged]))
             for data in _HAS_DATA:
                 reset = {"reject": {"type": "tcp reset"}}
-                cmds.append(_rule(table, "filter_out", [*tls, *data, *logged, reset]))
+                cmds.append(_rule(table, _TLS_CHAIN, [*data, *logged, reset]))
+            cmds.append(to_tls_chain)
             cmds.append(_rule(table, "filter_out", _rejects([*udp_853, *logged])[1]))
             for expr in attempts:
                 for rule in _rejects([*expr, *logged]):
@@ -284,9 +292,10 @@ def redirect_commands(
             for rule in _rejects([_match({"meta": {"key": "mark"}}, reject_mark)]):
                 cmds.append(_rule(table, "filter_out", rule))
             queued = {"queue": {"num": queue, "flags": ["bypass"]}}
-            cmds.append(_rule(table, "filter_out", [*tls, _SYN_ONLY, queued]))
+            cmds.append(_rule(table, _TLS_CHAIN, [_SYN_ONLY, queued]))
             for data in _HAS_DATA:
-                cmds.append(_rule(table, "filter_out", [*tls, *data, queued]))
+                cmds.append(_rule(table, _TLS_CHAIN, [*data, queued]))
+            cmds.append(to_tls_chain)
             for expr in [udp_853, *attempts]:
                 cmds.append(_rule(table, "filter_out", [*expr, queued]))
     cmds.append(
