@@ -8,6 +8,7 @@
     tls_key          = "/etc/proscribe/collector.key"   # mode 0600
     behind_proxy     = false              # … unless a TLS-terminating reverse proxy is in front
     heartbeat_window = 180                # seconds; a host not seen for longer is "stale"
+    heartbeat_interval = 60               # seconds, 15 to 3600: told to every agent
     session_key_file = "/etc/proscribe/session.key"
     api_docs         = false              # /docs and /redoc (served from local files)
 
@@ -62,10 +63,12 @@ from proscribe.collector.forward.settings import (
 )
 from proscribe.core.errors import ConfigError, KeyFileError
 from proscribe.core.netaddr import is_loopback
+from proscribe.core.wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DB_NAME = "collector.db"
 DEFAULT_HEARTBEAT_WINDOW = 180.0
+DEFAULT_HEARTBEAT_INTERVAL = 60.0
 MIN_SESSION_KEY_BYTES = 32
 MIN_METRICS_TOKEN_BYTES = 16
 MIN_FORWARD_SECRET_BYTES = 16
@@ -103,6 +106,11 @@ class ServerFile(BaseModel):
     tls_key: str = ""
     behind_proxy: bool = False
     heartbeat_window: Seconds = DEFAULT_HEARTBEAT_WINDOW
+    heartbeat_interval: float = Field(
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        ge=MIN_HEARTBEAT_INTERVAL,
+        le=MAX_HEARTBEAT_INTERVAL,
+    )
     session_key_file: str = ""
     api_docs: bool = False
 
@@ -118,6 +126,14 @@ class ServerFile(BaseModel):
             raise ConfigProblem(
                 "server.tls_cert",
                 "server.tls_cert and server.tls_key must be given together",
+            )
+        if self.heartbeat_window < self.heartbeat_interval * 1.5:
+            raise ConfigProblem(
+                "server.heartbeat_interval",
+                f"a heartbeat every {self.heartbeat_interval:g} s leaves no margin under "
+                f"server.heartbeat_window = {self.heartbeat_window:g} s (hosts would turn "
+                f"stale between heartbeats): raise heartbeat_window to at least "
+                f"{self.heartbeat_interval * 1.5:g}, or lower heartbeat_interval",
             )
         host = _parse_listen(self.listen)[0]
         if not self.tls_cert and not self.behind_proxy and not is_loopback(host):
@@ -229,6 +245,7 @@ _FIXES = {
     "server.tls_key, or put a TLS reverse proxy in front and set server.behind_proxy = true",
     "server.tls_cert": "set both, or neither for loopback-only plain HTTP",
     "server.heartbeat_window": "give seconds, e.g. 180",
+    "server.heartbeat_interval": "give seconds from 15 to 3600, e.g. 60",
     "database.url": "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
     "policy.trusted_keys": "list the signing keys' public lines, 'ed25519:BASE64'",
     "policy.threshold": "between 1 and the number of trusted_keys",
@@ -332,6 +349,7 @@ class CollectorSettings:
     tls_key: Path | None = None
     behind_proxy: bool = False
     heartbeat_window: float = DEFAULT_HEARTBEAT_WINDOW
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     trusted_keys: tuple[str, ...] = ()
     threshold: int = 1
     enroll: EnrollLimits = field(default_factory=EnrollLimits)
@@ -404,6 +422,7 @@ def settings_from_mapping(
         tls_key=key,
         behind_proxy=server.behind_proxy,
         heartbeat_window=float(server.heartbeat_window),
+        heartbeat_interval=float(server.heartbeat_interval),
         trusted_keys=parsed.policy.trusted_keys,
         threshold=parsed.policy.threshold,
         enroll=EnrollLimits(

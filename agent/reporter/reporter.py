@@ -46,6 +46,7 @@ from proscribe.agent.spool import Spool, SpooledEvent
 from proscribe.core.errors import ConfigError
 from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
 from proscribe.core.fs import atomic_write
+from proscribe.core.wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
 from .backoff import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, Backoff, parse_retry_after
 from .identity import (
@@ -77,9 +78,13 @@ class ReporterConfig:
 
     batch_events: int = MAX_EVENTS_PER_BATCH
     batch_bytes: int = MAX_BATCH_BYTES
+    # Until the collector names its own (``heartbeat_interval`` in a heartbeat's answer, from
+    # its ``[server] heartbeat_interval``): one fleet-wide setting, not one per agent.toml.
     heartbeat_interval: float = 60.0
-    heartbeat_jitter: float = 6.0
-    policy_interval: float = 60.0
+    heartbeat_jitter: float = 0.1  # a fraction of the interval, either way
+    # A fallback only: every heartbeat's answer names the current policy's hash, and a new
+    # one is fetched at once. Polling every minute as well doubled the fleet's requests.
+    policy_interval: float = 900.0
     idle_check: float = 5.0  # look at the spool this often even without notify()
     compress: bool = True
     backoff_base: float = BACKOFF_BASE_SECONDS
@@ -139,6 +144,7 @@ class Reporter:
         self._batch_limit = self.config.batch_events
         self._blocked_until = 0.0
         self._next_heartbeat = 0.0
+        self._heartbeat_interval = self.config.heartbeat_interval
         self._next_policy = 0.0
         self._policy_etag: str | None = None
         self.last_upload: float | None = None
@@ -468,8 +474,9 @@ class Reporter:
 
     def _heartbeat(self) -> None:
         now = self._clock()
-        jitter = self._rng.uniform(-self.config.heartbeat_jitter, self.config.heartbeat_jitter)
-        self._next_heartbeat = now + max(1.0, self.config.heartbeat_interval + jitter)
+        spread = self._heartbeat_interval * self.config.heartbeat_jitter
+        jitter = self._rng.uniform(-spread, spread)
+        self._next_heartbeat = now + max(1.0, self._heartbeat_interval + jitter)
         payload = self._heartbeat_payload(now)
         try:
             reply = self.transport.post_json(HEARTBEAT_PATH, payload, signer=self.identity.sign)
@@ -485,6 +492,7 @@ class Reporter:
             return
         self._ok()
         self.last_heartbeat = now
+        self._follow_interval(reply.json().get("heartbeat_interval"), now)
         names = reply.json().get("signers")
         if isinstance(names, dict):
             self.signer_names = {
@@ -497,6 +505,23 @@ class Reporter:
             sha = policy.get("sha256")
             if isinstance(sha, str) and sha and sha != self._policy_etag:
                 self._next_policy = now  # the collector has a policy we have not seen
+
+    def _follow_interval(self, value: object, now: float) -> None:
+        """Adopt the collector's heartbeat interval, within [15 s, 1 h]; anything else (absent
+        from an older collector, not a number) keeps the current one."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        interval = float(min(MAX_HEARTBEAT_INTERVAL, max(MIN_HEARTBEAT_INTERVAL, value)))
+        if interval == self._heartbeat_interval:
+            return
+        log.info("reporter: heartbeat every %.0f s (the collector's setting)", interval)
+        self._heartbeat_interval = interval
+        spread = interval * self.config.heartbeat_jitter
+        self._next_heartbeat = now + max(1.0, interval + self._rng.uniform(-spread, spread))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat_interval
 
     # -- policy -----------------------------------------------------------------------------
 

@@ -222,6 +222,90 @@ def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
         spool.close()
 
 
+@pytest.mark.parametrize(
+    ("told", "interval"),
+    [
+        (300, 300.0),  # a large fleet's setting, adopted
+        (5, 15.0),  # below the floor: clamped, never a flood
+        (86_400, 3600.0),  # above the ceiling: clamped, the host still shows as alive
+        ("300", 60.0),  # not a number: the current interval stays
+        (True, 60.0),
+    ],
+)
+def test_the_collector_sets_the_heartbeat_interval_within_bounds(
+    collector: CollectorDouble, tmp_path: Path, told: object, interval: float
+) -> None:
+    now = [1_000_000.0]
+    secret = tmp_path / "enroll.secret"
+    write_secret(secret, "s3cret")
+    spool = Spool(tmp_path / "spool.db")
+    transport = Transport(collector.url, timeout=(2.0, 5.0))
+    collector.heartbeat_interval = told
+    reporter = Reporter(
+        spool,
+        transport,
+        IdentityStore(tmp_path / "state", secret, HOST),
+        ReporterConfig(policy_interval=86_400.0, idle_check=86_400.0),
+        clock=lambda: now[0],
+        rng=random.Random(5),
+    )
+    try:
+        reporter.run_once()  # enroll, first heartbeat: the answer names the interval
+        assert reporter.heartbeat_interval == interval
+        sleep = reporter.run_once()
+        assert interval * 0.9 <= sleep <= interval * 1.1  # ± 10 % jitter
+        now[0] += interval * 0.89
+        reporter.run_once()
+        assert len(collector.heartbeats) == 1
+        now[0] += interval * 0.22
+        reporter.run_once()
+        assert len(collector.heartbeats) == 2
+    finally:
+        transport.close()
+        spool.close()
+
+
+def test_the_policy_is_polled_as_a_fallback_only_a_new_hash_fetches_it_at_once(
+    collector: CollectorDouble, tmp_path: Path
+) -> None:
+    """Every heartbeat answer names the current policy's hash: a poll every minute as well
+    doubled the fleet's requests. A new hash is fetched at the next heartbeat; no poll between."""
+    now = [1_000_000.0]
+    secret = tmp_path / "enroll.secret"
+    write_secret(secret, "s3cret")
+    spool = Spool(tmp_path / "spool.db")
+    transport = Transport(collector.url, timeout=(2.0, 5.0))
+    policies: list[tuple[bytes, bytes]] = []
+    reporter = Reporter(
+        spool,
+        transport,
+        IdentityStore(tmp_path / "state", secret, HOST),
+        ReporterConfig(idle_check=86_400.0),  # the product's heartbeat and policy intervals
+        clock=lambda: now[0],
+        rng=random.Random(5),
+        on_policy=lambda data, sig: policies.append((data, sig)),
+    )
+
+    def polls() -> int:
+        return sum(e.path == "/api/v1/policy" for e in collector.log)
+
+    try:
+        reporter.run_once()  # enroll, first heartbeat, first poll (404: none yet)
+        assert polls() == 1
+        for _ in range(5):  # five minutes of heartbeats: no poll
+            now[0] += 67.0
+            reporter.run_once()
+        assert len(collector.heartbeats) == 6 and polls() == 1
+        collector.policy = (b"[meta]\nschema = 1\n", b'{"signatures": []}')
+        now[0] += 67.0
+        reporter.run_once()  # the heartbeat names a new hash: fetched in the same round
+        reporter.run_once()
+        assert polls() == 2 and len(policies) == 1
+    finally:
+        transport.close()
+        spool.close()
+
+
 def test_413_halves_the_batch_until_it_fits(
     collector: CollectorDouble, agent_factory: Callable[..., Agent]
 ) -> None:

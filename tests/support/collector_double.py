@@ -49,6 +49,8 @@ class CollectorDouble:
         self.duplicates = 0
         self.log: list[Logged] = []
         self.heartbeats: list[dict[str, Any]] = []
+        # What the heartbeat answer names as the interval (None: absent, an older collector's).
+        self.heartbeat_interval: object = None
         self.max_batch: int | None = None
         self.too_large_ids: set[str] = set()
         self.reject_ids: set[str] = set()
@@ -176,7 +178,13 @@ class CollectorDouble:
             with self.lock:
                 self.heartbeats.append(json.loads(body))
             sha = hashlib.sha256(self.policy[0]).hexdigest() if self.policy else None
-            return 200, {"server_time": "now", "policy": {"serial": None, "sha256": sha}}, {}
+            answer: dict[str, Any] = {
+                "server_time": "now",
+                "policy": {"serial": None, "sha256": sha},
+            }
+            if self.heartbeat_interval is not None:
+                answer["heartbeat_interval"] = self.heartbeat_interval
+            return 200, answer, {}
         if path == "/api/v1/policy" and method == "GET":
             if self.policy is None:
                 return 404, {"error": "no_policy"}, {}

@@ -79,6 +79,14 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
     assert "\n" not in message
 
 
+def test_heartbeat_interval_for_a_large_fleet_with_a_window_above_it() -> None:
+    settings = settings_from_mapping(
+        {"server": {"heartbeat_interval": 300, "heartbeat_window": 900}}
+    )
+    assert (settings.heartbeat_interval, settings.heartbeat_window) == (300, 900)
+    assert settings_from_mapping({}).heartbeat_interval == 60
+
+
 def test_behind_proxy_allows_plain_http_off_loopback() -> None:
     settings = settings_from_mapping({"server": {"listen": "10.0.0.5:8080", "behind_proxy": True}})
     assert settings.behind_proxy
@@ -153,6 +161,11 @@ def test_session_key_file(tmp_path: Path) -> None:
         ("[server]\napi_docs = 1\n", "server.api_docs", "valid boolean"),
         ('[server]\nheartbeat_window = "180"\n', "server.heartbeat_window", "valid number"),
         ("[server]\nheartbeat_window = 0\n", "server.heartbeat_window", "greater than 0"),
+        ("[server]\nheartbeat_interval = 5\n", "server.heartbeat_interval", "15"),
+        ("[server]\nheartbeat_interval = 7200\n", "server.heartbeat_interval", "3600"),
+        ('[server]\nheartbeat_interval = "60"\n', "server.heartbeat_interval", "valid number"),
+        # hosts would turn stale between two heartbeats
+        ("[server]\nheartbeat_interval = 300\n", "server.heartbeat_interval", "at least 450"),
         ('[database]\nurl = ["sqlite://"]\n', "database.url", "valid string"),
         ('[policy]\nthreshold = "1"\n', "policy.threshold", "valid integer"),
         ("[policy]\nthreshold = 1.5\n", "policy.threshold", "valid integer"),
