@@ -214,6 +214,8 @@ def build_agent_router() -> APIRouter:
                 # Who the signing keys are (the collector's signer registry), so that
                 # `agent status` can name its trusted keys. Names only: trust is the agent's.
                 "signers": names,
+                # The fleet's interval, one setting for every agent (it clamps it to 15-3600 s).
+                "heartbeat_interval": state.settings.heartbeat_interval,
             }
         )
 

@@ -464,6 +464,7 @@ def test_heartbeat_keeps_host_table_and_flags_serial_regression(env: AgentApiEnv
         resp = env.signed(agent_id, key, "POST", "/api/v1/heartbeat", _hb(serial, {"full": 2}))
         assert resp.status_code == 200, resp.text
         assert resp.json()["policy"] == {"serial": None, "sha256": None}
+        assert resp.json()["heartbeat_interval"] == 60  # [server] heartbeat_interval
         with env.state.db.read() as conn:
             row = conn.execute(select(hosts)).one()
         assert bool(row.serial_regressed) is expect, serial
