@@ -178,6 +178,36 @@ def _admin(sql: str) -> None:
         conn.execute(sql)
 
 
+PG_SETTINGS = (
+    "shared_buffers",
+    "max_connections",
+    "synchronous_commit",
+    "fsync",
+    "autovacuum",
+    "jit",
+    "work_mem",
+    "max_wal_size",
+)
+
+
+def postgres_settings_line(database: str) -> str:
+    """The server settings the figures depend on, as this database sees them (the bench changes
+    none: it is the machine's shared server)."""
+    import psycopg
+
+    dsn = ADMIN_DSN.replace("dbname=test", f"dbname={database}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name",
+            (list(PG_SETTINGS),),
+        ).fetchall()
+        version = conn.execute("SELECT current_setting('server_version')").fetchall()
+    return (
+        f"postgresql {version[0][0]} (the machine's server; the bench changes no setting): "
+        + ", ".join(f"{name} {value}" for name, value in rows)
+    )
+
+
 def _url(name: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
@@ -374,6 +404,7 @@ class Load:
     lag_p99: float
     cpu: dict[str, float]
     sign_cpu: float  # the workers' CPU signing the requests before the clock
+    backend: tuple[int, int] | None = None  # haproxy's (replica connections opened, reused)
 
     @property
     def failed(self) -> int:
@@ -412,6 +443,7 @@ def heartbeats(
     procs: int,
     meters: dict[str, Any],
     offset: int = 0,
+    proxy: Haproxy | None = None,
 ) -> Load:
     total = max(1, int(rate * seconds))
     global _FLEET
@@ -419,9 +451,11 @@ def heartbeats(
     on_start, on_end, cpu = _metered(meters)
     host = f"127.0.0.1:{port}"
     work = [(w, procs, total, rate, offset, host) for w in range(min(procs, total))]
+    before = proxy.backend_connections() if proxy else (0, 0)
     start, outcomes = run_workers(
         _heartbeat_requests, partial(_send_heartbeats, port), work, on_start, on_end
     )
+    after = proxy.backend_connections() if proxy else (0, 0)
     elapsed = max(o.end for o in outcomes) - start
     _generator_cpu(cpu, outcomes)
     latencies = [x for o in outcomes for x in o.latencies]
@@ -438,6 +472,7 @@ def heartbeats(
         lag_p99=_ms(lags, 0.99),
         cpu=cpu,
         sign_cpu=sum(o.prep_cpu for o in outcomes),
+        backend=(after[0] - before[0], after[1] - before[1]) if proxy else None,
     )
 
 
@@ -791,9 +826,15 @@ def _print_heartbeats(label: str, rate: float, r: Load) -> None:
         flush=True,
     )
     print("    " + _cpu_line(r.cpu, r.sent, "heartbeat", r.elapsed), flush=True)
+    reuse = ""
+    if r.backend is not None:
+        reuse = (
+            f"; haproxy opened {r.backend[0]:,} connections to the replicas and reused one "
+            f"{r.backend[1]:,} times"
+        )
     print(
         f"    signed before the step (the agents' own CPU, not in the figures above): "
-        f"{r.sign_cpu / r.sent * 1000:.2f} ms per heartbeat",
+        f"{r.sign_cpu / r.sent * 1000:.2f} ms per heartbeat" + reuse,
         flush=True,
     )
 
@@ -834,6 +875,13 @@ def main(argv: list[str] | None = None) -> int:
         help="heartbeat and ingest load-generator processes, one epoll loop each (2)",
     )
     parser.add_argument(
+        "--http-reuse",
+        default="safe",
+        choices=("never", "safe", "always"),
+        help="haproxy's reuse of idle replica connections (safe: see docs/scale.md)",
+    )
+    parser.add_argument("--haproxy-threads", type=int, default=1, help="haproxy nbthread (1)")
+    parser.add_argument(
         "--database", default=DB_NAME, help=f"database to create and drop ({DB_NAME})"
     )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
@@ -845,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest_batches",
         "procs",
         "gen_procs",
+        "haproxy_threads",
         "report_repeats",
     ):
         if getattr(args, name) < 1:
@@ -875,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     _admin(f'DROP DATABASE IF EXISTS "{name}_raw" WITH (FORCE)')
     _admin(f'CREATE DATABASE "{name}"')
     try:
+        print(postgres_settings_line(name), flush=True)
         return _run(args, _url(name))
     finally:
         if not args.keep_db:
@@ -905,7 +955,12 @@ def _run(args: argparse.Namespace, url: str) -> int:
             CollectorProcess(base / f"r{i}", url, server_toml=server_toml, extra_toml=limits)
             for i in range(2)
         ]
-        proxy = Haproxy(base / "haproxy", [r.port for r in replicas])
+        proxy = Haproxy(
+            base / "haproxy",
+            [r.port for r in replicas],
+            http_reuse=args.http_reuse,
+            nbthread=args.haproxy_threads,
+        )
         try:
             for replica in replicas:
                 replica.start()
@@ -962,7 +1017,7 @@ def _phases(
     target = args.agents / 60.0
     first_rate = min(target, 100.0)
     r = heartbeats(proxy.port, creds[:over_http], first_rate, over_http / first_rate,
-                   args.gen_procs, meters, 0)  # fmt: skip
+                   args.gen_procs, meters, 0, proxy)  # fmt: skip
     _print_heartbeats(f"first contact of {over_http:,} hosts", first_rate, r)
     best = 0.0
     for fraction in LADDER:

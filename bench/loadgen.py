@@ -212,10 +212,14 @@ class _OpenLoop:
 
     def launch(self, payload: bytes, due: float) -> None:
         started = time.monotonic()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.out.lags.append(max(0.0, started - due))
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:  # out of descriptors (EMFILE): this request fails, not the run
+            self.out.fail(_error_kind(err), str(err))
+            return
         sock.setblocking(False)
         flight = _Flight(sock, payload, started, due)
-        self.out.lags.append(max(0.0, started - due))
         code = sock.connect_ex(self.addr)
         if code not in (0, errno.EINPROGRESS):
             sock.close()

@@ -27,7 +27,17 @@ def haproxy_path() -> str | None:
 
 
 class Haproxy(ChildServer):
-    def __init__(self, workdir: Path, backends: list[int], *, maxconn: int = 4000) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        backends: list[int],
+        *,
+        maxconn: int = 4000,
+        http_reuse: str = "safe",
+        nbthread: int = 1,
+    ) -> None:
+        if http_reuse not in ("never", "safe", "aggressive", "always"):
+            raise ValueError(f"http-reuse {http_reuse!r}: never, safe, aggressive or always")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
@@ -35,10 +45,12 @@ class Haproxy(ChildServer):
             f"    server r{i} 127.0.0.1:{port} maxconn 256" for i, port in enumerate(backends)
         )
         self.config = self.workdir / "haproxy.cfg"
+        self.stats_socket = self.workdir / "admin.sock"
         self.config.write_text(
             f"""global
     maxconn {maxconn}
-    nbthread 1
+    nbthread {int(nbthread)}
+    stats socket {self.stats_socket} mode 600
 
 defaults
     mode http
@@ -47,7 +59,7 @@ defaults
     timeout server 60s
     timeout queue 60s
     option forwardfor
-    http-reuse safe
+    http-reuse {http_reuse}
     timeout http-keep-alive 60s
 
 frontend collectors
@@ -62,6 +74,26 @@ backend replicas
         )
         self.log = self.workdir / "haproxy.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def backend_connections(self) -> tuple[int, int]:
+        """(connections opened to the replicas, requests sent on a reused one) so far, summed
+        over the servers (the ``connect`` and ``reuse`` columns of ``show stat``)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        columns = lines[0].lstrip("# ").split(",")
+        opened = reused = 0
+        for line in lines[1:]:
+            row = dict(zip(columns, line.split(","), strict=False))
+            if row.get("type") == "2":  # a server (0 frontend, 1 backend)
+                opened += int(row.get("connect") or 0)
+                reused += int(row.get("reuse") or 0)
+        return opened, reused
 
     @property
     def url(self) -> str:
