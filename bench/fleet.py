@@ -876,9 +876,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--http-reuse",
-        default="safe",
+        default="always",
         choices=("never", "safe", "always"),
-        help="haproxy's reuse of idle replica connections (safe: see docs/scale.md)",
+        help="haproxy's reuse of idle replica connections (always; why: docs/scale.md)",
     )
     parser.add_argument("--haproxy-threads", type=int, default=1, help="haproxy nbthread (1)")
     parser.add_argument(
