@@ -1022,7 +1022,9 @@ def _phases(
     best = 0.0
     for fraction in LADDER:
         rate = target * fraction
-        r = heartbeats(proxy.port, creds, rate, args.hb_seconds, args.gen_procs, meters, over_http)
+        r = heartbeats(
+            proxy.port, creds, rate, args.hb_seconds, args.gen_procs, meters, over_http, proxy
+        )
         _print_heartbeats(f"steady state, {fraction:.1%} of target", rate, r)
         ok = r.failed == 0 and r.p99 < 100 and r.rate >= 0.95 * rate
         if ok:
@@ -1056,8 +1058,8 @@ def _phases(
     per_k = max(r2.events, 1) / 1000
     print("    " + _cpu_line(r2.cpu, per_k, "1000 events", r2.wall), flush=True)
     print(
-        f"    signed before the clock (the agents' own CPU, not in the figures above): "
-        f"{r2.sign_cpu / per_k * 1000:.2f} ms per 1000 events",
+        f"    built and signed before the clock (the agents' own CPU, not in the figures "
+        f"above): {r2.sign_cpu / per_k * 1000:.2f} ms per 1000 events",
         flush=True,
     )
     print(
