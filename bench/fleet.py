@@ -15,7 +15,8 @@ Prints, with medians over repeats where the figure is a latency:
 2. heartbeats of ``--agents`` agents per minute (open loop: requests leave on schedule whether or
    not earlier ones have answered; one fresh connection per heartbeat, as an agent's once-a-minute
    request finds no keep-alive connection open; one more than 10 s behind schedule is counted
-   failed, not sent; latency from the socket to the last byte of the answer): first contact
+   failed, not sent, and one not answered within the agent's own limit, 35 s, failed too;
+   latency from the socket to the last byte of the answer): first contact
    (every host's first heartbeat, which creates its row) and then steady state; p50/p99/max,
    failures by kind (HTTP status, timeout, refused, abandoned, …), CPU per request;
 3. ingest: signed batches of 100 events from ``--ingest-agents`` concurrent agents (keep-alive,
@@ -67,6 +68,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from bench.ingest import BATCH, make_batches
 from bench.loadgen import Agent, Outcome, closed_loop, open_loop, run_workers, signed_request
+from proscribe.agent.reporter.transport import DEFAULT_TIMEOUT
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.events import insert_events
@@ -388,7 +390,9 @@ def _heartbeat_requests(
 
 
 def _send_heartbeats(port: int, schedule: list[tuple[float, bytes]], start: float) -> Outcome:
-    return open_loop(port, schedule, start, abandon_s=ABANDON_S)
+    # An answer later than the agent's own limit (5 s to connect + 30 s to read) is a failure
+    # the agent would see too: counted as "timeout", and an overloaded step ends in bounded time.
+    return open_loop(port, schedule, start, abandon_s=ABANDON_S, timeout_s=sum(DEFAULT_TIMEOUT))
 
 
 @dataclass
@@ -456,7 +460,9 @@ def heartbeats(
         _heartbeat_requests, partial(_send_heartbeats, port), work, on_start, on_end
     )
     after = proxy.backend_connections() if proxy else (0, 0)
-    elapsed = max(o.end for o in outcomes) - start
+    # The step lasts its schedule (total / rate) or until its last answer, if later: answers
+    # that keep up give the target rate, answers that fall behind a lower one.
+    elapsed = max(max(o.end for o in outcomes) - start, total / rate)
     _generator_cpu(cpu, outcomes)
     latencies = [x for o in outcomes for x in o.latencies]
     lags = [x for o in outcomes for x in o.lags]
@@ -829,8 +835,8 @@ def _print_heartbeats(label: str, rate: float, r: Load) -> None:
     reuse = ""
     if r.backend is not None:
         reuse = (
-            f"; haproxy opened {r.backend[0]:,} connections to the replicas and reused one "
-            f"{r.backend[1]:,} times"
+            f"; haproxy opened {r.backend[0]:,} connections to the replicas and sent "
+            f"{r.backend[1]:,} requests on reused ones"
         )
     print(
         f"    signed before the step (the agents' own CPU, not in the figures above): "
