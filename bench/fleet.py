@@ -759,7 +759,7 @@ def report_breakdown(url: str) -> list[str]:
         "agents_with_last_seen": "stale hosts",
         "add_model_findings": "model findings",
     }
-    found = {}
+    found: dict[str, float] = {}
     for (filename, _line, name), row in stats.items():
         if name in parts and "proscribe" in filename:
             found[name] = max(found.get(name, 0.0), row[3])

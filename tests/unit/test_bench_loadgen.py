@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.loadgen import (
     Agent,
+    Outcome,
     Response,
     ResponseError,
     closed_loop,
@@ -231,12 +232,12 @@ def test_workers_start_together_and_report_their_own_cpu(server: int) -> None:
         sum(i * i for i in range(200_000))  # visible preparation CPU
         return [(0.0, _get(f"/ok/{n}"))]
 
-    def send(schedule: list[tuple[float, bytes]], start: float) -> object:
+    def send(schedule: list[tuple[float, bytes]], start: float) -> Outcome:
         return open_loop(server, schedule, start, abandon_s=10)
 
     start, outs = run_workers(
         prepare, send, [1, 2], lambda: marks.append("start"), lambda: marks.append("end")
-    )  # type: ignore[arg-type]
+    )
     assert marks == ["start", "end"]
     assert [o.statuses for o in outs] == [{200: 1}, {200: 1}]
     assert all(o.prep_cpu > 0.005 and o.end >= start for o in outs)
