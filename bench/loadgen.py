@@ -189,7 +189,13 @@ class _Flight:
 
 
 def _error_kind(err: BaseException) -> str:
-    return "timeout" if isinstance(err, TimeoutError) else type(err).__name__
+    """``timeout``, the exception's class (``ConnectionRefusedError``), or for a plain OSError
+    its errno's name (``EADDRNOTAVAIL``: out of ephemeral ports)."""
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    if type(err) is OSError and err.errno in errno.errorcode:
+        return errno.errorcode[err.errno]
+    return type(err).__name__
 
 
 def _os_error(code: int) -> OSError:

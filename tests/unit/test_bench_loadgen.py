@@ -197,6 +197,14 @@ def test_open_loop_counts_refused_connections() -> None:
     assert out.failures == {"ConnectionRefusedError": 3}
 
 
+def test_a_plain_os_error_is_named_by_its_errno() -> None:
+    from bench.loadgen import _error_kind, _os_error
+
+    assert _error_kind(_os_error(99)) == "EADDRNOTAVAIL"
+    assert _error_kind(_os_error(111)) == "ConnectionRefusedError"
+    assert _error_kind(TimeoutError()) == "timeout"
+
+
 def _agent(paths: list[str]) -> Agent:
     return Agent([_get(p) for p in paths], lambda i: _get(paths[i] + "?again"))
 
