@@ -3,13 +3,22 @@ on one PostgreSQL, behind Debian's haproxy (round-robin, keep-alive to the repli
 simulated agents that enroll over HTTP with their own Ed25519 keys and sign every request as the
 agent's reporter does (``core.wire.auth.sign_request``: fresh nonce and time per request).
 
+The heartbeat and ingest load comes from ``bench.loadgen`` (``--gen-procs`` processes, one epoll
+loop of raw sockets each): every request is built and signed before its step's clock starts (an
+agent signs on its own endpoint, not on the collector's machine; the server accepts a signature's
+time for 300 s either way), so the generator's CPU on the clock is the sockets' only, and it is
+printed beside the servers' (the signing is printed on its own line).
+
 Prints, with medians over repeats where the figure is a latency:
 
 1. enrollment of ``--agents`` agents over HTTP through haproxy (rate);
 2. heartbeats of ``--agents`` agents per minute (open loop: requests leave on schedule whether or
    not earlier ones have answered; one fresh connection per heartbeat, as an agent's once-a-minute
-   request finds no keep-alive connection open): first contact (every host's first heartbeat,
-   which creates its row) and then steady state; p50/p99/max, failures, CPU per request;
+   request finds no keep-alive connection open; one more than 10 s behind schedule is counted
+   failed, not sent, and one not answered within the agent's own limit, 35 s, failed too;
+   latency from the socket to the last byte of the answer): first contact
+   (every host's first heartbeat, which creates its row) and then steady state; p50/p99/max,
+   failures by kind (HTTP status, timeout, refused, abandoned, …), CPU per request;
 3. ingest: signed batches of 100 events from ``--ingest-agents`` concurrent agents (keep-alive,
    as the reporter drains its spool) across both replicas, beside the raw PostgreSQL insert rate
    measured in the same run (``insert_events`` straight into a fresh database, one connection,
@@ -43,8 +52,10 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +67,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from bench.ingest import BATCH, make_batches
+from bench.loadgen import Agent, Outcome, closed_loop, open_loop, run_workers, signed_request
+from proscribe.agent.reporter.transport import DEFAULT_TIMEOUT
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.events import insert_events
 from proscribe.core.policy.keys import public_key_string
-from proscribe.core.wire.auth import sign_request
 from tests.support.devserver import CollectorProcess
 from tests.support.haproxy import Haproxy, haproxy_path
 from tests.support.simulate import heartbeat_body as simulated_heartbeat
@@ -106,29 +118,32 @@ class PostgresMeter:
     """CPU seconds of the PostgreSQL backends serving this database (other databases' are not
     counted). A pool closes its overflow connections, so backends come and go: a thread reads
     every backend's CPU twice a second and keeps each one's last reading, and the meter is the
-    sum of those (a backend's last half second before it exits can be missed)."""
+    sum of those (a backend's last half second before it exits can be missed). It asks over one
+    connection of its own, kept open (a new one each time would fork a backend twice a second)."""
 
     def __init__(self, database: str) -> None:
+        import psycopg
+
         self.database = database
         self.latest: dict[int, float] = {}
+        self._conn = psycopg.connect(ADMIN_DSN, autocommit=True)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        import psycopg
-
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        with self._lock:
             pids = [
                 int(r[0])
-                for r in conn.execute(
+                for r in self._conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,)
                 )
             ]
-        for pid in pids:
-            cpu = _pid_cpu(pid)
-            if cpu:
-                self.latest[pid] = max(cpu, self.latest.get(pid, 0.0))
+            for pid in pids:
+                cpu = _pid_cpu(pid)
+                if cpu:
+                    self.latest[pid] = max(cpu, self.latest.get(pid, 0.0))
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -140,6 +155,7 @@ class PostgresMeter:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._conn.close()
 
     def __call__(self) -> float:
         self._read()
@@ -162,6 +178,36 @@ def _admin(sql: str) -> None:
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql)
+
+
+PG_SETTINGS = (
+    "shared_buffers",
+    "max_connections",
+    "synchronous_commit",
+    "fsync",
+    "autovacuum",
+    "jit",
+    "work_mem",
+    "max_wal_size",
+)
+
+
+def postgres_settings_line(database: str) -> str:
+    """The server settings the figures depend on, as this database sees them (the bench changes
+    none: it is the machine's shared server)."""
+    import psycopg
+
+    dsn = ADMIN_DSN.replace("dbname=test", f"dbname={database}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name",
+            (list(PG_SETTINGS),),
+        ).fetchall()
+        version = conn.execute("SELECT current_setting('server_version')").fetchall()
+    return (
+        f"postgresql {version[0][0]} (the machine's server; the bench changes no setting): "
+        + ", ".join(f"{name} {value}" for name, value in rows)
+    )
 
 
 def _url(name: str) -> str:
@@ -317,67 +363,36 @@ def _enroll_db_worker(args: tuple[str, int, int]) -> list[Cred]:
 
 
 _FLEET: list[Cred] = []  # set before the load generator's processes fork (not pickled)
+HEARTBEAT_PATH = "/api/v1/heartbeat"
+EVENTS_PATH = "/api/v1/events"
 
 
-def _heartbeat_worker(
-    args: tuple[int, int, int, float, float, float, int],
-) -> tuple[list[float], list[float], list[str]]:
-    """Send heartbeats ``k = w, w+procs, …`` below ``total``; heartbeat k leaves at
-    ``start + k / rate`` (monotonic clock, shared by the processes) for agent ``(k + offset)
-    % len``. Before ``start``, each agent's key is loaded and its body made once (an agent
-    holds its key and its state): what is left per request is the signature (fresh nonce and
-    time), one new connection, the request and the answer."""
-    w, procs, port, start, rate, total_f, offset = args
+def _heartbeat_requests(
+    args: tuple[int, int, int, float, int, str],
+) -> list[tuple[float, bytes]]:
+    """Worker ``w``'s heartbeats ``k = w, w+procs, …`` below ``total``: heartbeat k is agent
+    ``(k + offset) % len``'s, due ``k / rate`` after the start, its whole request signed now
+    (fresh nonce and time). This is the agents' own CPU (each signs on its endpoint), spent
+    before the step's clock starts; the server accepts a signature's time for 300 s."""
+    w, procs, total, rate, offset, host = args
     creds = _FLEET
-    total = int(total_f)
-    mine = {(k + offset) % len(creds) for k in range(w, total, procs)}
-    keys = {i: Ed25519PrivateKey.from_private_bytes(creds[i][1]) for i in mine}
-    bodies = {i: heartbeat_payload(i) for i in mine}
-    latencies: list[float] = []
-    lags: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def one(k: int) -> None:
-        due = start + k / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -ABANDON_S:
-            # The run is far behind its schedule (the servers cannot keep up): counted as a
-            # failure instead of sent, so an overloaded step ends in bounded time.
-            with lock:
-                failures.append("abandoned")
-            return
+    keys: dict[int, Ed25519PrivateKey] = {}
+    schedule = []
+    for k in range(w, total, procs):
         index = (k + offset) % len(creds)
-        agent_id = creds[index][0]
-        body = bodies[index]
-        # Signed now, as the agent signs each request (fresh nonce, current time).
-        headers = sign_request(keys[index], agent_id, "POST", "/api/v1/heartbeat", body)
-        headers["Content-Type"] = "application/json"
-        t0 = time.monotonic()
-        status = 0
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        try:
-            conn.request("POST", "/api/v1/heartbeat", body=body, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            status = resp.status
-        except (OSError, http.client.HTTPException) as err:
-            with lock:
-                failures.append(type(err).__name__)
-        finally:
-            conn.close()
-        t1 = time.monotonic()
-        with lock:
-            latencies.append(t1 - t0)
-            lags.append(max(0.0, t0 - due))
-            if status and status != 200:
-                failures.append(str(status))
+        key = keys.get(index)
+        if key is None:
+            key = keys[index] = Ed25519PrivateKey.from_private_bytes(creds[index][1])
+        body = heartbeat_payload(index)
+        payload = signed_request(key, creds[index][0], HEARTBEAT_PATH, body, host)
+        schedule.append((k / rate, payload))
+    return schedule
 
-    with ThreadPoolExecutor(max_workers=48) as pool:
-        list(pool.map(one, range(w, total, procs)))
-    return latencies, lags, failures
+
+def _send_heartbeats(port: int, schedule: list[tuple[float, bytes]], start: float) -> Outcome:
+    # An answer later than the agent's own limit (5 s to connect + 30 s to read) is a failure
+    # the agent would see too: counted as "timeout", and an overloaded step ends in bounded time.
+    return open_loop(port, schedule, start, abandon_s=ABANDON_S, timeout_s=sum(DEFAULT_TIMEOUT))
 
 
 @dataclass
@@ -388,9 +403,40 @@ class Load:
     p50: float
     p99: float
     max: float
-    failures: int
+    failures: Counter[str]
+    examples: list[str]
     lag_p99: float
     cpu: dict[str, float]
+    sign_cpu: float  # the workers' CPU signing the requests before the clock
+    backend: tuple[int, int] | None = None  # haproxy's (replica connections opened, reused)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+def _metered(
+    meters: dict[str, Any],
+) -> tuple[Callable[[], None], Callable[[], None], dict[str, float]]:
+    """(on_start, on_end, cpu): ``cpu`` is filled at ``on_end`` with each meter's CPU seconds
+    since ``on_start``."""
+    cpu0: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def on_start() -> None:
+        cpu0.update({name: f() for name, f in meters.items()})
+
+    def on_end() -> None:
+        cpu.update({name: f() - cpu0[name] for name, f in meters.items()})
+
+    return on_start, on_end, cpu
+
+
+def _generator_cpu(cpu: dict[str, float], outcomes: list[Outcome]) -> None:
+    """The load generator's CPU over a run: this process's (the meter holds it: the workers
+    are not reaped yet) and each worker's own from the start time to its last answer."""
+    if "load generator" in cpu:
+        cpu["load generator"] += sum(o.send_cpu for o in outcomes)
 
 
 def heartbeats(
@@ -401,22 +447,25 @@ def heartbeats(
     procs: int,
     meters: dict[str, Any],
     offset: int = 0,
+    proxy: Haproxy | None = None,
 ) -> Load:
     total = max(1, int(rate * seconds))
     global _FLEET
     _FLEET = creds
-    cpu0 = {name: f() for name, f in meters.items()}
-    start = time.monotonic() + 1.0 + total / 20_000  # time to load the keys it will use
-    with multiprocessing.get_context("fork").Pool(procs) as pool:
-        parts = pool.map(
-            _heartbeat_worker,
-            [(w, procs, port, start, rate, float(total), offset) for w in range(procs)],
-        )
-    elapsed = time.monotonic() - start
-    cpu = {name: f() - cpu0[name] for name, f in meters.items()}
-    latencies = [x for p in parts for x in p[0]]
-    lags = [x for p in parts for x in p[1]]
-    failures = [x for p in parts for x in p[2]]
+    on_start, on_end, cpu = _metered(meters)
+    host = f"127.0.0.1:{port}"
+    work = [(w, procs, total, rate, offset, host) for w in range(min(procs, total))]
+    before = proxy.backend_connections() if proxy else (0, 0)
+    start, outcomes = run_workers(
+        _heartbeat_requests, partial(_send_heartbeats, port), work, on_start, on_end
+    )
+    after = proxy.backend_connections() if proxy else (0, 0)
+    # The step lasts its schedule (total / rate) or until its last answer, if later: answers
+    # that keep up give the target rate, answers that fall behind a lower one.
+    elapsed = max(max(o.end for o in outcomes) - start, total / rate)
+    _generator_cpu(cpu, outcomes)
+    latencies = [x for o in outcomes for x in o.latencies]
+    lags = [x for o in outcomes for x in o.lags]
     return Load(
         sent=total,
         elapsed=elapsed,
@@ -424,106 +473,80 @@ def heartbeats(
         p50=_ms(latencies, 0.5),
         p99=_ms(latencies, 0.99),
         max=max(latencies, default=float("nan")) * 1000,
-        failures=len(failures),
+        failures=sum((o.failures for o in outcomes), Counter()),
+        examples=[x for o in outcomes for x in o.examples],
         lag_p99=_ms(lags, 0.99),
         cpu=cpu,
+        sign_cpu=sum(o.prep_cpu for o in outcomes),
+        backend=(after[0] - before[0], after[1] - before[1]) if proxy else None,
     )
 
 
 # ----------------------------------------------------------------------------- ingest
 
 
-def _ingest_worker(args: tuple[list[Cred], int, int, int]) -> tuple[list[float], list[str], int]:
-    creds, port, batches_each, seed = args
+def _ingest_agents(args: tuple[list[Cred], int, int, str]) -> list[Agent]:
+    """One worker's agents, each with its batches of events (as a spool holds them) and every
+    batch's request signed now, before the clock starts (the agents' own CPU)."""
+    creds, batches_each, seed, host = args
     random.seed(seed)
-    results: list[float] = []
-    errors: list[str] = []
-    sent = 0
-    lock = threading.Lock()
-    # Pre-computed, as an agent's spool holds its events ready: the event bodies (JSON).
-    plans = [
-        [json.dumps({"events": b}).encode() for b in make_batches(batches_each)] for _ in creds
-    ]
-    barrier = threading.Barrier(len(creds))
-
-    def run(cred: Cred, bodies: list[bytes]) -> None:
-        nonlocal sent
-        agent_id, raw = cred
+    agents = []
+    for agent_id, raw in creds:
         key = Ed25519PrivateKey.from_private_bytes(raw)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        barrier.wait()
-        for body in bodies:
-            headers = sign_request(key, agent_id, "POST", "/api/v1/events", body)
-            headers["Content-Type"] = "application/json"
-            t0 = time.monotonic()
-            for attempt in (1, 2):
-                try:
-                    conn.request("POST", "/api/v1/events", body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    status = resp.status
-                    break
-                except (OSError, http.client.HTTPException) as err:
-                    # A keep-alive connection closed under us: the reporter reconnects and
-                    # resends (event ids make it exactly-once; a fresh signature, new nonce).
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                    headers = sign_request(key, agent_id, "POST", "/api/v1/events", body)
-                    headers["Content-Type"] = "application/json"
-                    status, data = 0, str(err).encode()
-                    if attempt == 2:
-                        break
-            dt = time.monotonic() - t0
-            with lock:
-                results.append(dt)
-                if status != 200:
-                    errors.append(f"{status} {data[:120]!r}")
-                else:
-                    sent += BATCH
-        conn.close()
+        bodies = [json.dumps({"events": b}).encode() for b in make_batches(batches_each)]
 
-    threads = [
-        threading.Thread(target=run, args=(c, plan)) for c, plan in zip(creds, plans, strict=True)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors, sent
+        def resign(i: int, key: Ed25519PrivateKey = key, agent_id: str = agent_id,
+                   bodies: list[bytes] = bodies) -> bytes:  # fmt: skip
+            return signed_request(key, agent_id, EVENTS_PATH, bodies[i], host)
+
+        agents.append(Agent([resign(i) for i in range(len(bodies))], resign))
+    return agents
+
+
+def _send_batches(port: int, agents: list[Agent], start: float) -> Outcome:
+    return closed_loop(port, agents)
+
+
+@dataclass
+class Ingest:
+    events: int  # stored: batches answered 200, times BATCH
+    rate: float  # stored events / (last answer - start)
+    p50: float
+    p99: float
+    failures: Counter[str]
+    examples: list[str]
+    cpu: dict[str, float]
+    sign_cpu: float
+    wall: float
 
 
 def ingest(
     port: int, creds: list[Cred], batches: int, procs: int, meters: dict[str, Any]
-) -> dict[str, Any]:
+) -> Ingest:
+    """Each agent posts its batches one after the other on one keep-alive connection (the
+    reporter draining its spool), all agents at once, spread over ``procs`` workers."""
     per_agent = max(1, batches // len(creds))
-    groups = [creds[w::procs] for w in range(procs)]
-    cpu0 = {name: f() for name, f in meters.items()}
-    ctx = multiprocessing.get_context("fork")
-    # The batches are built inside the workers before the barrier; time from the first answer.
-    t0 = time.monotonic()
-    with ctx.Pool(procs) as pool:
-        parts = pool.map(
-            _ingest_worker, [(g, port, per_agent, i) for i, g in enumerate(groups) if g]
-        )
-    elapsed = time.monotonic() - t0
-    cpu = {name: f() - cpu0[name] for name, f in meters.items()}
-    latencies = [x for p in parts for x in p[0]]
-    errors = [x for p in parts for x in p[1]]
-    stored = sum(p[2] for p in parts)
-    # Wall time counts the workers' batch building too; the posting span is the sum of
-    # latencies spread over the concurrent agents, so report the rate over the posting span.
-    span = sum(latencies) / len(creds)
-    return {
-        "events": stored,
-        "rate": stored / span,
-        "wall_rate": stored / elapsed,
-        "p50": statistics.median(latencies) * 1000,
-        "p99": _ms(latencies, 0.99),
-        "errors": errors,
-        "cpu": cpu,
-        "span": span,
-        "wall": elapsed,
-    }
+    host = f"127.0.0.1:{port}"
+    work = [(creds[w::procs], per_agent, w, host) for w in range(procs) if creds[w::procs]]
+    on_start, on_end, cpu = _metered(meters)
+    start, outcomes = run_workers(
+        _ingest_agents, partial(_send_batches, port), work, on_start, on_end
+    )
+    wall = max(o.end for o in outcomes) - start
+    _generator_cpu(cpu, outcomes)
+    latencies = [x for o in outcomes for x in o.latencies]
+    stored = sum(o.statuses[200] for o in outcomes) * BATCH
+    return Ingest(
+        events=stored,
+        rate=stored / wall,
+        p50=_ms(latencies, 0.5),
+        p99=_ms(latencies, 0.99),
+        failures=sum((o.failures for o in outcomes), Counter()),
+        examples=[x for o in outcomes for x in o.examples],
+        cpu=cpu,
+        sign_cpu=sum(o.prep_cpu for o in outcomes),
+        wall=wall,
+    )
 
 
 def raw_inserts(url: str, batches: list[list[dict[str, Any]]]) -> tuple[float, float]:
@@ -736,7 +759,7 @@ def report_breakdown(url: str) -> list[str]:
         "agents_with_last_seen": "stale hosts",
         "add_model_findings": "model findings",
     }
-    found = {}
+    found: dict[str, float] = {}
     for (filename, _line, name), row in stats.items():
         if name in parts and "proscribe" in filename:
             found[name] = max(found.get(name, 0.0), row[3])
@@ -791,15 +814,35 @@ def report_times(session: Any, base: str, repeats: int) -> tuple[list[float], in
 # ----------------------------------------------------------------------------- main
 
 
-def _print_heartbeats(label: str, rate: float, r: Load, agents: int) -> None:
+def _failures(failures: Counter[str], examples: list[str]) -> str:
+    """``0``, or the count by kind and the first example: ``3 (timeout 2, HTTP 503 1; e.g. …)``."""
+    total = sum(failures.values())
+    if not total:
+        return "0"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in failures.most_common())
+    return f"{total} ({kinds}" + (f"; e.g. {examples[0][:160]}" if examples else "") + ")"
+
+
+def _print_heartbeats(label: str, rate: float, r: Load) -> None:
     print(
         f"heartbeats, {label}: target {rate:.0f}/s, achieved {r.rate:.0f}/s over {r.sent:,} "
         f"requests; latency p50 {r.p50:.1f} ms, p99 {r.p99:.1f} ms, max {r.max:.0f} ms; "
-        f"failures {r.failures}; client send lag p99 {r.lag_p99:.1f} ms"
-        + ("  [p99 < 100 ms]" if r.p99 < 100 and not r.failures else "  [p99 >= 100 ms]"),
+        f"failures {_failures(r.failures, r.examples)}; client send lag p99 {r.lag_p99:.1f} ms"
+        + ("  [p99 < 100 ms]" if r.p99 < 100 and not r.failed else "  [p99 >= 100 ms]"),
         flush=True,
     )
     print("    " + _cpu_line(r.cpu, r.sent, "heartbeat", r.elapsed), flush=True)
+    reuse = ""
+    if r.backend is not None:
+        reuse = (
+            f"; haproxy opened {r.backend[0]:,} connections to the replicas and sent "
+            f"{r.backend[1]:,} requests on reused ones"
+        )
+    print(
+        f"    signed before the step (the agents' own CPU, not in the figures above): "
+        f"{r.sign_cpu / r.sent * 1000:.2f} ms per heartbeat" + reuse,
+        flush=True,
+    )
 
 
 def _cpu_line(cpu: dict[str, float], per: float, unit: str, elapsed: float) -> str:
@@ -828,7 +871,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=10_000_000, help="events for the report")
     parser.add_argument("--report-repeats", type=int, default=5)
-    parser.add_argument("--procs", type=int, default=4, help="load-generator processes (4)")
+    parser.add_argument(
+        "--procs", type=int, default=4, help="enrollment processes, 4 threads each (4)"
+    )
+    parser.add_argument(
+        "--gen-procs",
+        type=int,
+        default=2,
+        help="heartbeat and ingest load-generator processes, one epoll loop each (2)",
+    )
+    parser.add_argument(
+        "--http-reuse",
+        default="always",
+        choices=("never", "safe", "always"),
+        help="haproxy's reuse of idle replica connections (always; why: docs/scale.md)",
+    )
+    parser.add_argument("--haproxy-threads", type=int, default=1, help="haproxy nbthread (1)")
     parser.add_argument(
         "--database", default=DB_NAME, help=f"database to create and drop ({DB_NAME})"
     )
@@ -840,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         "ingest_agents",
         "ingest_batches",
         "procs",
+        "gen_procs",
+        "haproxy_threads",
         "report_repeats",
     ):
         if getattr(args, name) < 1:
@@ -870,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     _admin(f'DROP DATABASE IF EXISTS "{name}_raw" WITH (FORCE)')
     _admin(f'CREATE DATABASE "{name}"')
     try:
+        print(postgres_settings_line(name), flush=True)
         return _run(args, _url(name))
     finally:
         if not args.keep_db:
@@ -900,7 +961,12 @@ def _run(args: argparse.Namespace, url: str) -> int:
             CollectorProcess(base / f"r{i}", url, server_toml=server_toml, extra_toml=limits)
             for i in range(2)
         ]
-        proxy = Haproxy(base / "haproxy", [r.port for r in replicas])
+        proxy = Haproxy(
+            base / "haproxy",
+            [r.port for r in replicas],
+            http_reuse=args.http_reuse,
+            nbthread=args.haproxy_threads,
+        )
         try:
             for replica in replicas:
                 replica.start()
@@ -957,17 +1023,19 @@ def _phases(
     target = args.agents / 60.0
     first_rate = min(target, 100.0)
     r = heartbeats(proxy.port, creds[:over_http], first_rate, over_http / first_rate,
-                   args.procs, meters, 0)  # fmt: skip
-    _print_heartbeats(f"first contact of {over_http:,} hosts", first_rate, r, args.agents)
+                   args.gen_procs, meters, 0, proxy)  # fmt: skip
+    _print_heartbeats(f"first contact of {over_http:,} hosts", first_rate, r)
     best = 0.0
     for fraction in LADDER:
         rate = target * fraction
-        r = heartbeats(proxy.port, creds, rate, args.hb_seconds, args.procs, meters, over_http)
-        _print_heartbeats(f"steady state, {fraction:.1%} of target", rate, r, args.agents)
-        ok = r.failures == 0 and r.p99 < 100 and r.rate >= 0.95 * rate
+        r = heartbeats(
+            proxy.port, creds, rate, args.hb_seconds, args.gen_procs, meters, over_http, proxy
+        )
+        _print_heartbeats(f"steady state, {fraction:.1%} of target", rate, r)
+        ok = r.failed == 0 and r.p99 < 100 and r.rate >= 0.95 * rate
         if ok:
             best = rate
-        if r.failures or r.rate < 0.9 * rate or r.p99 > 1000:
+        if r.failed or r.rate < 0.9 * rate or r.p99 > 1000:
             break
     print(
         f"heartbeats: highest step met (p99 < 100 ms, no failures) {best:.0f}/s "
@@ -978,27 +1046,34 @@ def _phases(
 
     # 3. Ingest across the replicas, and raw inserts in the same run.
     ing_creds = creds[: args.ingest_agents]
-    r2 = ingest(proxy.port, ing_creds, args.ingest_batches, args.procs, meters)
-    if r2["errors"]:
-        print(f"ingest: {len(r2['errors'])} failed batches, e.g. {r2['errors'][0]}")
+    r2 = ingest(proxy.port, ing_creds, args.ingest_batches, args.gen_procs, meters)
+    if r2.failures:
+        print(f"ingest: failed batches {_failures(r2.failures, r2.examples)}", flush=True)
     _admin(f'CREATE DATABASE "{args.database}_raw"')
     raw_counts, raw_plain = raw_inserts(
         _url(f"{args.database}_raw"), make_batches(max(50, args.ingest_batches // 4))
     )
     print(
-        f"ingest over HTTP through haproxy: {r2['rate']:.0f} events/s "
-        f"({r2['events']:,} events, {args.ingest_agents} agents x batches of {BATCH}; batch "
-        f"p50 {r2['p50']:.0f} ms, p99 {r2['p99']:.0f} ms)"
-        + ("  [>= 10k/s: MET]" if r2["rate"] >= 10_000 else "  [>= 10k/s: NOT MET]"),
+        f"ingest over HTTP through haproxy: {r2.rate:.0f} events/s "
+        f"({r2.events:,} events in {r2.wall:.1f} s, {args.ingest_agents} agents x batches of "
+        f"{BATCH}, one keep-alive connection each; batch p50 {r2.p50:.0f} ms, "
+        f"p99 {r2.p99:.0f} ms)"
+        + ("  [>= 10k/s: MET]" if r2.rate >= 10_000 else "  [>= 10k/s: NOT MET]"),
         flush=True,
     )
-    print("    " + _cpu_line(r2["cpu"], r2["events"] / 1000, "1000 events", r2["wall"]), flush=True)
+    per_k = max(r2.events, 1) / 1000
+    print("    " + _cpu_line(r2.cpu, per_k, "1000 events", r2.wall), flush=True)
+    print(
+        f"    built and signed before the clock (the agents' own CPU, not in the figures "
+        f"above): {r2.sign_cpu / per_k * 1000:.2f} ms per 1000 events",
+        flush=True,
+    )
     print(
         f"raw PostgreSQL inserts, same run, one connection: insert_events (with counts) "
         f"{raw_counts:.0f} events/s, driver executemany of a plain INSERT "
         f"{raw_plain:.0f} events/s; "
-        f"ratio HTTP/raw {r2['rate'] / raw_counts:.2f} (with counts), "
-        f"{r2['rate'] / raw_plain:.2f} (plain)",
+        f"ratio HTTP/raw {r2.rate / raw_counts:.2f} (with counts), "
+        f"{r2.rate / raw_plain:.2f} (plain)",
         flush=True,
     )
 

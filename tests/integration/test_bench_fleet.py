@@ -42,15 +42,22 @@ def test_fleet_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert code == 0, out
     for line in (
+        "postgresql 15",
         "enrolled 20 agents over HTTP through haproxy",
         "enrolled 1,180 more agents in the database",
         "heartbeats, first contact of 20 hosts",
         "heartbeats, steady state, 3.1% of target",
+        "signed before the step (the agents' own CPU, not in the figures above)",
+        "haproxy opened",
         "ingest over HTTP through haproxy",
+        "built and signed before the clock",
         "raw PostgreSQL inserts, same run",
         "bulk-loaded",
         "90-day report over 3,000 events",
     ):
         assert line in out, out
     assert "failed batches" not in out, out
+    # Every heartbeat was answered 200 (the generator checks each answer and counts by kind).
+    steps = [line for line in out.splitlines() if line.startswith("heartbeats, ")]
+    assert len(steps) >= 2 and all("; failures 0;" in line for line in steps), out
     assert _databases(name) == []
