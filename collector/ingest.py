@@ -114,7 +114,9 @@ def judge_events(
     raw_events: Sequence[dict[str, Any]], *, agent_id: str, hostname: str, now_us: int
 ) -> tuple[list[EventVerdict | None], list[dict[str, Any]]]:
     """Validate each event. Returns verdicts (``None`` where the database decides) and the
-    rows to insert, in order; an id repeated inside the batch is a duplicate of its first."""
+    rows to insert, in order; an id repeated inside the batch is a duplicate of its first.
+    A row's ``body`` is the event to store as a JSON object (see
+    :func:`proscribe.collector.storage.events.body_text` for its text)."""
     verdicts: list[EventVerdict | None] = []
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -182,7 +184,8 @@ def _judge_one(
         "kind": event.kind,
         "action": event.action,
         "severity": event.severity,
-        "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        # encoded with the whole batch (storage.events.insert_events), not one by one here
+        "body": body,
     }
     return None, row
 
