@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proscribe.collector.api.errors import ApiError, validation_detail
-from proscribe.collector.api.schema import EventBatch, EventIn
+from proscribe.collector.api.schema import EVENT_DEFAULT_SEVERITY, EVENT_DICT, EventBatch
 from proscribe.collector.storage import to_us
 from proscribe.core.events import parse_time
 from proscribe.core.wire.auth import MAX_SKEW_SECONDS
@@ -146,20 +146,22 @@ def _judge_one(
     seen: set[str],
 ) -> tuple[EventVerdict | None, dict[str, Any] | None]:
     try:
-        event = EventIn.model_validate(raw)
+        event: dict[str, Any] = EVENT_DICT.validate_python(raw)  # EventIn's checks, as a dict
     except ValidationError as err:
         return EventVerdict(_claimed_id(raw), "rejected", _reason(err), "invalid"), None
-    if event.id in seen:
-        return EventVerdict(event.id, "duplicate"), None
-    time_us = to_us(parse_time(event.time).timestamp())
+    event_id: str = event["id"]
+    if event_id in seen:
+        return EventVerdict(event_id, "duplicate"), None
+    time_us = to_us(parse_time(event["time"]).timestamp())
     if time_us > latest_us:
         reason = (
             f"time: more than {MAX_FUTURE_SKEW_S} s ahead of the collector's clock "
             "(fix the agent's clock)"
         )
-        return EventVerdict(event.id, "rejected", reason, "future_time"), None
+        return EventVerdict(event_id, "rejected", reason, "future_time"), None
     # The raw dict passed strict validation (no coercion, no unknown keys): store it as
-    # sent, with the host identity replaced by the authenticated one.
+    # sent (its keys in the agent's order), with the host identity replaced by the
+    # authenticated one.
     body = dict(raw)
     host = dict(body.get("host") or {})
     body["host"] = host
@@ -170,20 +172,21 @@ def _judge_one(
         host["claimed_hostname"] = claimed
     else:
         host.pop("claimed_hostname", None)
+    process, file = event.get("process"), event.get("file")
     row = {
-        "event_id": event.id,
+        "event_id": event_id,
         "agent_id": agent_id,
         "time_us": time_us,
         "received_us": now_us,
         "hostname": hostname,
         # who ran it; for a model file found on disk, whose file it is
-        "username": event.process.user
-        if event.process
-        else (event.file.owner if event.file else None),
-        "rule": event.rule,
-        "kind": event.kind,
-        "action": event.action,
-        "severity": event.severity,
+        "username": process.get("user")
+        if process is not None
+        else (file.get("owner") if file is not None else None),
+        "rule": event.get("rule"),
+        "kind": event["kind"],
+        "action": event["action"],
+        "severity": event.get("severity", EVENT_DEFAULT_SEVERITY),
         # encoded with the whole batch (storage.events.insert_events), not one by one here
         "body": body,
     }

@@ -7,16 +7,20 @@ requests signed as the agent signs them."""
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy import select
 
+from proscribe.collector.api.schema import EVENT_DICT, EventIn
 from proscribe.collector.storage import counts
 from proscribe.collector.storage.events import body_text, insert_events
 from proscribe.collector.storage.tables import events
@@ -162,3 +166,68 @@ def test_insert_events_stores_a_body_given_as_text_or_as_object_the_same(
         assert insert_events(conn, rows) == set()  # both duplicates now
     stored = _bodies(env)
     assert stored[rows[0]["event_id"]] == stored[rows[1]["event_id"]] == body_text(body)
+
+
+# --- the validator ingest judges with: EventIn's rules, into plain dicts ----------------------
+
+_SEEDS = [
+    event(process=AWKWARD, host={"hostname": "h", "os": "linux"}),
+    event(kind="dns", action="sinkholed", dns={"qname": "chat.deepseek.com", "qtype": "A"}),
+    event(
+        kind="file",
+        action="quarantined",
+        file={"path": "/m.gguf", "owner": "bob", "size": 3, "model": {"evidence": ["gguf"]}},
+    ),
+    {**event(kind="tamper", action="reported"), "detail": "d", "count": 2},
+]
+_VALUES: list[Any] = [
+    None, 0, -1, 1.0, 1.5, 2**60, True, "", "x", "a\x00b", "\ud800", "Z" * 5000, [], ["a"],
+    [1], {}, {"a": 1}, "2025-01-01T00:00:00Z", "low", "killed", "process",
+    "0001-01-01T00:00:00+01:00",
+]  # fmt: skip
+_KEYS = [
+    "id", "time", "kind", "rule", "policy", "action", "severity", "host", "process", "dns",
+    "file", "detail", "count", "extra", "pid", "name", "cmdline", "user", "qname", "path",
+    "model", "evidence", "serial", "owner", "hostname", "start_time", "size",
+]  # fmt: skip
+
+
+def _mutant(rng: random.Random) -> dict[str, Any]:
+    item = copy.deepcopy(rng.choice(_SEEDS))
+    for _ in range(rng.randint(1, 3)):
+        target = item
+        nested = [k for k, v in target.items() if isinstance(v, dict)]
+        if nested and rng.random() < 0.5:
+            target = target[rng.choice(nested)]
+        roll = rng.random()
+        if roll < 0.4 and target:
+            target[rng.choice(list(target))] = rng.choice(_VALUES)
+        elif roll < 0.6 and target:
+            del target[rng.choice(list(target))]
+        else:
+            target[rng.choice(_KEYS)] = rng.choice(_VALUES)
+    return item
+
+
+def _verdict(validator: Any, item: dict[str, Any]) -> Any:
+    try:
+        return ("valid", validator.validate_python(item))
+    except ValidationError as err:
+        # a section that is not an object: "a valid dictionary" (and not "or instance of X")
+        return ("invalid", [(e["loc"], e["msg"].split(" or instance of")[0]) for e in err.errors()])
+
+
+def test_the_ingest_validator_accepts_and_refuses_exactly_what_eventin_does() -> None:
+    rng = random.Random(16)
+    valid = 0
+    for _ in range(4000):
+        item = _mutant(rng)
+        mine, theirs = _verdict(EVENT_DICT, item), _verdict(EventIn.__pydantic_validator__, item)
+        assert mine[0] == theirs[0], item
+        if mine[0] == "valid":
+            valid += 1
+            assert mine[1] == item  # nothing coerced, nothing added (no defaults filled in)
+        else:
+            assert mine[1] == theirs[1], item
+    assert 200 < valid < 3800  # both verdicts were exercised
+    assert all(_verdict(EVENT_DICT, s)[0] == "valid" for s in _SEEDS)
