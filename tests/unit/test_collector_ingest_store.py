@@ -20,11 +20,13 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy import select
 
-from proscribe.collector.api.schema import EVENT_DICT, EventIn
+from proscribe.collector.api.errors import ApiError, validation_detail
+from proscribe.collector.api.schema import EVENT_DICT, EventBatch, EventIn
+from proscribe.collector.ingest import parse_batch
 from proscribe.collector.storage import counts
 from proscribe.collector.storage.events import body_text, insert_events
 from proscribe.collector.storage.tables import events
-from proscribe.core.events import MAX_STRING
+from proscribe.core.events import MAX_EVENTS_PER_BATCH, MAX_STRING
 from proscribe.core.wire.auth import sign_request
 from tests.support.dashboard_env import DashboardEnv, event, make_env
 from tests.support.postgres import throwaway_database
@@ -231,3 +233,35 @@ def test_the_ingest_validator_accepts_and_refuses_exactly_what_eventin_does() ->
             assert mine[1] == theirs[1], item
     assert 200 < valid < 3800  # both verdicts were exercised
     assert all(_verdict(EVENT_DICT, s)[0] == "valid" for s in _SEEDS)
+
+
+_ENVELOPES: list[Any] = [
+    {"events": []},
+    {"events": [{}, {"id": 1}]},
+    {"events": [{}] * MAX_EVENTS_PER_BATCH},
+    {"events": [{}] * (MAX_EVENTS_PER_BATCH + 1)},
+    {"events": [{}], "extra": 1},
+    {"events": {}},
+    {"events": None},
+    {"events": [{}, "not an object", 3]},
+    {"events": [[]]},
+    {"Events": []},
+    {},
+    [],
+    "events",
+    None,
+]
+
+
+@pytest.mark.parametrize("envelope", _ENVELOPES)
+def test_parse_batch_takes_and_refuses_the_envelopes_eventbatch_does(envelope: Any) -> None:
+    try:
+        expected: Any = EventBatch.model_validate(envelope).events
+    except ValidationError as err:
+        expected = ("invalid_batch", validation_detail(err.errors()))
+    try:
+        got: Any = parse_batch(json.dumps(envelope).encode())
+    except ApiError as err:
+        got = (err.error, err.detail)
+        assert err.status == 422
+    assert got == expected
