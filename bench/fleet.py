@@ -554,6 +554,7 @@ def raw_inserts(url: str, batches: list[list[dict[str, Any]]]) -> tuple[float, f
     the driver alone: psycopg ``executemany`` of a plain INSERT, no counts, no conflict check):
     one connection, one transaction a batch."""
     from proscribe.collector.ingest import judge_events
+    from proscribe.collector.storage.events import body_text
     from proscribe.collector.storage.tables import events
 
     db = open_database(url)
@@ -568,6 +569,7 @@ def raw_inserts(url: str, batches: list[list[dict[str, Any]]]) -> tuple[float, f
     for chunk in rows:
         for row in chunk:
             row["event_id"] = str(uuid.uuid4())  # the same rows again, as new events
+            row["body"] = body_text(row["body"])  # encoded as a spool would hold it
     columns = [c.name for c in events.columns if c.name != "seq"]
     sql = f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
     raw = db.engine.raw_connection()

@@ -28,9 +28,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from proscribe.collector.api.errors import ApiError, validation_detail
-from proscribe.collector.api.schema import EventBatch, EventIn
+from proscribe.collector.api.schema import EVENT_DEFAULT_SEVERITY, EVENT_DICT, EventBatch
 from proscribe.collector.storage import to_us
-from proscribe.core.events import parse_time
+from proscribe.core.events import MAX_EVENTS_PER_BATCH, parse_time
 from proscribe.core.wire.auth import MAX_SKEW_SECONDS
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,15 @@ def parse_json_body(body: bytes) -> Any:
 
 def parse_batch(body: bytes) -> list[dict[str, Any]]:
     data = parse_json_body(body)
+    events = data.get("events") if type(data) is dict and len(data) == 1 else None
+    if (
+        type(events) is list
+        and len(events) <= MAX_EVENTS_PER_BATCH
+        and all(type(e) is dict for e in events)
+    ):
+        # What EventBatch accepts, checked without copying every event (json.loads made these
+        # lists and dicts); anything else goes to EventBatch for its 422 and reason.
+        return events
     try:
         batch = EventBatch.model_validate(data)
     except ValidationError as err:
@@ -114,7 +123,9 @@ def judge_events(
     raw_events: Sequence[dict[str, Any]], *, agent_id: str, hostname: str, now_us: int
 ) -> tuple[list[EventVerdict | None], list[dict[str, Any]]]:
     """Validate each event. Returns verdicts (``None`` where the database decides) and the
-    rows to insert, in order; an id repeated inside the batch is a duplicate of its first."""
+    rows to insert, in order; an id repeated inside the batch is a duplicate of its first.
+    A row's ``body`` is the event to store as a JSON object (see
+    :func:`proscribe.collector.storage.events.body_text` for its text)."""
     verdicts: list[EventVerdict | None] = []
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -144,20 +155,22 @@ def _judge_one(
     seen: set[str],
 ) -> tuple[EventVerdict | None, dict[str, Any] | None]:
     try:
-        event = EventIn.model_validate(raw)
+        event: dict[str, Any] = EVENT_DICT.validate_python(raw)  # EventIn's checks, as a dict
     except ValidationError as err:
         return EventVerdict(_claimed_id(raw), "rejected", _reason(err), "invalid"), None
-    if event.id in seen:
-        return EventVerdict(event.id, "duplicate"), None
-    time_us = to_us(parse_time(event.time).timestamp())
+    event_id: str = event["id"]
+    if event_id in seen:
+        return EventVerdict(event_id, "duplicate"), None
+    time_us = to_us(parse_time(event["time"]).timestamp())
     if time_us > latest_us:
         reason = (
             f"time: more than {MAX_FUTURE_SKEW_S} s ahead of the collector's clock "
             "(fix the agent's clock)"
         )
-        return EventVerdict(event.id, "rejected", reason, "future_time"), None
+        return EventVerdict(event_id, "rejected", reason, "future_time"), None
     # The raw dict passed strict validation (no coercion, no unknown keys): store it as
-    # sent, with the host identity replaced by the authenticated one.
+    # sent (its keys in the agent's order), with the host identity replaced by the
+    # authenticated one.
     body = dict(raw)
     host = dict(body.get("host") or {})
     body["host"] = host
@@ -168,21 +181,23 @@ def _judge_one(
         host["claimed_hostname"] = claimed
     else:
         host.pop("claimed_hostname", None)
+    process, file = event.get("process"), event.get("file")
     row = {
-        "event_id": event.id,
+        "event_id": event_id,
         "agent_id": agent_id,
         "time_us": time_us,
         "received_us": now_us,
         "hostname": hostname,
         # who ran it; for a model file found on disk, whose file it is
-        "username": event.process.user
-        if event.process
-        else (event.file.owner if event.file else None),
-        "rule": event.rule,
-        "kind": event.kind,
-        "action": event.action,
-        "severity": event.severity,
-        "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        "username": process.get("user")
+        if process is not None
+        else (file.get("owner") if file is not None else None),
+        "rule": event.get("rule"),
+        "kind": event["kind"],
+        "action": event["action"],
+        "severity": event.get("severity", EVENT_DEFAULT_SEVERITY),
+        # encoded with the whole batch (storage.events.insert_events), not one by one here
+        "body": body,
     }
     return None, row
 

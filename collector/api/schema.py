@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     StringConstraints,
 )
+from pydantic_core import SchemaValidator
 
 from proscribe.core.events import (
     EVENT_ACTIONS,
@@ -154,6 +155,47 @@ class EventIn(BaseModel):
     file: FileInfo | None = None
     detail: Detail | None = None
     count: Annotated[int, Field(ge=1, le=2**31)] = 1
+
+
+def _as_plain_dicts(schema: Any) -> Any:
+    """``schema`` (a pydantic-core schema) with every model made a typed dict of the same
+    fields, constraints and strictness: what validates the same objects, but builds plain
+    dicts. A defaulted field becomes optional with no default: a missing key stays missing."""
+    if isinstance(schema, list):
+        return [_as_plain_dicts(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") == "model":
+        config = schema.get("config", {})
+        fields = {}
+        for name, field in schema["schema"]["fields"].items():
+            inner = field["schema"]
+            required = inner["type"] != "default"
+            fields[name] = {
+                "type": "typed-dict-field",
+                "schema": _as_plain_dicts(inner if required else inner["schema"]),
+                "required": required,
+            }
+        return {
+            "type": "typed-dict",
+            "fields": fields,
+            "extra_behavior": config.get("extra_fields_behavior", "ignore"),
+            "strict": config.get("strict", False),
+            "config": config,  # strictness and the like reach the fields through it
+        }
+    return {
+        key: value if key in ("metadata", "cls", "ref") else _as_plain_dicts(value)
+        for key, value in schema.items()
+    }
+
+
+# EventIn's rules exactly (derived from it, so the two cannot drift apart), validating into
+# plain dicts instead of model instances: what ingest judges each event with (~10k events/s),
+# in about half the time. Errors have the same locations and messages, but for a section that
+# is not an object ("a valid dictionary", without "or instance of ProcessInfo"). Its keys come
+# out in the schema's order, not the sender's.
+EVENT_DICT = SchemaValidator(_as_plain_dicts(EventIn.__pydantic_core_schema__))
+EVENT_DEFAULT_SEVERITY: str = EventIn.model_fields["severity"].default
 
 
 class EventBatch(BaseModel):

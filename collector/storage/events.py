@@ -16,10 +16,10 @@ batch, so the agent retries it later and nothing is dead-lettered by mistake.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import BigInteger, Connection, delete, func, select, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
@@ -30,33 +30,54 @@ from proscribe.collector.storage.tables import events, host_history
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert event rows (columns of :data:`tables.events` minus ``seq``); returns the ids
-    actually stored. ``rows`` must not repeat an id (the caller folds in-batch repeats)."""
+    actually stored. ``rows`` must not repeat an id (the caller folds in-batch repeats).
+
+    A row's ``body`` is the event as a JSON object (what ingest builds: it is encoded here,
+    once per batch) or already its JSON text; both are stored as the same text."""
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
-        result = conn.execute(_PG_INSERT, _pg_rows(rows))
+        ids = conn.execute(_PG_INSERT, {"rows": to_json(rows).decode()}).scalar_one()
+        stored = set(ids or ())
     else:
         stmt = (
             dialect_insert(conn, events)
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(events.c.event_id)
         )
-        result = conn.execute(stmt, list(rows))
-    stored = {str(row[0]) for row in result}
+        result = conn.execute(stmt, [_with_body_text(row) for row in rows])
+        stored = {str(row[0]) for row in result}
     counts.add(conn, counts.tally(r for r in rows if r["event_id"] in stored))
     return stored
+
+
+def body_text(body: Any) -> str:
+    """The stored text of an event body: JSON text as given, an object encoded (compact, UTF-8
+    as is: the same bytes PostgreSQL keeps from the batch document, see :data:`_PG_INSERT`)."""
+    return body if isinstance(body, str) else to_json(body).decode()
+
+
+def _with_body_text(row: dict[str, Any]) -> dict[str, Any]:
+    body = row["body"]
+    return row if isinstance(body, str) else {**row, "body": body_text(body)}
 
 
 # PostgreSQL: one fixed statement taking the whole batch as one JSON document
 # (``json_to_recordset``), instead of a multi-row VALUES list. The VALUES list of a 100-event
 # batch is a 1,100-placeholder statement that the driver parsed anew for every batch (too long
 # for its statement cache): ~40% of the time of a stored batch (bench/fleet.py, docs/scale.md).
-# This text is short, cached and prepared by the server after a few uses; the rows are encoded
-# by the json module's C encoder and decoded by PostgreSQL's (one string per batch, where
-# per-column arrays of text would be escaped element by element in Python).
+# This text is short, cached and prepared by the server after a few uses.
+#
+# The document is encoded in one call by pydantic-core's JSON encoder (Rust), each body inside
+# it as a nested object: a ``json`` value read into a ``text`` column is its input text exactly,
+# so the body is encoded once, where it used to be encoded per event and then escaped again as
+# a string inside the document (a body given as JSON text is such a string, and stored as
+# given). Keys of a row that are not columns are ignored by ``json_to_recordset``. The stored
+# ids come back as one array (one row instead of one per event through the result machinery).
 _PG_COLUMNS = tuple(c.name for c in events.columns if c.name != "seq")
 _PG_INSERT = text(
-    f"INSERT INTO events ({', '.join(_PG_COLUMNS)}) "  # noqa: S608 - column names, no input
+    "WITH stored AS ("  # noqa: S608 - column names, no input
+    f"INSERT INTO events ({', '.join(_PG_COLUMNS)}) "
     f"SELECT {', '.join(_PG_COLUMNS)} FROM json_to_recordset(CAST(:rows AS json)) AS r("
     + ", ".join(
         f"{c.name} {'bigint' if isinstance(c.type, BigInteger) else 'text'}"
@@ -64,11 +85,8 @@ _PG_INSERT = text(
         if c.name != "seq"
     )
     + ") ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    ") SELECT array_agg(event_id) FROM stored"
 )
-
-
-def _pg_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    return {"rows": json.dumps([{c: row[c] for c in _PG_COLUMNS} for row in rows])}
 
 
 # SQLSTATE classes that concern one row's values, not the database: data exception (22),
