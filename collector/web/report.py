@@ -23,6 +23,9 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from proscribe.collector.compliance import (
     Fleet,
+    FleetHost,
+    HostPeriod,
+    HostState,
     PeriodCoverage,
     fleet,
     period_coverage,
@@ -47,7 +50,7 @@ from proscribe.core.policy.envelope import parse_envelope
 from proscribe.core.policy.loader import load_policy
 from proscribe.core.policy.model import Exemption, Policy
 
-MAX_HTML_ROWS = 500
+MAX_HTML_ROWS = 500  # events, and hosts, listed per table of the HTML (exports list all)
 REPORT_FORMATS = ("html", "csv", "json")
 
 
@@ -109,6 +112,20 @@ def load_policy_view(conn: Connection, serial: int | None = None) -> PolicyView 
     return PolicyView(record, policy, signers, "", named)
 
 
+@dataclass(frozen=True, slots=True)
+class HostReview:
+    """What the HTML says of the hosts in scope: the listed ones (with their state now), how
+    many need a look in all, and how many hosts are in each state now."""
+
+    listed: list[tuple[HostPeriod, HostState | None]]
+    to_review: int
+    by_state: dict[str, int]
+
+    @property
+    def more(self) -> int:
+        return self.to_review - len(self.listed)
+
+
 @dataclass
 class ComplianceReport:
     generated_us: int
@@ -152,6 +169,32 @@ class ComplianceReport:
                         if isinstance(n, int) and n and reason not in HARMLESS_DROPS:
                             target[reason] = target.get(reason, 0) + n
         return {"drops": drops, "fail_open": fail_open}
+
+    def review(self, limit: int = MAX_HTML_ROWS) -> HostReview:
+        """The in-scope hosts an auditor must look at — a gap in the period, or not enforcing
+        now — the first ``limit`` of them (in scope order), with counts for the rest. The
+        HTML lists these; the JSON export lists every host."""
+        state_of = (
+            {(h.agent_id, h.hostname): h.state for h in self.fleet.hosts} if self.fleet else {}
+        )
+        listed: list[tuple[HostPeriod, HostState | None]] = []
+        to_review = 0
+        by_state: Counter[str] = Counter()
+        for h in self.period.hosts if self.period else ():
+            state = state_of.get((h.agent_id, h.hostname))
+            by_state[state.state if state is not None else "unknown"] += 1
+            if h.continuous and state is not None and state.enforcing:
+                continue
+            to_review += 1
+            if len(listed) < limit:
+                listed.append((h, state))
+        return HostReview(listed, to_review, dict(by_state))
+
+    def outside_inventory(self) -> list[FleetHost]:
+        """Enrolled hosts the imported inventory does not list (none without an inventory)."""
+        if self.fleet is None or not self.fleet.has_inventory:
+            return []
+        return [h for h in self.fleet.hosts if h.inventory is None and h.agent_id is not None]
 
     @property
     def headline(self) -> str:
