@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, literal, or_, select, union_all
 
 from proscribe.collector.compliance import (
     Fleet,
@@ -40,6 +40,7 @@ from proscribe.collector.storage.queries import HostCoverage
 from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies, violation_counts
+from proscribe.collector.storage.tables import hosts as hosts_table
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.models import ModelFinding, model_findings, model_findings_json
 from proscribe.collector.web.render import STATIC, build_environment, render
@@ -228,45 +229,120 @@ def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) 
     return conds
 
 
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Violations of a period by action, by rule (cut as the counts keep it) and by agent."""
+
+    by_action: Counter[str]
+    by_rule: Counter[str]
+    by_agent: Counter[str]
+
+
 def _totals(
     conn: Connection, since_us: int, until_us: int, rule_ids: tuple[str, ...] | None
-) -> tuple[Counter[str], Counter[str]]:
-    """Violations in ``[since_us, until_us)`` by action and by rule: the whole UTC days inside
-    the period from the counts kept at ingest (storage/counts.py), the partial days at its
-    edges from the events (an index range on time). Exact, and a 90-day report groups a few
-    thousand counts rows instead of every event."""
+) -> Totals:
+    """Violations in ``[since_us, until_us)`` by action, by rule and by agent: the whole UTC
+    days inside the period from the counts kept at ingest (storage/counts.py), the partial days
+    at its edges from the events (an index range on time). Exact, and a 90-day report groups
+    the counts rows once instead of every event (the top hosts were a scan and grouping of
+    every violation of the period by agent: 2.8 s of 10M)."""
     first = -(-since_us // DAY_US)  # the first whole day
     last = until_us // DAY_US  # the day after the last whole day
-    by_action: Counter[str] = Counter()
-    by_rule: Counter[str] = Counter()
+    out = Totals(Counter(), Counter(), Counter())
     edges = [(since_us, until_us)] if first >= last else [
         (since_us, first * DAY_US), (last * DAY_US, until_us)
     ]  # fmt: skip
     for low, high in edges:
         if low >= high:
             continue
-        for action, rule, n in conn.execute(
-            select(events.c.action, events.c.rule, func.count())
+        for action, rule, agent_id, n in conn.execute(
+            select(events.c.action, events.c.rule, events.c.agent_id, func.count())
             .where(*_conditions(low, high, rule_ids))
-            .group_by(events.c.action, events.c.rule)
+            .group_by(events.c.action, events.c.rule, events.c.agent_id)
         ):
-            by_action[str(action)] += int(n)
-            by_rule[str(rule or "")[:KEY_CHARS]] += int(n)  # as the counts keep it
+            out.by_action[str(action)] += int(n)
+            out.by_rule[str(rule or "")[:KEY_CHARS]] += int(n)  # as the counts keep it
+            out.by_agent[str(agent_id)] += int(n)
     if first < last:
-        vc = violation_counts
-        conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
-        if rule_ids is not None:
-            conds.append(
-                or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
+        _add_counted_days(conn, out, first, last, rule_ids)
+    return out
+
+
+def _add_counted_days(
+    conn: Connection, out: Totals, first: int, last: int, rule_ids: tuple[str, ...] | None
+) -> None:
+    """Days ``first … last - 1`` from the counts table, by (action, rule) and by agent, in one
+    pass over it: its rows summed by (action, rule, agent) once (a CTE, materialized as it is
+    read twice), then that grouped both ways. (GROUPING SETS made PostgreSQL sort the 1.6M
+    rows of a 2M-event database on disk by agent: 3.4 s, against ~0.5 s for this.)"""
+    vc = violation_counts
+    conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
+    if rule_ids is not None:
+        conds.append(
+            or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
+        )
+    grouped = (
+        select(vc.c.action, vc.c.rule, vc.c.agent_id, func.sum(vc.c.n).label("n"))
+        .where(*conds)
+        .group_by(vc.c.action, vc.c.rule, vc.c.agent_id)
+        .cte("grouped")
+    )
+    by_rule = select(
+        literal(0).label("part"), grouped.c.action, grouped.c.rule, func.sum(grouped.c.n)
+    ).group_by(grouped.c.action, grouped.c.rule)
+    by_agent = select(literal(1), grouped.c.agent_id, literal(""), func.sum(grouped.c.n)).group_by(
+        grouped.c.agent_id
+    )
+    for part, key, rule, n in conn.execute(union_all(by_rule, by_agent)):
+        if part == 0:
+            out.by_action[str(key)] += int(n)
+            out.by_rule[str(rule)] += int(n)
+        else:
+            out.by_agent[str(key)] += int(n)
+
+
+def _stale_agents(conn: Connection, *, now_us: int, window_us: int) -> list[webq.AgentSummary]:
+    """Every agent not revoked whose last heartbeat is older than the window (or none ever),
+    by hostname. Was the first 5,000 enrolled agents filtered in Python: a larger fleet's
+    report listed and counted only the stale hosts among those."""
+    a, h = agents_table, hosts_table
+    rows = conn.execute(
+        select(
+            a.c.agent_id,
+            a.c.hostname,
+            a.c.os,
+            a.c.agent_version,
+            a.c.enrolled_us,
+            a.c.revoked_us,
+            h.c.last_seen_us,
+        )
+        .select_from(a.outerjoin(h, h.c.agent_id == a.c.agent_id))
+        .where(a.c.revoked_us.is_(None))
+        .where(or_(h.c.last_seen_us.is_(None), h.c.last_seen_us < now_us - window_us))
+        .order_by(a.c.hostname, a.c.agent_id)
+    )
+    return [
+        webq.AgentSummary(agent_id, hostname, os_name, version, int(enrolled), None,
+                          None if seen is None else int(seen))
+        for agent_id, hostname, os_name, version, enrolled, _revoked, seen in rows.all()
+    ]  # fmt: skip
+
+
+def _top_hosts(conn: Connection, by_agent: Counter[str], n: int = 20) -> list[tuple[str, int]]:
+    """The ``n`` agents with the most violations, named by their recorded hostname: one agent
+    is one host here whatever names its events' bodies claimed or it was known by before.
+    Ties at the cut go to the smaller agent id (a fixed order, not the scan's)."""
+    top = sorted(by_agent.items(), key=lambda item: (-item[1], item[0]))[:n]
+    names = {
+        row.agent_id: row.hostname
+        for row in conn.execute(
+            select(agents_table.c.agent_id, agents_table.c.hostname).where(
+                agents_table.c.agent_id.in_([a for a, _n in top])
             )
-        for action, rule, n in conn.execute(
-            select(vc.c.action, vc.c.rule, func.sum(vc.c.n))
-            .where(*conds)
-            .group_by(vc.c.action, vc.c.rule)
-        ):
-            by_action[str(action)] += int(n)
-            by_rule[str(rule)] += int(n)
-    return by_action, by_rule
+        )
+    }
+    named = [(names.get(a) or "(unknown)", count) for a, count in top]
+    return sorted(named, key=lambda item: (-item[1], item[0]))
 
 
 def _bodies(conn: Connection, conds: list[Any], limit: int | None) -> Iterator[dict[str, Any]]:
@@ -323,44 +399,21 @@ def build_report(
                     ids.update(r.id for r in other.policy.rules())
         rule_ids = tuple(sorted(ids))
     conds = _conditions(since_us, until_us, rule_ids)
-    by_action, rule_counts = _totals(conn, since_us, until_us, rule_ids)
+    counted = _totals(conn, since_us, until_us, rule_ids)
     totals: dict[str, int] = {}
-    for action, count in by_action.items():
+    for action, count in counted.by_action.items():
         key = action_class(action)
         totals[key] = totals.get(key, 0) + count
     by_rule = sorted(
-        ((r or "(none)", n) for r, n in rule_counts.items()), key=lambda item: (-item[1], item[0])
+        ((r or "(none)", n) for r, n in counted.by_rule.items()),
+        key=lambda item: (-item[1], item[0]),
     )[:50]
-    # Grouped by the authenticated agent, named by its recorded hostname: one agent is one
-    # host here whatever names its events' bodies claimed or it was known by before.
-    by_agent = (
-        select(events.c.agent_id, func.count().label("n"))
-        .where(*conds)
-        .group_by(events.c.agent_id)
-        .order_by(func.count().desc())
-        .limit(20)
-        .subquery()
-    )
-    by_host = [
-        (h or "(unknown)", int(n))
-        for h, n in conn.execute(
-            select(agents_table.c.hostname, by_agent.c.n)
-            .select_from(
-                by_agent.outerjoin(agents_table, agents_table.c.agent_id == by_agent.c.agent_id)
-            )
-            .order_by(by_agent.c.n.desc(), agents_table.c.hostname)
-        )
-    ]
+    by_host = _top_hosts(conn, counted.by_agent)
     block_conds = [*conds, events.c.action.in_(sorted(BLOCKED_ACTIONS))]
     window_us = int(heartbeat_window_s * 1_000_000)
     current = history[0].serial if history else None
     cover = webq.coverage(conn, now_us=now_us, window_us=window_us, current_serial=current)
-    agents = webq.agents_with_last_seen(conn)
-    stale = [
-        a
-        for a in agents
-        if a.revoked_us is None and (a.last_seen_us is None or now_us - a.last_seen_us > window_us)
-    ]
+    stale = _stale_agents(conn, now_us=now_us, window_us=window_us)
     report = ComplianceReport(
         generated_us=now_us,
         since_us=since_us,
