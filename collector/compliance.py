@@ -537,7 +537,7 @@ def period_coverage(
     for where in _id_conditions(ids):
         for agent_id, seen in conn.execute(
             select(hosts.c.agent_id, hosts.c.last_seen_us).where(*where(hosts.c.agent_id))
-        ):
+        ).all():
             if agent_id in history:
                 last_seen[agent_id] = int(seen)
         for agent_id, time_us, kind, detail in (
@@ -545,7 +545,9 @@ def period_coverage(
                 select(host_history.c.agent_id, host_history.c.time_us, host_history.c.kind)
                 .add_columns(host_history.c.detail)
                 .where(*where(host_history.c.agent_id), host_history.c.time_us < until_us)
-                .order_by(host_history.c.agent_id, host_history.c.time_us, host_history.c.seq)
+                # Each host's rows in time order is all the replay needs: sorting by the
+                # agent id too (text, by collation) was most of this query's server time.
+                .order_by(host_history.c.time_us, host_history.c.seq)
             ).all()  # one fetch (iterating the result fetches a row at a time)
         ):
             timeline = history.get(agent_id)
