@@ -599,7 +599,8 @@ def test_period_coverage_read_in_bulk_equals_each_host_replayed_alone(
         env.clock.advance(60)
     now_us = int(env.clock.now * 1e6)
     start_us = int(start * 1e6)
-    scope = [(a[0], f"ws-{n}") for n, a in hosts.items()] + [(never[0], "ws-never")]
+    scope: list[tuple[str | None, str]] = [(a[0], f"ws-{n}") for n, a in hosts.items()]
+    scope.append((never[0], "ws-never"))
     scope.append((None, "ws-in-inventory-only"))
     for since_us, until_us, directive in (
         (start_us - 3_600_000_000, now_us + 1, None),  # before the first heartbeat
@@ -607,7 +608,7 @@ def test_period_coverage_read_in_bulk_equals_each_host_replayed_alone(
         (start_us + 301_000_000, now_us + 1, "us-navy-deepseek-2025"),
         (start_us + 420_000_000, start_us + 421_000_000, None),  # one second
     ):
-        period = {"since_us": since_us, "until_us": until_us, "now_us": now_us,
+        period: dict[str, Any] = {"since_us": since_us, "until_us": until_us, "now_us": now_us,
                   "window_us": 180_000_000, "directive": directive}  # fmt: skip
         with env.db.read() as conn:
             by_lists = compliance.period_coverage(conn, scope=scope, **period)
@@ -648,11 +649,15 @@ def test_report_html_lists_the_hosts_to_look_at_capped_and_json_lists_every_host
             env.heartbeat(agent, mode="monitor", health=_health())
         env.clock.advance(60)
     now_us = int(env.clock.now * 1e6)
-    window = {"since_us": since_us, "until_us": now_us, "now_us": now_us}
     monkeypatch.setattr(report_module, "MAX_HTML_ROWS", 2)
     with env.db.read() as conn:
-        report = build_report(conn, heartbeat_window_s=180, **window)
-        text = report_text(conn, fmt="json", heartbeat_window_s=180, **window)
+        report = build_report(
+            conn, since_us=since_us, until_us=now_us, now_us=now_us, heartbeat_window_s=180
+        )
+        text = report_text(
+            conn, fmt="json", since_us=since_us, until_us=now_us, now_us=now_us,
+            heartbeat_window_s=180,
+        )  # fmt: skip
     review = report.review(2)
     assert review.to_review == 4 and review.more == 2
     assert [h.hostname for h, _st in review.listed] == ["ws-mon-0", "ws-mon-1"]

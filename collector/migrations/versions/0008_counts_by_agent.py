@@ -10,6 +10,8 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -24,7 +26,7 @@ KINDS = "('process', 'dns', 'file', 'model', 'tamper')"  # storage/counts.py VIO
 
 
 def _create(with_agent: bool) -> None:
-    columns = [
+    columns: list[sa.Column[Any]] = [
         sa.Column("day", sa.Integer, primary_key=True),
         sa.Column("kind", sa.String(16), primary_key=True),
         sa.Column("action", sa.String(16), primary_key=True),
