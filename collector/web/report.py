@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment
-from sqlalchemy import Connection, and_, func, literal, or_, select, union_all
+from sqlalchemy import Connection, and_, func, or_, select
 
 from proscribe.collector.compliance import (
     Fleet,
@@ -271,36 +271,28 @@ def _totals(
 def _add_counted_days(
     conn: Connection, out: Totals, first: int, last: int, rule_ids: tuple[str, ...] | None
 ) -> None:
-    """Days ``first … last - 1`` from the counts table, by (action, rule) and by agent, in one
-    pass over it: its rows summed by (action, rule, agent) once (a CTE, materialized as it is
-    read twice), then that grouped both ways; SQLite has no GROUPING SETS, and with them
-    PostgreSQL sorted every row by agent on disk. 1.6M counts rows (2M synthetic events, the
-    loaded 2-core VM, EXPLAIN ANALYZE): this 2.3-4.2 s, GROUPING SETS 2.2-5.8 s, by agent
-    alone 1.7-2.0 s, by (action, rule) alone 0.6-0.9 s: grouping by agent is the cost."""
+    """Days ``first … last - 1`` from the counts table, by (action, rule) and by agent: two
+    groupings, each a hash over one scan, cheaper than any one-pass form measured. 4.0M counts
+    rows (10M synthetic events, 100,000 agents, the shared 2-core VM, EXPLAIN ANALYZE): by
+    agent 2.0 s + by (action, rule) 1.2 s; one CTE grouped both ways 4.4 s; GROUPING SETS
+    7.3 s (PostgreSQL sorted every row by agent on disk); the events grouped by agent, as the
+    top hosts were read before, 5.9 s."""
     vc = violation_counts
     conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
     if rule_ids is not None:
         conds.append(
             or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
         )
-    grouped = (
-        select(vc.c.action, vc.c.rule, vc.c.agent_id, func.sum(vc.c.n).label("n"))
-        .where(*conds)
-        .group_by(vc.c.action, vc.c.rule, vc.c.agent_id)
-        .cte("grouped")
-    )
-    by_rule = select(
-        literal(0).label("part"), grouped.c.action, grouped.c.rule, func.sum(grouped.c.n)
-    ).group_by(grouped.c.action, grouped.c.rule)
-    by_agent = select(literal(1), grouped.c.agent_id, literal(""), func.sum(grouped.c.n)).group_by(
-        grouped.c.agent_id
-    )
-    for part, key, rule, n in conn.execute(union_all(by_rule, by_agent)):
-        if part == 0:
-            out.by_action[str(key)] += int(n)
-            out.by_rule[str(rule)] += int(n)
-        else:
-            out.by_agent[str(key)] += int(n)
+    total = func.sum(vc.c.n)
+    for action, rule, n in conn.execute(
+        select(vc.c.action, vc.c.rule, total).where(*conds).group_by(vc.c.action, vc.c.rule)
+    ):
+        out.by_action[str(action)] += int(n)
+        out.by_rule[str(rule)] += int(n)
+    for agent_id, n in conn.execute(
+        select(vc.c.agent_id, total).where(*conds).group_by(vc.c.agent_id)
+    ).all():
+        out.by_agent[str(agent_id)] += int(n)
 
 
 def _stale_agents(conn: Connection, *, now_us: int, window_us: int) -> list[webq.AgentSummary]:
