@@ -1,12 +1,13 @@
 """Violation counts every replica agrees on: a table kept at ingest, in the events' transaction.
 
 Each stored violation adds one to its row of :data:`tables.violation_counts` (UTC day × kind ×
-action × severity × rule × host × user) by ``INSERT … ON CONFLICT DO UPDATE SET n = n +
+action × severity × rule × host × user × agent) by ``INSERT … ON CONFLICT DO UPDATE SET n = n +
 excluded.n`` in the same transaction as the event insert, on SQLite and PostgreSQL alike: a
 duplicate event id stores nothing and counts nothing, a rolled-back batch counts nothing, and
 concurrent writers on PostgreSQL each add under the row lock (keys are upserted in sorted order
 so two batches never wait on each other crosswise). A purge subtracts what it deleted in the
-same transaction as the delete. Migration 0007 fills the table from the events already stored.
+same transaction as the delete. Migration 0007 fills the table from the events already stored
+(0008 refills it with the agent in the key: the report's top hosts are grouped by agent).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DAY_US = 86_400 * 1_000_000
 KEY_CHARS = 128  # = the longest policy rule id (core/policy/_checks.py _ID): rules match exactly
 VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
 
-Key = tuple[int, str, str, str, str, str, str]
+Key = tuple[int, str, str, str, str, str, str, str]
 
 
 def key_of(row: Mapping[str, Any]) -> Key | None:
@@ -39,6 +40,7 @@ def key_of(row: Mapping[str, Any]) -> Key | None:
         str(row.get("rule") or "")[:KEY_CHARS],
         str(row.get("hostname") or "")[:KEY_CHARS],
         str(row.get("username") or "")[:KEY_CHARS],
+        str(row["agent_id"]),  # the authenticated agent: never empty, at most 64 characters
     )
 
 
@@ -51,7 +53,7 @@ def tally(rows: Iterable[Mapping[str, Any]]) -> Counter[Key]:
     return found
 
 
-_COLUMNS = ("day", "kind", "action", "severity", "rule", "hostname", "username")
+_COLUMNS = ("day", "kind", "action", "severity", "rule", "hostname", "username", "agent_id")
 
 
 def add(conn: Connection, counts: Counter[Key]) -> None:
@@ -85,7 +87,8 @@ _PG_ADD = text(
     f"INSERT INTO violation_counts ({', '.join(_COLUMNS)}, n) "  # noqa: S608 - constants
     "SELECT * FROM unnest(CAST(:day AS integer[]), CAST(:kind AS text[]), "
     "CAST(:action AS text[]), CAST(:severity AS text[]), CAST(:rule AS text[]), "
-    "CAST(:hostname AS text[]), CAST(:username AS text[]), CAST(:n AS bigint[])) "
+    "CAST(:hostname AS text[]), CAST(:username AS text[]), CAST(:agent_id AS text[]), "
+    "CAST(:n AS bigint[])) "
     f"AS k({', '.join(_COLUMNS)}, n) ORDER BY {', '.join(_COLUMNS)} "
     f"ON CONFLICT ({', '.join(_COLUMNS)}) DO UPDATE SET n = violation_counts.n + excluded.n"
 )
@@ -105,20 +108,20 @@ def total(conn: Connection) -> int:
 
 def recount(conn: Connection) -> int:
     """Rebuild the whole table from the events in one grouped pass (the same SQL as migration
-    0007's backfill): for bulk loads that write the events table directly, such as the
+    0008's backfill): for bulk loads that write the events table directly, such as the
     benchmarks' fixtures. Returns the number of violations counted."""
     kinds = ", ".join(f"'{k}'" for k in VIOLATION_KINDS)
     conn.execute(delete(vc))
     conn.execute(
         text(
             "INSERT INTO violation_counts"  # noqa: S608 - constants only, no input
-            "  (day, kind, action, severity, rule, hostname, username, n) "
+            "  (day, kind, action, severity, rule, hostname, username, agent_id, n) "
             f"SELECT CAST(time_us / {DAY_US} AS INTEGER) AS d, kind, action, severity, "
             f"substr(coalesce(rule, ''), 1, {KEY_CHARS}) AS r, "
             f"substr(coalesce(hostname, ''), 1, {KEY_CHARS}) AS h, "
-            f"substr(coalesce(username, ''), 1, {KEY_CHARS}) AS u, count(*) "
+            f"substr(coalesce(username, ''), 1, {KEY_CHARS}) AS u, agent_id, count(*) "
             f"FROM events WHERE kind IN ({kinds}) "
-            "GROUP BY d, kind, action, severity, r, h, u"
+            "GROUP BY d, kind, action, severity, r, h, u, agent_id"
         )
     )
     return total(conn)

@@ -173,6 +173,7 @@ def purge_chunk(conn: Connection, cutoff_us: int, chunk: int = PURGE_CHUNK) -> t
             events.c.rule,
             events.c.hostname,
             events.c.username,
+            events.c.agent_id,  # part of the counts' key (migration 0008)
         )
     ).all()
     counts.subtract(conn, counts.tally(dict(row._mapping) for row in gone))

@@ -230,7 +230,87 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+_LIST_COLUMNS = (
+    hosts.c.agent_id,
+    hosts.c.hostname,
+    hosts.c.os,
+    hosts.c.agent_version,
+    hosts.c.mode,
+    hosts.c.last_seen_us,
+    hosts.c.first_seen_us,
+    hosts.c.policy_id,
+    hosts.c.policy_serial,
+    hosts.c.policy_sha256,
+    hosts.c.policy_stale,
+    hosts.c.serial_regressed,
+    hosts.c.spool_depth,
+    hosts.c.dropped,
+    hosts.c.sensors,
+    hosts.c.machine_id,
+    hosts.c.health,
+    hosts.c.goodbye_us,
+    hosts.c.goodbye_by,
+)
+
+
 def list_hosts(conn: Connection, *, now_us: int, heartbeat_window_us: int) -> list[HostCoverage]:
-    """Every host that ever sent a heartbeat, with ``stale`` computed against ``now_us``."""
-    rows = conn.execute(select(hosts).order_by(hosts.c.hostname, hosts.c.agent_id)).all()
-    return [host_coverage(r, now_us=now_us, heartbeat_window_us=heartbeat_window_us) for r in rows]
+    """Every host that ever sent a heartbeat, in no particular order (its one caller,
+    ``compliance.fleet``, keys them by agent and sorts its own list), with ``stale`` computed
+    against ``now_us``: the records of :func:`host_coverage`, built from plain rows, each
+    distinct JSON text decoded once (a fleet's sensor sections repeat; the records share the
+    decoded values, which nothing mutates). Row by row, 100,000 hosts took 3.5 s of CPU."""
+    sensors_of: dict[str, Any] = {}
+    health_of: dict[str | None, dict[str, Any] | None] = {}
+    out: list[HostCoverage] = []
+    stmt = select(*_LIST_COLUMNS)
+    for (
+        agent_id,
+        hostname,
+        os_name,
+        agent_version,
+        mode,
+        last_seen_us,
+        first_seen_us,
+        policy_id,
+        policy_serial,
+        policy_sha256,
+        policy_stale,
+        serial_regressed,
+        spool_depth,
+        dropped,
+        sensors,
+        machine_id,
+        health,
+        goodbye_us,
+        goodbye_by,
+    ) in conn.execute(stmt).all():  # fmt: skip (all: one fetch, not one a row)
+        if sensors not in sensors_of:
+            sensors_of[sensors] = json.loads(sensors)
+        if health not in health_of:
+            health_of[health] = _json_object(health)
+        last_seen = int(last_seen_us)
+        out.append(
+            HostCoverage(
+                agent_id=agent_id,
+                hostname=hostname,
+                os=os_name,
+                agent_version=agent_version,
+                mode=mode,
+                last_seen_us=last_seen,
+                first_seen_us=int(first_seen_us),
+                policy_id=policy_id,
+                policy_serial=None if policy_serial is None else int(policy_serial),
+                policy_sha256=policy_sha256,
+                policy_stale=bool(policy_stale),
+                serial_regressed=bool(serial_regressed),
+                spool_depth=int(spool_depth),
+                dropped=int(dropped),
+                sensors=sensors_of[sensors],
+                stale=now_us - last_seen > heartbeat_window_us,
+                machine_id=machine_id,
+                health=health_of[health],
+                goodbye_us=None if goodbye_us is None else int(goodbye_us),
+                goodbye_by=goodbye_by,
+            )
+        )
+    return out

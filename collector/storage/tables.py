@@ -273,8 +273,9 @@ rate_buckets = Table(
 )
 
 # Violations counted at ingest, in the same transaction as the events (see storage/counts.py):
-# what the overview groups by, per UTC day. Text parts of the key are cut to KEY_CHARS
-# characters ("" for none) so a key stays well under PostgreSQL's btree entry limit.
+# what the overview and the report's totals and top hosts group by, per UTC day. Text parts of
+# the key are cut to KEY_CHARS characters ("" for none) so a key stays well under PostgreSQL's
+# btree entry limit.
 violation_counts = Table(
     "violation_counts",
     metadata,
@@ -285,5 +286,6 @@ violation_counts = Table(
     Column("rule", String(128), primary_key=True),
     Column("hostname", String(128), primary_key=True),
     Column("username", String(128), primary_key=True),
+    Column("agent_id", String(64), primary_key=True),  # the authenticated agent (0008)
     Column("n", BigInteger, nullable=False),
 )

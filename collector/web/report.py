@@ -23,6 +23,9 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from proscribe.collector.compliance import (
     Fleet,
+    FleetHost,
+    HostPeriod,
+    HostState,
     PeriodCoverage,
     fleet,
     period_coverage,
@@ -37,6 +40,7 @@ from proscribe.collector.storage.queries import HostCoverage
 from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
 from proscribe.collector.storage.tables import events, policies, violation_counts
+from proscribe.collector.storage.tables import hosts as hosts_table
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.models import ModelFinding, model_findings, model_findings_json
 from proscribe.collector.web.render import STATIC, build_environment, render
@@ -47,7 +51,7 @@ from proscribe.core.policy.envelope import parse_envelope
 from proscribe.core.policy.loader import load_policy
 from proscribe.core.policy.model import Exemption, Policy
 
-MAX_HTML_ROWS = 500
+MAX_HTML_ROWS = 500  # events, and hosts, listed per table of the HTML (exports list all)
 REPORT_FORMATS = ("html", "csv", "json")
 
 
@@ -109,6 +113,20 @@ def load_policy_view(conn: Connection, serial: int | None = None) -> PolicyView 
     return PolicyView(record, policy, signers, "", named)
 
 
+@dataclass(frozen=True, slots=True)
+class HostReview:
+    """What the HTML says of the hosts in scope: the listed ones (with their state now), how
+    many need a look in all, and how many hosts are in each state now."""
+
+    listed: list[tuple[HostPeriod, HostState | None]]
+    to_review: int
+    by_state: dict[str, int]
+
+    @property
+    def more(self) -> int:
+        return self.to_review - len(self.listed)
+
+
 @dataclass
 class ComplianceReport:
     generated_us: int
@@ -153,6 +171,32 @@ class ComplianceReport:
                             target[reason] = target.get(reason, 0) + n
         return {"drops": drops, "fail_open": fail_open}
 
+    def review(self, limit: int = MAX_HTML_ROWS) -> HostReview:
+        """The in-scope hosts an auditor must look at — a gap in the period, or not enforcing
+        now — the first ``limit`` of them (in scope order), with counts for the rest. The
+        HTML lists these; the JSON export lists every host."""
+        state_of = (
+            {(h.agent_id, h.hostname): h.state for h in self.fleet.hosts} if self.fleet else {}
+        )
+        listed: list[tuple[HostPeriod, HostState | None]] = []
+        to_review = 0
+        by_state: Counter[str] = Counter()
+        for h in self.period.hosts if self.period else ():
+            state = state_of.get((h.agent_id, h.hostname))
+            by_state[state.state if state is not None else "unknown"] += 1
+            if h.continuous and state is not None and state.enforcing:
+                continue
+            to_review += 1
+            if len(listed) < limit:
+                listed.append((h, state))
+        return HostReview(listed, to_review, dict(by_state))
+
+    def outside_inventory(self) -> list[FleetHost]:
+        """Enrolled hosts the imported inventory does not list (none without an inventory)."""
+        if self.fleet is None or not self.fleet.has_inventory:
+            return []
+        return [h for h in self.fleet.hosts if h.inventory is None and h.agent_id is not None]
+
     @property
     def headline(self) -> str:
         """ "N of M in-scope hosts enforcing X continuously between A and B"."""
@@ -185,45 +229,114 @@ def _conditions(since_us: int, until_us: int, rule_ids: tuple[str, ...] | None) 
     return conds
 
 
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Violations of a period by action, by rule (cut as the counts keep it) and by agent."""
+
+    by_action: Counter[str]
+    by_rule: Counter[str]
+    by_agent: Counter[str]
+
+
 def _totals(
     conn: Connection, since_us: int, until_us: int, rule_ids: tuple[str, ...] | None
-) -> tuple[Counter[str], Counter[str]]:
-    """Violations in ``[since_us, until_us)`` by action and by rule: the whole UTC days inside
-    the period from the counts kept at ingest (storage/counts.py), the partial days at its
-    edges from the events (an index range on time). Exact, and a 90-day report groups a few
-    thousand counts rows instead of every event."""
+) -> Totals:
+    """Violations in ``[since_us, until_us)`` by action, by rule and by agent: the whole UTC
+    days inside the period from the counts kept at ingest (storage/counts.py), the partial days
+    at its edges from the events (an index range on time). Exact, and a 90-day report groups
+    the counts rows once instead of every event (the top hosts were a scan and grouping of
+    every violation of the period by agent: 2.8 s of 10M)."""
     first = -(-since_us // DAY_US)  # the first whole day
     last = until_us // DAY_US  # the day after the last whole day
-    by_action: Counter[str] = Counter()
-    by_rule: Counter[str] = Counter()
+    out = Totals(Counter(), Counter(), Counter())
     edges = [(since_us, until_us)] if first >= last else [
         (since_us, first * DAY_US), (last * DAY_US, until_us)
     ]  # fmt: skip
     for low, high in edges:
         if low >= high:
             continue
-        for action, rule, n in conn.execute(
-            select(events.c.action, events.c.rule, func.count())
+        for action, rule, agent_id, n in conn.execute(
+            select(events.c.action, events.c.rule, events.c.agent_id, func.count())
             .where(*_conditions(low, high, rule_ids))
-            .group_by(events.c.action, events.c.rule)
+            .group_by(events.c.action, events.c.rule, events.c.agent_id)
         ):
-            by_action[str(action)] += int(n)
-            by_rule[str(rule or "")[:KEY_CHARS]] += int(n)  # as the counts keep it
+            out.by_action[str(action)] += int(n)
+            out.by_rule[str(rule or "")[:KEY_CHARS]] += int(n)  # as the counts keep it
+            out.by_agent[str(agent_id)] += int(n)
     if first < last:
-        vc = violation_counts
-        conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
-        if rule_ids is not None:
-            conds.append(
-                or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
+        _add_counted_days(conn, out, first, last, rule_ids)
+    return out
+
+
+def _add_counted_days(
+    conn: Connection, out: Totals, first: int, last: int, rule_ids: tuple[str, ...] | None
+) -> None:
+    """Days ``first … last - 1`` from the counts table, by (action, rule) and by agent: two
+    groupings, each a hash over one scan, cheaper than any one-pass form measured. 4.0M counts
+    rows (10M synthetic events, 100,000 agents, the shared 2-core VM, EXPLAIN ANALYZE): by
+    agent 2.0 s + by (action, rule) 1.2 s; one CTE grouped both ways 4.4 s; GROUPING SETS
+    7.3 s (PostgreSQL sorted every row by agent on disk); the events grouped by agent, as the
+    top hosts were read before, 5.9 s."""
+    vc = violation_counts
+    conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
+    if rule_ids is not None:
+        conds.append(
+            or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
+        )
+    total = func.sum(vc.c.n)
+    for action, rule, n in conn.execute(
+        select(vc.c.action, vc.c.rule, total).where(*conds).group_by(vc.c.action, vc.c.rule)
+    ):
+        out.by_action[str(action)] += int(n)
+        out.by_rule[str(rule)] += int(n)
+    for agent_id, n in conn.execute(
+        select(vc.c.agent_id, total).where(*conds).group_by(vc.c.agent_id)
+    ).all():
+        out.by_agent[str(agent_id)] += int(n)
+
+
+def _stale_agents(conn: Connection, *, now_us: int, window_us: int) -> list[webq.AgentSummary]:
+    """Every agent not revoked whose last heartbeat is older than the window (or none ever),
+    by hostname. Was the first 5,000 enrolled agents filtered in Python: a larger fleet's
+    report listed and counted only the stale hosts among those."""
+    a, h = agents_table, hosts_table
+    rows = conn.execute(
+        select(
+            a.c.agent_id,
+            a.c.hostname,
+            a.c.os,
+            a.c.agent_version,
+            a.c.enrolled_us,
+            a.c.revoked_us,
+            h.c.last_seen_us,
+        )
+        .select_from(a.outerjoin(h, h.c.agent_id == a.c.agent_id))
+        .where(a.c.revoked_us.is_(None))
+        .where(or_(h.c.last_seen_us.is_(None), h.c.last_seen_us < now_us - window_us))
+        .order_by(a.c.hostname, a.c.agent_id)
+    )
+    return [
+        webq.AgentSummary(agent_id, hostname, os_name, version, int(enrolled), None,
+                          None if seen is None else int(seen))
+        for agent_id, hostname, os_name, version, enrolled, _revoked, seen in rows.all()
+    ]  # fmt: skip
+
+
+def _top_hosts(conn: Connection, by_agent: Counter[str], n: int = 20) -> list[tuple[str, int]]:
+    """The ``n`` agents with the most violations, named by their recorded hostname: one agent
+    is one host here whatever names its events' bodies claimed or it was known by before.
+    Ties at the cut go to the smaller agent id (a fixed order, not the scan's)."""
+    top = sorted(by_agent.items(), key=lambda item: (-item[1], item[0]))[:n]
+    names = {
+        row.agent_id: row.hostname
+        for row in conn.execute(
+            select(agents_table.c.agent_id, agents_table.c.hostname).where(
+                agents_table.c.agent_id.in_([a for a, _n in top])
             )
-        for action, rule, n in conn.execute(
-            select(vc.c.action, vc.c.rule, func.sum(vc.c.n))
-            .where(*conds)
-            .group_by(vc.c.action, vc.c.rule)
-        ):
-            by_action[str(action)] += int(n)
-            by_rule[str(rule)] += int(n)
-    return by_action, by_rule
+        )
+    }
+    named = [(names.get(a) or "(unknown)", count) for a, count in top]
+    return sorted(named, key=lambda item: (-item[1], item[0]))
 
 
 def _bodies(conn: Connection, conds: list[Any], limit: int | None) -> Iterator[dict[str, Any]]:
@@ -280,44 +393,21 @@ def build_report(
                     ids.update(r.id for r in other.policy.rules())
         rule_ids = tuple(sorted(ids))
     conds = _conditions(since_us, until_us, rule_ids)
-    by_action, rule_counts = _totals(conn, since_us, until_us, rule_ids)
+    counted = _totals(conn, since_us, until_us, rule_ids)
     totals: dict[str, int] = {}
-    for action, count in by_action.items():
+    for action, count in counted.by_action.items():
         key = action_class(action)
         totals[key] = totals.get(key, 0) + count
     by_rule = sorted(
-        ((r or "(none)", n) for r, n in rule_counts.items()), key=lambda item: (-item[1], item[0])
+        ((r or "(none)", n) for r, n in counted.by_rule.items()),
+        key=lambda item: (-item[1], item[0]),
     )[:50]
-    # Grouped by the authenticated agent, named by its recorded hostname: one agent is one
-    # host here whatever names its events' bodies claimed or it was known by before.
-    by_agent = (
-        select(events.c.agent_id, func.count().label("n"))
-        .where(*conds)
-        .group_by(events.c.agent_id)
-        .order_by(func.count().desc())
-        .limit(20)
-        .subquery()
-    )
-    by_host = [
-        (h or "(unknown)", int(n))
-        for h, n in conn.execute(
-            select(agents_table.c.hostname, by_agent.c.n)
-            .select_from(
-                by_agent.outerjoin(agents_table, agents_table.c.agent_id == by_agent.c.agent_id)
-            )
-            .order_by(by_agent.c.n.desc(), agents_table.c.hostname)
-        )
-    ]
+    by_host = _top_hosts(conn, counted.by_agent)
     block_conds = [*conds, events.c.action.in_(sorted(BLOCKED_ACTIONS))]
     window_us = int(heartbeat_window_s * 1_000_000)
     current = history[0].serial if history else None
     cover = webq.coverage(conn, now_us=now_us, window_us=window_us, current_serial=current)
-    agents = webq.agents_with_last_seen(conn)
-    stale = [
-        a
-        for a in agents
-        if a.revoked_us is None and (a.last_seen_us is None or now_us - a.last_seen_us > window_us)
-    ]
+    stale = _stale_agents(conn, now_us=now_us, window_us=window_us)
     report = ComplianceReport(
         generated_us=now_us,
         since_us=since_us,

@@ -212,7 +212,8 @@ def truth(conn: Connection) -> dict[tuple[object, ...], int]:
 def table(conn: Connection) -> dict[tuple[object, ...], int]:
     vc = violation_counts
     cols = (vc.c.day, vc.c.kind, vc.c.action, vc.c.severity, vc.c.rule, vc.c.hostname)
-    return {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(*cols, vc.c.username, vc.c.n))}
+    more = (vc.c.username, vc.c.agent_id, vc.c.n)
+    return {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(*cols, *more))}
 
 
 def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: DashboardEnv) -> None:
@@ -243,13 +244,20 @@ def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: Dashb
             (today * DAY_US - 30 * DAY_US, (today + 1) * DAY_US),
         ):
             for rule_ids in (None, ("deepseek-web", "deepseek-desktop")):
-                by_action, by_rule = report_totals(conn, since_us, until_us, rule_ids)
+                got = report_totals(conn, since_us, until_us, rule_ids)
+                by_action, by_rule = got.by_action, got.by_rule
                 where = report_conditions(since_us, until_us, rule_ids)
                 grouped = conn.execute(
                     select(events.c.action, events.c.rule, func.count())
                     .where(*where)
                     .group_by(events.c.action, events.c.rule)
                 ).all()
+                by_agent = conn.execute(
+                    select(events.c.agent_id, func.count())
+                    .where(*where)
+                    .group_by(events.c.agent_id)
+                ).all()
+                assert +got.by_agent == Counter({a: n for a, n in by_agent})
                 assert +by_action == Counter(
                     {a: sum(n for a2, _r, n in grouped if a2 == a) for a, _r, _n in grouped}
                 )

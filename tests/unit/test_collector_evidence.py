@@ -534,3 +534,140 @@ def test_period_coverage_of_a_fleet_larger_than_a_query_can_bind(env: DashboardE
     assert len(cover.hosts) == 100_001
     assert cover.hosts[0] == alone.hosts[0]  # the real host's history and last heartbeat
     assert all(h.gaps for h in cover.hosts[1:])  # never heard from: a gap over the period
+
+
+def _oracle(conn: Any, agent_id: str, **period: Any) -> list[Any]:
+    """One host's gaps as the coverage computed them before its reads were batched: its own
+    history and last heartbeat, read alone, replayed by host_period."""
+    from proscribe.collector.compliance import _json_dict, host_period
+    from proscribe.collector.storage.tables import host_history, hosts
+
+    rows = [
+        (int(r.time_us), r.kind, _json_dict(r.detail))
+        for r in conn.execute(
+            select(host_history.c.time_us, host_history.c.kind, host_history.c.detail)
+            .where(host_history.c.agent_id == agent_id)
+            .where(host_history.c.time_us < period["until_us"])
+            .order_by(host_history.c.time_us, host_history.c.seq)
+        )
+    ]
+    seen = conn.execute(select(hosts.c.last_seen_us).where(hosts.c.agent_id == agent_id)).scalar()
+    return host_period(
+        rows,
+        since_us=period["since_us"],
+        until_us=min(period["until_us"], period["now_us"]),
+        last_seen_us=None if seen is None else int(seen),
+        window_us=period["window_us"],
+        directive=period["directive"],
+    )
+
+
+def test_period_coverage_read_in_bulk_equals_each_host_replayed_alone(
+    env: DashboardEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Varied timelines — steady, a goodbye and a restart, a silence and a resume, monitor
+    then enforce, a sensor down then up, another policy, drops, enrolled mid-period, never
+    heard from, and a host outside the scope — give the same gaps whether the scope is read
+    by IN lists or whole (a large scope: every row read, the scope's kept), and the same as
+    each host's own history replayed alone, for periods cut anywhere in the timelines."""
+    from proscribe.collector import compliance
+
+    names = ("steady", "restart", "silent", "monitor", "sensor", "policy", "drops", "late")
+    hosts = {name: env.enroll(f"ws-{name}") for name in names}
+    never, outside = env.enroll("ws-never"), env.enroll("ws-outside")
+    dns_down = _health(sensors={"process": {"state": "running", "alive": False}})
+    start = env.clock.now
+    for step in range(12):
+        for name, agent in hosts.items():
+            if name == "late" and step < 5:
+                continue
+            if name == "silent" and 3 <= step < 8:
+                continue
+            changes: dict[str, Any] = {"health": _health()}
+            if name == "restart" and step == 4:
+                changes["goodbye"] = {"by": "SIGTERM from systemd"}
+            if name == "monitor" and step < 6:
+                changes["mode"] = "monitor"
+            if name == "sensor" and 2 <= step < 7:
+                changes["health"] = dns_down
+            if name == "policy" and step >= 7:
+                changes["policy"] = {"id": "another-policy", "serial": 3, "sha256": "cd" * 32}
+            if name == "drops" and step >= 9:
+                changes["health"] = _health(drops={"spool.full": step, "spool.folded": 0})
+            env.heartbeat(agent, **changes)
+        env.heartbeat(outside, mode="monitor", health=_health())
+        env.clock.advance(60)
+    now_us = int(env.clock.now * 1e6)
+    start_us = int(start * 1e6)
+    scope: list[tuple[str | None, str]] = [(a[0], f"ws-{n}") for n, a in hosts.items()]
+    scope.append((never[0], "ws-never"))
+    scope.append((None, "ws-in-inventory-only"))
+    for since_us, until_us, directive in (
+        (start_us - 3_600_000_000, now_us + 1, None),  # before the first heartbeat
+        (start_us + 150_000_000, now_us - 200_000_000, None),  # cut inside the timelines
+        (start_us + 301_000_000, now_us + 1, "us-navy-deepseek-2025"),
+        (start_us + 420_000_000, start_us + 421_000_000, None),  # one second
+    ):
+        period: dict[str, Any] = {"since_us": since_us, "until_us": until_us, "now_us": now_us,
+                  "window_us": 180_000_000, "directive": directive}  # fmt: skip
+        with env.db.read() as conn:
+            by_lists = compliance.period_coverage(conn, scope=scope, **period)
+            monkeypatch.setattr(compliance, "IN_SLICE", 1)  # every scope is "large"
+            whole = compliance.period_coverage(conn, scope=scope, **period)
+            monkeypatch.undo()
+            alone = {a: _oracle(conn, a, **period) for a, _h in scope if a is not None}
+        assert by_lists == whole
+        assert [h.hostname for h in whole.hosts] == [h for _a, h in scope]  # no ws-outside
+        for h in whole.hosts:
+            if h.agent_id is not None:
+                assert list(h.gaps) == alone[h.agent_id], h.hostname
+        reasons = {h.hostname: {g.reason for g in h.gaps} for h in whole.hosts}
+        if since_us > start_us:  # a test that can fail: a steady host has no gap
+            assert reasons["ws-steady"] == set()
+        else:
+            assert "not reporting yet (first heartbeat)" in reasons["ws-late"]
+        assert reasons["ws-never"] == {"never reported"}
+        assert reasons["ws-in-inventory-only"] == {"never enrolled"}
+
+
+def test_report_html_lists_the_hosts_to_look_at_capped_and_json_lists_every_host(
+    env: DashboardEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTML names the hosts with a gap or not enforcing now, at most MAX_HTML_ROWS of them
+    with an "N more" line; the enforcing, continuous ones are counted, not listed; the JSON
+    export still lists every host."""
+    import proscribe.collector.web.report as report_module
+    from proscribe.collector.web.report import report_html, report_text
+
+    since_us = int(env.clock.now * 1e6)
+    good = [env.enroll(f"ws-good-{i}") for i in range(3)]
+    bad = [env.enroll(f"ws-mon-{i}") for i in range(4)]
+    for _step in range(3):
+        for agent in good:
+            env.heartbeat(agent, health=_health())
+        for agent in bad:
+            env.heartbeat(agent, mode="monitor", health=_health())
+        env.clock.advance(60)
+    now_us = int(env.clock.now * 1e6)
+    monkeypatch.setattr(report_module, "MAX_HTML_ROWS", 2)
+    with env.db.read() as conn:
+        report = build_report(
+            conn, since_us=since_us, until_us=now_us, now_us=now_us, heartbeat_window_s=180
+        )
+        text = report_text(
+            conn, fmt="json", since_us=since_us, until_us=now_us, now_us=now_us,
+            heartbeat_window_s=180,
+        )  # fmt: skip
+    review = report.review(2)
+    assert review.to_review == 4 and review.more == 2
+    assert [h.hostname for h, _st in review.listed] == ["ws-mon-0", "ws-mon-1"]
+    html = report_html(report)
+    assert "ws-mon-0" in html and "ws-mon-1" in html and "ws-mon-2" not in html
+    assert "ws-good-0" not in html  # enforcing, no gap: counted, not listed
+    assert "2 more: see the JSON export" in html
+    assert "3 enforcing now with no gap in the period (not listed), 4 with a gap" in html
+    data = json.loads(text)
+    assert {h["hostname"] for h in data["period_coverage"]} == {
+        *(f"ws-good-{i}" for i in range(3)),
+        *(f"ws-mon-{i}" for i in range(4)),
+    }
