@@ -38,6 +38,7 @@ from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
 from proscribe.collector.storage.buckets import purge_idle as purge_idle_buckets
+from proscribe.collector.storage.heartbeat_batch import HeartbeatFlusher
 from proscribe.collector.web import build_dashboard
 from proscribe.core import __version__
 
@@ -71,6 +72,7 @@ def create_app(
             authenticator=AgentAuthenticator(clock),
             enroll_limiter=EnrollRateLimiter(settings.enroll, clock, db),
         )
+        heartbeats = _start_heartbeat_flusher(app.state.collector)
         purger = _NoncePurger(app.state.collector)
         app.state.nonce_purger = purger
         forwarding = ForwardRunner(db, settings.forwards, clock)
@@ -80,6 +82,8 @@ def create_app(
             yield
         finally:
             forwarding.stop()
+            if heartbeats is not None:
+                heartbeats.stop()
             if database is None:
                 db.dispose()
 
@@ -106,6 +110,21 @@ def create_app(
     app.add_middleware(_NoncePurgeMiddleware)
     app.add_middleware(ResponseGuard, error_page=dashboard.error_page)
     return app
+
+
+def _start_heartbeat_flusher(state: CollectorState) -> HeartbeatFlusher | None:
+    """PostgreSQL: heartbeats in batches (storage.heartbeat_batch). SQLite has one writer at
+    a time anyway, and each heartbeat keeps its own short transaction there."""
+    if state.db.is_sqlite:
+        return None
+    flusher = HeartbeatFlusher(
+        state.db,
+        now_us=state.now_us,
+        window_us=int(state.settings.heartbeat_window * 1_000_000),
+    )
+    flusher.start()
+    state.heartbeats = flusher
+    return flusher
 
 
 def _known_paths(app: FastAPI) -> set[str]:

@@ -2,7 +2,9 @@
 
 Bodies are read by hand, in async dependencies (see :mod:`body` and :mod:`deps`), so the byte
 caps hold whatever the headers say; the routes themselves are plain ``def`` and run in the
-thread pool. The OpenAPI document still describes the bodies through ``openapi_extra``.
+thread pool, except the heartbeat (every agent's, every minute): ``async``, it awaits its
+batch on PostgreSQL (:mod:`proscribe.collector.storage.heartbeat_batch`).
+The OpenAPI document still describes the bodies through ``openapi_extra``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
-from proscribe.collector.api.agent_auth import AuthenticatedAgent, decode_public_key
+from proscribe.collector.api.agent_auth import AuthenticatedAgent, decode_public_key, refusal
 from proscribe.collector.api.body import decode_content, read_body, require_json
 from proscribe.collector.api.deps import (
     SignedRequest,
@@ -27,6 +30,7 @@ from proscribe.collector.api.deps import (
     agent_signature,
     get_state,
     raw_body,
+    request_target,
     signed_request,
     verify_signed,
 )
@@ -43,10 +47,12 @@ from proscribe.collector.storage.agents import (
     set_agent_hostname,
 )
 from proscribe.collector.storage.events import insert_events_isolated
+from proscribe.collector.storage.heartbeat_batch import HeartbeatFlusher, PendingHeartbeat
 from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
 from proscribe.collector.storage.policies import current_policy, current_policy_ref
 from proscribe.collector.storage.signers import list_signers
 from proscribe.core.events import MAX_BATCH_BYTES, MAX_EVENTS_PER_BATCH, utc_now_iso
+from proscribe.core.wire.auth import H_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -180,40 +186,25 @@ def build_agent_router() -> APIRouter:
         responses=_SIGNED_ERRORS,
         dependencies=[Depends(agent_signature)],
     )
-    def heartbeat(request: Request, raw: HeartbeatBody, state: StateDep) -> Response:
+    async def heartbeat(request: Request, raw: HeartbeatBody, state: StateDep) -> Response:
         """Record the host's state; answers the server time and the current policy serial."""
-        # The request every agent makes every minute: one worker thread and one connection
-        # for the signature check and the write (not the signed_request dependency, which
-        # checks in a thread of its own), committed without waiting for fsync (a heartbeat
-        # lost in a power cut costs nothing).
-        with state.db.write(durable=False) as conn:
-            signed = verify_signed(state, conn, request, raw, MAX_HEARTBEAT_BYTES)
-            record = _heartbeat_record(signed.agent, signed.body)
-            state.authenticator.consume(conn, signed.agent)
-            if record.hostname != signed.agent.hostname:
-                # The one way a host's name changes (events never rename it); the change is
-                # a row of the host's history (record_heartbeat).
-                set_agent_hostname(conn, signed.agent.agent_id, record.hostname)
-            regressed = record_heartbeat(
-                conn,
-                record,
-                state.now_us(),
-                int(state.settings.heartbeat_window * 1_000_000),
-            )
-            current = current_policy_ref(conn)
-            names = {s.keyid: s.describe() for s in list_signers(conn)}
-        if regressed:
-            log.warning("host %s reports a lower policy serial than before", signed.agent.agent_id)
+        flusher = state.heartbeats
+        if flusher is None:  # SQLite: the heartbeat's own transaction, in a worker thread
+            answer = await run_in_threadpool(_heartbeat_alone, state, request, raw)
+        else:
+            answer = await _heartbeat_batched(state, flusher, request, raw)
+        if answer.regressed:
+            log.warning("host %s reports a lower policy serial than before", answer.agent_id)
         return SafeJSONResponse(
             {
                 "server_time": utc_now_iso(),
                 "policy": {
-                    "serial": current[0] if current else None,
-                    "sha256": current[1] if current else None,
+                    "serial": answer.policy[0] if answer.policy else None,
+                    "sha256": answer.policy[1] if answer.policy else None,
                 },
                 # Who the signing keys are (the collector's signer registry), so that
                 # `agent status` can name its trusted keys. Names only: trust is the agent's.
-                "signers": names,
+                "signers": answer.signers,
                 # The fleet's interval, one setting for every agent (it clamps it to 15-3600 s).
                 "heartbeat_interval": state.settings.heartbeat_interval,
             }
@@ -274,15 +265,79 @@ def store_batch(state: CollectorState, agent: AuthenticatedAgent, body: bytes) -
     return [r.as_dict() for r in results]
 
 
-def _heartbeat_record(agent: AuthenticatedAgent, body: bytes) -> HeartbeatRecord:
+@dataclass(frozen=True, slots=True)
+class _HeartbeatAnswer:
+    agent_id: str
+    regressed: bool
+    policy: tuple[int, str] | None
+    signers: dict[str, str]
+
+
+def _heartbeat_alone(state: CollectorState, request: Request, raw: bytes) -> _HeartbeatAnswer:
+    """One heartbeat in its own transaction (SQLite), in a worker thread: one connection for
+    the signature check and the write (not the signed_request dependency, which checks in a
+    thread of its own), committed without waiting for fsync (a heartbeat lost in a power cut
+    costs nothing)."""
+    with state.db.write(durable=False) as conn:
+        signed = verify_signed(state, conn, request, raw, MAX_HEARTBEAT_BYTES)
+        record = _heartbeat_record(signed.agent.agent_id, signed.agent.hostname, signed.body)
+        state.authenticator.consume(conn, signed.agent)
+        if record.hostname != signed.agent.hostname:
+            # The one way a host's name changes (events never rename it); the change is
+            # a row of the host's history (record_heartbeat).
+            set_agent_hostname(conn, signed.agent.agent_id, record.hostname)
+        regressed = record_heartbeat(
+            conn, record, state.now_us(), int(state.settings.heartbeat_window * 1_000_000)
+        )
+        current = current_policy_ref(conn)
+        names = {s.keyid: s.describe() for s in list_signers(conn)}
+    return _HeartbeatAnswer(signed.agent.agent_id, regressed, current, names)
+
+
+async def _heartbeat_batched(
+    state: CollectorState, flusher: HeartbeatFlusher, request: Request, raw: bytes
+) -> _HeartbeatAnswer:
+    """PostgreSQL: the signature checked here on the event loop with the agent's cached key,
+    the write in the replica's next heartbeat batch (storage.heartbeat_batch), which also
+    checks that the agent is still enrolled and not revoked, and consumes the nonce."""
+    auth = state.authenticator
+    headers = request.headers
+    agent_id = headers.get(H_AGENT) or ""
+    key = auth.cached_key(agent_id)
+    if key is None:
+        # This agent's first request to this replica (or a malformed header): the full
+        # look-up, which answers unknown_agent, revoked_agent, stale_request, bad_signature in
+        # that order, and caches the key. A database read: in a worker thread.
+        def look_up() -> str:
+            with state.db.read() as conn:
+                return auth.authenticate(
+                    conn, headers, request.method, request_target(request), raw
+                ).nonce
+
+        nonce = await run_in_threadpool(look_up)
+    else:
+        nonce = auth.check_signature(key, headers, request.method, request_target(request), raw)
+    require_json(headers)
+    body = decode_content(raw, headers.get("content-encoding"), MAX_HEARTBEAT_BYTES)
+    # hostname "": the agent's enrolled name, known in the batch
+    record = _heartbeat_record(agent_id, "", body)
+    outcome = await flusher.submit(PendingHeartbeat(record, nonce, auth.nonce_expiry_us()))
+    if outcome.refused is not None:
+        if outcome.refused != "replayed_nonce":
+            auth.forget(agent_id)  # revoked or deleted since its key was cached
+        raise refusal(outcome.refused)
+    return _HeartbeatAnswer(agent_id, outcome.regressed, outcome.policy, outcome.signers)
+
+
+def _heartbeat_record(agent_id: str, enrolled_hostname: str, body: bytes) -> HeartbeatRecord:
     try:
         hb = HeartbeatIn.model_validate(parse_json_body(body))
     except ValidationError as err:
         raise ApiError(422, "invalid_request", validation_detail(err.errors())) from err
     policy = hb.policy
     return HeartbeatRecord(
-        agent_id=agent.agent_id,
-        hostname=hb.hostname or agent.hostname,
+        agent_id=agent_id,
+        hostname=hb.hostname or enrolled_hostname,
         os=hb.os,
         agent_version=hb.agent_version,
         mode=hb.mode,

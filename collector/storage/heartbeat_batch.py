@@ -1,0 +1,383 @@
+"""Heartbeats in batches on PostgreSQL: a handful of set-based statements for many agents.
+
+One heartbeat alone is ten round trips through SQLAlchemy (agent look-up, nonce, previous host
+row, history, upsert, policy, signers, ...), and Python's cost per statement, not PostgreSQL's,
+was most of a replica's CPU (docs/scale.md). :class:`HeartbeatFlusher` is one thread per
+replica with its own long-lived connection (``synchronous_commit = off`` set once for the
+session: a heartbeat lost in a power cut costs nothing). Requests queue their heartbeat and
+wait; the flusher takes whatever queued while its last batch ran (so a batch grows with the
+load by itself) and writes it in one transaction with :func:`store_heartbeats`:
+
+1. the agents (revoked? renamed?) and their previous host rows, one ``SELECT … = ANY``;
+2. the nonces of the agents still allowed, one ``INSERT … FROM unnest ON CONFLICT DO NOTHING
+   RETURNING``: a nonce not returned was seen before, and that heartbeat alone is refused
+   (``replayed_nonce``) and writes nothing;
+3. the history rows of the hosts that changed, one insert;
+4. the host rows, one upsert from ``json_to_recordset``; the serial-regression rule stays in
+   SQL against the stored row (:func:`proscribe.collector.storage.hosts.upsert_set`), so
+   replicas cannot interleave a read and a write;
+5. the current policy and the signer names, read once for the batch.
+
+``ON CONFLICT DO UPDATE`` cannot touch one row twice in a statement, so a second heartbeat of
+an agent already in the batch (or a nonce already in it) waits for the next batch. Rows are
+written in ``agent_id`` order, so two replicas' batches lock shared rows in the same order.
+
+A database error rolls the whole batch back. If the database refused a value (an integrity or
+data error), each heartbeat of the batch is then written alone, so only the one it belongs to
+fails. Any other error (the database unreachable) is every member's answer (500, as a
+database outage was before); the agents send again next minute. A connection that dropped (a
+PostgreSQL restart) is replaced and the batch tried once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    String,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from proscribe.collector.storage.database import Database
+from proscribe.collector.storage.hosts import (
+    PREVIOUS_COLUMNS,
+    UPSERT_COLUMNS,
+    HeartbeatRecord,
+    heartbeat_changes,
+    history_rows,
+    host_params,
+    upsert_set,
+)
+from proscribe.collector.storage.policies import current_policy_ref
+from proscribe.collector.storage.signers import list_signers
+from proscribe.collector.storage.tables import agents, host_history, hosts
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHeartbeat:
+    """A heartbeat whose signature is verified. ``record.hostname`` empty: the agent did not
+    say, and its enrolled name stands."""
+
+    record: HeartbeatRecord
+    nonce: str
+    nonce_expires_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatOutcome:
+    """``refused``: the 401 slug (``unknown_agent``, ``revoked_agent``, ``replayed_nonce``),
+    nothing stored; else the host's ``regressed`` flag. ``policy`` and ``signers``: what the
+    answer carries, read in the batch's transaction."""
+
+    refused: str | None
+    regressed: bool
+    policy: tuple[int, str] | None
+    signers: dict[str, str]
+
+
+_AGENTS_AND_HOSTS = (
+    select(
+        agents.c.agent_id,
+        agents.c.revoked_us,
+        agents.c.hostname.label("agent_hostname"),
+        hosts.c.agent_id.label("host_id"),
+        *PREVIOUS_COLUMNS,
+    )
+    .select_from(agents.outerjoin(hosts, hosts.c.agent_id == agents.c.agent_id))
+    .where(agents.c.agent_id == any_(bindparam("ids", type_=ARRAY(String))))
+)
+_NONCES = text(
+    "INSERT INTO nonces (nonce, agent_id, expires_us) "
+    "SELECT * FROM unnest(CAST(:n AS text[]), CAST(:a AS text[]), CAST(:e AS bigint[])) "
+    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
+)
+_RENAME = text("UPDATE agents SET hostname = :h WHERE agent_id = :a")
+
+
+def store_heartbeats(
+    conn: Connection, batch: Sequence[PendingHeartbeat], now_us: int, window_us: int | None
+) -> list[HeartbeatOutcome]:
+    """Write ``batch`` (distinct agents, distinct nonces) in the caller's transaction; one
+    outcome per heartbeat, in order."""
+    found = {
+        row.agent_id: row
+        for row in conn.execute(_AGENTS_AND_HOSTS, {"ids": [p.record.agent_id for p in batch]})
+    }
+    refused: dict[int, str] = {}
+    for i, pending in enumerate(batch):
+        row = found.get(pending.record.agent_id)
+        if row is None:
+            refused[i] = "unknown_agent"
+        elif row.revoked_us is not None:
+            refused[i] = "revoked_agent"
+    allowed = [i for i in range(len(batch)) if i not in refused]
+    fresh = _consume_nonces(conn, [batch[i] for i in allowed])
+    for i in allowed:
+        if batch[i].nonce not in fresh:
+            refused[i] = "replayed_nonce"
+    writes = sorted(
+        (i for i in range(len(batch)) if i not in refused), key=lambda i: batch[i].record.agent_id
+    )
+    regressed = _write_hosts(
+        conn, [(batch[i], found[batch[i].record.agent_id]) for i in writes], now_us, window_us
+    )
+    policy = current_policy_ref(conn)
+    names = {s.keyid: s.describe() for s in list_signers(conn)}
+    return [
+        HeartbeatOutcome(refused.get(i), regressed.get(p.record.agent_id, False), policy, names)
+        for i, p in enumerate(batch)
+    ]
+
+
+def _consume_nonces(conn: Connection, batch: Sequence[PendingHeartbeat]) -> set[str]:
+    """The nonces of ``batch`` that were new (now recorded)."""
+    if not batch:
+        return set()
+    rows = conn.execute(
+        _NONCES,
+        {
+            "n": [p.nonce for p in batch],
+            "a": [p.record.agent_id for p in batch],
+            "e": [p.nonce_expires_us for p in batch],
+        },
+    )
+    return {str(r.nonce) for r in rows}
+
+
+def _write_hosts(
+    conn: Connection,
+    writes: Sequence[tuple[PendingHeartbeat, Any]],
+    now_us: int,
+    window_us: int | None,
+) -> dict[str, bool]:
+    """History rows, renames and the host upsert for ``writes`` (agent_id order); returns each
+    host's ``serial_regressed``."""
+    if not writes:
+        return {}
+    history: list[dict[str, Any]] = []
+    params: list[dict[str, Any]] = []
+    for pending, row in writes:
+        record = pending.record
+        if not record.hostname:
+            record = replace(record, hostname=row.agent_hostname)
+        elif record.hostname != row.agent_hostname:
+            # The one way a host's name changes (events never rename it).
+            conn.execute(_RENAME, {"h": record.hostname, "a": record.agent_id})
+        previous = row if row.host_id is not None else None
+        changes = heartbeat_changes(previous, record, now_us, window_us)
+        history += history_rows(record.agent_id, changes, now_us)
+        params.append(host_params(previous, record, changes, now_us))
+    if history:
+        conn.execute(insert(host_history), history)
+    rows = conn.execute(_upsert_many(), {"rows": json.dumps(params)})
+    return {str(r.agent_id): bool(r.serial_regressed) for r in rows}
+
+
+_UPSERT_MANY: list[Any] = []
+
+
+def _upsert_many() -> Any:
+    """``INSERT INTO hosts … SELECT … FROM json_to_recordset(:rows) ON CONFLICT DO UPDATE``
+    with the same SET clauses as the single-row upsert; built once."""
+    if _UPSERT_MANY:
+        return _UPSERT_MANY[0]
+    names = list(UPSERT_COLUMNS)
+    source = (
+        func.json_to_recordset(cast(bindparam("rows", type_=String), JSON))
+        .table_valued(*(column(name, hosts.c[name].type) for name in names))
+        .render_derived(name="r", with_types=True)
+    )
+    # rows in agent_id order: two replicas' batches lock shared host rows in the same order
+    insert_rows = pg_insert(hosts).from_select(
+        names, select(*(source.c[name] for name in names)).order_by(source.c.agent_id)
+    )
+    stmt = insert_rows.on_conflict_do_update(
+        index_elements=["agent_id"], set_=upsert_set(insert_rows.excluded)
+    ).returning(hosts.c.agent_id, hosts.c.serial_regressed)
+    _UPSERT_MANY.append(stmt)
+    return stmt
+
+
+class _Waiter:
+    __slots__ = ("future", "loop", "pending")
+
+    def __init__(
+        self, pending: PendingHeartbeat, loop: asyncio.AbstractEventLoop, future: Any
+    ) -> None:
+        self.pending = pending
+        self.loop = loop
+        self.future = future
+
+
+class HeartbeatFlusher:
+    """The replica's heartbeat writer: one thread, one connection, one batch at a time."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        now_us: Any,
+        window_us: int | None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._db = db
+        self._now_us = now_us
+        self._window_us = window_us
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._stopping = False
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="heartbeat-flusher", daemon=True)
+        self.batches = 0  # batches written (tests, metrics)
+        self.largest = 0  # the largest batch so far
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    async def submit(self, pending: PendingHeartbeat) -> HeartbeatOutcome:
+        """Queue ``pending``; the outcome once its batch is committed (or its error)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[HeartbeatOutcome] = loop.create_future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the collector is stopping")
+            self._queue.append(_Waiter(pending, loop, future))
+            self._cond.notify()
+        return await future
+
+    # --- the flusher thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:  # stopping, and nothing left to write
+                    break
+                batch = self._take()
+            self._flush(batch)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _take(self) -> list[_Waiter]:
+        """The next batch: queued heartbeats in arrival order, at most one per agent and per
+        nonce (the rest stay queued, in order, for the next batch)."""
+        batch: list[_Waiter] = []
+        later: list[_Waiter] = []
+        agents_seen: set[str] = set()
+        nonces_seen: set[str] = set()
+        for waiter in self._queue:
+            agent_id, nonce = waiter.pending.record.agent_id, waiter.pending.nonce
+            if len(batch) >= self._max_batch or agent_id in agents_seen or nonce in nonces_seen:
+                later.append(waiter)
+                continue
+            agents_seen.add(agent_id)
+            nonces_seen.add(nonce)
+            batch.append(waiter)
+        self._queue = later
+        return batch
+
+    def _flush(self, batch: list[_Waiter]) -> None:
+        pending = [w.pending for w in batch]
+        results: list[Any]
+        try:
+            results = list(self._write(pending))
+        except (IntegrityError, DataError) as err:
+            # What one heartbeat carried may be what the database refused: each alone, so
+            # that one fails by itself and the others are stored.
+            log.warning("heartbeat batch of %d refused (%s); writing each alone", len(batch), err)
+            results = [self._write_alone(p) for p in pending]
+        except Exception as err:  # the database is unwell: every member answers it
+            log.error("heartbeat batch of %d failed: %s", len(batch), err)
+            results = [err] * len(batch)
+        self.batches += 1
+        self.largest = max(self.largest, len(batch))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
+        for waiter, result in zip(batch, results, strict=True):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, result))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                continue
+
+    def _write_alone(self, pending: PendingHeartbeat) -> HeartbeatOutcome | Exception:
+        try:
+            return self._write([pending])[0]
+        except Exception as err:  # this heartbeat's own answer
+            return err
+
+    def _write(self, pending: list[PendingHeartbeat]) -> list[HeartbeatOutcome]:
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                with conn.begin():
+                    return store_heartbeats(conn, pending, self._now_us(), self._window_us)
+            except DBAPIError as err:
+                self._discard_connection()
+                if attempt == 1 and err.connection_invalidated:
+                    log.warning("heartbeat connection dropped; retrying the batch once")
+                    continue
+                raise
+            except Exception:
+                self._discard_connection()
+                raise
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self._db.engine.connect()
+            # For this session only: every transaction on it is heartbeats.
+            conn.exec_driver_sql("SET synchronous_commit = off")
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def _discard_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+                self._conn.close()
+            except Exception:  # it is being thrown away
+                log.debug("closing the heartbeat connection failed", exc_info=True)
+            self._conn = None
+
+
+def _settle(settled: list[tuple[Any, Any]]) -> None:
+    """On the requests' event loop: hand each waiting request its outcome or error."""
+    for future, result in settled:
+        if future.done():  # the request was cancelled (client gone)
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
