@@ -29,7 +29,6 @@ from proscribe.collector.api.deps import (
     WriteConn,
     agent_signature,
     get_state,
-    raw_body,
     request_target,
     signed_request,
     verify_signed,
@@ -69,7 +68,6 @@ _SIGNED_ERRORS = error_responses(
 )
 
 EventsRequest = Annotated[SignedRequest, Depends(signed_request(MAX_BATCH_BYTES))]
-HeartbeatBody = Annotated[bytes, Depends(raw_body(MAX_HEARTBEAT_BYTES))]
 PolicyRequest = Annotated[SignedRequest, Depends(signed_request(0))]
 
 _EVENTS_BODY = {
@@ -186,8 +184,12 @@ def build_agent_router() -> APIRouter:
         responses=_SIGNED_ERRORS,
         dependencies=[Depends(agent_signature)],
     )
-    async def heartbeat(request: Request, raw: HeartbeatBody, state: StateDep) -> Response:
+    async def heartbeat(request: Request) -> Response:
         """Record the host's state; answers the server time and the current policy serial."""
+        # The body and the state read here, not as dependencies: every agent's request every
+        # minute, and FastAPI's dependency solving is a visible part of its CPU.
+        raw = await read_body(request, MAX_HEARTBEAT_BYTES)
+        state = await get_state(request)
         flusher = state.heartbeats
         if flusher is None:  # SQLite: the heartbeat's own transaction, in a worker thread
             answer = await run_in_threadpool(_heartbeat_alone, state, request, raw)

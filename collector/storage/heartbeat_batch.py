@@ -48,9 +48,8 @@ from sqlalchemy import (
     cast,
     column,
     func,
-    insert,
     select,
-    text,
+    table,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -68,7 +67,7 @@ from proscribe.collector.storage.hosts import (
 )
 from proscribe.collector.storage.policies import current_policy_ref
 from proscribe.collector.storage.signers import list_signers
-from proscribe.collector.storage.tables import agents, host_history, hosts
+from proscribe.collector.storage.tables import agents, hosts
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +107,15 @@ _AGENTS_AND_HOSTS = (
     .select_from(agents.outerjoin(hosts, hosts.c.agent_id == agents.c.agent_id))
     .where(agents.c.agent_id == any_(bindparam("ids", type_=ARRAY(String))))
 )
-_NONCES = text(
-    "INSERT INTO nonces (nonce, agent_id, expires_us) "
-    "SELECT * FROM unnest(CAST(:n AS text[]), CAST(:a AS text[]), CAST(:e AS bigint[])) "
-    "ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
-)
-_RENAME = text("UPDATE agents SET hostname = :h WHERE agent_id = :a")
 
 
 def store_heartbeats(
     conn: Connection, batch: Sequence[PendingHeartbeat], now_us: int, window_us: int | None
 ) -> list[HeartbeatOutcome]:
-    """Write ``batch`` (distinct agents, distinct nonces) in the caller's transaction; one
-    outcome per heartbeat, in order."""
+    """Write ``batch`` (distinct agents, distinct nonces): one outcome per heartbeat, in
+    order. Two statements whatever the batch's size: the read, then one write that records
+    the nonces and, for the heartbeats whose nonce was new, the history, renames and hosts
+    (one statement, so atomic even on an autocommit connection; see :func:`_write_sql`)."""
     found = {
         row.agent_id: row
         for row in conn.execute(_AGENTS_AND_HOSTS, {"ids": [p.record.agent_id for p in batch]})
@@ -132,92 +127,104 @@ def store_heartbeats(
             refused[i] = "unknown_agent"
         elif row.revoked_us is not None:
             refused[i] = "revoked_agent"
-    allowed = [i for i in range(len(batch)) if i not in refused]
-    fresh = _consume_nonces(conn, [batch[i] for i in allowed])
-    for i in allowed:
-        if batch[i].nonce not in fresh:
+    allowed = [
+        (batch[i], found[batch[i].record.agent_id]) for i in range(len(batch)) if i not in refused
+    ]
+    written = _write(conn, allowed, now_us, window_us)
+    for i, pending in enumerate(batch):
+        if i not in refused and pending.record.agent_id not in written:
             refused[i] = "replayed_nonce"
-    writes = sorted(
-        (i for i in range(len(batch)) if i not in refused), key=lambda i: batch[i].record.agent_id
-    )
-    regressed = _write_hosts(
-        conn, [(batch[i], found[batch[i].record.agent_id]) for i in writes], now_us, window_us
-    )
     policy = current_policy_ref(conn)
     names = {s.keyid: s.describe() for s in list_signers(conn)}
     return [
-        HeartbeatOutcome(refused.get(i), regressed.get(p.record.agent_id, False), policy, names)
+        HeartbeatOutcome(refused.get(i), written.get(p.record.agent_id, False), policy, names)
         for i, p in enumerate(batch)
     ]
 
 
-def _consume_nonces(conn: Connection, batch: Sequence[PendingHeartbeat]) -> set[str]:
-    """The nonces of ``batch`` that were new (now recorded)."""
-    if not batch:
-        return set()
-    rows = conn.execute(
-        _NONCES,
-        {
-            "n": [p.nonce for p in batch],
-            "a": [p.record.agent_id for p in batch],
-            "e": [p.nonce_expires_us for p in batch],
-        },
-    )
-    return {str(r.nonce) for r in rows}
-
-
-def _write_hosts(
+def _write(
     conn: Connection,
-    writes: Sequence[tuple[PendingHeartbeat, Any]],
+    allowed: Sequence[tuple[PendingHeartbeat, Any]],
     now_us: int,
     window_us: int | None,
 ) -> dict[str, bool]:
-    """History rows, renames and the host upsert for ``writes`` (agent_id order); returns each
-    host's ``serial_regressed``."""
-    if not writes:
+    """The write statement for the heartbeats of agents still allowed (with their row of
+    the read); returns ``{agent_id: serial_regressed}`` of those whose nonce was new."""
+    if not allowed:
         return {}
     history: list[dict[str, Any]] = []
+    renames: list[dict[str, str]] = []
     params: list[dict[str, Any]] = []
-    for pending, row in writes:
+    for pending, row in allowed:
         record = pending.record
         if not record.hostname:
             record = replace(record, hostname=row.agent_hostname)
         elif record.hostname != row.agent_hostname:
             # The one way a host's name changes (events never rename it).
-            conn.execute(_RENAME, {"h": record.hostname, "a": record.agent_id})
+            renames.append({"agent_id": record.agent_id, "hostname": record.hostname})
         previous = row if row.host_id is not None else None
         changes = heartbeat_changes(previous, record, now_us, window_us)
-        history += history_rows(record.agent_id, changes, now_us)
+        for entry in history_rows(record.agent_id, changes, now_us):
+            history.append({"i": len(history), **entry})
         params.append(host_params(previous, record, changes, now_us))
-    if history:
-        conn.execute(insert(host_history), history)
-    rows = conn.execute(_upsert_many(), {"rows": json.dumps(params)})
-    return {str(r.agent_id): bool(r.serial_regressed) for r in rows}
+    result = conn.exec_driver_sql(
+        _write_sql(conn),
+        {
+            "n": [p.nonce for p, _row in allowed],
+            "a": [p.record.agent_id for p, _row in allowed],
+            "e": [p.nonce_expires_us for p, _row in allowed],
+            "history": json.dumps(history),
+            "renames": json.dumps(renames),
+            "rows": json.dumps(params),
+        },
+    )
+    return {str(agent_id): bool(regressed) for agent_id, regressed in result}
 
 
-_UPSERT_MANY: list[Any] = []
+_WRITE_SQL: list[str] = []
 
 
-def _upsert_many() -> Any:
-    """``INSERT INTO hosts … SELECT … FROM json_to_recordset(:rows) ON CONFLICT DO UPDATE``
-    with the same SET clauses as the single-row upsert; built once."""
-    if _UPSERT_MANY:
-        return _UPSERT_MANY[0]
+def _write_sql(conn: Connection) -> str:
+    """One statement (data-modifying CTEs): the nonces first (``n``: those that were new);
+    then, only for those, the history rows in order, the renames, and the host upsert in
+    ``agent_id`` order (two replicas' batches lock shared rows in the same order) with the
+    same SET clauses as the single-row upsert, the regression rule judged against the stored
+    row. Answers ``(agent_id, serial_regressed)`` per new nonce. Built once."""
+    if _WRITE_SQL:
+        return _WRITE_SQL[0]
     names = list(UPSERT_COLUMNS)
     source = (
         func.json_to_recordset(cast(bindparam("rows", type_=String), JSON))
         .table_valued(*(column(name, hosts.c[name].type) for name in names))
         .render_derived(name="r", with_types=True)
     )
-    # rows in agent_id order: two replicas' batches lock shared host rows in the same order
+    new_nonces = table("n", column("agent_id"))
     insert_rows = pg_insert(hosts).from_select(
-        names, select(*(source.c[name] for name in names)).order_by(source.c.agent_id)
+        names,
+        select(*(source.c[name] for name in names))
+        .where(source.c.agent_id.in_(select(new_nonces.c.agent_id)))
+        .order_by(source.c.agent_id),
     )
-    stmt = insert_rows.on_conflict_do_update(
+    upsert = insert_rows.on_conflict_do_update(
         index_elements=["agent_id"], set_=upsert_set(insert_rows.excluded)
     ).returning(hosts.c.agent_id, hosts.c.serial_regressed)
-    _UPSERT_MANY.append(stmt)
-    return stmt
+    sql = (
+        "WITH n AS (INSERT INTO nonces (nonce, agent_id, expires_us) "  # noqa: S608 - no input
+        "SELECT * FROM unnest(%(n)s::text[], %(a)s::text[], %(e)s::bigint[]) "
+        "ON CONFLICT (nonce) DO NOTHING RETURNING agent_id), "
+        "hist AS (INSERT INTO host_history (agent_id, time_us, kind, detail) "
+        "SELECT r.agent_id, r.time_us, r.kind, r.detail "
+        "FROM json_to_recordset(%(history)s::json) "
+        "AS r(i bigint, agent_id text, time_us bigint, kind text, detail text) "
+        "WHERE r.agent_id IN (SELECT agent_id FROM n) ORDER BY r.i), "
+        "ren AS (UPDATE agents SET hostname = r.hostname "
+        "FROM json_to_recordset(%(renames)s::json) AS r(agent_id text, hostname text) "
+        "WHERE agents.agent_id = r.agent_id AND r.agent_id IN (SELECT agent_id FROM n)), "
+        f"up AS ({upsert.compile(dialect=conn.dialect)}) "
+        "SELECT n.agent_id, up.serial_regressed FROM n LEFT JOIN up ON up.agent_id = n.agent_id"
+    )
+    _WRITE_SQL.append(sql)
+    return sql
 
 
 class _Waiter:
@@ -340,12 +347,11 @@ class HeartbeatFlusher:
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                with conn.begin():
-                    return store_heartbeats(conn, pending, self._now_us(), self._window_us)
+                return store_heartbeats(conn, pending, self._now_us(), self._window_us)
             except DBAPIError as err:
                 self._discard_connection()
-                if attempt == 1 and err.connection_invalidated:
-                    log.warning("heartbeat connection dropped; retrying the batch once")
+                if attempt == 1 and (err.connection_invalidated or _rolled_back(err)):
+                    log.warning("heartbeat batch: %s; retrying it once", err.orig)
                     continue
                 raise
             except Exception:
@@ -355,10 +361,11 @@ class HeartbeatFlusher:
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            conn = self._db.engine.connect()
-            # For this session only: every transaction on it is heartbeats.
+            # Autocommit: each batch's write is one statement (atomic by itself), so no
+            # BEGIN and COMMIT round trips; the read before it sees what is committed, as a
+            # READ COMMITTED transaction's would. Nothing else runs on this connection.
+            conn = self._db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("SET synchronous_commit = off")
-            conn.commit()
             self._conn = conn
         return self._conn
 
@@ -370,6 +377,11 @@ class HeartbeatFlusher:
             except Exception:  # it is being thrown away
                 log.debug("closing the heartbeat connection failed", exc_info=True)
             self._conn = None
+
+
+def _rolled_back(err: DBAPIError) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): nothing was written."""
+    return str(getattr(err.orig, "sqlstate", "") or "").startswith("40")
 
 
 def _settle(settled: list[tuple[Any, Any]]) -> None:
