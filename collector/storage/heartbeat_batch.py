@@ -3,30 +3,32 @@
 One heartbeat alone is ten round trips through SQLAlchemy (agent look-up, nonce, previous host
 row, history, upsert, policy, signers, ...), and Python's cost per statement, not PostgreSQL's,
 was most of a replica's CPU (docs/scale.md). :class:`HeartbeatFlusher` is one thread per
-replica with its own long-lived connection (``synchronous_commit = off`` set once for the
-session: a heartbeat lost in a power cut costs nothing). Requests queue their heartbeat and
-wait; the flusher takes whatever queued while its last batch ran (so a batch grows with the
-load by itself) and writes it in one transaction with :func:`store_heartbeats`:
+replica with its own long-lived connection (autocommit, ``synchronous_commit = off`` set once
+for the session: a heartbeat lost in a power cut costs nothing). Requests queue their
+heartbeat and wait; the flusher takes whatever queued while its last batch ran (so a batch
+grows with the load by itself) and writes it with :func:`store_heartbeats`, three statements
+whatever the batch's size:
 
 1. the agents (revoked? renamed?) and their previous host rows, one ``SELECT … = ANY``;
-2. the nonces of the agents still allowed, one ``INSERT … FROM unnest ON CONFLICT DO NOTHING
-   RETURNING``: a nonce not returned was seen before, and that heartbeat alone is refused
-   (``replayed_nonce``) and writes nothing;
-3. the history rows of the hosts that changed, one insert;
-4. the host rows, one upsert from ``json_to_recordset``; the serial-regression rule stays in
-   SQL against the stored row (:func:`proscribe.collector.storage.hosts.upsert_set`), so
+2. one write, atomic as any single statement (data-modifying CTEs): the nonces of the agents
+   still allowed, ``INSERT … FROM unnest ON CONFLICT DO NOTHING RETURNING`` (a nonce not
+   returned was seen before: that heartbeat alone is refused, ``replayed_nonce``, and writes
+   nothing); then, for the new nonces only, the history rows of the hosts that changed, the
+   renames, and the host upsert from ``json_to_recordset``, with the serial-regression rule
+   in SQL against the stored row (:func:`proscribe.collector.storage.hosts.upsert_set`), so
    replicas cannot interleave a read and a write;
-5. the current policy and the signer names, read once for the batch.
+3. the current policy and the signer names, read once for the batch.
 
 ``ON CONFLICT DO UPDATE`` cannot touch one row twice in a statement, so a second heartbeat of
 an agent already in the batch (or a nonce already in it) waits for the next batch. Rows are
 written in ``agent_id`` order, so two replicas' batches lock shared rows in the same order.
 
-A database error rolls the whole batch back. If the database refused a value (an integrity or
-data error), each heartbeat of the batch is then written alone, so only the one it belongs to
-fails. Any other error (the database unreachable) is every member's answer (500, as a
-database outage was before); the agents send again next minute. A connection that dropped (a
-PostgreSQL restart) is replaced and the batch tried once more.
+A database error in the write leaves nothing of the batch. If the database refused a value
+(an integrity or data error), each heartbeat of the batch is then written alone, so only the
+one it belongs to fails. Any other error (the database unreachable) is every member's answer
+(500, as a database outage was before); the agents send again next minute. A connection that
+dropped (a PostgreSQL restart) is replaced, and the batch tried once more, as is a batch that
+lost a deadlock.
 """
 
 from __future__ import annotations
@@ -65,8 +67,7 @@ from proscribe.collector.storage.hosts import (
     host_params,
     upsert_set,
 )
-from proscribe.collector.storage.policies import current_policy_ref
-from proscribe.collector.storage.signers import list_signers
+from proscribe.collector.storage.signers import Signer
 from proscribe.collector.storage.tables import agents, hosts
 
 log = logging.getLogger(__name__)
@@ -134,12 +135,35 @@ def store_heartbeats(
     for i, pending in enumerate(batch):
         if i not in refused and pending.record.agent_id not in written:
             refused[i] = "replayed_nonce"
-    policy = current_policy_ref(conn)
-    names = {s.keyid: s.describe() for s in list_signers(conn)}
+    policy, names = _answer(conn)
     return [
         HeartbeatOutcome(refused.get(i), written.get(p.record.agent_id, False), policy, names)
         for i, p in enumerate(batch)
     ]
+
+
+# What every heartbeat's answer carries, in one statement: the current policy (the highest
+# serial, as policies.current_policy_ref) and the signers' names (as signers.list_signers, in
+# the order they were added).
+_ANSWER = (
+    "(SELECT 0 AS k, serial, sha256 AS keyid, NULL AS name, NULL AS role, "
+    "NULL::bigint AS added_us, NULL::bigint AS retired_us "
+    "FROM policies ORDER BY serial DESC LIMIT 1) "
+    "UNION ALL (SELECT 1, NULL, keyid, name, role, added_us, retired_us FROM signers) "
+    "ORDER BY k, added_us"
+)
+
+
+def _answer(conn: Connection) -> tuple[tuple[int, str] | None, dict[str, str]]:
+    policy: tuple[int, str] | None = None
+    names: dict[str, str] = {}
+    for kind, serial, keyid, name, role, added_us, retired_us in conn.exec_driver_sql(_ANSWER):
+        if kind == 0:
+            policy = (int(serial), str(keyid))
+        else:
+            signer = Signer(keyid, name, role, "", int(added_us), retired_us)
+            names[signer.keyid] = signer.describe()
+    return policy, names
 
 
 def _write(
@@ -256,6 +280,7 @@ class HeartbeatFlusher:
         self._cond = threading.Condition()
         self._queue: list[_Waiter] = []
         self._stopping = False
+        self._waiting = False  # the flusher sleeps on the condition (else it will look anyway)
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._run, name="heartbeat-flusher", daemon=True)
         self.batches = 0  # batches written (tests, metrics)
@@ -278,7 +303,8 @@ class HeartbeatFlusher:
             if self._stopping:
                 raise RuntimeError("the collector is stopping")
             self._queue.append(_Waiter(pending, loop, future))
-            self._cond.notify()
+            if self._waiting:  # a busy flusher takes the queue when its batch is written
+                self._cond.notify()
         return await future
 
     # --- the flusher thread -----------------------------------------------------------
@@ -287,7 +313,9 @@ class HeartbeatFlusher:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
+                    self._waiting = True
                     self._cond.wait()
+                    self._waiting = False
                 if not self._queue:  # stopping, and nothing left to write
                     break
                 batch = self._take()

@@ -33,6 +33,8 @@ from proscribe.collector.storage.heartbeat_batch import (
     PendingHeartbeat,
 )
 from proscribe.collector.storage.hosts import HeartbeatRecord
+from proscribe.collector.storage.policies import StoredPolicy, current_policy_ref, store_policy
+from proscribe.collector.storage.signers import add_signer, list_signers, retire_signer
 from proscribe.collector.storage.tables import agents, host_history, hosts
 from tests.support.clock import ManualClock
 from tests.support.collector_app import AgentKey, InProcessCollector
@@ -134,6 +136,25 @@ def test_heartbeat_takes_the_batch_path_and_keeps_host_table_and_regression(
     with one.db.read() as conn:
         kinds = [r.kind for r in conn.execute(select(host_history.c.kind))]
     assert kinds[0] == "first" and kinds.count("changed") == 4
+
+
+def test_heartbeat_answer_names_the_current_policy_and_the_signers_in_order(
+    replicas: list[Replica],
+) -> None:
+    one = replicas[0]
+    agent = one.enroll()
+    with one.db.write() as conn:
+        add_signer(conn, "k2", name="Bob", role="", added_by="t", now_us=2)
+        add_signer(conn, "k1", name="Ann", role="security", added_by="t", now_us=1)
+        retire_signer(conn, "k2", 3)
+        for serial in (3, 4):
+            store_policy(conn, StoredPolicy(serial, "p", f"{serial}" * 64, b"x", b"s", 1, "t"))
+        with_names = {s.keyid: s.describe() for s in list_signers(conn)}
+        ref = current_policy_ref(conn)
+    answer = one.heartbeat(agent, 1).json()
+    assert answer["policy"] == {"serial": 4, "sha256": "4" * 64} and ref == (4, "4" * 64)
+    assert list(answer["signers"].items()) == list(with_names.items())
+    assert answer["signers"] == {"k1": "Ann (security)", "k2": "Bob, retired"}
 
 
 def test_heartbeat_renames_the_agent_and_an_empty_hostname_keeps_the_enrolled_one(
