@@ -7,7 +7,7 @@ dependencies of :mod:`proscribe.collector.api.deps`.
 
 Middleware, outermost first: :class:`~proscribe.collector.guard.ResponseGuard` (security
 headers on every answer; a bug becomes a 500 in the path's format), the nonce purge, the
-metrics.
+metrics, the heartbeat's fast path (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proscribe.collector.api.agent_auth import AgentAuthenticator
-from proscribe.collector.api.agent_routes import build_agent_router
+from proscribe.collector.api.agent_routes import HeartbeatFastPath, build_agent_router
 from proscribe.collector.api.errors import install_error_handlers
 from proscribe.collector.api.metrics import Metrics, MetricsMiddleware
 from proscribe.collector.api.openapi import CollectorApi
@@ -106,6 +106,7 @@ def create_app(
         install_api_docs(app)
     dashboard = build_dashboard(session_key=settings.session_key)
     app.include_router(dashboard.router)
+    app.add_middleware(HeartbeatFastPath)  # innermost: see its docstring
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
     app.add_middleware(_NoncePurgeMiddleware)
     app.add_middleware(ResponseGuard, error_page=dashboard.error_page)

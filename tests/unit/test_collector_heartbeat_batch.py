@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from proscribe.collector.app import create_app
 from proscribe.collector.config import settings_from_mapping
+from proscribe.collector.guard import API_CSP
 from proscribe.collector.storage import agents as agent_store
 from proscribe.collector.storage import open_database, upgrade
 from proscribe.collector.storage.heartbeat_batch import (
@@ -155,6 +156,31 @@ def test_heartbeat_answer_names_the_current_policy_and_the_signers_in_order(
     assert answer["policy"] == {"serial": 4, "sha256": "4" * 64} and ref == (4, "4" * 64)
     assert list(answer["signers"].items()) == list(with_names.items())
     assert answer["signers"] == {"k1": "Ann (security)", "k2": "Bob, retired"}
+
+
+def test_the_fast_path_answers_as_the_route_would(replicas: list[Replica]) -> None:
+    """HeartbeatFastPath skips the router: its errors still are the API's JSON errors with the
+    security headers, and the metrics still count the route."""
+    one = replicas[0]
+    agent_id, key = one.enroll()
+    big = one.signed(agent_id, key, "POST", "/api/v1/heartbeat", b"{" + b" " * 70_000 + b"}")
+    assert big.status_code == 413 and "error" in big.json()
+    assert big.headers["content-security-policy"] == API_CSP
+    assert big.headers["cache-control"] == "no-store"
+    text = one.signed(
+        agent_id, key, "POST", "/api/v1/heartbeat", _body(1), headers={"Content-Type": "text/plain"}
+    )
+    assert text.status_code == 415
+    stale = one.signed(
+        agent_id, key, "POST", "/api/v1/heartbeat", _body(1), now=one.clock.now + 400
+    )
+    assert stale.status_code == 401 and stale.json()["error"] == "stale_request"
+    assert one.client.get("/api/v1/heartbeat").status_code == 405  # the router's answer
+    ok = one.heartbeat((agent_id, key), 1)
+    assert ok.status_code == 200 and ok.headers["x-frame-options"] == "DENY"
+    counted = one.state.metrics.requests
+    assert counted[("POST", "/api/v1/heartbeat", 200)] == 1
+    assert counted[("POST", "/api/v1/heartbeat", 413)] == 1
 
 
 def test_heartbeat_renames_the_agent_and_an_empty_hostname_keeps_the_enrolled_one(
