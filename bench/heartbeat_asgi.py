@@ -92,22 +92,28 @@ async def _call(app: Any, agent_id: str, key: Ed25519PrivateKey, body: bytes) ->
     return status
 
 
-async def _measure(url: str, fleet: list[Any], rounds: int, width: int) -> dict[str, float]:
+async def _measure(
+    url: str, fleet: list[tuple[str, Ed25519PrivateKey]], rounds: int, width: int
+) -> dict[str, float]:
     """Every variant's app at once, their passes interleaved round by round (so the machine's
     load and the tables' growth fall on all alike); the median CPU per heartbeat of each."""
     settings = settings_from_mapping({"database": {"url": url}})
     bodies = [json.dumps(heartbeat_body(f"ws-{i}")).encode() for i in range(len(fleet))]
-    apps = {}
+    apps: dict[str, Any] = {}
     for variant in VARIANTS:
         app = create_app(settings, migrate=False)
         if variant != "all":
-            app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != variant[1:]]
+            app.user_middleware = [
+                m for m in app.user_middleware if getattr(m.cls, "__name__", "") != variant[1:]
+            ]
         apps[variant] = app
 
     async def pass_over(app: Any) -> None:
         for start in range(0, len(fleet), width):
             chunk = range(start, min(start + width, len(fleet)))
-            codes = await asyncio.gather(*(_call(app, *fleet[i], bodies[i]) for i in chunk))
+            codes = await asyncio.gather(
+                *(_call(app, fleet[i][0], fleet[i][1], bodies[i]) for i in chunk)
+            )
             assert set(codes) == {200}, codes
 
     per: dict[str, list[float]] = {v: [] for v in VARIANTS}
