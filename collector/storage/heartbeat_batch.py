@@ -319,7 +319,11 @@ class HeartbeatFlusher:
                 if not self._queue:  # stopping, and nothing left to write
                     break
                 batch = self._take()
-            self._flush(batch)
+            try:
+                self._flush(batch)
+            except Exception as err:  # a bug: its batch answers it, and the flusher goes on
+                log.exception("heartbeat flusher")
+                self._answer_all(batch, [err] * len(batch))
         if self._conn is not None:
             self._conn.close()
 
@@ -356,6 +360,11 @@ class HeartbeatFlusher:
             results = [err] * len(batch)
         self.batches += 1
         self.largest = max(self.largest, len(batch))
+        self._answer_all(batch, results)
+
+    @staticmethod
+    def _answer_all(batch: list[_Waiter], results: list[Any]) -> None:
+        """Hand each waiting request its outcome (or error) on its own event loop."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
         for waiter, result in zip(batch, results, strict=True):
             by_loop.setdefault(waiter.loop, []).append((waiter.future, result))
