@@ -1,6 +1,7 @@
 """The heartbeat batch write alone (storage.heartbeat_batch.store_heartbeats), no HTTP: CPU per
 heartbeat of this process (Python: SQLAlchemy, psycopg, the history diff) and of its
-PostgreSQL backend, for batches of 1, 10 and 100 steady heartbeats (each agent's host row
+PostgreSQL backend, for the single-heartbeat path before the batches and for batches of 1, 10
+and 100 steady heartbeats (each agent's host row
 exists; nothing changed, so no history rows), on a throwaway database.
 
     .venv/bin/python -m bench.heartbeat_batch [--agents 2000] [--rounds 5]
@@ -19,8 +20,11 @@ from sqlalchemy import insert
 
 from bench.fleet import _pid_cpu
 from proscribe.collector.storage import open_database, upgrade
+from proscribe.collector.storage.agents import consume_nonce, get_agent
 from proscribe.collector.storage.heartbeat_batch import PendingHeartbeat, store_heartbeats
-from proscribe.collector.storage.hosts import HeartbeatRecord
+from proscribe.collector.storage.hosts import HeartbeatRecord, record_heartbeat
+from proscribe.collector.storage.policies import current_policy_ref
+from proscribe.collector.storage.signers import list_signers
 from proscribe.collector.storage.tables import agents
 from tests.support.postgres import throwaway_database
 
@@ -83,7 +87,35 @@ def main() -> None:
             n = len(ids)
             return (time.process_time() - py0) / n * 1000, (_pid_cpu(backend) - pg0) / n * 1000
 
+        def single_all() -> tuple[float, float]:
+            """The path before the batches: each heartbeat its own transaction of single
+            statements on a pooled connection (agent, nonce, host row, policy, signers)."""
+            pids: set[int] = set()
+            py0 = time.process_time()
+            cpu0: dict[int, float] = {}
+            for a in ids:
+                with db.write(durable=False) as one:
+                    pid = int(one.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+                    if pid not in pids:
+                        pids.add(pid)
+                        cpu0[pid] = _pid_cpu(pid)
+                    get_agent(one, a)
+                    consume_nonce(one, a, uuid.uuid4().hex, 2**60)
+                    record_heartbeat(one, _record(a), int(time.time() * 1e6), None)
+                    current_policy_ref(one)
+                    list_signers(one)
+            pg = sum(_pid_cpu(p) - cpu0[p] for p in pids)
+            n = len(ids)
+            return (time.process_time() - py0) / n * 1000, pg / n * 1000
+
         write_all(100)  # first heartbeats: the host rows exist from here on
+        single_all()
+        runs = [single_all() for _ in range(args.rounds)]
+        print(
+            f"single  : Python {statistics.median(r[0] for r in runs):.3f} ms/heartbeat, "
+            f"PostgreSQL {statistics.median(r[1] for r in runs):.3f} ms/heartbeat (before the "
+            "batches; the pid query adds a little to both)"
+        )
         for size in (1, 10, 100):
             write_all(size)  # warm: prepared statements
             runs = [write_all(size) for _ in range(args.rounds)]
