@@ -2,14 +2,17 @@
 (10 000 / 60 s ≈ 167/s, open loop: requests leave on schedule whether or not earlier ones have
 answered) against the real ``proscribe collector serve`` on SQLite. Each request is signed by
 its own agent's key and uses a fresh connection (an agent's keep-alive does not survive a
-minute). Prints p50/p99/max latency, at 1x and 2x the rate.
+minute). Prints p50/p99/max latency, at 1x and 2x the rate, and the CPU per request of the
+collector process (and, with ``--postgres``, of the PostgreSQL backends serving its database).
 
-    .venv/bin/python -m bench.heartbeat [--agents 10000] [--seconds 30]
+    .venv/bin/python -m bench.heartbeat [--agents 10000] [--seconds 30] [--postgres]
+        [--factors 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -123,23 +126,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL database, not SQLite"
+    )
+    parser.add_argument("--factors", default="1,2", help="multiples of agents/60 s to send")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'hb.db'}"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.postgres:
+            from bench.fleet import PostgresMeter
+            from tests.support.postgres import throwaway_database
+
+            url = stack.enter_context(throwaway_database("proscribe_hbbench"))
+            meter: PostgresMeter | None = PostgresMeter(url.rsplit("/", 1)[1])
+            stack.callback(meter.close)  # type: ignore[union-attr]
+        else:
+            url = f"sqlite:///{Path(tmp) / 'hb.db'}"
+            meter = None
         fleet = enroll_fleet(url, args.agents)
         with CollectorProcess(Path(tmp) / "srv", url) as server:
             base = args.agents / 60.0
-            for factor in (1, 2):
+            for factor in (float(f) for f in args.factors.split(",")):
                 cpu0 = server.cpu_seconds()
+                pg0 = meter() if meter else 0.0
                 r = run(server.port, fleet, base * factor, args.seconds)
                 cpu_ms = (server.cpu_seconds() - cpu0) / r["sent"] * 1000
+                pg_ms = ((meter() - pg0) / r["sent"] * 1000) if meter else 0.0
                 print(
                     f"{args.agents} agents/min x{factor}: {r['achieved_rate']:.0f} req/s sent "
                     f"({r['sent']:.0f}), latency p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
                     f"max {r['max']:.1f} ms, failures {r['failures']:.0f}, "
                     f"client send lag p99 {r['client_lag_p99']:.1f} ms; server CPU "
                     f"{cpu_ms:.2f} ms/request (= {1000 / cpu_ms:.0f} req/s per free core)"
+                    + (f"; PostgreSQL CPU {pg_ms:.2f} ms/request" if meter else "")
                 )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

@@ -7,7 +7,7 @@ dependencies of :mod:`proscribe.collector.api.deps`.
 
 Middleware, outermost first: :class:`~proscribe.collector.guard.ResponseGuard` (security
 headers on every answer; a bug becomes a 500 in the path's format), the nonce purge, the
-metrics.
+metrics, the heartbeat's fast path (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proscribe.collector.api.agent_auth import AgentAuthenticator
-from proscribe.collector.api.agent_routes import build_agent_router
+from proscribe.collector.api.agent_routes import HeartbeatFastPath, build_agent_router
 from proscribe.collector.api.errors import install_error_handlers
 from proscribe.collector.api.metrics import Metrics, MetricsMiddleware
 from proscribe.collector.api.openapi import CollectorApi
@@ -38,6 +38,7 @@ from proscribe.collector.guard import ResponseGuard
 from proscribe.collector.storage import Database, open_database, to_us, upgrade
 from proscribe.collector.storage.agents import purge_nonces
 from proscribe.collector.storage.buckets import purge_idle as purge_idle_buckets
+from proscribe.collector.storage.heartbeat_batch import HeartbeatFlusher
 from proscribe.collector.web import build_dashboard
 from proscribe.core import __version__
 
@@ -71,6 +72,7 @@ def create_app(
             authenticator=AgentAuthenticator(clock),
             enroll_limiter=EnrollRateLimiter(settings.enroll, clock, db),
         )
+        heartbeats = _start_heartbeat_flusher(app.state.collector)
         purger = _NoncePurger(app.state.collector)
         app.state.nonce_purger = purger
         forwarding = ForwardRunner(db, settings.forwards, clock)
@@ -80,6 +82,8 @@ def create_app(
             yield
         finally:
             forwarding.stop()
+            if heartbeats is not None:
+                heartbeats.stop()
             if database is None:
                 db.dispose()
 
@@ -102,10 +106,26 @@ def create_app(
         install_api_docs(app)
     dashboard = build_dashboard(session_key=settings.session_key)
     app.include_router(dashboard.router)
+    app.add_middleware(HeartbeatFastPath)  # innermost: see its docstring
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: _known_paths(app))
     app.add_middleware(_NoncePurgeMiddleware)
     app.add_middleware(ResponseGuard, error_page=dashboard.error_page)
     return app
+
+
+def _start_heartbeat_flusher(state: CollectorState) -> HeartbeatFlusher | None:
+    """PostgreSQL: heartbeats in batches (storage.heartbeat_batch). SQLite has one writer at
+    a time anyway, and each heartbeat keeps its own short transaction there."""
+    if state.db.is_sqlite:
+        return None
+    flusher = HeartbeatFlusher(
+        state.db,
+        now_us=state.now_us,
+        window_us=int(state.settings.heartbeat_window * 1_000_000),
+    )
+    flusher.start()
+    state.heartbeats = flusher
+    return flusher
 
 
 def _known_paths(app: FastAPI) -> set[str]:

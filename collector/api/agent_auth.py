@@ -32,6 +32,9 @@ from proscribe.core.wire.auth import (
 
 # A nonce must stay remembered as long as its timestamp could still pass the skew check.
 NONCE_TTL_SECONDS = 2 * MAX_SKEW_SECONDS + 60
+# Parsed keys kept per replica: every agent of a large fleet reaches every replica, and a key
+# not cached costs a database look-up on the heartbeat path (~250 bytes an entry).
+MAX_CACHED_KEYS = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,18 @@ class AuthenticatedAgent:
 
 def _unauthorized(error: str, detail: str) -> ApiError:
     return ApiError(401, error, detail)
+
+
+_REFUSALS = {
+    "unknown_agent": "this agent is not enrolled; enroll again",
+    "revoked_agent": "this agent was revoked; enroll again",
+    "replayed_nonce": "this nonce was already used",
+}
+
+
+def refusal(slug: str) -> ApiError:
+    """The 401 for ``unknown_agent``, ``revoked_agent`` or ``replayed_nonce``."""
+    return _unauthorized(slug, _REFUSALS[slug])
 
 
 def decode_public_key(text: str) -> Ed25519PublicKey:
@@ -80,9 +95,23 @@ class AgentAuthenticator:
             raise _unauthorized("bad_signature", f"missing or malformed {H_AGENT} header")
         agent = get_agent(conn, agent_id)
         if agent is None:
-            raise _unauthorized("unknown_agent", "this agent is not enrolled; enroll again")
+            raise refusal("unknown_agent")
         if agent.revoked_us is not None:
-            raise _unauthorized("revoked_agent", "this agent was revoked; enroll again")
+            raise refusal("revoked_agent")
+        key = self._public_key(agent_id, agent.public_key)
+        nonce = self.check_signature(key, headers, method, path_and_query, body)
+        return AuthenticatedAgent(agent_id, nonce, agent.hostname)
+
+    def check_signature(
+        self,
+        key: Ed25519PublicKey,
+        headers: Mapping[str, str],
+        method: str,
+        path_and_query: str,
+        body: bytes,
+    ) -> str:
+        """The request's time (``stale_request``) and signature (``bad_signature``) against
+        the agent's ``key``; returns the nonce, not yet consumed."""
         stamp = headers.get(H_TIME, "")
         now = self._clock()
         if stamp.isdigit() and len(stamp) <= 12 and abs(now - int(stamp)) > MAX_SKEW_SECONDS:
@@ -90,18 +119,31 @@ class AgentAuthenticator:
                 "stale_request",
                 f"request time is more than {MAX_SKEW_SECONDS}s from the server's clock",
             )
-        key = self._public_key(agent_id, agent.public_key)
         try:
             nonce, _ts = verify_request(key, headers, method, path_and_query, body, now=now)
         except AuthFailure as err:
             raise _unauthorized("bad_signature", str(err)) from err
-        return AuthenticatedAgent(agent_id, nonce, agent.hostname)
+        return nonce
+
+    def cached_key(self, agent_id: str) -> Ed25519PublicKey | None:
+        """The agent's key if an earlier request looked it up (the heartbeat fast path: the
+        revocation is then checked in the heartbeat's own batch, see heartbeat_batch)."""
+        with self._lock:
+            return self._keys.get(agent_id)
+
+    def forget(self, agent_id: str) -> None:
+        """Drop a revoked or deleted agent's key: its next request takes the full look-up,
+        which answers ``revoked_agent`` / ``unknown_agent`` before any other check."""
+        with self._lock:
+            self._keys.pop(agent_id, None)
+
+    def nonce_expiry_us(self) -> int:
+        return to_us(self._clock() + NONCE_TTL_SECONDS)
 
     def consume(self, conn: Connection, agent: AuthenticatedAgent) -> None:
         """Record the nonce in the caller's transaction; 401 ``replayed_nonce`` if seen."""
-        expires = to_us(self._clock() + NONCE_TTL_SECONDS)
-        if not consume_nonce(conn, agent.agent_id, agent.nonce, expires):
-            raise _unauthorized("replayed_nonce", "this nonce was already used")
+        if not consume_nonce(conn, agent.agent_id, agent.nonce, self.nonce_expiry_us()):
+            raise refusal("replayed_nonce")
 
     def _public_key(self, agent_id: str, text: str) -> Ed25519PublicKey:
         with self._lock:
@@ -109,7 +151,7 @@ class AgentAuthenticator:
         if key is None:
             key = decode_public_key(text)
             with self._lock:
-                if len(self._keys) > 100_000:
+                if len(self._keys) > MAX_CACHED_KEYS:
                     self._keys.clear()
                 self._keys[agent_id] = key
         return key

@@ -11,6 +11,7 @@ from proscribe.collector.api.ratelimit import EnrollRateLimiter
 from proscribe.collector.config import CollectorSettings
 from proscribe.collector.storage import Database, to_us
 from proscribe.collector.storage.group_commit import GroupCommit
+from proscribe.collector.storage.heartbeat_batch import HeartbeatFlusher
 
 
 @dataclass
@@ -22,6 +23,9 @@ class CollectorState:
     authenticator: AgentAuthenticator
     enroll_limiter: EnrollRateLimiter
     event_commits: GroupCommit = field(init=False)
+    # PostgreSQL: heartbeats written in batches by one thread (started by the lifespan);
+    # None on SQLite, where a heartbeat is written by its own request.
+    heartbeats: HeartbeatFlusher | None = None
 
     def __post_init__(self) -> None:
         # concurrent event batches share one transaction and one fsync

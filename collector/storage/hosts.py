@@ -48,7 +48,7 @@ class HeartbeatRecord:
     goodbye_by: str | None = None  # set on the goodbye heartbeat of a clean stop
 
 
-_COLUMNS = (
+UPSERT_COLUMNS = (
     "agent_id",
     "hostname",
     "os",
@@ -72,6 +72,7 @@ _COLUMNS = (
     "goodbye_us",
     "goodbye_by",
 )
+_COLUMNS = UPSERT_COLUMNS
 _UPSERTS: dict[str, Any] = {}
 
 
@@ -82,7 +83,17 @@ def _upsert(conn: Connection) -> Any:
     if stmt is not None:
         return stmt
     insert = dialect_insert(conn, hosts).values({c: bindparam(c) for c in _COLUMNS})
-    new = insert.excluded
+    stmt = insert.on_conflict_do_update(
+        index_elements=["agent_id"], set_=upsert_set(insert.excluded)
+    ).returning(hosts.c.serial_regressed)
+    _UPSERTS[conn.dialect.name] = stmt
+    return stmt
+
+
+def upsert_set(new: Any) -> dict[str, Any]:
+    """The SET clauses of the host upsert (``new``: the ``excluded`` row): last state wins,
+    except the highest serial ever seen and the regression flag, judged against the stored
+    row in the statement itself (shared by the single-row and the batch upsert)."""
     highest = hosts.c.max_policy_serial
     update: dict[str, Any] = {c: new[c] for c in _COLUMNS if c not in ("agent_id", "first_seen_us")}
     update["max_policy_serial"] = case(
@@ -102,11 +113,7 @@ def _upsert(conn: Connection) -> Any:
         (new.policy_serial < highest, true()),
         else_=false(),
     )
-    stmt = insert.on_conflict_do_update(index_elements=["agent_id"], set_=update).returning(
-        hosts.c.serial_regressed
-    )
-    _UPSERTS[conn.dialect.name] = stmt
-    return stmt
+    return update
 
 
 # Heartbeat facts whose change is worth a history row, as (column, label).
@@ -120,14 +127,16 @@ _TRACKED = (
     ("policy_sha256", "policy sha256"),
     ("policy_stale", "policy stale"),
 )
-_PREVIOUS = select(
+# What heartbeat_changes compares with: the stored host row's part that a heartbeat moves.
+PREVIOUS_COLUMNS = (
     *(hosts.c[column] for column, _label in _TRACKED),
     hosts.c.sensors,
     hosts.c.dropped,
     hosts.c.last_seen_us,
     hosts.c.health,
     hosts.c.goodbye_us,
-).where(hosts.c.agent_id == bindparam("agent_id"))
+)
+_PREVIOUS = select(*PREVIOUS_COLUMNS).where(hosts.c.agent_id == bindparam("agent_id"))
 
 
 def _counts(health: Any, section: str) -> dict[str, int]:
@@ -265,19 +274,32 @@ def record_heartbeat(
     previous = conn.execute(_PREVIOUS, {"agent_id": hb.agent_id}).first()
     changes = heartbeat_changes(previous, hb, now_us, window_us)
     if changes:
-        conn.execute(
-            insert(host_history),
-            [
-                {
-                    "agent_id": hb.agent_id,
-                    "time_us": now_us,
-                    "kind": kind,
-                    "detail": json.dumps(detail, sort_keys=True, default=str),
-                }
-                for kind, detail in changes
-            ],
-        )
-    params: dict[str, Any] = {
+        conn.execute(insert(host_history), history_rows(hb.agent_id, changes, now_us))
+    params = host_params(previous, hb, changes, now_us)
+    return bool(conn.execute(_upsert(conn), params).scalar_one())
+
+
+def history_rows(
+    agent_id: str, changes: list[tuple[str, dict[str, Any]]], now_us: int
+) -> list[dict[str, Any]]:
+    """``host_history`` rows for :func:`heartbeat_changes`' output."""
+    return [
+        {
+            "agent_id": agent_id,
+            "time_us": now_us,
+            "kind": kind,
+            "detail": json.dumps(detail, sort_keys=True, default=str),
+        }
+        for kind, detail in changes
+    ]
+
+
+def host_params(
+    previous: Any, hb: HeartbeatRecord, changes: list[tuple[str, dict[str, Any]]], now_us: int
+) -> dict[str, Any]:
+    """The upsert's values for one heartbeat (``UPSERT_COLUMNS``); ``max_policy_serial`` and
+    ``serial_regressed`` are only the first row's: an existing row's are decided in SQL."""
+    return {
         "agent_id": hb.agent_id,
         "hostname": hb.hostname,
         "os": hb.os,
@@ -301,7 +323,6 @@ def record_heartbeat(
         "goodbye_us": now_us if hb.goodbye_by is not None else None,
         "goodbye_by": hb.goodbye_by,
     }
-    return bool(conn.execute(_upsert(conn), params).scalar_one())
 
 
 @dataclass(frozen=True, slots=True)
