@@ -21,7 +21,8 @@ from sqlalchemy import Connection
 
 from proscribe.collector.api.errors import ApiError
 from proscribe.collector.storage import to_us
-from proscribe.collector.storage.agents import consume_nonce, get_agent
+from proscribe.collector.storage.agents import consume_nonce, enrolled_keys, get_agent
+from proscribe.collector.storage.database import Database
 from proscribe.core.wire.auth import (
     H_AGENT,
     H_TIME,
@@ -130,6 +131,30 @@ class AgentAuthenticator:
         revocation is then checked in the heartbeat's own batch, see heartbeat_batch)."""
         with self._lock:
             return self._keys.get(agent_id)
+
+    def preload(self, db: Database, *, page: int = 10_000) -> int:
+        """Parse and cache the key of every enrolled agent not revoked, a page at a time (a
+        replica's first minute would otherwise look each agent up as its first heartbeat
+        arrives: ~2 ms of replica CPU and a database round trip each). Keys cached meanwhile
+        by requests are the same keys. Returns how many were loaded; stops at the cache's cap."""
+        loaded, after = 0, ""
+        while loaded < MAX_CACHED_KEYS:
+            with db.read() as conn:
+                rows = enrolled_keys(conn, after=after, limit=page)
+            if not rows:
+                break
+            parsed = []
+            for agent_id, text in rows:
+                try:
+                    parsed.append((agent_id, decode_public_key(text)))
+                except ValueError:
+                    continue  # never stored so (enroll checks it); a request would say why
+            with self._lock:
+                for agent_id, key in parsed:
+                    self._keys.setdefault(agent_id, key)
+            loaded += len(parsed)
+            after = rows[-1][0]
+        return loaded
 
     def forget(self, agent_id: str) -> None:
         """Drop a revoked or deleted agent's key: its next request takes the full look-up,

@@ -320,6 +320,20 @@ def get_agent(conn: Connection, agent_id: str) -> AgentRecord | None:
     )
 
 
+def enrolled_keys(
+    conn: Connection, *, after: str = "", limit: int = 10_000
+) -> list[tuple[str, str]]:
+    """``(agent_id, public_key)`` of agents not revoked, in id order after ``after``: a page
+    of the keys a replica loads when it starts (collector.app)."""
+    rows = conn.execute(
+        select(agents.c.agent_id, agents.c.public_key)
+        .where(agents.c.revoked_us.is_(None), agents.c.agent_id > after)
+        .order_by(agents.c.agent_id)
+        .limit(limit)
+    )
+    return [(str(r.agent_id), str(r.public_key)) for r in rows]
+
+
 def set_agent_hostname(conn: Connection, agent_id: str, hostname: str) -> None:
     """The hostname events of this agent are filed under from now on (a heartbeat's)."""
     conn.execute(update(agents).where(agents.c.agent_id == agent_id).values(hostname=hostname))

@@ -40,6 +40,7 @@ from proscribe.collector.storage.tables import agents, host_history, hosts
 from tests.support.clock import ManualClock
 from tests.support.collector_app import AgentKey, InProcessCollector
 from tests.support.postgres import ADMIN_DSN, throwaway_database
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -221,6 +222,31 @@ def test_revoked_agent_with_a_cached_key_is_refused_on_its_next_heartbeat(
         assert resp.status_code == 401 and resp.json()["error"] == "revoked_agent"
         assert one.state.authenticator.cached_key(agent[0]) is None
     assert _host(one, agent[0]).policy_serial == 1  # the refused heartbeats wrote nothing
+
+
+def test_a_starting_replica_loads_the_keys_of_enrolled_agents_not_the_revoked(
+    replicas: list[Replica], template: tuple[str, str], url: str, clock: ManualClock
+) -> None:
+    one = replicas[0]
+    kept, revoked, later = one.enroll("ws-kept"), one.enroll("ws-revoked"), one.enroll("ws-l")
+    with one.db.write() as conn:
+        agent_store.revoke_agent(conn, revoked[0], 1)
+    settings = settings_from_mapping({"database": {"url": url}})
+    app = create_app(settings, clock=clock, migrate=False)
+    with TestClient(app) as client:
+        new = Replica(app, client, clock, template[1])
+        auth = new.state.authenticator
+        assert wait_for(lambda: auth.cached_key(kept[0]) is not None)
+        assert auth.cached_key(revoked[0]) is None
+        # Revoked after the replica loaded its key: refused by the heartbeat's batch.
+        assert auth.cached_key(later[0]) is not None
+        with new.db.write() as conn:
+            agent_store.revoke_agent(conn, later[0], 2)
+        for agent in (later, revoked):
+            resp = new.heartbeat(agent, 1)
+            assert resp.status_code == 401 and resp.json()["error"] == "revoked_agent"
+        assert new.heartbeat(kept, 1).status_code == 200
+    assert _host(one, later[0]) is None and _host(one, revoked[0]) is None
 
 
 def test_deleted_agent_with_a_cached_key_is_unknown(replicas: list[Replica]) -> None:
