@@ -995,7 +995,7 @@ def _run(args: argparse.Namespace, url: str) -> int:
         )
         replicas = [
             CollectorProcess(
-                base / f"r{i}", url, server_toml=server_toml, extra_toml=limits, log_level="info"
+                base / f"r{i}", url, server_toml=server_toml, extra_toml=limits, verbose=True
             )
             for i in range(2)
         ]

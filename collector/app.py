@@ -126,9 +126,7 @@ def _start_heartbeat_flusher(state: CollectorState) -> HeartbeatFlusher | None:
     )
     flusher.start()
     state.heartbeats = flusher
-    threading.Thread(
-        target=_preload_keys, args=(state,), name="agent-keys", daemon=True
-    ).start()
+    threading.Thread(target=_preload_keys, args=(state,), name="agent-keys", daemon=True).start()
     return flusher
 
 

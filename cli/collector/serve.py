@@ -71,10 +71,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from proscribe.collector.app import create_app
 
-    if not getattr(args, "verbose", 0):
-        # --log-level is the collector's own lines' level too (enrollments, start-up, the
-        # agents' keys loaded), not only uvicorn's; -v / -vv still win.
-        logging.getLogger("proscribe").setLevel(args.log_level.upper())
     settings = settings_from_args(args)
     db = open_migrated(settings)
     sock = bind_listener(settings)

@@ -45,6 +45,7 @@ def test_fleet_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> Non
         "postgresql 15",
         "enrolled 20 agents over HTTP through haproxy",
         "enrolled 1,180 more agents in the database",
+        "restarted: loaded 1,200 agent keys",  # each replica, before the heartbeat steps
         "heartbeats, first contact of 20 hosts",
         "heartbeats, steady state, 3.1% of target",
         "signed before the step (the agents' own CPU, not in the figures above)",

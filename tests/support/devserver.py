@@ -31,6 +31,7 @@ class CollectorProcess(ChildServer):
         extra_toml: str = "",
         server_toml: str = "",
         log_level: str = "warning",
+        verbose: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,7 @@ class CollectorProcess(ChildServer):
         )
         self.log = self.workdir / "collector.log"
         self.log_level = log_level
+        self.verbose = verbose  # proscribe -v: the collector's own info lines in the log
         self.proc: subprocess.Popen[bytes] | None = None
 
         self.scheme = "https" if "tls_cert" in server_toml else "http"
@@ -61,6 +63,7 @@ class CollectorProcess(ChildServer):
                     sys.executable,
                     "-m",
                     "proscribe.cli",
+                    *(["-v"] if self.verbose else []),
                     "collector",
                     "serve",
                     "--config",

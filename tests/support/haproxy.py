@@ -14,7 +14,8 @@ haproxy 2.6 opened a new replica connection for every heartbeat once the replica
 uvicorn's connection set-up to an already full machine. The race it could bring (a request sent
 on an idle connection just as the replica closes it: a 502, seen once in 1,000 ingest batches)
 is closed on the replica's side: ``collector serve`` with ``behind_proxy = true`` keeps an idle
-connection 300 s (cli/collector/serve.py), and haproxy purges its idle ones long before. ``nbthread 1``: with 2 threads on these 2 cores, haproxy reused no
+connection 300 s (cli/collector/serve.py), and haproxy purges its idle ones long before.
+``nbthread 1``: with 2 threads on these 2 cores, haproxy reused no
 replica connection at all (1,800 of 1,800 opened at 120/s) and used no less CPU.
 
 ``maxconn 4000`` is also the listen backlog (haproxy gives a bind its frontend's maxconn, which
