@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import random
@@ -174,10 +175,11 @@ def test_heartbeat_carries_spool_figures_and_policy_is_handed_over(
     assert len(agent.policies) == 1
 
 
-def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
-    collector: CollectorDouble, tmp_path: Path
-) -> None:
-    now = [1_000_000.0]
+@contextlib.contextmanager
+def clocked_reporter(
+    collector: CollectorDouble, tmp_path: Path, config: ReporterConfig, now: list[float], **kw: Any
+) -> Iterator[tuple[Reporter, Spool]]:
+    """A reporter whose clock is ``now[0]`` (the test moves it), with its spool; closed after."""
     secret = tmp_path / "enroll.secret"
     write_secret(secret, "s3cret")
     spool = Spool(tmp_path / "spool.db")
@@ -186,11 +188,24 @@ def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
         spool,
         transport,
         IdentityStore(tmp_path / "state", secret, HOST),
-        ReporterConfig(policy_interval=3600.0, idle_check=3600.0),  # heartbeats: 60 s ± 6 s
+        config,
         clock=lambda: now[0],
         rng=random.Random(5),
+        **kw,
     )
     try:
+        yield reporter, spool
+    finally:
+        transport.close()
+        spool.close()
+
+
+def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
+    collector: CollectorDouble, tmp_path: Path
+) -> None:
+    now = [1_000_000.0]
+    config = ReporterConfig(policy_interval=3600.0, idle_check=3600.0)  # heartbeats: 60 s ± 6 s
+    with clocked_reporter(collector, tmp_path, config, now) as (reporter, spool):
         reporter.run_once()  # enroll, first heartbeat, first policy poll
         assert len(collector.heartbeats) == 1
         sleep = reporter.run_once()
@@ -217,9 +232,6 @@ def test_heartbeat_schedule_and_backoff_reset_with_an_injected_clock(
         reporter.run_once()
         assert spool.stats().depth == 0
         assert reporter._backoff.attempt == 0
-    finally:
-        transport.close()
-        spool.close()
 
 
 @pytest.mark.parametrize(
@@ -236,20 +248,9 @@ def test_the_collector_sets_the_heartbeat_interval_within_bounds(
     collector: CollectorDouble, tmp_path: Path, told: object, interval: float
 ) -> None:
     now = [1_000_000.0]
-    secret = tmp_path / "enroll.secret"
-    write_secret(secret, "s3cret")
-    spool = Spool(tmp_path / "spool.db")
-    transport = Transport(collector.url, timeout=(2.0, 5.0))
     collector.heartbeat_interval = told
-    reporter = Reporter(
-        spool,
-        transport,
-        IdentityStore(tmp_path / "state", secret, HOST),
-        ReporterConfig(policy_interval=86_400.0, idle_check=86_400.0),
-        clock=lambda: now[0],
-        rng=random.Random(5),
-    )
-    try:
+    config = ReporterConfig(policy_interval=86_400.0, idle_check=86_400.0)
+    with clocked_reporter(collector, tmp_path, config, now) as (reporter, _spool):
         reporter.run_once()  # enroll, first heartbeat: the answer names the interval
         assert reporter.heartbeat_interval == interval
         sleep = reporter.run_once()
@@ -260,36 +261,21 @@ def test_the_collector_sets_the_heartbeat_interval_within_bounds(
         now[0] += interval * 0.22
         reporter.run_once()
         assert len(collector.heartbeats) == 2
-    finally:
-        transport.close()
-        spool.close()
 
 
 def test_the_policy_is_polled_as_a_fallback_only_a_new_hash_fetches_it_at_once(
     collector: CollectorDouble, tmp_path: Path
 ) -> None:
-    """Every heartbeat answer names the current policy's hash: a poll every minute as well
-    doubled the fleet's requests. A new hash is fetched at the next heartbeat; no poll between."""
     now = [1_000_000.0]
-    secret = tmp_path / "enroll.secret"
-    write_secret(secret, "s3cret")
-    spool = Spool(tmp_path / "spool.db")
-    transport = Transport(collector.url, timeout=(2.0, 5.0))
     policies: list[tuple[bytes, bytes]] = []
-    reporter = Reporter(
-        spool,
-        transport,
-        IdentityStore(tmp_path / "state", secret, HOST),
-        ReporterConfig(idle_check=86_400.0),  # the product's heartbeat and policy intervals
-        clock=lambda: now[0],
-        rng=random.Random(5),
-        on_policy=lambda data, sig: policies.append((data, sig)),
-    )
 
     def polls() -> int:
         return sum(e.path == "/api/v1/policy" for e in collector.log)
 
-    try:
+    config = ReporterConfig(idle_check=86_400.0)  # the product's heartbeat and policy intervals
+    with clocked_reporter(
+        collector, tmp_path, config, now, on_policy=lambda data, sig: policies.append((data, sig))
+    ) as (reporter, _spool):
         reporter.run_once()  # enroll, first heartbeat, first poll (404: none yet)
         assert polls() == 1
         for _ in range(5):  # five minutes of heartbeats: no poll
@@ -301,9 +287,6 @@ def test_the_policy_is_polled_as_a_fallback_only_a_new_hash_fetches_it_at_once(
         reporter.run_once()  # the heartbeat names a new hash: fetched in the same round
         reporter.run_once()
         assert polls() == 2 and len(policies) == 1
-    finally:
-        transport.close()
-        spool.close()
 
 
 def test_413_halves_the_batch_until_it_fits(
