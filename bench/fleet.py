@@ -792,8 +792,8 @@ def report_breakdown(url: str) -> list[str]:
         "fleet": "every host's state (fleet)",
         "period_coverage": "coverage over the period",
         "coverage": "coverage tiles",
-        "agents_with_last_seen": "stale hosts",
-        "add_model_findings": "model findings",
+        "_stale_agents": "stale hosts",
+        "model_findings": "model findings",
     }
     found: dict[str, float] = {}
     for (filename, _line, name), row in stats.items():

@@ -428,10 +428,13 @@ def host_period(
     window_us: int,
     directive: str | None,
     required: Sequence[str] = ("process",),
+    first_alive: Callable[[Mapping[str, Any]], dict[str, bool]] = _alive_from_first,
 ) -> list[Gap]:
     """The gaps of one host in ``[since, until)``, from its history rows ``(time_us, kind,
     detail)`` in time order (all of them up to ``until``, including those before ``since``,
-    which set the state the period starts in)."""
+    which set the state the period starts in). ``first_alive``: the sensors a first
+    heartbeat's detail says run (:func:`period_coverage` passes one that remembers the details
+    it saw: a fleet's first heartbeats repeat)."""
     tl = _Timeline()
     started = False
     for time_us, kind, detail in rows:
@@ -440,7 +443,7 @@ def host_period(
         if kind == "first":
             tl.mode = detail.get("mode")
             tl.policy_id = detail.get("policy id")
-            tl.sensors = _alive_from_first(detail)
+            tl.sensors = dict(first_alive(detail))
             alive = detail.get("sensors alive")
             if isinstance(alive, Mapping):
                 tl.sensors.update({str(k): bool(v) for k, v in alive.items()})
@@ -486,12 +489,14 @@ def host_period(
             _close(tl, start)
             tl.bad_since, tl.bad_reason = start, "silent"
     _close(tl, until_us)
-    gaps = [
-        Gap(max(g.start_us, since_us), min(g.end_us, until_us), g.reason)
-        for g in tl.gaps
-        if g.end_us > since_us or (g.start_us == g.end_us and g.start_us >= since_us)
-    ]
-    return [g for g in gaps if g.start_us < until_us]
+    gaps = []
+    for g in tl.gaps:  # clipped to the period (a new Gap only where one sticks out)
+        if g.end_us > since_us or (g.start_us == g.end_us and g.start_us >= since_us):
+            if g.start_us < since_us or g.end_us > until_us:
+                g = Gap(max(g.start_us, since_us), min(g.end_us, until_us), g.reason)
+            if g.start_us < until_us:
+                gaps.append(g)
+    return gaps
 
 
 IN_SLICE = 10_000  # agent ids per IN list (bind parameters per query)
@@ -519,10 +524,12 @@ def period_coverage(
     directive: str | None,
     required: Sequence[str] = ("process",),
     scope: Sequence[tuple[str | None, str]] | None = None,
+    last_seen: Mapping[str, int] | None = None,
 ) -> PeriodCoverage:
     """Every host in scope over ``[since, until)``. ``scope``: ``(agent_id or None,
     hostname)`` pairs (the inventory, with its matches); None: every agent enrolled before
-    ``until`` and not revoked before ``since``."""
+    ``until`` and not revoked before ``since``. ``last_seen``: each agent's last heartbeat,
+    when the caller has read the hosts already (:func:`fleet` has); None: read here."""
     if scope is None:
         rows = conn.execute(
             select(agents.c.agent_id, agents.c.hostname)
@@ -532,14 +539,27 @@ def period_coverage(
         ).all()
         scope = [(r.agent_id, r.hostname) for r in rows]
     ids = [a for a, _h in scope if a is not None]
-    last_seen: dict[str, int] = {}
     history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {a: [] for a in ids}
+    # A fleet's history details repeat (first heartbeats of the same agent build and policy):
+    # each distinct text decoded once, and a first heartbeat's sensors judged once per detail.
+    # The replay only reads them.
+    decoded: dict[str | None, dict[str, Any]] = {}
+    alive_of: dict[int, dict[str, bool]] = {}
+
+    def first_alive(detail: Mapping[str, Any]) -> dict[str, bool]:
+        alive = alive_of.get(id(detail))
+        if alive is None:
+            alive = alive_of[id(detail)] = _alive_from_first(detail)
+        return alive
+
     for where in _id_conditions(ids):
-        for agent_id, seen in conn.execute(
-            select(hosts.c.agent_id, hosts.c.last_seen_us).where(*where(hosts.c.agent_id))
-        ).all():
-            if agent_id in history:
-                last_seen[agent_id] = int(seen)
+        if last_seen is None:
+            last_seen = {
+                agent_id: int(seen)
+                for agent_id, seen in conn.execute(
+                    select(hosts.c.agent_id, hosts.c.last_seen_us).where(*where(hosts.c.agent_id))
+                ).all()
+            }
         for agent_id, time_us, kind, detail in (
             conn.execute(
                 select(host_history.c.agent_id, host_history.c.time_us, host_history.c.kind)
@@ -552,7 +572,11 @@ def period_coverage(
         ):
             timeline = history.get(agent_id)
             if timeline is not None:  # in scope
-                timeline.append((int(time_us), kind, _json_dict(detail)))
+                values = decoded.get(detail)
+                if values is None:
+                    values = decoded[detail] = _json_dict(detail)
+                timeline.append((int(time_us), kind, values))
+    seen_of = last_seen if last_seen is not None else {}
     out = []
     for agent_id, hostname in scope:
         if agent_id is None:
@@ -562,10 +586,11 @@ def period_coverage(
                 history.get(agent_id, []),
                 since_us=since_us,
                 until_us=min(until_us, now_us),
-                last_seen_us=last_seen.get(agent_id),
+                last_seen_us=seen_of.get(agent_id),
                 window_us=window_us,
                 directive=directive,
                 required=required,
+                first_alive=first_alive,
             )
         out.append(HostPeriod(agent_id, hostname, tuple(gaps)))
     return PeriodCoverage(since_us, until_us, directive, tuple(out))

@@ -107,6 +107,7 @@ def run_report(args: argparse.Namespace) -> int:
                     heartbeat_window_s=settings.heartbeat_window,
                     policy_serial=args.serial,
                     group=args.group,
+                    db=db,
                 )
             else:
                 assert renderer is not None

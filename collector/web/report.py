@@ -11,11 +11,16 @@ complete); CSV and JSON list every matching event.
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from jinja2 import Environment
@@ -33,6 +38,7 @@ from proscribe.collector.compliance import (
 )
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
+from proscribe.collector.storage import Database
 from proscribe.collector.storage.counts import DAY_US, KEY_CHARS, VIOLATION_KINDS
 from proscribe.collector.storage.hosts import HARMLESS_DROPS
 from proscribe.collector.storage.policies import current_policy
@@ -148,7 +154,7 @@ class ComplianceReport:
     stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
     hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
     rule_ids: tuple[str, ...] | None = None
-    models: list[ModelFinding] = field(default_factory=list)  # add_model_findings()
+    models: list[ModelFinding] = field(default_factory=list)  # local AI models found
     fleet: Fleet | None = None  # every host's compliance state now (compliance.fleet)
     period: PeriodCoverage | None = None  # enforcement over the period, from the history
     group: str | None = None  # the inventory group the report is scoped to
@@ -366,32 +372,32 @@ def _bodies(conn: Connection, conds: list[Any], limit: int | None) -> Iterator[d
             remaining -= len(rows)
 
 
-def build_report(
+@dataclass(frozen=True, slots=True)
+class _EventsPart:
+    """What a report reads of the period's events (and the fleet's counters): the half of
+    :func:`build_report` that waits on the database."""
+
+    totals: dict[str, int]
+    by_rule: list[tuple[str, int]]
+    by_host: list[tuple[str, int]]
+    violations: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+    coverage: webq.Coverage
+    stale: list[webq.AgentSummary]
+    models: list[ModelFinding]
+
+
+def _events_part(
     conn: Connection,
     *,
     since_us: int,
     until_us: int,
     now_us: int,
-    heartbeat_window_s: float,
-    policy_serial: int | None = None,
-    max_rows: int | None = MAX_HTML_ROWS,
-    group: str | None = None,
-) -> ComplianceReport:
-    """The one report: the dashboard page, its downloads and ``collector report`` all render
-    what this returns."""
-    view = load_policy_view(conn, policy_serial)
-    history = webq.policy_history(conn)
-    rule_ids: tuple[str, ...] | None = None
-    if view is not None and view.policy is not None:
-        # Rules of every stored serial of this policy id: a rule renamed or dropped in a later
-        # serial still counts for the period in which it was in force.
-        ids = {r.id for r in view.policy.rules()}
-        for record in history:
-            if record.policy_id == view.record.policy_id and record.serial != view.record.serial:
-                other = load_policy_view(conn, record.serial)
-                if other is not None and other.policy is not None:
-                    ids.update(r.id for r in other.policy.rules())
-        rule_ids = tuple(sorted(ids))
+    window_us: int,
+    current_serial: int | None,
+    rule_ids: tuple[str, ...] | None,
+    max_rows: int | None,
+) -> _EventsPart:
     conds = _conditions(since_us, until_us, rule_ids)
     counted = _totals(conn, since_us, until_us, rule_ids)
     totals: dict[str, int] = {}
@@ -402,12 +408,122 @@ def build_report(
         ((r or "(none)", n) for r, n in counted.by_rule.items()),
         key=lambda item: (-item[1], item[0]),
     )[:50]
-    by_host = _top_hosts(conn, counted.by_agent)
     block_conds = [*conds, events.c.action.in_(sorted(BLOCKED_ACTIONS))]
+    return _EventsPart(
+        totals=totals,
+        by_rule=by_rule,
+        by_host=_top_hosts(conn, counted.by_agent),
+        violations=list(_bodies(conn, conds, max_rows)),
+        blocks=list(_bodies(conn, block_conds, max_rows)),
+        coverage=webq.coverage(
+            conn, now_us=now_us, window_us=window_us, current_serial=current_serial
+        ),
+        stale=_stale_agents(conn, now_us=now_us, window_us=window_us),
+        models=model_findings(conn, since_us=since_us, until_us=until_us),
+    )
+
+
+def _read_apart(db: Database, read: Callable[[Connection], _EventsPart]) -> _EventsPart:
+    with db.read() as conn, _gc_paused():
+        return read(conn)
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a report is built (reference counting
+    frees as ever; cycles made meanwhile are collected once the last report ends). A report
+    over 100,000 hosts makes several hundred thousand objects that live until it is rendered,
+    and each full collection walks all of them again: 30% of the build's CPU (every host's
+    state 2.3 → 1.6 s, the period's coverage 2.9 → 1.6 s). Nested and concurrent reports
+    share one pause; the collector's state before the first is restored after the last."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _rule_ids(
+    conn: Connection, view: PolicyView | None, history: list[webq.PolicyRecord]
+) -> tuple[str, ...] | None:
+    """The rules a report counts: those of every stored serial of the policy's id (a rule
+    renamed or dropped in a later serial still counts for the period in which it was in
+    force); None (every rule) without a policy that parses."""
+    if view is None or view.policy is None:
+        return None
+    ids = {r.id for r in view.policy.rules()}
+    for record in history:
+        if record.policy_id == view.record.policy_id and record.serial != view.record.serial:
+            other = load_policy_view(conn, record.serial)
+            if other is not None and other.policy is not None:
+                ids.update(r.id for r in other.policy.rules())
+    return tuple(sorted(ids))
+
+
+def build_report(
+    conn: Connection,
+    *,
+    since_us: int,
+    until_us: int,
+    now_us: int,
+    heartbeat_window_s: float,
+    policy_serial: int | None = None,
+    max_rows: int | None = MAX_HTML_ROWS,
+    group: str | None = None,
+    db: Database | None = None,
+) -> ComplianceReport:
+    """The one report: the dashboard page, its downloads and ``collector report`` all render
+    what this returns.
+
+    ``db``, the database ``conn`` reads: the period's events and counts are then read on a
+    connection of their own while this thread judges every host — the two halves wait on
+    different things (the database grouping the counts; this process replaying each host's
+    history), so on a fleet the report takes the longer of the two instead of their sum
+    (100,000 hosts and 10M events: ~3 s each). Each half reads as of its own statements, as
+    every query of a report did already (no snapshot spans a report)."""
+    view = load_policy_view(conn, policy_serial)
+    history = webq.policy_history(conn)
+    rule_ids = _rule_ids(conn, view, history)
     window_us = int(heartbeat_window_s * 1_000_000)
-    current = history[0].serial if history else None
-    cover = webq.coverage(conn, now_us=now_us, window_us=window_us, current_serial=current)
-    stale = _stale_agents(conn, now_us=now_us, window_us=window_us)
+    read = partial(
+        _events_part,
+        since_us=since_us,
+        until_us=until_us,
+        now_us=now_us,
+        window_us=window_us,
+        current_serial=history[0].serial if history else None,
+        rule_ids=rule_ids,
+        max_rows=max_rows,
+    )
+    with _gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="report") as apart:
+        later = apart.submit(_read_apart, db, read) if db is not None else None
+        hosts_now = fleet(conn, now_us=now_us, window_us=window_us)
+        scope = [(h.agent_id, h.hostname) for h in hosts_now.in_scope(group)]
+        period = period_coverage(
+            conn,
+            since_us=since_us,
+            until_us=until_us,
+            now_us=now_us,
+            window_us=window_us,
+            directive=view.record.policy_id if view is not None else None,
+            required=required_sensors(view.policy if view is not None else None),
+            scope=scope,
+            last_seen={h.host.agent_id: h.host.last_seen_us for h in hosts_now.hosts if h.host},
+        )
+        part = later.result() if later is not None else read(conn)
     report = ComplianceReport(
         generated_us=now_us,
         since_us=since_us,
@@ -415,40 +531,25 @@ def build_report(
         heartbeat_window_s=heartbeat_window_s,
         policy=view,
         serials=webq.serials_in_force(history, since_us, until_us),
-        coverage=cover,
-        totals=totals,
-        total=sum(totals.values()),
-        by_rule=by_rule,
-        by_host=by_host,
-        violations=list(_bodies(conn, conds, max_rows)),
-        blocks=list(_bodies(conn, block_conds, max_rows)),
-        blocks_total=totals.get("blocked", 0),
-        stale_hosts=stale,
+        coverage=part.coverage,
+        totals=part.totals,
+        total=sum(part.totals.values()),
+        by_rule=part.by_rule,
+        by_host=part.by_host,
+        violations=part.violations,
+        blocks=part.blocks,
+        blocks_total=part.totals.get("blocked", 0),
+        stale_hosts=part.stale,
         rule_ids=rule_ids,
         group=group,
-    )
-    report.fleet = fleet(conn, now_us=now_us, window_us=window_us)
-    scope = [(h.agent_id, h.hostname) for h in report.fleet.in_scope(group)]
-    report.period = period_coverage(
-        conn,
-        since_us=since_us,
-        until_us=until_us,
-        now_us=now_us,
-        window_us=window_us,
-        directive=view.record.policy_id if view is not None else None,
-        required=required_sensors(view.policy if view is not None else None),
-        scope=scope,
+        models=part.models,
+        fleet=hosts_now,
+        period=period,
     )
     if view is not None:
         moment = datetime.fromtimestamp(until_us / 1_000_000, UTC)
         report.exemptions_active, report.exemptions_expired = view.exemptions(moment)
-    add_model_findings(conn, report)
     return report
-
-
-def add_model_findings(conn: Connection, report: ComplianceReport) -> None:
-    """The report's local AI models section (collector/web/models.py), kept on its own."""
-    report.models = model_findings(conn, since_us=report.since_us, until_us=report.until_us)
 
 
 def report_html(
@@ -582,6 +683,7 @@ def report_text(
     heartbeat_window_s: float,
     policy_serial: int | None = None,
     group: str | None = None,
+    db: Database | None = None,
 ) -> str:
     """What ``proscribe collector report --format FMT`` prints: HTML (self-contained, rows
     capped as on the page), CSV (every violation, formula-safe, controls escaped) or JSON (the
@@ -598,6 +700,7 @@ def report_text(
         policy_serial=policy_serial,
         max_rows=MAX_HTML_ROWS if capped else 0,
         group=group,
+        db=db,
     )
     if fmt == "html":
         return report_html(report)

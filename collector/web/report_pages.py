@@ -59,6 +59,7 @@ def register(router: APIRouter, site: Site) -> None:
             now_us=state.now_us(),
             heartbeat_window_s=state.settings.heartbeat_window,
             policy_serial=serial,
+            db=state.db,
         )
         if serial is not None and report.policy is None:
             raise PageError(404, "No such policy", f"No policy with serial {serial} is stored.")
@@ -96,6 +97,7 @@ def register(router: APIRouter, site: Site) -> None:
             now_us=state.now_us(),
             heartbeat_window_s=state.settings.heartbeat_window,
             policy_serial=serial,
+            db=state.db,
         )
         stamp = datetime.now(UTC).strftime("%Y%m%d")
         return Response(

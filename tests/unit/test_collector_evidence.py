@@ -34,15 +34,16 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv
 
 
 def _report(env: DashboardEnv) -> object:
+    """The last hour's report as the dashboard builds it (the events read on a connection of
+    their own beside the hosts), checked equal to the same report built on one connection."""
     now_us = int(env.clock.now * 1e6)
+    period: dict[str, Any] = {"since_us": now_us - 3600 * 1_000_000, "until_us": now_us + 1,
+                              "now_us": now_us, "heartbeat_window_s": 180}  # fmt: skip
     with env.db.read() as conn:
-        return build_report(
-            conn,
-            since_us=now_us - 3600 * 1_000_000,
-            until_us=now_us + 1,
-            now_us=now_us,
-            heartbeat_window_s=180,
-        )
+        apart = build_report(conn, db=env.db, **period)
+        together = build_report(conn, **period)
+    assert apart == together
+    return apart
 
 
 # --- host identity (item 5) ----------------------------------------------------------------
@@ -615,8 +616,11 @@ def test_period_coverage_read_in_bulk_equals_each_host_replayed_alone(
             monkeypatch.setattr(compliance, "IN_SLICE", 1)  # every scope is "large"
             whole = compliance.period_coverage(conn, scope=scope, **period)
             monkeypatch.undo()
+            now = compliance.fleet(conn, now_us=now_us, window_us=180_000_000)
+            seen = {h.host.agent_id: h.host.last_seen_us for h in now.hosts if h.host}
+            told = compliance.period_coverage(conn, scope=scope, last_seen=seen, **period)
             alone = {a: _oracle(conn, a, **period) for a, _h in scope if a is not None}
-        assert by_lists == whole
+        assert by_lists == whole == told  # told: the last heartbeats the report's fleet read
         assert [h.hostname for h in whole.hosts] == [h for _a, h in scope]  # no ws-outside
         for h in whole.hosts:
             if h.agent_id is not None:
@@ -671,3 +675,47 @@ def test_report_html_lists_the_hosts_to_look_at_capped_and_json_lists_every_host
         *(f"ws-good-{i}" for i in range(3)),
         *(f"ws-mon-{i}" for i in range(4)),
     }
+
+
+def test_a_report_pauses_the_garbage_collector_and_restores_it(
+    env: DashboardEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cyclic collector is paused while a report builds (nested and concurrent builds
+    share the pause) and left as it was found: enabled after, or still disabled if it was."""
+    import gc
+    import threading
+
+    from proscribe.collector.web import report as report_module
+
+    seen: list[bool] = []
+    real = report_module.fleet
+
+    def watching(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    assert gc.isenabled()
+    monkeypatch.setattr(report_module, "fleet", watching)
+    _report(env)
+    assert seen and not any(seen) and gc.isenabled()
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with report_module._gc_paused():
+            entered.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    assert entered.wait(10)
+    _report(env)  # ends while the other still holds the pause
+    assert not gc.isenabled()
+    leave.set()
+    other.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _report(env)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
