@@ -8,6 +8,11 @@ concurrent writers on PostgreSQL each add under the row lock (keys are upserted 
 so two batches never wait on each other crosswise). A purge subtracts what it deleted in the
 same transaction as the delete. Migration 0007 fills the table from the events already stored
 (0008 refills it with the agent in the key: the report's top hosts are grouped by agent).
+
+The same violations are summed into :data:`tables.violation_blocks` (blocks of
+:data:`BLOCK_DAYS` days × kind × action × rule × agent) in the same statements' transaction and
+by the same rules: a long report reads its whole blocks there and only the days at its ends
+from the daily rows (migration 0009).
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, select, text, update
 
 from proscribe.collector.storage.dialect import dialect_insert
+from proscribe.collector.storage.tables import violation_blocks as vb
 from proscribe.collector.storage.tables import violation_counts as vc
 
 DAY_US = 86_400 * 1_000_000
 KEY_CHARS = 128  # = the longest policy rule id (core/policy/_checks.py _ID): rules match exactly
 VIOLATION_KINDS = ("process", "dns", "file", "model", "tamper")
 
+BLOCK_DAYS = 8  # days per row of violation_blocks (= migration 0009's)
+
 Key = tuple[int, str, str, str, str, str, str, str]
+BlockKey = tuple[int, str, str, str, str]  # block, kind, action, rule, agent_id
 
 
 def key_of(row: Mapping[str, Any]) -> Key | None:
@@ -54,52 +63,80 @@ def tally(rows: Iterable[Mapping[str, Any]]) -> Counter[Key]:
 
 
 _COLUMNS = ("day", "kind", "action", "severity", "rule", "hostname", "username", "agent_id")
+_BLOCK_COLUMNS = ("block", "kind", "action", "rule", "agent_id")
+
+
+def blocks_of(counts: Counter[Key]) -> Counter[BlockKey]:
+    """``counts`` summed into the rows of :data:`tables.violation_blocks`."""
+    out: Counter[BlockKey] = Counter()
+    for (day, kind, action, _severity, rule, _host, _user, agent_id), n in counts.items():
+        out[(day // BLOCK_DAYS, kind, action, rule, agent_id)] += n
+    return out
 
 
 def add(conn: Connection, counts: Counter[Key]) -> None:
-    """Add ``counts`` to the table (in the caller's transaction)."""
+    """Add ``counts`` to the daily table and its blocks (in the caller's transaction; the two
+    tables in that order, each in key order, in every transaction that writes them)."""
     if not counts:
         return
-    ordered = sorted(counts.items())
+    _add(conn, vc, _COLUMNS, _PG_ADD, sorted(counts.items()))
+    _add(conn, vb, _BLOCK_COLUMNS, _PG_ADD_BLOCKS, sorted(blocks_of(counts).items()))
+
+
+def _add(
+    conn: Connection,
+    table: Any,
+    columns: tuple[str, ...],
+    pg_add: Any,
+    ordered: list[tuple[tuple[Any, ...], int]],
+) -> None:
     if conn.dialect.name == "postgresql":
         # One statement and one round trip for the whole batch: the keys as arrays, inserted
         # in key order (ORDER BY: PostgreSQL takes the row locks in that order, so two batches
         # never wait on each other crosswise). Each key appears once (a Counter), as ON
         # CONFLICT DO UPDATE requires. Was one execution per key: ~15% of an ingest.
         params: dict[str, list[Any]] = {
-            name: [key[i] for key, _n in ordered] for i, name in enumerate(_COLUMNS)
+            name: [key[i] for key, _n in ordered] for i, name in enumerate(columns)
         }
         params["n"] = [n for _key, n in ordered]
-        conn.execute(_PG_ADD, params)
+        conn.execute(pg_add, params)
         return
-    values = [{**dict(zip(_COLUMNS, key, strict=True)), "n": n} for key, n in ordered]
+    values = [{**dict(zip(columns, key, strict=True)), "n": n} for key, n in ordered]
     # One statement, executed for every row in key order (the lock order above). A fixed
     # statement is compiled once and cached: a VALUES list of varying length would be
     # compiled per batch.
-    stmt = dialect_insert(conn, vc)
+    stmt = dialect_insert(conn, table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=list(_COLUMNS), set_={"n": vc.c.n + stmt.excluded.n}
+        index_elements=list(columns), set_={"n": table.c.n + stmt.excluded.n}
     )
     conn.execute(stmt, values)
 
 
-_PG_ADD = text(
-    f"INSERT INTO violation_counts ({', '.join(_COLUMNS)}, n) "  # noqa: S608 - constants
-    "SELECT * FROM unnest(CAST(:day AS integer[]), CAST(:kind AS text[]), "
-    "CAST(:action AS text[]), CAST(:severity AS text[]), CAST(:rule AS text[]), "
-    "CAST(:hostname AS text[]), CAST(:username AS text[]), CAST(:agent_id AS text[]), "
-    "CAST(:n AS bigint[])) "
-    f"AS k({', '.join(_COLUMNS)}, n) ORDER BY {', '.join(_COLUMNS)} "
-    f"ON CONFLICT ({', '.join(_COLUMNS)}) DO UPDATE SET n = violation_counts.n + excluded.n"
-)
+def _pg_add(table: str, columns: tuple[str, ...], types: tuple[str, ...]) -> Any:
+    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
+    return text(
+        f"INSERT INTO {table} ({', '.join(columns)}, n) "  # noqa: S608 - constants
+        f"SELECT * FROM unnest({arrays}, CAST(:n AS bigint[])) "
+        f"AS k({', '.join(columns)}, n) ORDER BY {', '.join(columns)} "
+        f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET n = {table}.n + excluded.n"
+    )
+
+
+_PG_ADD = _pg_add("violation_counts", _COLUMNS, ("integer",) + ("text",) * 7)
+_PG_ADD_BLOCKS = _pg_add("violation_blocks", _BLOCK_COLUMNS, ("integer",) + ("text",) * 4)
 
 
 def subtract(conn: Connection, counts: Counter[Key]) -> None:
-    """Take ``counts`` off the table (a purge), dropping rows that reach zero."""
-    for key, n in sorted(counts.items()):
-        match = and_(*(vc.c[name] == value for name, value in zip(_COLUMNS, key, strict=True)))
-        conn.execute(update(vc).where(match).values(n=vc.c.n - n))
-        conn.execute(delete(vc).where(match, vc.c.n <= 0))
+    """Take ``counts`` off the daily table and its blocks (a purge), dropping rows that reach
+    zero."""
+    for table, columns, keyed in (
+        (vc, _COLUMNS, counts),
+        (vb, _BLOCK_COLUMNS, blocks_of(counts)),
+    ):
+        for key, n in sorted(keyed.items()):
+            match = and_(*(table.c[c] == value for c, value in zip(columns, key, strict=True)))
+            conn.execute(update(table).where(match).values(n=table.c.n - n))
+            conn.execute(delete(table).where(match, table.c.n <= 0))
 
 
 def total(conn: Connection) -> int:
@@ -108,8 +145,9 @@ def total(conn: Connection) -> int:
 
 def recount(conn: Connection) -> int:
     """Rebuild the whole table from the events in one grouped pass (the same SQL as migration
-    0008's backfill): for bulk loads that write the events table directly, such as the
-    benchmarks' fixtures. Returns the number of violations counted."""
+    0008's backfill), and its blocks from it (0009's): for bulk loads that write the events
+    table directly, such as the benchmarks' fixtures. Returns the number of violations
+    counted."""
     kinds = ", ".join(f"'{k}'" for k in VIOLATION_KINDS)
     conn.execute(delete(vc))
     conn.execute(
@@ -122,6 +160,14 @@ def recount(conn: Connection) -> int:
             f"substr(coalesce(username, ''), 1, {KEY_CHARS}) AS u, agent_id, count(*) "
             f"FROM events WHERE kind IN ({kinds}) "
             "GROUP BY d, kind, action, severity, r, h, u, agent_id"
+        )
+    )
+    conn.execute(delete(vb))
+    conn.execute(
+        text(
+            "INSERT INTO violation_blocks (block, kind, action, rule, agent_id, n) "  # noqa: S608
+            f"SELECT day / {BLOCK_DAYS} AS b, kind, action, rule, agent_id, sum(n) "
+            "FROM violation_counts GROUP BY b, kind, action, rule, agent_id"
         )
     )
     return total(conn)

@@ -289,3 +289,17 @@ violation_counts = Table(
     Column("agent_id", String(64), primary_key=True),  # the authenticated agent (0008)
     Column("n", BigInteger, nullable=False),
 )
+
+# The same violations summed over blocks of BLOCK_DAYS UTC days (day // BLOCK_DAYS) by kind,
+# action, rule and agent, kept in the same transaction (storage/counts.py): a long report
+# reads its whole blocks here and only the days at its ends from violation_counts (0009).
+violation_blocks = Table(
+    "violation_blocks",
+    metadata,
+    Column("block", Integer, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("action", String(16), primary_key=True),
+    Column("rule", String(128), primary_key=True),
+    Column("agent_id", String(64), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from jinja2 import Environment
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select, union_all
 
 from proscribe.collector.compliance import (
     Fleet,
@@ -39,13 +39,18 @@ from proscribe.collector.compliance import (
 from proscribe.collector.csvexport import violations_csv
 from proscribe.collector.literal import safe_json
 from proscribe.collector.storage import Database
-from proscribe.collector.storage.counts import DAY_US, KEY_CHARS, VIOLATION_KINDS
+from proscribe.collector.storage.counts import BLOCK_DAYS, DAY_US, KEY_CHARS, VIOLATION_KINDS
 from proscribe.collector.storage.hosts import HARMLESS_DROPS
 from proscribe.collector.storage.policies import current_policy
 from proscribe.collector.storage.queries import HostCoverage
 from proscribe.collector.storage.signers import Signer, signers_by_keyid
 from proscribe.collector.storage.tables import agents as agents_table
-from proscribe.collector.storage.tables import events, policies, violation_counts
+from proscribe.collector.storage.tables import (
+    events,
+    policies,
+    violation_blocks,
+    violation_counts,
+)
 from proscribe.collector.storage.tables import hosts as hosts_table
 from proscribe.collector.web import queries as webq
 from proscribe.collector.web.models import ModelFinding, model_findings, model_findings_json
@@ -277,27 +282,48 @@ def _totals(
 def _add_counted_days(
     conn: Connection, out: Totals, first: int, last: int, rule_ids: tuple[str, ...] | None
 ) -> None:
-    """Days ``first … last - 1`` from the counts table, by (action, rule) and by agent: two
-    groupings, each a hash over one scan, cheaper than any one-pass form measured. 4.0M counts
-    rows (10M synthetic events, 100,000 agents, the shared 2-core VM, EXPLAIN ANALYZE): by
-    agent 2.0 s + by (action, rule) 1.2 s; one CTE grouped both ways 4.4 s; GROUPING SETS
-    7.3 s (PostgreSQL sorted every row by agent on disk); the events grouped by agent, as the
-    top hosts were read before, 5.9 s."""
-    vc = violation_counts
-    conds: list[Any] = [vc.c.day >= first, vc.c.day < last]
-    if rule_ids is not None:
-        conds.append(
-            or_(vc.c.rule.in_(rule_ids), vc.c.kind == "tamper", vc.c.rule == ENCRYPTED_DNS_RULE)
-        )
-    total = func.sum(vc.c.n)
+    """Days ``first … last - 1`` from the counts kept at ingest, by (action, rule) and by
+    agent: the whole blocks of :data:`BLOCK_DAYS` days inside them from ``violation_blocks``,
+    the days left at either end (fewer than a block each) from the daily ``violation_counts``,
+    as one union grouped twice. A 90-day report over 10M events spread over 100,000 hosts
+    (the shared 2-core VM): 1.0M rows read instead of 4.0M, 1.0 s of PostgreSQL instead of
+    2.0 s. Two groupings, each a hash over one scan, were cheaper than any one-pass form
+    measured (a CTE grouped both ways, GROUPING SETS)."""
+    vc, vb = violation_counts, violation_blocks
+    low, high = -(-first // BLOCK_DAYS), last // BLOCK_DAYS  # the whole blocks
+    if low >= high:
+        days = [(first, last)]
+    else:
+        days = [(first, low * BLOCK_DAYS), (high * BLOCK_DAYS, last)]
+    spans = [and_(vc.c.day >= a, vc.c.day < b) for a, b in days if a < b]
+    parts: list[Any] = []
+    for table, where in (
+        (vc, or_(*spans) if spans else None),
+        (vb, and_(vb.c.block >= low, vb.c.block < high) if low < high else None),
+    ):
+        if where is None:
+            continue
+        conds: list[Any] = [where]
+        if rule_ids is not None:
+            conds.append(
+                or_(
+                    table.c.rule.in_(rule_ids),
+                    table.c.kind == "tamper",
+                    table.c.rule == ENCRYPTED_DNS_RULE,
+                )
+            )
+        columns = (table.c.action, table.c.rule, table.c.agent_id, table.c.n)
+        parts.append(select(*columns).where(*conds))
+    if not parts:
+        return
+    rows = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    total = func.sum(rows.c.n)
     for action, rule, n in conn.execute(
-        select(vc.c.action, vc.c.rule, total).where(*conds).group_by(vc.c.action, vc.c.rule)
+        select(rows.c.action, rows.c.rule, total).group_by(rows.c.action, rows.c.rule)
     ):
         out.by_action[str(action)] += int(n)
         out.by_rule[str(rule)] += int(n)
-    for agent_id, n in conn.execute(
-        select(vc.c.agent_id, total).where(*conds).group_by(vc.c.agent_id)
-    ).all():
+    for agent_id, n in conn.execute(select(rows.c.agent_id, total).group_by(rows.c.agent_id)).all():
         out.by_agent[str(agent_id)] += int(n)
 
 

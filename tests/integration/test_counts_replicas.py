@@ -21,7 +21,7 @@ from proscribe.collector.storage import counts
 from proscribe.collector.storage.agents import create_enroll_secret
 from proscribe.collector.storage.database import open_database
 from proscribe.collector.storage.migrate import _config
-from proscribe.collector.storage.tables import events, violation_counts
+from proscribe.collector.storage.tables import events, violation_blocks, violation_counts
 from tests.support.devserver import CollectorProcess
 from tests.support.postgres import throwaway_database
 from tests.support.sample import create_user, event_row, make_event, prepare_database
@@ -61,7 +61,7 @@ def _overview(session: requests.Session, base: str) -> tuple[int, int]:
 
 def _truth(url: str) -> tuple[int, int, dict[tuple[object, ...], int], int]:
     """(violations in the 90-day overview, blocked among them, the counts table, its rows
-    recomputed from the events) straight from the database."""
+    recomputed from the events) straight from the database; its blocks checked on the way."""
     db = open_database(url)
     today = int(time.time() * 1e6) // DAY_US
     since = (today - 89) * DAY_US
@@ -85,6 +85,9 @@ def _truth(url: str) -> tuple[int, int, dict[tuple[object, ...], int], int]:
                 )
             }
             recomputed = counts.tally(dict(r) for r in conn.execute(select(events)).mappings())
+            # The blocks the report reads (0009) are the same violations summed by 8 days.
+            blocks = {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(violation_blocks))}
+            assert blocks == dict(counts.blocks_of(recomputed))
             return int(total), int(blocked), table, sum(recomputed.values())
     finally:
         db.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select
 from proscribe.collector.storage import counts, queries
 from proscribe.collector.storage.events import purge_chunk
 from proscribe.collector.storage.policies import current_policy
-from proscribe.collector.storage.tables import events, violation_counts
+from proscribe.collector.storage.tables import events, violation_blocks, violation_counts
 from proscribe.collector.web import rollup
 from proscribe.collector.web.chart import nice_ceiling, violations_chart
 from proscribe.collector.web.pages import fetch_page
@@ -216,11 +216,23 @@ def table(conn: Connection) -> dict[tuple[object, ...], int]:
     return {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(*cols, *more))}
 
 
+def blocks_table(conn: Connection) -> dict[tuple[object, ...], int]:
+    return {tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(violation_blocks))}
+
+
+def kept(conn: Connection) -> bool:
+    """The daily counts and their blocks both equal what the events themselves give."""
+    found = truth(conn)
+    return table(conn) == found and blocks_table(conn) == dict(
+        counts.blocks_of(Counter(found))  # type: ignore[arg-type]
+    )
+
+
 def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: DashboardEnv) -> None:
     populate(env)
     today = int(env.clock.now * 1e6) // DAY_US
     with env.db.read() as conn:
-        assert table(conn) == truth(conn) and counts.total(conn) == 7
+        assert kept(conn) and counts.total(conn) == 7
         assert rollup.period(conn, today - 89, today).total == 7
         assert rollup.period(conn, today - 29, today).rules["deepseek-web"] == 2
     # A batch sent again (a lost acknowledgement) stores nothing and counts nothing; a long
@@ -232,16 +244,35 @@ def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: Dashb
     reply = env.signed(*lab, "POST", "/api/v1/events", again, headers=JSON)
     assert [r["status"] for r in reply.json()["results"]] == ["duplicate", "duplicate"]
     with env.db.read() as conn:
-        assert table(conn) == truth(conn) and counts.total(conn) == 9
-    # Report totals: whole days from the counts, the partial days at the edges from the
-    # events; the same as grouping the events, for periods cut anywhere in a day.
+        assert kept(conn) and counts.total(conn) == 9
+    # Violations on every few days of the last 80 (two agents, two rules, blocked and not):
+    # whole blocks of days hold some, so the totals below read them from the blocks.
+    spread = [
+        event(when=env.clock.now - day * 86400 - 7, action=("killed", "reported")[day % 2],
+              rule=("deepseek-web", "deepseek-desktop")[day % 3 == 0])
+        for day in range(1, 80, 3)
+    ]  # fmt: skip
+    env.post_events(lab, spread[::2])  # type: ignore[arg-type]
+    env.post_events(env.enroll("ws-spread"), spread[1::2])  # type: ignore[arg-type]
+    with env.db.read() as conn:
+        assert kept(conn) and counts.total(conn) == 9 + len(spread)
+    # Report totals: whole blocks and days from the counts, the partial days at the edges
+    # from the events; the same as grouping the events, for periods cut anywhere.
     now_us = int(env.clock.now * 1e6)
+    block_start = today // counts.BLOCK_DAYS * counts.BLOCK_DAYS * DAY_US
+    block_us = counts.BLOCK_DAYS * DAY_US
     with env.db.read() as conn:
         for since_us, until_us in (
             (now_us - 45 * DAY_US - 3_600_000_000, now_us),
             (now_us - 3 * DAY_US + 123, now_us - 2 * DAY_US + 456),
             (now_us - 50 * DAY_US, now_us - 30 * DAY_US),
             (today * DAY_US - 30 * DAY_US, (today + 1) * DAY_US),
+            # Whole blocks of days inside, cut at block edges and anywhere in a block.
+            (block_start - 3 * block_us, block_start + 5 * DAY_US + 7),
+            (block_start - 4 * block_us, block_start),
+            (block_start - 2 * block_us - DAY_US, block_start - block_us + DAY_US),
+            (block_start - 2 * block_us + 1, block_start - 1),
+            (now_us - 89 * DAY_US - 1234, now_us),
         ):
             for rule_ids in (None, ("deepseek-web", "deepseek-desktop")):
                 got = report_totals(conn, since_us, until_us, rule_ids)
@@ -276,7 +307,7 @@ def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: Dashb
         assert before > 0
         purge_chunk(conn, cutoff)
     with env.db.read() as conn:
-        assert table(conn) == truth(conn)
+        assert kept(conn)
         assert counts.total(conn) == rollup.period(conn, today - 89, today + 1).total
         assert all(n > 0 for n in table(conn).values())
 
