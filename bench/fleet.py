@@ -723,6 +723,7 @@ def bulk_load(url: str, creds: list[Cred], target: int) -> tuple[int, float]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE events")
         conn.execute("VACUUM ANALYZE violation_counts")
+        conn.execute("VACUUM ANALYZE violation_blocks")
     return missing, time.perf_counter() - started
 
 
@@ -736,14 +737,18 @@ def storage_line(url: str) -> str:
             "SELECT (SELECT count(*) FROM events), pg_total_relation_size('events'), "
             "pg_indexes_size('events'), pg_total_relation_size('violation_counts'), "
             "(SELECT count(*) FROM violation_counts), pg_total_relation_size('hosts'), "
-            "(SELECT count(*) FROM hosts)"
+            "(SELECT count(*) FROM hosts), pg_total_relation_size('violation_blocks'), "
+            "(SELECT count(*) FROM violation_blocks)"
         ).fetchone()
     assert row is not None
-    n, total, indexes, vc_bytes, vc_rows, hosts_bytes, hosts = (int(x) for x in row)
+    n, total, indexes, vc_bytes, vc_rows, hosts_bytes, hosts, vb_bytes, vb_rows = (
+        int(x) for x in row
+    )
     return (
         f"storage: events {total / 1e9:.2f} GB for {n:,} ({total / max(n, 1):.0f} bytes an "
         f"event, of which indexes {indexes / max(n, 1):.0f}); violation_counts {vc_rows:,} rows "
-        f"{vc_bytes / 1e6:.0f} MB; hosts {hosts:,} rows {hosts_bytes / 1e6:.0f} MB"
+        f"{vc_bytes / 1e6:.0f} MB; violation_blocks {vb_rows:,} rows {vb_bytes / 1e6:.0f} MB; "
+        f"hosts {hosts:,} rows {hosts_bytes / 1e6:.0f} MB"
     )
 
 
