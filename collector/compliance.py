@@ -104,13 +104,13 @@ def _sensor_running(facts: HostFacts, name: str) -> tuple[bool, str]:
     wins (a running state with a dead thread is not running); older agents send only a
     state."""
     health = facts.health or {}
-    sensors = health.get("sensors") if isinstance(health, Mapping) else None
-    if isinstance(sensors, Mapping) and isinstance(sensors.get(name), Mapping):
+    sensors = health.get("sensors") if isinstance(health, dict) else None
+    if isinstance(sensors, dict) and isinstance(sensors.get(name), dict):
         entry = sensors[name]
         state = str(entry.get("state", "unknown"))
         return bool(entry.get("alive")), state
     raw = facts.sensors.get(name)
-    if isinstance(raw, Mapping):
+    if isinstance(raw, dict):
         raw = raw.get("state")
     state = str(raw) if raw is not None else "absent"
     return state in _RUNNING, state
@@ -118,14 +118,14 @@ def _sensor_running(facts: HostFacts, name: str) -> tuple[bool, str]:
 
 def recent_failures(health: Mapping[str, Any] | None, now_us: int, window_us: int) -> str | None:
     """The drops / fail-open decisions the collector saw grow within the window, in words."""
-    if not isinstance(health, Mapping):
+    if not isinstance(health, dict):
         return None
     kept = health.get("collector")
-    if not isinstance(kept, Mapping):
+    if not isinstance(kept, dict):
         return None
     when = kept.get("last_failure_us")
     what = kept.get("last_failure")
-    if not isinstance(when, int) or now_us - when > window_us or not isinstance(what, Mapping):
+    if not isinstance(when, int) or now_us - when > window_us or not isinstance(what, dict):
         return None
     return failure_text(what)
 
@@ -134,7 +134,7 @@ def failure_text(growth: Mapping[str, Any]) -> str:
     parts = []
     for section, noun in (("drops", "dropped"), ("fail_open", "failed open")):
         counts = growth.get(section)
-        if isinstance(counts, Mapping):
+        if isinstance(counts, dict):
             for reason, n in sorted(counts.items()):
                 parts.append(f"{n} {noun} ({reason})")
     return ", ".join(parts) or "failures"
@@ -385,9 +385,9 @@ class _Timeline:
 def _alive_from_first(detail: Mapping[str, Any]) -> dict[str, bool]:
     out: dict[str, bool] = {}
     sensors = detail.get("sensors")
-    if isinstance(sensors, Mapping):
+    if isinstance(sensors, dict):
         for name, value in sensors.items():
-            if isinstance(value, Mapping):
+            if isinstance(value, dict):
                 value = value.get("state")
             out[str(name)] = str(value) in _RUNNING
     return out
@@ -445,7 +445,7 @@ def host_period(
             tl.policy_id = detail.get("policy id")
             tl.sensors = dict(first_alive(detail))
             alive = detail.get("sensors alive")
-            if isinstance(alive, Mapping):
+            if isinstance(alive, dict):
                 tl.sensors.update({str(k): bool(v) for k, v in alive.items()})
                 tl.alive_reported.update(str(k) for k in alive)
             if not started and time_us > since_us:
@@ -476,7 +476,7 @@ def host_period(
                 elif label.startswith("sensor "):
                     name = label.removeprefix("sensor ")
                     if name not in tl.alive_reported:  # an agent without a health section
-                        value = after.get("state") if isinstance(after, Mapping) else after
+                        value = after.get("state") if isinstance(after, dict) else after
                         tl.sensors[name] = str(value) in _RUNNING
         if tl.bad_reason.startswith("stopped") and tl.bad_since is not None:
             _close(tl, time_us)  # any heartbeat after a goodbye ends the stop
