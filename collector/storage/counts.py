@@ -79,51 +79,51 @@ def add(conn: Connection, counts: Counter[Key]) -> None:
     tables in that order, each in key order, in every transaction that writes them)."""
     if not counts:
         return
-    _add(conn, vc, _COLUMNS, _PG_ADD, sorted(counts.items()))
-    _add(conn, vb, _BLOCK_COLUMNS, _PG_ADD_BLOCKS, sorted(blocks_of(counts).items()))
-
-
-def _add(
-    conn: Connection,
-    table: Any,
-    columns: tuple[str, ...],
-    pg_add: Any,
-    ordered: list[tuple[tuple[Any, ...], int]],
-) -> None:
+    ordered = sorted(counts.items())
     if conn.dialect.name == "postgresql":
         # One statement and one round trip for the whole batch: the keys as arrays, inserted
         # in key order (ORDER BY: PostgreSQL takes the row locks in that order, so two batches
         # never wait on each other crosswise). Each key appears once (a Counter), as ON
         # CONFLICT DO UPDATE requires. Was one execution per key: ~15% of an ingest.
         params: dict[str, list[Any]] = {
-            name: [key[i] for key, _n in ordered] for i, name in enumerate(columns)
+            name: [key[i] for key, _n in ordered] for i, name in enumerate(_COLUMNS)
         }
         params["n"] = [n for _key, n in ordered]
-        conn.execute(pg_add, params)
+        conn.execute(_PG_ADD, params)
         return
-    values = [{**dict(zip(columns, key, strict=True)), "n": n} for key, n in ordered]
-    # One statement, executed for every row in key order (the lock order above). A fixed
-    # statement is compiled once and cached: a VALUES list of varying length would be
-    # compiled per batch.
-    stmt = dialect_insert(conn, table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(columns), set_={"n": table.c.n + stmt.excluded.n}
-    )
-    conn.execute(stmt, values)
+    for table, columns, keyed in (
+        (vc, _COLUMNS, ordered),
+        (vb, _BLOCK_COLUMNS, sorted(blocks_of(counts).items())),
+    ):
+        values = [{**dict(zip(columns, key, strict=True)), "n": n} for key, n in keyed]
+        # One statement, executed for every row in key order (the lock order above). A
+        # fixed statement is compiled once and cached: a VALUES list of varying length would
+        # be compiled per batch.
+        stmt = dialect_insert(conn, table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(columns), set_={"n": table.c.n + stmt.excluded.n}
+        )
+        conn.execute(stmt, values)
 
 
-def _pg_add(table: str, columns: tuple[str, ...], types: tuple[str, ...]) -> Any:
-    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(columns, types, strict=True))
-    return text(
-        f"INSERT INTO {table} ({', '.join(columns)}, n) "  # noqa: S608 - constants
-        f"SELECT * FROM unnest({arrays}, CAST(:n AS bigint[])) "
-        f"AS k({', '.join(columns)}, n) ORDER BY {', '.join(columns)} "
-        f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET n = {table}.n + excluded.n"
-    )
-
-
-_PG_ADD = _pg_add("violation_counts", _COLUMNS, ("integer",) + ("text",) * 7)
-_PG_ADD_BLOCKS = _pg_add("violation_blocks", _BLOCK_COLUMNS, ("integer",) + ("text",) * 4)
+_ARRAYS = ", ".join(f"CAST(:{c} AS {'integer' if c == 'day' else 'text'}[])" for c in _COLUMNS)
+# The daily rows, then their blocks summed from the same arrays by PostgreSQL, in one
+# statement. The blocks' insert is gated on a one-time filter that reads every row the daily
+# insert returns, so the daily rows are all written (and locked) before the first block row:
+# the same order as every other transaction that writes both (a purge's subtract).
+_PG_ADD = text(
+    f"WITH k AS (SELECT * FROM unnest({_ARRAYS}, CAST(:n AS bigint[])) "  # noqa: S608 - constants
+    f"AS k({', '.join(_COLUMNS)}, n)), "
+    f"daily AS (INSERT INTO violation_counts ({', '.join(_COLUMNS)}, n) "
+    f"SELECT * FROM k ORDER BY {', '.join(_COLUMNS)} "
+    f"ON CONFLICT ({', '.join(_COLUMNS)}) DO UPDATE SET n = violation_counts.n + excluded.n "
+    "RETURNING 1) "
+    f"INSERT INTO violation_blocks ({', '.join(_BLOCK_COLUMNS)}, n) "
+    f"SELECT day / {BLOCK_DAYS}, kind, action, rule, agent_id, sum(n) FROM k "
+    "WHERE (SELECT count(*) FROM daily) > 0 "
+    "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5 "
+    f"ON CONFLICT ({', '.join(_BLOCK_COLUMNS)}) DO UPDATE SET n = violation_blocks.n + excluded.n"
+)
 
 
 def subtract(conn: Connection, counts: Counter[Key]) -> None:
