@@ -15,29 +15,35 @@ dashboard (:mod:`proscribe.collector.filters`): a bad value is one line naming t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from proscribe.cli.collector.common import add_config_argument, open_migrated, settings_from_args
 from proscribe.core.errors import UsageError
 
 DEFAULT_PERIOD_S = 30 * 86_400
-Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], str]
+Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], Iterator[str]]
 
 
-def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> str:
+def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> Iterator[str]:
     from proscribe.collector.literal import safe_json
 
-    return safe_json({**meta, "violations": list(events)}, indent=1) + "\n"
+    head = safe_json({**meta, "violations": []}, indent=1)
+    yield head.removesuffix("[]\n}") + "["
+    for n, event in enumerate(events):
+        yield ("\n  " if n == 0 else ",\n  ") + safe_json(event)
+    yield "\n ]\n}\n"
 
 
-def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> str:
-    from proscribe.collector.csvexport import violations_csv
+def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> Iterator[str]:
+    from proscribe.collector.csvexport import iter_violations_csv
 
-    return violations_csv(events)
+    return iter_violations_csv(events)
 
 
 FORMATS: dict[str, Renderer] = {"json": _json, "csv": _csv}
@@ -94,34 +100,62 @@ def run_report(args: argparse.Namespace) -> int:
     db = open_migrated(settings)
     meta = {"since": _iso(flt.since_us), "until": _iso(flt.until_us), "generated": _iso(to_us(now))}
     try:
-        with db.read() as conn:
+        with db.read() as conn, _output(args.output) as out:
+            # Written as it is read (millions of events stay in flat memory): the report is
+            # built first, then its violations go out a page at a time.
+            chunks: Iterator[str]
             if not filtered:  # the report: the very builder and renderers of the dashboard
-                from proscribe.collector.web.report import report_text
+                from proscribe.collector.web.report import (
+                    MAX_HTML_ROWS,
+                    build_report,
+                    report_chunks,
+                    report_events,
+                )
 
-                text = report_text(
+                report = build_report(
                     conn,
-                    fmt=args.format,
                     since_us=flt.since_us,
                     until_us=flt.until_us,
                     now_us=to_us(now),
                     heartbeat_window_s=settings.heartbeat_window,
                     policy_serial=args.serial,
+                    max_rows=MAX_HTML_ROWS if args.format == "html" else 0,
                     group=args.group,
                     db=db,
                 )
+                chunks = report_chunks(report, args.format, report_events(conn, report))
             else:
                 assert renderer is not None
-                text = renderer(queries.iter_violations(conn, flt), meta)
+                chunks = renderer(queries.iter_violations(conn, flt), meta)
+            for chunk in chunks:
+                out.write(chunk)
     finally:
         db.dispose()
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as err:
-            raise UsageError(f"--output {args.output}: {err.strerror}") from err
     return 0
+
+
+@contextmanager
+def _output(path: str) -> Iterator[TextIO]:
+    """Standard output, or ``path`` written whole or not at all: into a temporary file beside
+    it, renamed over it once everything is written (a failure halfway leaves no half a
+    report where the last one was)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        handle = partial.open("w", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--output {path}: {err.strerror}") from err
+    try:
+        with handle:
+            yield handle
+        os.replace(partial, target)
+    except OSError as err:
+        raise UsageError(f"--output {path}: {err.strerror}") from err
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _iso(us: int) -> str:

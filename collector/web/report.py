@@ -15,7 +15,7 @@ import gc
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from proscribe.collector.compliance import (
     period_coverage,
     required_sensors,
 )
-from proscribe.collector.csvexport import violations_csv
+from proscribe.collector.csvexport import iter_violations_csv
 from proscribe.collector.literal import safe_json
 from proscribe.collector.storage import Database
 from proscribe.collector.storage.counts import BLOCK_DAYS, DAY_US, KEY_CHARS, VIOLATION_KINDS
@@ -699,6 +699,52 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
     }
 
 
+EXPORT_CHUNK = 500  # events per piece of a streamed export
+
+
+def report_events(conn: Connection, report: ComplianceReport) -> Iterator[dict[str, Any]]:
+    """Every violation a report covers, newest first, read a page at a time."""
+    return _bodies(conn, _conditions(report.since_us, report.until_us, report.rule_ids), None)
+
+
+def stream_report_events(db: Database, report: ComplianceReport) -> Iterator[dict[str, Any]]:
+    """:func:`report_events` on a connection of its own, held while the export is written (a
+    streamed download outlives the request's connection)."""
+    with db.read() as conn:
+        yield from report_events(conn, report)
+
+
+def report_chunks(
+    report: ComplianceReport, fmt: str, violations: Iterable[dict[str, Any]]
+) -> Iterator[str]:
+    """The report in ``fmt``, in pieces: HTML (self-contained, rows capped as on the page) in
+    one; CSV (every violation, formula-safe, controls escaped) and JSON (the whole report with
+    every violation; ASCII, controls as ``\\u`` escapes, one violation a line) write
+    ``violations`` (:func:`report_events`) as they are read, :data:`EXPORT_CHUNK` at a time, so
+    an export of millions of events stays in flat memory instead of one string of gigabytes."""
+    if fmt not in REPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(REPORT_FORMATS)}")
+    if fmt == "html":
+        yield report_html(report)
+        return
+    if fmt == "csv":
+        yield from iter_violations_csv(violations, EXPORT_CHUNK)
+        return
+    # The report's JSON with an empty violations list, which is its last member: written up
+    # to that list, then the list piece by piece.
+    head = safe_json(report_data(report, []), indent=1)
+    empty = "[]\n}"
+    assert head.endswith(empty)
+    pieces = [head.removesuffix(empty) + "["]
+    for n, event in enumerate(violations):
+        pieces.append(("\n  " if n == 0 else ",\n  ") + safe_json(event))
+        if len(pieces) >= EXPORT_CHUNK:
+            yield "".join(pieces)
+            pieces = []
+    pieces.append("\n ]\n}\n")
+    yield "".join(pieces)
+
+
 def report_text(
     conn: Connection,
     *,
@@ -711,12 +757,10 @@ def report_text(
     group: str | None = None,
     db: Database | None = None,
 ) -> str:
-    """What ``proscribe collector report --format FMT`` prints: HTML (self-contained, rows
-    capped as on the page), CSV (every violation, formula-safe, controls escaped) or JSON (the
-    whole report with every violation; ASCII, controls as ``\\u`` escapes)."""
+    """What ``proscribe collector report --format FMT`` writes (:func:`report_chunks`), as one
+    string: for tests and small periods; the command and the downloads stream it."""
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(REPORT_FORMATS)}")
-    capped = fmt == "html"
     report = build_report(
         conn,
         since_us=since_us,
@@ -724,13 +768,8 @@ def report_text(
         now_us=now_us,
         heartbeat_window_s=heartbeat_window_s,
         policy_serial=policy_serial,
-        max_rows=MAX_HTML_ROWS if capped else 0,
+        max_rows=MAX_HTML_ROWS if fmt == "html" else 0,
         group=group,
         db=db,
     )
-    if fmt == "html":
-        return report_html(report)
-    everything = _bodies(conn, _conditions(since_us, until_us, report.rule_ids), None)
-    if fmt == "csv":
-        return violations_csv(everything)
-    return safe_json(report_data(report, list(everything)), indent=1) + "\n"
+    return "".join(report_chunks(report, fmt, report_events(conn, report)))

@@ -7,13 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from proscribe.collector.api.deps import ReadConn, StateDep
 from proscribe.collector.api.state import CollectorState
 from proscribe.collector.filters import FilterError, parse_period
 from proscribe.collector.web import queries as webq
-from proscribe.collector.web.report import MAX_HTML_ROWS, build_report, report_text
+from proscribe.collector.web.report import (
+    MAX_HTML_ROWS,
+    build_report,
+    report_chunks,
+    stream_report_events,
+)
 from proscribe.collector.web.security import PageError
 from proscribe.collector.web.site import Site, Viewer
 
@@ -88,20 +93,24 @@ def register(router: APIRouter, site: Site) -> None:
         until: Moment = None,
         serial: Annotated[int | None, Query(ge=0)] = None,
     ) -> Response:
+        """The report built before the answer starts (a failure is still an error page), then
+        its violations streamed on a connection of their own as they are read."""
         since_us, until_us = report_period(state, since, until)
-        text = report_text(
+        report = build_report(
             conn,
-            fmt=fmt,
             since_us=since_us,
             until_us=until_us,
             now_us=state.now_us(),
             heartbeat_window_s=state.settings.heartbeat_window,
             policy_serial=serial,
+            max_rows=MAX_HTML_ROWS if fmt == "html" else 0,
             db=state.db,
         )
+        violations = stream_report_events(state.db, report) if fmt != "html" else iter(())
+        body = (chunk.encode("utf-8") for chunk in report_chunks(report, fmt, violations))
         stamp = datetime.now(UTC).strftime("%Y%m%d")
-        return Response(
-            text,
+        return StreamingResponse(
+            body,
             media_type=MEDIA[fmt],
             headers={
                 "Content-Disposition": f'attachment; filename="compliance-report-{stamp}.{fmt}"'

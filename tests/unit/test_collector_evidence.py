@@ -273,6 +273,76 @@ def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
     assert page.status_code == 400
 
 
+def test_report_exports_stream_every_violation_in_pieces(
+    env: DashboardEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON and CSV exports write the violations a few at a time as they are read (an
+    export of millions is never one string), and what they write is the whole report: the
+    same as the report's data with every violation listed at once; the download streams the
+    same, and the command writes its file whole (an old file replaced, nothing left beside)."""
+    import csv
+    import io
+
+    from proscribe.collector.web import report as report_module
+
+    monkeypatch.setattr(report_module, "EXPORT_CHUNK", 4)
+    agent = env.enroll("ws-export")
+    env.heartbeat(agent, health=_health())
+    env.post_events(agent, [event(when=env.clock.now - i, rule=f"r-{i}") for i in range(11)])
+    env.clock.advance(1)
+    now_us = int(env.clock.now * 1e6)
+    period: dict[str, Any] = {"since_us": now_us - 3600 * 1_000_000, "until_us": now_us,
+                              "now_us": now_us, "heartbeat_window_s": 180}  # fmt: skip
+    with env.db.read() as conn:
+        report = build_report(conn, max_rows=0, **period)
+        listed = list(report_module.report_events(conn, report))
+        pieces = {
+            fmt: list(
+                report_module.report_chunks(report, fmt, report_module.report_events(conn, report))
+            )
+            for fmt in ("json", "csv")
+        }
+    assert len(listed) == 11
+    assert len(pieces["json"]) >= 3 and len(pieces["csv"]) >= 3  # 11 events, 4 at a time
+    whole = json.loads("".join(pieces["json"]))
+    assert whole == json.loads(report_module.safe_json(report_module.report_data(report, listed)))
+    rows = list(csv.DictReader(io.StringIO("".join(pieces["csv"]))))
+    assert [r["id"] for r in rows] == [v["id"] for v in listed]
+
+    viewer = env.login("vera")
+    for fmt in ("json", "csv"):
+        got = viewer.get(f"/report/export.{fmt}", params={"since": "1h"})
+        assert got.status_code == 200
+        ids = (
+            [v["id"] for v in json.loads(got.text)["violations"]]
+            if fmt == "json"
+            else [r["id"] for r in csv.DictReader(io.StringIO(got.text))]
+        )
+        assert ids == [v["id"] for v in listed], fmt
+
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
+    out = tmp_path / "report.json"
+    out.write_text("the last report")
+    cli = [sys.executable, "-m", "proscribe.cli", "collector", "report", "--config", str(config)]
+    for extra in ([], ["--host", "ws-export"]):
+        done = subprocess.run(
+            [*cli, "--format", "json", "--since", "1d", "--output", str(out), *extra],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        written = json.loads(out.read_text())
+        assert sorted(v["id"] for v in written["violations"]) == sorted(v["id"] for v in listed)
+        assert [p.name for p in tmp_path.iterdir() if "report" in p.name] == ["report.json"]
+    missing = subprocess.run(
+        [*cli, "--format", "csv", "--since", "1d", "--output", str(tmp_path / "no" / "r.csv")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "--output" in missing.stderr
+
+
 # --- revocation that sticks, enroll secret limits (item 4) ---------------------------------
 
 MACHINE = "0123456789abcdef0123456789abcdef"
