@@ -118,6 +118,34 @@ def test_host_page_and_report_show_model_findings(
     assert "Local AI models (1)" in html
 
 
+def test_report_html_lists_at_most_max_rows_models_and_json_all(
+    env: DashboardEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like its other tables, the HTML report lists MAX_HTML_ROWS model findings and says how
+    many more the JSON export has (2,849 findings were 1.8 MB of a fleet's 2.7 MB report)."""
+    import proscribe.collector.web.report as report_module
+    from tests.support.dashboard_env import event
+
+    agent = env.enroll("ws-models")
+    env.post_events(
+        agent,
+        [event(kind="model", rule="m", action="reported",
+               file={"path": f"/models/m{i}.gguf", "model": {"name": f"model-{i}"}})
+         for i in range(3)],
+    )  # fmt: skip
+    monkeypatch.setattr(report_module, "MAX_HTML_ROWS", 2)
+    now = int(datetime.now(UTC).timestamp() * 1_000_000)
+    period = {"since_us": now - 3600_000_000, "until_us": now + 60_000_000, "now_us": now,
+              "heartbeat_window_s": 300}  # fmt: skip
+    with env.db.read() as conn:
+        html = report_text(conn, fmt="html", **period)
+        data = json.loads(report_text(conn, fmt="json", **period))
+    assert "Local AI models (3)" in html and "1 more: see the JSON export" in html
+    section = html[html.index("Local AI models (3)") : html.index("<h2>Exemptions")]
+    assert sum(f"/models/m{i}.gguf" in section for i in range(3)) == 2
+    assert sorted(m["path"] for m in data["models"]) == [f"/models/m{i}.gguf" for i in range(3)]
+
+
 def test_a_hostile_model_event_is_shown_inert(env: DashboardEnv) -> None:
     from tests.support.dashboard_env import event
 
