@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -449,6 +449,10 @@ def _events_part(
     )
 
 
+APART_AT_ONCE = 2
+_apart = threading.BoundedSemaphore(APART_AT_ONCE)
+
+
 def _read_apart(db: Database, read: Callable[[Connection], _EventsPart]) -> _EventsPart:
     with db.read() as conn, _gc_paused():
         return read(conn)
@@ -534,8 +538,15 @@ def build_report(
         rule_ids=rule_ids,
         max_rows=max_rows,
     )
-    with _gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="report") as apart:
-        later = apart.submit(_read_apart, db, read) if db is not None else None
+    # At most APART_AT_ONCE reports of a replica take a second connection: a report holds its
+    # request's connection while it waits for the second, so a burst of reports taking two
+    # each could hold the whole pool and wait for one another. The rest read on one.
+    with _gc_paused(), ExitStack() as stack:
+        later = None
+        if db is not None and _apart.acquire(blocking=False):
+            stack.callback(_apart.release)
+            pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="report"))
+            later = pool.submit(_read_apart, db, read)
         hosts_now = fleet(conn, now_us=now_us, window_us=window_us)
         scope = [(h.agent_id, h.hostname) for h in hosts_now.in_scope(group)]
         period = period_coverage(

@@ -789,3 +789,36 @@ def test_a_report_pauses_the_garbage_collector_and_restores_it(
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_at_most_two_reports_at_once_read_on_a_second_connection(
+    env: DashboardEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report waits for its second connection while holding its first: past APART_AT_ONCE
+    reports at once, the others read on their one connection (a burst could otherwise hold
+    the whole pool waiting for itself) and build the same report."""
+    from proscribe.collector.web import report as report_module
+
+    apart: list[int] = []
+    real = report_module._read_apart
+
+    def counting(*args: Any) -> Any:
+        apart.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(report_module, "_read_apart", counting)
+    env.heartbeat(env.enroll("ws-burst"), health=_health())
+    _report(env)
+    assert len(apart) == 1
+    held = [
+        report_module._apart.acquire(blocking=False) for _ in range(report_module.APART_AT_ONCE)
+    ]
+    try:
+        assert all(held)
+        _report(env)  # both halves on the request's connection, the same report
+        assert len(apart) == 1
+    finally:
+        for _ in held:
+            report_module._apart.release()
+    _report(env)
+    assert len(apart) == 2
