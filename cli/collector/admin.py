@@ -1,5 +1,5 @@
-"""Admin verbs: ``enroll-secret``, ``agent``, ``user``, ``purge``, ``audit``. Writes are
-audited."""
+"""Admin verbs: ``enroll-secret``, ``agent``, ``user``, ``purge``, ``recount``, ``audit``.
+Writes are audited."""
 
 from __future__ import annotations
 
@@ -106,6 +106,13 @@ def register(verbs: Any) -> None:
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     add_config_argument(purge)
     purge.set_defaults(func=events_purge)
+
+    recount = verbs.add_parser(
+        "recount",
+        help="rebuild the violation counts from the stored events (after a mixed-version upgrade)",
+    )
+    add_config_argument(recount)
+    recount.set_defaults(func=counts_recount)
 
     aud = verbs.add_parser("audit", help="check the admin audit log's hash chain")
     aud_verbs = aud.add_subparsers(dest="action", metavar="ACTION")
@@ -475,6 +482,32 @@ def events_purge(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     print(f"deleted {deleted[0]} events and {deleted[1]} host history rows before {when}")
+    return 0
+
+
+def counts_recount(args: argparse.Namespace) -> int:
+    """Rebuild ``violation_counts`` and its blocks from the events, in one transaction that
+    holds off other writers of the counts (ingest waits, then adds its own): what the overview
+    and the report's totals read, made exact again after something wrote events without
+    counting them (a collector older than the counts still running after the upgrade)."""
+    from proscribe.collector.storage import audit, counts, to_us
+
+    db = open_migrated(settings_from_args(args))
+    try:
+        with db.write() as conn:
+            before = counts.total(conn)
+            after = counts.recount(conn)
+            audit.append_audit(
+                conn,
+                actor=cli_actor(),
+                action="counts.recount",
+                target="violation_counts",
+                detail={"before": before, "after": after},
+                now_us=to_us(time.time()),
+            )
+    finally:
+        db.dispose()
+    print(f"counted {after} violations from the stored events (the counts said {before})")
     return 0
 
 

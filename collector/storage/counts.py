@@ -143,11 +143,22 @@ def total(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.sum(vc.c.n), 0))).scalar_one())
 
 
+def _lock_counts(conn: Connection) -> None:
+    """PostgreSQL: no one else writes either counts table until the caller commits (readers
+    go on). An ingest that stored its events meanwhile waits at its counts upsert and adds
+    them after the rebuild, which read only committed events. SQLite's write transaction is
+    exclusive already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("LOCK TABLE violation_counts, violation_blocks IN EXCLUSIVE MODE"))
+
+
 def recount(conn: Connection) -> int:
-    """Rebuild the whole table from the events in one grouped pass (the same SQL as migration
-    0008's backfill), and its blocks from it (0009's): for bulk loads that write the events
-    table directly, such as the benchmarks' fixtures. Returns the number of violations
-    counted."""
+    """Rebuild the daily counts from the events in one grouped pass (the same SQL as
+    migration 0008's backfill), and their blocks from them (0009's), with both tables locked
+    against writers (:func:`_lock_counts`): ``collector recount``, and bulk loads that write
+    the events table directly, such as the benchmarks' fixtures. Returns the number of
+    violations counted."""
+    _lock_counts(conn)
     kinds = ", ".join(f"'{k}'" for k in VIOLATION_KINDS)
     conn.execute(delete(vc))
     conn.execute(
@@ -162,6 +173,11 @@ def recount(conn: Connection) -> int:
             "GROUP BY d, kind, action, severity, r, h, u, agent_id"
         )
     )
+    _rebuild_blocks(conn)
+    return total(conn)
+
+
+def _rebuild_blocks(conn: Connection) -> None:
     conn.execute(delete(vb))
     conn.execute(
         text(
@@ -170,4 +186,31 @@ def recount(conn: Connection) -> int:
             "FROM violation_counts GROUP BY b, kind, action, rule, agent_id"
         )
     )
-    return total(conn)
+
+
+# Each block's total in the daily rows and in the blocks table, where they differ: one
+# statement, so one snapshot of both (every writer changes both in one transaction).
+_DISAGREE = text(
+    f"SELECT b, sum(daily), sum(blocked) FROM (SELECT day / {BLOCK_DAYS} AS b, "  # noqa: S608
+    "n AS daily, 0 AS blocked FROM violation_counts UNION ALL "
+    "SELECT block, 0, n FROM violation_blocks) AS both_tables "
+    "GROUP BY b HAVING sum(daily) <> sum(blocked) ORDER BY b"
+)
+
+
+def disagreeing_blocks(conn: Connection) -> list[int]:
+    """The blocks whose total in ``violation_blocks`` is not the sum of their days in
+    ``violation_counts``: none, unless something wrote one table without the other — a
+    collector older than migration 0009 still storing (or purging) events after another
+    replica migrated the database."""
+    return [int(row[0]) for row in conn.execute(_DISAGREE)]
+
+
+def repair_blocks(conn: Connection) -> list[int]:
+    """Rebuild ``violation_blocks`` from the daily counts if any block disagrees (checked
+    again under the lock); returns the blocks that did."""
+    _lock_counts(conn)
+    wrong = disagreeing_blocks(conn)
+    if wrong:
+        _rebuild_blocks(conn)
+    return wrong

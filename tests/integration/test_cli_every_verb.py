@@ -169,6 +169,7 @@ GOOD: dict[tuple[str, ...], list[str]] = {
     ("collector", "user", "disable"): ["nobody", "--config", "collector.toml"],
     ("collector", "user", "reset"): ["nobody", "--config", "collector.toml"],
     ("collector", "purge"): ["--older-than", "400d", "--dry-run", "--config", "collector.toml"],
+    ("collector", "recount"): ["--config", "collector.toml"],
     ("collector", "audit", "verify"): ["--config", "collector.toml"],
     ("collector", "report"): ["--since", "30d", "--config", "collector.toml"],
     ("collector", "forward", "status"): ["--config", "collector.toml"],

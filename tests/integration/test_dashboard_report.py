@@ -19,7 +19,12 @@ from sqlalchemy import Connection, func, select
 from proscribe.collector.storage import counts, queries
 from proscribe.collector.storage.events import purge_chunk
 from proscribe.collector.storage.policies import current_policy
-from proscribe.collector.storage.tables import events, violation_blocks, violation_counts
+from proscribe.collector.storage.tables import (
+    audit_log,
+    events,
+    violation_blocks,
+    violation_counts,
+)
 from proscribe.collector.web import rollup
 from proscribe.collector.web.chart import nice_ceiling, violations_chart
 from proscribe.collector.web.pages import fetch_page
@@ -310,6 +315,86 @@ def test_counts_are_kept_at_ingest_skip_duplicates_and_follow_a_purge(env: Dashb
         assert kept(conn)
         assert counts.total(conn) == rollup.period(conn, today - 89, today + 1).total
         assert all(n > 0 for n in table(conn).values())
+
+
+def test_blocks_an_older_collector_left_short_are_rebuilt_at_start_and_recount_restores_all(
+    env: DashboardEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector older than migration 0009 still storing events after another replica
+    migrated the database counts them by day only: the blocks then disagree with the days and
+    a long report would read them short. The next collector to start finds the blocks that
+    disagree and rebuilds them; ``collector recount`` rebuilds the days too, from the events
+    (here after an old purge took days off without their blocks)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import insert
+
+    from proscribe.cli import main
+    from proscribe.collector.app import create_app
+    from proscribe.collector.config import settings_from_mapping
+    from proscribe.collector.storage.dialect import dialect_insert
+    from tests.support.clock import ManualClock
+    from tests.support.sample import event_row
+
+    populate(env)
+    now = env.clock.now
+    lab = env.enroll("ws-old-version")
+    env.post_events(lab, [event(when=now - d * 86400) for d in (9, 17, 30)])  # type: ignore[arg-type]
+    with env.db.read() as conn:
+        assert kept(conn) and counts.disagreeing_blocks(conn) == []
+    # What the older collector did: the events and their daily counts, no blocks.
+    rows = []
+    for days in (10, 18, 41):
+        body = event(when=now - days * 86400, rule="old-version")
+        body["host"] = {"hostname": "ws-old-version", "agent_id": lab[0]}
+        rows.append(event_row(body, int((now - days * 86400) * 1e6)))
+    with env.db.write() as conn:
+        conn.execute(insert(events), rows)
+        daily = counts.tally(rows)
+        stmt = dialect_insert(conn, violation_counts)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(counts._COLUMNS),
+            set_={"n": violation_counts.c.n + stmt.excluded.n},
+        )
+        conn.execute(stmt, [{**dict(zip(counts._COLUMNS, k, strict=True)), "n": n}
+                            for k, n in daily.items()])  # fmt: skip
+    since_us, until_us = int((now - 60 * 86400) * 1e6), int(now * 1e6)
+    with env.db.read() as conn:
+        assert table(conn) == truth(conn) and not kept(conn)
+        short = sum(report_totals(conn, since_us, until_us, None).by_action.values())
+        stored = conn.execute(
+            select(func.count()).where(*report_conditions(since_us, until_us, None))
+        ).scalar_one()
+        assert short < stored  # what a report would say before the repair
+        assert counts.disagreeing_blocks(conn)
+    settings = settings_from_mapping({"database": {"url": env.db_url}}, base=tmp_path)
+    with caplog.at_level("WARNING"), TestClient(create_app(settings, clock=ManualClock())):
+        pass  # a collector starting on the database
+    assert "violation_blocks disagreed with violation_counts" in caplog.text
+    with env.db.read() as conn:
+        assert kept(conn) and counts.disagreeing_blocks(conn) == []
+        assert sum(report_totals(conn, since_us, until_us, None).by_action.values()) == stored
+    # An old purge: the events and their days gone, their blocks left.
+    with env.db.write() as conn:
+        conn.execute(events.delete().where(events.c.rule == "old-version"))
+        conn.execute(violation_counts.delete().where(violation_counts.c.rule == "old-version"))
+        conn.execute(
+            violation_counts.delete().where(violation_counts.c.day < int(now) // 86400 - 20)
+        )
+    with env.db.read() as conn:
+        assert table(conn) != truth(conn)
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
+    assert main(["collector", "recount", "--config", str(config)]) == 0
+    with env.db.read() as conn:
+        assert kept(conn) and counts.disagreeing_blocks(conn) == []
+        assert (
+            conn.execute(
+                select(func.count())
+                .select_from(audit_log)
+                .where(audit_log.c.action == "counts.recount")
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_chart_is_plain_svg() -> None:
