@@ -20,17 +20,14 @@ from proscribe.collector.compliance import fleet
 from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.tables import events
 from proscribe.collector.web.report import build_report
-from tests.support.dashboard_env import DashboardEnv, event, make_env
-from tests.support.postgres import throwaway_database
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
-    if request.param == "sqlite":
-        yield from make_env(tmp_path)
-    else:
-        with throwaway_database() as url:
-            yield from make_env(tmp_path, url)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, env_templates: EnvTemplates
+) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates, request.param)
 
 
 def _report(env: DashboardEnv) -> object:
