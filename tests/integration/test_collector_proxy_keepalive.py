@@ -5,9 +5,9 @@ connection past uvicorn's 5 s; without a proxy it closes it as before."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -27,17 +27,34 @@ def _get(sock: socket.socket) -> bytes:
     return data
 
 
+@pytest.fixture(scope="module")
+def after_idle(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, bytes]:
+    """The answer on a connection left idle past uvicorn's 5 s, for a collector with and one
+    without ``behind_proxy`` (both servers idle through the same wait); b"" if it was closed."""
+    tmp_path = tmp_path_factory.mktemp("keepalive")
+    with contextlib.ExitStack() as stack:
+        socks = {}
+        for behind_proxy in (True, False):
+            toml = "behind_proxy = true\n" if behind_proxy else ""
+            folder = tmp_path / f"srv-{behind_proxy}"
+            server = stack.enter_context(CollectorProcess(folder, server_toml=toml))
+            sock = stack.enter_context(
+                socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            )
+            assert _get(sock).startswith(b"HTTP/1.1 200")
+            socks[behind_proxy] = sock
+        time.sleep(6.5)  # idle past uvicorn's default keep-alive (5 s)
+        answers = {}
+        for behind_proxy, sock in socks.items():
+            try:
+                answers[behind_proxy] = _get(sock)
+            except OSError:
+                answers[behind_proxy] = b""
+    return answers
+
+
 @pytest.mark.parametrize(("behind_proxy", "kept"), [(True, True), (False, False)])
 def test_an_idle_connection_outlives_uvicorns_five_seconds_only_behind_a_proxy(
-    tmp_path: Path, behind_proxy: bool, kept: bool
+    after_idle: dict[bool, bytes], behind_proxy: bool, kept: bool
 ) -> None:
-    toml = "behind_proxy = true\n" if behind_proxy else ""
-    with CollectorProcess(tmp_path / "srv", server_toml=toml) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            assert _get(sock).startswith(b"HTTP/1.1 200")
-            time.sleep(6.5)  # idle past uvicorn's default keep-alive (5 s)
-            try:
-                answer = _get(sock)
-            except OSError:
-                answer = b""
-        assert answer.startswith(b"HTTP/1.1 200") is kept
+    assert after_idle[behind_proxy].startswith(b"HTTP/1.1 200") is kept
