@@ -150,7 +150,8 @@ class EnvTemplates:
         """A fresh copy of ``backend``'s template (SQLite in ``tmp_path``); yields its URL."""
         template = self.get(backend)
         if backend == "sqlite":
-            shutil.copyfile(self.folder / template.source, tmp_path / "collector.db")
+            # with its mode (0600, as the collector made it: no "was mode 644" at start)
+            shutil.copy(self.folder / template.source, tmp_path / "collector.db")
             yield f"sqlite:///{tmp_path / 'collector.db'}", template
         else:
             with throwaway_database(template=template.source) as url:
