@@ -13,10 +13,15 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.clock import ManualClock
+
+if TYPE_CHECKING:
+    from tests.support.dashboard_env import EnvTemplates
 
 
 def _postgres_up() -> bool:
@@ -60,3 +65,13 @@ def clock() -> ManualClock:
     """A clock frozen at the real time now, moved only by the test (``clock.advance(s)``); for
     code that takes ``clock=`` (the collector app, the reporter, the deduplicator)."""
     return ManualClock()
+
+
+@pytest.fixture(scope="session")
+def env_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTemplates]:
+    """The databases the dashboard environments (``make_env``) are copied from, made once per
+    session; the PostgreSQL one is dropped at the end."""
+    from tests.support.dashboard_env import EnvTemplates
+
+    with EnvTemplates(tmp_path_factory.mktemp("env-templates")) as templates:
+        yield templates

@@ -16,7 +16,7 @@ import pytest
 
 from proscribe.collector.csvexport import COLUMNS
 from proscribe.collector.literal import show_html, visible_text
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -30,8 +30,8 @@ FORMULA = '=HYPERLINK("http://evil","x")'
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[DashboardEnv]:
-    yield from make_env(tmp_path)
+def env(tmp_path: Path, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates)
 
 
 def hostile_event(env: DashboardEnv) -> dict[str, object]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from proscribe.collector.storage.tables import agents, audit_log, enroll_secrets
 from proscribe.collector.web.security import CONTENT_SECURITY_POLICY
 from proscribe.collector.web.session import SESSION_COOKIE, SessionSigner
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 VIEWER_PAGES = (
     "/",
@@ -33,8 +33,8 @@ VIEWER_PAGES = (
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[DashboardEnv]:
-    yield from make_env(tmp_path)
+def env(tmp_path: Path, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates)
 
 
 def assert_headers(reply: object) -> None:

@@ -33,18 +33,15 @@ from proscribe.collector.web.report import _totals as report_totals
 from proscribe.collector.web.report import build_report, report_text
 from proscribe.collector.web.rollup import DAY_US
 from proscribe.core.policy.envelope import parse_envelope
-from tests.support.dashboard_env import JSON, DashboardEnv, event, make_env
-from tests.support.postgres import throwaway_database
+from tests.support.dashboard_env import JSON, DashboardEnv, EnvTemplates, event, make_env
 from tests.support.sample import store_sample_policies
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
-    if request.param == "sqlite":
-        yield from make_env(tmp_path)
-        return
-    with throwaway_database() as url:
-        yield from make_env(tmp_path, url)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, env_templates: EnvTemplates
+) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates, request.param)
 
 
 def populate(env: DashboardEnv) -> dict[str, tuple[str, object]]:

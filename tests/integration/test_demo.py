@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.message
@@ -53,22 +54,63 @@ def _check_common(out: str) -> None:
     assert "log in as" not in out and "stopped with the demo" in out
 
 
+@dataclass(frozen=True)
+class DemoRan:
+    """One ``proscribe demo --once`` run, with outsiders around it: programs the demo's pack
+    names started outside its directory, and another program asking for the denied name on
+    loopback port 53 all along."""
+
+    out: str
+    work: Path
+    outsiders: list[tuple[int, str]]  # (pid, program)
+    killed: list[str]  # outsiders that were not running when the demo ended
+    left: str  # what pgrep found of the demo's directory once the outsiders were gone
+
+
+@pytest.fixture(scope="module")
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoRan:
+    """The demo as root or ``--unprivileged`` (``request.param``), run once for the tests that
+    read what it did (each run starts a collector and an agent: ~10 s)."""
+    mode = request.param
+    tmp_path = tmp_path_factory.mktemp(f"demo-{mode}")
+    outsiders = _outsiders(tmp_path)
+    stop = threading.Event()
+    asker = threading.Thread(target=_ask_for_deepseek, args=(stop,), daemon=True)
+    asker.start()
+    try:
+        result = _demo(tmp_path, *(["--unprivileged"] if mode == "unprivileged" else []))
+        killed = [str(proc.args[0]) for proc in outsiders if proc.poll() is not None]
+    finally:
+        stop.set()
+        asker.join(5)
+        for proc in outsiders:
+            proc.kill()
+            proc.wait(10)
+    # Nothing it started is left running (looked for once the outsiders, whose sibling
+    # directory starts like the demo's, are gone).
+    work = tmp_path / "demo"
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout
+    return DemoRan(
+        result.stdout, work, [(p.pid, str(p.args[0])) for p in outsiders], killed, left.strip()
+    )
+
+
 @pytest.mark.root
-def test_demo_as_root_uses_netlink(tmp_path: Path) -> None:
-    out = _demo(tmp_path).stdout
+@pytest.mark.parametrize("demo", ["root"], indirect=True)
+def test_demo_as_root_uses_netlink(demo: DemoRan) -> None:
+    out = demo.out
     assert "root: netlink process sensor, DNS through the agent's own proxy" in out
     _check_common(out)
-    report = (tmp_path / "demo" / "report.csv").read_text()
+    report = (demo.work / "report.csv").read_text()
     assert "deepseek-desktop" in report and "deepseek-web" in report
-    html = (tmp_path / "demo" / "report.html").read_text()
+    html = (demo.work / "report.html").read_text()
     assert "us-navy-deepseek-2025" in html and "deepseek-desktop" in html
-    # Nothing it started is left running.
-    left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
-    assert left.stdout.strip() == "", left.stdout
+    assert demo.left == "", demo.left
 
 
-def test_demo_unprivileged_uses_polling_and_the_proxy(tmp_path: Path) -> None:
-    out = _demo(tmp_path, "--unprivileged").stdout
+@pytest.mark.parametrize("demo", ["unprivileged"], indirect=True)
+def test_demo_unprivileged_uses_polling_and_the_proxy(demo: DemoRan) -> None:
+    out = demo.out
     assert "not root: polling process sensor" in out
     _check_common(out)
     assert re.search(
@@ -98,35 +140,24 @@ def _ask_for_deepseek(stop: threading.Event) -> None:
                 sock.sendto(query, ("127.0.0.1", 53))
 
 
-@pytest.mark.parametrize("mode", [pytest.param("root", marks=pytest.mark.root), "unprivileged"])
-def test_demo_never_touches_what_it_did_not_start(tmp_path: Path, mode: str) -> None:
-    outsiders = _outsiders(tmp_path)
-    stop = threading.Event()
-    asker = threading.Thread(target=_ask_for_deepseek, args=(stop,), daemon=True)
-    asker.start()
-    try:
-        result = _demo(tmp_path, *(["--unprivileged"] if mode == "unprivileged" else []))
-        for proc in outsiders:
-            assert proc.poll() is None, f"the demo killed {proc.args[0]}"
-    finally:
-        stop.set()
-        asker.join(5)
-        for proc in outsiders:
-            proc.kill()
-            proc.wait(10)
-    out = result.stdout
+@pytest.mark.parametrize(
+    "demo", [pytest.param("root", marks=pytest.mark.root), "unprivileged"], indirect=True
+)
+def test_demo_never_touches_what_it_did_not_start(demo: DemoRan) -> None:
+    assert demo.killed == [], f"the demo killed {demo.killed}"
+    out = demo.out
     _check_common(out)
     listed = out.split("violation(s) stored:", 1)[1].split("==> report", 1)[0]
     events = [line for line in listed.splitlines() if line.strip()]
     assert len(events) == 2, listed  # the demo's own process kill and its own query
-    work = str(tmp_path / "demo")
+    work = str(demo.work)
     demo_process = next(e for e in events if " process " in e)
     assert f"{work}/bin/deepseek" in demo_process
     [dns_event] = [e for e in events if " dns " in e]
     # The query was asked by the demo itself (its agent's proxy is asked by nobody else).
     assert "(asked by pid " in dns_event and str(os.getpid()) not in dns_event
-    for proc in outsiders:
-        assert str(proc.pid) not in listed and str(proc.args[0]) not in listed
+    for pid, program in demo.outsiders:
+        assert str(pid) not in listed and program not in listed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -32,7 +32,7 @@ from proscribe.agent.sensors.dns import (
 )
 from proscribe.core.policy.matchers.domain import DomainMatcher
 from tests.support.dns_peers import answers
-from tests.support.ports import free_udp_port
+from tests.support.ports import bound_udp_and_tcp, free_udp_port
 from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -263,12 +263,8 @@ def test_garbage_and_truncated_queries_are_survived(proxy: tuple[DnsProxy, Recor
 
 def test_truncated_upstream_answer_is_retried_over_tcp() -> None:
     """A dnspython upstream that sets TC over UDP and answers fully over TCP."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
+    udp, tcp = bound_udp_and_tcp()
     port = udp.getsockname()[1]
-    tcp = socket.socket()
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("127.0.0.1", port))
     tcp.listen()
     stop = threading.Event()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 from tests.support.ports import free_tcp_port
 from tests.support.waits import wait_for
 
@@ -25,7 +25,7 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def env(tmp_path: Path, closed_port: int) -> Iterator[DashboardEnv]:
+def env(tmp_path: Path, closed_port: int, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
     forwards = [
         {
             "name": "siem",
@@ -41,7 +41,8 @@ def env(tmp_path: Path, closed_port: int) -> Iterator[DashboardEnv]:
             "retry_max": 1.0,
         },
     ]
-    yield from make_env(tmp_path, config={"forward": forwards, "metrics": {"access": "open"}})
+    config = {"forward": forwards, "metrics": {"access": "open"}}
+    yield from make_env(tmp_path, env_templates, config=config)
 
 
 def _failing(env: DashboardEnv) -> bool:

@@ -27,7 +27,7 @@ from proscribe.collector.web.report import report_text
 from proscribe.core.events import Event
 from proscribe.core.policy.loader import load_policy_file
 from proscribe.core.policy.matchers import CompiledPolicy
-from tests.support.dashboard_env import DashboardEnv, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, make_env
 from tests.support.models import write_gguf
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
@@ -55,8 +55,8 @@ class _InForce:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[DashboardEnv]:
-    yield from make_env(tmp_path)
+def env(tmp_path: Path, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates)
 
 
 def _agent_events(tmp_path: Path, procs: Any) -> tuple[list[Event], Path]:

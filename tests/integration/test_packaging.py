@@ -97,10 +97,21 @@ def test_a_module_deleted_from_the_tree_never_ships(tmp_path: Path) -> None:
 def agent_only(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     """A virtual environment with the wheel and the agent's dependencies only."""
     env = tmp_path_factory.mktemp("agent-only") / "venv"
-    venv.create(env, with_pip=True)
+    # No pip of its own (bootstrapping one is 4 s): this test run's pip installs into it.
+    venv.create(env, with_pip=False)
     python = env / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
         timeout=600,

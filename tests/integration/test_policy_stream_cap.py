@@ -39,7 +39,9 @@ class _Endless(BaseHTTPRequestHandler):
 def endless_server() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/api/v1/policy"

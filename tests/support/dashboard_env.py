@@ -3,8 +3,10 @@ sign-in helpers and a signed agent that posts events through the real ingest API
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage.agents import create_enroll_secret
 from tests.support.clock import ManualClock
 from tests.support.collector_app import AgentKey, InProcessCollector
+from tests.support.postgres import throwaway_database
 from tests.support.sample import create_user, prepare_database
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -107,13 +110,55 @@ def event(
     return body
 
 
-def make_env(
-    tmp_path: Path, url: str | None = None, config: dict[str, Any] | None = None
-) -> Iterator[DashboardEnv]:
-    """The body of each test module's ``env`` fixture: a migrated database (SQLite in
-    ``tmp_path`` unless ``url`` is given) with a viewer (vera), an admin (adam) and an enroll
-    secret, and the real app around it (``config``: more collector.toml sections)."""
-    url = url or f"sqlite:///{tmp_path / 'collector.db'}"
+@dataclass(frozen=True)
+class _Template:
+    source: str  # the SQLite file, or the PostgreSQL database's name
+    passwords: dict[str, str]
+    secret: str
+
+
+class EnvTemplates:
+    """What every environment starts from, prepared once per test session and copied for each
+    test (migrating and hashing two passwords per test was most of its setup): a migrated
+    database with a viewer (vera), an admin (adam) and an enroll secret, on SQLite (a file,
+    copied) and on PostgreSQL (a database, copied with ``CREATE DATABASE … TEMPLATE``), each
+    made the first time a test asks for it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._made: dict[str, _Template] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> EnvTemplates:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stack.close()
+
+    def get(self, backend: str) -> _Template:
+        if backend not in self._made:
+            if backend == "sqlite":
+                url = f"sqlite:///{self.folder / 'collector.db'}"
+            else:
+                url = self._stack.enter_context(throwaway_database("proscribe_envtpl"))
+            passwords, secret = _fill(url)
+            self._made[backend] = _Template(url.rsplit("/", 1)[1], passwords, secret)
+        return self._made[backend]
+
+    @contextlib.contextmanager
+    def copy(self, backend: str, tmp_path: Path) -> Iterator[tuple[str, _Template]]:
+        """A fresh copy of ``backend``'s template (SQLite in ``tmp_path``); yields its URL."""
+        template = self.get(backend)
+        if backend == "sqlite":
+            # with its mode (0600, as the collector made it: no "was mode 644" at start)
+            shutil.copy(self.folder / template.source, tmp_path / "collector.db")
+            yield f"sqlite:///{tmp_path / 'collector.db'}", template
+        else:
+            with throwaway_database(template=template.source) as url:
+                yield url, template
+
+
+def _fill(url: str) -> tuple[dict[str, str], str]:
     db = prepare_database(url)
     passwords = {
         "vera": create_user(db, "vera", "viewer"),
@@ -121,9 +166,28 @@ def make_env(
     }
     with db.write() as conn:
         _id, secret = create_enroll_secret(conn, "tests", int(time.time() * 1e6))
+    if url.startswith("sqlite"):
+        with db.write() as conn:  # everything in the main file, which is what gets copied
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.dispose()
-    clock = ManualClock()
-    settings = settings_from_mapping({"database": {"url": url}, **(config or {})}, base=tmp_path)
-    app = create_app(settings, clock=clock)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield DashboardEnv(app, client, clock, url, passwords, secret)
+    return passwords, secret
+
+
+def make_env(
+    tmp_path: Path,
+    templates: EnvTemplates,
+    backend: str = "sqlite",
+    config: dict[str, Any] | None = None,
+) -> Iterator[DashboardEnv]:
+    """The body of each test module's ``env`` fixture: a copy of ``templates``' database on
+    ``backend`` ("sqlite" in ``tmp_path``, or "postgres": a throwaway database) with a viewer
+    (vera), an admin (adam) and an enroll secret, and the real app around it (``config``: more
+    collector.toml sections)."""
+    with templates.copy(backend, tmp_path) as (url, template):
+        clock = ManualClock()
+        settings = settings_from_mapping(
+            {"database": {"url": url}, **(config or {})}, base=tmp_path
+        )
+        app = create_app(settings, clock=clock)
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            yield DashboardEnv(app, client, clock, url, dict(template.passwords), template.secret)

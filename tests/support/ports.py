@@ -33,3 +33,21 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
                     continue
                 return port
     raise OSError(f"no port on {host} free for both UDP and TCP after 50 tries")
+
+
+def bound_udp_and_tcp(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same port on ``host`` and kept open (for a server the
+    test runs itself): a port the kernel gives for UDP can be taken for TCP, so try again."""
+    for _attempt in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp
+    raise OSError(f"no port on {host} free for both UDP and TCP after 50 tries")

@@ -4,10 +4,11 @@ hostile one that signs correct requests around forged bodies."""
 
 from __future__ import annotations
 
+import io
 import json
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,21 +17,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from proscribe.cli import main
 from proscribe.collector.compliance import fleet
 from proscribe.collector.storage.hosts import host_history_entries
 from proscribe.collector.storage.tables import events
 from proscribe.collector.web.report import build_report
-from tests.support.dashboard_env import DashboardEnv, event, make_env
-from tests.support.postgres import throwaway_database
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
-    if request.param == "sqlite":
-        yield from make_env(tmp_path)
-    else:
-        with throwaway_database() as url:
-            yield from make_env(tmp_path, url)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, env_templates: EnvTemplates
+) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates, request.param)
 
 
 def _report(env: DashboardEnv) -> object:
@@ -236,19 +235,14 @@ def test_report_headline_counts_continuous_enforcement_from_history(env: Dashboa
 
 
 def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
-    env: DashboardEnv, tmp_path: Path
+    env: DashboardEnv, cli: Callable[..., CliRun]
 ) -> None:
     agent = env.enroll("ws-cli")
     since = datetime.fromtimestamp(env.clock.now, UTC).isoformat()
     env.heartbeat(agent, health=_health())
     env.post_events(agent, [event(when=env.clock.now)])
     env.clock.advance(1)
-    config = tmp_path / "collector.toml"
-    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
-    cli = [sys.executable, "-m", "proscribe.cli", "collector", "report", "--config", str(config)]
-    done = subprocess.run(
-        [*cli, "--format", "json", "--since", since], capture_output=True, text=True, check=False
-    )
+    done = cli("report", "--format", "json", "--since", since)
     assert done.returncode == 0, done.stderr
     from_cli = json.loads(done.stdout)
     viewer = env.login("vera")
@@ -257,12 +251,7 @@ def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
     assert from_cli["headline"].startswith("1 of 1 in-scope hosts")
     assert from_cli["period"]["since"].endswith("Z") and "T" in from_cli["period"]["since"]
     assert [v["id"] for v in from_cli["violations"]] == [v["id"] for v in from_web["violations"]]
-    reversed_ = subprocess.run(
-        [*cli, "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    reversed_ = cli("report", "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z")
     assert reversed_.returncode == 2
     assert reversed_.stdout == ""
     assert len(reversed_.stderr.strip().splitlines()) == 1, reversed_.stderr
@@ -440,16 +429,39 @@ def test_enroll_secret_limits_uses_expiry_and_host_pattern(env: DashboardEnv) ->
 # --- inventory and signers by name (items 7, 8) --------------------------------------------
 
 
-def _cli(env: DashboardEnv, tmp_path: Path, *args: str, stdin: str | None = None) -> Any:
+@dataclass(frozen=True)
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(
+    env: DashboardEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., CliRun]:
+    """``proscribe collector ARGS --config FILE`` (a config naming the env's database) through
+    the CLI's own ``main`` in this process (a new interpreter importing the collector was most
+    of these tests' time; tests/integration/test_cli_every_verb.py runs every verb as a real
+    process), ``stdin`` as its standard input."""
     config = tmp_path / "collector.toml"
     config.write_text(f'[database]\nurl = "{env.db_url}"\n')
-    return subprocess.run(
-        [sys.executable, "-m", "proscribe.cli", "collector", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        check=False,
-    )
+
+    def run(*args: str, stdin: str | None = None) -> CliRun:
+        capsys.readouterr()
+        stream = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
+        monkeypatch.setattr(sys, "stdin", stream)
+        try:
+            code = main(["collector", *args, "--config", str(config)])
+        except SystemExit as stop:  # argparse's own usage errors
+            code = stop.code if isinstance(stop.code, int) else 2
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    return run
 
 
 INVENTORY = """hostname,asset_id,owner,group,machine_id
@@ -460,22 +472,22 @@ ws-gone,A-3,carol,legal,
 
 
 def test_inventory_import_matches_by_machine_id_or_hostname_and_scopes_reports(
-    env: DashboardEnv, tmp_path: Path
+    env: DashboardEnv, cli: Callable[..., CliRun]
 ) -> None:
     by_name = env.enroll("WS-A")  # hostname matches case-insensitively
     by_machine = env.enroll_agent(env.secret, "laptop-77", machine_id=MACHINE)
     outsider = env.enroll("ws-outside")
     for agent in (by_name, by_machine, outsider):
         env.heartbeat(agent, health=_health())
-    bad = _cli(env, tmp_path, "inventory", "import", "-", stdin="host,owner\nx,y\n")
+    bad = cli("inventory", "import", "-", stdin="host,owner\nx,y\n")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "hostname" in bad.stderr and "fix:" in bad.stderr
     dup_rows = INVENTORY.format(machine=MACHINE) + "WS-A,A-9,x,y,\n"
-    dup = _cli(env, tmp_path, "inventory", "import", "-", stdin=dup_rows)
+    dup = cli("inventory", "import", "-", stdin=dup_rows)
     assert dup.returncode == 2 and "<stdin>:5" in dup.stderr
-    done = _cli(env, tmp_path, "inventory", "import", "-", stdin=INVENTORY.format(machine=MACHINE))
+    done = cli("inventory", "import", "-", stdin=INVENTORY.format(machine=MACHINE))
     assert done.returncode == 0, done.stderr
-    listed = json.loads(_cli(env, tmp_path, "inventory", "list", "--json").stdout)
+    listed = json.loads(cli("inventory", "list", "--json").stdout)
     rows = {r["hostname"]: r for r in listed}
     assert rows["WS-A"]["matched_by"] == "hostname"
     assert rows["laptop-77"]["matched_by"] == "machine id"
@@ -505,16 +517,18 @@ def test_inventory_import_matches_by_machine_id_or_hostname_and_scopes_reports(
     assert [g.reason for g in never.gaps] == ["never enrolled"]
 
 
-def test_signers_are_named_on_the_report_cover(env: DashboardEnv, tmp_path: Path) -> None:
+def test_signers_are_named_on_the_report_cover(
+    env: DashboardEnv, cli: Callable[..., CliRun]
+) -> None:
     from proscribe.core.policy.keys import key_id, public_key_string
     from tests.support.sample import store_sample_policies
 
     key = Ed25519PrivateKey.generate()
     store_sample_policies(env.db, env.clock.now, key)
     text = public_key_string(key.public_key())
-    added = _cli(env, tmp_path, "signer", "add", text, "--name", "Vera Lind", "--role", "CISO")
+    added = cli("signer", "add", text, "--name", "Vera Lind", "--role", "CISO")
     assert added.returncode == 0, added.stderr
-    again = _cli(env, tmp_path, "signer", "add", text, "--name", "Someone Else")
+    again = cli("signer", "add", text, "--name", "Someone Else")
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     # Agents hear the names in the heartbeat's answer (for `agent status`).
     agent = env.enroll("ws-named")
@@ -527,7 +541,7 @@ def test_signers_are_named_on_the_report_cover(env: DashboardEnv, tmp_path: Path
     assert data["policy"]["signers"] == [
         {"keyid": key_id(key.public_key()), "name": "Vera Lind", "role": "CISO", "retired": False}
     ]
-    assert _cli(env, tmp_path, "signer", "retire", key_id(key.public_key())).returncode == 0
+    assert cli("signer", "retire", key_id(key.public_key())).returncode == 0
     assert "Vera Lind (CISO), retired" in viewer.get("/policy").text
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from proscribe.cli import main
 from proscribe.collector.storage.users import add_user
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 BAD = [
     ("since", "0001-01-01T00:00:00+01:00", "out of range"),
@@ -36,8 +36,8 @@ BAD = [
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[DashboardEnv]:
-    yield from make_env(tmp_path)
+def env(tmp_path: Path, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates)
 
 
 @pytest.fixture

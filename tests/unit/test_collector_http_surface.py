@@ -22,7 +22,7 @@ from proscribe.collector.config import settings_from_mapping
 from proscribe.collector.storage.tables import events
 from proscribe.collector.storage.users import add_user
 from proscribe.core.wire.auth import sign_request
-from tests.support.dashboard_env import DashboardEnv, event, make_env
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 HOSTILE = {
     "esc": "\x1b[2Jcleared",
@@ -35,8 +35,8 @@ HOSTILE = {
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[DashboardEnv]:
-    yield from make_env(tmp_path)
+def env(tmp_path: Path, env_templates: EnvTemplates) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates)
 
 
 def _token(env: DashboardEnv, role: str = "viewer") -> str:

@@ -28,17 +28,14 @@ from proscribe.collector.storage.events import body_text, insert_events
 from proscribe.collector.storage.tables import events
 from proscribe.core.events import MAX_EVENTS_PER_BATCH, MAX_STRING
 from proscribe.core.wire.auth import sign_request
-from tests.support.dashboard_env import DashboardEnv, event, make_env
-from tests.support.postgres import throwaway_database
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, event, make_env
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
-    if request.param == "sqlite":
-        yield from make_env(tmp_path)
-    else:
-        with throwaway_database() as url:
-            yield from make_env(tmp_path, url)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, env_templates: EnvTemplates
+) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates, request.param)
 
 
 def _post(env: DashboardEnv, agent: tuple[str, Any], items: list[Any]) -> list[dict[str, Any]]:

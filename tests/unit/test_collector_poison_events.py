@@ -21,8 +21,7 @@ from sqlalchemy import func, select
 from proscribe.collector.storage.tables import events
 from proscribe.core.events import new_event
 from proscribe.core.wire.auth import sign_request
-from tests.support.dashboard_env import DashboardEnv, make_env
-from tests.support.postgres import throwaway_database
+from tests.support.dashboard_env import DashboardEnv, EnvTemplates, make_env
 
 BAD_TIMES = [
     "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: OverflowError on main
@@ -33,12 +32,10 @@ BAD_TIMES = [
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashboardEnv]:
-    if request.param == "sqlite":
-        yield from make_env(tmp_path)
-    else:
-        with throwaway_database() as url:
-            yield from make_env(tmp_path, url)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, env_templates: EnvTemplates
+) -> Iterator[DashboardEnv]:
+    yield from make_env(tmp_path, env_templates, request.param)
 
 
 def _event(**over: Any) -> dict[str, Any]:
