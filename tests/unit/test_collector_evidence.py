@@ -263,7 +263,7 @@ def test_cli_report_is_the_dashboards_report_and_refuses_a_reversed_period(
 
 
 def test_report_exports_stream_every_violation_in_pieces(
-    env: DashboardEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: DashboardEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., CliRun]
 ) -> None:
     """The JSON and CSV exports write the violations a few at a time as they are read (an
     export of millions is never one string), and what they write is the whole report: the
@@ -309,25 +309,18 @@ def test_report_exports_stream_every_violation_in_pieces(
         )
         assert ids == [v["id"] for v in listed], fmt
 
-    config = tmp_path / "collector.toml"
-    config.write_text(f'[database]\nurl = "{env.db_url}"\n')
     out = tmp_path / "report.json"
     out.write_text("the last report")
-    cli = [sys.executable, "-m", "proscribe.cli", "collector", "report", "--config", str(config)]
     for extra in ([], ["--host", "ws-export"]):
-        done = subprocess.run(
-            [*cli, "--format", "json", "--since", "1d", "--output", str(out), *extra],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        done = cli("report", "--format", "json", "--since", "1d", "--output", str(out), *extra)
         assert done.returncode == 0, done.stderr
         assert done.stdout == ""
         written = json.loads(out.read_text())
         assert sorted(v["id"] for v in written["violations"]) == sorted(v["id"] for v in listed)
         assert [p.name for p in tmp_path.iterdir() if "report" in p.name] == ["report.json"]
-    missing = subprocess.run(
-        [*cli, "--format", "csv", "--since", "1d", "--output", str(tmp_path / "no" / "r.csv")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    missing = cli(
+        "report", "--format", "csv", "--since", "1d", "--output", str(tmp_path / "no" / "r.csv")
+    )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "--output" in missing.stderr
 
