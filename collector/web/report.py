@@ -156,7 +156,8 @@ class ComplianceReport:
     blocks_total: int
     exemptions_active: list[Exemption] = field(default_factory=list)
     exemptions_expired: list[Exemption] = field(default_factory=list)
-    stale_hosts: list[webq.AgentSummary] = field(default_factory=list)
+    stale_hosts: list[webq.AgentSummary] = field(default_factory=list)  # the first max_rows
+    stale_total: int = 0  # every stale host
     hosts_by_id: dict[str, HostCoverage] = field(default_factory=dict)
     rule_ids: tuple[str, ...] | None = None
     models: list[ModelFinding] = field(default_factory=list)  # local AI models found
@@ -327,11 +328,20 @@ def _add_counted_days(
         out.by_agent[str(agent_id)] += int(n)
 
 
-def _stale_agents(conn: Connection, *, now_us: int, window_us: int) -> list[webq.AgentSummary]:
-    """Every agent not revoked whose last heartbeat is older than the window (or none ever),
-    by hostname. Was the first 5,000 enrolled agents filtered in Python: a larger fleet's
-    report listed and counted only the stale hosts among those."""
+def _stale_agents(
+    conn: Connection, *, now_us: int, window_us: int, limit: int | None = None
+) -> tuple[list[webq.AgentSummary], int]:
+    """Agents not revoked whose last heartbeat is older than the window (or none ever), by
+    hostname: the first ``limit`` (None: all), and how many there are. Was the first 5,000
+    enrolled agents filtered in Python: a larger fleet's report listed and counted only the
+    stale hosts among those. The HTML lists 500; reading and sorting all 100,000 of a fleet
+    that stopped reporting was half a second of its report."""
     a, h = agents_table, hosts_table
+    stale = and_(
+        a.c.revoked_us.is_(None),
+        or_(h.c.last_seen_us.is_(None), h.c.last_seen_us < now_us - window_us),
+    )
+    joined = a.outerjoin(h, h.c.agent_id == a.c.agent_id)
     rows = conn.execute(
         select(
             a.c.agent_id,
@@ -342,16 +352,20 @@ def _stale_agents(conn: Connection, *, now_us: int, window_us: int) -> list[webq
             a.c.revoked_us,
             h.c.last_seen_us,
         )
-        .select_from(a.outerjoin(h, h.c.agent_id == a.c.agent_id))
-        .where(a.c.revoked_us.is_(None))
-        .where(or_(h.c.last_seen_us.is_(None), h.c.last_seen_us < now_us - window_us))
+        .select_from(joined)
+        .where(stale)
         .order_by(a.c.hostname, a.c.agent_id)
-    )
-    return [
+        .limit(limit)
+    ).all()
+    listed = [
         webq.AgentSummary(agent_id, hostname, os_name, version, int(enrolled), None,
                           None if seen is None else int(seen))
-        for agent_id, hostname, os_name, version, enrolled, _revoked, seen in rows.all()
+        for agent_id, hostname, os_name, version, enrolled, _revoked, seen in rows
     ]  # fmt: skip
+    if limit is None or len(listed) < limit:
+        return listed, len(listed)
+    total = conn.execute(select(func.count()).select_from(joined).where(stale)).scalar_one()
+    return listed, int(total)
 
 
 def _top_hosts(conn: Connection, by_agent: Counter[str], n: int = 20) -> list[tuple[str, int]]:
@@ -409,7 +423,7 @@ class _EventsPart:
     violations: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
     coverage: webq.Coverage
-    stale: list[webq.AgentSummary]
+    stale: tuple[list[webq.AgentSummary], int]
     models: list[ModelFinding]
 
 
@@ -444,7 +458,9 @@ def _events_part(
         coverage=webq.coverage(
             conn, now_us=now_us, window_us=window_us, current_serial=current_serial
         ),
-        stale=_stale_agents(conn, now_us=now_us, window_us=window_us),
+        # The HTML lists max_rows stale hosts; an export (max_rows 0: its violations are
+        # streamed apart) lists every one.
+        stale=_stale_agents(conn, now_us=now_us, window_us=window_us, limit=max_rows or None),
         models=model_findings(conn, since_us=since_us, until_us=until_us),
     )
 
@@ -576,7 +592,8 @@ def build_report(
         violations=part.violations,
         blocks=part.blocks,
         blocks_total=part.totals.get("blocked", 0),
-        stale_hosts=part.stale,
+        stale_hosts=part.stale[0],
+        stale_total=part.stale[1],
         rule_ids=rule_ids,
         group=group,
         models=part.models,

@@ -829,3 +829,32 @@ def test_at_most_two_reports_at_once_read_on_a_second_connection(
             report_module._apart.release()
     _report(env)
     assert len(apart) == 2
+
+
+def test_report_reads_the_first_max_rows_stale_hosts_and_counts_them_all(
+    env: DashboardEnv,
+) -> None:
+    """The HTML lists max_rows stale hosts (read with a limit: a fleet that stopped reporting
+    is 100,000 of them) and counts every one; an export lists them all."""
+    from proscribe.collector.web.report import report_html
+
+    silent = [env.enroll(f"ws-quiet-{i}") for i in range(4)]
+    for agent in silent:
+        env.heartbeat(agent, health=_health())
+    live = env.enroll("ws-live")
+    env.clock.advance(600)
+    env.heartbeat(live, health=_health())
+    now_us = int(env.clock.now * 1e6)
+    period: dict[str, Any] = {"since_us": now_us - 3600 * 1_000_000, "until_us": now_us,
+                              "now_us": now_us, "heartbeat_window_s": 180}  # fmt: skip
+    with env.db.read() as conn:
+        capped = build_report(conn, max_rows=2, **period)
+        export = build_report(conn, max_rows=0, **period)
+    assert [a.hostname for a in capped.stale_hosts] == ["ws-quiet-0", "ws-quiet-1"]
+    assert capped.stale_total == export.stale_total == 4
+    assert [a.hostname for a in export.stale_hosts] == [f"ws-quiet-{i}" for i in range(4)]
+    html = report_html(capped)
+    assert "Stale hosts (4)" in html
+    assert "ws-quiet-1" in html.split("Stale hosts (4)")[1]
+    assert "ws-quiet-2" not in html.split("Stale hosts (4)")[1]
+    assert "2 more: see the JSON export" in html.split("Stale hosts (4)")[1]
