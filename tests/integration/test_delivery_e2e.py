@@ -35,7 +35,8 @@ from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
-EVENTS = 4000  # eight full batches of 500: the kills land between and inside batches
+EVENTS = 20_000  # forty full batches of 500: the kills land between and inside batches (with
+# 4,000 a fast machine stored all eight batches before the first kill landed)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
