@@ -36,10 +36,12 @@ def db() -> Iterator[Database]:
 def _row(n: int) -> dict[str, Any]:
     return {
         "event_id": f"00000000-0000-4000-8000-{n:012d}",
-        "agent_id": "a",
+        # One counts row and one 8-day block row each (another agent, another host):
+        # concurrent writers of one row queue, and these tests hold a writer open.
+        "agent_id": f"a{n}",
         "time_us": n,
         "received_us": n,
-        "hostname": f"h{n}",  # one counts row each: concurrent writers of one row queue
+        "hostname": f"h{n}",
         "username": None,
         "rule": "r",
         "kind": "process",
