@@ -12,7 +12,10 @@ same transaction as the delete. Migration 0007 fills the table from the events a
 The same violations are summed into :data:`tables.violation_blocks` (blocks of
 :data:`BLOCK_DAYS` days × kind × action × rule × agent) in the same statements' transaction and
 by the same rules: a long report reads its whole blocks there and only the days at its ends
-from the daily rows (migration 0009).
+from the daily rows (migration 0009). A block row has no host or user in its key, so two
+transactions counting the same agent's violations of one rule and action within 8 days queue
+on it, as two counting the same day's host and user queue on a daily row: an agent's reporter
+sends one batch at a time, so that is a retry meeting its first attempt, for milliseconds.
 """
 
 from __future__ import annotations
