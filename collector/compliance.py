@@ -428,13 +428,10 @@ def host_period(
     window_us: int,
     directive: str | None,
     required: Sequence[str] = ("process",),
-    first_alive: Callable[[Mapping[str, Any]], dict[str, bool]] = _alive_from_first,
 ) -> list[Gap]:
     """The gaps of one host in ``[since, until)``, from its history rows ``(time_us, kind,
     detail)`` in time order (all of them up to ``until``, including those before ``since``,
-    which set the state the period starts in). ``first_alive``: the sensors a first
-    heartbeat's detail says run (:func:`period_coverage` passes one that remembers the details
-    it saw: a fleet's first heartbeats repeat)."""
+    which set the state the period starts in)."""
     tl = _Timeline()
     started = False
     for time_us, kind, detail in rows:
@@ -443,7 +440,7 @@ def host_period(
         if kind == "first":
             tl.mode = detail.get("mode")
             tl.policy_id = detail.get("policy id")
-            tl.sensors = dict(first_alive(detail))
+            tl.sensors = _alive_from_first(detail)
             alive = detail.get("sensors alive")
             if isinstance(alive, dict):
                 tl.sensors.update({str(k): bool(v) for k, v in alive.items()})
@@ -540,26 +537,18 @@ def period_coverage(
         scope = [(r.agent_id, r.hostname) for r in rows]
     ids = [a for a, _h in scope if a is not None]
     history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {a: [] for a in ids}
-    # A fleet's history details repeat (first heartbeats of the same agent build and policy):
-    # each distinct text decoded once, and a first heartbeat's sensors judged once per detail.
-    # The replay only reads them.
+    # Each distinct detail text decoded once: a change that reaches the whole fleet (a new
+    # policy serial, a mode flip) is the same text on every host. The replay only reads them.
     decoded: dict[str | None, dict[str, Any]] = {}
-    alive_of: dict[int, dict[str, bool]] = {}
-
-    def first_alive(detail: Mapping[str, Any]) -> dict[str, bool]:
-        alive = alive_of.get(id(detail))
-        if alive is None:
-            alive = alive_of[id(detail)] = _alive_from_first(detail)
-        return alive
-
+    read_seen: dict[str, int] = {}
     for where in _id_conditions(ids):
         if last_seen is None:
-            last_seen = {
-                agent_id: int(seen)
+            read_seen.update(
+                (agent_id, int(seen))
                 for agent_id, seen in conn.execute(
                     select(hosts.c.agent_id, hosts.c.last_seen_us).where(*where(hosts.c.agent_id))
                 ).all()
-            }
+            )
         for agent_id, time_us, kind, detail in (
             conn.execute(
                 select(host_history.c.agent_id, host_history.c.time_us, host_history.c.kind)
@@ -576,7 +565,7 @@ def period_coverage(
                 if values is None:
                     values = decoded[detail] = _json_dict(detail)
                 timeline.append((int(time_us), kind, values))
-    seen_of = last_seen if last_seen is not None else {}
+    seen_of = last_seen if last_seen is not None else read_seen
     out = []
     for agent_id, hostname in scope:
         if agent_id is None:
@@ -590,7 +579,6 @@ def period_coverage(
                 window_us=window_us,
                 directive=directive,
                 required=required,
-                first_alive=first_alive,
             )
         out.append(HostPeriod(agent_id, hostname, tuple(gaps)))
     return PeriodCoverage(since_us, until_us, directive, tuple(out))
