@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from markupsafe import Markup, escape
@@ -77,3 +79,30 @@ def safe_json(data: Any, *, indent: int | None = None, compact: bool = False) ->
         data, ensure_ascii=True, indent=indent, separators=separators, allow_nan=False, default=str
     )
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def safe_json_stream(
+    document: dict[str, Any],
+    key: str,
+    items: Iterable[Any],
+    *,
+    indent: int | None = None,
+    chunk: int = 500,
+) -> Iterator[str]:
+    """``safe_json(document, indent=indent)`` with its top-level member ``key`` the list of
+    ``items``, in pieces: the document up to that list, then the items ``chunk`` at a time, one
+    a line (compact), as they are read — an export of millions of events in flat memory. The
+    other members are written where ``document`` has them, around the list."""
+    marker = f"stream-{uuid.uuid4().hex}"  # where the list goes; nothing else can say it
+    text = safe_json({**document, key: marker}, indent=indent)
+    before, after = text.split(json.dumps(marker), 1)
+    pad = " " * indent if indent is not None else ""
+    pieces: list[str] = [before + "["]
+    yield pieces.pop()
+    for n, item in enumerate(items):
+        pieces.append(("\n" if n == 0 else ",\n") + pad * 2 + safe_json(item))
+        if len(pieces) >= chunk:
+            yield "".join(pieces)
+            pieces = []
+    pieces.append("\n" + pad + "]" + after + "\n")
+    yield "".join(pieces)

@@ -31,13 +31,9 @@ Renderer = Callable[[Iterable[dict[str, Any]], dict[str, Any]], Iterator[str]]
 
 
 def _json(events: Iterable[dict[str, Any]], meta: dict[str, Any]) -> Iterator[str]:
-    from proscribe.collector.literal import safe_json
+    from proscribe.collector.literal import safe_json_stream
 
-    head = safe_json({**meta, "violations": []}, indent=1)
-    yield head.removesuffix("[]\n}") + "["
-    for n, event in enumerate(events):
-        yield ("\n  " if n == 0 else ",\n  ") + safe_json(event)
-    yield "\n ]\n}\n"
+    return safe_json_stream({**meta, "violations": None}, "violations", events, indent=1)
 
 
 def _csv(events: Iterable[dict[str, Any]], _meta: dict[str, Any]) -> Iterator[str]:

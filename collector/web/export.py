@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from proscribe.collector.csvexport import iter_violations_csv
-from proscribe.collector.literal import safe_json
+from proscribe.collector.literal import safe_json_stream
 from proscribe.collector.storage import Database, queries
 
 ROWS_PER_CHUNK = 500
@@ -29,14 +29,6 @@ def stream_csv(db: Database, flt: queries.ViolationFilter) -> Iterator[bytes]:
 
 def stream_json(db: Database, flt: queries.ViolationFilter) -> Iterator[bytes]:
     head = {k: v for k, v in asdict(flt).items() if v not in (None, False)}
-    yield f'{{"filter": {safe_json(head)}, "violations": ['.encode()
-    first = True
-    chunk: list[str] = []
-    for event in _events(db, flt):
-        chunk.append(("" if first else ",") + "\n" + safe_json(event))
-        first = False
-        if len(chunk) >= ROWS_PER_CHUNK:
-            yield "".join(chunk).encode()
-            chunk = []
-    chunk.append("\n]}\n")
-    yield "".join(chunk).encode()
+    document = {"filter": head, "violations": None}
+    for piece in safe_json_stream(document, "violations", _events(db, flt), chunk=ROWS_PER_CHUNK):
+        yield piece.encode()

@@ -37,7 +37,7 @@ from proscribe.collector.compliance import (
     required_sensors,
 )
 from proscribe.collector.csvexport import iter_violations_csv
-from proscribe.collector.literal import safe_json
+from proscribe.collector.literal import safe_json_stream
 from proscribe.collector.storage import Database
 from proscribe.collector.storage.counts import BLOCK_DAYS, DAY_US, KEY_CHARS, VIOLATION_KINDS
 from proscribe.collector.storage.hosts import HARMLESS_DROPS
@@ -765,19 +765,9 @@ def report_chunks(
     if fmt == "csv":
         yield from iter_violations_csv(violations, EXPORT_CHUNK)
         return
-    # The report's JSON with an empty violations list, which is its last member: written up
-    # to that list, then the list piece by piece.
-    head = safe_json(report_data(report, []), indent=1)
-    empty = "[]\n}"
-    assert head.endswith(empty)
-    pieces = [head.removesuffix(empty) + "["]
-    for n, event in enumerate(violations):
-        pieces.append(("\n  " if n == 0 else ",\n  ") + safe_json(event))
-        if len(pieces) >= EXPORT_CHUNK:
-            yield "".join(pieces)
-            pieces = []
-    pieces.append("\n ]\n}\n")
-    yield "".join(pieces)
+    yield from safe_json_stream(
+        report_data(report, None), "violations", violations, indent=1, chunk=EXPORT_CHUNK
+    )
 
 
 def report_text(

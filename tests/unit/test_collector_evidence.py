@@ -272,6 +272,7 @@ def test_report_exports_stream_every_violation_in_pieces(
     import csv
     import io
 
+    from proscribe.collector.literal import safe_json
     from proscribe.collector.web import report as report_module
 
     monkeypatch.setattr(report_module, "EXPORT_CHUNK", 4)
@@ -294,7 +295,7 @@ def test_report_exports_stream_every_violation_in_pieces(
     assert len(listed) == 11
     assert len(pieces["json"]) >= 3 and len(pieces["csv"]) >= 3  # 11 events, 4 at a time
     whole = json.loads("".join(pieces["json"]))
-    assert whole == json.loads(report_module.safe_json(report_module.report_data(report, listed)))
+    assert whole == json.loads(safe_json(report_module.report_data(report, listed)))
     rows = list(csv.DictReader(io.StringIO("".join(pieces["csv"]))))
     assert [r["id"] for r in rows] == [v["id"] for v in listed]
 
