@@ -102,8 +102,8 @@ def run_report(args: argparse.Namespace) -> int:
             chunks: Iterator[str]
             if not filtered:  # the report: the very builder and renderers of the dashboard
                 from proscribe.collector.web.report import (
-                    MAX_HTML_ROWS,
                     build_report,
+                    listed_rows,
                     report_chunks,
                     report_events,
                 )
@@ -115,7 +115,7 @@ def run_report(args: argparse.Namespace) -> int:
                     now_us=to_us(now),
                     heartbeat_window_s=settings.heartbeat_window,
                     policy_serial=args.serial,
-                    max_rows=MAX_HTML_ROWS if args.format == "html" else 0,
+                    max_rows=listed_rows(args.format),
                     group=args.group,
                     db=db,
                 )

@@ -737,6 +737,13 @@ def report_data(report: ComplianceReport, violations: Any) -> dict[str, Any]:
 EXPORT_CHUNK = 500  # events per piece of a streamed export
 
 
+def listed_rows(fmt: str) -> int:
+    """``build_report``'s ``max_rows`` for a report written as ``fmt``: the HTML lists the
+    newest :data:`MAX_HTML_ROWS` violations and blocks itself; CSV and JSON list none there,
+    their every violation is written from :func:`report_events` as it is read."""
+    return MAX_HTML_ROWS if fmt == "html" else 0
+
+
 def report_events(conn: Connection, report: ComplianceReport) -> Iterator[dict[str, Any]]:
     """Every violation a report covers, newest first, read a page at a time."""
     return _bodies(conn, _conditions(report.since_us, report.until_us, report.rule_ids), None)
@@ -793,7 +800,7 @@ def report_text(
         now_us=now_us,
         heartbeat_window_s=heartbeat_window_s,
         policy_serial=policy_serial,
-        max_rows=MAX_HTML_ROWS if fmt == "html" else 0,
+        max_rows=listed_rows(fmt),
         group=group,
         db=db,
     )

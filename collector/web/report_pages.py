@@ -16,6 +16,7 @@ from proscribe.collector.web import queries as webq
 from proscribe.collector.web.report import (
     MAX_HTML_ROWS,
     build_report,
+    listed_rows,
     report_chunks,
     stream_report_events,
 )
@@ -103,7 +104,7 @@ def register(router: APIRouter, site: Site) -> None:
             now_us=state.now_us(),
             heartbeat_window_s=state.settings.heartbeat_window,
             policy_serial=serial,
-            max_rows=MAX_HTML_ROWS if fmt == "html" else 0,
+            max_rows=listed_rows(fmt),
             db=state.db,
         )
         violations = stream_report_events(state.db, report) if fmt != "html" else iter(())
